@@ -1,0 +1,581 @@
+//! Backup: turns file trees and streams into blobs, tree objects and finally a snapshot.
+//!
+//! Order of work: every blob goes through the [`PackWriter`] (dedup, compress, durable pack, then index);
+//! tree objects are saved bottom-up as each directory completes; streams are saved after the trees; the writer
+//! is flushed; only then is the snapshot file written. A failure or kill anywhere before that leaves no
+//! snapshot, only packs that later backups reuse.
+//!
+//! Parallelism: the entries of each directory are processed with rayon, and directories recurse inside the
+//! same pool, so small files spread over all cores; the chunks of each large window are hashed and compressed
+//! in parallel; a stream is read on its own thread while the previous window is being processed.
+//!
+//! Change detection: a file whose size, mtime, ctime and inode equal those recorded in the parent snapshot is
+//! not read; its chunk list is reused (unless `force`).
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use chrono::{DateTime, FixedOffset, Local};
+use rayon::prelude::*;
+
+use crate::chunking::{Batch, ChunkReader};
+use crate::config::ChunkerParams;
+use crate::error::{Error, IoContext, Result};
+use crate::hashing::Id;
+use crate::lock;
+use crate::pack::BlobKind;
+use crate::pack_writer::PackWriter;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::snapshot::{Snapshot, StreamInfo, Summary, SNAPSHOT_VERSION};
+use crate::tree::{valid_name, Meta, Node, NodeKind, Tree};
+
+/// A stream to store, e.g. a database dump from a child process.
+pub struct StreamSource {
+    pub name: String,
+    pub reader: Box<dyn Read + Send>,
+    /// Called once the reader reached its end; an error cancels the snapshot (e.g. the producer exited
+    /// non-zero, so what was read may be truncated).
+    pub finish: Box<dyn FnOnce() -> Result<()> + Send>,
+}
+
+/// Kills and reaps a child process unless it was waited for: a backup that fails early must not leave its
+/// producer running.
+struct ChildGuard(Option<std::process::Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl StreamSource {
+    /// A stream read from a child's standard output. The child's non-zero exit (or death by a signal) makes
+    /// the backup fail with no snapshot: its output may be truncated.
+    pub fn from_command(name: &str, argv: &[String]) -> Result<StreamSource> {
+        let (prog, args) = argv.split_first().ok_or_else(|| {
+            Error::Invalid("--stdin-from-command needs a command after `--`".into())
+        })?;
+        let mut child = std::process::Command::new(prog)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Command(format!("cannot run {prog}: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Command(format!("{prog}: no stdout pipe")))?;
+        let mut guard = ChildGuard(Some(child));
+        let prog = prog.clone();
+        Ok(StreamSource {
+            name: name.to_string(),
+            reader: Box::new(stdout),
+            finish: Box::new(move || {
+                let mut child = guard
+                    .0
+                    .take()
+                    .ok_or_else(|| Error::Command("child already reaped".into()))?;
+                let status = child
+                    .wait()
+                    .map_err(|e| Error::Command(format!("{prog}: {e}")))?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(Error::Command(format!(
+                        "{prog} failed ({status}); no snapshot written"
+                    )))
+                }
+            }),
+        })
+    }
+
+    /// A stream read from standard input.
+    pub fn from_stdin(name: &str) -> StreamSource {
+        StreamSource {
+            name: name.to_string(),
+            reader: Box::new(std::io::stdin()),
+            finish: Box::new(|| Ok(())),
+        }
+    }
+}
+
+/// Which snapshot to compare files against.
+#[derive(Debug, Clone, Default)]
+pub enum ParentChoice {
+    /// The latest snapshot with the same instance and source paths.
+    #[default]
+    Auto,
+    /// This snapshot.
+    Id(Id),
+    /// None: read every file.
+    None,
+}
+
+/// What to back up and how to label it.
+#[derive(Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub streams: Vec<StreamSource>,
+    pub instance: Option<String>,
+    pub tags: Vec<String>,
+    pub parent: ParentChoice,
+    /// Re-read every file even if unchanged.
+    pub force: bool,
+    /// Snapshot time; now if unset.
+    pub time: Option<DateTime<FixedOffset>>,
+    pub metadata: Option<serde_json::Value>,
+    pub progress: Progress,
+}
+
+/// What a backup produced.
+#[derive(Debug)]
+pub struct BackupResult {
+    pub snapshot_id: Id,
+    pub snapshot: Snapshot,
+    /// Source files that could not be read (the snapshot is then `partial`) and skipped entries.
+    pub warnings: Vec<String>,
+}
+
+/// Runs a backup; see the module docs for the write ordering.
+pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
+    let started = Instant::now();
+    let _lock = lock::acquire(repo.root(), false, "backup")?;
+    let sources = resolve_sources(&opts.paths)?;
+    for s in &opts.streams {
+        if !valid_name(s.name.as_bytes()) {
+            return Err(Error::Invalid(format!("invalid stream name {:?}", s.name)));
+        }
+    }
+    let paths: Vec<String> = sources
+        .iter()
+        .map(|(p, _)| p.to_string_lossy().into_owned())
+        .collect();
+    let parent = find_parent(repo, &opts, &paths)?;
+    let job = Job {
+        repo,
+        writer: PackWriter::new(repo),
+        params: repo.config().chunker_files,
+        force: opts.force,
+        skip: repo.root().canonicalize().ok(),
+        counters: Counters::default(),
+        warnings: Mutex::new(Vec::new()),
+        partial: AtomicBool::new(false),
+        progress: opts.progress.clone(),
+    };
+    let tree = if sources.is_empty() {
+        None
+    } else {
+        let parent_root = match parent.as_ref().and_then(|(_, s)| s.tree) {
+            Some(t) => Some(repo.read_tree(&t)?),
+            None => None,
+        };
+        Some(job.save_root(&sources, parent_root.as_ref())?)
+    };
+    let (stream_tree, streams) = job.save_streams(opts.streams)?;
+    job.writer.flush()?;
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: opts.time.unwrap_or_else(|| Local::now().fixed_offset()),
+        host: lock::hostname(),
+        instance: opts.instance,
+        tags: opts.tags,
+        paths,
+        tree,
+        streams,
+        stream_tree,
+        parent: parent.map(|(id, _)| id.to_hex()),
+        partial: job.partial.load(Ordering::Relaxed),
+        summary: job.summary(started),
+        metadata: opts.metadata,
+    };
+    let snapshot_id = repo.save_snapshot(&snapshot)?;
+    job.progress.finish();
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+        warnings: job.warnings.into_inner().unwrap_or_else(|p| p.into_inner()),
+    })
+}
+
+/// Canonical source paths with their root-tree names; names must be distinct.
+fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        let abs = p.canonicalize().at(p)?;
+        let name = abs
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_else(|| b"root".to_vec());
+        if !seen.insert(name.clone()) {
+            return Err(Error::Invalid(format!(
+                "two source paths end in the same name {:?}; back them up separately",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        out.push((abs, name));
+    }
+    Ok(out)
+}
+
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
+    match &opts.parent {
+        ParentChoice::None => Ok(None),
+        ParentChoice::Id(id) => Ok(Some((*id, Snapshot::load(&repo.snapshots_dir(), id)?))),
+        ParentChoice::Auto if paths.is_empty() => Ok(None),
+        ParentChoice::Auto => {
+            let mut want: Vec<&String> = paths.iter().collect();
+            want.sort();
+            Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+                let mut have: Vec<&String> = s.paths.iter().collect();
+                have.sort();
+                s.instance == opts.instance && have == want && s.tree.is_some()
+            }))
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_total: AtomicU64,
+}
+
+/// State shared by every worker of one backup.
+struct Job<'r> {
+    repo: &'r Repository,
+    writer: PackWriter<'r>,
+    params: ChunkerParams,
+    force: bool,
+    /// The repository itself, never backed up into itself.
+    skip: Option<PathBuf>,
+    counters: Counters,
+    warnings: Mutex<Vec<String>>,
+    partial: AtomicBool,
+    progress: Progress,
+}
+
+impl Job<'_> {
+    fn warn(&self, msg: String, partial: bool) {
+        if partial {
+            self.partial.store(true, Ordering::Relaxed);
+        }
+        self.progress.println(&format!("warning: {msg}"));
+        self.warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(msg);
+    }
+
+    fn summary(&self, started: Instant) -> Summary {
+        let c = &self.counters;
+        Summary {
+            files_new: c.files_new.load(Ordering::Relaxed),
+            files_changed: c.files_changed.load(Ordering::Relaxed),
+            files_unmodified: c.files_unmodified.load(Ordering::Relaxed),
+            dirs: c.dirs.load(Ordering::Relaxed),
+            bytes_read: c.bytes_read.load(Ordering::Relaxed),
+            bytes_total: c.bytes_total.load(Ordering::Relaxed),
+            bytes_added: self.writer.stats.bytes_stored.load(Ordering::Relaxed),
+            chunks_new: self.writer.stats.data_blobs_new.load(Ordering::Relaxed),
+            duration_s: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn save_root(&self, sources: &[(PathBuf, Vec<u8>)], parent: Option<&Tree>) -> Result<Id> {
+        let nodes: Vec<Option<Node>> = sources
+            .par_iter()
+            .map(|(path, name)| {
+                self.save_entry(path, name.clone(), parent.and_then(|t| t.get(name)))
+            })
+            .collect::<Result<_>>()?;
+        self.save_tree(nodes.into_iter().flatten().collect())
+    }
+
+    fn save_tree(&self, nodes: Vec<Node>) -> Result<Id> {
+        let (bytes, id) = Tree::new(nodes)?.encode()?;
+        self.writer.save_with_id(BlobKind::Tree, id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Saves one directory entry. `Ok(None)` means it was skipped (with a warning); `Err` is a repository
+    /// failure that aborts the backup.
+    fn save_entry(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>> {
+        let md = match fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()), true);
+                return Ok(None);
+            }
+        };
+        let meta = meta_of(&md);
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            match self.save_dir(path, parent)? {
+                Some(subtree) => NodeKind::Dir { subtree },
+                None => return Ok(None),
+            }
+        } else if ft.is_file() {
+            match self.save_file(path, &md, &meta, parent)? {
+                Some((size, chunks)) => NodeKind::File { size, chunks },
+                None => return Ok(None),
+            }
+        } else if ft.is_symlink() {
+            match fs::read_link(path) {
+                Ok(t) => NodeKind::Symlink {
+                    target: t.as_os_str().as_bytes().to_vec(),
+                },
+                Err(e) => {
+                    self.warn(format!("{}: {e}", path.display()), true);
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_fifo() {
+            NodeKind::Fifo
+        } else if ft.is_char_device() {
+            NodeKind::CharDevice { rdev: md.rdev() }
+        } else if ft.is_block_device() {
+            NodeKind::BlockDevice { rdev: md.rdev() }
+        } else {
+            // A socket belongs to a running process and cannot be meaningfully restored.
+            self.warn(format!("{}: socket skipped", path.display()), false);
+            return Ok(None);
+        };
+        Ok(Some(Node { name, kind, meta }))
+    }
+
+    fn save_dir(&self, path: &Path, parent: Option<&Node>) -> Result<Option<Id>> {
+        if self.skip.as_deref() == Some(path) {
+            self.warn(
+                format!("{}: the repository itself is not backed up", path.display()),
+                false,
+            );
+            return Ok(None);
+        }
+        let names = match read_dir_names(path) {
+            Ok(n) => n,
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()), true);
+                return Ok(None);
+            }
+        };
+        let parent_tree = match parent.map(|n| &n.kind) {
+            Some(NodeKind::Dir { subtree }) => self.repo.read_tree(subtree).ok(),
+            _ => None,
+        };
+        let nodes: Vec<Option<Node>> = names
+            .into_par_iter()
+            .map(|name| {
+                let child = path.join(OsStr::from_bytes(&name));
+                let p = parent_tree.as_ref().and_then(|t| t.get(&name));
+                self.save_entry(&child, name, p)
+            })
+            .collect::<Result<_>>()?;
+        self.counters.dirs.fetch_add(1, Ordering::Relaxed);
+        self.save_tree(nodes.into_iter().flatten().collect())
+            .map(Some)
+    }
+
+    fn save_file(
+        &self,
+        path: &Path,
+        md: &Metadata,
+        meta: &Meta,
+        parent: Option<&Node>,
+    ) -> Result<Option<(u64, Vec<Id>)>> {
+        let c = &self.counters;
+        if let Some(Node {
+            kind: NodeKind::File { size, chunks },
+            meta: old,
+            ..
+        }) = parent
+        {
+            if !self.force && unchanged(old, meta, *size, md.len()) {
+                c.files_unmodified.fetch_add(1, Ordering::Relaxed);
+                c.bytes_total.fetch_add(*size, Ordering::Relaxed);
+                self.progress.file_done(0);
+                return Ok(Some((*size, chunks.clone())));
+            }
+        }
+        let read = File::open(path).and_then(|f| self.save_reader(f, md.len()));
+        match read {
+            Ok(Ok((size, chunks))) => {
+                let counter = if parent.is_some() {
+                    &c.files_changed
+                } else {
+                    &c.files_new
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                c.bytes_total.fetch_add(size, Ordering::Relaxed);
+                self.progress.file_done(size);
+                Ok(Some((size, chunks)))
+            }
+            Ok(Err(repo_err)) => Err(repo_err),
+            Err(e) => {
+                self.warn(format!("{}: {e}", path.display()), true);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Chunks and saves everything `source` yields. The outer error is the source's (a read failure); the
+    /// inner one the repository's.
+    fn save_reader(
+        &self,
+        source: impl Read,
+        size_hint: u64,
+    ) -> std::io::Result<Result<(u64, Vec<Id>)>> {
+        let mut reader = ChunkReader::with_size_hint(source, self.params, size_hint);
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        while let Some(batch) = reader.next_batch()? {
+            size += batch.cuts.iter().map(|c| c.1 as u64).sum::<u64>();
+            match self.save_batch(&batch) {
+                Ok(ids) => chunks.extend(ids),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        self.counters.bytes_read.fetch_add(size, Ordering::Relaxed);
+        Ok(Ok((size, chunks)))
+    }
+
+    fn save_batch(&self, batch: &Batch) -> Result<Vec<Id>> {
+        batch
+            .cuts
+            .par_iter()
+            .map(|&(off, len)| {
+                let data = &batch.data[off..off + len];
+                let id = Id::of(data);
+                self.writer.save_with_id(BlobKind::Data, id, data)?;
+                Ok(id)
+            })
+            .collect()
+    }
+
+    /// Saves every stream as a file node of one tree; a stream's `finish` failing cancels the backup.
+    fn save_streams(&self, streams: Vec<StreamSource>) -> Result<(Option<Id>, Vec<StreamInfo>)> {
+        if streams.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        let mut nodes = Vec::new();
+        let mut infos = Vec::new();
+        for s in streams {
+            let (size, chunks) = self.save_stream(&s.name, s.reader)?;
+            (s.finish)()?;
+            infos.push(StreamInfo {
+                name: s.name.clone(),
+                size,
+            });
+            let now = Local::now();
+            nodes.push(Node {
+                name: s.name.into_bytes(),
+                kind: NodeKind::File { size, chunks },
+                meta: Meta {
+                    mode: 0o100600,
+                    mtime: now.timestamp(),
+                    mtime_nsec: now.timestamp_subsec_nanos(),
+                    ..Meta::default()
+                },
+            });
+        }
+        Ok((Some(self.save_tree(nodes)?), infos))
+    }
+
+    /// Reads a stream on its own thread (so reading overlaps hashing and compression) and saves its chunks.
+    fn save_stream(&self, name: &str, reader: Box<dyn Read + Send>) -> Result<(u64, Vec<Id>)> {
+        let params = self.repo.config().chunker_streams;
+        let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Batch>>(2);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut chunker = ChunkReader::new(reader, params);
+                loop {
+                    match chunker.next_batch() {
+                        Ok(Some(b)) => {
+                            if tx.send(Ok(b)).is_err() {
+                                return; // the consumer failed; dropping the reader closes the pipe
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut chunks = Vec::new();
+            let mut size = 0u64;
+            for batch in rx {
+                let batch =
+                    batch.map_err(|e| Error::Command(format!("reading stream {name}: {e}")))?;
+                let len: u64 = batch.cuts.iter().map(|c| c.1 as u64).sum();
+                size += len;
+                chunks.extend(self.save_batch(&batch)?);
+                self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
+                self.counters.bytes_total.fetch_add(len, Ordering::Relaxed);
+                self.progress.bytes(len);
+            }
+            Ok((size, chunks))
+        })
+    }
+}
+
+/// The size, mtime, ctime and inode all match: the file is taken to be unchanged (as restic and borg do).
+fn unchanged(old: &Meta, new: &Meta, old_size: u64, new_size: u64) -> bool {
+    old_size == new_size
+        && old.mtime == new.mtime
+        && old.mtime_nsec == new.mtime_nsec
+        && old.ctime == new.ctime
+        && old.ctime_nsec == new.ctime_nsec
+        && old.inode == new.inode
+}
+
+/// The metadata cairn records for an entry.
+pub fn meta_of(md: &Metadata) -> Meta {
+    Meta {
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        ctime: md.ctime(),
+        ctime_nsec: md.ctime_nsec() as u32,
+        inode: md.ino(),
+        device: md.dev(),
+        nlink: md.nlink(),
+    }
+}
+
+fn read_dir_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in fs::read_dir(path)? {
+        names.push(e?.file_name().as_bytes().to_vec());
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,375 @@
+//! `check`: proves the repository is intact, or names what is damaged and what depends on it.
+//!
+//! Structural checks (always): the index database is sound; every indexed pack exists with its recorded size
+//! and its trailer lists every blob the index places in it; every snapshot file decodes, matches its id and has
+//! an index row (and every row a file); every tree reachable from a snapshot decodes and every chunk it names
+//! is indexed. With read-data, the selected packs are read whole and every blob is decompressed and
+//! re-hashed, in parallel.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hashing::Id;
+use crate::pack;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::NodeKind;
+
+/// Which packs to read in full.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ReadData {
+    /// Structure only.
+    #[default]
+    None,
+    /// Every pack.
+    All,
+    /// Slice `n` of `m` (1-based): packs whose id maps to that slice, so `1/7` … `7/7` cover everything.
+    Slice { n: u32, m: u32 },
+    /// A random share of the packs, in percent.
+    Percent(f64),
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ReadData> {
+        let bad = || {
+            Error::Invalid(format!(
+                "--read-data-subset {s:?}: want N/M (1 <= N <= M) or a percentage like 10%"
+            ))
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| bad())?;
+            return if v > 0.0 && v <= 100.0 {
+                Ok(ReadData::Percent(v))
+            } else {
+                Err(bad())
+            };
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || m == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(ReadData::Slice { n, m })
+    }
+}
+
+/// A blob that failed verification and what depends on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedBlob {
+    pub blob: String,
+    pub pack: String,
+    pub error: String,
+    /// `snapshot-id: path` for every file or stream that needs this blob.
+    pub affected: Vec<String>,
+}
+
+/// What `check` found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub packs: u64,
+    pub packs_read: u64,
+    pub blobs_read: u64,
+    pub snapshots: u64,
+    pub trees: u64,
+    pub damaged: Vec<DamagedBlob>,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.damaged.is_empty()
+    }
+}
+
+/// Runs the checks; damage is reported in the result, `Err` only when checking itself cannot proceed.
+pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
+    let mut r = CheckReport::default();
+    if let Err(e) = repo.index().quick_check() {
+        r.errors.push(e.to_string());
+    }
+    let mut damaged_blobs: BTreeMap<Id, (Id, String)> = BTreeMap::new();
+    check_packs(repo, &mut r, &mut damaged_blobs)?;
+    let snapshots = check_snapshot_files(repo, &mut r)?;
+    check_trees(repo, &snapshots, &mut r, &mut damaged_blobs)?;
+    if read_data != ReadData::None {
+        read_packs(repo, read_data, &mut r, &mut damaged_blobs)?;
+    }
+    if !damaged_blobs.is_empty() {
+        let affected = affected_paths(repo, &snapshots, &damaged_blobs.keys().copied().collect())?;
+        r.damaged = damaged_blobs
+            .into_iter()
+            .map(|(blob, (pack, error))| DamagedBlob {
+                blob: blob.to_hex(),
+                pack: pack.to_hex(),
+                error,
+                affected: affected.get(&blob).cloned().unwrap_or_default(),
+            })
+            .collect();
+    }
+    Ok(r)
+}
+
+fn check_packs(
+    repo: &Repository,
+    r: &mut CheckReport,
+    damaged: &mut BTreeMap<Id, (Id, String)>,
+) -> Result<()> {
+    let on_disk: BTreeMap<Id, u64> = repo.pack_files()?.into_iter().collect();
+    let indexed = repo.index().packs()?;
+    r.packs = indexed.len() as u64;
+    let indexed_ids: HashSet<Id> = indexed.iter().map(|p| p.id).collect();
+    for p in &indexed {
+        let expected = repo.index().blobs_in_pack(&p.id)?;
+        let problem = match on_disk.get(&p.id) {
+            None => Some("is missing".to_string()),
+            Some(&len) if len != p.size => {
+                Some(format!("has {len} bytes, the index records {}", p.size))
+            }
+            Some(_) => match pack::read_trailer(&repo.pack_path(&p.id)) {
+                Err(e) => Some(format!("trailer unreadable: {e}")),
+                Ok(entries) => {
+                    let listed: HashSet<_> = entries.iter().collect();
+                    let missing = expected.iter().filter(|e| !listed.contains(e)).count();
+                    (missing > 0).then(|| {
+                        format!("trailer does not list {missing} blobs the index places in it")
+                    })
+                }
+            },
+        };
+        if let Some(problem) = problem {
+            r.errors.push(format!("pack {} {problem}", p.id));
+            for e in expected {
+                damaged.insert(e.id, (p.id, format!("pack {problem}")));
+            }
+        }
+    }
+    for id in on_disk.keys().filter(|id| !indexed_ids.contains(id)) {
+        r.warnings.push(format!("pack {id} is not indexed (left by an interrupted run; `repair index` adopts it, `prune` removes it)"));
+    }
+    Ok(())
+}
+
+/// Checks snapshot files against index rows; returns the snapshots that decode.
+fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(Id, Snapshot)>> {
+    let rows: BTreeSet<Id> = repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
+    let mut good = Vec::new();
+    let mut files = BTreeSet::new();
+    let dir = repo.snapshots_dir();
+    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let e = e.map_err(|e| Error::io(&dir, e))?;
+        let Some(id) = e.file_name().to_str().and_then(Id::from_hex) else {
+            continue;
+        };
+        files.insert(id);
+        match Snapshot::load(&dir, &id) {
+            Ok(s) => good.push((id, s)),
+            Err(err) => r.errors.push(format!("snapshot {id}: {err}")),
+        }
+        if !rows.contains(&id) {
+            r.warnings.push(format!(
+                "snapshot {id} has no index row (run `cairn repair index`)"
+            ));
+        }
+    }
+    for id in rows.difference(&files) {
+        r.errors.push(format!(
+            "snapshot {id} is in the index but its file is missing"
+        ));
+    }
+    r.snapshots = good.len() as u64;
+    Ok(good)
+}
+
+/// Decodes every reachable tree once and checks that every chunk it names is indexed.
+fn check_trees(
+    repo: &Repository,
+    snapshots: &[(Id, Snapshot)],
+    r: &mut CheckReport,
+    damaged: &mut BTreeMap<Id, (Id, String)>,
+) -> Result<()> {
+    let mut seen_trees = HashSet::new();
+    let mut seen_chunks = HashSet::new();
+    let mut stack: Vec<Id> = snapshots
+        .iter()
+        .flat_map(|(_, s)| s.tree.into_iter().chain(s.stream_tree))
+        .collect();
+    while let Some(t) = stack.pop() {
+        if !seen_trees.insert(t) {
+            continue;
+        }
+        let tree = match repo.read_tree(&t) {
+            Ok(tree) => tree,
+            Err(e) => {
+                r.errors.push(format!("tree {t}: {e}"));
+                let pack = repo
+                    .index()
+                    .lookup(&t)?
+                    .map(|l| l.pack)
+                    .unwrap_or(Id([0; 32]));
+                damaged.insert(t, (pack, e.to_string()));
+                continue;
+            }
+        };
+        for node in tree.nodes {
+            match node.kind {
+                NodeKind::Dir { subtree } => stack.push(subtree),
+                NodeKind::File { chunks, .. } => {
+                    for c in chunks {
+                        if seen_chunks.insert(c) && !repo.index().contains(&c)? {
+                            r.errors
+                                .push(format!("chunk {c} is referenced but not indexed"));
+                            damaged.insert(c, (Id([0; 32]), "not indexed".into()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    r.trees = seen_trees.len() as u64;
+    Ok(())
+}
+
+fn selected(id: &Id, read_data: ReadData) -> bool {
+    match read_data {
+        ReadData::None => false,
+        ReadData::All => true,
+        ReadData::Slice { n, m } => {
+            let v = u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+            v % m == n - 1
+        }
+        ReadData::Percent(p) => {
+            let roll = Id::of(crate::config::random_hex(8).as_bytes());
+            let v = u32::from_le_bytes([roll.0[0], roll.0[1], roll.0[2], roll.0[3]]) as f64;
+            v / (u32::MAX as f64 + 1.0) * 100.0 < p
+        }
+    }
+}
+
+/// A read pack: its id, how many blobs were verified, and the blobs that failed with why.
+type PackVerdict = (Id, u64, Vec<(Id, String)>);
+
+/// Reads the selected packs whole and verifies every blob.
+fn read_packs(
+    repo: &Repository,
+    read_data: ReadData,
+    r: &mut CheckReport,
+    damaged: &mut BTreeMap<Id, (Id, String)>,
+) -> Result<()> {
+    let packs: Vec<_> = repo
+        .index()
+        .packs()?
+        .into_iter()
+        .filter(|p| selected(&p.id, read_data))
+        .collect();
+    let results: Vec<PackVerdict> = packs
+        .par_iter()
+        .map(|p| {
+            let expected = repo.index().blobs_in_pack(&p.id)?;
+            let path = repo.pack_path(&p.id);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Ok((
+                        p.id,
+                        0,
+                        expected.iter().map(|e2| (e2.id, e.to_string())).collect(),
+                    ))
+                }
+            };
+            let mut bad = Vec::new();
+            if Id::of(&bytes) != p.id {
+                // The pack's content no longer matches its name: find which blobs are hit.
+                bad.push((
+                    Id([0; 32]),
+                    format!("pack {} content does not match its id", p.id),
+                ));
+            }
+            for e in &expected {
+                let end = (e.offset + e.stored_len as u64) as usize;
+                let res = bytes
+                    .get(e.offset as usize..end)
+                    .ok_or_else(|| Error::corrupt("pack", "blob beyond end of file"))
+                    .and_then(|stored| pack::decode_blob(e, stored));
+                if let Err(err) = res {
+                    bad.push((e.id, err.to_string()));
+                }
+            }
+            Ok((p.id, expected.len() as u64, bad))
+        })
+        .collect::<Result<_>>()?;
+    for (pack, blobs, bad) in results {
+        r.packs_read += 1;
+        r.blobs_read += blobs;
+        for (blob, err) in bad {
+            if blob == Id([0; 32]) {
+                r.errors.push(err);
+            } else {
+                damaged.insert(blob, (pack, err));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For each damaged blob, the `snapshot: path` entries that need it (trees included: a damaged tree makes
+/// everything under it unreachable, so its own path is named).
+fn affected_paths(
+    repo: &Repository,
+    snapshots: &[(Id, Snapshot)],
+    damaged: &HashSet<Id>,
+) -> Result<BTreeMap<Id, Vec<String>>> {
+    let mut out: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+    for (sid, snap) in snapshots {
+        let roots = [(snap.tree, ""), (snap.stream_tree, "stream:")];
+        for (root, prefix) in roots {
+            let Some(root) = root else { continue };
+            let mut stack = vec![(root, prefix.to_string())];
+            while let Some((t, path)) = stack.pop() {
+                if damaged.contains(&t) {
+                    out.entry(t).or_default().push(format!(
+                        "{}: {}",
+                        sid.short(),
+                        if path.is_empty() { "/" } else { &path }
+                    ));
+                    continue;
+                }
+                let Ok(tree) = repo.read_tree(&t) else {
+                    continue;
+                };
+                for node in tree.nodes {
+                    let name = String::from_utf8_lossy(&node.name);
+                    let p = if path.is_empty() || path.ends_with(':') {
+                        format!("{path}{name}")
+                    } else {
+                        format!("{path}/{name}")
+                    };
+                    match node.kind {
+                        NodeKind::Dir { subtree } => stack.push((subtree, p)),
+                        NodeKind::File { chunks, .. } => {
+                            for c in chunks
+                                .iter()
+                                .filter(|c| damaged.contains(c))
+                                .collect::<BTreeSet<_>>()
+                            {
+                                out.entry(*c)
+                                    .or_default()
+                                    .push(format!("{}: {p}", sid.short()));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,453 @@
+//! One function per subcommand: validate arguments, call the library, print the result.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use cairn::backup::{self, BackupOptions, ParentChoice, StreamSource};
+use cairn::check::{self, ReadData};
+use cairn::config::Config;
+use cairn::progress::Progress;
+use cairn::restore::{self, RestoreOptions};
+use cairn::snapshot::Snapshot;
+use cairn::tree::NodeKind;
+use cairn::{Error, Id, Repository, Result};
+use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
+use serde_json::json;
+
+use super::args::{BackupArgs, CheckArgs, Cli, Command, RepairWhat, RestoreArgs};
+use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+
+/// Global options every command sees.
+struct Ctx {
+    repo: Option<PathBuf>,
+    json: bool,
+    quiet: bool,
+}
+
+impl Ctx {
+    /// The repository path and whether the user named it (a named repository is never created implicitly).
+    fn repo_path(&self) -> Result<(PathBuf, bool)> {
+        match &self.repo {
+            Some(p) => Ok((p.clone(), true)),
+            None => cairn::repo::default_repo_path()
+                .map(|p| (p, false))
+                .ok_or_else(|| {
+                    Error::Invalid(
+                        "no repository: pass --repo or set CAIRN_REPO (HOME is unset)".into(),
+                    )
+                }),
+        }
+    }
+
+    fn open(&self) -> Result<Repository> {
+        Repository::open(&self.repo_path()?.0)
+    }
+
+    fn print_json(&self, v: &serde_json::Value) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::Invalid(e.to_string()))?;
+        writeln!(out).map_err(|e| Error::io("stdout", e))
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    let ctx = Ctx {
+        repo: cli.repo,
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Init => init(&ctx),
+        Command::Backup(a) => backup_cmd(&ctx, a),
+        Command::Snapshots { instance } => snapshots(&ctx, instance.as_deref()),
+        Command::Show { snapshot } => show(&ctx, &snapshot),
+        Command::Ls {
+            snapshot,
+            path,
+            instance,
+        } => ls(&ctx, &snapshot, path.as_deref(), instance.as_deref()),
+        Command::Restore(a) => restore_cmd(&ctx, a),
+        Command::Dump {
+            snapshot,
+            name,
+            instance,
+        } => dump(&ctx, &snapshot, &name, instance.as_deref()),
+        Command::Check(a) => check_cmd(&ctx, a),
+        Command::Repair {
+            what: RepairWhat::Index,
+        } => repair_index(&ctx),
+        Command::Unlock { remove_all } => unlock(&ctx, remove_all),
+    }
+}
+
+fn init(ctx: &Ctx) -> Result<i32> {
+    let (path, _) = ctx.repo_path()?;
+    let repo = Repository::init(&path, Config::new_default())?;
+    if ctx.json {
+        ctx.print_json(&json!({"repository": path, "repository_id": repo.config().repository_id}))?;
+    } else {
+        println!(
+            "created repository {} at {}",
+            repo.config().repository_id,
+            path.display()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// Opens the repository for a backup, creating the default one (only) on first use.
+fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
+    let (path, named) = ctx.repo_path()?;
+    if !named && !path.join("config").exists() {
+        eprintln!(
+            "cairn: creating the default repository at {}",
+            path.display()
+        );
+        return Repository::init(&path, Config::new_default());
+    }
+    Repository::open(&path)
+}
+
+fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    let mut streams = Vec::new();
+    if let Some(name) = &a.stdin_name {
+        if a.stdin_from_command {
+            streams.push(StreamSource::from_command(name, &a.command)?);
+        } else if a.stdin {
+            streams.push(StreamSource::from_stdin(name));
+        } else {
+            return Err(Error::Invalid(
+                "--stdin-name needs --stdin or --stdin-from-command".into(),
+            ));
+        }
+    } else if !a.command.is_empty() {
+        return Err(Error::Invalid(
+            "a command after `--` needs --stdin-from-command".into(),
+        ));
+    }
+    if a.paths.is_empty() && streams.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to back up: give paths, --stdin or --stdin-from-command".into(),
+        ));
+    }
+    let time = a.time.as_deref().map(parse_time).transpose()?;
+    let repo = open_for_backup(ctx)?;
+    let parent = match &a.parent {
+        Some(p) => ParentChoice::Id(repo.resolve_snapshot(p, a.instance.as_deref())?.0),
+        None => ParentChoice::Auto,
+    };
+    let result = backup::backup(
+        &repo,
+        BackupOptions {
+            paths: a.paths,
+            streams,
+            instance: a.instance,
+            tags: a.tags,
+            parent,
+            force: a.force,
+            time,
+            metadata: None,
+            progress: Progress::new("backup", None, ctx.quiet),
+        },
+    )?;
+    let s = &result.snapshot;
+    if ctx.json {
+        let mut v = serde_json::to_value(&s.summary).map_err(|e| Error::Invalid(e.to_string()))?;
+        v["snapshot_id"] = json!(result.snapshot_id.to_hex());
+        v["partial"] = json!(s.partial);
+        v["warnings"] = json!(result.warnings);
+        ctx.print_json(&v)?;
+    } else if !ctx.quiet {
+        let m = &s.summary;
+        println!(
+            "snapshot {} saved: {} new, {} changed, {} unmodified files; {} read, {} added in {} new chunks ({:.1}s)",
+            result.snapshot_id.short(),
+            m.files_new,
+            m.files_changed,
+            m.files_unmodified,
+            human_bytes(m.bytes_read),
+            human_bytes(m.bytes_added),
+            m.chunks_new,
+            m.duration_s
+        );
+    }
+    if s.partial {
+        eprintln!(
+            "cairn: snapshot {} is partial: some files could not be read (see above)",
+            result.snapshot_id.short()
+        );
+        return Ok(EXIT_PARTIAL);
+    }
+    Ok(EXIT_OK)
+}
+
+/// Accepts RFC 3339 or a local "YYYY-MM-DD HH:MM[:SS]".
+pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(s, fmt) {
+            if let Some(t) = Local.from_local_datetime(&n).earliest() {
+                return Ok(t.fixed_offset());
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "cannot parse time {s:?} (want RFC 3339 or \"YYYY-MM-DD HH:MM\")"
+    )))
+}
+
+fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
+    json!({
+        "id": id.to_hex(),
+        "time": s.time.to_rfc3339(),
+        "host": s.host,
+        "instance": s.instance,
+        "tags": s.tags,
+        "paths": s.paths,
+        "stream_names": s.stream_names(),
+        "streams": s.streams,
+        "partial": s.partial,
+        "parent": s.parent,
+        "tree": s.tree.map(|t| t.to_hex()),
+        "summary": s.summary,
+        "metadata": s.metadata,
+    })
+}
+
+fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let list: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| instance.is_none() || s.instance.as_deref() == instance)
+        .collect();
+    if ctx.json {
+        ctx.print_json(&serde_json::Value::Array(
+            list.iter().map(|(id, s)| snapshot_json(id, s)).collect(),
+        ))?;
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<10} {:<25} {:<12} {:>10}  PATHS / STREAMS",
+        "ID", "TIME", "INSTANCE", "SIZE"
+    );
+    for (id, s) in &list {
+        let mut what: Vec<String> = s.paths.clone();
+        what.extend(s.streams.iter().map(|st| format!("[{}]", st.name)));
+        println!(
+            "{:<10} {:<25} {:<12} {:>10}  {}{}",
+            id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S %:z"),
+            s.instance.as_deref().unwrap_or("-"),
+            human_bytes(s.summary.bytes_total),
+            what.join(" "),
+            if s.partial { " (partial)" } else { "" }
+        );
+    }
+    println!("{} snapshots", list.len());
+    Ok(EXIT_OK)
+}
+
+fn show(ctx: &Ctx, spec: &str) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (id, s) = repo.resolve_snapshot(spec, None)?;
+    let v = snapshot_json(&id, &s);
+    if ctx.json {
+        ctx.print_json(&v)?;
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    Ok(EXIT_OK)
+}
+
+fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (_, snap) = repo.resolve_snapshot(spec, instance)?;
+    let entries = restore::list(&repo, &snap, path.unwrap_or(""))?;
+    let mut out = std::io::stdout().lock();
+    if ctx.json {
+        let v: Vec<_> = entries
+            .iter()
+            .map(|(p, n)| {
+                let (kind, size) = match &n.kind {
+                    NodeKind::File { size, .. } => ("file", *size),
+                    NodeKind::Dir { .. } => ("dir", 0),
+                    NodeKind::Symlink { .. } => ("symlink", 0),
+                    _ => ("special", 0),
+                };
+                json!({"path": p, "type": kind, "size": size, "mode": n.meta.mode, "mtime": n.meta.mtime})
+            })
+            .collect();
+        ctx.print_json(&serde_json::Value::Array(v))?;
+        return Ok(EXIT_OK);
+    }
+    for (p, n) in entries {
+        let (kind, size) = match &n.kind {
+            NodeKind::File { size, .. } => ('-', *size),
+            NodeKind::Dir { .. } => ('d', 0),
+            NodeKind::Symlink { .. } => ('l', 0),
+            NodeKind::Fifo => ('p', 0),
+            NodeKind::CharDevice { .. } => ('c', 0),
+            NodeKind::BlockDevice { .. } => ('b', 0),
+        };
+        writeln!(out, "{kind} {:o} {:>12} {p}", n.meta.mode & 0o7777, size)
+            .map_err(|e| Error::io("stdout", e))?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (id, snap) = repo.resolve_snapshot(&a.snapshot, a.instance.as_deref())?;
+    let total = snap.summary.bytes_total;
+    let summary = restore::restore(
+        &repo,
+        &snap,
+        &RestoreOptions {
+            target: a.target.clone(),
+            include: a.paths,
+            overwrite: a.overwrite,
+            progress: Progress::new("restore", Some(total), ctx.quiet || ctx.json),
+        },
+    )?;
+    for w in &summary.warnings {
+        eprintln!("cairn: warning: {w}");
+    }
+    if ctx.json {
+        let mut v = serde_json::to_value(&summary).map_err(|e| Error::Invalid(e.to_string()))?;
+        v["snapshot_id"] = json!(id.to_hex());
+        ctx.print_json(&v)?;
+    } else if !ctx.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} links, {}",
+            id.short(),
+            a.target.display(),
+            summary.files,
+            summary.dirs,
+            summary.links,
+            human_bytes(summary.bytes)
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let (_, snap) = repo.resolve_snapshot(spec, instance)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    restore::dump(&repo, &snap, name, &mut out)?;
+    Ok(EXIT_OK)
+}
+
+fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let read_data = match (a.read_data, a.read_data_subset) {
+        (true, _) => ReadData::All,
+        (false, Some(s)) => s.parse()?,
+        (false, None) => ReadData::None,
+    };
+    let report = check::check(&repo, read_data)?;
+    if ctx.json {
+        let mut v = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+        v["clean"] = json!(report.is_clean());
+        ctx.print_json(&v)?;
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &report.errors {
+            println!("error: {e}");
+        }
+        for d in &report.damaged {
+            println!(
+                "damaged blob {} in pack {}: {}",
+                &d.blob[..16],
+                &d.pack[..16],
+                d.error
+            );
+            for a in &d.affected {
+                println!("  needed by {a}");
+            }
+        }
+        println!(
+            "checked {} packs, {} snapshots, {} trees; read {} packs ({} blobs): {}",
+            report.packs,
+            report.snapshots,
+            report.trees,
+            report.packs_read,
+            report.blobs_read,
+            if report.is_clean() {
+                "no errors"
+            } else {
+                "DAMAGE FOUND"
+            }
+        );
+    }
+    Ok(if report.is_clean() {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    })
+}
+
+fn repair_index(ctx: &Ctx) -> Result<i32> {
+    let (path, _) = ctx.repo_path()?;
+    let report = cairn::repair::repair_index(&path)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?)?;
+    } else {
+        for s in &report.skipped {
+            eprintln!("cairn: skipped {s}");
+        }
+        println!(
+            "index rebuilt: {} packs, {} blobs, {} snapshots",
+            report.packs, report.blobs, report.snapshots
+        );
+    }
+    Ok(if report.skipped.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    })
+}
+
+fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
+    let (path, _) = ctx.repo_path()?;
+    if !path.join("config").is_file() {
+        return Err(Error::NotARepository(path));
+    }
+    let removed = cairn::lock::unlock(&path, all)?;
+    if ctx.json {
+        ctx.print_json(&json!({ "removed": removed }))?;
+    } else {
+        for r in &removed {
+            println!("removed {r}");
+        }
+        println!("{} locks removed", removed.len());
+    }
+    Ok(EXIT_OK)
+}
+
+/// Bytes in binary units, for people.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,163 @@
+//! The repository config (format-spec/README.md, "Config"): written once by `init`, never changed afterwards,
+//! because chunker parameters and the format version decide every id the repository holds.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The on-disk format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// FastCDC (2020 variant, normalisation level 1, seed 0) size bounds in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl ChunkerParams {
+    /// File trees: attachments are mostly whole-file duplicates or untouched; large chunks keep the index small.
+    pub const FILES: ChunkerParams = ChunkerParams {
+        min_size: 256 * 1024,
+        avg_size: 1024 * 1024,
+        max_size: 4 * 1024 * 1024,
+    };
+    /// Database dumps: updated rows scatter over a dump, so smaller chunks deduplicate far better
+    /// (see BENCHMARKS.md, "Stream chunk size").
+    pub const STREAMS: ChunkerParams = ChunkerParams {
+        min_size: 8 * 1024,
+        avg_size: 32 * 1024,
+        max_size: 128 * 1024,
+    };
+
+    /// Checks the bounds the fastcdc crate requires, so a hand-edited config cannot make it panic.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020::{
+            AVERAGE_MAX, AVERAGE_MIN, MAXIMUM_MAX, MAXIMUM_MIN, MINIMUM_MAX, MINIMUM_MIN,
+        };
+        let (min, avg, max) = (
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        );
+        let ok = (MINIMUM_MIN..=MINIMUM_MAX).contains(&min)
+            && (AVERAGE_MIN..=AVERAGE_MAX).contains(&avg)
+            && (MAXIMUM_MIN..=MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && min % 2 == 0
+            && avg % 2 == 0
+            && max % 2 == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                "config",
+                format!("chunker parameters out of range: {self:?}"),
+            ))
+        }
+    }
+}
+
+/// Contents of `<repo>/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub version: u32,
+    /// Random id naming this repository (hex), so two repositories are never confused.
+    pub repository_id: String,
+    pub chunker_files: ChunkerParams,
+    pub chunker_streams: ChunkerParams,
+    /// zstd level for chunk compression (1..=19).
+    pub compression_level: i32,
+    /// A pack is closed once its blobs reach this many bytes.
+    pub pack_target_size: u64,
+}
+
+impl Config {
+    /// A config with the default parameters and a fresh repository id.
+    pub fn new_default() -> Config {
+        Config {
+            version: FORMAT_VERSION,
+            repository_id: random_hex(16),
+            chunker_files: ChunkerParams::FILES,
+            chunker_streams: ChunkerParams::STREAMS,
+            compression_level: 3,
+            pack_target_size: 16 * 1024 * 1024,
+        }
+    }
+
+    /// Reads and validates `<repo>/config`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let bytes = std::fs::read(path).at(path)?;
+        Config::decode(&bytes)
+    }
+
+    /// Decodes and validates config bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Config> {
+        let cfg: Config = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e))?;
+        if cfg.version != FORMAT_VERSION {
+            return Err(Error::corrupt(
+                "config",
+                format!(
+                    "format version {} is not supported (this build reads {FORMAT_VERSION})",
+                    cfg.version
+                ),
+            ));
+        }
+        cfg.chunker_files.validate()?;
+        cfg.chunker_streams.validate()?;
+        if !(1..=19).contains(&cfg.compression_level) {
+            return Err(Error::corrupt("config", "compression_level must be 1..=19"));
+        }
+        if !(1024 * 1024..=1024 * 1024 * 1024).contains(&cfg.pack_target_size) {
+            return Err(Error::corrupt(
+                "config",
+                "pack_target_size must be 1 MiB..=1 GiB",
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+/// `n` random bytes as hex, from the OS's random source mixed through BLAKE3 with time and pid.
+pub fn random_hex(n: usize) -> String {
+    let mut seed = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut seed);
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(&seed);
+    h.update(&std::process::id().to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(&now.to_le_bytes());
+    let mut out = vec![0u8; n];
+    h.finalize_xof().fill(&mut out);
+    hex::encode(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_and_validates() {
+        let cfg = Config::new_default();
+        let bytes = serde_json::to_vec(&cfg).unwrap();
+        assert_eq!(Config::decode(&bytes).unwrap(), cfg);
+    }
+
+    #[test]
+    fn hostile_configs_are_rejected() {
+        let mut cfg = Config::new_default();
+        cfg.chunker_files.min_size = 3;
+        assert!(Config::decode(&serde_json::to_vec(&cfg).unwrap()).is_err());
+        assert!(Config::decode(b"{").is_err());
+        assert!(Config::decode(b"").is_err());
+    }
+}

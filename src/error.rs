@@ -1,0 +1,86 @@
+//! The library's error type: one variant per condition a caller can act on.
+//!
+//! The CLI prints an error as one line (`Display`) and maps it to an exit code; nothing in the library panics
+//! on input that a user or a disk controls.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in a repository operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a named path failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory is not a cairn repository (or does not exist).
+    #[error("{0}: not a cairn repository (create one with `cairn init --repo {0}`)")]
+    NotARepository(PathBuf),
+    /// `init` was asked to create a repository where one already exists.
+    #[error("{0}: a repository already exists here")]
+    AlreadyExists(PathBuf),
+    /// Stored data does not decode or does not match its id.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    /// A named object (snapshot, blob, path, stream) is not in the repository.
+    #[error("{0}")]
+    NotFound(String),
+    /// A snapshot id prefix matches more than one snapshot.
+    #[error("snapshot prefix {prefix:?} is ambiguous: matches {matches}")]
+    Ambiguous { prefix: String, matches: String },
+    /// The repository is locked by another process in a conflicting mode.
+    #[error("repository is locked: {0} (if that process is gone, run `cairn unlock`)")]
+    Locked(String),
+    /// The SQLite index failed.
+    #[error("index database: {0}")]
+    Index(#[from] rusqlite::Error),
+    /// An argument or option is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A child process (e.g. `--stdin-from-command`, `pg_dump`) failed.
+    #[error("{0}")]
+    Command(String),
+    /// A PostgreSQL operation failed.
+    #[error("postgres: {0}")]
+    Postgres(String),
+    /// A restore would overwrite an existing file.
+    #[error("{0}: already exists (use --overwrite to replace it)")]
+    Exists(PathBuf),
+    /// The operation was interrupted by a signal.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// A decoding or integrity failure of stored data.
+    pub fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Error::Corrupt {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Adds the path to a bare `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,43 @@
+//! Durable file operations: every file the repository keeps is written to a temporary file in the same
+//! directory, fsynced, renamed into place, and its directory fsynced, so a crash leaves either the old state or
+//! the complete new file, never a torn one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// Writes `data` to `path` atomically and durably (temp file, fsync, rename, fsync directory).
+pub fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.write_all(data).at(tmp.path())?;
+    tmp.as_file().sync_all().at(tmp.path())?;
+    tmp.persist(path)
+        .map_err(|e| crate::Error::io(path, e.error))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs a directory so that a rename or unlink in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).at(dir)?.sync_all().at(dir)
+}
+
+/// Creates a directory (and parents) if missing.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).at(dir)
+}
+
+/// Removes a file and makes the removal durable; a missing file is not an error.
+pub fn remove_durable(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(crate::Error::io(path, e)),
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}

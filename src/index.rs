@@ -1,0 +1,370 @@
+//! The SQLite index (format-spec/README.md, "Index"): chunk id -> (pack, offset, lengths), the pack list and
+//! a row per snapshot.
+//!
+//! Invariants: a `blobs` row only names a pack whose file is durable (the writer inserts rows after the pack's
+//! rename and directory fsync); everything here can be rebuilt from the pack trailers and snapshot files
+//! (`repair index`), so the index is a cache that must never be the only copy of anything. Lookups go to SQLite;
+//! no copy of the index is held in memory, so memory does not grow with the repository.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::error::{Error, Result};
+use crate::hashing::Id;
+use crate::pack::{BlobEntry, BlobKind, Compression};
+
+/// Version of the schema below; stored in `meta`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (
+    pack_no INTEGER PRIMARY KEY,
+    id BLOB NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    blob_count INTEGER NOT NULL,
+    delete_after INTEGER
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY,
+    pack_no INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    compression INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL,
+    base BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pack_no);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    host TEXT NOT NULL,
+    instance TEXT,
+    tags TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    stream_names TEXT NOT NULL,
+    tree TEXT,
+    partial INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots(time);
+";
+
+/// Where a blob is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Id,
+    pub entry: BlobEntry,
+}
+
+/// A pack as the index lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRow {
+    pub id: Id,
+    pub size: u64,
+    pub blob_count: u64,
+}
+
+/// A connection to the index database.
+pub struct Index {
+    conn: Connection,
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`, in WAL mode with full fsync on commit.
+    pub fn open(path: &Path) -> Result<Index> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(120))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )?;
+        let v: String = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        if v != SCHEMA_VERSION.to_string() {
+            return Err(Error::corrupt(
+                "index",
+                format!("schema version {v} is not supported"),
+            ));
+        }
+        Ok(Index { conn })
+    }
+
+    /// Runs a quick integrity check of the database file.
+    pub fn quick_check(&self) -> Result<()> {
+        let r: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if r == "ok" {
+            Ok(())
+        } else {
+            Err(Error::corrupt("index", r))
+        }
+    }
+
+    /// True if the blob is indexed.
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
+        Ok(st.exists(params![&id.0[..]])?)
+    }
+
+    /// Where the blob is stored, if indexed.
+    pub fn lookup(&self, id: &Id) -> Result<Option<Location>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT p.id, b.kind, b.compression, b.offset, b.stored_len, b.raw_len, b.base
+             FROM blobs b JOIN packs p ON p.pack_no = b.pack_no WHERE b.id = ?1",
+        )?;
+        let row = st
+            .query_row(params![&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, u8>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<Vec<u8>>>(6)?,
+                ))
+            })
+            .optional()?;
+        let Some((pack, kind, comp, offset, stored, raw, base)) = row else {
+            return Ok(None);
+        };
+        let bad = |d: &str| Error::corrupt("index", format!("blob {}: {d}", id.short()));
+        Ok(Some(Location {
+            pack: Id::from_slice(&pack).ok_or_else(|| bad("pack id"))?,
+            entry: BlobEntry {
+                kind: BlobKind::from_u8(kind).ok_or_else(|| bad("kind"))?,
+                compression: Compression::from_u8(comp).ok_or_else(|| bad("compression"))?,
+                offset: u64::try_from(offset).map_err(|_| bad("offset"))?,
+                stored_len: u32::try_from(stored).map_err(|_| bad("stored length"))?,
+                raw_len: u32::try_from(raw).map_err(|_| bad("raw length"))?,
+                id: *id,
+                base: base.as_deref().and_then(Id::from_slice),
+            },
+        }))
+    }
+
+    /// Records a durable pack and its blobs in one transaction. A blob already indexed elsewhere keeps its
+    /// existing location (the new copy is a harmless duplicate that prune will drop).
+    pub fn add_pack(&mut self, pack: Id, size: u64, entries: &[BlobEntry]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(id, size, blob_count) VALUES (?1, ?2, ?3)",
+            params![&pack.0[..], size as i64, entries.len() as i64],
+        )?;
+        let pack_no: i64 = tx.query_row(
+            "SELECT pack_no FROM packs WHERE id = ?1",
+            params![&pack.0[..]],
+            |r| r.get(0),
+        )?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO blobs(id, pack_no, kind, compression, offset, stored_len, raw_len, base)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for e in entries {
+                st.execute(params![
+                    &e.id.0[..],
+                    pack_no,
+                    e.kind as u8,
+                    e.compression as u8,
+                    e.offset as i64,
+                    e.stored_len as i64,
+                    e.raw_len as i64,
+                    e.base.map(|b| b.0.to_vec()),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// All indexed packs.
+    pub fn packs(&self) -> Result<Vec<PackRow>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, size, blob_count FROM packs ORDER BY id")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (id, size, count) = r?;
+            Ok(PackRow {
+                id: Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "pack id"))?,
+                size: size as u64,
+                blob_count: count as u64,
+            })
+        })
+        .collect()
+    }
+
+    /// Blobs the index places in `pack`.
+    pub fn blobs_in_pack(&self, pack: &Id) -> Result<Vec<BlobEntry>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT b.id FROM blobs b JOIN packs p ON p.pack_no = b.pack_no WHERE p.id = ?1 ORDER BY b.offset",
+        )?;
+        let ids: Vec<Vec<u8>> = st
+            .query_map(params![&pack.0[..]], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "blob id"))?;
+            if let Some(loc) = self.lookup(&id)? {
+                out.push(loc.entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of indexed blobs.
+    pub fn blob_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Removes a pack and its blob rows (the caller deletes the file only after this commits).
+    pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM blobs WHERE pack_no = (SELECT pack_no FROM packs WHERE id = ?1)",
+            params![&pack.0[..]],
+        )?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", params![&pack.0[..]])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a snapshot row (a cache of the snapshot file).
+    pub fn add_snapshot(&self, snap: &crate::snapshot::Snapshot, id: &str) -> Result<()> {
+        let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+        self.conn.execute(
+            "INSERT OR REPLACE INTO snapshots(id, time, host, instance, tags, paths, stream_names, tree, partial, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                id,
+                snap.time.to_rfc3339(),
+                snap.host,
+                snap.instance,
+                json(&snap.tags),
+                json(&snap.paths),
+                json(&snap.stream_names()),
+                snap.tree.map(|t| t.to_hex()),
+                snap.partial,
+                serde_json::to_string(snap).map_err(|e| Error::corrupt("snapshot", e))?,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a snapshot row.
+    pub fn remove_snapshot(&self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM snapshots WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every snapshot, oldest first, as (id, snapshot).
+    pub fn snapshots(&self) -> Result<Vec<(String, crate::snapshot::Snapshot)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, json FROM snapshots ORDER BY time, id")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|r| {
+            let (id, json) = r?;
+            let snap = serde_json::from_str(&json)
+                .map_err(|e| Error::corrupt(format!("snapshot row {id}"), e))?;
+            Ok((id, snap))
+        })
+        .collect()
+    }
+
+    /// Snapshot ids starting with `prefix`.
+    pub fn snapshot_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM snapshots WHERE substr(id, 1, length(?1)) = ?1 LIMIT 10")?;
+        let ids = st
+            .query_map(params![prefix], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
+
+    /// Deletes every row (used by `repair index` before a rebuild into a fresh file).
+    pub fn raw(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs `f` in one transaction.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self.conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> BlobEntry {
+        BlobEntry {
+            kind: BlobKind::Data,
+            compression: Compression::Zstd,
+            stored_len: 10,
+            raw_len: 20,
+            offset: 8 + n as u64 * 10,
+            id: Id::of(&[n]),
+            base: None,
+        }
+    }
+
+    #[test]
+    fn add_lookup_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let pack = Id::of(b"pack");
+        idx.add_pack(pack, 100, &[entry(1), entry(2)]).unwrap();
+        let loc = idx.lookup(&Id::of(&[1])).unwrap().unwrap();
+        assert_eq!(loc.pack, pack);
+        assert_eq!(loc.entry, entry(1));
+        assert!(idx.contains(&Id::of(&[2])).unwrap());
+        assert!(!idx.contains(&Id::of(&[3])).unwrap());
+        assert_eq!(idx.blobs_in_pack(&pack).unwrap().len(), 2);
+        idx.remove_pack(&pack).unwrap();
+        assert!(idx.lookup(&Id::of(&[1])).unwrap().is_none());
+        assert!(idx.packs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn duplicate_blob_keeps_first_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        idx.add_pack(Id::of(b"a"), 100, &[entry(1)]).unwrap();
+        idx.add_pack(Id::of(b"b"), 100, &[entry(1)]).unwrap();
+        assert_eq!(
+            idx.lookup(&Id::of(&[1])).unwrap().unwrap().pack,
+            Id::of(b"a")
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! cairn: a content-addressed, deduplicating snapshot engine for application instances made of a
+//! PostgreSQL database and a file store.
+//!
+//! The library owns every operation; the `cairn` binary only parses arguments and prints results. The
+//! on-disk format is specified in `format-spec/`; each module that encodes part of it names its section.
+//!
+//! Module map: [`chunking`] (FastCDC), [`hashing`] (ids), [`pack`] (pack format), [`pack_writer`] (dedup and
+//! durable pack writes), [`index`] (SQLite), [`tree`], [`snapshot`], [`repo`] (layout, reads), [`backup`],
+//! [`restore`], [`check`], [`repair`], [`lock`], [`config`].
+
+pub mod backup;
+pub mod check;
+pub mod chunking;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod hashing;
+pub mod index;
+pub mod lock;
+pub mod pack;
+pub mod pack_writer;
+pub mod progress;
+pub mod repair;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod tree;
+
+pub use error::{Error, Result};
+pub use hashing::Id;
+pub use repo::Repository;

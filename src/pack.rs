@@ -1,0 +1,381 @@
+//! Pack files (format-spec/README.md, "Packs"): blobs appended back to back, followed by a trailer that lists
+//! every blob, so a pack describes itself and the index can be rebuilt from packs alone.
+//!
+//! ```text
+//! offset 0            8                                   D            D+88*N         D+88*N+48
+//!        | magic (8)  | blob 0 | blob 1 | ... | blob N-1  | entry * N  | footer (48) |
+//!
+//! entry (88 bytes, little-endian):            footer (48 bytes):
+//!   0  kind u8                                  0  entry_count u32
+//!   1  compression u8                           4  reserved u32 (0)
+//!   2  reserved u16 (0)                         8  BLAKE3 of the entry bytes [32]
+//!   4  stored_len u32                          40  magic "CAIRNEND" [8]
+//!   8  raw_len u32
+//!  12  offset u64 (from the start of the file)
+//!  20  id [32]  (BLAKE3 of the raw bytes)
+//!  52  base [32] (delta base id; zero for other kinds)
+//!  84  reserved u32 (0)
+//! ```
+//! A pack's id is the BLAKE3 of the whole file. Packs are written once and never modified.
+
+use crate::error::{Error, Result};
+use crate::hashing::Id;
+
+/// First bytes of every pack.
+pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPK\x01";
+/// Last bytes of every pack.
+pub const FOOTER_MAGIC: [u8; 8] = *b"CAIRNEND";
+/// Size of one trailer entry.
+pub const ENTRY_LEN: usize = 88;
+/// Size of the footer.
+pub const FOOTER_LEN: usize = 48;
+/// Largest raw blob a reader accepts; bounds allocations on hostile input (chunks are at most 16 MiB, trees
+/// are split well below this).
+pub const MAX_BLOB_LEN: u32 = 256 * 1024 * 1024;
+
+const ENTRY_KIND: usize = 0;
+const ENTRY_COMPRESSION: usize = ENTRY_KIND + 1;
+const ENTRY_STORED_LEN: usize = ENTRY_COMPRESSION + 3;
+const ENTRY_RAW_LEN: usize = ENTRY_STORED_LEN + 4;
+const ENTRY_OFFSET: usize = ENTRY_RAW_LEN + 4;
+const ENTRY_ID: usize = ENTRY_OFFSET + 8;
+const ENTRY_BASE: usize = ENTRY_ID + 32;
+const _: () = assert!(ENTRY_BASE + 32 + 4 == ENTRY_LEN);
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlobKind {
+    /// A chunk of file or stream content.
+    Data = 0,
+    /// An encoded tree object.
+    Tree = 1,
+    /// Reserved: a chunk stored as a zstd delta against the chunk named by `base`. Not written by format v1;
+    /// readers report it as unsupported rather than misreading it.
+    DeltaData = 2,
+}
+
+impl BlobKind {
+    pub fn from_u8(v: u8) -> Option<BlobKind> {
+        match v {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            2 => Some(BlobKind::DeltaData),
+            _ => None,
+        }
+    }
+}
+
+/// How a blob's stored bytes encode its raw bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None = 0,
+    Zstd = 1,
+}
+
+impl Compression {
+    pub fn from_u8(v: u8) -> Option<Compression> {
+        match v {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// One trailer entry: where a blob sits in its pack and how to decode it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlobEntry {
+    pub kind: BlobKind,
+    pub compression: Compression,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub offset: u64,
+    pub id: Id,
+    pub base: Option<Id>,
+}
+
+impl BlobEntry {
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = [0u8; ENTRY_LEN];
+        e[ENTRY_KIND] = self.kind as u8;
+        e[ENTRY_COMPRESSION] = self.compression as u8;
+        e[ENTRY_STORED_LEN..ENTRY_STORED_LEN + 4].copy_from_slice(&self.stored_len.to_le_bytes());
+        e[ENTRY_RAW_LEN..ENTRY_RAW_LEN + 4].copy_from_slice(&self.raw_len.to_le_bytes());
+        e[ENTRY_OFFSET..ENTRY_OFFSET + 8].copy_from_slice(&self.offset.to_le_bytes());
+        e[ENTRY_ID..ENTRY_ID + 32].copy_from_slice(&self.id.0);
+        if let Some(base) = self.base {
+            e[ENTRY_BASE..ENTRY_BASE + 32].copy_from_slice(&base.0);
+        }
+        out.extend_from_slice(&e);
+    }
+
+    fn decode(e: &[u8]) -> Result<BlobEntry> {
+        let bad = |d: &str| Error::corrupt("pack trailer", d);
+        let u32_at = |o: usize| u32::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3]]);
+        let kind = BlobKind::from_u8(e[ENTRY_KIND]).ok_or_else(|| bad("unknown blob kind"))?;
+        let compression =
+            Compression::from_u8(e[ENTRY_COMPRESSION]).ok_or_else(|| bad("unknown compression"))?;
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&e[ENTRY_OFFSET..ENTRY_OFFSET + 8]);
+        let id = Id::from_slice(&e[ENTRY_ID..ENTRY_ID + 32]).ok_or_else(|| bad("id"))?;
+        let base = Id::from_slice(&e[ENTRY_BASE..ENTRY_BASE + 32]).ok_or_else(|| bad("base"))?;
+        Ok(BlobEntry {
+            kind,
+            compression,
+            stored_len: u32_at(ENTRY_STORED_LEN),
+            raw_len: u32_at(ENTRY_RAW_LEN),
+            offset: u64::from_le_bytes(off),
+            id,
+            base: (kind == BlobKind::DeltaData).then_some(base),
+        })
+    }
+}
+
+/// Accumulates blobs for one pack in memory until it is sealed.
+pub struct PackBuilder {
+    data: Vec<u8>,
+    entries: Vec<BlobEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        PackBuilder::new()
+    }
+}
+
+impl PackBuilder {
+    pub fn new() -> PackBuilder {
+        let mut data = Vec::with_capacity(1024 * 1024);
+        data.extend_from_slice(&PACK_MAGIC);
+        PackBuilder {
+            data,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Appends an already encoded blob.
+    pub fn add(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        raw_len: u32,
+        compression: Compression,
+        stored: &[u8],
+    ) {
+        self.entries.push(BlobEntry {
+            kind,
+            compression,
+            stored_len: stored.len() as u32,
+            raw_len,
+            offset: self.data.len() as u64,
+            id,
+            base: None,
+        });
+        self.data.extend_from_slice(stored);
+    }
+
+    /// Bytes of blob data so far.
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends the trailer; returns the pack's bytes, its id and its entries.
+    pub fn seal(mut self) -> (Vec<u8>, Id, Vec<BlobEntry>) {
+        let start = self.data.len();
+        for e in &self.entries {
+            e.encode(&mut self.data);
+        }
+        let trailer_hash = Id::of(&self.data[start..]);
+        self.data
+            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(&0u32.to_le_bytes());
+        self.data.extend_from_slice(&trailer_hash.0);
+        self.data.extend_from_slice(&FOOTER_MAGIC);
+        let id = Id::of(&self.data);
+        (self.data, id, self.entries)
+    }
+}
+
+/// Parses the footer of a pack of `file_len` bytes; returns the entry count and the trailer's expected hash.
+pub fn parse_footer(footer: &[u8], file_len: u64) -> Result<(u32, Id)> {
+    let bad = |d: String| Error::corrupt("pack footer", d);
+    if footer.len() != FOOTER_LEN || footer[40..48] != FOOTER_MAGIC {
+        return Err(bad("missing end magic (truncated pack?)".into()));
+    }
+    let count = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]);
+    if footer[4..8] != [0; 4] {
+        return Err(bad("reserved footer bytes are not zero".into()));
+    }
+    let needed = PACK_MAGIC.len() as u64 + FOOTER_LEN as u64 + count as u64 * ENTRY_LEN as u64;
+    if needed > file_len {
+        return Err(bad(format!(
+            "{count} entries do not fit in {file_len} bytes"
+        )));
+    }
+    let hash = Id::from_slice(&footer[8..40]).ok_or_else(|| bad("hash".into()))?;
+    Ok((count, hash))
+}
+
+/// Decodes and validates a pack's entries: trailer hash, kinds, and every blob within the data area.
+pub fn parse_entries(entries: &[u8], expected: Id, file_len: u64) -> Result<Vec<BlobEntry>> {
+    if Id::of(entries) != expected {
+        return Err(Error::corrupt("pack trailer", "checksum mismatch"));
+    }
+    let data_end = file_len - FOOTER_LEN as u64 - entries.len() as u64;
+    entries
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let entry = BlobEntry::decode(e)?;
+            let end = entry.offset.checked_add(entry.stored_len as u64);
+            let in_range =
+                entry.offset >= PACK_MAGIC.len() as u64 && end.is_some_and(|end| end <= data_end);
+            if !in_range || entry.raw_len > MAX_BLOB_LEN {
+                return Err(Error::corrupt(
+                    "pack trailer",
+                    format!("blob {} out of range", entry.id.short()),
+                ));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Reads and validates the trailer of the pack file at `path` without reading its blobs.
+pub fn read_trailer(path: &std::path::Path) -> Result<Vec<BlobEntry>> {
+    use crate::error::IoContext;
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).at(path)?;
+    let len = file.metadata().at(path)?.len();
+    if len < (PACK_MAGIC.len() + FOOTER_LEN) as u64 {
+        return Err(Error::corrupt("pack", "too short (truncated?)"));
+    }
+    let mut magic = [0u8; 8];
+    file.read_exact_at(&mut magic, 0).at(path)?;
+    if magic != PACK_MAGIC {
+        return Err(Error::corrupt("pack", "missing pack magic"));
+    }
+    let mut footer = [0u8; FOOTER_LEN];
+    file.read_exact_at(&mut footer, len - FOOTER_LEN as u64)
+        .at(path)?;
+    let (count, hash) = parse_footer(&footer, len)?;
+    let entries_len = count as usize * ENTRY_LEN;
+    let mut entries = vec![0u8; entries_len];
+    file.read_exact_at(&mut entries, len - (FOOTER_LEN + entries_len) as u64)
+        .at(path)?;
+    parse_entries(&entries, hash, len)
+}
+
+/// Parses a whole pack held in memory (used by tests, fuzzing and repair).
+pub fn parse_pack(bytes: &[u8]) -> Result<Vec<BlobEntry>> {
+    let len = bytes.len() as u64;
+    if bytes.len() < PACK_MAGIC.len() + FOOTER_LEN || bytes[..8] != PACK_MAGIC {
+        return Err(Error::corrupt("pack", "missing pack magic"));
+    }
+    let (count, hash) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], len)?;
+    let start = bytes.len() - FOOTER_LEN - count as usize * ENTRY_LEN;
+    parse_entries(&bytes[start..bytes.len() - FOOTER_LEN], hash, len)
+}
+
+/// Encodes raw blob bytes: zstd at `level`, verified by decompressing and re-hashing (a compressor or memory
+/// fault must not reach the disk), or stored raw when compression does not shrink it.
+pub fn encode_blob(raw: &[u8], id: Id, level: i32) -> Result<(Compression, Vec<u8>)> {
+    let compressed = zstd::bulk::compress(raw, level).map_err(|e| Error::corrupt("zstd", e))?;
+    if compressed.len() >= raw.len() {
+        return Ok((Compression::None, raw.to_vec()));
+    }
+    let check =
+        zstd::bulk::decompress(&compressed, raw.len()).map_err(|e| Error::corrupt("zstd", e))?;
+    if Id::of(&check) != id {
+        return Err(Error::corrupt(
+            "zstd",
+            "compressed blob did not decompress to its input",
+        ));
+    }
+    Ok((Compression::Zstd, compressed))
+}
+
+/// Decodes stored blob bytes and verifies them against the blob's id.
+pub fn decode_blob(entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
+    let what = || format!("blob {}", entry.id);
+    let raw = match (entry.kind, entry.compression) {
+        (BlobKind::DeltaData, _) => {
+            return Err(Error::corrupt(
+                what(),
+                "delta blobs are not supported by format v1 readers",
+            ))
+        }
+        (_, Compression::None) => stored.to_vec(),
+        (_, Compression::Zstd) => zstd::bulk::decompress(stored, entry.raw_len as usize)
+            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
+    };
+    if raw.len() != entry.raw_len as usize || Id::of(&raw) != entry.id {
+        return Err(Error::corrupt(what(), "content does not match its id"));
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_pack() -> (Vec<u8>, Id, Vec<BlobEntry>) {
+        let mut b = PackBuilder::new();
+        for payload in [&b"hello hello hello hello hello"[..], b"x", &[7u8; 5000]] {
+            let id = Id::of(payload);
+            let (c, stored) = encode_blob(payload, id, 3).unwrap();
+            b.add(BlobKind::Data, id, payload.len() as u32, c, &stored);
+        }
+        b.seal()
+    }
+
+    #[test]
+    fn sealed_pack_parses_back_and_blobs_decode() {
+        let (bytes, id, entries) = sample_pack();
+        assert_eq!(Id::of(&bytes), id);
+        let parsed = parse_pack(&bytes).unwrap();
+        assert_eq!(parsed, entries);
+        for e in &parsed {
+            let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+            decode_blob(e, stored).unwrap();
+        }
+        assert_eq!(
+            parsed[1].compression,
+            Compression::None,
+            "a 1-byte blob does not shrink"
+        );
+        assert_eq!(parsed[2].compression, Compression::Zstd);
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_trailer_byte_is_an_error() {
+        let (bytes, _, entries) = sample_pack();
+        for cut in 0..bytes.len() {
+            assert!(
+                parse_pack(&bytes[..cut]).is_err(),
+                "truncated at {cut} parsed"
+            );
+        }
+        let data_end = entries
+            .last()
+            .map(|e| e.offset + e.stored_len as u64)
+            .unwrap() as usize;
+        for i in data_end..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(parse_pack(&b).is_err(), "flip at {i} parsed");
+        }
+    }
+
+    #[test]
+    fn flipped_data_byte_fails_blob_verification() {
+        let (mut bytes, _, entries) = sample_pack();
+        let e = entries[2];
+        bytes[e.offset as usize + 3] ^= 1;
+        let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
+        assert!(decode_blob(&e, stored).is_err());
+    }
+}

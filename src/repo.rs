@@ -1,0 +1,251 @@
+//! A repository on disk (format-spec/README.md, "Layout"): opening and creating it, reading blobs, and
+//! finding and saving snapshots.
+//!
+//! ```text
+//! <repo>/config               JSON, written once by init
+//! <repo>/index.sqlite         the SQLite index (a rebuildable cache)
+//! <repo>/packs/<xx>/<id>      pack files, <xx> = first two hex digits of the pack id
+//! <repo>/snapshots/<id>       snapshot files
+//! <repo>/locks/<random>       lock files
+//! ```
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::hashing::Id;
+use crate::index::{Index, Location};
+use crate::pack::{self, BlobKind};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+/// File name of the index database inside a repository.
+pub const INDEX_FILE: &str = "index.sqlite";
+
+/// An open repository.
+pub struct Repository {
+    root: PathBuf,
+    config: Config,
+    index: Mutex<Index>,
+}
+
+impl Repository {
+    /// Creates a new repository at `root` (which may exist but must not hold a repository).
+    pub fn init(root: &Path, config: Config) -> Result<Repository> {
+        if root.join("config").exists() {
+            return Err(Error::AlreadyExists(root.to_path_buf()));
+        }
+        for sub in ["packs", "snapshots", "locks"] {
+            fsutil::ensure_dir(&root.join(sub))?;
+        }
+        // The config is written last: a directory without it is not yet a repository.
+        let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::corrupt("config", e))?;
+        Index::open(&root.join(INDEX_FILE))?;
+        fsutil::write_durable(&root.join("config"), &bytes)?;
+        fsutil::sync_dir(root.parent().unwrap_or(Path::new("/")))?;
+        Repository::open(root)
+    }
+
+    /// Opens an existing repository.
+    pub fn open(root: &Path) -> Result<Repository> {
+        let config_path = root.join("config");
+        if !config_path.is_file() {
+            return Err(Error::NotARepository(root.to_path_buf()));
+        }
+        let config = Config::load(&config_path)?;
+        let index_path = root.join(INDEX_FILE);
+        if !index_path.exists() && has_packs(root)? {
+            return Err(Error::corrupt(
+                "index",
+                format!(
+                    "{} is missing; rebuild it with `cairn repair index`",
+                    index_path.display()
+                ),
+            ));
+        }
+        let index = Index::open(&index_path).map_err(|e| match e {
+            Error::Index(e) => Error::corrupt(
+                "index",
+                format!(
+                    "{}: {e}; rebuild it with `cairn repair index`",
+                    index_path.display()
+                ),
+            ),
+            other => other,
+        })?;
+        Ok(Repository {
+            root: root.to_path_buf(),
+            config,
+            index: Mutex::new(index),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The index connection. Held briefly: every lookup and insert goes through it.
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back), so a
+        // poisoned mutex is still safe to use.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Path of a pack file.
+    pub fn pack_path(&self, id: &Id) -> PathBuf {
+        let hex = id.to_hex();
+        self.packs_dir().join(&hex[..2]).join(hex)
+    }
+
+    /// Reads, decompresses and verifies one blob.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index()
+            .lookup(id)?
+            .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))?;
+        self.read_located(&loc)
+    }
+
+    /// Reads a blob at a known location.
+    pub fn read_located(&self, loc: &Location) -> Result<Vec<u8>> {
+        let path = self.pack_path(&loc.pack);
+        let file = File::open(&path).at(&path)?;
+        let mut stored = vec![0u8; loc.entry.stored_len as usize];
+        file.read_exact_at(&mut stored, loc.entry.offset)
+            .at(&path)?;
+        pack::decode_blob(&loc.entry, &stored).map_err(|e| match e {
+            Error::Corrupt { what, detail } => Error::Corrupt {
+                what: format!("{what} in pack {}", loc.pack.short()),
+                detail,
+            },
+            other => other,
+        })
+    }
+
+    /// Reads and decodes a tree object.
+    pub fn read_tree(&self, id: &Id) -> Result<Tree> {
+        let loc = self
+            .index()
+            .lookup(id)?
+            .ok_or_else(|| Error::NotFound(format!("tree {id} is not in the index")))?;
+        if loc.entry.kind != BlobKind::Tree {
+            return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
+        }
+        Tree::decode(&self.read_located(&loc)?)
+    }
+
+    /// Writes a snapshot file durably, then its index row. Returns the snapshot id.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let (bytes, id) = snap.encode()?;
+        fsutil::write_durable(&self.snapshots_dir().join(id.to_hex()), &bytes)?;
+        self.index().add_snapshot(snap, &id.to_hex())?;
+        Ok(id)
+    }
+
+    /// Removes a snapshot: the index row first, then the file, so a crash in between leaves the snapshot
+    /// recoverable by `repair index` rather than a dangling row.
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.index().remove_snapshot(&id.to_hex())?;
+        fsutil::remove_durable(&self.snapshots_dir().join(id.to_hex()))
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        self.index()
+            .snapshots()?
+            .into_iter()
+            .map(|(id, s)| {
+                Ok((
+                    Id::from_hex(&id).ok_or_else(|| Error::corrupt("index", "snapshot id"))?,
+                    s,
+                ))
+            })
+            .collect()
+    }
+
+    /// Resolves `latest`, a full id or a unique prefix of at least 4 hex digits.
+    pub fn resolve_snapshot(&self, spec: &str, instance: Option<&str>) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            return self
+                .snapshots()?
+                .into_iter()
+                .rev()
+                .find(|(_, s)| instance.is_none() || s.instance.as_deref() == instance)
+                .ok_or_else(|| Error::NotFound("no snapshot found for `latest`".into()));
+        }
+        let spec = spec.to_ascii_lowercase();
+        if spec.len() < 4 || spec.len() > 64 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "{spec:?} is not a snapshot id (want `latest` or at least 4 hex digits)"
+            )));
+        }
+        let ids = self.index().snapshot_ids_with_prefix(&spec)?;
+        match ids.as_slice() {
+            [] => Err(Error::NotFound(format!("no snapshot matches {spec:?}"))),
+            [one] => {
+                let id = Id::from_hex(one).ok_or_else(|| Error::corrupt("index", "snapshot id"))?;
+                Ok((id, Snapshot::load(&self.snapshots_dir(), &id)?))
+            }
+            many => Err(Error::Ambiguous {
+                prefix: spec,
+                matches: many.iter().map(|s| &s[..12]).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// Lists every pack file on disk with its size.
+    pub fn pack_files(&self) -> Result<Vec<(Id, u64)>> {
+        list_pack_files(&self.packs_dir())
+    }
+}
+
+fn has_packs(root: &Path) -> Result<bool> {
+    Ok(!list_pack_files(&root.join("packs"))?.is_empty())
+}
+
+/// Pack files under `packs/`, skipping temporary files; unexpected names are ignored.
+pub fn list_pack_files(dir: &Path) -> Result<Vec<(Id, u64)>> {
+    let mut out = Vec::new();
+    let Ok(subdirs) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for sub in subdirs {
+        let sub = sub.at(dir)?;
+        if !sub.file_type().at(sub.path())?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(sub.path()).at(sub.path())? {
+            let f = f.at(sub.path())?;
+            let name = f.file_name();
+            if let Some(id) = name.to_str().and_then(Id::from_hex) {
+                out.push((id, f.metadata().at(f.path())?.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The default repository: `$XDG_DATA_HOME/cairn/repo`, else `~/.local/share/cairn/repo`.
+pub fn default_repo_path() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("cairn/repo"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/cairn/repo"))
+}

@@ -1,0 +1,436 @@
+//! Restore and dump: reassemble files and streams from a snapshot, re-verifying every chunk against its id.
+//!
+//! Safety: every path written is `target` joined with tree-entry names that the tree decoder has already
+//! proven to be single, safe components; an existing directory on the way must be a real directory, not a
+//! symlink; existing files are replaced only with `overwrite` (and then unlinked first, never written through).
+//! A file whose chunk fails verification is removed and named in the error, never left silently wrong.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, IoContext, Result};
+use crate::hashing::Id;
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{Meta, Node, NodeKind};
+
+/// Where and what to restore.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Only these paths (relative to the snapshot root, e.g. `filestore/ab`); everything when empty.
+    pub include: Vec<String>,
+    pub overwrite: bool,
+    pub progress: Progress,
+}
+
+/// What a restore wrote.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub special: u64,
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+/// One entry to restore, with its path relative to the target.
+struct Item {
+    rel: PathBuf,
+    node: Node,
+}
+
+/// Restores a snapshot's file tree under `opts.target`.
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    let root = snap.tree.ok_or_else(|| {
+        Error::NotFound("the snapshot holds no file tree (only streams: use `cairn dump`)".into())
+    })?;
+    let include: Vec<Vec<Vec<u8>>> = opts.include.iter().map(|p| components(p)).collect();
+    let mut items = Vec::new();
+    collect(repo, &root, PathBuf::new(), &include, &mut items)?;
+    if !include.is_empty() && items.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no path in the snapshot matches {:?}",
+            opts.include
+        )));
+    }
+    fs::create_dir_all(&opts.target).at(&opts.target)?;
+    let mut summary = RestoreSummary::default();
+    let target = &opts.target;
+    for it in items
+        .iter()
+        .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
+    {
+        make_dir(&target.join(&it.rel), opts.overwrite)?;
+        summary.dirs += 1;
+    }
+    let (primaries, links) = split_hard_links(&items);
+    let bytes = AtomicU64::new(0);
+    let failures: Vec<Error> = primaries
+        .par_iter()
+        .filter_map(|it| {
+            let r = restore_file(repo, &target.join(&it.rel), &it.node, opts.overwrite);
+            if let Ok(n) = r {
+                bytes.fetch_add(n, Ordering::Relaxed);
+                opts.progress.file_done(n);
+            }
+            r.err()
+        })
+        .collect();
+    if let Some(first) = failures.into_iter().next() {
+        return Err(first);
+    }
+    summary.files = primaries.len() as u64;
+    summary.bytes = bytes.into_inner();
+    for (it, first) in &links {
+        let path = target.join(&it.rel);
+        replace_existing(&path, opts.overwrite)?;
+        fs::hard_link(target.join(first), &path).at(&path)?;
+        summary.links += 1;
+    }
+    for it in &items {
+        let path = target.join(&it.rel);
+        match &it.node.kind {
+            NodeKind::Symlink { target: t } => {
+                replace_existing(&path, opts.overwrite)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(t), &path).at(&path)?;
+                apply_meta(&path, &it.node.meta, false)?;
+                summary.special += 1;
+            }
+            NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
+                replace_existing(&path, opts.overwrite)?;
+                match make_special(&path, &it.node) {
+                    Ok(()) => {
+                        apply_meta(&path, &it.node.meta, true)?;
+                        summary.special += 1;
+                    }
+                    Err(e) => summary
+                        .warnings
+                        .push(format!("{}: not recreated: {e}", path.display())),
+                }
+            }
+            _ => {}
+        }
+    }
+    // Directory times last, deepest first: creating entries inside a directory changes its mtime.
+    for it in items
+        .iter()
+        .rev()
+        .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
+    {
+        apply_meta(&target.join(&it.rel), &it.node.meta, true)?;
+    }
+    opts.progress.finish();
+    Ok(summary)
+}
+
+/// Splits a path like `a/b/c` into components; `.` and empty components are dropped.
+fn components(p: &str) -> Vec<Vec<u8>> {
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
+}
+
+/// Walks the tree depth-first, keeping entries selected by `include` (and the directories leading to them).
+fn collect(
+    repo: &Repository,
+    tree: &Id,
+    rel: PathBuf,
+    include: &[Vec<Vec<u8>>],
+    out: &mut Vec<Item>,
+) -> Result<()> {
+    let tree = repo.read_tree(tree)?;
+    for node in tree.nodes {
+        let path = rel.join(OsStr::from_bytes(&node.name));
+        let depth = path.components().count();
+        let here: Vec<Vec<u8>> = path
+            .components()
+            .map(|c| c.as_os_str().as_bytes().to_vec())
+            .collect();
+        // Selected fully if some include is a prefix of this path; traversed if this path is a prefix of one.
+        let selected = include.is_empty()
+            || include
+                .iter()
+                .any(|inc| inc.len() <= depth && here[..inc.len()] == inc[..]);
+        let on_the_way = include
+            .iter()
+            .any(|inc| inc.len() > depth && inc[..depth] == here[..]);
+        if !selected && !on_the_way {
+            continue;
+        }
+        let subtree = match &node.kind {
+            NodeKind::Dir { subtree } => Some(*subtree),
+            _ if !selected => continue,
+            _ => None,
+        };
+        out.push(Item {
+            rel: path.clone(),
+            node,
+        });
+        if let Some(sub) = subtree {
+            collect(repo, &sub, path, if selected { &[] } else { include }, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Regular files to write, and hard links to make to the first restored path of their group.
+fn split_hard_links(items: &[Item]) -> (Vec<&Item>, Vec<(&Item, PathBuf)>) {
+    let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut primaries = Vec::new();
+    let mut links = Vec::new();
+    for it in items
+        .iter()
+        .filter(|i| matches!(i.node.kind, NodeKind::File { .. }))
+    {
+        let m = &it.node.meta;
+        if m.nlink > 1 {
+            if let Some(p) = first.get(&(m.device, m.inode)) {
+                links.push((it, p.clone()));
+                continue;
+            }
+            first.insert((m.device, m.inode), it.rel.clone());
+        }
+        primaries.push(it);
+    }
+    (primaries, links)
+}
+
+fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) if overwrite => {
+            fs::remove_file(path).at(path)?;
+            fs::create_dir(path).at(path)
+        }
+        Ok(_) => Err(Error::Exists(path.to_path_buf())),
+        Err(_) => fs::create_dir(path).at(path),
+    }
+}
+
+/// Unlinks an existing non-directory at `path` when overwriting; refuses otherwise.
+fn replace_existing(path: &Path, overwrite: bool) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(_) if !overwrite => Err(Error::Exists(path.to_path_buf())),
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path).at(path),
+        Ok(_) => fs::remove_file(path).at(path),
+    }
+}
+
+/// Writes one regular file, verifying every chunk; returns the bytes written.
+fn restore_file(repo: &Repository, path: &Path, node: &Node, overwrite: bool) -> Result<u64> {
+    let NodeKind::File { chunks, size } = &node.kind else {
+        return Ok(0);
+    };
+    replace_existing(path, overwrite)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .at(path)?;
+    let written = write_chunks(repo, chunks, &mut file).map_err(|e| {
+        let _ = fs::remove_file(path);
+        match e {
+            Error::Corrupt { what, detail } => Error::Corrupt {
+                what: format!("{what} of file {}", path.display()),
+                detail,
+            },
+            Error::NotFound(m) => {
+                Error::NotFound(format!("{m} (needed by file {})", path.display()))
+            }
+            other => other,
+        }
+    })?;
+    if written != *size {
+        let _ = fs::remove_file(path);
+        return Err(Error::corrupt(
+            format!("file {}", path.display()),
+            format!("restored {written} bytes, snapshot records {size}"),
+        ));
+    }
+    drop(file);
+    apply_meta(path, &node.meta, true)?;
+    Ok(written)
+}
+
+/// Writes chunks in order, reading a few ahead in parallel.
+fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
+    let mut written = 0u64;
+    for group in chunks.chunks(8) {
+        let data: Vec<Vec<u8>> = group
+            .par_iter()
+            .map(|id| repo.read_blob(id))
+            .collect::<Result<_>>()?;
+        for d in data {
+            out.write_all(&d).map_err(|e| Error::io("output", e))?;
+            written += d.len() as u64;
+        }
+    }
+    Ok(written)
+}
+
+fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
+    let c = cpath(path)?;
+    let (kind, rdev) = match node.kind {
+        NodeKind::Fifo => (libc::S_IFIFO, 0),
+        NodeKind::CharDevice { rdev } => (libc::S_IFCHR, rdev),
+        NodeKind::BlockDevice { rdev } => (libc::S_IFBLK, rdev),
+        _ => return Ok(()),
+    };
+    // SAFETY: `c` is a valid NUL-terminated path; mknod has no memory-safety preconditions beyond that.
+    let r = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            kind | (node.meta.mode & 0o7777),
+            rdev as libc::dev_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn cpath(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path contains NUL"))
+}
+
+/// Applies owner (when root), mode and mtime. `follow` is false for symlinks, whose own times are set.
+fn apply_meta(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
+    let c = cpath(path).at(path)?;
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let r = unsafe { libc::fchownat(libc::AT_FDCWD, c.as_ptr(), meta.uid, meta.gid, flags) };
+        if r != 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+    }
+    if follow {
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777)).at(path)?;
+    }
+    let t = libc::timespec {
+        tv_sec: meta.mtime as libc::time_t,
+        tv_nsec: meta.mtime_nsec as _,
+    };
+    let times = [t, t];
+    // SAFETY: `c` is a valid path and `times` points to two initialised timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
+    if r != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Finds the node at `path` (components separated by `/`) below the tree `root`.
+pub fn find_node(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
+    let comps = components(path);
+    let mut tree = repo.read_tree(root)?;
+    for (i, c) in comps.iter().enumerate() {
+        let node = tree
+            .get(c)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("{path}: no such path in the snapshot")))?;
+        if i + 1 == comps.len() {
+            return Ok(node);
+        }
+        match node.kind {
+            NodeKind::Dir { subtree } => tree = repo.read_tree(&subtree)?,
+            _ => {
+                return Err(Error::NotFound(format!(
+                    "{path}: not a directory in the snapshot"
+                )))
+            }
+        }
+    }
+    Err(Error::NotFound(format!("{path:?}: empty path")))
+}
+
+/// Writes a stream (by name) or a file (by path) of the snapshot to `out`; returns the bytes written.
+pub fn dump(repo: &Repository, snap: &Snapshot, name: &str, out: &mut dyn Write) -> Result<u64> {
+    let stream = match snap.stream_tree {
+        Some(t) if snap.streams.iter().any(|s| s.name == name) => Some(find_node(repo, &t, name)?),
+        _ => None,
+    };
+    let node = match (stream, snap.tree) {
+        (Some(n), _) => n,
+        (None, Some(root)) => find_node(repo, &root, name)?,
+        (None, None) => {
+            return Err(Error::NotFound(format!(
+                "{name}: no such stream or file in the snapshot"
+            )))
+        }
+    };
+    let NodeKind::File { chunks, .. } = &node.kind else {
+        return Err(Error::Invalid(format!("{name}: not a file or stream")));
+    };
+    let n = write_chunks(repo, chunks, out)?;
+    out.flush().map_err(|e| Error::io("output", e))?;
+    Ok(n)
+}
+
+/// Lists the entries under `path` (the whole tree when empty): one `(path, node)` per entry, depth-first.
+pub fn list(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Vec<(String, Node)>> {
+    let root = snap
+        .tree
+        .ok_or_else(|| Error::NotFound("the snapshot holds no file tree".into()))?;
+    let mut out = Vec::new();
+    let comps = components(path);
+    if comps.is_empty() {
+        walk(repo, &root, String::new(), &mut out)?;
+        return Ok(out);
+    }
+    let node = find_node(repo, &root, path)?;
+    let prefix = comps
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("/");
+    if let NodeKind::Dir { subtree } = node.kind {
+        out.push((prefix.clone(), node));
+        walk(repo, &subtree, prefix, &mut out)?;
+    } else {
+        out.push((prefix, node));
+    }
+    Ok(out)
+}
+
+fn walk(repo: &Repository, tree: &Id, prefix: String, out: &mut Vec<(String, Node)>) -> Result<()> {
+    for node in repo.read_tree(tree)?.nodes {
+        let name = String::from_utf8_lossy(&node.name);
+        let path = if prefix.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let sub = match &node.kind {
+            NodeKind::Dir { subtree } => Some(*subtree),
+            _ => None,
+        };
+        out.push((path.clone(), node));
+        if let Some(s) = sub {
+            walk(repo, &s, path, out)?;
+        }
+    }
+    Ok(())
+}

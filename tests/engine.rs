@@ -1,0 +1,419 @@
+//! End-to-end tests of the core engine through the real `cairn` binary: round trips with every kind of entry,
+//! deduplication, streams, hostile input, corruption and index repair.
+
+mod harness;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use harness::*;
+
+fn snapshot_count(repo: &Path) -> usize {
+    let out = ok(cairn(repo).args(["snapshots", "--json"]));
+    serde_json::from_str::<Vec<serde_json::Value>>(&out)
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn rich_tree_round_trips_byte_for_byte_with_metadata() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 2500);
+    let first = backup_json(&repo, &[src.to_str().unwrap()]);
+    assert_eq!(first["partial"], false);
+    assert!(first["files_new"].as_u64().unwrap() >= 2500);
+    for key in [
+        "snapshot_id",
+        "files_new",
+        "files_changed",
+        "files_unmodified",
+        "bytes_read",
+        "bytes_added",
+        "chunks_new",
+        "duration_s",
+    ] {
+        assert!(first.get(key).is_some(), "backup --json lacks {key}");
+    }
+    let target = dir.path().join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target", target.to_str().unwrap()]));
+    assert_same_tree(&src, &target.join("src"));
+
+    // Unchanged: nothing is read again and (almost) nothing is stored.
+    let second = backup_json(&repo, &[src.to_str().unwrap()]);
+    assert_eq!(second["files_new"], 0);
+    assert_eq!(second["files_changed"], 0);
+    assert_eq!(second["bytes_read"], 0);
+    assert!(
+        second["bytes_added"].as_u64().unwrap() < 1024,
+        "unchanged backup added {}",
+        second["bytes_added"]
+    );
+
+    // --force re-reads every file but stores nothing new.
+    let forced = backup_json(&repo, &["--force", src.to_str().unwrap()]);
+    assert!(forced["bytes_read"].as_u64().unwrap() > 5_000_000);
+    assert_eq!(forced["chunks_new"], 0);
+    ok(cairn(&repo).arg("check"));
+}
+
+#[test]
+fn changed_file_is_detected_and_only_its_chunks_are_new() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 50);
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    fs::write(src.join("docs/readme.txt"), b"changed content").unwrap();
+    fs::write(src.join("new-file"), b"brand new").unwrap();
+    let second = backup_json(&repo, &[src.to_str().unwrap()]);
+    assert_eq!(second["files_new"], 1);
+    assert_eq!(second["files_changed"], 2, "readme and its hard link");
+    let id = second["snapshot_id"].as_str().unwrap();
+    let target = dir.path().join("r");
+    ok(cairn(&repo).args(["restore", &id[..8], "--target", target.to_str().unwrap()]));
+    assert_same_tree(&src, &target.join("src"));
+}
+
+#[test]
+fn stdin_stream_round_trips_and_dump_matches() {
+    let (_dir, repo) = new_repo();
+    let data = pseudo_random(3_000_000, 42);
+    let mut child = cairn(&repo)
+        .args(["backup", "--stdin", "--stdin-name", "db.dump", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bytes_read"], 3_000_000);
+    let dumped = cairn(&repo)
+        .args(["dump", "latest", "db.dump"])
+        .output()
+        .unwrap();
+    assert!(dumped.status.success());
+    assert!(dumped.stdout == data, "dumped stream differs");
+    let listed = ok(cairn(&repo).args(["snapshots", "--json"]));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(list[0]["stream_names"], serde_json::json!(["db.dump"]));
+    for key in ["id", "time", "instance", "tags", "paths", "stream_names"] {
+        assert!(list[0].get(key).is_some(), "snapshots --json lacks {key}");
+    }
+}
+
+#[test]
+fn a_stream_read_twice_is_read_in_full_each_time() {
+    // A stream has no mtime: the second backup must store the new content, never assume "unmodified".
+    let (_dir, repo) = new_repo();
+    for content in ["day one\n", "day two\n"] {
+        ok(cairn(&repo).args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-name",
+            "s",
+            "--",
+            "printf",
+            content,
+        ]));
+        let out = cairn(&repo).args(["dump", "latest", "s"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), content);
+    }
+}
+
+#[test]
+fn failing_stdin_command_writes_no_snapshot() {
+    let (_dir, repo) = new_repo();
+    let err = fails(
+        cairn(&repo).args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-name",
+            "x",
+            "--",
+            "sh",
+            "-c",
+            "echo partial output; exit 7",
+        ]),
+        1,
+    );
+    assert!(err.contains("no snapshot"), "{err}");
+    fails(
+        cairn(&repo).args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-name",
+            "x",
+            "--",
+            "/nonexistent/cmd",
+        ]),
+        1,
+    );
+    assert_eq!(snapshot_count(&repo), 0);
+    ok(cairn(&repo).arg("check"));
+}
+
+#[test]
+fn hostile_ids_and_paths_get_clear_errors() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    for _ in 0..2 {
+        backup_json(&repo, &[src.to_str().unwrap()]);
+    }
+    let t = dir.path().join("t");
+    let t = t.to_str().unwrap();
+    assert!(
+        fails(cairn(&repo).args(["restore", "ffffffff", "--target", t]), 1).contains("no snapshot")
+    );
+    assert!(
+        fails(cairn(&repo).args(["restore", "../etc", "--target", t]), 1)
+            .contains("not a snapshot id")
+    );
+    fails(cairn(&repo).args(["restore", "ab", "--target", t]), 1);
+    fails(cairn(&repo).args(["ls", "latest", "no/such/path"]), 1);
+    fails(cairn(&repo).args(["dump", "latest", "nothing"]), 1);
+    let missing = dir.path().join("typo-repo");
+    let err = fails(cairn(&missing).args(["backup", src.to_str().unwrap()]), 1);
+    assert!(err.contains("cairn init"), "{err}");
+    assert!(!missing.exists(), "a typo must not create a repository");
+    fails(cairn(&repo).args(["backup", "/nonexistent/source"]), 1);
+    assert_eq!(
+        run(cairn(&repo).args(["restore", "latest"])).0,
+        2,
+        "usage errors exit 2"
+    );
+}
+
+#[test]
+fn ambiguous_prefix_is_an_error() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut ids = Vec::new();
+    // Enough snapshots that two share a 4-digit prefix is unlikely; instead take the common prefix of two.
+    for i in 0..40 {
+        fs::write(src.join("f"), format!("{i}")).unwrap();
+        ids.push(
+            backup_json(&repo, &[src.to_str().unwrap()])["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids.sort();
+    let pair = ids
+        .windows(2)
+        .max_by_key(|w| {
+            w[0].chars()
+                .zip(w[1].chars())
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+        .unwrap();
+    let common: String = pair[0]
+        .chars()
+        .zip(pair[1].chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    if common.len() >= 4 {
+        assert!(fails(cairn(&repo).args(["ls", &common]), 1).contains("ambiguous"));
+    }
+    // A one-character prefix of 40 snapshots is either too short or ambiguous; never a silent pick.
+    let short = &ids[0][..4];
+    let (code, _, _) = run(cairn(&repo).args(["ls", short]));
+    assert!(code == 0 || code == 1);
+}
+
+#[test]
+fn restore_refuses_to_overwrite_unless_asked() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"original").unwrap();
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    let target = dir.path().join("t");
+    fs::create_dir_all(target.join("src")).unwrap();
+    fs::write(target.join("src/f"), b"precious").unwrap();
+    fails(
+        cairn(&repo).args(["restore", "latest", "--target", target.to_str().unwrap()]),
+        1,
+    );
+    assert_eq!(fs::read(target.join("src/f")).unwrap(), b"precious");
+    ok(cairn(&repo).args([
+        "restore",
+        "latest",
+        "--overwrite",
+        "--target",
+        target.to_str().unwrap(),
+    ]));
+    assert_eq!(fs::read(target.join("src/f")).unwrap(), b"original");
+}
+
+#[test]
+fn restore_of_selected_paths_only() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 20);
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    let target = dir.path().join("t");
+    ok(cairn(&repo).args([
+        "restore",
+        "latest",
+        "--path",
+        "src/docs/nested",
+        "--target",
+        target.to_str().unwrap(),
+    ]));
+    assert!(target.join("src/docs/nested/deeper/big.bin").is_file());
+    assert!(!target.join("src/docs/readme.txt").exists());
+    assert!(!target.join("src/store").exists());
+}
+
+fn first_pack(repo: &Path) -> std::path::PathBuf {
+    let mut packs = Vec::new();
+    for sub in fs::read_dir(repo.join("packs")).unwrap() {
+        for f in fs::read_dir(sub.unwrap().path()).unwrap() {
+            packs.push(f.unwrap().path());
+        }
+    }
+    packs.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    packs.into_iter().next().expect("a pack")
+}
+
+#[test]
+fn flipped_byte_in_a_pack_fails_restore_naming_the_file() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("victim.bin"), pseudo_random(2_000_000, 5)).unwrap();
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    let pack = first_pack(&repo);
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[1000] ^= 0x01;
+    fs::write(&pack, &bytes).unwrap();
+    let target = dir.path().join("t");
+    let err = fails(
+        cairn(&repo).args(["restore", "latest", "--target", target.to_str().unwrap()]),
+        1,
+    );
+    assert!(
+        err.contains("victim.bin"),
+        "error does not name the file: {err}"
+    );
+    assert!(
+        !target.join("src/victim.bin").exists(),
+        "a corrupt file must not be left behind"
+    );
+    let (code, out, _) = run(cairn(&repo).args(["check", "--read-data"]));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("victim.bin"),
+        "check does not name the affected file: {out}"
+    );
+}
+
+#[test]
+fn deleted_index_is_rebuilt_by_repair() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 100);
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    ok(cairn(&repo).args([
+        "backup",
+        "--stdin-from-command",
+        "--stdin-name",
+        "s",
+        "--",
+        "seq",
+        "1",
+        "100000",
+    ]));
+    for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let _ = fs::remove_file(repo.join(f));
+    }
+    let err = fails(cairn(&repo).arg("snapshots"), 1);
+    assert!(err.contains("repair index"), "{err}");
+    ok(cairn(&repo).args(["repair", "index"]));
+    assert_eq!(snapshot_count(&repo), 2);
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let dumped = cairn(&repo).args(["dump", "latest", "s"]).output().unwrap();
+    assert_eq!(
+        dumped.stdout.len(),
+        (1..=100000)
+            .map(|i: u32| i.to_string().len() + 1)
+            .sum::<usize>()
+    );
+    let first = ok(cairn(&repo).args(["snapshots", "--json"]));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&first).unwrap();
+    let tree_snap = list
+        .iter()
+        .find(|s| !s["paths"].as_array().unwrap().is_empty())
+        .unwrap();
+    let t2 = dir.path().join("t2");
+    ok(cairn(&repo).args([
+        "restore",
+        tree_snap["id"].as_str().unwrap(),
+        "--target",
+        t2.to_str().unwrap(),
+    ]));
+    assert_same_tree(&src, &t2.join("src"));
+}
+
+#[test]
+fn corrupted_index_file_is_a_clear_error_and_repairable() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 10);
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    // Fold the log so the damage below hits the only copy.
+    let _ = fs::remove_file(repo.join("index.sqlite-wal"));
+    fs::write(
+        repo.join("index.sqlite"),
+        b"this is not a database at all, just garbage bytes",
+    )
+    .unwrap();
+    fails(cairn(&repo).arg("snapshots"), 1);
+    ok(cairn(&repo).args(["repair", "index"]));
+    assert_eq!(snapshot_count(&repo), 1);
+    let t = dir.path().join("t");
+    ok(cairn(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("src"));
+}
+
+#[test]
+fn not_a_repository_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["snapshots"][..], &["check"], &["ls", "latest"]] {
+        let err = fails(cairn(dir.path()).args(args), 1);
+        assert!(err.contains("not a cairn repository"), "{err}");
+    }
+    ok(cairn(&dir.path().join("r")).arg("init"));
+    fails(cairn(&dir.path().join("r")).arg("init"), 1);
+}
+
+#[test]
+fn default_repository_is_created_on_first_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let out = std::process::Command::new(cairn_bin())
+        .env_remove("CAIRN_REPO")
+        .env("XDG_DATA_HOME", dir.path().join("xdg"))
+        .args(["backup", src.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("creating the default repository"));
+    assert!(dir.path().join("xdg/cairn/repo/config").is_file());
+}

@@ -1,0 +1,242 @@
+//! Helpers shared by the integration tests: running the real `cairn` binary, building source trees with every
+//! kind of entry, and comparing trees byte for byte including metadata.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The binary under test.
+pub fn cairn_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cairn")
+}
+
+/// A `cairn` command bound to a repository.
+pub fn cairn(repo: &Path) -> Command {
+    let mut c = Command::new(cairn_bin());
+    c.env("CAIRN_REPO", repo)
+        .env_remove("XDG_DATA_HOME")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("run cairn");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let (code, out, err) = run(cmd);
+    assert_eq!(
+        code, 0,
+        "command failed: {cmd:?}\nstdout: {out}\nstderr: {err}"
+    );
+    out
+}
+
+/// Runs a command expecting a clean failure: the given exit code, one `cairn: error:` line, no panic.
+pub fn fails(cmd: &mut Command, code: i32) -> String {
+    let (got, out, err) = run(cmd);
+    assert_eq!(got, code, "{cmd:?}\nstdout: {out}\nstderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains("cairn: error:"), "no clear error line: {err}");
+    err
+}
+
+/// Initialises a repository in a fresh temp dir.
+pub fn new_repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).arg("init"));
+    (dir, repo)
+}
+
+/// Backs up `paths` with `--json`; returns the parsed output.
+pub fn backup_json(repo: &Path, args: &[&str]) -> serde_json::Value {
+    let out = ok(cairn(repo).args(["backup", "--json"]).args(args));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Builds a tree with every kind of entry cairn records, plus `n_files` small real files.
+pub fn build_rich_tree(root: &Path, n_files: usize) {
+    fs::create_dir_all(root.join("docs/nested/deeper")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::write(root.join("docs/readme.txt"), b"hello cairn\n".repeat(100)).unwrap();
+    fs::write(
+        root.join("docs/nested/deeper/big.bin"),
+        pseudo_random(5_000_000, 1),
+    )
+    .unwrap();
+    fs::write(
+        root.join("compressible.txt"),
+        b"the same line again and again\n".repeat(50_000),
+    )
+    .unwrap();
+    fs::write(root.join("empty-file"), b"").unwrap();
+    symlink("docs/readme.txt", root.join("link-rel")).unwrap();
+    symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
+    fs::hard_link(
+        root.join("docs/readme.txt"),
+        root.join("hardlink-to-readme"),
+    )
+    .unwrap();
+    let weird = OsStr::from_bytes(b"not-utf8-\xff\xfe.txt");
+    fs::write(root.join(weird), b"bytes of a strange name").unwrap();
+    fs::write(root.join("spaces and\nnewline"), b"x").unwrap();
+    let exec = root.join("script.sh");
+    fs::write(&exec, b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&exec, fs::Permissions::from_mode(0o750)).unwrap();
+    let setgid = root.join("docs/private");
+    fs::write(&setgid, b"secret").unwrap();
+    fs::set_permissions(&setgid, fs::Permissions::from_mode(0o2600)).unwrap();
+    let c = std::ffi::CString::new(root.join("a-fifo").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    for i in 0..n_files {
+        let dir = root.join(format!("store/{:02x}", i % 64));
+        fs::create_dir_all(&dir).unwrap();
+        let len = 100 + (i * 7919) % 20_000;
+        let data = if i % 2 == 0 {
+            pseudo_random(len, i as u64 + 10)
+        } else {
+            format!("text file {i}\n").repeat(len / 12).into_bytes()
+        };
+        fs::write(dir.join(format!("file-{i:05}")), data).unwrap();
+    }
+    // Nanosecond mtimes that a restore must reproduce exactly.
+    set_mtime(&root.join("docs/readme.txt"), 1_600_000_000, 123_456_789);
+    set_mtime(&root.join("empty-dir"), 1_500_000_000, 987_654_321);
+}
+
+pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let t = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    assert_eq!(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                [t, t].as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        0
+    );
+}
+
+/// Everything a restore must reproduce about one entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub content: Vec<u8>,
+    /// For hard links: the other paths sharing the inode (relative), sorted.
+    pub link_group: Vec<PathBuf>,
+}
+
+/// Walks a tree into a map of relative path -> Entry (directory mtimes included).
+pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    walk(root, root, &mut out, &mut inodes);
+    for group in inodes.values().filter(|g| g.len() > 1) {
+        for p in group {
+            out.get_mut(p).unwrap().link_group = group.clone();
+        }
+    }
+    out
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<PathBuf, Entry>,
+    inodes: &mut BTreeMap<u64, Vec<PathBuf>>,
+) {
+    for e in fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let md = fs::symlink_metadata(&path).unwrap();
+        let rel = path.strip_prefix(root).unwrap().to_path_buf();
+        let ft = md.file_type();
+        let (kind, content) = if ft.is_dir() {
+            walk(root, &path, out, inodes);
+            ("dir", Vec::new())
+        } else if ft.is_symlink() {
+            (
+                "symlink",
+                fs::read_link(&path)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            )
+        } else if ft.is_file() {
+            inodes.entry(md.ino()).or_default().push(rel.clone());
+            ("file", fs::read(&path).unwrap())
+        } else {
+            ("special", Vec::new())
+        };
+        out.insert(
+            rel,
+            Entry {
+                kind,
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                content,
+                link_group: Vec::new(),
+            },
+        );
+    }
+}
+
+/// Asserts two trees are identical in content and metadata, naming the first difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (snapshot_tree(a), snapshot_tree(b));
+    let ka: Vec<_> = ta.keys().collect();
+    let kb: Vec<_> = tb.keys().collect();
+    assert_eq!(ka, kb, "different entries");
+    for (p, ea) in &ta {
+        let eb = &tb[p];
+        assert_eq!(ea.kind, eb.kind, "{p:?} kind");
+        assert_eq!(ea.mode, eb.mode, "{p:?} mode");
+        assert_eq!((ea.uid, ea.gid), (eb.uid, eb.gid), "{p:?} owner");
+        assert_eq!(ea.mtime, eb.mtime, "{p:?} mtime");
+        assert!(ea.content == eb.content, "{p:?} content differs");
+        assert_eq!(ea.link_group, eb.link_group, "{p:?} hard links");
+    }
+}
