@@ -51,6 +51,19 @@ CREATE TABLE IF NOT EXISTS snapshots (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots(time);
+CREATE TABLE IF NOT EXISTS instances (name TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_no INTEGER PRIMARY KEY,
+    instance TEXT,
+    kind TEXT NOT NULL,
+    start TEXT NOT NULL,
+    end TEXT,
+    status TEXT NOT NULL,
+    bytes INTEGER,
+    snapshot_id TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_instance ON runs(instance, start);
 ";
 
 /// Where a blob is stored.

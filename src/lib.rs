@@ -16,6 +16,7 @@ pub mod error;
 pub mod fsutil;
 pub mod hashing;
 pub mod index;
+pub mod instance;
 pub mod lock;
 pub mod pack;
 pub mod pack_writer;
@@ -23,6 +24,7 @@ pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot;
 pub mod tree;
 

@@ -1,0 +1,337 @@
+//! Instances: named units of a database and file trees with their own schedule, retention and hooks, and
+//! the log of every run.
+//!
+//! Storage: each instance's config is a row of the index database (so every host that opens the repository
+//! sees it) and, written first and durably, a JSON file `instances/<name>.json`, because the index is a
+//! rebuildable cache and `repair index` must not lose configuration. The run log lives in the index only.
+//! Configs are validated on write: names `[a-z0-9_-]`, absolute paths, parseable cron expressions, and no
+//! password in a connection string (passwords belong in ~/.pgpass or PGPASSWORD, never in the repository).
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::repo::Repository;
+use crate::schedule::{Priority, Retention, Schedule};
+
+/// One instance's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub pg: Option<String>,
+    #[serde(default)]
+    pub pg_conn: Option<String>,
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    pub priority: Priority,
+    /// Cron expression; `None` means manual runs only.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    pub retention: Retention,
+    #[serde(default)]
+    pub pre_hook: Option<String>,
+    #[serde(default)]
+    pub post_hook: Option<String>,
+    #[serde(default)]
+    pub notify: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+    pub created: DateTime<Utc>,
+}
+
+impl InstanceConfig {
+    /// A config with the priority's preset schedule and retention.
+    pub fn new(name: &str, priority: Priority) -> InstanceConfig {
+        InstanceConfig {
+            name: name.to_string(),
+            pg: None,
+            pg_conn: None,
+            paths: Vec::new(),
+            priority,
+            schedule: priority.default_schedule().map(str::to_string),
+            retention: priority.default_retention(),
+            pre_hook: None,
+            post_hook: None,
+            notify: None,
+            paused: false,
+            created: Utc::now(),
+        }
+    }
+
+    /// Checks every field a user controls.
+    pub fn validate(&self) -> Result<()> {
+        validate_name(&self.name)?;
+        if let Some(s) = &self.schedule {
+            Schedule::parse(s)?;
+        }
+        for p in &self.paths {
+            if !p.is_absolute() {
+                return Err(Error::Invalid(format!(
+                    "path {}: must be absolute",
+                    p.display()
+                )));
+            }
+        }
+        if self.pg.is_none() && self.paths.is_empty() {
+            return Err(Error::Invalid(format!(
+                "instance {}: give --pg DB and/or --path DIR",
+                self.name
+            )));
+        }
+        if let Some(c) = &self.pg_conn {
+            if c.split_whitespace()
+                .any(|kv| kv.trim_start().to_ascii_lowercase().starts_with("password"))
+            {
+                return Err(Error::Invalid(
+                    "--pg-conn must not hold a password: use ~/.pgpass or PGPASSWORD (it would be stored in the repository)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed schedule, if any.
+    pub fn parsed_schedule(&self) -> Result<Option<Schedule>> {
+        self.schedule.as_deref().map(Schedule::parse).transpose()
+    }
+}
+
+/// Instance names: 1 to 64 of `[a-z0-9_-]`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "instance name {name:?}: use 1-64 of a-z, 0-9, _ and -"
+        )))
+    }
+}
+
+fn config_path(repo: &Repository, name: &str) -> PathBuf {
+    repo.root().join("instances").join(format!("{name}.json"))
+}
+
+/// Validates and stores a config (file first, then the index row).
+pub fn save(repo: &Repository, cfg: &InstanceConfig) -> Result<()> {
+    cfg.validate()?;
+    let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    fsutil::ensure_dir(&repo.root().join("instances"))?;
+    fsutil::write_durable(&config_path(repo, &cfg.name), json.as_bytes())?;
+    repo.index().raw().execute(
+        "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
+        params![cfg.name, json],
+    )?;
+    Ok(())
+}
+
+/// Loads one instance's config.
+pub fn load(repo: &Repository, name: &str) -> Result<InstanceConfig> {
+    validate_name(name)?;
+    let json: Option<String> = repo
+        .index()
+        .raw()
+        .query_row(
+            "SELECT json FROM instances WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .ok();
+    let json = json.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no instance named {name:?} (see `cairn instance list`)"
+        ))
+    })?;
+    serde_json::from_str(&json).map_err(|e| Error::corrupt(format!("instance {name}"), e))
+}
+
+/// Every instance, by name.
+pub fn list(repo: &Repository) -> Result<Vec<InstanceConfig>> {
+    let index = repo.index();
+    let mut st = index
+        .raw()
+        .prepare("SELECT name, json FROM instances ORDER BY name")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    rows.map(|r| {
+        let (name, json) = r?;
+        serde_json::from_str(&json).map_err(|e| Error::corrupt(format!("instance {name}"), e))
+    })
+    .collect()
+}
+
+/// Removes an instance's config (its snapshots stay unless the caller forgets them).
+pub fn remove(repo: &Repository, name: &str) -> Result<()> {
+    load(repo, name)?;
+    repo.index()
+        .raw()
+        .execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+    fsutil::remove_durable(&config_path(repo, name))
+}
+
+/// Re-adds instance rows from their JSON files (after `repair index`).
+pub fn reload_from_files(repo: &Repository) -> Result<usize> {
+    let dir = repo.root().join("instances");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        if let Ok(cfg) = serde_json::from_slice::<InstanceConfig>(&bytes) {
+            let json = String::from_utf8_lossy(&bytes).into_owned();
+            repo.index().raw().execute(
+                "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
+                params![cfg.name, json],
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// One recorded run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub instance: Option<String>,
+    pub kind: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    /// `ok`, `partial`, `failed` or `running`.
+    pub status: String,
+    pub bytes: Option<u64>,
+    pub snapshot_id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Appends a run to the log.
+pub fn record_run(repo: &Repository, r: &RunRecord) -> Result<()> {
+    repo.index().raw().execute(
+        "INSERT INTO runs(instance, kind, start, end, status, bytes, snapshot_id, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            r.instance,
+            r.kind,
+            r.start.to_rfc3339(),
+            r.end.map(|e| e.to_rfc3339()),
+            r.status,
+            r.bytes.map(|b| b as i64),
+            r.snapshot_id,
+            r.error
+        ],
+    )?;
+    Ok(())
+}
+
+/// The run log, oldest first, optionally for one instance.
+pub fn runs(repo: &Repository, instance: Option<&str>) -> Result<Vec<RunRecord>> {
+    let index = repo.index();
+    let mut st = index.raw().prepare(
+        "SELECT instance, kind, start, end, status, bytes, snapshot_id, error FROM runs
+         WHERE ?1 IS NULL OR instance = ?1 ORDER BY start, run_no",
+    )?;
+    let rows = st.query_map(params![instance], |r| {
+        Ok((
+            r.get::<_, Option<String>>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+            r.get::<_, Option<String>>(7)?,
+        ))
+    })?;
+    let time = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::corrupt("run log", e))
+    };
+    rows.map(|r| {
+        let (instance, kind, start, end, status, bytes, snapshot_id, error) = r?;
+        Ok(RunRecord {
+            instance,
+            kind,
+            start: time(&start)?,
+            end: end.as_deref().map(time).transpose()?,
+            status,
+            bytes: bytes.map(|b| b as u64),
+            snapshot_id,
+            error,
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn configs_are_validated_stored_and_survive_an_index_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("r"), Config::new_default()).unwrap();
+        let mut cfg = InstanceConfig::new("odoo-prod", Priority::High);
+        assert!(save(&repo, &cfg).is_err(), "no source");
+        cfg.paths = vec!["relative".into()];
+        assert!(save(&repo, &cfg).is_err(), "relative path");
+        cfg.paths = vec!["/srv/filestore".into()];
+        cfg.pg_conn = Some("host=db password=hunter2".into());
+        assert!(save(&repo, &cfg).is_err(), "password in conn string");
+        cfg.pg_conn = Some("host=db".into());
+        cfg.schedule = Some("not cron".into());
+        assert!(save(&repo, &cfg).is_err());
+        cfg.schedule = Some("0 3 * * *".into());
+        save(&repo, &cfg).unwrap();
+        assert!(validate_name("Bad Name").is_err());
+        assert_eq!(load(&repo, "odoo-prod").unwrap(), cfg);
+        repo.index()
+            .raw()
+            .execute("DELETE FROM instances", [])
+            .unwrap();
+        assert_eq!(reload_from_files(&repo).unwrap(), 1);
+        assert_eq!(list(&repo).unwrap(), vec![cfg]);
+        remove(&repo, "odoo-prod").unwrap();
+        assert!(load(&repo, "odoo-prod").is_err());
+    }
+
+    #[test]
+    fn runs_are_logged_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&dir.path().join("r"), Config::new_default()).unwrap();
+        for (i, status) in ["ok", "failed"].iter().enumerate() {
+            record_run(
+                &repo,
+                &RunRecord {
+                    instance: Some("a".into()),
+                    kind: "backup".into(),
+                    start: DateTime::from_timestamp(1_700_000_000 + i as i64, 0).unwrap(),
+                    end: None,
+                    status: status.to_string(),
+                    bytes: Some(5),
+                    snapshot_id: None,
+                    error: None,
+                },
+            )
+            .unwrap();
+        }
+        let log = runs(&repo, Some("a")).unwrap();
+        assert_eq!(
+            log.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+            ["ok", "failed"]
+        );
+        assert!(runs(&repo, Some("b")).unwrap().is_empty());
+        assert_eq!(runs(&repo, None).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,355 @@
+//! Schedules: when an instance is due, when it is overdue, and in which order due instances run.
+//!
+//! Pure functions of a time source, so tests drive them with a fake clock. Cron expressions are POSIX
+//! five-field (`min hour day-of-month month day-of-week`), parsed and evaluated by the `croner` crate in the
+//! host's local time zone. Rules (issue "Instances"):
+//! - an instance is due when the first schedule slot after its latest snapshot (or, with none, after it was
+//!   created) has passed;
+//! - it is overdue when a further slot plus a grace period has passed too, or when its last run failed;
+//! - a run missed while the host was down is run once, not once per missed slot (due is a yes/no question);
+//! - paused and manual instances are never due.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Local, TimeZone, Utc};
+use croner::Cron;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How urgently an instance is backed up; also picks default schedule and retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    Medium,
+    Low,
+    Manual,
+}
+
+impl FromStr for Priority {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Priority> {
+        match s {
+            "high" => Ok(Priority::High),
+            "medium" => Ok(Priority::Medium),
+            "low" => Ok(Priority::Low),
+            "manual" => Ok(Priority::Manual),
+            _ => Err(Error::Invalid(format!(
+                "priority {s:?}: want high, medium, low or manual"
+            ))),
+        }
+    }
+}
+
+impl Priority {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+            Priority::Manual => "manual",
+        }
+    }
+
+    /// The preset schedule: daily at 02:00 for high/medium, weekly on Sunday for low, none for manual.
+    pub fn default_schedule(&self) -> Option<&'static str> {
+        match self {
+            Priority::High | Priority::Medium => Some("0 2 * * *"),
+            Priority::Low => Some("0 3 * * 0"),
+            Priority::Manual => None,
+        }
+    }
+
+    /// The preset retention, as `forget` options: high keeps 30 daily snapshots plus 8 weekly and 6 monthly
+    /// tiers; medium keeps 14 daily plus 4 weekly; low keeps everything from the last 7 days and at least the
+    /// latest one; manual keeps the last 10.
+    pub fn default_retention(&self) -> Retention {
+        let mut r = Retention::default();
+        match self {
+            Priority::High => {
+                r.daily = Some(30);
+                r.weekly = Some(8);
+                r.monthly = Some(6);
+            }
+            Priority::Medium => {
+                r.daily = Some(14);
+                r.weekly = Some(4);
+            }
+            Priority::Low => {
+                r.within = Some("7d".into());
+                r.last = Some(1);
+            }
+            Priority::Manual => r.last = Some(10),
+        }
+        r
+    }
+}
+
+/// A retention policy as stored with an instance (the `--keep-*` options of `forget`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yearly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<String>,
+}
+
+/// A validated cron schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expr: String,
+    cron: Cron,
+}
+
+impl Schedule {
+    /// Parses a five-field cron expression.
+    pub fn parse(expr: &str) -> Result<Schedule> {
+        if expr.split_whitespace().count() != 5 {
+            return Err(Error::Invalid(format!(
+                "schedule {expr:?}: want five cron fields (minute hour day-of-month month day-of-week)"
+            )));
+        }
+        let cron =
+            Cron::from_str(expr).map_err(|e| Error::Invalid(format!("schedule {expr:?}: {e}")))?;
+        Ok(Schedule {
+            expr: expr.to_string(),
+            cron,
+        })
+    }
+
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    /// The first slot strictly after `t`, evaluated in local time.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = Local.from_utc_datetime(&t.naive_utc());
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    }
+}
+
+/// What the scheduler needs to know about one instance.
+#[derive(Debug, Clone)]
+pub struct ScheduleState {
+    pub name: String,
+    pub priority: Priority,
+    pub schedule: Option<Schedule>,
+    pub paused: bool,
+    pub created: DateTime<Utc>,
+    pub last_snapshot: Option<DateTime<Utc>>,
+    pub last_run_failed: bool,
+}
+
+impl ScheduleState {
+    /// The slot the next run is for: the first one after the latest snapshot (or creation).
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        if self.paused || self.priority == Priority::Manual {
+            return None;
+        }
+        self.schedule
+            .as_ref()?
+            .next_after(self.last_snapshot.unwrap_or(self.created))
+    }
+
+    /// Due: that slot has passed.
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        self.next_due().is_some_and(|slot| slot <= now)
+    }
+
+    /// Overdue: the last run failed, or the slot after the due one has passed, plus `grace`.
+    pub fn is_overdue(&self, now: DateTime<Utc>, grace: Duration) -> bool {
+        if self.paused || self.priority == Priority::Manual {
+            return false;
+        }
+        if self.last_run_failed {
+            return true;
+        }
+        let Some(due) = self.next_due() else {
+            return false;
+        };
+        let further = self.schedule.as_ref().and_then(|s| s.next_after(due));
+        further.is_some_and(|f| f + grace <= now)
+    }
+}
+
+/// The instances to run now, in run order: due ones, highest priority first, then the longest waiting.
+pub fn due_in_order(states: &[ScheduleState], now: DateTime<Utc>) -> Vec<String> {
+    let mut due: Vec<&ScheduleState> = states.iter().filter(|s| s.is_due(now)).collect();
+    due.sort_by_key(|s| (s.priority, s.next_due(), s.name.clone()));
+    due.into_iter().map(|s| s.name.clone()).collect()
+}
+
+/// A crontab line running `run-due` every five minutes (each instance's own schedule decides what runs).
+pub fn crontab_entry(cairn: &str, repo: &str) -> String {
+    format!("*/5 * * * * CAIRN_REPO='{repo}' '{cairn}' --quiet run-due >> /var/log/cairn-run-due.log 2>&1\n")
+}
+
+/// A systemd service and timer pair running `run-due` every five minutes.
+pub fn systemd_units(cairn: &str, repo: &str) -> String {
+    format!(
+        "# /etc/systemd/system/cairn-run-due.service\n[Unit]\nDescription=cairn: back up every instance that is due\n\n\
+         [Service]\nType=oneshot\nEnvironment=CAIRN_REPO={repo}\nExecStart={cairn} --quiet run-due\n\n\
+         # /etc/systemd/system/cairn-run-due.timer\n[Unit]\nDescription=Run cairn run-due every five minutes\n\n\
+         [Timer]\nOnCalendar=*:0/5\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        // Tests run with TZ unset or UTC in CI; express times in UTC and use schedules that are
+        // offset-independent where it matters (every hour / every 10 minutes).
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn state(name: &str, prio: Priority, expr: &str, last: Option<&str>) -> ScheduleState {
+        ScheduleState {
+            name: name.into(),
+            priority: prio,
+            schedule: Some(Schedule::parse(expr).unwrap()),
+            paused: false,
+            created: at("2026-01-01T00:00:00Z"),
+            last_snapshot: last.map(at),
+            last_run_failed: false,
+        }
+    }
+
+    #[test]
+    fn bad_expressions_are_rejected() {
+        for bad in ["", "* * *", "61 * * * *", "* * * * * * *", "a b c d e"] {
+            assert!(Schedule::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Schedule::parse("*/10 * * * *").is_ok());
+    }
+
+    #[test]
+    fn due_after_the_next_slot_passes() {
+        let s = state(
+            "a",
+            Priority::High,
+            "0 * * * *",
+            Some("2026-03-01T10:30:00Z"),
+        );
+        assert!(!s.is_due(at("2026-03-01T10:59:00Z")));
+        assert!(s.is_due(at("2026-03-01T11:00:00Z")));
+    }
+
+    #[test]
+    fn downtime_yields_one_run_not_one_per_missed_slot() {
+        let mut s = state(
+            "a",
+            Priority::High,
+            "0 * * * *",
+            Some("2026-03-01T10:30:00Z"),
+        );
+        let now = at("2026-03-02T10:00:00Z"); // 23 slots missed
+        assert_eq!(due_in_order(std::slice::from_ref(&s), now), vec!["a"]);
+        s.last_snapshot = Some(now);
+        assert!(due_in_order(&[s], now).is_empty());
+    }
+
+    #[test]
+    fn paused_and_manual_are_never_due_nor_overdue() {
+        let mut p = state("p", Priority::High, "0 * * * *", None);
+        p.paused = true;
+        let m = ScheduleState {
+            schedule: None,
+            ..state("m", Priority::Manual, "0 * * * *", None)
+        };
+        let now = at("2027-01-01T00:00:00Z");
+        assert!(!p.is_due(now) && !p.is_overdue(now, Duration::zero()));
+        assert!(!m.is_due(now) && !m.is_overdue(now, Duration::zero()));
+    }
+
+    #[test]
+    fn priority_order_then_waiting_time() {
+        let now = at("2026-03-01T12:00:00Z");
+        let states = vec![
+            state(
+                "low",
+                Priority::Low,
+                "0 * * * *",
+                Some("2026-03-01T08:00:00Z"),
+            ),
+            state(
+                "high-recent",
+                Priority::High,
+                "0 * * * *",
+                Some("2026-03-01T10:30:00Z"),
+            ),
+            state(
+                "high-old",
+                Priority::High,
+                "0 * * * *",
+                Some("2026-03-01T09:30:00Z"),
+            ),
+            state(
+                "medium",
+                Priority::Medium,
+                "0 * * * *",
+                Some("2026-03-01T11:30:00Z"),
+            ),
+            state(
+                "not-due",
+                Priority::High,
+                "0 * * * *",
+                Some("2026-03-01T12:00:00Z"),
+            ),
+        ];
+        assert_eq!(
+            due_in_order(&states, now),
+            vec!["high-old", "high-recent", "medium", "low"]
+        );
+    }
+
+    #[test]
+    fn overdue_after_a_further_slot_plus_grace_or_a_failure() {
+        let mut s = state(
+            "a",
+            Priority::High,
+            "0 * * * *",
+            Some("2026-03-01T10:30:00Z"),
+        );
+        let grace = Duration::minutes(30);
+        assert!(
+            !s.is_overdue(at("2026-03-01T11:10:00Z"), grace),
+            "due, not overdue"
+        );
+        assert!(
+            !s.is_overdue(at("2026-03-01T12:20:00Z"), grace),
+            "within grace"
+        );
+        assert!(s.is_overdue(at("2026-03-01T12:30:00Z"), grace));
+        s.last_snapshot = Some(at("2026-03-01T12:31:00Z"));
+        s.last_run_failed = true;
+        assert!(s.is_overdue(at("2026-03-01T12:32:00Z"), grace));
+    }
+
+    #[test]
+    fn presets() {
+        assert_eq!(Priority::High.default_retention().daily, Some(30));
+        assert_eq!(Priority::Medium.default_retention().daily, Some(14));
+        assert_eq!(Priority::Low.default_schedule(), Some("0 3 * * 0"));
+        assert_eq!(Priority::Manual.default_schedule(), None);
+        for p in [Priority::High, Priority::Medium, Priority::Low] {
+            Schedule::parse(p.default_schedule().unwrap()).unwrap();
+        }
+        assert!("urgent".parse::<Priority>().is_err());
+    }
+}
