@@ -1,0 +1,75 @@
+//! The test vectors printed in format-spec/README.md, recomputed: if the format changes, this test fails
+//! until the spec (and its version) changes with it.
+
+use cairn::chunking::cut_points;
+use cairn::config::ChunkerParams;
+use cairn::hashing::Id;
+use cairn::pack::{encode_blob, BlobKind, PackBuilder};
+use cairn::tree::{Meta, Node, NodeKind, Tree};
+
+/// xorshift64 as written in the spec: state starts at `seed`; each step `x ^= x << 13; x ^= x >> 7;
+/// x ^= x << 17` and emits the low byte.
+fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const PARAMS: ChunkerParams = ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024 };
+
+fn spec() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/format-spec/README.md")).unwrap()
+}
+
+#[test]
+fn chunk_boundaries_and_ids_match_the_spec() {
+    let data = xorshift_bytes(4096, 1);
+    let cuts: Vec<String> = cut_points(&data, PARAMS).map(|(o, n)| format!("({o},{n})")).collect();
+    let line = format!("boundaries: {}", cuts.join(" "));
+    println!("{line}");
+    let spec = spec();
+    assert!(spec.contains(&line), "spec lacks `{line}`");
+    let lines: Vec<String> = cut_points(&data, PARAMS)
+        .take(3)
+        .map(|(o, n)| format!("chunk ({o},{n}) id {}", Id::of(&data[o..o + n])))
+        .collect();
+    lines.iter().for_each(|l| println!("{l}"));
+    for l in lines {
+        assert!(spec.contains(&l), "spec lacks `{l}`");
+    }
+}
+
+#[test]
+fn tiny_pack_and_tree_match_the_spec() {
+    let mut b = PackBuilder::new();
+    for payload in [&b"hello, cairn"[..], &[b'a'; 100][..]] {
+        let id = Id::of(payload);
+        let (c, stored) = encode_blob(payload, id, 3).unwrap();
+        b.add(BlobKind::Data, id, payload.len() as u32, c, &stored);
+    }
+    let (bytes, id, _) = b.seal();
+    let tree = Tree::new(vec![Node {
+        name: b"a.txt".to_vec(),
+        kind: NodeKind::File { size: 12, chunks: vec![Id::of(b"hello, cairn")] },
+        meta: Meta { mode: 0o100644, mtime: 1_700_000_000, mtime_nsec: 5, nlink: 1, ..Meta::default() },
+    }])
+    .unwrap();
+    let (tbytes, tid) = tree.encode().unwrap();
+    let lines = [
+        format!("pack id {id}"),
+        format!("pack bytes {}", hex::encode(&bytes)),
+        format!("tree id {tid}"),
+        format!("tree bytes {}", hex::encode(&tbytes)),
+    ];
+    let spec = spec();
+    lines.iter().for_each(|l| println!("{l}"));
+    for l in lines {
+        assert!(spec.contains(&l), "spec lacks `{l}`");
+    }
+}
