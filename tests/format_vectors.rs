@@ -21,16 +21,26 @@ fn xorshift_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-const PARAMS: ChunkerParams = ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024 };
+const PARAMS: ChunkerParams = ChunkerParams {
+    min_size: 64,
+    avg_size: 256,
+    max_size: 1024,
+};
 
 fn spec() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/format-spec/README.md")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/format-spec/README.md"
+    ))
+    .unwrap()
 }
 
 #[test]
 fn chunk_boundaries_and_ids_match_the_spec() {
     let data = xorshift_bytes(4096, 1);
-    let cuts: Vec<String> = cut_points(&data, PARAMS).map(|(o, n)| format!("({o},{n})")).collect();
+    let cuts: Vec<String> = cut_points(&data, PARAMS)
+        .map(|(o, n)| format!("({o},{n})"))
+        .collect();
     let line = format!("boundaries: {}", cuts.join(" "));
     println!("{line}");
     let spec = spec();
@@ -56,8 +66,17 @@ fn tiny_pack_and_tree_match_the_spec() {
     let (bytes, id, _) = b.seal();
     let tree = Tree::new(vec![Node {
         name: b"a.txt".to_vec(),
-        kind: NodeKind::File { size: 12, chunks: vec![Id::of(b"hello, cairn")] },
-        meta: Meta { mode: 0o100644, mtime: 1_700_000_000, mtime_nsec: 5, nlink: 1, ..Meta::default() },
+        kind: NodeKind::File {
+            size: 12,
+            chunks: vec![Id::of(b"hello, cairn")],
+        },
+        meta: Meta {
+            mode: 0o100644,
+            mtime: 1_700_000_000,
+            mtime_nsec: 5,
+            nlink: 1,
+            ..Meta::default()
+        },
     }])
     .unwrap();
     let (tbytes, tid) = tree.encode().unwrap();
