@@ -24,6 +24,7 @@ pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod runner;
 pub mod schedule;
 pub mod snapshot;
 pub mod tree;

@@ -60,6 +60,34 @@ pub enum Command {
         #[command(subcommand)]
         what: RepairWhat,
     },
+    /// Manage instances (a database and file trees with a schedule and retention).
+    Instance {
+        #[command(subcommand)]
+        action: InstanceAction,
+    },
+    /// Back up every instance whose schedule is due (for cron or systemd timers).
+    RunDue,
+    /// Show the run log.
+    Log {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Per-instance statistics and totals.
+    Stats {
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Exit non-zero if any enabled instance failed its last run or is overdue.
+    Health {
+        /// Minutes past a missed slot before an instance counts as overdue.
+        #[arg(long, default_value_t = 60)]
+        grace_minutes: i64,
+    },
+    /// Print ready-to-install scheduler entries that run `cairn run-due`.
+    Schedule {
+        #[command(subcommand)]
+        kind: ScheduleKind,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -122,6 +150,109 @@ pub struct CheckArgs {
     /// Read a slice N/M of the packs, or a random percentage (e.g. 10%).
     #[arg(long)]
     pub read_data_subset: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleKind {
+    /// A crontab line.
+    Crontab,
+    /// A systemd service + timer.
+    Systemd,
+}
+
+/// Instance settings shared by `instance add` and `instance set`.
+#[derive(Args, Debug, Default)]
+pub struct InstanceSettings {
+    /// Database to dump with pg_dump.
+    #[arg(long)]
+    pub pg: Option<String>,
+    /// libpq connection string (no password: use ~/.pgpass or PGPASSWORD).
+    #[arg(long)]
+    pub pg_conn: Option<String>,
+    /// A file tree of the instance (absolute); repeatable.
+    #[arg(long = "path")]
+    pub paths: Vec<PathBuf>,
+    /// Cron expression (five fields), overriding the priority's preset.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// high | medium | low | manual (presets for schedule and retention).
+    #[arg(long)]
+    pub priority: Option<String>,
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    #[arg(long)]
+    pub keep_hourly: Option<u32>,
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    #[arg(long)]
+    pub keep_yearly: Option<u32>,
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Shell command run before a backup; its failure aborts the run.
+    #[arg(long)]
+    pub pre_hook: Option<String>,
+    /// Shell command run after a backup (also after a failed one).
+    #[arg(long)]
+    pub post_hook: Option<String>,
+    /// Shell command run on failure, with the run as JSON on stdin.
+    #[arg(long)]
+    pub notify: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceAction {
+    /// Define an instance.
+    Add {
+        name: String,
+        #[command(flatten)]
+        settings: InstanceSettings,
+    },
+    /// List instances.
+    List,
+    /// Show one instance's configuration and state.
+    Show { name: String },
+    /// Change settings of an instance.
+    Set {
+        name: String,
+        #[command(flatten)]
+        settings: InstanceSettings,
+    },
+    /// Skip the instance in run-due and the daemon.
+    Pause { name: String },
+    /// Undo pause.
+    Resume { name: String },
+    /// Remove the instance's configuration (its snapshots stay unless --purge).
+    Remove {
+        name: String,
+        /// Also forget every snapshot of the instance (space is reclaimed by `prune`).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Take one snapshot of the instance now.
+    Backup {
+        name: String,
+        /// Snapshot time (for imports and tests).
+        #[arg(long)]
+        time: Option<String>,
+    },
+    /// Restore an instance's files (the snapshot, or the latest at or before --at).
+    Restore {
+        name: String,
+        snapshot: Option<String>,
+        /// Restore the latest snapshot taken at or before this time.
+        #[arg(long, conflicts_with = "snapshot")]
+        at: Option<String>,
+        /// Restore file trees under this directory.
+        #[arg(long)]
+        target: Option<PathBuf>,
+        /// Restore file trees over their original paths (a safety snapshot is taken first).
+        #[arg(long, conflicts_with = "target")]
+        in_place: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,18 +15,19 @@ use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
 
 use super::args::{BackupArgs, CheckArgs, Cli, Command, RepairWhat, RestoreArgs};
+use super::instance;
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// Global options every command sees.
-struct Ctx {
+pub struct Ctx {
     repo: Option<PathBuf>,
-    json: bool,
-    quiet: bool,
+    pub json: bool,
+    pub quiet: bool,
 }
 
 impl Ctx {
     /// The repository path and whether the user named it (a named repository is never created implicitly).
-    fn repo_path(&self) -> Result<(PathBuf, bool)> {
+    pub fn repo_path(&self) -> Result<(PathBuf, bool)> {
         match &self.repo {
             Some(p) => Ok((p.clone(), true)),
             None => cairn::repo::default_repo_path()
@@ -39,11 +40,11 @@ impl Ctx {
         }
     }
 
-    fn open(&self) -> Result<Repository> {
+    pub fn open(&self) -> Result<Repository> {
         Repository::open(&self.repo_path()?.0)
     }
 
-    fn print_json(&self, v: &serde_json::Value) -> Result<()> {
+    pub fn print_json(&self, v: &serde_json::Value) -> Result<()> {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::Invalid(e.to_string()))?;
         writeln!(out).map_err(|e| Error::io("stdout", e))
@@ -77,6 +78,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
             what: RepairWhat::Index,
         } => repair_index(&ctx),
         Command::Unlock { remove_all } => unlock(&ctx, remove_all),
+        Command::Instance { action } => instance::instance(&ctx, action),
+        Command::RunDue => instance::run_due(&ctx),
+        Command::Log { instance: i } => instance::log(&ctx, i.as_deref()),
+        Command::Stats { instance: i } => instance::stats(&ctx, i.as_deref()),
+        Command::Health { grace_minutes } => instance::health(&ctx, grace_minutes),
+        Command::Schedule { kind } => instance::schedule_cmd(&ctx, kind),
     }
 }
 

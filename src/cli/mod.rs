@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod instance;
 
 use clap::Parser;
 

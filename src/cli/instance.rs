@@ -1,0 +1,429 @@
+//! `instance …`, `run-due`, `log`, `stats`, `health` and `schedule`: the operator's view of instances.
+
+use chrono::{Duration, Utc};
+use serde_json::json;
+
+use cairn::instance::{self, InstanceConfig};
+use cairn::progress::Progress;
+use cairn::restore::{self, RestoreOptions};
+use cairn::runner::{self, DbStream};
+use cairn::schedule::{self, Priority};
+use cairn::{Error, Repository, Result};
+
+use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
+use super::commands::{human_bytes, parse_time, Ctx};
+use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+
+/// The database half of an instance backup.
+fn db_stream(
+) -> impl Fn(&InstanceConfig) -> Result<Option<(cairn::backup::StreamSource, serde_json::Value)>> {
+    |cfg: &InstanceConfig| match &cfg.pg {
+        None => Ok(None),
+        Some(db) => Err(Error::Invalid(format!(
+            "instance {}: database {db}: PostgreSQL dumps are not available in this build",
+            cfg.name
+        ))),
+    }
+}
+
+/// Applies the given settings over `cfg`; a new priority resets schedule and retention to its presets first.
+fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
+    if let Some(p) = &s.priority {
+        let p: Priority = p.parse()?;
+        cfg.priority = p;
+        cfg.schedule = p.default_schedule().map(str::to_string);
+        cfg.retention = p.default_retention();
+    }
+    let r = &mut cfg.retention;
+    let keeps = [
+        s.keep_last,
+        s.keep_hourly,
+        s.keep_daily,
+        s.keep_weekly,
+        s.keep_monthly,
+        s.keep_yearly,
+    ];
+    if keeps.iter().any(Option::is_some) || s.keep_within.is_some() {
+        *r = Default::default();
+        (r.last, r.hourly, r.daily, r.weekly, r.monthly, r.yearly) = (
+            s.keep_last,
+            s.keep_hourly,
+            s.keep_daily,
+            s.keep_weekly,
+            s.keep_monthly,
+            s.keep_yearly,
+        );
+        r.within = s.keep_within;
+    }
+    if s.schedule.is_some() {
+        cfg.schedule = s.schedule;
+    }
+    if s.pg.is_some() {
+        cfg.pg = s.pg;
+    }
+    if s.pg_conn.is_some() {
+        cfg.pg_conn = s.pg_conn;
+    }
+    if !s.paths.is_empty() {
+        cfg.paths = s.paths;
+    }
+    for (field, value) in [
+        (&mut cfg.pre_hook, s.pre_hook),
+        (&mut cfg.post_hook, s.post_hook),
+        (&mut cfg.notify, s.notify),
+    ] {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+    Ok(())
+}
+
+pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
+    let repo = ctx.open()?;
+    match action {
+        InstanceAction::Add { name, settings } => {
+            instance::validate_name(&name)?;
+            if instance::load(&repo, &name).is_ok() {
+                return Err(Error::Invalid(format!(
+                    "instance {name} exists (use `cairn instance set`)"
+                )));
+            }
+            let mut cfg = InstanceConfig::new(&name, Priority::Medium);
+            apply(&mut cfg, settings)?;
+            instance::save(&repo, &cfg)?;
+            println!("added instance {name}");
+        }
+        InstanceAction::Set { name, settings } => {
+            let mut cfg = instance::load(&repo, &name)?;
+            apply(&mut cfg, settings)?;
+            instance::save(&repo, &cfg)?;
+        }
+        InstanceAction::Pause { name } => set_paused(&repo, &name, true)?,
+        InstanceAction::Resume { name } => set_paused(&repo, &name, false)?,
+        InstanceAction::Remove { name, purge } => {
+            instance::remove(&repo, &name)?;
+            if purge {
+                for (id, s) in repo.snapshots()? {
+                    if s.instance.as_deref() == Some(&name) {
+                        repo.remove_snapshot(&id)?;
+                    }
+                }
+            }
+        }
+        InstanceAction::List => return list(ctx, &repo),
+        InstanceAction::Show { name } => {
+            let cfg = instance::load(&repo, &name)?;
+            let v = serde_json::to_value(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        InstanceAction::Backup { name, time } => {
+            let cfg = instance::load(&repo, &name)?;
+            let time = time.as_deref().map(parse_time).transpose()?;
+            let db = db_stream();
+            let r = runner::backup_instance(
+                &repo,
+                &cfg,
+                time,
+                &db,
+                Progress::new("backup", None, ctx.quiet),
+            )?;
+            if ctx.json {
+                ctx.print_json(&json!({"snapshot_id": r.snapshot_id.to_hex(), "partial": r.snapshot.partial, "summary": r.snapshot.summary}))?;
+            } else {
+                println!("instance {name}: snapshot {} saved", r.snapshot_id.short());
+            }
+            return Ok(if r.snapshot.partial {
+                EXIT_PARTIAL
+            } else {
+                EXIT_OK
+            });
+        }
+        InstanceAction::Restore {
+            name,
+            snapshot,
+            at,
+            target,
+            in_place,
+        } => return restore_instance(ctx, &repo, &name, snapshot, at, target, in_place),
+    }
+    Ok(EXIT_OK)
+}
+
+fn set_paused(repo: &Repository, name: &str, paused: bool) -> Result<()> {
+    let mut cfg = instance::load(repo, name)?;
+    cfg.paused = paused;
+    instance::save(repo, &cfg)
+}
+
+fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
+    let states = runner::schedule_states(repo)?;
+    let cfgs = instance::list(repo)?;
+    if ctx.json {
+        let v: Vec<_> = cfgs
+            .iter()
+            .zip(&states)
+            .map(|(c, s)| {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                v["next_due"] = json!(s.next_due().map(|t| t.to_rfc3339()));
+                v["last_snapshot"] = json!(s.last_snapshot.map(|t| t.to_rfc3339()));
+                v
+            })
+            .collect();
+        ctx.print_json(&json!(v))?;
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<20} {:<8} {:<14} {:<8} {:<25} SOURCES",
+        "NAME", "PRIORITY", "SCHEDULE", "STATE", "NEXT DUE"
+    );
+    for (c, s) in cfgs.iter().zip(&states) {
+        let mut sources: Vec<String> = c.pg.iter().map(|d| format!("pg:{d}")).collect();
+        sources.extend(c.paths.iter().map(|p| p.display().to_string()));
+        println!(
+            "{:<20} {:<8} {:<14} {:<8} {:<25} {}",
+            c.name,
+            c.priority.as_str(),
+            c.schedule.as_deref().unwrap_or("-"),
+            if c.paused { "paused" } else { "enabled" },
+            s.next_due()
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "-".into()),
+            sources.join(" ")
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn restore_instance(
+    ctx: &Ctx,
+    repo: &Repository,
+    name: &str,
+    snapshot: Option<String>,
+    at: Option<String>,
+    target: Option<std::path::PathBuf>,
+    in_place: bool,
+) -> Result<i32> {
+    let cfg = instance::load(repo, name)?;
+    let (id, snap) = match (snapshot, at) {
+        (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
+        (None, Some(at)) => {
+            let at = parse_time(&at)?;
+            repo.snapshots()?
+                .into_iter()
+                .filter(|(_, s)| s.instance.as_deref() == Some(name) && s.time <= at)
+                .max_by_key(|(_, s)| s.time)
+                .ok_or_else(|| {
+                    Error::NotFound(format!("instance {name} has no snapshot at or before {at}"))
+                })?
+        }
+        (None, None) => repo.resolve_snapshot("latest", Some(name))?,
+    };
+    if snap.instance.as_deref() != Some(name) {
+        return Err(Error::Invalid(format!(
+            "snapshot {} does not belong to instance {name}",
+            id.short()
+        )));
+    }
+    let target = match (target, in_place) {
+        (Some(t), _) => t,
+        (None, true) => {
+            let db = db_stream();
+            let safety = runner::backup_instance(repo, &cfg, None, &db, Progress::hidden())?;
+            eprintln!(
+                "cairn: safety snapshot {} taken; to return to it: cairn instance restore {name} {} --in-place",
+                safety.snapshot_id.to_hex(),
+                safety.snapshot_id.short()
+            );
+            let parents: Vec<_> = cfg.paths.iter().filter_map(|p| p.parent()).collect();
+            match parents.as_slice() {
+                [one, rest @ ..] if rest.iter().all(|p| p == one) => one.to_path_buf(),
+                _ => {
+                    return Err(Error::Invalid(
+                        "--in-place needs the instance's paths to share a parent directory".into(),
+                    ))
+                }
+            }
+        }
+        (None, false) => return Err(Error::Invalid("give --target DIR or --in-place".into())),
+    };
+    let summary = restore::restore(
+        repo,
+        &snap,
+        &RestoreOptions {
+            target: target.clone(),
+            include: Vec::new(),
+            overwrite: in_place,
+            progress: Progress::hidden(),
+        },
+    )?;
+    if ctx.json {
+        ctx.print_json(
+            &json!({"snapshot_id": id.to_hex(), "files": summary.files, "bytes": summary.bytes}),
+        )?;
+    } else {
+        println!(
+            "restored snapshot {} of {name} to {}",
+            id.short(),
+            target.display()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn run_due(ctx: &Ctx) -> Result<i32> {
+    let repo = ctx.open()?;
+    let db = db_stream();
+    let db: DbStream = &db;
+    let outcomes = runner::run_due(&repo, Utc::now(), db)?;
+    if ctx.json {
+        ctx.print_json(&json!(outcomes))?;
+    } else {
+        for o in &outcomes {
+            match (&o.snapshot_id, &o.error) {
+                (Some(id), _) => println!("{}: snapshot {}", o.instance, &id[..8]),
+                (_, Some(e)) => println!("{}: FAILED: {e}", o.instance),
+                _ => {}
+            }
+        }
+        println!("{} instances due", outcomes.len());
+    }
+    Ok(if outcomes.iter().any(|o| o.error.is_some()) {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    })
+}
+
+pub fn log(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let runs = instance::runs(&repo, inst)?;
+    if ctx.json {
+        ctx.print_json(&json!(runs))?;
+        return Ok(EXIT_OK);
+    }
+    for r in runs {
+        println!(
+            "{} {:<12} {:<8} {:<8} {} {}",
+            r.start.to_rfc3339(),
+            r.instance.as_deref().unwrap_or("-"),
+            r.kind,
+            r.status,
+            r.snapshot_id.as_deref().map(|s| &s[..8]).unwrap_or("-"),
+            r.error.unwrap_or_default()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn stats(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let snaps = repo.snapshots()?;
+    let runs = instance::runs(&repo, None)?;
+    let states = runner::schedule_states(&repo)?;
+    let mut rows = Vec::new();
+    for st in states.iter().filter(|s| inst.is_none_or(|i| i == s.name)) {
+        let mine: Vec<_> = snaps
+            .iter()
+            .filter(|(_, s)| s.instance.as_deref() == Some(&st.name))
+            .collect();
+        let logical: u64 = mine.iter().map(|(_, s)| s.summary.bytes_total).sum();
+        let stored: u64 = mine.iter().map(|(_, s)| s.summary.bytes_added).sum();
+        let last_run = runs
+            .iter()
+            .rev()
+            .find(|r| r.instance.as_deref() == Some(&st.name));
+        rows.push(json!({
+            "instance": st.name,
+            "snapshot_count": mine.len(),
+            "last_backup": st.last_snapshot.map(|t| t.to_rfc3339()),
+            "last_status": last_run.map(|r| r.status.clone()),
+            "next_due": st.next_due().map(|t| t.to_rfc3339()),
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "dedup_ratio": if stored > 0 { logical as f64 / stored as f64 } else { 0.0 },
+        }));
+    }
+    let pack_bytes: u64 = repo.pack_files()?.iter().map(|(_, n)| n).sum();
+    let totals = json!({
+        "snapshot_count": snaps.len(),
+        "logical_bytes": snaps.iter().map(|(_, s)| s.summary.bytes_total).sum::<u64>(),
+        "stored_bytes": pack_bytes,
+    });
+    if ctx.json {
+        ctx.print_json(&json!({"instances": rows, "totals": totals}))?;
+        return Ok(EXIT_OK);
+    }
+    for r in &rows {
+        println!(
+            "{:<20} {:>4} snapshots, last {} ({}), next {}, {} logical, {} stored, dedup {:.1}x",
+            r["instance"].as_str().unwrap_or(""),
+            r["snapshot_count"],
+            r["last_backup"].as_str().unwrap_or("never"),
+            r["last_status"].as_str().unwrap_or("-"),
+            r["next_due"].as_str().unwrap_or("-"),
+            human_bytes(r["logical_bytes"].as_u64().unwrap_or(0)),
+            human_bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
+            r["dedup_ratio"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "total: {} snapshots, {} logical, {} stored in packs",
+        totals["snapshot_count"],
+        human_bytes(totals["logical_bytes"].as_u64().unwrap_or(0)),
+        human_bytes(pack_bytes)
+    );
+    Ok(EXIT_OK)
+}
+
+pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
+    let repo = ctx.open()?;
+    let now = Utc::now();
+    let grace = Duration::minutes(grace_minutes);
+    let states = runner::schedule_states(&repo)?;
+    let report: Vec<_> = states
+        .iter()
+        .map(|s| {
+            let status = if s.paused {
+                "paused"
+            } else if s.last_run_failed {
+                "failed"
+            } else if s.is_overdue(now, grace) {
+                "overdue"
+            } else {
+                "ok"
+            };
+            json!({"instance": s.name, "status": status, "last_snapshot": s.last_snapshot.map(|t| t.to_rfc3339()), "next_due": s.next_due().map(|t| t.to_rfc3339())})
+        })
+        .collect();
+    let bad = report
+        .iter()
+        .filter(|r| r["status"] == "failed" || r["status"] == "overdue")
+        .count();
+    if ctx.json {
+        ctx.print_json(&json!({"healthy": bad == 0, "instances": report}))?;
+    } else {
+        for r in &report {
+            println!(
+                "{:<20} {}",
+                r["instance"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or("")
+            );
+        }
+        println!("{}", if bad == 0 { "healthy" } else { "UNHEALTHY" });
+    }
+    Ok(if bad == 0 { EXIT_OK } else { EXIT_ERROR })
+}
+
+pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
+    let (repo, _) = ctx.repo_path()?;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "cairn".into());
+    let repo = repo.display().to_string();
+    match kind {
+        ScheduleKind::Crontab => print!("{}", schedule::crontab_entry(&exe, &repo)),
+        ScheduleKind::Systemd => print!("{}", schedule::systemd_units(&exe, &repo)),
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,169 @@
+//! Running an instance's jobs: hooks around a backup, the run log, failure notification, and `run-due`.
+//!
+//! A failing pre-hook aborts the run (nothing is backed up) and is logged; the post-hook runs whether or not
+//! the backup succeeded (it typically restarts a service the pre-hook stopped). Every run, successful or not,
+//! leaves a record; on failure the instance's `notify` command receives the record as JSON on stdin.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use chrono::{DateTime, FixedOffset, Utc};
+
+use crate::backup::{self, BackupOptions, BackupResult, StreamSource};
+use crate::error::{Error, Result};
+use crate::instance::{self, InstanceConfig, RunRecord};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::schedule::{self, ScheduleState};
+
+/// Builds the stream for an instance's database; supplied by the caller so this module does not depend on
+/// how dumps are taken.
+pub type DbStream<'a> =
+    &'a dyn Fn(&InstanceConfig) -> Result<Option<(StreamSource, serde_json::Value)>>;
+
+/// Runs `sh -c cmd` with the instance name in `CAIRN_INSTANCE`; a non-zero exit is an error.
+fn run_hook(what: &str, cmd: &str, cfg: &InstanceConfig) -> Result<()> {
+    let status = Command::new("sh")
+        .args(["-c", cmd])
+        .env("CAIRN_INSTANCE", &cfg.name)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| Error::Command(format!("{what} hook: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command(format!(
+            "{what} hook `{cmd}` failed ({status})"
+        )))
+    }
+}
+
+/// One snapshot of an instance (database stream + file trees), with hooks, logging and notification.
+pub fn backup_instance(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    time: Option<DateTime<FixedOffset>>,
+    db: DbStream,
+    progress: Progress,
+) -> Result<BackupResult> {
+    let start = Utc::now();
+    let result: Result<BackupResult> = (|| {
+        if let Some(pre) = &cfg.pre_hook {
+            run_hook("pre", pre, cfg)?;
+        }
+        let out = (|| {
+            let (streams, metadata) = match db(cfg)? {
+                Some((s, m)) => (vec![s], Some(m)),
+                None => (Vec::new(), None),
+            };
+            backup::backup(
+                repo,
+                BackupOptions {
+                    paths: cfg.paths.clone(),
+                    streams,
+                    instance: Some(cfg.name.clone()),
+                    time,
+                    metadata,
+                    progress,
+                    ..BackupOptions::default()
+                },
+            )
+        })();
+        let post = cfg.post_hook.as_ref().map(|p| run_hook("post", p, cfg));
+        let out = out?;
+        post.transpose()?;
+        Ok(out)
+    })();
+    let record = RunRecord {
+        instance: Some(cfg.name.clone()),
+        kind: "backup".into(),
+        start,
+        end: Some(Utc::now()),
+        status: match &result {
+            Ok(r) if r.snapshot.partial => "partial".into(),
+            Ok(_) => "ok".into(),
+            Err(_) => "failed".into(),
+        },
+        bytes: result.as_ref().ok().map(|r| r.snapshot.summary.bytes_added),
+        snapshot_id: result.as_ref().ok().map(|r| r.snapshot_id.to_hex()),
+        error: result.as_ref().err().map(|e| e.to_string()),
+    };
+    instance::record_run(repo, &record)?;
+    if result.is_err() {
+        notify(cfg, &record);
+    }
+    result
+}
+
+/// Sends a failed run to the instance's notify command; a failing notifier is reported, not fatal.
+fn notify(cfg: &InstanceConfig, record: &RunRecord) {
+    let Some(cmd) = &cfg.notify else { return };
+    let json = serde_json::to_vec(record).unwrap_or_default();
+    let child = Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(Stdio::piped())
+        .spawn();
+    match child {
+        Ok(mut c) => {
+            if let Some(mut stdin) = c.stdin.take() {
+                let _ = stdin.write_all(&json);
+            }
+            let _ = c.wait();
+        }
+        Err(e) => eprintln!("cairn: warning: notify command for {}: {e}", cfg.name),
+    }
+}
+
+/// The scheduler's view of every instance, read from the repository.
+pub fn schedule_states(repo: &Repository) -> Result<Vec<ScheduleState>> {
+    let snaps = repo.snapshots()?;
+    let runs = instance::runs(repo, None)?;
+    instance::list(repo)?
+        .into_iter()
+        .map(|cfg| {
+            let last_snapshot = snaps
+                .iter()
+                .filter(|(_, s)| s.instance.as_deref() == Some(&cfg.name))
+                .map(|(_, s)| s.time.with_timezone(&Utc))
+                .max();
+            let last_run_failed = runs
+                .iter()
+                .rev()
+                .find(|r| r.instance.as_deref() == Some(&cfg.name) && r.kind == "backup")
+                .is_some_and(|r| r.status == "failed");
+            Ok(ScheduleState {
+                schedule: cfg.parsed_schedule()?,
+                name: cfg.name,
+                priority: cfg.priority,
+                paused: cfg.paused,
+                created: cfg.created,
+                last_snapshot,
+                last_run_failed,
+            })
+        })
+        .collect()
+}
+
+/// Outcome of one instance in a `run-due` pass.
+#[derive(Debug, serde::Serialize)]
+pub struct DueOutcome {
+    pub instance: String,
+    pub snapshot_id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Backs up every due instance once, highest priority first, one after the other.
+pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Vec<DueOutcome>> {
+    let states = schedule_states(repo)?;
+    let mut out = Vec::new();
+    for name in schedule::due_in_order(&states, now) {
+        let cfg = instance::load(repo, &name)?;
+        let r = backup_instance(repo, &cfg, None, db, Progress::hidden());
+        out.push(DueOutcome {
+            instance: name,
+            snapshot_id: r.as_ref().ok().map(|r| r.snapshot_id.to_hex()),
+            error: r.err().map(|e| e.to_string()),
+        });
+    }
+    Ok(out)
+}
