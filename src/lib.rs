@@ -8,6 +8,7 @@
 //! durable pack writes), [`index`] (SQLite), [`tree`], [`snapshot`], [`repo`] (layout, reads), [`backup`],
 //! [`restore`], [`check`], [`repair`], [`lock`], [`config`].
 
+pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod chunking;

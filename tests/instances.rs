@@ -188,3 +188,96 @@ fn scheduler_entries_are_printed() {
     assert!(ok(cairn(&repo).args(["schedule", "crontab"])).contains("run-due"));
     assert!(ok(cairn(&repo).args(["schedule", "systemd"])).contains("OnCalendar"));
 }
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+#[test]
+fn imported_tar_gz_and_zip_export_back_to_the_same_files() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    let legacy = d.join("legacy");
+    fs::create_dir_all(legacy.join("filestore/ab")).unwrap();
+    fs::write(
+        legacy.join("dump.sql"),
+        "-- PostgreSQL database dump\nCREATE TABLE t (id int);\n".repeat(1000),
+    )
+    .unwrap();
+    fs::write(
+        legacy.join("filestore/ab/abcdef"),
+        pseudo_random(300_000, 3),
+    )
+    .unwrap();
+    fs::write(legacy.join("manifest.json"), br#"{"version": "17.0"}"#).unwrap();
+    sh(&format!(
+        "cd {} && tar czf {}/old.tar.gz dump.sql filestore manifest.json",
+        legacy.display(),
+        d.display()
+    ));
+    let v = json(&ok(cairn(&repo)
+        .args([
+            "import-archive",
+            "--instance",
+            "legacy",
+            "--time",
+            "2025-01-31 02:00",
+            "--json",
+        ])
+        .arg(d.join("old.tar.gz"))));
+    let id = v["snapshot_id"].as_str().unwrap().to_string();
+    let snap = json(&ok(cairn(&repo).args(["show", &id, "--json"])));
+    assert!(snap["time"]
+        .as_str()
+        .unwrap()
+        .starts_with("2025-01-31T02:00:00"));
+    assert_eq!(snap["stream_names"], serde_json::json!(["dump.sql"]));
+    for (fmt, unpack) in [
+        ("tar", "tar xf {f}"),
+        ("odoo-zip", "python3 -m zipfile -e {f} ."),
+    ] {
+        let out = cairn(&repo)
+            .args(["export", &id, "--format", fmt])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = d.join(format!("export.{fmt}"));
+        fs::write(&file, &out.stdout).unwrap();
+        let x = d.join(format!("x-{fmt}"));
+        fs::create_dir_all(&x).unwrap();
+        sh(&format!(
+            "cd {} && {}",
+            x.display(),
+            unpack.replace("{f}", file.to_str().unwrap())
+        ));
+        for f in ["dump.sql", "filestore/ab/abcdef", "manifest.json"] {
+            assert_eq!(
+                fs::read(x.join(f)).unwrap(),
+                fs::read(legacy.join(f)).unwrap(),
+                "{fmt}: {f}"
+            );
+        }
+    }
+    // And the zip we exported imports again as the same content.
+    let again = json(&ok(cairn(&repo)
+        .args(["import-archive", "--time", "2025-02-01 02:00", "--json"])
+        .arg(d.join("export.odoo-zip"))));
+    assert!(
+        again["summary"]["bytes_added"].as_u64().unwrap() < 2000,
+        "re-import deduplicates: {again}"
+    );
+    fails(
+        cairn(&repo)
+            .args(["import-archive", "--time", "2025-01-01 00:00"])
+            .arg(d.join("legacy/manifest.json")),
+        1,
+    );
+}

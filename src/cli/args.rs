@@ -88,6 +88,22 @@ pub enum Command {
         #[command(subcommand)]
         kind: ScheduleKind,
     },
+    /// Store an existing archive backup (tar.gz / Odoo zip) as a snapshot with its original time.
+    ImportArchive {
+        #[arg(long)]
+        instance: Option<String>,
+        /// The archive's original time (RFC 3339 or "YYYY-MM-DD HH:MM").
+        #[arg(long)]
+        time: String,
+        file: PathBuf,
+    },
+    /// Write a snapshot out as an archive (the dump and filestore/ at the root) on stdout.
+    Export {
+        snapshot: String,
+        /// odoo-zip or tar.
+        #[arg(long)]
+        format: String,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.

@@ -84,6 +84,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Stats { instance: i } => instance::stats(&ctx, i.as_deref()),
         Command::Health { grace_minutes } => instance::health(&ctx, grace_minutes),
         Command::Schedule { kind } => instance::schedule_cmd(&ctx, kind),
+        Command::ImportArchive {
+            instance: i,
+            time,
+            file,
+        } => import_archive(&ctx, i, &time, &file),
+        Command::Export { snapshot, format } => export(&ctx, &snapshot, &format),
     }
 }
 
@@ -424,6 +430,40 @@ fn repair_index(ctx: &Ctx) -> Result<i32> {
     } else {
         EXIT_ERROR
     })
+}
+
+fn import_archive(
+    ctx: &Ctx,
+    instance: Option<String>,
+    time: &str,
+    file: &std::path::Path,
+) -> Result<i32> {
+    let time = parse_time(time)?;
+    let repo = open_for_backup(ctx)?;
+    let r = cairn::archive::import_archive(&repo, file, instance, time)?;
+    if ctx.json {
+        ctx.print_json(
+            &json!({"snapshot_id": r.snapshot_id.to_hex(), "summary": r.snapshot.summary}),
+        )?;
+    } else {
+        println!(
+            "imported {} as snapshot {}",
+            file.display(),
+            r.snapshot_id.short()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
+    let format: cairn::archive::ExportFormat = format.parse()?;
+    let repo = ctx.open()?;
+    let (_, snap) = repo.resolve_snapshot(spec, None)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    cairn::archive::export(&repo, &snap, format, &mut out)?;
+    out.flush().map_err(|e| Error::io("stdout", e))?;
+    Ok(EXIT_OK)
 }
 
 fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
