@@ -13,6 +13,7 @@ pub mod backup;
 pub mod check;
 pub mod chunking;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod fsutil;
 pub mod hashing;

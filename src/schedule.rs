@@ -1,8 +1,8 @@
 //! Schedules: when an instance is due, when it is overdue, and in which order due instances run.
 //!
 //! Pure functions of a time source, so tests drive them with a fake clock. Cron expressions are POSIX
-//! five-field (`min hour day-of-month month day-of-week`), parsed and evaluated by the `croner` crate in the
-//! host's local time zone. Rules (issue "Instances"):
+//! five-field (`min hour day-of-month month day-of-week`), or six-field with a leading seconds field, parsed
+//! and evaluated by the `croner` crate in the host's local time zone. Rules (issue "Instances"):
 //! - an instance is due when the first schedule slot after its latest snapshot (or, with none, after it was
 //!   created) has passed;
 //! - it is overdue when a further slot plus a grace period has passed too, or when its last run failed;
@@ -113,11 +113,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Parses a five-field cron expression.
+    /// Parses a five-field cron expression (or six, with seconds first).
     pub fn parse(expr: &str) -> Result<Schedule> {
-        if expr.split_whitespace().count() != 5 {
+        if !(5..=6).contains(&expr.split_whitespace().count()) {
             return Err(Error::Invalid(format!(
-                "schedule {expr:?}: want five cron fields (minute hour day-of-month month day-of-week)"
+                "schedule {expr:?}: want five cron fields (minute hour day-of-month month day-of-week), or six with seconds first"
             )));
         }
         let cron =

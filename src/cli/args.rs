@@ -72,6 +72,15 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Run instance schedules until SIGTERM/SIGINT (running backups finish first).
+    Daemon {
+        /// Concurrent backups; default one per core.
+        #[arg(long)]
+        max_jobs: Option<usize>,
+        /// Seconds between schedule evaluations.
+        #[arg(long, default_value_t = 30)]
+        tick_seconds: u64,
+    },
     /// Per-instance statistics and totals.
     Stats {
         #[arg(long)]

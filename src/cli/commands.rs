@@ -80,6 +80,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Unlock { remove_all } => unlock(&ctx, remove_all),
         Command::Instance { action } => instance::instance(&ctx, action),
         Command::RunDue => instance::run_due(&ctx),
+        Command::Daemon {
+            max_jobs,
+            tick_seconds,
+        } => instance::daemon(&ctx, max_jobs, tick_seconds),
         Command::Log { instance: i } => instance::log(&ctx, i.as_deref()),
         Command::Stats { instance: i } => instance::stats(&ctx, i.as_deref()),
         Command::Health { grace_minutes } => instance::health(&ctx, grace_minutes),

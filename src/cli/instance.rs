@@ -295,6 +295,20 @@ pub fn run_due(ctx: &Ctx) -> Result<i32> {
     })
 }
 
+pub fn daemon(ctx: &Ctx, max_jobs: Option<usize>, tick_seconds: u64) -> Result<i32> {
+    let (repo, _) = ctx.repo_path()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let opts = cairn::daemon::DaemonOptions {
+        repo,
+        max_jobs: max_jobs.unwrap_or(cores).max(1),
+        tick: std::time::Duration::from_secs(tick_seconds.max(1)),
+    };
+    cairn::daemon::run(opts, std::sync::Arc::new(db_stream()))?;
+    Ok(EXIT_OK)
+}
+
 pub fn log(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
     let runs = instance::runs(&repo, inst)?;

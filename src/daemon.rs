@@ -1,0 +1,133 @@
+//! `cairn daemon`: runs instance schedules itself until stopped.
+//!
+//! Every tick it asks the scheduler which instances are due (highest priority first) and starts backups for
+//! them, at most `max_jobs` at a time and never two for the same instance. SIGTERM or SIGINT stops new work;
+//! running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
+//! daemon was down is due once at start (see `schedule`), not once per missed slot.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+
+use crate::backup::StreamSource;
+use crate::error::{Error, Result};
+use crate::instance::{self, InstanceConfig};
+use crate::progress::Progress;
+use crate::repo::Repository;
+use crate::runner;
+use crate::schedule;
+
+/// Produces an instance's database stream (see [`runner::DbStream`]), shareable across jobs.
+pub type SharedDb =
+    Arc<dyn Fn(&InstanceConfig) -> Result<Option<(StreamSource, serde_json::Value)>> + Send + Sync>;
+
+/// A failed instance is retried after this long, not at every tick.
+const RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Jobs in flight and recent failures.
+#[derive(Default)]
+struct State {
+    running: HashSet<String>,
+    failed_at: HashMap<String, Instant>,
+}
+
+/// Daemon settings.
+pub struct DaemonOptions {
+    pub repo: PathBuf,
+    /// Concurrent backups (default: one per core).
+    pub max_jobs: usize,
+    /// How often schedules are evaluated.
+    pub tick: Duration,
+}
+
+/// Runs until SIGTERM/SIGINT, then waits for running jobs.
+pub fn run(opts: DaemonOptions, db: SharedDb) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Command(format!("daemon runtime: {e}")))?;
+    rt.block_on(main_loop(opts, db))
+}
+
+async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
+    let repo = Arc::new(Repository::open(&opts.repo)?);
+    let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
+    let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
+    let mut jobs: JoinSet<(String, Result<String>)> = JoinSet::new();
+    let mut state = State::default();
+    eprintln!("cairn daemon: started (max {} jobs)", opts.max_jobs);
+    loop {
+        start_due_jobs(&repo, &opts, &db, &mut jobs, &mut state)?;
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => report(done, &mut state),
+            _ = tokio::time::sleep(opts.tick) => {}
+        }
+    }
+    eprintln!(
+        "cairn daemon: stopping; waiting for {} running job(s)",
+        jobs.len()
+    );
+    while let Some(done) = jobs.join_next().await {
+        report(done, &mut state);
+    }
+    eprintln!("cairn daemon: stopped");
+    Ok(())
+}
+
+fn start_due_jobs(
+    repo: &Arc<Repository>,
+    opts: &DaemonOptions,
+    db: &SharedDb,
+    jobs: &mut JoinSet<(String, Result<String>)>,
+    state: &mut State,
+) -> Result<()> {
+    let states = runner::schedule_states(repo)?;
+    for name in schedule::due_in_order(&states, Utc::now()) {
+        if state.running.len() >= opts.max_jobs {
+            break;
+        }
+        let recently_failed = state
+            .failed_at
+            .get(&name)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER);
+        if state.running.contains(&name) || recently_failed {
+            continue;
+        }
+        let cfg = instance::load(repo, &name)?;
+        let (repo, db) = (repo.clone(), db.clone());
+        state.running.insert(name.clone());
+        eprintln!("cairn daemon: {name}: backup started");
+        jobs.spawn_blocking(move || {
+            let r = runner::backup_instance(&repo, &cfg, None, &*db, Progress::hidden());
+            (name, r.map(|r| r.snapshot_id.to_hex()))
+        });
+    }
+    Ok(())
+}
+
+fn report(
+    done: std::result::Result<(String, Result<String>), tokio::task::JoinError>,
+    state: &mut State,
+) {
+    match done {
+        Ok((name, Ok(id))) => {
+            eprintln!("cairn daemon: {name}: snapshot {}", &id[..8]);
+            state.failed_at.remove(&name);
+            state.running.remove(&name);
+        }
+        Ok((name, Err(e))) => {
+            eprintln!("cairn daemon: {name}: backup failed: {e}");
+            state.failed_at.insert(name.clone(), Instant::now());
+            state.running.remove(&name);
+        }
+        Err(e) => eprintln!("cairn daemon: a job panicked: {e}"),
+    }
+}
