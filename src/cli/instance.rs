@@ -7,7 +7,7 @@ use cairn::instance::{self, InstanceConfig};
 use cairn::progress::Progress;
 use cairn::restore::{self, RestoreOptions};
 use cairn::runner::{self, DbStream};
-use cairn::schedule::{self, Priority};
+use cairn::schedule::{self, Priority, Retention};
 use cairn::{Error, Repository, Result};
 
 use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
@@ -34,26 +34,18 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
         cfg.schedule = p.default_schedule().map(str::to_string);
         cfg.retention = p.default_retention();
     }
-    let r = &mut cfg.retention;
-    let keeps = [
-        s.keep_last,
-        s.keep_hourly,
-        s.keep_daily,
-        s.keep_weekly,
-        s.keep_monthly,
-        s.keep_yearly,
-    ];
-    if keeps.iter().any(Option::is_some) || s.keep_within.is_some() {
-        *r = Default::default();
-        (r.last, r.hourly, r.daily, r.weekly, r.monthly, r.yearly) = (
-            s.keep_last,
-            s.keep_hourly,
-            s.keep_daily,
-            s.keep_weekly,
-            s.keep_monthly,
-            s.keep_yearly,
-        );
-        r.within = s.keep_within;
+    // Any --keep-* replaces the whole policy: mixing given rules with preset ones would surprise.
+    let given = Retention {
+        last: s.keep_last,
+        hourly: s.keep_hourly,
+        daily: s.keep_daily,
+        weekly: s.keep_weekly,
+        monthly: s.keep_monthly,
+        yearly: s.keep_yearly,
+        within: s.keep_within,
+    };
+    if given != Retention::default() {
+        cfg.retention = given;
     }
     if s.schedule.is_some() {
         cfg.schedule = s.schedule;
