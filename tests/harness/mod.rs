@@ -119,6 +119,15 @@ pub fn build_rich_tree(root: &Path, n_files: usize) {
     fs::set_permissions(&setgid, fs::Permissions::from_mode(0o2600)).unwrap();
     let c = std::ffi::CString::new(root.join("a-fifo").as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    if unsafe { libc::geteuid() } == 0 {
+        // A character device like /dev/null (1, 3): recreated only when restoring as root.
+        let dev =
+            std::ffi::CString::new(root.join("a-char-device").as_os_str().as_bytes()).unwrap();
+        assert_eq!(
+            unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) },
+            0
+        );
+    }
     for i in 0..n_files {
         let dir = root.join(format!("store/{:02x}", i % 64));
         fs::create_dir_all(&dir).unwrap();
@@ -207,7 +216,7 @@ fn walk(
             inodes.entry(md.ino()).or_default().push(rel.clone());
             ("file", fs::read(&path).unwrap())
         } else {
-            ("special", Vec::new())
+            ("special", md.rdev().to_le_bytes().to_vec())
         };
         out.insert(
             rel,
