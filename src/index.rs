@@ -204,6 +204,40 @@ impl Index {
         Ok(())
     }
 
+    /// Records a durable pack written by a repack and moves the rows of its blobs to it, in one transaction.
+    pub fn relocate_pack(&mut self, pack: Id, size: u64, entries: &[BlobEntry]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(id, size, blob_count) VALUES (?1, ?2, ?3)",
+            params![&pack.0[..], size as i64, entries.len() as i64],
+        )?;
+        let pack_no: i64 = tx.query_row(
+            "SELECT pack_no FROM packs WHERE id = ?1",
+            params![&pack.0[..]],
+            |r| r.get(0),
+        )?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO blobs(id, pack_no, kind, compression, offset, stored_len, raw_len, base)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for e in entries {
+                st.execute(params![
+                    &e.id.0[..],
+                    pack_no,
+                    e.kind as u8,
+                    e.compression as u8,
+                    e.offset as i64,
+                    e.stored_len as i64,
+                    e.raw_len as i64,
+                    e.base.map(|b| b.0.to_vec()),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// All indexed packs.
     pub fn packs(&self) -> Result<Vec<PackRow>> {
         let mut st = self

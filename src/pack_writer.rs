@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use crate::error::Result;
 use crate::fsutil;
 use crate::hashing::Id;
-use crate::pack::{self, BlobKind, PackBuilder};
+use crate::pack::{self, BlobEntry, BlobKind, Compression, PackBuilder};
 use crate::repo::Repository;
 
 /// Counters of what a writer stored.
@@ -28,6 +28,8 @@ pub struct SaveStats {
 /// Saves blobs into new packs of one repository. Safe to share between threads.
 pub struct PackWriter<'r> {
     repo: &'r Repository,
+    /// Repacking: blobs are saved even though indexed, and their index rows move to the new pack.
+    relocate: bool,
     pending: Mutex<HashSet<Id>>,
     current: Mutex<PackBuilder>,
     pub stats: SaveStats,
@@ -37,10 +39,39 @@ impl<'r> PackWriter<'r> {
     pub fn new(repo: &'r Repository) -> PackWriter<'r> {
         PackWriter {
             repo,
+            relocate: false,
             pending: Mutex::new(HashSet::new()),
             current: Mutex::new(PackBuilder::new()),
             stats: SaveStats::default(),
         }
+    }
+
+    /// A writer for prune: it copies blobs that are indexed elsewhere and points their index rows at the new
+    /// packs once those are durable.
+    pub fn for_repack(repo: &'r Repository) -> PackWriter<'r> {
+        PackWriter {
+            relocate: true,
+            ..PackWriter::new(repo)
+        }
+    }
+
+    /// Copies a blob's stored bytes as they are (the caller verified them), without recompressing.
+    pub fn save_stored(&self, entry: &BlobEntry, stored: &[u8]) -> Result<bool> {
+        if !self.claim(&entry.id)? {
+            return Ok(false);
+        }
+        self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_stored
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.append(
+            entry.kind,
+            entry.id,
+            entry.raw_len,
+            entry.compression,
+            stored,
+        )?;
+        Ok(true)
     }
 
     /// Stores `raw` as a blob of `kind` unless the repository (or this writer) already has it.
@@ -65,9 +96,22 @@ impl<'r> PackWriter<'r> {
         self.stats
             .bytes_stored
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.append(kind, id, raw.len() as u32, compression, &stored)?;
+        Ok(true)
+    }
+
+    /// Appends an encoded blob to the current pack, writing the pack out once it is full.
+    fn append(
+        &self,
+        kind: BlobKind,
+        id: Id,
+        raw_len: u32,
+        compression: Compression,
+        stored: &[u8],
+    ) -> Result<()> {
         let full = {
             let mut cur = self.lock_current();
-            cur.add(kind, id, raw.len() as u32, compression, &stored);
+            cur.add(kind, id, raw_len, compression, stored);
             if cur.len() >= self.repo.config().pack_target_size {
                 Some(std::mem::take(&mut *cur))
             } else {
@@ -77,13 +121,13 @@ impl<'r> PackWriter<'r> {
         if let Some(builder) = full {
             self.write_pack(builder)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Marks `id` as being stored by this writer; false if it is stored already or being stored.
     fn claim(&self, id: &Id) -> Result<bool> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.contains(id) || self.repo.index().contains(id)? {
+        if pending.contains(id) || (!self.relocate && self.repo.index().contains(id)?) {
             return Ok(false);
         }
         pending.insert(*id);

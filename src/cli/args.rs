@@ -55,6 +55,16 @@ pub enum Command {
     },
     /// Verify the repository.
     Check(CheckArgs),
+    /// Remove snapshots according to a retention policy (restic semantics), per group.
+    Forget(ForgetArgs),
+    /// Delete or repack packs that hold data no snapshot needs.
+    Prune {
+        /// Repack packs whose unused share exceeds this percentage.
+        #[arg(long, default_value_t = 5.0)]
+        max_unused: f64,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Rebuild repository metadata.
     Repair {
         #[command(subcommand)]
@@ -165,6 +175,39 @@ pub struct RestoreArgs {
     pub overwrite: bool,
     #[arg(long)]
     pub instance: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    #[arg(long)]
+    pub keep_hourly: Option<u32>,
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    #[arg(long)]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything this close to the newest snapshot, e.g. 1y2m3d4h.
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable).
+    #[arg(long = "keep-tag")]
+    pub keep_tags: Vec<String>,
+    /// Show what would be removed and why the rest is kept.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run prune afterwards.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Args, Debug)]

@@ -14,7 +14,7 @@ use cairn::{Error, Id, Repository, Result};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
 
-use super::args::{BackupArgs, CheckArgs, Cli, Command, RepairWhat, RestoreArgs};
+use super::args::{BackupArgs, CheckArgs, Cli, Command, ForgetArgs, RepairWhat, RestoreArgs};
 use super::instance;
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
@@ -77,6 +77,11 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Repair {
             what: RepairWhat::Index,
         } => repair_index(&ctx),
+        Command::Forget(a) => forget(&ctx, a),
+        Command::Prune {
+            max_unused,
+            dry_run,
+        } => prune(&ctx, max_unused, dry_run).map(|_| EXIT_OK),
         Command::Unlock { remove_all } => unlock(&ctx, remove_all),
         Command::Instance { action } => instance::instance(&ctx, action),
         Command::RunDue => instance::run_due(&ctx),
@@ -413,6 +418,92 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
     } else {
         EXIT_ERROR
     })
+}
+
+fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    let policy = cairn::retention::KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a.keep_within.as_deref().map(str::parse).transpose()?,
+        tags: a.keep_tags,
+    };
+    let repo = ctx.open()?;
+    let opts = cairn::gc::ForgetOptions {
+        policy,
+        instance: a.instance,
+        tags: a.tags,
+        dry_run: a.dry_run,
+    };
+    let groups = cairn::gc::forget(&repo, &opts)?;
+    let removed: usize = groups
+        .iter()
+        .map(|g| g.decisions.iter().filter(|d| !d.keep).count())
+        .sum();
+    if ctx.json {
+        ctx.print_json(&json!({"dry_run": a.dry_run, "removed": removed, "groups": groups}))?;
+    } else {
+        for g in &groups {
+            println!("group {}", g.group);
+            for d in &g.decisions {
+                let verdict = if d.keep {
+                    "keep  "
+                } else if a.dry_run {
+                    "would remove"
+                } else {
+                    "remove"
+                };
+                println!("  {verdict} {} {}", &d.id[..12], d.reasons.join(","));
+            }
+        }
+        println!(
+            "{removed} snapshots {}",
+            if a.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        );
+    }
+    if a.prune && !a.dry_run {
+        prune(ctx, 5.0, false)?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
+    if !(0.0..=100.0).contains(&max_unused) {
+        return Err(Error::Invalid(
+            "--max-unused must be a percentage between 0 and 100".into(),
+        ));
+    }
+    let repo = ctx.open()?;
+    let r = cairn::gc::prune(
+        &repo,
+        cairn::gc::PruneOptions {
+            max_unused_percent: max_unused,
+            dry_run,
+        },
+    )?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)?;
+    } else {
+        println!(
+            "{}{} packs deleted, {} repacked ({} copied), {} stray packs removed: {} freed, {} -> {}",
+            if dry_run { "dry run: " } else { "" },
+            r.packs_deleted,
+            r.packs_repacked,
+            human_bytes(r.bytes_repacked),
+            r.unindexed_removed,
+            human_bytes(r.bytes_freed),
+            human_bytes(r.bytes_before),
+            human_bytes(r.bytes_after)
+        );
+    }
+    Ok(())
 }
 
 fn repair_index(ctx: &Ctx) -> Result<i32> {

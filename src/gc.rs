@@ -1,0 +1,371 @@
+//! Forgetting snapshots and garbage collection (`forget`, `prune`).
+//!
+//! Both run under the repository's exclusive lock, so no backup writes while they decide what is unused;
+//! backups wait for (or fail on) the lock rather than race a deletion.
+//!
+//! Prune marks every blob reachable from the remaining snapshots in an on-disk SQLite temporary table (memory
+//! stays flat however many chunks there are), then: deletes packs with nothing reachable; repacks packs whose
+//! unreachable share exceeds `max_unused` by copying the reachable blobs' stored bytes (verified first) into
+//! new packs; and removes pack files the index does not know (left by interrupted backups) and temporary
+//! files. Ordering: new packs are durable and their index rows committed before an old pack leaves the index,
+//! and a pack leaves the index (committed) before its file is deleted. A prune killed at any instant leaves
+//! only packs that are unindexed or wholly unused, which the next prune removes.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::hashing::Id;
+use crate::lock;
+use crate::pack;
+use crate::pack_writer::PackWriter;
+use crate::repo::Repository;
+use crate::retention::{self, Candidate, Decision, KeepPolicy};
+use crate::tree::NodeKind;
+
+/// Which snapshots `forget` considers and what it keeps.
+#[derive(Debug, Clone, Default)]
+pub struct ForgetOptions {
+    pub policy: KeepPolicy,
+    /// Only snapshots of this instance.
+    pub instance: Option<String>,
+    /// Only snapshots carrying all of these tags.
+    pub tags: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// The decisions for one group of snapshots.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetGroup {
+    pub group: String,
+    pub decisions: Vec<Decision>,
+}
+
+/// Applies a retention policy per group (instance, else paths + stream names) and removes what it does not
+/// keep. Removing every snapshot of a group needs an explicit zero rule (e.g. `--keep-last 0`).
+pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup>> {
+    if opts.policy.is_empty() {
+        return Err(Error::Invalid(
+            "no retention rule given (e.g. --keep-daily 7); to remove everything say --keep-last 0"
+                .into(),
+        ));
+    }
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock::acquire(repo.root(), true, "forget")?)
+    };
+    let mut groups: BTreeMap<String, Vec<(Id, Candidate)>> = BTreeMap::new();
+    for (id, s) in repo.snapshots()? {
+        if opts
+            .instance
+            .as_ref()
+            .is_some_and(|i| s.instance.as_ref() != Some(i))
+        {
+            continue;
+        }
+        if !opts.tags.iter().all(|t| s.tags.contains(t)) {
+            continue;
+        }
+        let key = retention::group_key(s.instance.as_deref(), &s.paths, &s.stream_names());
+        let cand = Candidate {
+            id: id.to_hex(),
+            time: s.time,
+            tags: s.tags.clone(),
+        };
+        groups.entry(key).or_default().push((id, cand));
+    }
+    let explicit_zero = [
+        opts.policy.last,
+        opts.policy.hourly,
+        opts.policy.daily,
+        opts.policy.weekly,
+        opts.policy.monthly,
+        opts.policy.yearly,
+    ]
+    .contains(&Some(0));
+    let mut out = Vec::new();
+    for (group, members) in groups {
+        let cands: Vec<Candidate> = members.iter().map(|(_, c)| c.clone()).collect();
+        let decisions = retention::apply(&opts.policy, &cands);
+        if !explicit_zero && decisions.iter().all(|d| !d.keep) {
+            return Err(Error::Invalid(format!(
+                "the policy would remove every snapshot of group {group}; confirm with an explicit zero rule such as --keep-last 0"
+            )));
+        }
+        out.push(ForgetGroup { group, decisions });
+    }
+    if !opts.dry_run {
+        for g in &out {
+            for d in g.decisions.iter().filter(|d| !d.keep) {
+                let id =
+                    Id::from_hex(&d.id).ok_or_else(|| Error::corrupt("index", "snapshot id"))?;
+                repo.remove_snapshot(&id)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Prune settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions {
+    /// Repack packs whose unused share exceeds this percentage.
+    pub max_unused_percent: f64,
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused_percent: 5.0,
+            dry_run: false,
+        }
+    }
+}
+
+/// What prune did (or, with `dry_run`, would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PruneReport {
+    pub blobs_used: u64,
+    pub packs_total: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub packs_written: u64,
+    pub unindexed_removed: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub bytes_freed: u64,
+    pub bytes_repacked: u64,
+    pub dry_run: bool,
+    pub duration_s: f64,
+}
+
+/// One pack's usage.
+struct PackUse {
+    id: Id,
+    size: u64,
+    used_bytes: u64,
+    used_blobs: u64,
+}
+
+impl PackUse {
+    /// Bytes a repack would free: everything but the reachable blobs and the framing they need.
+    fn unused(&self) -> u64 {
+        let framing = (pack::PACK_MAGIC.len() + pack::FOOTER_LEN) as u64
+            + pack::ENTRY_LEN as u64 * self.used_blobs;
+        self.size.saturating_sub(self.used_bytes + framing)
+    }
+}
+
+/// Runs prune under the exclusive lock.
+pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
+    let started = Instant::now();
+    let _lock = lock::acquire(repo.root(), true, "prune")?;
+    let mut r = PruneReport {
+        dry_run: opts.dry_run,
+        ..PruneReport::default()
+    };
+    r.blobs_used = mark(repo)?;
+    let usage = pack_usage(repo)?;
+    let on_disk = repo.pack_files()?;
+    r.packs_total = usage.len() as u64;
+    r.bytes_before = on_disk.iter().map(|(_, n)| n).sum();
+    let indexed: std::collections::HashSet<Id> = usage.iter().map(|u| u.id).collect();
+    let unindexed: Vec<(Id, u64)> = on_disk
+        .into_iter()
+        .filter(|(id, _)| !indexed.contains(id))
+        .collect();
+    let (empty, partly): (Vec<&PackUse>, Vec<&PackUse>) = usage
+        .iter()
+        .filter(|u| u.unused() > 0)
+        .partition(|u| u.used_blobs == 0);
+    let to_repack: Vec<&PackUse> = partly
+        .into_iter()
+        .filter(|u| u.unused() as f64 * 100.0 > opts.max_unused_percent * u.size as f64)
+        .collect();
+    r.packs_deleted = empty.len() as u64;
+    r.packs_repacked = to_repack.len() as u64;
+    r.unindexed_removed = unindexed.len() as u64;
+    r.bytes_repacked = to_repack.iter().map(|u| u.used_bytes).sum();
+    if opts.dry_run {
+        let freed: u64 = empty.iter().chain(&to_repack).map(|u| u.size).sum::<u64>()
+            + unindexed.iter().map(|(_, n)| n).sum::<u64>();
+        r.bytes_freed = freed.saturating_sub(r.bytes_repacked);
+        r.bytes_after = r.bytes_before - r.bytes_freed;
+        r.duration_s = started.elapsed().as_secs_f64();
+        return Ok(r);
+    }
+    r.packs_written = repack(repo, &to_repack)?;
+    for u in empty.iter().chain(&to_repack) {
+        repo.index().remove_pack(&u.id)?;
+        fsutil::remove_durable(&repo.pack_path(&u.id))?;
+    }
+    for (id, _) in &unindexed {
+        fsutil::remove_durable(&repo.pack_path(id))?;
+    }
+    remove_temp_files(repo)?;
+    r.bytes_after = repo.pack_files()?.iter().map(|(_, n)| n).sum();
+    r.bytes_freed = r.bytes_before.saturating_sub(r.bytes_after);
+    r.duration_s = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// Marks every blob reachable from a snapshot in `temp.used`; returns how many. A referenced blob that is
+/// not indexed, or a tree that does not decode, stops prune: deciding what is garbage in a damaged
+/// repository could delete the only copy of something.
+fn mark(repo: &Repository) -> Result<u64> {
+    repo.index().raw().execute_batch(
+        "DROP TABLE IF EXISTS temp.used; CREATE TEMP TABLE used (id BLOB PRIMARY KEY) WITHOUT ROWID;",
+    )?;
+    let insert = |id: &Id| -> Result<bool> {
+        let idx = repo.index();
+        let mut st = idx
+            .raw()
+            .prepare_cached("INSERT OR IGNORE INTO temp.used(id) VALUES (?1)")?;
+        Ok(st.execute(params![&id.0[..]])? == 1)
+    };
+    let mut stack: Vec<Id> = repo
+        .snapshots()?
+        .into_iter()
+        .flat_map(|(_, s)| s.tree.into_iter().chain(s.stream_tree))
+        .collect();
+    while let Some(t) = stack.pop() {
+        if !insert(&t)? {
+            continue;
+        }
+        let tree = repo
+            .read_tree(&t)
+            .map_err(|e| refuse(&format!("tree {t}: {e}")))?;
+        for node in tree.nodes {
+            match node.kind {
+                NodeKind::Dir { subtree } => stack.push(subtree),
+                NodeKind::File { chunks, .. } => {
+                    for c in &chunks {
+                        insert(c)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let idx = repo.index();
+    let missing: i64 = idx.raw().query_row(
+        "SELECT count(*) FROM temp.used u WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = u.id)",
+        [],
+        |r| r.get(0),
+    )?;
+    if missing > 0 {
+        return Err(refuse(&format!(
+            "{missing} referenced blobs are not indexed"
+        )));
+    }
+    Ok(idx
+        .raw()
+        .query_row("SELECT count(*) FROM temp.used", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+fn refuse(why: &str) -> Error {
+    Error::Invalid(format!(
+        "prune refused: {why}; run `cairn check` and `cairn repair` first"
+    ))
+}
+
+/// Per pack: file size and the stored bytes and count of its reachable blobs.
+fn pack_usage(repo: &Repository) -> Result<Vec<PackUse>> {
+    let idx = repo.index();
+    let mut st = idx.raw().prepare(
+        "SELECT p.id, p.size,
+                coalesce(sum(CASE WHEN u.id IS NOT NULL THEN b.stored_len END), 0),
+                count(u.id)
+         FROM packs p
+         LEFT JOIN blobs b ON b.pack_no = p.pack_no
+         LEFT JOIN temp.used u ON u.id = b.id
+         GROUP BY p.pack_no",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (id, size, used_bytes, used_blobs) = row?;
+        Ok(PackUse {
+            id: Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "pack id"))?,
+            size: size as u64,
+            used_bytes: used_bytes as u64,
+            used_blobs: used_blobs as u64,
+        })
+    })
+    .collect()
+}
+
+/// Copies the reachable blobs of `packs` into new packs (verifying each); returns the packs written.
+fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
+    if packs.is_empty() {
+        return Ok(0);
+    }
+    let writer = PackWriter::for_repack(repo);
+    for u in packs {
+        let path = repo.pack_path(&u.id);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let used: Vec<pack::BlobEntry> = {
+            let idx = repo.index();
+            let mut st = idx.raw().prepare_cached(
+                "SELECT b.id FROM blobs b JOIN packs p ON p.pack_no = b.pack_no JOIN temp.used u ON u.id = b.id WHERE p.id = ?1",
+            )?;
+            let ids: Vec<Vec<u8>> = st
+                .query_map(params![&u.id.0[..]], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for id in ids {
+                let id = Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "blob id"))?;
+                if let Some(loc) = idx.lookup(&id)? {
+                    out.push(loc.entry);
+                }
+            }
+            out
+        };
+        for e in used {
+            let stored = bytes
+                .get(e.offset as usize..(e.offset + e.stored_len as u64) as usize)
+                .ok_or_else(|| {
+                    Error::corrupt(format!("pack {}", u.id), "blob beyond end of file")
+                })?;
+            pack::decode_blob(&e, stored)
+                .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
+            writer.save_stored(&e, stored)?;
+        }
+    }
+    writer.flush()?;
+    Ok(writer
+        .stats
+        .packs_written
+        .load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Removes `.tmp-*` files left by interrupted writes (safe: we hold the exclusive lock).
+fn remove_temp_files(repo: &Repository) -> Result<()> {
+    let mut dirs = vec![repo.snapshots_dir(), repo.root().to_path_buf()];
+    if let Ok(subs) = std::fs::read_dir(repo.packs_dir()) {
+        dirs.extend(subs.flatten().map(|e| e.path()));
+    }
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                fsutil::remove_durable(&e.path())?;
+            }
+        }
+    }
+    Ok(())
+}
