@@ -94,6 +94,13 @@ pub struct BackupArgs {
     /// Snapshot time (RFC 3339 or "YYYY-MM-DD HH:MM[:SS]" local); default now.
     #[arg(long)]
     pub time: Option<String>,
+    /// Dump this PostgreSQL database (pg_dump, streamed) into the snapshot as the stream DBNAME.dump.
+    #[arg(long, value_name = "DBNAME")]
+    pub pg: Option<String>,
+    /// libpq connection settings ("host=... port=... user=..."); unset ones come from PGHOST, PGPORT,
+    /// PGUSER, PGPASSWORD, ~/.pgpass.
+    #[arg(long, value_name = "CONNINFO", requires = "pg")]
+    pub pg_conn: Option<String>,
     /// The command for --stdin-from-command.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -102,8 +109,9 @@ pub struct BackupArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     pub snapshot: String,
-    #[arg(long)]
-    pub target: PathBuf,
+    /// Directory to restore the snapshot's files into.
+    #[arg(long, required_unless_present = "pg_target")]
+    pub target: Option<PathBuf>,
     /// Only these paths of the snapshot.
     #[arg(long = "path")]
     pub paths: Vec<String>,
@@ -112,6 +120,18 @@ pub struct RestoreArgs {
     pub overwrite: bool,
     #[arg(long)]
     pub instance: Option<String>,
+    /// Create this PostgreSQL database and restore the snapshot's dump into it (verifying row counts).
+    #[arg(long, value_name = "NEWDB")]
+    pub pg_target: Option<String>,
+    /// libpq connection settings for --pg-target (see `backup --pg-conn`).
+    #[arg(long, value_name = "CONNINFO", requires = "pg_target")]
+    pub pg_conn: Option<String>,
+    /// Restore over an existing database: snapshot it first (tag `safety`), then drop and recreate it.
+    #[arg(long, requires = "pg_target")]
+    pub replace: bool,
+    /// Restore owners and privileges too (by default pg_restore runs with --no-owner --no-acl).
+    #[arg(long, requires = "pg_target")]
+    pub owner_acl: bool,
 }
 
 #[derive(Args, Debug)]

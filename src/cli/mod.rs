@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod pg;
 
 use clap::Parser;
 
