@@ -49,7 +49,7 @@ pub struct StreamSource {
 
 /// Kills and reaps a child process unless it was waited for: a backup that fails early must not leave its
 /// producer running.
-struct ChildGuard(Option<std::process::Child>);
+pub(crate) struct ChildGuard(pub(crate) Option<std::process::Child>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -136,8 +136,14 @@ pub struct BackupOptions {
     /// Snapshot time; now if unset.
     pub time: Option<DateTime<FixedOffset>>,
     pub metadata: Option<serde_json::Value>,
+    /// Called in order once every stream has finished and before the snapshot is written, to complete
+    /// `metadata` with facts known only then (e.g. what pg_dump printed on stderr).
+    pub finalize_metadata: Vec<MetadataHook>,
     pub progress: Progress,
 }
+
+/// See [`BackupOptions::finalize_metadata`].
+pub type MetadataHook = Box<dyn FnOnce(&mut Option<serde_json::Value>) + Send>;
 
 /// What a backup produced.
 #[derive(Debug)]
@@ -185,6 +191,10 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     };
     let (stream_tree, streams) = job.save_streams(opts.streams)?;
     job.writer.flush()?;
+    let mut metadata = opts.metadata;
+    for hook in opts.finalize_metadata {
+        hook(&mut metadata);
+    }
     let snapshot = Snapshot {
         version: SNAPSHOT_VERSION,
         time: opts.time.unwrap_or_else(|| Local::now().fixed_offset()),
@@ -198,7 +208,7 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         parent: parent.map(|(id, _)| id.to_hex()),
         partial: job.partial.load(Ordering::Relaxed),
         summary: job.summary(started),
-        metadata: opts.metadata,
+        metadata,
     };
     let snapshot_id = repo.save_snapshot(&snapshot)?;
     job.progress.finish();

@@ -14,7 +14,7 @@ use chrono::Utc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
-use crate::backup::StreamSource;
+use crate::backup::{MetadataHook, StreamSource};
 use crate::error::{Error, Result};
 use crate::instance::{self, InstanceConfig};
 use crate::progress::Progress;
@@ -24,7 +24,7 @@ use crate::schedule;
 
 /// Produces an instance's database stream (see [`runner::DbStream`]), shareable across jobs.
 pub type SharedDb =
-    Arc<dyn Fn(&InstanceConfig) -> Result<Option<(StreamSource, serde_json::Value)>> + Send + Sync>;
+    Arc<dyn Fn(&InstanceConfig) -> Result<Option<(StreamSource, MetadataHook)>> + Send + Sync>;
 
 /// A failed instance is retried after this long, not at every tick.
 const RETRY_AFTER: Duration = Duration::from_secs(300);

@@ -6,7 +6,8 @@
 //!
 //! Module map: [`chunking`] (FastCDC), [`hashing`] (ids), [`pack`] (pack format), [`pack_writer`] (dedup and
 //! durable pack writes), [`index`] (SQLite), [`tree`], [`snapshot`], [`repo`] (layout, reads), [`backup`],
-//! [`restore`], [`check`], [`repair`], [`lock`], [`config`].
+//! [`restore`], [`check`], [`repair`], [`lock`], [`config`], [`postgres`] (pg_dump streams and verified
+//! restores).
 
 pub mod archive;
 pub mod backup;
@@ -23,6 +24,7 @@ pub mod instance;
 pub mod lock;
 pub mod pack;
 pub mod pack_writer;
+pub mod postgres;
 pub mod progress;
 pub mod repair;
 pub mod repo;

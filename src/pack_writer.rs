@@ -155,9 +155,13 @@ impl<'r> PackWriter<'r> {
             fsutil::ensure_dir(dir)?;
         }
         fsutil::write_durable(&path, &bytes)?;
-        self.repo
-            .index()
-            .add_pack(id, bytes.len() as u64, &entries)?;
+        let mut index = self.repo.index();
+        if self.relocate {
+            index.relocate_pack(id, bytes.len() as u64, &entries)?;
+        } else {
+            index.add_pack(id, bytes.len() as u64, &entries)?;
+        }
+        drop(index);
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for e in &entries {

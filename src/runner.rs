@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::backup::{self, BackupOptions, BackupResult, StreamSource};
+use crate::backup::{self, BackupOptions, BackupResult, MetadataHook, StreamSource};
 use crate::error::{Error, Result};
 use crate::instance::{self, InstanceConfig, RunRecord};
 use crate::progress::Progress;
@@ -18,8 +18,7 @@ use crate::schedule::{self, ScheduleState};
 
 /// Builds the stream for an instance's database; supplied by the caller so this module does not depend on
 /// how dumps are taken.
-pub type DbStream<'a> =
-    &'a dyn Fn(&InstanceConfig) -> Result<Option<(StreamSource, serde_json::Value)>>;
+pub type DbStream<'a> = &'a dyn Fn(&InstanceConfig) -> Result<Option<(StreamSource, MetadataHook)>>;
 
 /// Runs `sh -c cmd` with the instance name in `CAIRN_INSTANCE`; a non-zero exit is an error.
 fn run_hook(what: &str, cmd: &str, cfg: &InstanceConfig) -> Result<()> {
@@ -52,9 +51,9 @@ pub fn backup_instance(
             run_hook("pre", pre, cfg)?;
         }
         let out = (|| {
-            let (streams, metadata) = match db(cfg)? {
-                Some((s, m)) => (vec![s], Some(m)),
-                None => (Vec::new(), None),
+            let (streams, finalize_metadata) = match db(cfg)? {
+                Some((s, hook)) => (vec![s], vec![hook]),
+                None => (Vec::new(), Vec::new()),
             };
             backup::backup(
                 repo,
@@ -63,7 +62,7 @@ pub fn backup_instance(
                     streams,
                     instance: Some(cfg.name.clone()),
                     time,
-                    metadata,
+                    finalize_metadata,
                     progress,
                     ..BackupOptions::default()
                 },

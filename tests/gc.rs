@@ -259,3 +259,36 @@ fn full_disk_during_backup_is_a_clear_error_and_the_repository_stays_valid() {
     ok(cairn(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]));
     assert_same_tree(&small, &t.join("small-src"));
 }
+
+/// Regression: repacked blobs must be re-pointed to their new pack before the old pack's rows are dropped
+/// (they were once inserted "or ignore", so removing the old pack lost them).
+#[test]
+fn repack_moves_live_blobs_before_deleting_the_old_pack() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("data");
+    // Default 16 MiB packs: both days share one pack, so forgetting day 1 leaves it partly used.
+    write_day(&src, 1);
+    ok(cairn(&repo).args([
+        "backup",
+        "--time",
+        "2026-11-01T03:00:00Z",
+        src.to_str().unwrap(),
+    ]));
+    fs::write(src.join("daily.bin"), pseudo_random(3_000_000, 102)).unwrap();
+    let mut c = cairn(&repo);
+    c.args([
+        "backup",
+        "--time",
+        "2026-11-02T03:00:00Z",
+        src.to_str().unwrap(),
+    ]);
+    ok(&mut c);
+    ok(cairn(&repo).args(["forget", "--keep-last", "1"]));
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(cairn(&repo).args(["prune", "--json"]))).unwrap();
+    assert!(report["packs_repacked"].as_u64().unwrap() >= 1, "{report}");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let t = dir.path().join("t");
+    ok(cairn(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+}

@@ -157,6 +157,13 @@ pub struct BackupArgs {
     /// Snapshot time (RFC 3339 or "YYYY-MM-DD HH:MM[:SS]" local); default now.
     #[arg(long)]
     pub time: Option<String>,
+    /// Dump this PostgreSQL database (pg_dump, streamed) into the snapshot as the stream DBNAME.dump.
+    #[arg(long, value_name = "DBNAME")]
+    pub pg: Option<String>,
+    /// libpq connection settings ("host=... port=... user=..."); unset ones come from PGHOST, PGPORT,
+    /// PGUSER, PGPASSWORD, ~/.pgpass.
+    #[arg(long, value_name = "CONNINFO", requires = "pg")]
+    pub pg_conn: Option<String>,
     /// The command for --stdin-from-command.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -165,8 +172,9 @@ pub struct BackupArgs {
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     pub snapshot: String,
-    #[arg(long)]
-    pub target: PathBuf,
+    /// Directory to restore the snapshot's files into.
+    #[arg(long, required_unless_present = "pg_target")]
+    pub target: Option<PathBuf>,
     /// Only these paths of the snapshot.
     #[arg(long = "path")]
     pub paths: Vec<String>,
@@ -175,6 +183,18 @@ pub struct RestoreArgs {
     pub overwrite: bool,
     #[arg(long)]
     pub instance: Option<String>,
+    /// Create this PostgreSQL database and restore the snapshot's dump into it (verifying row counts).
+    #[arg(long, value_name = "NEWDB")]
+    pub pg_target: Option<String>,
+    /// libpq connection settings for --pg-target (see `backup --pg-conn`).
+    #[arg(long, value_name = "CONNINFO", requires = "pg_target")]
+    pub pg_conn: Option<String>,
+    /// Restore over an existing database: snapshot it first (tag `safety`), then drop and recreate it.
+    #[arg(long, requires = "pg_target")]
+    pub replace: bool,
+    /// Restore owners and privileges too (by default pg_restore runs with --no-owner --no-acl).
+    #[arg(long, requires = "pg_target")]
+    pub owner_acl: bool,
 }
 
 #[derive(Args, Debug)]
@@ -317,8 +337,11 @@ pub enum InstanceAction {
         /// Restore file trees under this directory.
         #[arg(long)]
         target: Option<PathBuf>,
-        /// Restore file trees over their original paths (a safety snapshot is taken first).
-        #[arg(long, conflicts_with = "target")]
+        /// Restore the database into this new database.
+        #[arg(long)]
+        pg_target: Option<String>,
+        /// Restore over the live database and file trees (a safety snapshot of both is taken first).
+        #[arg(long, conflicts_with_all = ["target", "pg_target"])]
         in_place: bool,
     },
 }

@@ -15,7 +15,7 @@ use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
 
 use super::args::{BackupArgs, CheckArgs, Cli, Command, ForgetArgs, RepairWhat, RestoreArgs};
-use super::instance;
+use super::{instance, pg};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// Global options every command sees.
@@ -147,13 +147,18 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             "a command after `--` needs --stdin-from-command".into(),
         ));
     }
-    if a.paths.is_empty() && streams.is_empty() {
+    if a.paths.is_empty() && streams.is_empty() && a.pg.is_none() {
         return Err(Error::Invalid(
-            "nothing to back up: give paths, --stdin or --stdin-from-command".into(),
+            "nothing to back up: give paths, --pg, --stdin or --stdin-from-command".into(),
         ));
     }
     let time = a.time.as_deref().map(parse_time).transpose()?;
     let repo = open_for_backup(ctx)?;
+    let mut finalize_metadata = Vec::new();
+    if let Some((stream, hook)) = pg::dump_source(&a)? {
+        streams.push(stream);
+        finalize_metadata.push(hook);
+    }
     let parent = match &a.parent {
         Some(p) => ParentChoice::Id(repo.resolve_snapshot(p, a.instance.as_deref())?.0),
         None => ParentChoice::Auto,
@@ -169,6 +174,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             force: a.force,
             time,
             metadata: None,
+            finalize_metadata,
             progress: Progress::new("backup", None, ctx.quiet),
         },
     )?;
@@ -328,12 +334,22 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
 fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let (id, snap) = repo.resolve_snapshot(&a.snapshot, a.instance.as_deref())?;
+    let database = match &a.pg_target {
+        Some(_) => Some(pg::restore(ctx, &repo, &snap, &a)?),
+        None => None,
+    };
+    let Some(target) = a.target else {
+        if let Some(report) = database {
+            pg::print_report(ctx, &id, &report)?;
+        }
+        return Ok(EXIT_OK);
+    };
     let total = snap.summary.bytes_total;
     let summary = restore::restore(
         &repo,
         &snap,
         &RestoreOptions {
-            target: a.target.clone(),
+            target: target.clone(),
             include: a.paths,
             overwrite: a.overwrite,
             progress: Progress::new("restore", Some(total), ctx.quiet || ctx.json),
@@ -345,12 +361,19 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     if ctx.json {
         let mut v = serde_json::to_value(&summary).map_err(|e| Error::Invalid(e.to_string()))?;
         v["snapshot_id"] = json!(id.to_hex());
+        if let Some(report) = &database {
+            v["database"] =
+                serde_json::to_value(report).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         ctx.print_json(&v)?;
     } else if !ctx.quiet {
+        if let Some(report) = &database {
+            pg::print_report(ctx, &id, report)?;
+        }
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} links, {}",
             id.short(),
-            a.target.display(),
+            target.display(),
             summary.files,
             summary.dirs,
             summary.links,

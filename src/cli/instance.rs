@@ -3,6 +3,7 @@
 use chrono::{Duration, Utc};
 use serde_json::json;
 
+use cairn::backup::{MetadataHook, StreamSource};
 use cairn::instance::{self, InstanceConfig};
 use cairn::progress::Progress;
 use cairn::restore::{self, RestoreOptions};
@@ -14,15 +15,15 @@ use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
 use super::commands::{human_bytes, parse_time, Ctx};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
-/// The database half of an instance backup.
+/// The database half of an instance backup: a pg_dump stream from an exported snapshot.
 fn db_stream(
-) -> impl Fn(&InstanceConfig) -> Result<Option<(cairn::backup::StreamSource, serde_json::Value)>> {
+) -> impl Fn(&InstanceConfig) -> Result<Option<(StreamSource, MetadataHook)>> + Send + Sync {
     |cfg: &InstanceConfig| match &cfg.pg {
         None => Ok(None),
-        Some(db) => Err(Error::Invalid(format!(
-            "instance {}: database {db}: PostgreSQL dumps are not available in this build",
-            cfg.name
-        ))),
+        Some(db) => {
+            let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref())?;
+            cairn::postgres::dump_source(&conn, db).map(Some)
+        }
     }
 }
 
@@ -136,8 +137,16 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             snapshot,
             at,
             target,
+            pg_target,
             in_place,
-        } => return restore_instance(ctx, &repo, &name, snapshot, at, target, in_place),
+        } => {
+            let to = RestoreTo {
+                target,
+                pg_target,
+                in_place,
+            };
+            return restore_instance(ctx, &repo, &name, snapshot, at, to);
+        }
     }
     Ok(EXIT_OK)
 }
@@ -187,15 +196,26 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+/// Where `instance restore` writes.
+struct RestoreTo {
+    target: Option<std::path::PathBuf>,
+    pg_target: Option<String>,
+    in_place: bool,
+}
+
 fn restore_instance(
     ctx: &Ctx,
     repo: &Repository,
     name: &str,
     snapshot: Option<String>,
     at: Option<String>,
-    target: Option<std::path::PathBuf>,
-    in_place: bool,
+    to: RestoreTo,
 ) -> Result<i32> {
+    let RestoreTo {
+        target,
+        pg_target,
+        in_place,
+    } = to;
     let cfg = instance::load(repo, name)?;
     let (id, snap) = match (snapshot, at) {
         (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
@@ -217,19 +237,30 @@ fn restore_instance(
             id.short()
         )));
     }
-    let target = match (target, in_place) {
-        (Some(t), _) => t,
-        (None, true) => {
-            let db = db_stream();
-            let safety = runner::backup_instance(repo, &cfg, None, &db, Progress::hidden())?;
-            eprintln!(
-                "cairn: safety snapshot {} taken; to return to it: cairn instance restore {name} {} --in-place",
-                safety.snapshot_id.to_hex(),
-                safety.snapshot_id.short()
-            );
+    if target.is_none() && pg_target.is_none() && !in_place {
+        return Err(Error::Invalid(
+            "give --target DIR, --pg-target DB, or --in-place".into(),
+        ));
+    }
+    let mut safety_hint = String::new();
+    if in_place {
+        let db = db_stream();
+        let safety = runner::backup_instance(repo, &cfg, None, &db, Progress::hidden())?;
+        eprintln!(
+            "cairn: safety snapshot {} of {name} taken before restoring in place",
+            safety.snapshot_id.to_hex()
+        );
+        safety_hint = format!(
+            "; to return to the state before this restore run: cairn instance restore {name} {} --in-place",
+            safety.snapshot_id.short()
+        );
+    }
+    let files_to = match (&target, in_place) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) if !cfg.paths.is_empty() => {
             let parents: Vec<_> = cfg.paths.iter().filter_map(|p| p.parent()).collect();
             match parents.as_slice() {
-                [one, rest @ ..] if rest.iter().all(|p| p == one) => one.to_path_buf(),
+                [one, rest @ ..] if rest.iter().all(|p| p == one) => Some(one.to_path_buf()),
                 _ => {
                     return Err(Error::Invalid(
                         "--in-place needs the instance's paths to share a parent directory".into(),
@@ -237,28 +268,50 @@ fn restore_instance(
                 }
             }
         }
-        (None, false) => return Err(Error::Invalid("give --target DIR or --in-place".into())),
+        _ => None,
     };
-    let summary = restore::restore(
-        repo,
-        &snap,
-        &RestoreOptions {
-            target: target.clone(),
+    let with_hint = |e: Error| Error::Invalid(format!("{e}{safety_hint}"));
+    let mut out = json!({"snapshot_id": id.to_hex()});
+    if let (Some(dir), Some(_)) = (&files_to, snap.tree) {
+        let opts = RestoreOptions {
+            target: dir.clone(),
             include: Vec::new(),
             overwrite: in_place,
             progress: Progress::hidden(),
-        },
-    )?;
+        };
+        let summary = restore::restore(repo, &snap, &opts).map_err(with_hint)?;
+        out["files"] = json!(summary.files);
+        out["bytes"] = json!(summary.bytes);
+        if !ctx.json {
+            println!(
+                "restored the files of snapshot {} of {name} to {}",
+                id.short(),
+                dir.display()
+            );
+        }
+    }
+    let db_to = pg_target.or(if in_place { cfg.pg.clone() } else { None });
+    if let Some(db) = db_to {
+        let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref()).map_err(with_hint)?;
+        let opts = cairn::postgres::PgRestoreOptions {
+            database: db.clone(),
+            replace: in_place,
+            owner_acl: false,
+            instance: Some(name.to_string()),
+        };
+        let report = cairn::postgres::restore_database(repo, &snap, &conn, &opts, &mut |_| {})
+            .map_err(with_hint)?;
+        out["database"] = json!(report);
+        if !ctx.json {
+            println!(
+                "restored the database of snapshot {} of {name} into {db} ({} tables verified)",
+                id.short(),
+                report.tables_verified
+            );
+        }
+    }
     if ctx.json {
-        ctx.print_json(
-            &json!({"snapshot_id": id.to_hex(), "files": summary.files, "bytes": summary.bytes}),
-        )?;
-    } else {
-        println!(
-            "restored snapshot {} of {name} to {}",
-            id.short(),
-            target.display()
-        );
+        ctx.print_json(&out)?;
     }
     Ok(EXIT_OK)
 }

@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod instance;
+mod pg;
 
 use clap::Parser;
 

@@ -2,6 +2,8 @@
 //! kind of entry, and comparing trees byte for byte including metadata.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
