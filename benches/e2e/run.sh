@@ -112,7 +112,7 @@ setup_tools() {
 
 start_postgres() {
   pg pg_isready -q && return
-  if [ -x "$TOP/scripts/pg-setup" ]; then "$TOP/scripts/pg-setup"; else pg_ctlcluster 15 main start; fi
+  if [ -x "$TOP/scripts/pg-setup" ]; then "$TOP/scripts/pg-setup" >/dev/null; else pg_ctlcluster 15 main start; fi
   for _ in $(seq 30); do pg pg_isready -q && return; sleep 1; done
   echo "PostgreSQL did not start" >&2
   exit 1
