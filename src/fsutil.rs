@@ -24,6 +24,12 @@ pub fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Fsyncs a directory so that a rename or unlink in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    // `Path::parent` of a one-component relative path such as `repo` is the empty path: the current directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir).at(dir)?.sync_all().at(dir)
 }
 
@@ -40,4 +46,16 @@ pub fn remove_durable(path: &Path) -> Result<()> {
         Err(e) => return Err(crate::Error::io(path, e)),
     }
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_empty_parent_of_a_relative_name_is_the_current_directory() {
+        // `cairn --repo repo init` syncs Path::new("repo").parent(), which is "".
+        assert_eq!(Path::new("repo").parent(), Some(Path::new("")));
+        sync_dir(Path::new("")).unwrap();
+    }
 }

@@ -173,6 +173,19 @@ impl Index {
     /// existing location (the new copy is a harmless duplicate that prune will drop).
     pub fn add_pack(&mut self, pack: Id, size: u64, entries: &[BlobEntry]) -> Result<()> {
         let tx = self.conn.transaction()?;
+        Self::insert_pack(&tx, pack, size, entries)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// [`add_pack`](Self::add_pack) inside the caller's transaction (see [`transaction`](Self::transaction)),
+    /// so that many packs can be recorded with one commit.
+    pub fn insert_pack(
+        tx: &rusqlite::Transaction,
+        pack: Id,
+        size: u64,
+        entries: &[BlobEntry],
+    ) -> Result<()> {
         tx.execute(
             "INSERT OR IGNORE INTO packs(id, size, blob_count) VALUES (?1, ?2, ?3)",
             params![&pack.0[..], size as i64, entries.len() as i64],
@@ -200,7 +213,6 @@ impl Index {
                 ])?;
             }
         }
-        tx.commit()?;
         Ok(())
     }
 

@@ -18,6 +18,8 @@
 //! ```
 //! A pack's id is the BLAKE3 of the whole file. Packs are written once and never modified.
 
+use std::cell::RefCell;
+
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 
@@ -280,15 +282,52 @@ pub fn parse_pack(bytes: &[u8]) -> Result<Vec<BlobEntry>> {
     parse_entries(&bytes[start..bytes.len() - FOOTER_LEN], hash, len)
 }
 
+thread_local! {
+    /// One zstd context of each kind per thread, reused from blob to blob: creating and resetting a context
+    /// for every 32 KiB chunk cost about a third as much as compressing it. Reuse does not change the output
+    /// (`zstd::bulk::compress` is a fresh `Compressor` doing the same `compress` call).
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// `zstd::bulk::compress` on this thread's context.
+fn zstd_compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let (_, mut z) = match slot.take() {
+            Some((l, z)) if l == level => (l, z),
+            _ => (level, zstd::bulk::Compressor::new(level)?),
+        };
+        let out = z.compress(raw);
+        *slot = Some((level, z));
+        out
+    })
+}
+
+/// `zstd::bulk::decompress` on this thread's context.
+fn zstd_decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let mut z = match slot.take() {
+            Some(z) => z,
+            None => zstd::bulk::Decompressor::new()?,
+        };
+        let out = z.decompress(stored, capacity);
+        *slot = Some(z);
+        out
+    })
+}
+
 /// Encodes raw blob bytes: zstd at `level`, verified by decompressing and re-hashing (a compressor or memory
 /// fault must not reach the disk), or stored raw when compression does not shrink it.
 pub fn encode_blob(raw: &[u8], id: Id, level: i32) -> Result<(Compression, Vec<u8>)> {
-    let compressed = zstd::bulk::compress(raw, level).map_err(|e| Error::corrupt("zstd", e))?;
+    let compressed = zstd_compress(raw, level).map_err(|e| Error::corrupt("zstd", e))?;
     if compressed.len() >= raw.len() {
         return Ok((Compression::None, raw.to_vec()));
     }
-    let check =
-        zstd::bulk::decompress(&compressed, raw.len()).map_err(|e| Error::corrupt("zstd", e))?;
+    let check = zstd_decompress(&compressed, raw.len()).map_err(|e| Error::corrupt("zstd", e))?;
     if Id::of(&check) != id {
         return Err(Error::corrupt(
             "zstd",
@@ -309,7 +348,7 @@ pub fn decode_blob(entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
             ))
         }
         (_, Compression::None) => stored.to_vec(),
-        (_, Compression::Zstd) => zstd::bulk::decompress(stored, entry.raw_len as usize)
+        (_, Compression::Zstd) => zstd_decompress(stored, entry.raw_len as usize)
             .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
     };
     if raw.len() != entry.raw_len as usize || Id::of(&raw) != entry.id {
@@ -367,6 +406,19 @@ mod tests {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
             assert!(parse_pack(&b).is_err(), "flip at {i} parsed");
+        }
+    }
+
+    #[test]
+    fn reused_zstd_contexts_give_the_bytes_of_fresh_ones() {
+        let text: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("row {i} {} ", i % 97).into_bytes())
+            .collect();
+        for (level, len) in [(3, 200_000), (3, 5_000), (19, 70_000), (3, 1_000_000)] {
+            let raw = &text[..len];
+            let (c, stored) = encode_blob(raw, Id::of(raw), level).unwrap();
+            assert_eq!(c, Compression::Zstd);
+            assert_eq!(stored, zstd::bulk::compress(raw, level).unwrap());
         }
     }
 

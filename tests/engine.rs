@@ -417,3 +417,11 @@ fn default_repository_is_created_on_first_backup() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("creating the default repository"));
     assert!(dir.path().join("xdg/cairn/repo/config").is_file());
 }
+
+#[test]
+fn init_accepts_a_relative_one_component_path() {
+    // Regression: `cairn --repo q init` created the repository, then failed fsyncing its parent "".
+    let dir = tempfile::tempdir().unwrap();
+    ok(cairn(Path::new("q")).current_dir(dir.path()).arg("init"));
+    assert!(dir.path().join("q/config").is_file());
+}

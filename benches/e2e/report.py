@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Summarises benches/e2e/run.sh results: report.py RESULTS_DIR prints the Markdown table and the targets.
+
+Reads raw.tsv (scenario, tool, run, wall s, user s, sys s, peak RSS KiB) and bytes.tsv (point, tool, repository
+bytes). Every figure is the median over the runs; ratios are "peer / cairn", so above 1 means cairn is ahead.
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+
+TOOLS = ["cairn", "restic", "borg"]
+SCENARIOS = [
+    ("files1", "first backup, file store", "cp-sync", "day1"),
+    ("db1", "first backup, day 1 dump stream", "pg_dump", None),
+    ("day2", "next day: file store + dump", None, "day2"),
+    ("db2", "next day's dump alone", None, "dump_added"),
+    ("small-first", "first backup, 100k-file tree (1 run)", None, None),
+    ("small-again", "unchanged re-backup, 100k files", "walk", None),
+    ("restore", "restore of the file store + sync", "cp-sync", None),
+]
+LIMITS = {"cp-sync": ("cp", "`cp -a` + `sync` of the file store"),
+          "walk": ("find", "`find -printf` walk of the 100k-file tree"),
+          "pg_dump": ("pg_dump", "`pg_dump -Fc -Z0 > /dev/null` (day 2 database)")}
+STORED = {"day1": "after day 1 (file store + dump)", "day2": "after both days",
+          "dump_added": "added by the next day's dump"}
+
+
+def load(results):
+    runs = defaultdict(list)
+    with open(f"{results}/raw.tsv") as f:
+        for line in f:
+            scen, tool, _run, wall, user, sys_, rss = line.split("\t")
+            runs[scen, tool].append((float(wall), float(user) + float(sys_), int(rss) / 1024))
+    stats = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in runs.items()}
+    counts = {k: len(v) for k, v in runs.items()}
+    sizes = defaultdict(list)
+    with open(f"{results}/bytes.tsv") as f:
+        for line in f:
+            point, tool, n = line.split("\t")
+            sizes[point, tool].append(int(n))
+    stored = {k: statistics.median(v) for k, v in sizes.items()}
+    for tool in TOOLS:
+        if ("dumps2", tool) in stored:
+            stored["dump_added", tool] = statistics.median(
+                b - a for a, b in zip(sizes["dumps1", tool], sizes["dumps2", tool]))
+    return stats, counts, stored
+
+
+def mb(n):
+    return f"{n / 1e6:,.1f}"
+
+
+def table(stats, counts, stored):
+    out = ["| measurement | tool | wall s | CPU s | peak RSS MB | stored MB | peer / cairn: wall | CPU | stored |"
+           " cairn / limit |",
+           "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for scen, title, limit, point in SCENARIOS:
+        base = stats.get((scen, "cairn"))
+        for tool in TOOLS:
+            if (scen, tool) not in stats:
+                continue
+            wall, cpu, rss = stats[scen, tool]
+            size = stored.get((point, tool)) if point else None
+            row = [title if tool == "cairn" else "", tool, f"{wall:.2f}", f"{cpu:.2f}", f"{rss:.0f}",
+                   mb(size) if size is not None else ""]
+            if tool != "cairn" and base:
+                csize = stored.get((point, "cairn")) if point else None
+                row += [f"{wall / base[0]:.2f}x", f"{cpu / base[1]:.2f}x",
+                        f"{size / csize:.2f}x" if size and csize else ""]
+            else:
+                row += ["", "", ""]
+            lim = stats.get((limit, LIMITS[limit][0])) if limit else None
+            row.append(f"{wall / lim[0]:.2f}x" if tool == "cairn" and lim else "")
+            out.append("| " + " | ".join(row) + " |")
+    for key, (tool, title) in LIMITS.items():
+        if (key, tool) in stats:
+            wall, cpu, rss = stats[key, tool]
+            out.append(f"| {title} | – | {wall:.2f} | {cpu:.2f} | {rss:.0f} | | | | | |")
+    n = max(counts.values())
+    out.append(f"\nMedians of {n} runs (unless marked); peer / cairn above 1 means cairn is faster or smaller.")
+    return "\n".join(out)
+
+
+def targets(stats, stored):
+    s = lambda scen, tool="cairn": stats.get((scen, tool), (float("nan"),) * 3)
+    rows = []
+
+    def check(name, ok, detail):
+        rows.append(f"| {name} | {'met' if ok else '**missed**'} | {detail} |")
+
+    w, c = s("files1")[:2]
+    cp = s("cp-sync", "cp")[0]
+    check("file store first backup within 1.3x of cp -a + sync", w <= 1.3 * cp, f"{w:.2f} s vs {cp:.2f} s ({w / cp:.2f}x)")
+    for peer in ("borg", "restic"):
+        check(f"file store first backup not slower than {peer}", w <= s("files1", peer)[0],
+              f"{w:.2f} s vs {s('files1', peer)[0]:.2f} s")
+    check("file store CPU at most half of borg's", c <= 0.5 * s("files1", "borg")[1],
+          f"{c:.2f} vs {s('files1', 'borg')[1]:.2f} CPU-s ({c / s('files1', 'borg')[1]:.2f})")
+    check("file store CPU at most a quarter of restic's", c <= 0.25 * s("files1", "restic")[1],
+          f"{c:.2f} vs {s('files1', 'restic')[1]:.2f} CPU-s ({c / s('files1', 'restic')[1]:.2f})")
+    for peer in ("borg", "restic"):
+        r = s("db1", peer)[0] / s("db1")[0]
+        check(f"dump stream >= 2.5x faster than {peer}", r >= 2.5, f"{r:.2f}x")
+    r = s("small-again")[0] / s("walk", "find")[0]
+    check("unchanged 100k re-backup within 3x of the walk", r <= 3, f"{s('small-again')[0]:.2f} s vs "
+          f"{s('walk', 'find')[0]:.2f} s ({r:.2f}x)")
+    for peer in ("borg", "restic"):
+        r = s("day2", peer)[0] / s("day2")[0]
+        check(f"next-day backup >= 2x faster than {peer}", r >= 2, f"{r:.2f}x")
+    w = s("restore")[0]
+    check("restore within 1.3x of cp -a + sync", w <= 1.3 * cp, f"{w:.2f} s vs {cp:.2f} s ({w / cp:.2f}x)")
+    for peer in ("borg", "restic"):
+        r = s("restore", peer)[0] / w
+        check(f"restore >= 1.5x faster than {peer}", r >= 1.5, f"{r:.2f}x")
+    for peer in ("borg", "restic"):
+        a, b = stored.get(("day2", "cairn"), 0), stored.get(("day2", peer), 0)
+        check(f"stored after both days <= {peer}", a <= b, f"{mb(a)} MB vs {mb(b)} MB")
+        a, b = stored.get(("dump_added", "cairn"), 0), stored.get(("dump_added", peer), 0)
+        check(f"next day's dump adds <= half of {peer}", a <= 0.5 * b, f"{mb(a)} MB vs {mb(b)} MB ({a / b:.2f})")
+    peak = max(v[2] for (scen, tool), v in stats.items() if tool == "cairn")
+    check("cairn peak RSS < 150 MB", peak < 150, f"{peak:.0f} MB (largest median over all measurements)")
+    return "| target | | measured |\n|---|---|---|\n" + "\n".join(rows)
+
+
+if __name__ == "__main__":
+    stats, counts, stored = load(sys.argv[1])
+    print(table(stats, counts, stored))
+    print()
+    print(targets(stats, stored))
