@@ -107,6 +107,11 @@ fn start_due_jobs(
         eprintln!("cairn daemon: {name}: backup started");
         jobs.spawn_blocking(move || {
             let r = runner::backup_instance(&repo, &cfg, None, &*db, Progress::hidden());
+            if r.is_ok() {
+                if let Err(e) = runner::housekeeping(&repo, &cfg) {
+                    eprintln!("cairn daemon: {}: retention/prune skipped: {e}", cfg.name);
+                }
+            }
             (name, r.map(|r| r.snapshot_id.to_hex()))
         });
     }

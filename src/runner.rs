@@ -143,6 +143,89 @@ pub fn schedule_states(repo: &Repository) -> Result<Vec<ScheduleState>> {
         .collect()
 }
 
+/// A scheduled run's housekeeping: share of pack bytes a prune would free above which it runs.
+pub const PRUNE_THRESHOLD_PERCENT: f64 = 10.0;
+
+/// The instance's retention as a `forget` policy.
+pub fn keep_policy(cfg: &InstanceConfig) -> Result<crate::retention::KeepPolicy> {
+    let r = &cfg.retention;
+    Ok(crate::retention::KeepPolicy {
+        last: r.last,
+        hourly: r.hourly,
+        daily: r.daily,
+        weekly: r.weekly,
+        monthly: r.monthly,
+        yearly: r.yearly,
+        within: r.within.as_deref().map(str::parse).transpose()?,
+        // Safety snapshots taken before in-place restores are never expired by a schedule.
+        tags: vec!["safety".into()],
+    })
+}
+
+/// After a scheduled backup: apply the instance's retention, then prune when enough space is reclaimable.
+/// Prune takes the exclusive lock, so it never runs beside another prune or a backup; if the repository is
+/// busy it is skipped and tried after the next run.
+pub fn housekeeping(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+) -> Result<Option<crate::gc::PruneReport>> {
+    use crate::gc;
+    let start = Utc::now();
+    let opts = gc::ForgetOptions {
+        policy: keep_policy(cfg)?,
+        instance: Some(cfg.name.clone()),
+        ..Default::default()
+    };
+    let forgot = gc::forget(repo, &opts);
+    let removed = forgot
+        .as_ref()
+        .map(|g| {
+            g.iter()
+                .flat_map(|g| &g.decisions)
+                .filter(|d| !d.keep)
+                .count()
+        })
+        .unwrap_or(0);
+    let pruned = forgot.and_then(|_| {
+        let preview = gc::prune(
+            repo,
+            gc::PruneOptions {
+                dry_run: true,
+                ..Default::default()
+            },
+        )?;
+        let share = preview.bytes_freed as f64 * 100.0 / preview.bytes_before.max(1) as f64;
+        if share < PRUNE_THRESHOLD_PERCENT {
+            return Ok(None);
+        }
+        gc::prune(repo, gc::PruneOptions::default()).map(Some)
+    });
+    instance::record_run(
+        repo,
+        &RunRecord {
+            instance: Some(cfg.name.clone()),
+            kind: "forget".into(),
+            start,
+            end: Some(Utc::now()),
+            status: if pruned.is_ok() {
+                "ok".into()
+            } else {
+                "failed".into()
+            },
+            bytes: pruned
+                .as_ref()
+                .ok()
+                .and_then(|p| p.as_ref().map(|p| p.bytes_freed)),
+            snapshot_id: None,
+            error: pruned
+                .as_ref()
+                .err()
+                .map(|e| format!("{e} ({removed} snapshots forgotten)")),
+        },
+    )?;
+    pruned
+}
+
 /// Outcome of one instance in a `run-due` pass.
 #[derive(Debug, serde::Serialize)]
 pub struct DueOutcome {
@@ -158,6 +241,11 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
     for name in schedule::due_in_order(&states, now) {
         let cfg = instance::load(repo, &name)?;
         let r = backup_instance(repo, &cfg, None, db, Progress::hidden());
+        if r.is_ok() {
+            if let Err(e) = housekeeping(repo, &cfg) {
+                eprintln!("cairn: {name}: retention/prune skipped: {e}");
+            }
+        }
         out.push(DueOutcome {
             instance: name,
             snapshot_id: r.as_ref().ok().map(|r| r.snapshot_id.to_hex()),
