@@ -92,3 +92,162 @@ fn remove_db_files_except_main(main: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `repair snapshots` did to one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairedSnapshot {
+    pub old_id: String,
+    /// The rewritten snapshot, or `None` when it was forgotten.
+    pub new_id: Option<String>,
+    /// Paths (or `stream:NAME`) that were dropped because their data is missing or damaged.
+    pub dropped: Vec<String>,
+}
+
+/// Verifies blobs once each; remembers the verdict.
+struct BlobHealth<'r> {
+    repo: &'r crate::repo::Repository,
+    seen: std::collections::HashMap<Id, bool>,
+}
+
+impl BlobHealth<'_> {
+    fn ok(&mut self, id: &Id) -> bool {
+        if let Some(v) = self.seen.get(id) {
+            return *v;
+        }
+        let v = self.repo.read_blob(id).is_ok();
+        self.seen.insert(*id, v);
+        v
+    }
+}
+
+/// Rewrites every snapshot that needs a missing or damaged blob: affected files (and unreadable
+/// directories) are dropped, the rest is kept, and the new snapshot is marked partial. With `forget_damaged`
+/// such snapshots are removed instead. Runs under the exclusive lock.
+pub fn repair_snapshots(
+    repo: &crate::repo::Repository,
+    forget_damaged: bool,
+) -> Result<Vec<RepairedSnapshot>> {
+    let _lock = lock::acquire(repo.root(), true, "repair snapshots")?;
+    let mut health = BlobHealth {
+        repo,
+        seen: Default::default(),
+    };
+    let writer = crate::pack_writer::PackWriter::new(repo);
+    let mut out = Vec::new();
+    for (id, snap) in repo.snapshots()? {
+        let mut dropped = Vec::new();
+        let tree = match snap.tree {
+            Some(t) => rebuild(repo, &writer, &mut health, t, "", &mut dropped)?,
+            None => None,
+        };
+        let stream_tree = match snap.stream_tree {
+            Some(t) => rebuild(repo, &writer, &mut health, t, "stream:", &mut dropped)?,
+            None => None,
+        };
+        if dropped.is_empty() {
+            continue;
+        }
+        if forget_damaged {
+            repo.remove_snapshot(&id)?;
+            out.push(RepairedSnapshot {
+                old_id: id.to_hex(),
+                new_id: None,
+                dropped,
+            });
+            continue;
+        }
+        writer.flush()?;
+        let mut new = snap.clone();
+        new.tree = tree;
+        new.stream_tree = stream_tree;
+        let lost: Vec<String> = dropped
+            .iter()
+            .filter_map(|d| d.strip_prefix("stream:").map(str::to_string))
+            .collect();
+        new.streams.retain(|s| !lost.contains(&s.name));
+        new.partial = true;
+        new.parent = Some(id.to_hex());
+        if !new.tags.iter().any(|t| t == "repaired") {
+            new.tags.push("repaired".into());
+        }
+        let note = serde_json::json!({ "repaired_from": id.to_hex(), "dropped": dropped });
+        match &mut new.metadata {
+            Some(serde_json::Value::Object(m)) => {
+                m.insert("repair".into(), note);
+            }
+            other => *other = Some(serde_json::json!({ "repair": note })),
+        }
+        // The new snapshot is durable before the old one goes.
+        let new_id = repo.save_snapshot(&new)?;
+        repo.remove_snapshot(&id)?;
+        out.push(RepairedSnapshot {
+            old_id: id.to_hex(),
+            new_id: Some(new_id.to_hex()),
+            dropped,
+        });
+    }
+    writer.flush()?;
+    Ok(out)
+}
+
+/// Rebuilds the tree `t` without entries whose data is damaged; `None` if the tree itself is unreadable.
+fn rebuild(
+    repo: &crate::repo::Repository,
+    writer: &crate::pack_writer::PackWriter,
+    health: &mut BlobHealth,
+    t: Id,
+    path: &str,
+    dropped: &mut Vec<String>,
+) -> Result<Option<Id>> {
+    use crate::tree::{NodeKind, Tree};
+    let tree = match repo.read_tree(&t) {
+        Ok(tree) => tree,
+        Err(_) => {
+            dropped.push(if path.is_empty() {
+                "/".into()
+            } else {
+                path.to_string()
+            });
+            return Ok(None);
+        }
+    };
+    let mut nodes = Vec::with_capacity(tree.nodes.len());
+    let mut changed = false;
+    for mut node in tree.nodes {
+        let name = String::from_utf8_lossy(&node.name).into_owned();
+        let p = if path.is_empty() || path.ends_with(':') {
+            format!("{path}{name}")
+        } else {
+            format!("{path}/{name}")
+        };
+        match &mut node.kind {
+            NodeKind::File { chunks, .. } => {
+                if !chunks.iter().all(|c| health.ok(c)) {
+                    dropped.push(p);
+                    changed = true;
+                    continue;
+                }
+            }
+            NodeKind::Dir { subtree } => {
+                match rebuild(repo, writer, health, *subtree, &p, dropped)? {
+                    Some(new) => {
+                        changed |= new != *subtree;
+                        *subtree = new;
+                    }
+                    None => {
+                        changed = true;
+                        continue;
+                    }
+                }
+            }
+            _ => {}
+        }
+        nodes.push(node);
+    }
+    if !changed {
+        return Ok(Some(t));
+    }
+    let (bytes, id) = Tree::new(nodes)?.encode()?;
+    writer.save_with_id(crate::pack::BlobKind::Tree, id, &bytes)?;
+    Ok(Some(id))
+}

@@ -350,4 +350,10 @@ pub enum InstanceAction {
 pub enum RepairWhat {
     /// Rebuild the index from pack files and snapshot files.
     Index,
+    /// Rewrite snapshots that need missing or damaged data, dropping only the affected files.
+    Snapshots {
+        /// Remove such snapshots instead of rewriting them.
+        #[arg(long)]
+        forget_damaged: bool,
+    },
 }

@@ -77,6 +77,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Repair {
             what: RepairWhat::Index,
         } => repair_index(&ctx),
+        Command::Repair {
+            what: RepairWhat::Snapshots { forget_damaged },
+        } => repair_snapshots(&ctx, forget_damaged),
         Command::Forget(a) => forget(&ctx, a),
         Command::Prune {
             max_unused,
@@ -529,9 +532,37 @@ fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
+fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
+    let repo = ctx.open()?;
+    let repaired = cairn::repair::repair_snapshots(&repo, forget_damaged)?;
+    if ctx.json {
+        ctx.print_json(&json!(repaired))?;
+    } else {
+        for r in &repaired {
+            match &r.new_id {
+                Some(new) => println!(
+                    "snapshot {} rewritten as {} without: {}",
+                    &r.old_id[..8],
+                    &new[..8],
+                    r.dropped.join(", ")
+                ),
+                None => println!(
+                    "snapshot {} forgotten (damaged: {})",
+                    &r.old_id[..8],
+                    r.dropped.join(", ")
+                ),
+            }
+        }
+        println!("{} snapshots repaired", repaired.len());
+    }
+    Ok(EXIT_OK)
+}
+
 fn repair_index(ctx: &Ctx) -> Result<i32> {
     let (path, _) = ctx.repo_path()?;
     let report = cairn::repair::repair_index(&path)?;
+    // Instance configs live in the index too; their durable copies are files.
+    cairn::instance::reload_from_files(&Repository::open(&path)?)?;
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?)?;
     } else {

@@ -1,0 +1,116 @@
+//! Damage, detected and repaired: a flipped bit, a truncated pack and a deleted pack are each found by
+//! `check` (naming the affected files), and `repair index` + `repair snapshots` (+ `prune`) bring the
+//! repository back to a clean `check` in which every unaffected file still restores.
+
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use harness::*;
+
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(repo.join("packs")).unwrap() {
+        for f in fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Two files, each in its own pack (1 MiB packs), so damage to one pack hits exactly one file.
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let (dir, repo) = new_repo();
+    let cfg_path = repo.join("config");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["pack_target_size"] = serde_json::json!(1024 * 1024);
+    fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("victim.bin"), pseudo_random(1_200_000, 1)).unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let victim_pack = packs(&repo)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::write(src.join("survivor.bin"), pseudo_random(1_200_000, 2)).unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    (dir, repo, src, victim_pack)
+}
+
+fn assert_survivor_restores(repo: &Path, dir: &Path, src: &Path) {
+    let t = dir.join("restored");
+    let _ = fs::remove_dir_all(&t);
+    ok(cairn(repo).args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_eq!(
+        fs::read(t.join("src/survivor.bin")).unwrap(),
+        fs::read(src.join("survivor.bin")).unwrap()
+    );
+    assert!(!t.join("src/victim.bin").exists());
+}
+
+#[test]
+fn flipped_bit_is_found_repaired_and_pruned() {
+    let (dir, repo, src, pack) = setup();
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[5000] ^= 0x10;
+    fs::write(&pack, bytes).unwrap();
+    let (code, out, _) = run(cairn(&repo).args(["check", "--read-data"]));
+    assert_eq!(code, 1);
+    assert!(out.contains("victim.bin"), "{out}");
+    let (code, out, _) = run(cairn(&repo).args(["check", "--read-data-subset", "1/1", "--json"]));
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["damaged"][0]["affected"]
+        .to_string()
+        .contains("victim.bin"));
+    let repaired: serde_json::Value =
+        serde_json::from_str(&ok(cairn(&repo).args(["repair", "snapshots", "--json"]))).unwrap();
+    assert_eq!(
+        repaired.as_array().unwrap().len(),
+        2,
+        "both snapshots held the victim"
+    );
+    assert_survivor_restores(&repo, dir.path(), &src);
+    ok(cairn(&repo).arg("prune"));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
+
+#[test]
+fn truncated_pack_is_found_and_repaired() {
+    let (dir, repo, src, pack) = setup();
+    let len = fs::metadata(&pack).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f.set_len(len / 2).unwrap();
+    let (code, out, _) = run(cairn(&repo).arg("check"));
+    assert_eq!(code, 1);
+    assert!(out.contains("victim.bin"), "{out}");
+    let (code, _, err) = run(cairn(&repo).args(["repair", "index"]));
+    assert_eq!(code, 1, "a skipped pack is reported: {err}");
+    assert!(err.contains("skipped pack"), "{err}");
+    ok(cairn(&repo).args(["repair", "snapshots"]));
+    assert_survivor_restores(&repo, dir.path(), &src);
+    ok(cairn(&repo).arg("prune"));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
+
+#[test]
+fn deleted_pack_is_found_and_damaged_snapshots_can_be_forgotten() {
+    let (_dir, repo, _src, pack) = setup();
+    fs::remove_file(&pack).unwrap();
+    let (code, out, _) = run(cairn(&repo).arg("check"));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("is missing") && out.contains("victim.bin"),
+        "{out}"
+    );
+    ok(cairn(&repo).args(["repair", "index"]));
+    ok(cairn(&repo).args(["repair", "snapshots", "--forget-damaged"]));
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(cairn(&repo).args(["snapshots", "--json"]))).unwrap();
+    assert!(list.is_empty(), "both snapshots needed the lost pack");
+    ok(cairn(&repo).arg("prune"));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
