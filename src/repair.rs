@@ -221,12 +221,10 @@ fn rebuild(
             format!("{path}/{name}")
         };
         match &mut node.kind {
-            NodeKind::File { chunks, .. } => {
-                if !chunks.iter().all(|c| health.ok(c)) {
-                    dropped.push(p);
-                    changed = true;
-                    continue;
-                }
+            NodeKind::File { chunks, .. } if !chunks.iter().all(|c| health.ok(c)) => {
+                dropped.push(p);
+                changed = true;
+                continue;
             }
             NodeKind::Dir { subtree } => {
                 match rebuild(repo, writer, health, *subtree, &p, dropped)? {
