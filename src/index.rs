@@ -66,6 +66,43 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_instance ON runs(instance, start);
 ";
 
+/// Inserts a pack row and its blob rows. `on_conflict` decides what happens to a blob already indexed:
+/// `IGNORE` keeps its existing location (a backup's duplicate copy), `REPLACE` moves it here (a repack).
+fn record_pack(
+    tx: &rusqlite::Transaction,
+    pack: Id,
+    size: u64,
+    entries: &[BlobEntry],
+    on_conflict: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO packs(id, size, blob_count) VALUES (?1, ?2, ?3)",
+        params![&pack.0[..], size as i64, entries.len() as i64],
+    )?;
+    let pack_no: i64 = tx.query_row(
+        "SELECT pack_no FROM packs WHERE id = ?1",
+        params![&pack.0[..]],
+        |r| r.get(0),
+    )?;
+    let mut st = tx.prepare_cached(&format!(
+        "INSERT OR {on_conflict} INTO blobs(id, pack_no, kind, compression, offset, stored_len, raw_len, base)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    ))?;
+    for e in entries {
+        st.execute(params![
+            &e.id.0[..],
+            pack_no,
+            e.kind as u8,
+            e.compression as u8,
+            e.offset as i64,
+            e.stored_len as i64,
+            e.raw_len as i64,
+            e.base.map(|b| b.0.to_vec()),
+        ])?;
+    }
+    Ok(())
+}
+
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
@@ -186,66 +223,13 @@ impl Index {
         size: u64,
         entries: &[BlobEntry],
     ) -> Result<()> {
-        tx.execute(
-            "INSERT OR IGNORE INTO packs(id, size, blob_count) VALUES (?1, ?2, ?3)",
-            params![&pack.0[..], size as i64, entries.len() as i64],
-        )?;
-        let pack_no: i64 = tx.query_row(
-            "SELECT pack_no FROM packs WHERE id = ?1",
-            params![&pack.0[..]],
-            |r| r.get(0),
-        )?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs(id, pack_no, kind, compression, offset, stored_len, raw_len, base)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for e in entries {
-                st.execute(params![
-                    &e.id.0[..],
-                    pack_no,
-                    e.kind as u8,
-                    e.compression as u8,
-                    e.offset as i64,
-                    e.stored_len as i64,
-                    e.raw_len as i64,
-                    e.base.map(|b| b.0.to_vec()),
-                ])?;
-            }
-        }
-        Ok(())
+        record_pack(tx, pack, size, entries, "IGNORE")
     }
 
     /// Records a durable pack written by a repack and moves the rows of its blobs to it, in one transaction.
     pub fn relocate_pack(&mut self, pack: Id, size: u64, entries: &[BlobEntry]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO packs(id, size, blob_count) VALUES (?1, ?2, ?3)",
-            params![&pack.0[..], size as i64, entries.len() as i64],
-        )?;
-        let pack_no: i64 = tx.query_row(
-            "SELECT pack_no FROM packs WHERE id = ?1",
-            params![&pack.0[..]],
-            |r| r.get(0),
-        )?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO blobs(id, pack_no, kind, compression, offset, stored_len, raw_len, base)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for e in entries {
-                st.execute(params![
-                    &e.id.0[..],
-                    pack_no,
-                    e.kind as u8,
-                    e.compression as u8,
-                    e.offset as i64,
-                    e.stored_len as i64,
-                    e.raw_len as i64,
-                    e.base.map(|b| b.0.to_vec()),
-                ])?;
-            }
-        }
+        record_pack(&tx, pack, size, entries, "REPLACE")?;
         tx.commit()?;
         Ok(())
     }
