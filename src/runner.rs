@@ -146,22 +146,6 @@ pub fn schedule_states(repo: &Repository) -> Result<Vec<ScheduleState>> {
 /// A scheduled run's housekeeping: share of pack bytes a prune would free above which it runs.
 pub const PRUNE_THRESHOLD_PERCENT: f64 = 10.0;
 
-/// The instance's retention as a `forget` policy.
-pub fn keep_policy(cfg: &InstanceConfig) -> Result<crate::retention::KeepPolicy> {
-    let r = &cfg.retention;
-    Ok(crate::retention::KeepPolicy {
-        last: r.last,
-        hourly: r.hourly,
-        daily: r.daily,
-        weekly: r.weekly,
-        monthly: r.monthly,
-        yearly: r.yearly,
-        within: r.within.as_deref().map(str::parse).transpose()?,
-        // Safety snapshots taken before in-place restores are never expired by a schedule.
-        tags: vec!["safety".into()],
-    })
-}
-
 /// After a scheduled backup: apply the instance's retention, then prune when enough space is reclaimable.
 /// Prune takes the exclusive lock, so it never runs beside another prune or a backup; if the repository is
 /// busy it is skipped and tried after the next run.
@@ -171,8 +155,9 @@ pub fn housekeeping(
 ) -> Result<Option<crate::gc::PruneReport>> {
     use crate::gc;
     let start = Utc::now();
+    // Safety snapshots taken before in-place restores are never expired by a schedule.
     let opts = gc::ForgetOptions {
-        policy: keep_policy(cfg)?,
+        policy: cfg.retention.policy(vec!["safety".into()])?,
         instance: Some(cfg.name.clone()),
         ..Default::default()
     };

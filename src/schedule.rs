@@ -105,6 +105,22 @@ pub struct Retention {
     pub within: Option<String>,
 }
 
+impl Retention {
+    /// The `forget` policy these rules describe, also keeping snapshots with any of `keep_tags`.
+    pub fn policy(&self, keep_tags: Vec<String>) -> Result<crate::retention::KeepPolicy> {
+        Ok(crate::retention::KeepPolicy {
+            last: self.last,
+            hourly: self.hourly,
+            daily: self.daily,
+            weekly: self.weekly,
+            monthly: self.monthly,
+            yearly: self.yearly,
+            within: self.within.as_deref().map(str::parse).transpose()?,
+            tags: keep_tags,
+        })
+    }
+}
+
 /// A validated cron schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {

@@ -197,13 +197,9 @@ pub struct RestoreArgs {
     pub owner_acl: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct ForgetArgs {
-    #[arg(long)]
-    pub instance: Option<String>,
-    /// Only snapshots with this tag (repeatable: all must match).
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
+/// The `--keep-*` counting rules, shared by `forget` and instance settings.
+#[derive(Args, Debug, Default)]
+pub struct KeepArgs {
     #[arg(long)]
     pub keep_last: Option<u32>,
     #[arg(long)]
@@ -219,6 +215,31 @@ pub struct ForgetArgs {
     /// Keep everything this close to the newest snapshot, e.g. 1y2m3d4h.
     #[arg(long)]
     pub keep_within: Option<String>,
+}
+
+impl KeepArgs {
+    pub fn retention(self) -> cairn::schedule::Retention {
+        cairn::schedule::Retention {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// Keep snapshots with this tag (repeatable).
     #[arg(long = "keep-tag")]
     pub keep_tags: Vec<String>,
@@ -266,20 +287,8 @@ pub struct InstanceSettings {
     /// high | medium | low | manual (presets for schedule and retention).
     #[arg(long)]
     pub priority: Option<String>,
-    #[arg(long)]
-    pub keep_last: Option<u32>,
-    #[arg(long)]
-    pub keep_hourly: Option<u32>,
-    #[arg(long)]
-    pub keep_daily: Option<u32>,
-    #[arg(long)]
-    pub keep_weekly: Option<u32>,
-    #[arg(long)]
-    pub keep_monthly: Option<u32>,
-    #[arg(long)]
-    pub keep_yearly: Option<u32>,
-    #[arg(long)]
-    pub keep_within: Option<String>,
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// Shell command run before a backup; its failure aborts the run.
     #[arg(long)]
     pub pre_hook: Option<String>,

@@ -447,16 +447,7 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
 }
 
 fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
-    let policy = cairn::retention::KeepPolicy {
-        last: a.keep_last,
-        hourly: a.keep_hourly,
-        daily: a.keep_daily,
-        weekly: a.keep_weekly,
-        monthly: a.keep_monthly,
-        yearly: a.keep_yearly,
-        within: a.keep_within.as_deref().map(str::parse).transpose()?,
-        tags: a.keep_tags,
-    };
+    let policy = a.keep.retention().policy(a.keep_tags)?;
     let repo = ctx.open()?;
     let opts = cairn::gc::ForgetOptions {
         policy,

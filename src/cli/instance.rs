@@ -36,15 +36,7 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
         cfg.retention = p.default_retention();
     }
     // Any --keep-* replaces the whole policy: mixing given rules with preset ones would surprise.
-    let given = Retention {
-        last: s.keep_last,
-        hourly: s.keep_hourly,
-        daily: s.keep_daily,
-        weekly: s.keep_weekly,
-        monthly: s.keep_monthly,
-        yearly: s.keep_yearly,
-        within: s.keep_within,
-    };
+    let given = s.keep.retention();
     if given != Retention::default() {
         cfg.retention = given;
     }
