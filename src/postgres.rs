@@ -935,7 +935,7 @@ fn dump_stream_of(snap: &Snapshot, facts: Option<&PgFacts>) -> Result<String> {
         .streams
         .iter()
         .map(|s| s.name.as_str())
-        .filter(|n| n.ends_with(".dump"))
+        .filter(|n| n.ends_with(".dump") || n.ends_with(".sql"))
         .collect();
     match dumps.as_slice() {
         [one] => Ok(one.to_string()),
@@ -1071,20 +1071,29 @@ fn run_pg_restore(
     db: &str,
     owner_acl: bool,
 ) -> Result<(u64, String)> {
-    let mut cmd = Command::new("pg_restore");
-    if !owner_acl {
-        cmd.args(["--no-owner", "--no-acl"]);
+    // A plain-SQL dump (e.g. an imported Odoo backup's dump.sql) is replayed by psql; a custom-format one
+    // by pg_restore. Both stop at the first error.
+    let plain_sql = stream.ends_with(".sql");
+    let tool = if plain_sql { "psql" } else { "pg_restore" };
+    let mut cmd = Command::new(tool);
+    if plain_sql {
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]);
+    } else {
+        if !owner_acl {
+            cmd.args(["--no-owner", "--no-acl"]);
+        }
+        cmd.args(["--exit-on-error", "--no-password"]);
     }
     // The database as a conninfo string: a bare name containing `=` would be taken for one.
     let mut child = cmd
-        .args(["--exit-on-error", "--no-password", "--dbname"])
+        .arg("--dbname")
         .arg(format!("dbname={}", conninfo_value(db)))
         .envs(conn.child_env(db))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| spawn_error("pg_restore", e))?;
+        .map_err(|e| spawn_error(tool, e))?;
     let (stdin, stderr) = match (child.stdin.take(), child.stderr.take()) {
         (Some(i), Some(e)) => (i, e),
         _ => {
@@ -1117,7 +1126,7 @@ fn run_pg_restore(
     let text = stderr.join().unwrap_or_default();
     if !status.success() {
         return Err(Error::Postgres(format!(
-            "pg_restore into database {db:?} failed ({}): {}",
+            "{tool} into database {db:?} failed ({}): {}",
             describe_status(&status),
             one_line(&text)
         )));

@@ -22,6 +22,8 @@ fn daemon_runs_schedules_and_stops_cleanly_on_sigterm() {
         src.to_str().unwrap(),
         "--schedule",
         "*/2 * * * * *",
+        "--keep-last",
+        "10",
     ]));
     ok(cairn(&repo).args([
         "instance",

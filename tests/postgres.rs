@@ -630,3 +630,105 @@ fn row_count_verification_names_every_differing_table() {
     assert!(err.contains("\"public\".\"gone\" is missing"), "{err}");
     assert!(!err.contains("\"public\".\"a\""), "{err}");
 }
+
+fn sh(cmd: &str) {
+    let st = with_pg(Command::new("sh"))
+        .args(["-c", cmd])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+#[test]
+fn imported_plain_sql_archive_restores_through_psql_and_exports_byte_for_byte() {
+    let (dir, repo) = new_repo();
+    let src = TempDb::create("cairn_legacy_src");
+    create_app_db(src.name());
+    let legacy = dir.path().join("legacy");
+    fs::create_dir_all(legacy.join("filestore/3f")).unwrap();
+    fs::write(
+        legacy.join("filestore/3f/3fa9c0"),
+        pseudo_random(200_000, 9),
+    )
+    .unwrap();
+    sh(&format!(
+        "pg_dump --format=plain --no-owner --no-acl -d {} > {}/dump.sql",
+        src.name(),
+        legacy.display()
+    ));
+    sh(&format!(
+        "cd {} && tar czf ../old.tar.gz dump.sql filestore",
+        legacy.display()
+    ));
+    let imported: Value = serde_json::from_str(&ok(cairn(&repo)
+        .args([
+            "import-archive",
+            "--instance",
+            "legacy",
+            "--time",
+            "2025-06-30 02:00",
+            "--json",
+        ])
+        .arg(dir.path().join("old.tar.gz"))))
+    .unwrap();
+    let id = imported["snapshot_id"].as_str().unwrap().to_string();
+    let target = TempDb::reserve("cairn_legacy_dst");
+    ok(cairn_pg(&repo).args(["restore", &id, "--pg-target", target.name()]));
+    assert_eq!(fingerprint(target.name()), fingerprint(src.name()));
+    let out = cairn(&repo)
+        .args(["export", &id, "--format", "tar"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let x = dir.path().join("x");
+    fs::create_dir_all(&x).unwrap();
+    fs::write(dir.path().join("export.tar"), &out.stdout).unwrap();
+    sh(&format!("cd {} && tar xf ../export.tar", x.display()));
+    for f in ["dump.sql", "filestore/3f/3fa9c0"] {
+        assert!(
+            fs::read(x.join(f)).unwrap() == fs::read(legacy.join(f)).unwrap(),
+            "{f} differs after import/export"
+        );
+    }
+}
+
+#[test]
+fn daemon_backs_up_a_real_database_and_filestore_and_stops_on_sigterm() {
+    let (dir, repo) = new_repo();
+    let db = TempDb::create("cairn_daemon");
+    create_app_db(db.name());
+    let files = dir.path().join("filestore");
+    fs::create_dir_all(&files).unwrap();
+    fs::write(files.join("a"), b"attachment").unwrap();
+    ok(cairn(&repo).args([
+        "instance",
+        "add",
+        "shop",
+        "--pg",
+        db.name(),
+        "--path",
+        files.to_str().unwrap(),
+        "--schedule",
+        "*/2 * * * * *",
+        "--keep-last",
+        "10",
+    ]));
+    let mut daemon = cairn_pg(&repo)
+        .args(["daemon", "--tick-seconds", "1"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while snapshots(&repo).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    let snaps = snapshots(&repo);
+    assert!(snaps.len() >= 2, "{} snapshots", snaps.len());
+    for s in &snaps {
+        assert_eq!(s["partial"], false);
+        assert_eq!(s["stream_names"][0], format!("{}.dump", db.name()));
+        assert!(table_rows(postgres_meta(s), "customers") > 0);
+    }
+    assert_check_clean(&repo);
+}
