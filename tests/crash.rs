@@ -51,11 +51,13 @@ fn backup_killed_at_any_point_leaves_a_valid_repository() {
         .to_string();
     let big = dir.path().join("big");
     build_corpus(&big, 60, 1000);
-    // A stream trickling in over about a second keeps the backup busy, so kills land mid-write.
+    // A stream trickling in over about 1.5 s keeps the backup busy, so kills land mid-write. It must outlast
+    // the last kill (1.2 s): a snapshot is written only after its stream ends, so a backup killed later could
+    // legitimately have written its snapshot before dying, and the count below would be wrong.
     let blob = dir.path().join("stream.bin");
     fs::write(&blob, pseudo_random(24 << 20, 9)).unwrap();
     let producer = format!(
-        "for i in $(seq 0 23); do dd if={} bs=1M skip=$i count=1 status=none; sleep 0.04; done",
+        "for i in $(seq 0 23); do dd if={} bs=1M skip=$i count=1 status=none; sleep 0.06; done",
         blob.display()
     );
     let backup_args = [
