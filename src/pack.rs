@@ -147,7 +147,13 @@ impl Default for PackBuilder {
 
 impl PackBuilder {
     pub fn new() -> PackBuilder {
-        let mut data = Vec::with_capacity(1024 * 1024);
+        Self::with_buffer(Vec::with_capacity(1024 * 1024))
+    }
+
+    /// A builder that fills `data` (cleared first), e.g. the buffer of a pack already written: a buffer with
+    /// room for a whole pack is never regrown (which copies the pack so far) and its pages are already mapped.
+    pub fn with_buffer(mut data: Vec<u8>) -> PackBuilder {
+        data.clear();
         data.extend_from_slice(&PACK_MAGIC);
         PackBuilder {
             data,

@@ -32,6 +32,8 @@ pub struct PackWriter<'r> {
     relocate: bool,
     pending: Mutex<HashSet<Id>>,
     current: Mutex<PackBuilder>,
+    /// The buffer of the last pack written, for the next pack.
+    spare: Mutex<Option<Vec<u8>>>,
     pub stats: SaveStats,
 }
 
@@ -41,7 +43,8 @@ impl<'r> PackWriter<'r> {
             repo,
             relocate: false,
             pending: Mutex::new(HashSet::new()),
-            current: Mutex::new(PackBuilder::new()),
+            current: Mutex::new(PackBuilder::with_buffer(pack_buffer(repo))),
+            spare: Mutex::new(None),
             stats: SaveStats::default(),
         }
     }
@@ -113,7 +116,7 @@ impl<'r> PackWriter<'r> {
             let mut cur = self.lock_current();
             cur.add(kind, id, raw_len, compression, stored);
             if cur.len() >= self.repo.config().pack_target_size {
-                Some(std::mem::take(&mut *cur))
+                Some(std::mem::replace(&mut *cur, self.new_builder()))
             } else {
                 None
             }
@@ -132,6 +135,14 @@ impl<'r> PackWriter<'r> {
         }
         pending.insert(*id);
         Ok(true)
+    }
+
+    /// An empty pack in the buffer of the last pack written, else in a new [`pack_buffer`]. A pack
+    /// grown by doubling from a small buffer copied itself five times under the lock every saving thread waits
+    /// on, and each new buffer's pages had to be faulted in again.
+    fn new_builder(&self) -> PackBuilder {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        PackBuilder::with_buffer(spare.unwrap_or_else(|| pack_buffer(self.repo)))
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, PackBuilder> {
@@ -167,6 +178,17 @@ impl<'r> PackWriter<'r> {
         for e in &entries {
             pending.remove(&e.id);
         }
+        drop(pending);
+        *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
         Ok(())
     }
+}
+
+/// An empty buffer with room for a full pack: the target, the chunk that crosses it and the trailer (a large
+/// tree blob can still make a pack grow, which only costs a copy). Untouched capacity costs no memory.
+fn pack_buffer(repo: &Repository) -> Vec<u8> {
+    let cfg = repo.config();
+    let largest_chunk = cfg.chunker_files.max_size.max(cfg.chunker_streams.max_size) as usize;
+    let target = usize::try_from(cfg.pack_target_size).unwrap_or(usize::MAX);
+    Vec::with_capacity(target.saturating_add(largest_chunk + (1 << 20)))
 }
