@@ -57,51 +57,96 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
     };
-    match cli.command {
-        Command::Init => init(&ctx),
-        Command::Backup(a) => backup_cmd(&ctx, a),
-        Command::Snapshots { instance } => snapshots(&ctx, instance.as_deref()),
-        Command::Show { snapshot } => show(&ctx, &snapshot),
+    // Restore, check, forget and prune go into the run log (backups are logged by the instance runner).
+    let logged = match &cli.command {
+        Command::Restore(a) => Some(("restore", a.instance.clone())),
+        Command::Check(_) => Some(("check", None)),
+        Command::Forget(a) => Some(("forget", a.instance.clone())),
+        Command::Prune { .. } => Some(("prune", None)),
+        _ => None,
+    };
+    let start = chrono::Utc::now();
+    let result = run_command(&ctx, cli.command);
+    if let Some((kind, instance)) = logged {
+        log_run(&ctx, kind, instance, start, &result);
+    }
+    result
+}
+
+/// Records a finished command in the run log; a repository that cannot be opened has nothing to log to.
+fn log_run(
+    ctx: &Ctx,
+    kind: &str,
+    instance: Option<String>,
+    start: chrono::DateTime<chrono::Utc>,
+    result: &Result<i32>,
+) {
+    let Ok(repo) = ctx.open() else { return };
+    let record = cairn::instance::RunRecord {
+        instance,
+        kind: kind.into(),
+        start,
+        end: Some(chrono::Utc::now()),
+        status: if matches!(result, Ok(EXIT_OK)) {
+            "ok".into()
+        } else {
+            "failed".into()
+        },
+        bytes: None,
+        snapshot_id: None,
+        error: result.as_ref().err().map(|e| e.to_string()),
+    };
+    if let Err(e) = cairn::instance::record_run(&repo, &record) {
+        eprintln!("cairn: warning: could not record the run: {e}");
+    }
+}
+
+fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
+    match command {
+        Command::Init => init(ctx),
+        Command::Backup(a) => backup_cmd(ctx, a),
+        Command::Snapshots { instance } => snapshots(ctx, instance.as_deref()),
+        Command::Show { snapshot } => show(ctx, &snapshot),
         Command::Ls {
             snapshot,
             path,
             instance,
-        } => ls(&ctx, &snapshot, path.as_deref(), instance.as_deref()),
-        Command::Restore(a) => restore_cmd(&ctx, a),
+        } => ls(ctx, &snapshot, path.as_deref(), instance.as_deref()),
+        Command::Restore(a) => restore_cmd(ctx, a),
         Command::Dump {
             snapshot,
             name,
             instance,
-        } => dump(&ctx, &snapshot, &name, instance.as_deref()),
-        Command::Check(a) => check_cmd(&ctx, a),
+        } => dump(ctx, &snapshot, &name, instance.as_deref()),
+        Command::Check(a) => check_cmd(ctx, a),
         Command::Repair {
             what: RepairWhat::Index,
-        } => repair_index(&ctx),
+        } => repair_index(ctx),
         Command::Repair {
             what: RepairWhat::Snapshots { forget_damaged },
-        } => repair_snapshots(&ctx, forget_damaged),
-        Command::Forget(a) => forget(&ctx, a),
+        } => repair_snapshots(ctx, forget_damaged),
+        Command::Forget(a) => forget(ctx, a),
         Command::Prune {
             max_unused,
             dry_run,
-        } => prune(&ctx, max_unused, dry_run).map(|_| EXIT_OK),
-        Command::Unlock { remove_all } => unlock(&ctx, remove_all),
-        Command::Instance { action } => instance::instance(&ctx, action),
-        Command::RunDue => instance::run_due(&ctx),
+        } => prune(ctx, max_unused, dry_run).map(|_| EXIT_OK),
+        Command::Unlock { remove_all } => unlock(ctx, remove_all),
+        Command::Instance { action } => instance::instance(ctx, action),
+        Command::RunDue => instance::run_due(ctx),
         Command::Daemon {
             max_jobs,
             tick_seconds,
-        } => instance::daemon(&ctx, max_jobs, tick_seconds),
-        Command::Log { instance: i } => instance::log(&ctx, i.as_deref()),
-        Command::Stats { instance: i } => instance::stats(&ctx, i.as_deref()),
-        Command::Health { grace_minutes } => instance::health(&ctx, grace_minutes),
-        Command::Schedule { kind } => instance::schedule_cmd(&ctx, kind),
+        } => instance::daemon(ctx, max_jobs, tick_seconds),
+        Command::Log { instance: i } => instance::log(ctx, i.as_deref()),
+        Command::Stats { instance: i } => instance::stats(ctx, i.as_deref()),
+        Command::Health { grace_minutes } => instance::health(ctx, grace_minutes),
+        Command::Schedule { kind } => instance::schedule_cmd(ctx, kind),
         Command::ImportArchive {
             instance: i,
             time,
             file,
-        } => import_archive(&ctx, i, &time, &file),
-        Command::Export { snapshot, format } => export(&ctx, &snapshot, &format),
+        } => import_archive(ctx, i, &time, &file),
+        Command::Export { snapshot, format } => export(ctx, &snapshot, &format),
     }
 }
 
