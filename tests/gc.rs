@@ -97,9 +97,13 @@ fn forget_and_prune_reclaim_space_and_keep_snapshots_restorable() {
     ok(cairn(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]));
     assert_same_tree(&src, &t.join("data"));
     // forget and prune are in the run log.
-    let log: Vec<serde_json::Value> = serde_json::from_str(&ok(cairn(&repo).args(["log", "--json"]))).unwrap();
+    let log: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(cairn(&repo).args(["log", "--json"]))).unwrap();
     let kinds: Vec<&str> = log.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"forget") && kinds.contains(&"prune"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"forget") && kinds.contains(&"prune"),
+        "{kinds:?}"
+    );
     // A second prune has nothing left to do.
     let again: serde_json::Value =
         serde_json::from_str(&ok(cairn(&repo).args(["prune", "--json"]))).unwrap();
