@@ -54,12 +54,13 @@ fn pack_write(c: &mut Criterion) {
                 (dir, repo)
             },
             |(dir, repo)| {
-                let w = PackWriter::new(&repo);
-                chunks.par_iter().for_each(|(id, c)| {
-                    w.save_with_id(BlobKind::Data, *id, c).unwrap();
-                });
-                w.flush().unwrap();
-                drop(w);
+                PackWriter::scope(&repo, |w| {
+                    chunks.par_iter().for_each(|(id, c)| {
+                        w.save_with_id(BlobKind::Data, *id, c).unwrap();
+                    });
+                    Ok(())
+                })
+                .unwrap();
                 (dir, repo) // deleted outside the timing
             },
             BatchSize::PerIteration,

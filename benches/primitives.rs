@@ -76,7 +76,6 @@ fn compression(c: &mut Criterion) {
         ("text 32KiB", common::text_bytes(32 * 1024, 5)),
     ];
     for (name, data) in &inputs {
-        let id = Id::of(data);
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_with_input(
             BenchmarkId::new("raw zstd::bulk::compress", name),
@@ -84,7 +83,7 @@ fn compression(c: &mut Criterion) {
             |b, d| b.iter(|| zstd::bulk::compress(black_box(d), 3).unwrap()),
         );
         g.bench_with_input(BenchmarkId::new("cairn encode_blob", name), data, |b, d| {
-            b.iter(|| encode_blob(black_box(d), id, 3).unwrap())
+            b.iter(|| encode_blob(black_box(d), 3).unwrap())
         });
     }
     g.finish();

@@ -169,9 +169,24 @@ pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
         .map(|(p, _)| p.to_string_lossy().into_owned())
         .collect();
     let parent = find_parent(repo, &opts, &paths)?;
+    PackWriter::scope(repo, |writer| {
+        run(repo, writer, opts, started, sources, paths, parent)
+    })
+}
+
+/// The backup proper, with the writer whose I/O thread lives as long as it runs.
+fn run(
+    repo: &Repository,
+    writer: &PackWriter,
+    opts: BackupOptions,
+    started: Instant,
+    sources: Vec<(PathBuf, Vec<u8>)>,
+    paths: Vec<String>,
+    parent: Option<(Id, Snapshot)>,
+) -> Result<BackupResult> {
     let job = Job {
         repo,
-        writer: PackWriter::new(repo),
+        writer,
         params: repo.config().chunker_files,
         force: opts.force,
         skip: repo.root().canonicalize().ok(),
@@ -274,7 +289,7 @@ struct Counters {
 /// State shared by every worker of one backup.
 struct Job<'r> {
     repo: &'r Repository,
-    writer: PackWriter<'r>,
+    writer: &'r PackWriter<'r>,
     params: ChunkerParams,
     force: bool,
     /// The repository itself, never backed up into itself.

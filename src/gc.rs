@@ -312,43 +312,45 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
     if packs.is_empty() {
         return Ok(0);
     }
-    let writer = PackWriter::for_repack(repo);
-    for u in packs {
-        let path = repo.pack_path(&u.id);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let used: Vec<pack::BlobEntry> = {
-            let idx = repo.index();
-            let mut st = idx.raw().prepare_cached(
-                "SELECT b.id FROM blobs b JOIN packs p ON p.pack_no = b.pack_no JOIN temp.used u ON u.id = b.id WHERE p.id = ?1",
-            )?;
-            let ids: Vec<Vec<u8>> = st
-                .query_map(params![&u.id.0[..]], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut out = Vec::new();
-            for id in ids {
-                let id = Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "blob id"))?;
-                if let Some(loc) = idx.lookup(&id)? {
-                    out.push(loc.entry);
+    PackWriter::repack_scope(repo, |writer| {
+        for u in packs {
+            let path = repo.pack_path(&u.id);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let used: Vec<pack::BlobEntry> = {
+                let idx = repo.index();
+                let mut st = idx.raw().prepare_cached(
+                    "SELECT b.id FROM blobs b JOIN packs p ON p.pack_no = b.pack_no JOIN temp.used u ON u.id = b.id WHERE p.id = ?1",
+                )?;
+                let ids: Vec<Vec<u8>> = st
+                    .query_map(params![&u.id.0[..]], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut out = Vec::new();
+                for id in ids {
+                    let id =
+                        Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "blob id"))?;
+                    if let Some(loc) = idx.lookup(&id)? {
+                        out.push(loc.entry);
+                    }
                 }
+                out
+            };
+            for e in used {
+                let stored = bytes
+                    .get(e.offset as usize..(e.offset + e.stored_len as u64) as usize)
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("pack {}", u.id), "blob beyond end of file")
+                    })?;
+                pack::decode_blob(&e, stored)
+                    .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
+                writer.save_stored(&e, stored)?;
             }
-            out
-        };
-        for e in used {
-            let stored = bytes
-                .get(e.offset as usize..(e.offset + e.stored_len as u64) as usize)
-                .ok_or_else(|| {
-                    Error::corrupt(format!("pack {}", u.id), "blob beyond end of file")
-                })?;
-            pack::decode_blob(&e, stored)
-                .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
-            writer.save_stored(&e, stored)?;
         }
-    }
-    writer.flush()?;
-    Ok(writer
-        .stats
-        .packs_written
-        .load(std::sync::atomic::Ordering::Relaxed))
+        writer.flush()?;
+        Ok(writer
+            .stats
+            .packs_written
+            .load(std::sync::atomic::Ordering::Relaxed))
+    })
 }
 
 /// Removes `.tmp-*` files left by interrupted writes (safe: we hold the exclusive lock).

@@ -326,15 +326,15 @@ fn zstd_decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Encodes raw blob bytes: zstd at `level`, verified by decompressing and re-hashing (a compressor or memory
-/// fault must not reach the disk), or stored raw when compression does not shrink it.
-pub fn encode_blob(raw: &[u8], id: Id, level: i32) -> Result<(Compression, Vec<u8>)> {
+/// Encodes raw blob bytes: zstd at `level`, verified by decompressing and comparing with the input (a
+/// compressor or memory fault must not reach the disk), or stored raw when compression does not shrink it.
+pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
     let compressed = zstd_compress(raw, level).map_err(|e| Error::corrupt("zstd", e))?;
     if compressed.len() >= raw.len() {
         return Ok((Compression::None, raw.to_vec()));
     }
     let check = zstd_decompress(&compressed, raw.len()).map_err(|e| Error::corrupt("zstd", e))?;
-    if Id::of(&check) != id {
+    if check != raw {
         return Err(Error::corrupt(
             "zstd",
             "compressed blob did not decompress to its input",
@@ -371,7 +371,7 @@ mod tests {
         let mut b = PackBuilder::new();
         for payload in [&b"hello hello hello hello hello"[..], b"x", &[7u8; 5000]] {
             let id = Id::of(payload);
-            let (c, stored) = encode_blob(payload, id, 3).unwrap();
+            let (c, stored) = encode_blob(payload, 3).unwrap();
             b.add(BlobKind::Data, id, payload.len() as u32, c, &stored);
         }
         b.seal()
@@ -422,7 +422,7 @@ mod tests {
             .collect();
         for (level, len) in [(3, 200_000), (3, 5_000), (19, 70_000), (3, 1_000_000)] {
             let raw = &text[..len];
-            let (c, stored) = encode_blob(raw, Id::of(raw), level).unwrap();
+            let (c, stored) = encode_blob(raw, level).unwrap();
             assert_eq!(c, Compression::Zstd);
             assert_eq!(stored, zstd::bulk::compress(raw, level).unwrap());
         }

@@ -132,62 +132,62 @@ pub fn repair_snapshots(
         repo,
         seen: Default::default(),
     };
-    let writer = crate::pack_writer::PackWriter::new(repo);
-    let mut out = Vec::new();
-    for (id, snap) in repo.snapshots()? {
-        let mut dropped = Vec::new();
-        let tree = match snap.tree {
-            Some(t) => rebuild(repo, &writer, &mut health, t, "", &mut dropped)?,
-            None => None,
-        };
-        let stream_tree = match snap.stream_tree {
-            Some(t) => rebuild(repo, &writer, &mut health, t, "stream:", &mut dropped)?,
-            None => None,
-        };
-        if dropped.is_empty() {
-            continue;
-        }
-        if forget_damaged {
+    crate::pack_writer::PackWriter::scope(repo, |writer| {
+        let mut out = Vec::new();
+        for (id, snap) in repo.snapshots()? {
+            let mut dropped = Vec::new();
+            let tree = match snap.tree {
+                Some(t) => rebuild(repo, writer, &mut health, t, "", &mut dropped)?,
+                None => None,
+            };
+            let stream_tree = match snap.stream_tree {
+                Some(t) => rebuild(repo, writer, &mut health, t, "stream:", &mut dropped)?,
+                None => None,
+            };
+            if dropped.is_empty() {
+                continue;
+            }
+            if forget_damaged {
+                repo.remove_snapshot(&id)?;
+                out.push(RepairedSnapshot {
+                    old_id: id.to_hex(),
+                    new_id: None,
+                    dropped,
+                });
+                continue;
+            }
+            writer.flush()?;
+            let mut new = snap.clone();
+            new.tree = tree;
+            new.stream_tree = stream_tree;
+            let lost: Vec<String> = dropped
+                .iter()
+                .filter_map(|d| d.strip_prefix("stream:").map(str::to_string))
+                .collect();
+            new.streams.retain(|s| !lost.contains(&s.name));
+            new.partial = true;
+            new.parent = Some(id.to_hex());
+            if !new.tags.iter().any(|t| t == "repaired") {
+                new.tags.push("repaired".into());
+            }
+            let note = serde_json::json!({ "repaired_from": id.to_hex(), "dropped": dropped });
+            match &mut new.metadata {
+                Some(serde_json::Value::Object(m)) => {
+                    m.insert("repair".into(), note);
+                }
+                other => *other = Some(serde_json::json!({ "repair": note })),
+            }
+            // The new snapshot is durable before the old one goes.
+            let new_id = repo.save_snapshot(&new)?;
             repo.remove_snapshot(&id)?;
             out.push(RepairedSnapshot {
                 old_id: id.to_hex(),
-                new_id: None,
+                new_id: Some(new_id.to_hex()),
                 dropped,
             });
-            continue;
         }
-        writer.flush()?;
-        let mut new = snap.clone();
-        new.tree = tree;
-        new.stream_tree = stream_tree;
-        let lost: Vec<String> = dropped
-            .iter()
-            .filter_map(|d| d.strip_prefix("stream:").map(str::to_string))
-            .collect();
-        new.streams.retain(|s| !lost.contains(&s.name));
-        new.partial = true;
-        new.parent = Some(id.to_hex());
-        if !new.tags.iter().any(|t| t == "repaired") {
-            new.tags.push("repaired".into());
-        }
-        let note = serde_json::json!({ "repaired_from": id.to_hex(), "dropped": dropped });
-        match &mut new.metadata {
-            Some(serde_json::Value::Object(m)) => {
-                m.insert("repair".into(), note);
-            }
-            other => *other = Some(serde_json::json!({ "repair": note })),
-        }
-        // The new snapshot is durable before the old one goes.
-        let new_id = repo.save_snapshot(&new)?;
-        repo.remove_snapshot(&id)?;
-        out.push(RepairedSnapshot {
-            old_id: id.to_hex(),
-            new_id: Some(new_id.to_hex()),
-            dropped,
-        });
-    }
-    writer.flush()?;
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// Rebuilds the tree `t` without entries whose data is damaged; `None` if the tree itself is unreadable.

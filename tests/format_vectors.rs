@@ -60,7 +60,7 @@ fn tiny_pack_and_tree_match_the_spec() {
     let mut b = PackBuilder::new();
     for payload in [&b"hello, cairn"[..], &[b'a'; 100][..]] {
         let id = Id::of(payload);
-        let (c, stored) = encode_blob(payload, id, 3).unwrap();
+        let (c, stored) = encode_blob(payload, 3).unwrap();
         b.add(BlobKind::Data, id, payload.len() as u32, c, &stored);
     }
     let (bytes, id, _) = b.seal();

@@ -48,7 +48,7 @@ fn valid_pack() -> Vec<u8> {
     let mut b = PackBuilder::new();
     for p in [&b"alpha alpha alpha alpha"[..], b"b", &[9u8; 300]] {
         let id = Id::of(p);
-        let (c, s) = encode_blob(p, id, 3).unwrap();
+        let (c, s) = encode_blob(p, 3).unwrap();
         b.add(BlobKind::Data, id, p.len() as u32, c, &s);
     }
     b.seal().0
