@@ -480,7 +480,7 @@ impl Job<'_> {
         let mut size = 0u64;
         while let Some(batch) = reader.next_batch()? {
             size += batch.cuts.iter().map(|c| c.1 as u64).sum::<u64>();
-            match self.save_batch(&batch) {
+            match self.save_batch(&batch, self.repo.config().compression_level) {
                 Ok(ids) => chunks.extend(ids),
                 Err(e) => return Ok(Err(e)),
             }
@@ -489,14 +489,14 @@ impl Job<'_> {
         Ok(Ok((size, chunks)))
     }
 
-    fn save_batch(&self, batch: &Batch) -> Result<Vec<Id>> {
+    fn save_batch(&self, batch: &Batch, level: i32) -> Result<Vec<Id>> {
         batch
             .cuts
             .par_iter()
             .map(|&(off, len)| {
                 let data = &batch.data[off..off + len];
                 let id = Id::of(data);
-                self.writer.save_with_id(BlobKind::Data, id, data)?;
+                self.writer.save_at_level(BlobKind::Data, id, data, level)?;
                 Ok(id)
             })
             .collect()
@@ -560,7 +560,7 @@ impl Job<'_> {
                     batch.map_err(|e| Error::Command(format!("reading stream {name}: {e}")))?;
                 let len: u64 = batch.cuts.iter().map(|c| c.1 as u64).sum();
                 size += len;
-                chunks.extend(self.save_batch(&batch)?);
+                chunks.extend(self.save_batch(&batch, self.repo.config().stream_level())?);
                 self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
                 self.counters.bytes_total.fetch_add(len, Ordering::Relaxed);
                 self.progress.bytes(len);

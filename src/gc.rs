@@ -12,7 +12,7 @@
 //! only packs that are unindexed or wholly unused, which the next prune removes.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::params;
 use serde::Serialize;
@@ -353,18 +353,32 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
     })
 }
 
-/// Removes `.tmp-*` files left by interrupted writes (safe: we hold the exclusive lock).
+/// Removes `.tmp-*` files left by interrupted writes (safe: we hold the exclusive lock, so no backup is
+/// writing). In `locks/` a process may be writing its lock file right now, before it finds ours: only temporary
+/// files older than a minute are taken there.
 fn remove_temp_files(repo: &Repository) -> Result<()> {
-    let mut dirs = vec![repo.snapshots_dir(), repo.root().to_path_buf()];
+    let mut dirs = vec![
+        (repo.snapshots_dir(), Duration::ZERO),
+        (repo.root().to_path_buf(), Duration::ZERO),
+        (repo.packs_dir(), Duration::ZERO),
+        (repo.root().join("locks"), Duration::from_secs(60)),
+    ];
     if let Ok(subs) = std::fs::read_dir(repo.packs_dir()) {
-        dirs.extend(subs.flatten().map(|e| e.path()));
+        dirs.extend(subs.flatten().map(|e| (e.path(), Duration::ZERO)));
     }
-    for d in dirs {
+    for (d, min_age) in dirs {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let old_enough = || {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= min_age)
+            };
+            if e.file_name().to_string_lossy().starts_with(".tmp-") && old_enough() {
                 fsutil::remove_durable(&e.path())?;
             }
         }

@@ -133,9 +133,13 @@ impl BlobEntry {
     }
 }
 
-/// Accumulates blobs for one pack in memory until it is sealed.
-pub struct PackBuilder {
-    data: Vec<u8>,
+/// Writes one pack to `W` blob by blob (a file for [`crate::pack_writer`], a `Vec` for tests and tools),
+/// hashing as it goes, so a pack is never held in memory whole and each blob is written while it is still in
+/// the CPU cache of the thread that compressed it.
+pub struct PackBuilder<W = Vec<u8>> {
+    out: W,
+    hasher: blake3::Hasher,
+    len: u64,
     entries: Vec<BlobEntry>,
 }
 
@@ -146,22 +150,40 @@ impl Default for PackBuilder {
 }
 
 impl PackBuilder {
+    /// A pack built in memory.
     pub fn new() -> PackBuilder {
-        Self::with_buffer(Vec::with_capacity(1024 * 1024))
-    }
-
-    /// A builder that fills `data` (cleared first), e.g. the buffer of a pack already written: a buffer with
-    /// room for a whole pack is never regrown (which copies the pack so far) and its pages are already mapped.
-    pub fn with_buffer(mut data: Vec<u8>) -> PackBuilder {
-        data.clear();
-        data.extend_from_slice(&PACK_MAGIC);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&PACK_MAGIC);
         PackBuilder {
-            data,
+            out: PACK_MAGIC.to_vec(),
+            hasher,
+            len: PACK_MAGIC.len() as u64,
             entries: Vec::new(),
         }
     }
+}
 
-    /// Appends an already encoded blob.
+impl<W: std::io::Write> PackBuilder<W> {
+    /// Starts a pack on `out` (writes the header magic).
+    pub fn start(out: W) -> std::io::Result<PackBuilder<W>> {
+        let mut b = PackBuilder {
+            out,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        };
+        b.write(&PACK_MAGIC)?;
+        Ok(b)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends an already encoded blob. After an error the pack is unusable (its offsets are unknown).
     pub fn add(
         &mut self,
         kind: BlobKind,
@@ -169,42 +191,44 @@ impl PackBuilder {
         raw_len: u32,
         compression: Compression,
         stored: &[u8],
-    ) {
-        self.entries.push(BlobEntry {
+    ) -> std::io::Result<()> {
+        let entry = BlobEntry {
             kind,
             compression,
             stored_len: stored.len() as u32,
             raw_len,
-            offset: self.data.len() as u64,
+            offset: self.len,
             id,
             base: None,
-        });
-        self.data.extend_from_slice(stored);
+        };
+        self.write(stored)?;
+        self.entries.push(entry);
+        Ok(())
     }
 
-    /// Bytes of blob data so far.
+    /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.data.len() as u64
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// Appends the trailer; returns the pack's bytes, its id and its entries.
-    pub fn seal(mut self) -> (Vec<u8>, Id, Vec<BlobEntry>) {
-        let start = self.data.len();
+    /// Appends the trailer; returns the output, the pack's id and its entries.
+    pub fn seal(mut self) -> std::io::Result<(W, Id, Vec<BlobEntry>)> {
+        let mut trailer = Vec::with_capacity(self.entries.len() * ENTRY_LEN + FOOTER_LEN);
         for e in &self.entries {
-            e.encode(&mut self.data);
+            e.encode(&mut trailer);
         }
-        let trailer_hash = Id::of(&self.data[start..]);
-        self.data
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(&0u32.to_le_bytes());
-        self.data.extend_from_slice(&trailer_hash.0);
-        self.data.extend_from_slice(&FOOTER_MAGIC);
-        let id = Id::of(&self.data);
-        (self.data, id, self.entries)
+        let trailer_hash = Id::of(&trailer);
+        trailer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        trailer.extend_from_slice(&0u32.to_le_bytes());
+        trailer.extend_from_slice(&trailer_hash.0);
+        trailer.extend_from_slice(&FOOTER_MAGIC);
+        self.write(&trailer)?;
+        let id = Id(*self.hasher.finalize().as_bytes());
+        Ok((self.out, id, self.entries))
     }
 }
 
@@ -372,9 +396,10 @@ mod tests {
         for payload in [&b"hello hello hello hello hello"[..], b"x", &[7u8; 5000]] {
             let id = Id::of(payload);
             let (c, stored) = encode_blob(payload, 3).unwrap();
-            b.add(BlobKind::Data, id, payload.len() as u32, c, &stored);
+            b.add(BlobKind::Data, id, payload.len() as u32, c, &stored)
+                .unwrap();
         }
-        b.seal()
+        b.seal().unwrap()
     }
 
     #[test]

@@ -124,6 +124,38 @@ fn backup_killed_at_any_point_leaves_a_valid_repository() {
         "stream differs after kills"
     );
     ok(cairn(&repo).args(["check", "--read-data"]));
+    // Prune clears what the killed runs left half written (temporary pack files) and the repository stays whole.
+    ok(cairn(&repo).arg("prune"));
+    let leftovers: Vec<_> = walk(&repo)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
+        // A temporary lock file is only removed once a minute old: another process may be writing it.
+        .filter(|p| !p.starts_with(repo.join("locks")))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary files after prune: {leftovers:?}"
+    );
+    ok(cairn(&repo).args(["check", "--read-data"]));
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]

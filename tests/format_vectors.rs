@@ -61,9 +61,10 @@ fn tiny_pack_and_tree_match_the_spec() {
     for payload in [&b"hello, cairn"[..], &[b'a'; 100][..]] {
         let id = Id::of(payload);
         let (c, stored) = encode_blob(payload, 3).unwrap();
-        b.add(BlobKind::Data, id, payload.len() as u32, c, &stored);
+        b.add(BlobKind::Data, id, payload.len() as u32, c, &stored)
+            .unwrap();
     }
-    let (bytes, id, _) = b.seal();
+    let (bytes, id, _) = b.seal().unwrap();
     let tree = Tree::new(vec![Node {
         name: b"a.txt".to_vec(),
         kind: NodeKind::File {

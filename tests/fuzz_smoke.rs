@@ -49,9 +49,9 @@ fn valid_pack() -> Vec<u8> {
     for p in [&b"alpha alpha alpha alpha"[..], b"b", &[9u8; 300]] {
         let id = Id::of(p);
         let (c, s) = encode_blob(p, 3).unwrap();
-        b.add(BlobKind::Data, id, p.len() as u32, c, &s);
+        b.add(BlobKind::Data, id, p.len() as u32, c, &s).unwrap();
     }
-    b.seal().0
+    b.seal().unwrap().0
 }
 
 fn valid_tree() -> Vec<u8> {
