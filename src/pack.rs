@@ -316,23 +316,25 @@ thread_local! {
     /// One zstd context of each kind per thread, reused from blob to blob: creating and resetting a context
     /// for every 32 KiB chunk cost about a third as much as compressing it. Reuse does not change the output
     /// (`zstd::bulk::compress` is a fresh `Compressor` doing the same `compress` call).
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
+    /// One compressor per level in use (file trees and streams compress at different levels).
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(Vec::new()) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
 }
 
 /// `zstd::bulk::compress` on this thread's context.
 fn zstd_compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let (_, mut z) = match slot.take() {
-            Some((l, z)) if l == level => (l, z),
-            _ => (level, zstd::bulk::Compressor::new(level)?),
+    COMPRESSORS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let i = match all.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                all.push((level, zstd::bulk::Compressor::new(level)?));
+                all.len() - 1
+            }
         };
-        let out = z.compress(raw);
-        *slot = Some((level, z));
-        out
+        all[i].1.compress(raw)
     })
 }
 
