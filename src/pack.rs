@@ -18,6 +18,7 @@
 //! ```
 //! A pack's id is the BLAKE3 of the whole file. Packs are written once and never modified.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use crate::error::{Error, Result};
@@ -354,10 +355,10 @@ fn zstd_decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 
 /// Encodes raw blob bytes: zstd at `level`, verified by decompressing and comparing with the input (a
 /// compressor or memory fault must not reach the disk), or stored raw when compression does not shrink it.
-pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
+pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Cow<'_, [u8]>)> {
     let compressed = zstd_compress(raw, level).map_err(|e| Error::corrupt("zstd", e))?;
     if compressed.len() >= raw.len() {
-        return Ok((Compression::None, raw.to_vec()));
+        return Ok((Compression::None, Cow::Borrowed(raw)));
     }
     let check = zstd_decompress(&compressed, raw.len()).map_err(|e| Error::corrupt("zstd", e))?;
     if check != raw {
@@ -366,7 +367,7 @@ pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Vec<u8>)> {
             "compressed blob did not decompress to its input",
         ));
     }
-    Ok((Compression::Zstd, compressed))
+    Ok((Compression::Zstd, Cow::Owned(compressed)))
 }
 
 /// Decodes stored blob bytes and verifies them against the blob's id.

@@ -35,6 +35,9 @@ pub struct SaveStats {
     pub packs_written: AtomicU64,
 }
 
+/// Full packs that may wait for the I/O thread.
+const SEAL_QUEUE: usize = 4;
+
 /// What the savers hand the I/O thread.
 enum Job {
     Write(Box<OpenPack>),
@@ -83,9 +86,9 @@ impl<'r> PackWriter<'r> {
         relocate: bool,
         f: impl FnOnce(&PackWriter<'r>) -> Result<T>,
     ) -> Result<T> {
-        // A rendezvous channel: a saver that fills a pack while the previous one is still being written waits,
-        // so at most three pack buffers exist (filling, handed over, being written).
-        let (tx, rx) = crossbeam_channel::bounded(0);
+        // A full pack costs only its open file and write buffer while it waits, so a few may queue behind an
+        // fsync instead of stalling the saver that filled them.
+        let (tx, rx) = crossbeam_channel::bounded(SEAL_QUEUE);
         let writer = PackWriter {
             repo,
             relocate,

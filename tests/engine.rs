@@ -425,3 +425,38 @@ fn init_accepts_a_relative_one_component_path() {
     ok(cairn(Path::new("q")).current_dir(dir.path()).arg("init"));
     assert!(dir.path().join("q/config").is_file());
 }
+
+#[test]
+fn init_sets_compression_levels_and_rejects_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).args([
+        "init",
+        "--compression-level",
+        "6",
+        "--stream-compression-level",
+        "2",
+    ]));
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
+    assert_eq!(config["compression_level"], 6);
+    assert_eq!(config["stream_compression_level"], 2);
+    // The levels are used: a compressible stream still round-trips.
+    let data = b"row,".repeat(100_000);
+    let mut child = cairn(&repo)
+        .args(["backup", "--stdin", "--stdin-name", "s"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    assert!(child.wait().unwrap().success());
+    let dumped = cairn(&repo).args(["dump", "latest", "s"]).output().unwrap();
+    assert!(dumped.stdout == data);
+
+    let other = dir.path().join("other");
+    // A usage error (clap's message, exit 2), and no repository is created.
+    let (code, _, err) = run(cairn(&other).args(["init", "--compression-level", "0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--compression-level"), "{err}");
+    assert!(!other.join("config").exists());
+}

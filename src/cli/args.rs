@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a repository.
-    Init,
+    Init(InitArgs),
     /// Take a snapshot of paths and/or a stream.
     Backup(BackupArgs),
     /// List snapshots.
@@ -365,4 +365,14 @@ pub enum RepairWhat {
         #[arg(long)]
         forget_damaged: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd level (1-19) for file contents and trees; 1 is ~40% faster on text and stores ~15% more of it
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compression_level: Option<i32>,
+    /// zstd level (1-19) for stream chunks (database dumps)
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub stream_compression_level: Option<i32>,
 }

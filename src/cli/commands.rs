@@ -14,7 +14,9 @@ use cairn::{Error, Id, Repository, Result};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
 
-use super::args::{BackupArgs, CheckArgs, Cli, Command, ForgetArgs, RepairWhat, RestoreArgs};
+use super::args::{
+    BackupArgs, CheckArgs, Cli, Command, ForgetArgs, InitArgs, RepairWhat, RestoreArgs,
+};
 use super::{instance, pg};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
@@ -103,7 +105,7 @@ fn log_run(
 
 fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
     match command {
-        Command::Init => init(ctx),
+        Command::Init(a) => init(ctx, a),
         Command::Backup(a) => backup_cmd(ctx, a),
         Command::Snapshots { instance } => snapshots(ctx, instance.as_deref()),
         Command::Show { snapshot } => show(ctx, &snapshot),
@@ -150,9 +152,16 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
     }
 }
 
-fn init(ctx: &Ctx) -> Result<i32> {
+fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     let (path, _) = ctx.repo_path()?;
-    let repo = Repository::init(&path, Config::new_default())?;
+    let mut config = Config::new_default();
+    if let Some(level) = a.compression_level {
+        config.compression_level = level;
+    }
+    if let Some(level) = a.stream_compression_level {
+        config.stream_compression_level = Some(level);
+    }
+    let repo = Repository::init(&path, config)?;
     if ctx.json {
         ctx.print_json(&json!({"repository": path, "repository_id": repo.config().repository_id}))?;
     } else {
