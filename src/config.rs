@@ -95,6 +95,12 @@ impl Config {
         }
     }
 
+    /// The zstd level for stream chunks.
+    pub fn stream_level(&self) -> i32 {
+        self.stream_compression_level
+            .unwrap_or(self.compression_level)
+    }
+
     /// Reads and validates `<repo>/config`.
     pub fn load(path: &Path) -> Result<Config> {
         let bytes = std::fs::read(path).at(path)?;
@@ -128,14 +134,6 @@ impl Config {
             ));
         }
         Ok(cfg)
-    }
-}
-
-impl Config {
-    /// The zstd level for stream chunks.
-    pub fn stream_level(&self) -> i32 {
-        self.stream_compression_level
-            .unwrap_or(self.compression_level)
     }
 }
 

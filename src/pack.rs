@@ -153,14 +153,7 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// A pack built in memory.
     pub fn new() -> PackBuilder {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&PACK_MAGIC);
-        PackBuilder {
-            out: PACK_MAGIC.to_vec(),
-            hasher,
-            len: PACK_MAGIC.len() as u64,
-            entries: Vec::new(),
-        }
+        PackBuilder::start(Vec::new()).expect("writing to a Vec cannot fail")
     }
 }
 

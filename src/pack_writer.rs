@@ -195,7 +195,7 @@ impl<'r> PackWriter<'r> {
         Ok(())
     }
 
-    /// Gives a full pack to the I/O thread (waiting while it seals the previous one).
+    /// Gives a full pack to the I/O thread (waiting only while [`SEAL_QUEUE`] packs are queued already).
     fn hand_over(&self, pack: OpenPack) -> Result<()> {
         if self.failed.load(Ordering::Relaxed) || self.io.send(Job::Write(Box::new(pack))).is_err()
         {
