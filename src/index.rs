@@ -149,6 +149,15 @@ impl Index {
         Ok(Index { conn })
     }
 
+    /// Opens a second, read-only connection to an index that [`open`](Self::open) has set up. In WAL mode it
+    /// reads beside the writer: lookups do not wait while a pack is being indexed and committed.
+    pub fn open_reader(path: &Path) -> Result<Index> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(120))?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(Index { conn })
+    }
+
     /// Runs a quick integrity check of the database file.
     pub fn quick_check(&self) -> Result<()> {
         let r: String = self
@@ -397,6 +406,19 @@ mod tests {
         idx.remove_pack(&pack).unwrap();
         assert!(idx.lookup(&Id::of(&[1])).unwrap().is_none());
         assert!(idx.packs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reader_sees_each_commit_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let mut idx = Index::open(&path).unwrap();
+        let mut reader = Index::open_reader(&path).unwrap();
+        assert!(!reader.contains(&Id::of(&[1])).unwrap());
+        idx.add_pack(Id::of(b"a"), 100, &[entry(1)]).unwrap();
+        assert!(reader.contains(&Id::of(&[1])).unwrap());
+        assert!(reader.add_pack(Id::of(b"b"), 100, &[entry(2)]).is_err());
+        assert!(!idx.contains(&Id::of(&[2])).unwrap());
     }
 
     #[test]

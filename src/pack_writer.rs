@@ -213,7 +213,7 @@ impl<'r> PackWriter<'r> {
         if self.lock_pending().contains(id) {
             return Ok(false);
         }
-        if !self.relocate && self.repo.index().contains(id)? {
+        if !self.relocate && self.repo.with_reader(|r| r.contains(id))? {
             return Ok(false);
         }
         Ok(self.lock_pending().insert(*id))

@@ -31,6 +31,8 @@ pub struct Repository {
     root: PathBuf,
     config: Config,
     index: Mutex<Index>,
+    /// Read-only connections for lookups from many threads at once (see [`Self::with_reader`]).
+    readers: Mutex<Vec<Index>>,
 }
 
 impl Repository {
@@ -81,6 +83,7 @@ impl Repository {
             root: root.to_path_buf(),
             config,
             index: Mutex::new(index),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
@@ -97,6 +100,25 @@ impl Repository {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back), so a
         // poisoned mutex is still safe to use.
         self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a read-only index connection of its own, taken from a pool that grows to the number of
+    /// threads looking up at once. Lookups then wait neither for each other nor for the writer connection
+    /// (which holds its lock while a pack's rows are inserted and committed). A reader sees what is committed
+    /// when its statement starts: callers must not rely on it for rows of a transaction still open.
+    pub fn with_reader<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        let pooled = self.lock_readers().pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => Index::open_reader(&self.root.join(INDEX_FILE))?,
+        };
+        let out = f(&reader);
+        self.lock_readers().push(reader);
+        out
+    }
+
+    fn lock_readers(&self) -> MutexGuard<'_, Vec<Index>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn packs_dir(&self) -> PathBuf {
@@ -116,8 +138,7 @@ impl Repository {
     /// Reads, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let loc = self
-            .index()
-            .lookup(id)?
+            .with_reader(|r| r.lookup(id))?
             .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))?;
         self.read_located(&loc)
     }
@@ -141,8 +162,7 @@ impl Repository {
     /// Reads and decodes a tree object.
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
         let loc = self
-            .index()
-            .lookup(id)?
+            .with_reader(|r| r.lookup(id))?
             .ok_or_else(|| Error::NotFound(format!("tree {id} is not in the index")))?;
         if loc.entry.kind != BlobKind::Tree {
             return Err(Error::corrupt(format!("tree {id}"), "blob is not a tree"));
