@@ -88,8 +88,10 @@ impl Config {
             repository_id: random_hex(16),
             chunker_files: ChunkerParams::FILES,
             chunker_streams: ChunkerParams::STREAMS,
-            compression_level: 3,
-            // On small dump chunks level 1 compresses as well as 3 for less CPU (format-spec, "Config").
+            // Level 2 stores 0.4% more than 3 on the benchmark file store (2.6% more on text-only data) for
+            // 12-25% less CPU time; a first backup is CPU-bound on two cores (format-spec, "Config").
+            compression_level: 2,
+            // On small dump chunks level 1 compresses as well as 3 for less CPU.
             stream_compression_level: Some(1),
             pack_target_size: 16 * 1024 * 1024,
         }
