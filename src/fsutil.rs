@@ -33,6 +33,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).at(dir)?.sync_all().at(dir)
 }
 
+/// Asks the kernel to drop the cached pages of a file whose data is durable (they are clean after an fsync).
+/// A backup writes gigabytes it will not read again; left cached, they push out what the machine does use,
+/// and each new pack lands in pages never touched before, which on a virtual machine made the copy into
+/// the page cache up to ten times slower. Advice only: a failure changes nothing and is ignored.
+pub fn drop_cached(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open for the call's duration.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 /// Creates a directory (and parents) if missing.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).at(dir)

@@ -334,13 +334,34 @@ fn zstd_compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
 
 /// `zstd::bulk::decompress` on this thread's context.
 fn zstd_decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    with_decompressor(|z| z.decompress(stored, capacity))
+}
+
+/// True if `compressed` decompresses to exactly `raw`. Decompresses into a buffer kept per thread: a fresh
+/// one per blob (up to 4 MiB) cost page faults on every chunk of a backup.
+fn zstd_round_trips(compressed: &[u8], raw: &[u8]) -> std::io::Result<bool> {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| {
+        let mut out = cell.borrow_mut();
+        out.clear();
+        out.reserve(raw.len());
+        let n = with_decompressor(|z| z.decompress_to_buffer(compressed, &mut *out))?;
+        Ok(n == raw.len() && out[..] == *raw)
+    })
+}
+
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     DECOMPRESSOR.with(|slot| {
         let mut slot = slot.borrow_mut();
         let mut z = match slot.take() {
             Some(z) => z,
             None => zstd::bulk::Decompressor::new()?,
         };
-        let out = z.decompress(stored, capacity);
+        let out = f(&mut z);
         *slot = Some(z);
         out
     })
@@ -353,8 +374,7 @@ pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Cow<'_, [u8]>
     if compressed.len() >= raw.len() {
         return Ok((Compression::None, Cow::Borrowed(raw)));
     }
-    let check = zstd_decompress(&compressed, raw.len()).map_err(|e| Error::corrupt("zstd", e))?;
-    if check != raw {
+    if !zstd_round_trips(&compressed, raw).map_err(|e| Error::corrupt("zstd", e))? {
         return Err(Error::corrupt(
             "zstd",
             "compressed blob did not decompress to its input",
@@ -434,6 +454,22 @@ mod tests {
             b[i] ^= 0x40;
             assert!(parse_pack(&b).is_err(), "flip at {i} parsed");
         }
+    }
+
+    #[test]
+    fn the_round_trip_check_accepts_only_the_exact_input() {
+        let raw: Vec<u8> = b"abcabcabc".repeat(5_000);
+        let compressed = zstd::bulk::compress(&raw, 1).unwrap();
+        assert!(zstd_round_trips(&compressed, &raw).unwrap());
+        let mut other = raw.clone();
+        other[20_000] ^= 1;
+        assert!(!zstd_round_trips(&compressed, &other).unwrap());
+        // Output longer than the input does not fit the buffer: an error, not a match.
+        assert!(zstd_round_trips(&compressed, &raw[..raw.len() - 1]).map_or(true, |ok| !ok));
+        assert!(zstd_round_trips(&compressed[..compressed.len() / 2], &raw).is_err());
+        // The kept buffer does not leak a longer earlier output into a shorter check.
+        let short = b"abcabcabc".repeat(100);
+        assert!(zstd_round_trips(&zstd::bulk::compress(&short, 1).unwrap(), &short).unwrap());
     }
 
     #[test]

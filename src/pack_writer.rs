@@ -275,6 +275,7 @@ impl<'r> PackWriter<'r> {
             .into_inner()
             .map_err(|e| Error::io(&pack.path, e.into_error()))?;
         file.as_file().sync_all().at(&pack.path)?;
+        fsutil::drop_cached(file.as_file());
         let size = file.as_file().metadata().at(&pack.path)?.len();
         let path = self.repo.pack_path(&id);
         let dir = path.parent().unwrap_or(&pack.dir);
@@ -313,9 +314,10 @@ impl OpenPack {
             .tempfile_in(dir)
             .at(dir)?;
         let path = tmp.path().to_path_buf();
-        // Blobs arrive in pieces of a few KiB to a few MiB: small ones are gathered into writes of 1 MiB.
+        // Blobs arrive in pieces of a few KiB to a few MiB: small ones are gathered into writes of 64 KiB,
+        // larger ones go straight to the file (copying them through the buffer cost 2% of a backup's CPU).
         let builder =
-            PackBuilder::start(std::io::BufWriter::with_capacity(1 << 20, tmp)).at(&path)?;
+            PackBuilder::start(std::io::BufWriter::with_capacity(64 << 10, tmp)).at(&path)?;
         Ok(OpenPack {
             builder,
             dir: dir.to_path_buf(),
