@@ -137,19 +137,31 @@ impl Repository {
 
     /// Reads, decompresses and verifies one blob.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
-            .with_reader(|r| r.lookup(id))?
-            .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))?;
-        self.read_located(&loc)
+        self.read_located(&self.locate(id)?)
+    }
+
+    /// Where a blob is stored; `NotFound` if the index does not have it.
+    pub fn locate(&self, id: &Id) -> Result<Location> {
+        self.with_reader(|r| r.lookup(id))?
+            .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))
+    }
+
+    /// Opens a pack file for [`read_from`](Self::read_from).
+    pub fn open_pack(&self, pack: &Id) -> Result<File> {
+        let path = self.pack_path(pack);
+        File::open(&path).at(&path)
     }
 
     /// Reads a blob at a known location.
     pub fn read_located(&self, loc: &Location) -> Result<Vec<u8>> {
-        let path = self.pack_path(&loc.pack);
-        let file = File::open(&path).at(&path)?;
+        self.read_from(&self.open_pack(&loc.pack)?, loc)
+    }
+
+    /// Reads, decompresses and verifies a blob from its pack, already open.
+    pub fn read_from(&self, file: &File, loc: &Location) -> Result<Vec<u8>> {
         let mut stored = vec![0u8; loc.entry.stored_len as usize];
         file.read_exact_at(&mut stored, loc.entry.offset)
-            .at(&path)?;
+            .at(self.pack_path(&loc.pack))?;
         pack::decode_blob(&loc.entry, &stored).map_err(|e| match e {
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what: format!("{what} in pack {}", loc.pack.short()),
