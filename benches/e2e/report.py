@@ -19,10 +19,12 @@ SCENARIOS = [
     ("small-first", "first backup, 100k-file tree (1 run)", None),
     ("small-again", "unchanged re-backup, 100k files", "walk"),
     ("restore", "restore of the file store + sync", "cp-sync"),
+    ("dump", "day 2 dump written out of the repository + sync", "cp-dump"),
 ]
 LIMITS = {"cp-sync": ("cp", "`cp -a` + `sync` of the file store"),
           "walk": ("find", "`find -printf` walk of the 100k-file tree"),
-          "pg_dump": ("pg_dump", "`pg_dump -Fc -Z0 > /dev/null` (day 2 database)")}
+          "pg_dump": ("pg_dump", "`pg_dump -Fc -Z0 > /dev/null` (day 2 database)"),
+          "cp-dump": ("cp", "`cp` + `sync` of the day 2 dump file")}
 STORED = {"day1": "after day 1 (file store + dump)", "day2": "after both days",
           "dump_added": "added by the next day's dump"}
 
