@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::pack;
+use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::NodeKind;
@@ -90,7 +91,8 @@ impl CheckReport {
 }
 
 /// Runs the checks; damage is reported in the result, `Err` only when checking itself cannot proceed.
-pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
+/// `progress` counts the pack bytes read (the total is set once the packs to read are known).
+pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     if let Err(e) = repo.index().quick_check() {
         r.errors.push(e.to_string());
@@ -100,8 +102,9 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport> {
     let snapshots = check_snapshot_files(repo, &mut r)?;
     check_trees(repo, &snapshots, &mut r, &mut damaged_blobs)?;
     if read_data != ReadData::None {
-        read_packs(repo, read_data, &mut r, &mut damaged_blobs)?;
+        read_packs(repo, read_data, progress, &mut r, &mut damaged_blobs)?;
     }
+    progress.finish();
     if !damaged_blobs.is_empty() {
         let affected = affected_paths(repo, &snapshots, &damaged_blobs.keys().copied().collect())?;
         r.damaged = damaged_blobs
@@ -261,6 +264,7 @@ type PackVerdict = (Id, u64, Vec<(Id, String)>);
 fn read_packs(
     repo: &Repository,
     read_data: ReadData,
+    progress: &Progress,
     r: &mut CheckReport,
     damaged: &mut BTreeMap<Id, (Id, String)>,
 ) -> Result<()> {
@@ -270,13 +274,17 @@ fn read_packs(
         .into_iter()
         .filter(|p| selected(&p.id, read_data))
         .collect();
+    progress.set_total(packs.iter().map(|p| p.size).sum());
     let results: Vec<PackVerdict> = packs
         .par_iter()
         .map(|p| {
             let expected = repo.index().blobs_in_pack(&p.id)?;
             let path = repo.pack_path(&p.id);
             let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
+                Ok(b) => {
+                    progress.bytes(b.len() as u64);
+                    b
+                }
                 Err(e) => {
                     return Ok((
                         p.id,

@@ -45,12 +45,7 @@ impl Progress {
             };
         }
         let bar = match total_bytes {
-            Some(t) => ProgressBar::new(t).with_style(
-                ProgressStyle::with_template(
-                    "{msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            ),
+            Some(t) => ProgressBar::new(t).with_style(bar_style()),
             None => ProgressBar::new_spinner().with_style(
                 ProgressStyle::with_template(
                     "{spinner} {msg} {bytes} {binary_bytes_per_sec} {elapsed}",
@@ -63,6 +58,15 @@ impl Progress {
         Progress {
             bar: Arc::new(bar),
             echo: true,
+        }
+    }
+
+    /// Turns a spinner into a bar with an ETA once the total is known (`check` learns it after its
+    /// structural checks).
+    pub fn set_total(&self, total_bytes: u64) {
+        if !self.bar.is_hidden() {
+            self.bar.set_style(bar_style());
+            self.bar.set_length(total_bytes);
         }
     }
 
@@ -91,4 +95,11 @@ impl Progress {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
 }

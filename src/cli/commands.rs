@@ -456,7 +456,8 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         (false, Some(s)) => s.parse()?,
         (false, None) => ReadData::None,
     };
-    let report = check::check(&repo, read_data)?;
+    let progress = Progress::new("check", None, ctx.quiet || ctx.json);
+    let report = check::check(&repo, read_data, &progress)?;
     if ctx.json {
         let mut v = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
         v["clean"] = json!(report.is_clean());
