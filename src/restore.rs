@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -240,13 +240,13 @@ fn restore_file(repo: &Repository, path: &Path, node: &Node, overwrite: bool) ->
         return Ok(0);
     };
     replace_existing(path, overwrite)?;
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .at(path)?;
-    let written = write_chunks(repo, chunks, &mut file).map_err(|e| {
+    let written = write_chunks_at(repo, chunks, &file, path).map_err(|e| {
         let _ = fs::remove_file(path);
         match e {
             Error::Corrupt { what, detail } => Error::Corrupt {
@@ -271,16 +271,19 @@ fn restore_file(repo: &Repository, path: &Path, node: &Node, overwrite: bool) ->
     Ok(written)
 }
 
-/// Raw bytes decoded ahead of the output at most (and chunks, for tiny ones): enough that both cores stay busy
-/// on 8 KiB dump chunks, small enough that memory stays flat on 4 MiB ones.
+/// Raw bytes decoded ahead of a stream's output at most (and chunks, for tiny ones): enough that both cores
+/// stay busy on 8 KiB dump chunks, small enough that memory stays flat on 4 MiB ones.
 const WINDOW_BYTES: u64 = 8 << 20;
 const WINDOW_CHUNKS: usize = 2048;
+/// A file's window only holds locations (each chunk is written where it belongs as soon as it is decoded),
+/// so it can span more bytes.
+const FILE_WINDOW_BYTES: u64 = 256 << 20;
 
 /// Writes chunks in order: a window of them is read (each pack opened once) and decoded in parallel while the
 /// window before it is written out and the one after it is looked up in the index.
 fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
     let mut written = 0u64;
-    let mut window = next_window(repo, chunks)?;
+    let mut window = next_window(repo, chunks, WINDOW_BYTES)?;
     let mut rest = &chunks[window.len()..];
     let mut ready: Vec<Vec<u8>> = Vec::new();
     while !(window.is_empty() && ready.is_empty()) {
@@ -288,7 +291,7 @@ fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result
         rayon::in_place_scope(|s| {
             s.spawn(|_| decoded = decode_window(repo, &window));
             wrote = ready.iter().try_for_each(|d| out.write_all(d));
-            next = next_window(repo, rest);
+            next = next_window(repo, rest, WINDOW_BYTES);
         });
         wrote.map_err(|e| Error::io("output", e))?;
         written += ready.iter().map(|d| d.len() as u64).sum::<u64>();
@@ -299,12 +302,37 @@ fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result
     Ok(written)
 }
 
-/// The locations of the next chunks to decode: up to [`WINDOW_BYTES`] of raw data or [`WINDOW_CHUNKS`] chunks.
-fn next_window(repo: &Repository, chunks: &[Id]) -> Result<Vec<Location>> {
+/// Writes a file's chunks at their offsets: the worker that decodes a chunk writes it (positional writes), so
+/// a large file is restored on every core and no decoded window waits in memory.
+fn write_chunks_at(repo: &Repository, chunks: &[Id], file: &File, path: &Path) -> Result<u64> {
+    let mut end = 0u64;
+    let mut rest = chunks;
+    while !rest.is_empty() {
+        let window = next_window(repo, rest, FILE_WINDOW_BYTES)?;
+        rest = &rest[window.len()..];
+        let packs = open_packs(repo, &window)?;
+        let placed: Vec<(&Location, u64)> = window
+            .iter()
+            .map(|loc| {
+                let at = end;
+                end += u64::from(loc.entry.raw_len);
+                (loc, at)
+            })
+            .collect();
+        placed.par_iter().try_for_each(|&(loc, at)| {
+            let data = repo.read_from(&packs[&loc.pack], loc)?;
+            file.write_all_at(&data, at).at(path)
+        })?;
+    }
+    Ok(end)
+}
+
+/// The locations of the next chunks: up to `max_bytes` of raw data or [`WINDOW_CHUNKS`] chunks.
+fn next_window(repo: &Repository, chunks: &[Id], max_bytes: u64) -> Result<Vec<Location>> {
     let mut window = Vec::new();
     let mut bytes = 0u64;
     for id in chunks {
-        if window.len() == WINDOW_CHUNKS || bytes >= WINDOW_BYTES {
+        if window.len() == WINDOW_CHUNKS || bytes >= max_bytes {
             break;
         }
         let loc = repo.locate(id)?;
@@ -314,18 +342,24 @@ fn next_window(repo: &Repository, chunks: &[Id]) -> Result<Vec<Location>> {
     Ok(window)
 }
 
-/// Reads and verifies a window's chunks in parallel, opening each pack once.
+/// Reads and verifies a window's chunks in parallel.
 fn decode_window(repo: &Repository, window: &[Location]) -> Result<Vec<Vec<u8>>> {
+    let packs = open_packs(repo, window)?;
+    window
+        .par_iter()
+        .map(|loc| repo.read_from(&packs[&loc.pack], loc))
+        .collect()
+}
+
+/// Each pack a window needs, opened once.
+fn open_packs(repo: &Repository, window: &[Location]) -> Result<HashMap<Id, File>> {
     let mut packs = HashMap::new();
     for loc in window {
         if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(loc.pack) {
             e.insert(repo.open_pack(&loc.pack)?);
         }
     }
-    window
-        .par_iter()
-        .map(|loc| repo.read_from(&packs[&loc.pack], loc))
-        .collect()
+    Ok(packs)
 }
 
 fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
@@ -485,7 +519,7 @@ mod tests {
     use crate::pack_writer::PackWriter;
 
     #[test]
-    fn chunks_come_out_in_order_across_windows() {
+    fn chunks_come_out_in_order_across_windows_and_at_their_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init(&dir.path().join("repo"), Config::new_default()).unwrap();
         // More chunks than one window holds, then chunks larger in sum than one window's bytes.
@@ -512,5 +546,13 @@ mod tests {
         assert_eq!(n, expected.len() as u64);
         assert!(out == expected, "restored bytes differ from the saved ones");
         assert_eq!(write_chunks(&repo, &[], &mut Vec::new()).unwrap(), 0);
+        // The same through positional writes into a file.
+        let path = dir.path().join("file");
+        let file = File::create(&path).unwrap();
+        assert_eq!(write_chunks_at(&repo, &ids, &file, &path).unwrap(), n);
+        assert!(
+            fs::read(&path).unwrap() == expected,
+            "file differs from the saved chunks"
+        );
     }
 }
