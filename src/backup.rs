@@ -9,6 +9,12 @@
 //! same pool, so small files spread over all cores; the chunks of each large window are hashed and compressed
 //! in parallel; a stream is read on its own thread while the previous window is being processed.
 //!
+//! Source paths: a source is recorded (snapshot `paths`, root-tree name) by the path it was given as, made
+//! absolute but with symlinks kept (an instance's `app/filestore` stays `app/filestore` when it links to
+//! `data/fs-prod`), and read through what it resolves to; when the two differ the resolved path is recorded
+//! in the metadata under [`RESOLVED_PATHS_KEY`], so that an in-place restore can check that the path still
+//! leads to what was backed up.
+//!
 //! Change detection: a file whose size, mtime, ctime and inode equal those recorded in the parent snapshot is
 //! not read; its chunk list is reused (unless `force`).
 
@@ -154,20 +160,24 @@ pub struct BackupResult {
     pub warnings: Vec<String>,
 }
 
+/// The snapshot metadata key mapping each recorded source path that is (or passes through) a symlink to the
+/// path it resolved to when it was backed up.
+pub const RESOLVED_PATHS_KEY: &str = "resolved_paths";
+
 /// Runs a backup; see the module docs for the write ordering.
-pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
+pub fn backup(repo: &Repository, mut opts: BackupOptions) -> Result<BackupResult> {
     let started = Instant::now();
+    if let Some(name) = &opts.instance {
+        crate::instance::validate_name(name)?;
+    }
     let _lock = lock::acquire(repo.root(), false, "backup")?;
-    let sources = resolve_sources(&opts.paths)?;
+    let (sources, paths) = resolve_sources(&opts.paths)?;
+    record_resolved(&mut opts.metadata, &sources, &paths);
     for s in &opts.streams {
         if !valid_name(s.name.as_bytes()) {
             return Err(Error::Invalid(format!("invalid stream name {:?}", s.name)));
         }
     }
-    let paths: Vec<String> = sources
-        .iter()
-        .map(|(p, _)| p.to_string_lossy().into_owned())
-        .collect();
     let parent = find_parent(repo, &opts, &paths)?;
     PackWriter::scope(repo, |writer| {
         run(repo, writer, opts, started, sources, paths, parent)
@@ -234,13 +244,19 @@ fn run(
     })
 }
 
-/// Canonical source paths with their root-tree names; names must be distinct.
-fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+/// A source to read: its resolved path and its root-tree name.
+type Source = (PathBuf, Vec<u8>);
+
+/// The sources to read (root-tree names must be distinct) and the paths to record (as given; see the
+/// module docs).
+fn resolve_sources(paths: &[PathBuf]) -> Result<(Vec<Source>, Vec<String>)> {
     let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
+    let mut sources = Vec::new();
+    let mut recorded = Vec::new();
     for p in paths {
-        let abs = p.canonicalize().at(p)?;
-        let name = abs
+        let resolved = p.canonicalize().at(p)?;
+        let named = named_path(p, &resolved);
+        let name = named
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_else(|| b"root".to_vec());
@@ -250,9 +266,49 @@ fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
                 String::from_utf8_lossy(&name)
             )));
         }
-        out.push((abs, name));
+        recorded.push(named.to_string_lossy().into_owned());
+        sources.push((resolved, name));
     }
-    Ok(out)
+    Ok((sources, recorded))
+}
+
+/// `p` made absolute without resolving symlinks; the resolved path when `p` has a `..` (which only the
+/// file system can interpret) or no last component.
+fn named_path(p: &Path, resolved: &Path) -> PathBuf {
+    match std::path::absolute(p) {
+        Ok(abs)
+            if abs.file_name().is_some()
+                && !abs
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir) =>
+        {
+            abs
+        }
+        _ => resolved.to_path_buf(),
+    }
+}
+
+/// Adds the recorded paths that differ from what they resolved to to the metadata.
+fn record_resolved(
+    metadata: &mut Option<serde_json::Value>,
+    sources: &[Source],
+    recorded: &[String],
+) {
+    let differing: serde_json::Map<String, serde_json::Value> = sources
+        .iter()
+        .zip(recorded)
+        .map(|((resolved, _), named)| (named.clone(), resolved.to_string_lossy().into_owned()))
+        .filter(|(named, resolved)| named != resolved)
+        .map(|(named, resolved)| (named, resolved.into()))
+        .collect();
+    if differing.is_empty() {
+        return;
+    }
+    let m = metadata.get_or_insert_with(|| serde_json::json!({}));
+    if !m.is_object() {
+        *m = serde_json::json!({ "previous": m.take() });
+    }
+    m[RESOLVED_PATHS_KEY] = serde_json::Value::Object(differing);
 }
 
 fn find_parent(

@@ -3,7 +3,8 @@
 //! Every tick it asks the scheduler which instances are due (highest priority first) and starts backups for
 //! them, at most `max_jobs` at a time and never two for the same instance. SIGTERM or SIGINT stops new work;
 //! running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
-//! daemon was down is due once at start (see `schedule`), not once per missed slot.
+//! daemon was down is due once at start (see `schedule`), not once per missed slot. An instance whose config
+//! is refused fails (logged, retried later) without stopping the daemon.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -101,7 +102,16 @@ fn start_due_jobs(
         if state.running.contains(&name) || recently_failed {
             continue;
         }
-        let cfg = instance::load(repo, &name)?;
+        let cfg = match instance::load(repo, &name) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                // A refused config (e.g. a password in its connection string) fails this instance only.
+                eprintln!("cairn daemon: {name}: backup refused: {e}");
+                runner::record_refused(repo, &name, &e)?;
+                state.failed_at.insert(name, Instant::now());
+                continue;
+            }
+        };
         let (repo, db) = (repo.clone(), db.clone());
         state.running.insert(name.clone());
         eprintln!("cairn daemon: {name}: backup started");

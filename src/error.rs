@@ -57,11 +57,52 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps an I/O error with the path it happened on.
+    /// Wraps an I/O error with the path it happened on. An error that already names a path of its own (the
+    /// `tempfile` crate's "... at path \"dir/.tmpXXXX\"") is reduced to its OS error, so that a message names
+    /// one path once.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            source: without_own_path(source),
+        }
+    }
+
+    /// The same error with `note` appended to its message, keeping its kind. Wrapping an error's text in a
+    /// new error instead would repeat its prefix ("postgres: postgres: ...").
+    pub fn with_note(self, note: impl std::fmt::Display) -> Error {
+        match self {
+            Error::Postgres(m) => Error::Postgres(format!("{m}{note}")),
+            Error::Invalid(m) => Error::Invalid(format!("{m}{note}")),
+            Error::Command(m) => Error::Command(format!("{m}{note}")),
+            Error::NotFound(m) => Error::NotFound(format!("{m}{note}")),
+            Error::Corrupt { what, detail } => Error::Corrupt {
+                what,
+                detail: format!("{detail}{note}"),
+            },
+            Error::Io { path, source } => Error::Io {
+                path,
+                source: std::io::Error::new(source.kind(), format!("{source}{note}")),
+            },
+            other => Error::Invalid(format!("{other}{note}")),
+        }
+    }
+
+    /// The same error with `context` put before its message (after its kind's prefix), keeping its kind.
+    pub fn with_context(self, context: impl std::fmt::Display) -> Error {
+        match self {
+            Error::Postgres(m) => Error::Postgres(format!("{context}: {m}")),
+            Error::Invalid(m) => Error::Invalid(format!("{context}: {m}")),
+            Error::Command(m) => Error::Command(format!("{context}: {m}")),
+            Error::NotFound(m) => Error::NotFound(format!("{context}: {m}")),
+            other => Error::Invalid(format!("{context}: {other}")),
+        }
+    }
+
+    /// The message without its kind's prefix (for an error quoted inside another one of the same kind).
+    pub fn message(&self) -> String {
+        match self {
+            Error::Postgres(m) => m.clone(),
+            other => other.to_string(),
         }
     }
 
@@ -71,6 +112,20 @@ impl Error {
             what: what.into(),
             detail: detail.to_string(),
         }
+    }
+}
+
+/// `e` without a path it names itself: the `tempfile` crate decorates an OS error as `{error} at path
+/// {path:?}` (its `PathError`, which exposes neither the OS error nor the path), and the caller names the
+/// directory already; the decoration is dropped, keeping the error's kind and text.
+fn without_own_path(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error().is_some() || e.get_ref().is_none() {
+        return e;
+    }
+    let text = e.to_string();
+    match text.split_once(" at path \"") {
+        Some((own, _)) => std::io::Error::new(e.kind(), own.to_string()),
+        None => e,
     }
 }
 

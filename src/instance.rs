@@ -4,8 +4,10 @@
 //! Storage: each instance's config is a row of the index database (so every host that opens the repository
 //! sees it) and, written first and durably, a JSON file `instances/<name>.json`, because the index is a
 //! rebuildable cache and `repair index` must not lose configuration. The run log lives in the index only.
-//! Configs are validated on write: names `[a-z0-9_-]`, absolute paths, parseable cron expressions, and no
-//! password in a connection string (passwords belong in ~/.pgpass or PGPASSWORD, never in the repository).
+//! Configs are validated on write: names `[a-z0-9_-]`, absolute paths, cron expressions that parse and fire
+//! within [`crate::schedule::FIRE_HORIZON_YEARS`], and no password in a connection string (passwords belong
+//! in ~/.pgpass or PGPASSWORD, never in the repository). A config edited by hand to hold a password is
+//! refused on load ([`load`]) and never printed ([`InstanceConfig::printable`]).
 
 use std::path::PathBuf;
 
@@ -67,7 +69,7 @@ impl InstanceConfig {
     pub fn validate(&self) -> Result<()> {
         validate_name(&self.name)?;
         if let Some(s) = &self.schedule {
-            Schedule::parse(s)?;
+            Schedule::parse(s)?.check_fires(Utc::now())?;
         }
         for p in &self.paths {
             if !p.is_absolute() {
@@ -84,16 +86,33 @@ impl InstanceConfig {
             )));
         }
         if let Some(c) = &self.pg_conn {
-            if c.split_whitespace()
-                .any(|kv| kv.trim_start().to_ascii_lowercase().starts_with("password"))
-            {
-                return Err(Error::Invalid(
-                    "--pg-conn must not hold a password: use ~/.pgpass or PGPASSWORD (it would be stored in the repository)"
-                        .into(),
-                ));
-            }
+            crate::postgres::parse_conninfo(c)?;
         }
         Ok(())
+    }
+
+    /// Refuses a stored connection string that holds a password (a config edited by hand): it is neither
+    /// used nor printed. The message does not quote it.
+    pub fn check_stored_conn(&self) -> Result<()> {
+        match &self.pg_conn {
+            Some(c) if crate::postgres::parse_conninfo(c).is_err() => Err(Error::Invalid(format!(
+                "instance {}: its stored connection string holds a password or does not parse (edited by \
+                 hand?); cairn neither uses nor prints it: set a new one with `cairn instance set {} --pg-conn \
+                 ...` and keep the password in ~/.pgpass or PGPASSWORD",
+                self.name, self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The config as it may be shown: a stored connection string that fails [`Self::check_stored_conn`]
+    /// is replaced by a note.
+    pub fn printable(&self) -> InstanceConfig {
+        let mut c = self.clone();
+        if c.check_stored_conn().is_err() {
+            c.pg_conn = Some(REFUSED_CONN.into());
+        }
+        c
     }
 
     /// The parsed schedule, if any.
@@ -101,6 +120,10 @@ impl InstanceConfig {
         self.schedule.as_deref().map(Schedule::parse).transpose()
     }
 }
+
+/// Shown instead of a stored connection string that holds a password.
+pub const REFUSED_CONN: &str =
+    "(refused: holds a password; set a new one with `cairn instance set`)";
 
 /// Instance names: 1 to 64 of `[a-z0-9_-]`.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -135,8 +158,17 @@ pub fn save(repo: &Repository, cfg: &InstanceConfig) -> Result<()> {
     Ok(())
 }
 
-/// Loads one instance's config.
+/// Loads one instance's config to use or show it: one whose stored connection string holds a password is
+/// refused (see [`InstanceConfig::check_stored_conn`]).
 pub fn load(repo: &Repository, name: &str) -> Result<InstanceConfig> {
+    let cfg = load_for_update(repo, name)?;
+    cfg.check_stored_conn()?;
+    Ok(cfg)
+}
+
+/// Loads one instance's config to change it (`instance set`, `pause`, `remove`): a refused connection
+/// string can then be replaced; [`save`] validates the result.
+pub fn load_for_update(repo: &Repository, name: &str) -> Result<InstanceConfig> {
     validate_name(name)?;
     let json: Option<String> = repo
         .index()
@@ -171,7 +203,7 @@ pub fn list(repo: &Repository) -> Result<Vec<InstanceConfig>> {
 
 /// Removes an instance's config (its snapshots stay unless the caller forgets them).
 pub fn remove(repo: &Repository, name: &str) -> Result<()> {
-    load(repo, name)?;
+    load_for_update(repo, name)?;
     repo.index()
         .raw()
         .execute("DELETE FROM instances WHERE name = ?1", params![name])?;
@@ -289,9 +321,13 @@ mod tests {
         cfg.paths = vec!["/srv/filestore".into()];
         cfg.pg_conn = Some("host=db password=hunter2".into());
         assert!(save(&repo, &cfg).is_err(), "password in conn string");
+        cfg.pg_conn = Some("postgresql://u:hunter2@db/x".into());
+        assert!(save(&repo, &cfg).is_err(), "password in a URI");
         cfg.pg_conn = Some("host=db".into());
         cfg.schedule = Some("not cron".into());
         assert!(save(&repo, &cfg).is_err());
+        cfg.schedule = Some("0 0 31 2 *".into());
+        assert!(save(&repo, &cfg).is_err(), "never fires");
         cfg.schedule = Some("0 3 * * *".into());
         save(&repo, &cfg).unwrap();
         assert!(validate_name("Bad Name").is_err());

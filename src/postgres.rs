@@ -147,10 +147,7 @@ impl PgConn {
 
     fn with_env(conninfo: Option<&str>, env: EnvFn) -> Result<PgConn> {
         let mut config = match conninfo {
-            Some(s) => tokio_postgres::Config::from_str(s).map_err(|e| {
-                // The parser's message names the offending keyword, never a value.
-                Error::Invalid(format!("--pg-conn: {}", pg_err(&e)))
-            })?,
+            Some(s) => parse_conninfo(s)?,
             None => tokio_postgres::Config::new(),
         };
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
@@ -234,6 +231,13 @@ impl PgConn {
             password,
             passfile,
         })
+    }
+
+    /// The same settings with this password (for library callers holding one; a connection string
+    /// never carries one, see [`parse_conninfo`]).
+    pub fn with_password(mut self, password: &[u8]) -> PgConn {
+        self.password = Some(password.to_vec());
+        self
     }
 
     /// The server(s) as `host:port` (comma-separated), for messages and metadata.
@@ -367,6 +371,59 @@ impl PgConn {
         env.push(("PGSSLMODE", ssl.into()));
         env
     }
+}
+
+/// Why a connection string with a password is refused (never quoting the string: it holds the password).
+pub const PASSWORD_IN_CONNINFO: &str =
+    "--pg-conn must not hold a password (it would be stored in the \
+     repository or shown in a process list): keep it in ~/.pgpass (or PGPASSFILE) or PGPASSWORD";
+
+/// Parses a libpq connection string (keyword/value or `postgres[ql]://` URI), refusing one that holds a
+/// password in any form libpq accepts: `password=` (any case, spaces around `=`, quoted), URI user info
+/// `user:secret@`, `?password=`/`&password=`, percent-encoded keys (`pass%77ord`), several hosts.
+///
+/// Two independent checks, because a password that slips through is stored in the repository: the parser
+/// tokio-postgres uses to connect says whether it set a password, and a textual scan of the percent-decoded
+/// string catches spellings that parser rejects or reads differently than libpq (`PASSWORD=`, an upper-case
+/// scheme). The textual scan runs first so that such spellings are named as passwords, not as syntax errors.
+/// Error messages name keywords, never values.
+pub fn parse_conninfo(conninfo: &str) -> Result<tokio_postgres::Config> {
+    if textual_password(conninfo) {
+        return Err(Error::Invalid(PASSWORD_IN_CONNINFO.into()));
+    }
+    let config = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
+        // The parser's message names the offending keyword, never a value.
+        Error::Invalid(format!(
+            "--pg-conn is not a libpq connection string: {}",
+            pg_err(&e)
+        ))
+    })?;
+    if config.get_password().is_some() {
+        return Err(Error::Invalid(PASSWORD_IN_CONNINFO.into()));
+    }
+    Ok(config)
+}
+
+/// Whether the percent-decoded, lower-cased string has a `password` keyword followed by `=`, or is a URI
+/// whose user info holds a `:`.
+fn textual_password(conninfo: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(conninfo)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    let keyword = decoded
+        .match_indices("password")
+        .any(|(i, k)| decoded[i + k.len()..].trim_start().starts_with('='));
+    let lower = conninfo.to_ascii_lowercase();
+    let uri_rest = ["postgresql://", "postgres://"]
+        .iter()
+        .find_map(|p| lower.trim_start().strip_prefix(p));
+    let userinfo_password = uri_rest.is_some_and(|rest| {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    });
+    keyword || userinfo_password
 }
 
 /// The effective user's login name, libpq's default user.
@@ -987,8 +1044,8 @@ pub fn restore_database(
         }
         let safety = backup_database(repo, conn, db, opts.instance.clone(), vec!["safety".into()])
             .map_err(|e| {
-                Error::Postgres(format!(
-                    "safety snapshot of database {db:?} failed, nothing was changed: {e}"
+                e.with_context(format!(
+                    "safety snapshot of database {db:?} failed, nothing was changed"
                 ))
             })?;
         on_safety(&safety.snapshot_id);
@@ -997,7 +1054,7 @@ pub fn restore_database(
             "; its previous contents are in safety snapshot {}",
             safety.snapshot_id
         );
-        drop_database(&admin, db).map_err(|e| Error::Postgres(format!("{e}{safety_note}")))?;
+        drop_database(&admin, db).map_err(|e| e.with_note(&safety_note))?;
     }
     let mut create = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(db));
     if let Some(f) = &facts {
@@ -1013,7 +1070,7 @@ pub fn restore_database(
     }
     admin
         .execute(&create)
-        .map_err(|e| Error::Postgres(format!("{e}{safety_note}")))?;
+        .map_err(|e| e.with_note(&safety_note))?;
 
     match run_pg_restore(repo, snap, conn, &stream, db, opts.owner_acl) {
         Ok((bytes, stderr)) => {
@@ -1024,15 +1081,18 @@ pub fn restore_database(
             // Half a database is worse than none: drop what this restore created, so a retry starts clean.
             let dropped = match drop_database(&admin, db) {
                 Ok(()) => format!("database {db:?} was dropped again"),
-                Err(d) => format!("dropping the half-restored database failed too: {d}"),
+                Err(d) => format!(
+                    "dropping the half-restored database failed too: {}",
+                    d.message()
+                ),
             };
-            return Err(Error::Postgres(format!("{e}; {dropped}{safety_note}")));
+            return Err(e.with_note(format!("; {dropped}{safety_note}")));
         }
     }
     if let Some(f) = &facts {
         let (tables, rows) = verify_row_counts(conn, db, &f.tables).map_err(|e| {
-            Error::Postgres(format!(
-                "{e} (the restored database is left for inspection){safety_note}"
+            e.with_note(format!(
+                " (the restored database is left for inspection){safety_note}"
             ))
         })?;
         report.verified = true;
@@ -1191,15 +1251,15 @@ mod tests {
             ("PGUSER", "envuser"),
             ("PGPASSWORD", "envsecret"),
         ]);
-        let c = PgConn::with_env(Some("host=db.example port=5444 password=s3cret"), &env).unwrap();
+        let c = PgConn::with_env(Some("host=db.example port=5444"), &env).unwrap();
         assert_eq!(c.server(), "db.example:5444");
         assert_eq!(c.user(), "envuser");
-        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!format!("{c:?}").contains("envsecret"));
         let child: BTreeMap<_, _> = c.child_env("app").into_iter().collect();
         assert_eq!(child["PGHOST"], "db.example");
         assert_eq!(child["PGPORT"], "5444");
         assert_eq!(child["PGUSER"], "envuser");
-        assert_eq!(child["PGPASSWORD"], "s3cret");
+        assert_eq!(child["PGPASSWORD"], "envsecret");
         assert_eq!(child["PGDATABASE"], "app");
 
         let c = PgConn::with_env(None, &env).unwrap();
@@ -1209,6 +1269,44 @@ mod tests {
 
         assert!(PgConn::with_env(Some("nonsense_key=1"), &env).is_err());
         assert!(PgConn::with_env(None, &env_of(&[("PGPORT", "x"), ("PGUSER", "u")])).is_err());
+    }
+
+    #[test]
+    fn every_spelling_of_a_password_in_a_connection_string_is_refused_without_echo() {
+        for c in [
+            "password=pw1secret",
+            "host=h password = pw1secret",
+            "host=h password='pw1 secret'",
+            "host=h PASSWORD=pw1secret",
+            "host=h PassWord\t= pw1secret",
+            "postgresql://u:pw1secret@h/db",
+            "postgres://u:pw1secret@h1:5432,h2:5433/db",
+            "postgresql://u:@h/db",
+            "postgresql://h/db?password=pw1secret",
+            "postgresql://h/db?sslmode=disable&password=pw1secret",
+            "postgresql://h/db?pass%77ord=pw1secret",
+            "postgresql://h/db?%50ASSWORD=pw1secret",
+            "POSTGRESQL://u:pw1secret@h/db",
+            " postgresql://u:pw1secret@h/db",
+        ] {
+            let e = parse_conninfo(c)
+                .err()
+                .unwrap_or_else(|| panic!("{c:?} accepted"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains("password") && !msg.contains("pw1"),
+                "{c:?}: {msg}"
+            );
+        }
+        for c in [
+            "host=h port=5433 user=u",
+            "host=h dbname=password_archive",
+            "postgresql://u@h:5433/db?application_name=cairn",
+            "postgresql://h1,h2/db?connect_timeout=5",
+            "postgresql://h/db?options=a%40b",
+        ] {
+            assert!(parse_conninfo(c).is_ok(), "{c:?} refused");
+        }
     }
 
     #[test]

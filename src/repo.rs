@@ -211,15 +211,29 @@ impl Repository {
             .collect()
     }
 
-    /// Resolves `latest`, a full id or a unique prefix of at least 4 hex digits.
+    /// Resolves `latest`, a full id or a unique prefix of at least 4 hex digits. `latest` skips snapshots
+    /// dated in the future ([`crate::schedule::is_future`]): a mistyped `--force-time` must not shadow every
+    /// later backup; such a snapshot is still reachable by its id.
     pub fn resolve_snapshot(&self, spec: &str, instance: Option<&str>) -> Result<(Id, Snapshot)> {
         if spec == "latest" {
+            let now = chrono::Utc::now();
+            let mut future = 0;
             return self
                 .snapshots()?
                 .into_iter()
                 .rev()
-                .find(|(_, s)| instance.is_none() || s.instance.as_deref() == instance)
-                .ok_or_else(|| Error::NotFound("no snapshot found for `latest`".into()));
+                .filter(|(_, s)| instance.is_none() || s.instance.as_deref() == instance)
+                .find(|(_, s)| {
+                    let skip = crate::schedule::is_future(s.time, now);
+                    future += usize::from(skip);
+                    !skip
+                })
+                .ok_or_else(|| match future {
+                    0 => Error::NotFound("no snapshot found for `latest`".into()),
+                    n => Error::NotFound(format!(
+                        "no snapshot found for `latest` ({n} dated in the future skipped: name one by its id)"
+                    )),
+                });
         }
         let spec = spec.to_ascii_lowercase();
         if spec.len() < 4 || spec.len() > 64 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -1,8 +1,12 @@
 //! Running an instance's jobs: hooks around a backup, the run log, failure notification, and `run-due`.
 //!
-//! A failing pre-hook aborts the run (nothing is backed up) and is logged; the post-hook runs whether or not
-//! the backup succeeded (it typically restarts a service the pre-hook stopped). Every run, successful or not,
-//! leaves a record; on failure the instance's `notify` command receives the record as JSON on stdin.
+//! A failing pre-hook aborts the run (nothing is backed up) and is logged; the post-hook runs whenever the
+//! pre-hook ran, whether the pre-hook, the database dump or the backup failed (it typically restarts a
+//! service the pre-hook stopped). Every run, successful or not, leaves a record; on failure the instance's
+//! `notify` command receives the record as JSON on stdin. An instance whose stored config is refused (a
+//! password in its connection string) fails its run without stopping the others.
+//!
+//! Scheduling trusts only snapshots not dated in the future (see `schedule`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -46,33 +50,7 @@ pub fn backup_instance(
     progress: Progress,
 ) -> Result<BackupResult> {
     let start = Utc::now();
-    let result: Result<BackupResult> = (|| {
-        if let Some(pre) = &cfg.pre_hook {
-            run_hook("pre", pre, cfg)?;
-        }
-        let out = (|| {
-            let (streams, finalize_metadata) = match db(cfg)? {
-                Some((s, hook)) => (vec![s], vec![hook]),
-                None => (Vec::new(), Vec::new()),
-            };
-            backup::backup(
-                repo,
-                BackupOptions {
-                    paths: cfg.paths.clone(),
-                    streams,
-                    instance: Some(cfg.name.clone()),
-                    time,
-                    finalize_metadata,
-                    progress,
-                    ..BackupOptions::default()
-                },
-            )
-        })();
-        let post = cfg.post_hook.as_ref().map(|p| run_hook("post", p, cfg));
-        let out = out?;
-        post.transpose()?;
-        Ok(out)
-    })();
+    let result = with_hooks(cfg, || take_snapshot(repo, cfg, time, db, progress));
     let record = RunRecord {
         instance: Some(cfg.name.clone()),
         kind: "backup".into(),
@@ -94,6 +72,64 @@ pub fn backup_instance(
     result
 }
 
+/// Runs `job` between the instance's hooks. A failed pre-hook skips the job; the post-hook runs in every case
+/// (the pre-hook may have stopped a service before failing). Both failures are reported when both fail.
+fn with_hooks<T>(cfg: &InstanceConfig, job: impl FnOnce() -> Result<T>) -> Result<T> {
+    let hook =
+        |what: &str, cmd: &Option<String>| cmd.as_ref().map_or(Ok(()), |c| run_hook(what, c, cfg));
+    let out = hook("pre", &cfg.pre_hook).and_then(|()| job());
+    let post = hook("post", &cfg.post_hook);
+    match (out, post) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+        (Err(e), Err(p)) => Err(e.with_note(format!("; the post hook failed too: {p}"))),
+    }
+}
+
+/// The snapshot itself: the database stream (if any) and the instance's paths.
+fn take_snapshot(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    time: Option<DateTime<FixedOffset>>,
+    db: DbStream,
+    progress: Progress,
+) -> Result<BackupResult> {
+    let (streams, finalize_metadata) = match db(cfg)? {
+        Some((s, hook)) => (vec![s], vec![hook]),
+        None => (Vec::new(), Vec::new()),
+    };
+    backup::backup(
+        repo,
+        BackupOptions {
+            paths: cfg.paths.clone(),
+            streams,
+            instance: Some(cfg.name.clone()),
+            time,
+            finalize_metadata,
+            progress,
+            ..BackupOptions::default()
+        },
+    )
+}
+
+/// Records a run that could not start because the instance's stored config was refused.
+pub fn record_refused(repo: &Repository, name: &str, e: &Error) -> Result<()> {
+    let now = Utc::now();
+    instance::record_run(
+        repo,
+        &RunRecord {
+            instance: Some(name.to_string()),
+            kind: "backup".into(),
+            start: now,
+            end: Some(now),
+            status: "failed".into(),
+            bytes: None,
+            snapshot_id: None,
+            error: Some(e.to_string()),
+        },
+    )
+}
+
 /// Sends a failed run to the instance's notify command; a failing notifier is reported, not fatal.
 fn notify(cfg: &InstanceConfig, record: &RunRecord) {
     let Some(cmd) = &cfg.notify else { return };
@@ -113,18 +149,24 @@ fn notify(cfg: &InstanceConfig, record: &RunRecord) {
     }
 }
 
-/// The scheduler's view of every instance, read from the repository.
+/// The scheduler's view of every instance, read from the repository, now.
 pub fn schedule_states(repo: &Repository) -> Result<Vec<ScheduleState>> {
+    schedule_states_at(repo, Utc::now())
+}
+
+/// The scheduler's view at `now`: snapshots dated after `now` (beyond the tolerance) are counted, not trusted.
+pub fn schedule_states_at(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<ScheduleState>> {
     let snaps = repo.snapshots()?;
     let runs = instance::runs(repo, None)?;
     instance::list(repo)?
         .into_iter()
         .map(|cfg| {
-            let last_snapshot = snaps
+            let (future, valid): (Vec<_>, Vec<_>) = snaps
                 .iter()
                 .filter(|(_, s)| s.instance.as_deref() == Some(&cfg.name))
-                .map(|(_, s)| s.time.with_timezone(&Utc))
-                .max();
+                .map(|(_, s)| s.time)
+                .partition(|t| schedule::is_future(*t, now));
+            let last_snapshot = valid.iter().map(|t| t.with_timezone(&Utc)).max();
             let last_run_failed = runs
                 .iter()
                 .rev()
@@ -137,6 +179,7 @@ pub fn schedule_states(repo: &Repository) -> Result<Vec<ScheduleState>> {
                 paused: cfg.paused,
                 created: cfg.created,
                 last_snapshot,
+                future_snapshots: future.len(),
                 last_run_failed,
             })
         })
@@ -221,10 +264,21 @@ pub struct DueOutcome {
 
 /// Backs up every due instance once, highest priority first, one after the other.
 pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Vec<DueOutcome>> {
-    let states = schedule_states(repo)?;
+    let states = schedule_states_at(repo, now)?;
     let mut out = Vec::new();
     for name in schedule::due_in_order(&states, now) {
-        let cfg = instance::load(repo, &name)?;
+        let cfg = match instance::load(repo, &name) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                record_refused(repo, &name, &e)?;
+                out.push(DueOutcome {
+                    instance: name,
+                    snapshot_id: None,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
         let r = backup_instance(repo, &cfg, None, db, Progress::hidden());
         if r.is_ok() {
             if let Err(e) = housekeeping(repo, &cfg) {

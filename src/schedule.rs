@@ -7,11 +7,17 @@
 //!   created) has passed;
 //! - it is overdue when a further slot plus a grace period has passed too, or when its last run failed;
 //! - a run missed while the host was down is run once, not once per missed slot (due is a yes/no question);
-//! - paused and manual instances are never due.
+//! - paused and manual instances are never due;
+//! - a snapshot dated more than [`FUTURE_TOLERANCE_MINUTES`] after now (a `--force-time` typo, a skewed
+//!   clock) is not trusted: it neither makes an instance look up to date nor postpones its next slot, until
+//!   the clock reaches it;
+//! - a schedule must fire within [`FIRE_HORIZON_YEARS`] (`0 0 31 2 *` never does; Feb 29 does, at most
+//!   eight years apart across a non-leap century year);
+//! - slots are whole seconds.
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Duration, Local, TimeZone, Utc};
+use chrono::{DateTime, Duration, FixedOffset, Local, SubsecRound, TimeZone, Utc};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 
@@ -148,14 +154,56 @@ impl Schedule {
         &self.expr
     }
 
-    /// The first slot strictly after `t`, evaluated in local time.
+    /// The first slot strictly after `t`, evaluated in local time, in whole seconds.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = Local.from_utc_datetime(&t.naive_utc());
+        let local = Local.from_utc_datetime(&t.trunc_subsecs(0).naive_utc());
         self.cron
             .find_next_occurrence(&local, false)
             .ok()
-            .map(|d| d.with_timezone(&Utc))
+            .map(|d| d.with_timezone(&Utc).trunc_subsecs(0))
     }
+
+    /// Refuses a schedule with no slot within [`FIRE_HORIZON_YEARS`] of `now` (it would never run).
+    pub fn check_fires(&self, now: DateTime<Utc>) -> Result<()> {
+        let horizon = now + Duration::days(366 * FIRE_HORIZON_YEARS);
+        match self.next_after(now) {
+            Some(next) if next <= horizon => Ok(()),
+            _ => Err(Error::Invalid(format!(
+                "schedule {:?} never fires (no slot within {FIRE_HORIZON_YEARS} years)",
+                self.expr
+            ))),
+        }
+    }
+}
+
+/// A schedule must fire within this many years: Feb 29 schedules fire every four years, eight across a
+/// non-leap century year (2096 to 2104).
+pub const FIRE_HORIZON_YEARS: i64 = 9;
+
+/// How far after now a snapshot time may lie and still be trusted (clock skew between hosts). A later one is
+/// refused by `--time` unless `--force-time`, and ignored by scheduling, `health` and `latest`.
+pub const FUTURE_TOLERANCE_MINUTES: i64 = 5;
+
+/// Whether `t` is dated in the future: more than [`FUTURE_TOLERANCE_MINUTES`] after `now`.
+pub fn is_future(t: DateTime<FixedOffset>, now: DateTime<Utc>) -> bool {
+    t.with_timezone(&Utc) > now + Duration::minutes(FUTURE_TOLERANCE_MINUTES)
+}
+
+/// Refuses a snapshot time dated in the future unless `force`.
+pub fn check_snapshot_time(
+    t: DateTime<FixedOffset>,
+    now: DateTime<Utc>,
+    force: bool,
+) -> Result<()> {
+    if force || !is_future(t, now) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "--time {} is in the future (more than {FUTURE_TOLERANCE_MINUTES} minutes after now, {}): such a \
+         snapshot would be ignored by scheduling, health and `latest`; pass --force-time to store it anyway",
+        t.to_rfc3339(),
+        now.trunc_subsecs(0).to_rfc3339()
+    )))
 }
 
 /// What the scheduler needs to know about one instance.
@@ -166,7 +214,10 @@ pub struct ScheduleState {
     pub schedule: Option<Schedule>,
     pub paused: bool,
     pub created: DateTime<Utc>,
+    /// The newest snapshot not dated in the future.
     pub last_snapshot: Option<DateTime<Utc>>,
+    /// Snapshots dated in the future, ignored by the rules above.
+    pub future_snapshots: usize,
     pub last_run_failed: bool,
 }
 
@@ -242,8 +293,33 @@ mod tests {
             paused: false,
             created: at("2026-01-01T00:00:00Z"),
             last_snapshot: last.map(at),
+            future_snapshots: 0,
             last_run_failed: false,
         }
+    }
+
+    #[test]
+    fn never_firing_schedules_are_refused_rare_ones_accepted() {
+        let now = at("2097-03-01T00:00:00Z"); // the next Feb 29 is in 2104
+        for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4 *", "0 0 31 6,9,11 *"] {
+            let s = Schedule::parse(never).unwrap();
+            assert!(s.check_fires(now).is_err(), "{never}");
+        }
+        for rare in ["0 0 29 2 *", "0 0 31 1,2 *", "0 3 1 1 *"] {
+            Schedule::parse(rare).unwrap().check_fires(now).unwrap();
+        }
+    }
+
+    #[test]
+    fn slots_are_whole_seconds_and_future_times_are_refused_unless_forced() {
+        let s = Schedule::parse("*/10 * * * *").unwrap();
+        let t = at("2026-03-01T10:03:07.123456789Z");
+        assert_eq!(s.next_after(t), Some(at("2026-03-01T10:10:00Z")));
+        let now = at("2026-03-01T10:00:00Z");
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
+        assert!(check_snapshot_time(t("2026-03-01T10:05:00Z"), now, false).is_ok());
+        assert!(check_snapshot_time(t("2026-03-01T10:05:01Z"), now, false).is_err());
+        assert!(check_snapshot_time(t("2262-04-12T00:00:00Z"), now, true).is_ok());
     }
 
     #[test]

@@ -339,7 +339,17 @@ fn password_comes_from_pgpass_and_never_reaches_snapshots_or_messages() {
         .unwrap()
         .to_string();
 
-    // A wrong password in --pg-conn: one line naming the failure, not the password.
+    // A wrong password (PGPASSWORD): one line naming the failure, not the password.
+    let err = fails(
+        role.cairn(&repo)
+            .args(["backup", "--pg", role.db.name()])
+            .env("PGPASSWORD", "Wr0ng-Secret-77"),
+        1,
+    );
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains("Wr0ng-Secret-77"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A password in --pg-conn is refused before connecting (it could be stored or seen in a process list).
     let err = fails(
         role.cairn(&repo).args([
             "backup",
@@ -350,9 +360,8 @@ fn password_comes_from_pgpass_and_never_reaches_snapshots_or_messages() {
         ]),
         1,
     );
-    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(err.contains("must not hold a password"), "{err}");
     assert!(!err.contains("Wr0ng-Secret-77"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // The password is nowhere in what the repository holds or shows.
     let listing = ok(cairn(&repo).args(["snapshots", "--json"]));
@@ -601,13 +610,14 @@ fn row_count_verification_names_every_differing_table() {
     );
     let get = |k: &str| pg_env().iter().find(|(n, _)| n == k).unwrap().1.clone();
     let conninfo = format!(
-        "host={} port={} user={} password={}",
+        "host={} port={} user={}",
         get("PGHOST"),
         get("PGPORT"),
         get("PGUSER"),
-        get("PGPASSWORD")
     );
-    let conn = PgConn::new(Some(&conninfo)).unwrap();
+    let conn = PgConn::new(Some(&conninfo))
+        .unwrap()
+        .with_password(get("PGPASSWORD").as_bytes());
     let rows = |schema: &str, table: &str, rows| TableRows {
         schema: schema.into(),
         table: table.into(),

@@ -114,6 +114,9 @@ pub enum Command {
         /// The archive's original time (RFC 3339 or "YYYY-MM-DD HH:MM").
         #[arg(long)]
         time: String,
+        /// Accept a --time more than 5 minutes after now.
+        #[arg(long)]
+        force_time: bool,
         file: PathBuf,
     },
     /// Write a snapshot out as an archive (the dump and filestore/ at the root) on stdout.
@@ -129,6 +132,54 @@ pub enum Command {
         #[arg(long)]
         remove_all: bool,
     },
+}
+
+impl Command {
+    /// Every instance name the command was given, so that one place checks them all (an unchecked name
+    /// such as `../../etc/x` would reach file names and the index).
+    pub fn instance_names(&self) -> Vec<&str> {
+        let name = match self {
+            Command::Backup(a) => a.instance.as_deref(),
+            Command::Restore(a) => a.instance.as_deref(),
+            Command::Forget(a) => a.instance.as_deref(),
+            Command::Snapshots { instance }
+            | Command::Ls { instance, .. }
+            | Command::Dump { instance, .. }
+            | Command::Log { instance }
+            | Command::Stats { instance }
+            | Command::ImportArchive { instance, .. } => instance.as_deref(),
+            Command::Instance { action } => action.name(),
+            Command::Init(_)
+            | Command::Show { .. }
+            | Command::Check(_)
+            | Command::Prune { .. }
+            | Command::Repair { .. }
+            | Command::RunDue
+            | Command::Daemon { .. }
+            | Command::Health { .. }
+            | Command::Schedule { .. }
+            | Command::Export { .. }
+            | Command::Unlock { .. } => None,
+        };
+        name.into_iter().collect()
+    }
+}
+
+impl InstanceAction {
+    /// The instance the action names, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            InstanceAction::Add { name, .. }
+            | InstanceAction::Show { name }
+            | InstanceAction::Set { name, .. }
+            | InstanceAction::Pause { name }
+            | InstanceAction::Resume { name }
+            | InstanceAction::Remove { name, .. }
+            | InstanceAction::Backup { name, .. }
+            | InstanceAction::Restore { name, .. } => Some(name),
+            InstanceAction::List => None,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +208,9 @@ pub struct BackupArgs {
     /// Snapshot time (RFC 3339 or "YYYY-MM-DD HH:MM[:SS]" local); default now.
     #[arg(long)]
     pub time: Option<String>,
+    /// Accept a --time more than 5 minutes after now (such a snapshot is ignored by schedules, health and `latest`).
+    #[arg(long, requires = "time")]
+    pub force_time: bool,
     /// Dump this PostgreSQL database (pg_dump, streamed) into the snapshot as the stream DBNAME.dump.
     #[arg(long, value_name = "DBNAME")]
     pub pg: Option<String>,
@@ -335,6 +389,9 @@ pub enum InstanceAction {
         /// Snapshot time (for imports and tests).
         #[arg(long)]
         time: Option<String>,
+        /// Accept a --time more than 5 minutes after now.
+        #[arg(long, requires = "time")]
+        force_time: bool,
     },
     /// Restore an instance's files (the snapshot, or the latest at or before --at).
     Restore {

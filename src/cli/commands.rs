@@ -59,6 +59,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    for name in cli.command.instance_names() {
+        cairn::instance::validate_name(name)?;
+    }
     // Restore, check, forget and prune go into the run log (backups are logged by the instance runner).
     let logged = match &cli.command {
         Command::Restore(a) => Some(("restore", a.instance.clone())),
@@ -146,8 +149,9 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::ImportArchive {
             instance: i,
             time,
+            force_time,
             file,
-        } => import_archive(ctx, i, &time, &file),
+        } => import_archive(ctx, i, &time, force_time, &file),
         Command::Export { snapshot, format } => export(ctx, &snapshot, &format),
     }
 }
@@ -209,7 +213,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             "nothing to back up: give paths, --pg, --stdin or --stdin-from-command".into(),
         ));
     }
-    let time = a.time.as_deref().map(parse_time).transpose()?;
+    let time = snapshot_time(a.time.as_deref(), a.force_time)?;
     let repo = open_for_backup(ctx)?;
     let mut finalize_metadata = Vec::new();
     if let Some((stream, hook)) = pg::dump_source(&a)? {
@@ -264,6 +268,15 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         return Ok(EXIT_PARTIAL);
     }
     Ok(EXIT_OK)
+}
+
+/// A `--time` for a new snapshot: parsed, and refused when dated in the future unless `force`.
+pub fn snapshot_time(time: Option<&str>, force: bool) -> Result<Option<DateTime<FixedOffset>>> {
+    let Some(t) = time.map(parse_time).transpose()? else {
+        return Ok(None);
+    };
+    cairn::schedule::check_snapshot_time(t, chrono::Utc::now(), force)?;
+    Ok(Some(t))
 }
 
 /// Accepts RFC 3339 or a local "YYYY-MM-DD HH:MM[:SS]".
@@ -631,9 +644,11 @@ fn import_archive(
     ctx: &Ctx,
     instance: Option<String>,
     time: &str,
+    force_time: bool,
     file: &std::path::Path,
 ) -> Result<i32> {
-    let time = parse_time(time)?;
+    let time = snapshot_time(Some(time), force_time)?
+        .ok_or_else(|| Error::Invalid("--time is missing".into()))?;
     let repo = open_for_backup(ctx)?;
     let r = cairn::archive::import_archive(&repo, file, instance, time)?;
     if ctx.json {

@@ -1,6 +1,12 @@
 //! `instance …`, `run-due`, `log`, `stats`, `health` and `schedule`: the operator's view of instances.
+//!
+//! Times meant for people are printed to the second ([`human_time`]). `instance restore --in-place` writes
+//! each of the instance's paths into what that path resolves to now, after checking that this is what the
+//! snapshot backed up (see [`plan_in_place`]); any mismatch fails before anything is changed.
 
-use chrono::{Duration, Utc};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::json;
 
 use cairn::backup::{MetadataHook, StreamSource};
@@ -9,10 +15,12 @@ use cairn::progress::Progress;
 use cairn::restore::{self, RestoreOptions};
 use cairn::runner::{self, DbStream};
 use cairn::schedule::{self, Priority, Retention};
-use cairn::{Error, Repository, Result};
+use cairn::snapshot::Snapshot;
+use cairn::tree::{Node, NodeKind};
+use cairn::{Error, Id, Repository, Result};
 
 use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
-use super::commands::{human_bytes, parse_time, Ctx};
+use super::commands::{human_bytes, parse_time, snapshot_time, Ctx};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// The database half of an instance backup: a pg_dump stream from an exported snapshot.
@@ -80,7 +88,8 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             println!("added instance {name}");
         }
         InstanceAction::Set { name, settings } => {
-            let mut cfg = instance::load(&repo, &name)?;
+            // `load_for_update`: a stored connection string that is refused can be replaced here.
+            let mut cfg = instance::load_for_update(&repo, &name)?;
             apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
         }
@@ -102,9 +111,13 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             let v = serde_json::to_value(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        InstanceAction::Backup { name, time } => {
+        InstanceAction::Backup {
+            name,
+            time,
+            force_time,
+        } => {
+            let time = snapshot_time(time.as_deref(), force_time)?;
             let cfg = instance::load(&repo, &name)?;
-            let time = time.as_deref().map(parse_time).transpose()?;
             let db = db_stream();
             let r = runner::backup_instance(
                 &repo,
@@ -144,7 +157,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
 }
 
 fn set_paused(repo: &Repository, name: &str, paused: bool) -> Result<()> {
-    let mut cfg = instance::load(repo, name)?;
+    let mut cfg = instance::load_for_update(repo, name)?;
     cfg.paused = paused;
     instance::save(repo, &cfg)
 }
@@ -157,9 +170,10 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
             .iter()
             .zip(&states)
             .map(|(c, s)| {
-                let mut v = serde_json::to_value(c).unwrap_or_default();
-                v["next_due"] = json!(s.next_due().map(|t| t.to_rfc3339()));
-                v["last_snapshot"] = json!(s.last_snapshot.map(|t| t.to_rfc3339()));
+                let mut v = serde_json::to_value(c.printable()).unwrap_or_default();
+                v["next_due"] = json!(s.next_due().map(human_time));
+                v["last_snapshot"] = json!(s.last_snapshot.map(human_time));
+                v["future_snapshots"] = json!(s.future_snapshots);
                 v
             })
             .collect();
@@ -179,9 +193,7 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
             c.priority.as_str(),
             c.schedule.as_deref().unwrap_or("-"),
             if c.paused { "paused" } else { "enabled" },
-            s.next_due()
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| "-".into()),
+            s.next_due().map(human_time).unwrap_or_else(|| "-".into()),
             sources.join(" ")
         );
     }
@@ -234,6 +246,12 @@ fn restore_instance(
             "give --target DIR, --pg-target DB, or --in-place".into(),
         ));
     }
+    // Checked before the safety snapshot: a refusal changes nothing at all.
+    let in_place_files = if in_place {
+        plan_in_place(repo, &id, &snap, &cfg)?
+    } else {
+        Vec::new()
+    };
     let mut safety_hint = String::new();
     if in_place {
         let db = db_stream();
@@ -247,31 +265,16 @@ fn restore_instance(
             safety.snapshot_id.short()
         );
     }
-    let files_to = match (&target, in_place) {
-        (Some(t), _) => Some(t.clone()),
-        (None, true) if !cfg.paths.is_empty() => {
-            let parents: Vec<_> = cfg.paths.iter().filter_map(|p| p.parent()).collect();
-            match parents.as_slice() {
-                [one, rest @ ..] if rest.iter().all(|p| p == one) => Some(one.to_path_buf()),
-                _ => {
-                    return Err(Error::Invalid(
-                        "--in-place needs the instance's paths to share a parent directory".into(),
-                    ))
-                }
-            }
-        }
-        _ => None,
-    };
-    let with_hint = |e: Error| Error::Invalid(format!("{e}{safety_hint}"));
+    let with_hint = |e: Error| e.with_note(&safety_hint);
     let mut out = json!({"snapshot_id": id.to_hex()});
-    if let (Some(dir), Some(_)) = (&files_to, snap.tree) {
+    if let (Some(dir), Some(_)) = (&target, snap.tree) {
         let opts = RestoreOptions {
             target: dir.clone(),
             include: Vec::new(),
-            overwrite: in_place,
+            overwrite: false,
             progress: Progress::hidden(),
         };
-        let summary = restore::restore(repo, &snap, &opts).map_err(with_hint)?;
+        let summary = restore::restore(repo, &snap, &opts)?;
         out["files"] = json!(summary.files);
         out["bytes"] = json!(summary.bytes);
         if !ctx.json {
@@ -281,6 +284,24 @@ fn restore_instance(
                 dir.display()
             );
         }
+    }
+    let (mut files, mut bytes) = (0, 0);
+    for t in &in_place_files {
+        let summary = restore_in_place(repo, &snap, t).map_err(with_hint)?;
+        files += summary.files;
+        bytes += summary.bytes;
+        if !ctx.json {
+            println!(
+                "restored {} of snapshot {} of {name} in place into {}",
+                t.named.display(),
+                id.short(),
+                t.dest.display()
+            );
+        }
+    }
+    if in_place && !in_place_files.is_empty() {
+        out["files"] = json!(files);
+        out["bytes"] = json!(bytes);
     }
     let db_to = pg_target.or(if in_place { cfg.pg.clone() } else { None });
     if let Some(db) = db_to {
@@ -306,6 +327,154 @@ fn restore_instance(
         ctx.print_json(&out)?;
     }
     Ok(EXIT_OK)
+}
+
+/// One of the instance's paths in an in-place restore: the snapshot's entry for it and where it goes.
+struct InPlaceTarget {
+    /// The path as the instance names it.
+    named: PathBuf,
+    /// The snapshot's root-tree entry holding it.
+    entry: Node,
+    /// What `named` resolves to now (checked to be what was backed up).
+    dest: PathBuf,
+}
+
+/// Maps each of the instance's paths to the snapshot entry that holds it and to the directory it resolves
+/// to now. An entry matches when the snapshot recorded the path as the instance names it and it resolves
+/// to what it resolved to at backup time, or (snapshots taken before paths were recorded as named) when the
+/// snapshot recorded the very path it resolves to now. Anything else is refused.
+fn plan_in_place(
+    repo: &Repository,
+    id: &Id,
+    snap: &Snapshot,
+    cfg: &InstanceConfig,
+) -> Result<Vec<InPlaceTarget>> {
+    let refuse = |msg: String| Error::Invalid(format!("{msg}; nothing was changed"));
+    let root = match snap.tree {
+        Some(t) => repo.read_tree(&t)?,
+        None if cfg.paths.is_empty() => return Ok(Vec::new()),
+        None => return Err(refuse(format!("snapshot {} holds no files", id.short()))),
+    };
+    let resolved_at_backup = |recorded: &str| -> String {
+        snap.metadata
+            .as_ref()
+            .and_then(|m| m.get(cairn::backup::RESOLVED_PATHS_KEY))
+            .and_then(|m| m.get(recorded))
+            .and_then(|v| v.as_str())
+            .unwrap_or(recorded)
+            .to_string()
+    };
+    let mut out = Vec::new();
+    for named in &cfg.paths {
+        let dest = resolve_now(named).map_err(|e| refuse(e.to_string()))?;
+        let (named_s, dest_s) = (named.to_string_lossy(), dest.to_string_lossy());
+        let recorded = match snap.paths.iter().find(|p| **p == named_s) {
+            Some(p) if resolved_at_backup(p) != dest_s => {
+                return Err(refuse(format!(
+                    "{} now resolves to {}, but snapshot {} backed it up from {} (the link was changed?): \
+                     point it back, or restore with --target DIR",
+                    named.display(),
+                    dest.display(),
+                    id.short(),
+                    resolved_at_backup(p)
+                )))
+            }
+            Some(p) => p,
+            None => snap
+                .paths
+                .iter()
+                .find(|p| resolved_at_backup(p) == dest_s)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "snapshot {} holds no files for {} (resolving to {}); it holds: {}",
+                        id.short(),
+                        named.display(),
+                        dest.display(),
+                        snap.paths.join(", ")
+                    ))
+                })?,
+        };
+        let name = Path::new(recorded)
+            .file_name()
+            .map(|n| n.as_encoded_bytes().to_vec())
+            .unwrap_or_else(|| b"root".to_vec());
+        let entry = root.get(&name).cloned().ok_or_else(|| {
+            Error::corrupt(
+                format!("snapshot {}", id.short()),
+                format!("no root entry for its path {recorded}"),
+            )
+        })?;
+        out.push(InPlaceTarget {
+            named: named.clone(),
+            entry,
+            dest,
+        });
+    }
+    Ok(out)
+}
+
+/// What `path` resolves to now: the canonical path when it exists, the canonical parent joined with its
+/// name when it does not exist at all (it will be created); a symlink that leads nowhere is an error.
+fn resolve_now(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => path.canonicalize().map_err(|e| {
+            Error::Invalid(format!(
+                "{}: does not resolve to an existing directory (a dangling symlink?): {e}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path.parent().and_then(|p| p.canonicalize().ok());
+            Ok(match (parent, path.file_name()) {
+                (Some(p), Some(n)) => p.join(n),
+                _ => path.to_path_buf(),
+            })
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Restores one planned path: a directory's contents go into `dest` itself (whatever its name), anything
+/// else replaces `dest` when the names agree.
+fn restore_in_place(
+    repo: &Repository,
+    snap: &Snapshot,
+    t: &InPlaceTarget,
+) -> Result<restore::RestoreSummary> {
+    let (sub, target, include) = match &t.entry.kind {
+        NodeKind::Dir { subtree } => (Some(*subtree), t.dest.clone(), Vec::new()),
+        _ if t.dest.file_name().map(|n| n.as_encoded_bytes()) == Some(&t.entry.name[..]) => {
+            let parent = t.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let name = String::from_utf8_lossy(&t.entry.name).into_owned();
+            (snap.tree, parent, vec![name])
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{} resolves to {}, whose name differs from the backed-up file's: restore it with --target DIR",
+                t.named.display(),
+                t.dest.display()
+            )))
+        }
+    };
+    let view = Snapshot {
+        tree: sub,
+        ..snap.clone()
+    };
+    restore::restore(
+        repo,
+        &view,
+        &RestoreOptions {
+            target,
+            include,
+            overwrite: true,
+            progress: Progress::hidden(),
+        },
+    )
+}
+
+/// A time for people: RFC 3339 to the second.
+pub fn human_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
 pub fn run_due(ctx: &Ctx) -> Result<i32> {
@@ -356,7 +525,7 @@ pub fn log(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
     for r in runs {
         println!(
             "{} {:<12} {:<8} {:<8} {} {}",
-            r.start.to_rfc3339(),
+            human_time(r.start),
             r.instance.as_deref().unwrap_or("-"),
             r.kind,
             r.status,
@@ -387,9 +556,10 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
         rows.push(json!({
             "instance": st.name,
             "snapshot_count": mine.len(),
-            "last_backup": st.last_snapshot.map(|t| t.to_rfc3339()),
+            "last_backup": st.last_snapshot.map(human_time),
+            "future_snapshots": st.future_snapshots,
             "last_status": last_run.map(|r| r.status.clone()),
-            "next_due": st.next_due().map(|t| t.to_rfc3339()),
+            "next_due": st.next_due().map(human_time),
             "logical_bytes": logical,
             "stored_bytes": stored,
             "dedup_ratio": if stored > 0 { logical as f64 / stored as f64 } else { 0.0 },
@@ -444,9 +614,23 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             } else {
                 "ok"
             };
-            json!({"instance": s.name, "status": status, "last_snapshot": s.last_snapshot.map(|t| t.to_rfc3339()), "next_due": s.next_due().map(|t| t.to_rfc3339())})
+            json!({
+                "instance": s.name,
+                "status": status,
+                "last_snapshot": s.last_snapshot.map(human_time),
+                "next_due": s.next_due().map(human_time),
+                "future_snapshots": s.future_snapshots,
+            })
         })
         .collect();
+    // Snapshots dated in the future are not trusted (they would hide a stopped schedule): say so.
+    for s in states.iter().filter(|s| s.future_snapshots > 0) {
+        eprintln!(
+            "cairn: warning: instance {} has {} snapshot(s) dated in the future, ignored by health and scheduling \
+             (a mistyped --force-time or a skewed clock?)",
+            s.name, s.future_snapshots
+        );
+    }
     let bad = report
         .iter()
         .filter(|r| r["status"] == "failed" || r["status"] == "overdue")
