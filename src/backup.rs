@@ -2,8 +2,10 @@
 //!
 //! Order of work: every blob goes through the [`PackWriter`] (dedup, compress, durable pack, then index);
 //! tree objects are saved bottom-up as each directory completes; streams are saved after the trees; the writer
-//! is flushed; only then is the snapshot file written. A failure or kill anywhere before that leaves no
-//! snapshot, only packs that later backups reuse.
+//! is flushed; only then is the snapshot saved, its file and index row together (`Repository::save_snapshot`
+//! removes the file again if the row cannot be committed). A failure anywhere leaves no snapshot object, only
+//! packs that later backups reuse; a kill between the file and its row leaves a file that prune and
+//! `repair index` adopt with all its data. A repository that cannot be written from here is refused up front.
 //!
 //! Parallelism: the entries of each directory are processed with rayon, and directories recurse inside the
 //! same pool, so small files spread over all cores; the chunks of each large window are hashed and compressed
@@ -170,6 +172,7 @@ pub fn backup(repo: &Repository, mut opts: BackupOptions) -> Result<BackupResult
     if let Some(name) = &opts.instance {
         crate::instance::validate_name(name)?;
     }
+    repo.require_writable()?;
     let _lock = lock::acquire(repo.root(), false, "backup")?;
     let (sources, paths) = resolve_sources(&opts.paths)?;
     record_resolved(&mut opts.metadata, &sources, &paths);

@@ -177,7 +177,7 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
             Err(err) => r.errors.push(format!("snapshot {id}: {err}")),
         }
         if !rows.contains(&id) {
-            r.warnings.push(format!(
+            r.errors.push(format!(
                 "snapshot {id} has no index row (run `cairn repair index`)"
             ));
         }

@@ -33,6 +33,10 @@ pub enum Error {
     /// The repository is locked by another process in a conflicting mode.
     #[error("repository is locked: {0} (if that process is gone, run `cairn unlock`)")]
     Locked(String),
+    /// The repository can be read but not written from here (read-only file system or mount, permissions,
+    /// a full disk); `cause` names the first thing that could not be written.
+    #[error("{root}: the repository cannot be written here: {cause}")]
+    ReadOnly { root: PathBuf, cause: String },
     /// The SQLite index failed.
     #[error("index database: {0}")]
     Index(#[from] rusqlite::Error),

@@ -1,9 +1,14 @@
 //! Durable file operations: every file the repository keeps is written to a temporary file in the same
 //! directory, fsynced, renamed into place, and its directory fsynced, so a crash leaves either the old state or
 //! the complete new file, never a torn one.
+//!
+//! Privacy: everything created here is its owner's alone, whatever the umask: files 0600 (the temporary files
+//! `tempfile` creates are 0600 and keep that mode when renamed), directories 0700. A repository holds the
+//! contents of every file it backs up.
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
@@ -45,9 +50,54 @@ pub fn drop_cached(file: &File) {
     }
 }
 
-/// Creates a directory (and parents) if missing.
+/// Mode of the directories cairn creates in a repository.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of the files cairn creates in a repository.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates a directory (and parents) if missing, private to its owner (existing ones are left as they are).
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).at(dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .at(dir)
+}
+
+/// Takes the group and other permission bits off a file the current user owns (a repository written by an
+/// older cairn, or files SQLite created from a world-readable database). Best effort: a file that is missing,
+/// owned by someone else or on a read-only file system is left as it is, since reading it must still work.
+pub fn make_private(path: &Path) {
+    set_mode_if_owned(path, |mode| mode & !0o077);
+}
+
+/// Sets the permission bits of a regular file the current user owns to `f(current bits)`; best effort, like
+/// [`make_private`].
+pub fn set_mode_if_owned(path: &Path, f: impl FnOnce(u32) -> u32) {
+    let Ok(md) = fs::symlink_metadata(path) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mode = md.permissions().mode() & 0o7777;
+    let want = f(mode);
+    if md.uid() == me && md.file_type().is_file() && want != mode {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(want));
+    }
+}
+
+/// True for the I/O errors that mean "this cannot be written here" rather than "this is broken": permissions,
+/// a read-only file system, a full disk or quota.
+pub fn is_unwritable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{PermissionDenied, QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    // The kind too: `tempfile` wraps the OS error with its path, which hides the raw code.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ENOSPC | libc::EDQUOT)
+    ) || matches!(
+        e.kind(),
+        PermissionDenied | ReadOnlyFilesystem | StorageFull | QuotaExceeded
+    )
 }
 
 /// Removes a file and makes the removal durable; a missing file is not an error.
@@ -69,5 +119,27 @@ mod tests {
         // `cairn --repo repo init` syncs Path::new("repo").parent(), which is "".
         assert_eq!(Path::new("repo").parent(), Some(Path::new("")));
         sync_dir(Path::new("")).unwrap();
+    }
+
+    #[test]
+    fn created_directories_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b");
+        ensure_dir(&deep).unwrap();
+        for d in [dir.path().join("a"), deep] {
+            assert_eq!(fs::metadata(d).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        let f = dir.path().join("f");
+        write_durable(&f, b"x").unwrap();
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        make_private(&f);
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -1,9 +1,16 @@
 //! Forgetting snapshots and garbage collection (`forget`, `prune`).
 //!
-//! Both run under the repository's exclusive lock, so no backup writes while they decide what is unused;
-//! backups wait for (or fail on) the lock rather than race a deletion.
+//! Both run under the repository's exclusive lock, so no backup writes while they decide what is unused and
+//! no reader (check, restore, dump, ls, export hold shared locks) has a pack deleted under it; backups and
+//! readers fail on the lock rather than race a deletion.
 //!
-//! Prune marks every blob reachable from the remaining snapshots in an on-disk SQLite temporary table (memory
+//! Roots: the snapshot objects themselves (the files under `snapshots/`), not only the index rows that cache
+//! them. A snapshot file without a row (a backup killed between writing it and committing its row, or whose
+//! row could not be written) is a snapshot whose data is all durable: prune indexes it on the spot once it
+//! decodes and matches its name, and keeps its data. A snapshot file that does not decode stops prune, since
+//! what it references cannot be known. Rows whose file is missing are roots too (`check` reports them).
+//!
+//! Prune marks every blob reachable from the roots in an on-disk SQLite temporary table (memory
 //! stays flat however many chunks there are), then: deletes packs with nothing reachable; repacks packs whose
 //! unreachable share exceeds `max_unused` by copying the reachable blobs' stored bytes (verified first) into
 //! new packs; and removes pack files the index does not know (left by interrupted backups) and temporary
@@ -25,6 +32,7 @@ use crate::pack;
 use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
 use crate::retention::{self, Candidate, Decision, KeepPolicy};
+use crate::snapshot::Snapshot;
 use crate::tree::NodeKind;
 
 /// Which snapshots `forget` considers and what it keeps.
@@ -57,6 +65,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
     let _lock = if opts.dry_run {
         None
     } else {
+        repo.require_writable()?;
         Some(lock::acquire(repo.root(), true, "forget")?)
     };
     let mut groups: BTreeMap<String, Vec<(Id, Candidate)>> = BTreeMap::new();
@@ -137,6 +146,8 @@ pub struct PruneReport {
     pub packs_repacked: u64,
     pub packs_written: u64,
     pub unindexed_removed: u64,
+    /// Snapshot files that had no index row and were indexed (with `dry_run`: would be).
+    pub snapshots_adopted: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub bytes_freed: u64,
@@ -165,12 +176,17 @@ impl PackUse {
 /// Runs prune under the exclusive lock.
 pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     let started = Instant::now();
+    if !opts.dry_run {
+        repo.require_writable()?;
+    }
     let _lock = lock::acquire(repo.root(), true, "prune")?;
     let mut r = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
     };
-    r.blobs_used = mark(repo)?;
+    let (roots, adopted) = roots(repo, !opts.dry_run)?;
+    r.snapshots_adopted = adopted;
+    r.blobs_used = mark(repo, roots)?;
     let usage = pack_usage(repo)?;
     let on_disk = repo.pack_files()?;
     r.packs_total = usage.len() as u64;
@@ -215,10 +231,53 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     Ok(r)
 }
 
-/// Marks every blob reachable from a snapshot in `temp.used`; returns how many. A referenced blob that is
+/// The root trees of every snapshot: those of the index rows and of the snapshot files, which are the source
+/// of truth. A file without a row is indexed when `adopt` (see the module docs); one that does not decode
+/// stops prune. Returns the roots and how many files had no row.
+fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
+    let rows = repo.snapshots()?;
+    let indexed: std::collections::HashSet<Id> = rows.iter().map(|(id, _)| *id).collect();
+    let mut snaps: Vec<Snapshot> = rows.into_iter().map(|(_, s)| s).collect();
+    let mut adopted = 0;
+    for id in snapshot_objects(repo)? {
+        if indexed.contains(&id) {
+            continue;
+        }
+        let snap = Snapshot::load(&repo.snapshots_dir(), &id).map_err(|e| {
+            refuse(&format!(
+                "snapshot file {id} has no index row and cannot be read ({e}), so the data it needs is unknown"
+            ))
+        })?;
+        if adopt {
+            repo.index().add_snapshot(&snap, &id.to_hex())?;
+        }
+        adopted += 1;
+        snaps.push(snap);
+    }
+    let roots = snaps
+        .into_iter()
+        .flat_map(|s| s.tree.into_iter().chain(s.stream_tree))
+        .collect();
+    Ok((roots, adopted))
+}
+
+/// Ids of the snapshot files under `snapshots/` (temporary and other files ignored).
+fn snapshot_objects(repo: &Repository) -> Result<Vec<Id>> {
+    let dir = repo.snapshots_dir();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let e = e.map_err(|e| Error::io(&dir, e))?;
+        if let Some(id) = e.file_name().to_str().and_then(Id::from_hex) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Marks every blob reachable from `roots` in `temp.used`; returns how many. A referenced blob that is
 /// not indexed, or a tree that does not decode, stops prune: deciding what is garbage in a damaged
 /// repository could delete the only copy of something.
-fn mark(repo: &Repository) -> Result<u64> {
+fn mark(repo: &Repository, roots: Vec<Id>) -> Result<u64> {
     repo.index().raw().execute_batch(
         "DROP TABLE IF EXISTS temp.used; CREATE TEMP TABLE used (id BLOB PRIMARY KEY) WITHOUT ROWID;",
     )?;
@@ -229,11 +288,7 @@ fn mark(repo: &Repository) -> Result<u64> {
             .prepare_cached("INSERT OR IGNORE INTO temp.used(id) VALUES (?1)")?;
         Ok(st.execute(params![&id.0[..]])? == 1)
     };
-    let mut stack: Vec<Id> = repo
-        .snapshots()?
-        .into_iter()
-        .flat_map(|(_, s)| s.tree.into_iter().chain(s.stream_tree))
-        .collect();
+    let mut stack = roots;
     while let Some(t) = stack.pop() {
         if !insert(&t)? {
             continue;

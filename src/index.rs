@@ -5,11 +5,19 @@
 //! rename and directory fsync); everything here can be rebuilt from the pack trailers and snapshot files
 //! (`repair index`), so the index is a cache that must never be the only copy of anything. Lookups go to SQLite;
 //! no copy of the index is held in memory, so memory does not grow with the repository.
+//!
+//! Opening: [`Index::open`] writes nothing to an index that is already set up, so a full disk can still open
+//! it; [`Index::open_read_only`] serves repositories that cannot be written here (see [`Access`]). The
+//! database file is created 0600 before SQLite sees it, because SQLite gives its `-wal` and `-shm` files the
+//! database file's mode; index files of older repositories are made private when opened.
 
-use std::path::Path;
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::hashing::Id;
@@ -125,44 +133,246 @@ pub struct PackRow {
     pub blob_count: u64,
 }
 
+/// How a connection may use the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and write: the normal case.
+    ReadWrite,
+    /// Read only (`mode=ro`): the database file cannot be written by this user, but SQLite can use (or
+    /// create) the WAL's `-shm` file, so it still sees what writers elsewhere commit.
+    ReadOnly,
+    /// `immutable=1`: not even the `-shm` file can be created (a read-only directory or mount, a full disk).
+    /// SQLite then reads the main file without locks and ignores any `-wal` file, so this is used only when
+    /// there is no `-wal` content to miss; a writer elsewhere could not start here either (it would need the
+    /// same `-shm`), except the owner of a directory we may not write, which is a risk we take knowingly.
+    Immutable,
+}
+
 /// A connection to the index database.
 pub struct Index {
     conn: Connection,
+    access: Access,
 }
 
-impl Index {
-    /// Opens (creating if needed) the index at `path`, in WAL mode with full fsync on commit.
-    pub fn open(path: &Path) -> Result<Index> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(120))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
-            params![SCHEMA_VERSION.to_string()],
-        )?;
-        let v: String = conn.query_row(
+/// Every file SQLite keeps for the database at `path`: the file itself, its WAL, WAL index and journal.
+fn database_files(path: &Path) -> [PathBuf; 4] {
+    let with = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    [with(""), with("-wal"), with("-shm"), with("-journal")]
+}
+
+/// Creates the database file, empty and private, if it does not exist (SQLite treats an empty file as an
+/// empty database). SQLite itself would create it 0644 less the umask, and its `-wal`/`-shm` files with it.
+fn create_private(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsutil::PRIVATE_FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Makes the index files of an existing repository private to their owner, and gives SQLite's side files the
+/// database file's owner bits (best effort, see [`crate::fsutil::make_private`]). SQLite creates the side
+/// files with the database file's mode and keeps using them: a `-shm` created read-only by a reader of a
+/// read-only index would otherwise make every later writer read-only too, once the index is writable again.
+fn tighten(path: &Path) {
+    let [db, side @ ..] = database_files(path);
+    crate::fsutil::make_private(&db);
+    let Ok(md) = std::fs::metadata(&db) else {
+        return;
+    };
+    let owner_bits = std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o600;
+    for f in side {
+        crate::fsutil::set_mode_if_owned(&f, |_| owner_bits);
+    }
+}
+
+/// The operating system's reason for a failed SQLite call, when there is one: "disk I/O error" or "unable to
+/// open database file" hide a full disk or a permission problem, which the user must be told.
+fn with_os_cause(conn: &Connection, path: &Path, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, PermissionDenied, ReadOnly, SystemIoFailure};
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if matches!(
+            f.code,
+            CannotOpen | SystemIoFailure | DiskFull | PermissionDenied | ReadOnly
+        ) {
+            // SAFETY: the handle is valid while `conn` lives; sqlite3_system_errno only reads it.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+            if errno != 0 {
+                return Error::io(path, std::io::Error::from_raw_os_error(errno));
+            }
+        }
+    }
+    Error::Index(e)
+}
+
+/// `path` as the path of an SQLite `file:` URI: bytes other than unreserved ones and `/` percent-encoded.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Refuses an index whose schema version this build does not know.
+fn check_schema_version(conn: &Connection) -> Result<()> {
+    let v: Option<String> = conn
+        .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
             [],
             |r| r.get(0),
-        )?;
-        if v != SCHEMA_VERSION.to_string() {
-            return Err(Error::corrupt(
-                "index",
-                format!("schema version {v} is not supported"),
-            ));
-        }
-        Ok(Index { conn })
+        )
+        .optional()?;
+    match v {
+        Some(v) if v == SCHEMA_VERSION.to_string() => Ok(()),
+        Some(v) => Err(Error::corrupt(
+            "index",
+            format!("schema version {v} is not supported"),
+        )),
+        None => Err(Error::corrupt("index", "no schema version recorded")),
+    }
+}
+
+/// Inserts or replaces the row of a snapshot.
+fn insert_snapshot(conn: &Connection, snap: &crate::snapshot::Snapshot, id: &str) -> Result<()> {
+    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    conn.execute(
+        "INSERT OR REPLACE INTO snapshots(id, time, host, instance, tags, paths, stream_names, tree, partial, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            id,
+            snap.time.to_rfc3339(),
+            snap.host,
+            snap.instance,
+            json(&snap.tags),
+            json(&snap.paths),
+            json(&snap.stream_names()),
+            snap.tree.map(|t| t.to_hex()),
+            snap.partial,
+            serde_json::to_string(snap).map_err(|e| Error::corrupt("snapshot", e))?,
+        ],
+    )?;
+    Ok(())
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path` for writing, in WAL mode with full fsync on commit.
+    /// An index already set up is not written to.
+    pub fn open(path: &Path) -> Result<Index> {
+        create_private(path)?;
+        tighten(path);
+        let conn = Connection::open(path)?;
+        Self::set_up(&conn).map_err(|e| with_os_cause(&conn, path, e))?;
+        check_schema_version(&conn).map_err(|e| match e {
+            Error::Index(e) => with_os_cause(&conn, path, e),
+            other => other,
+        })?;
+        Ok(Index {
+            conn,
+            access: Access::ReadWrite,
+        })
     }
 
-    /// Opens a second, read-only connection to an index that [`open`](Self::open) has set up. In WAL mode it
+    fn set_up(conn: &Connection) -> rusqlite::Result<()> {
+        conn.busy_timeout(Duration::from_secs(120))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        // `IF NOT EXISTS` statements write nothing when the tables exist; the version row is written once.
+        conn.execute_batch(SCHEMA)?;
+        let has_version = conn
+            .prepare("SELECT 1 FROM meta WHERE key = 'schema_version'")?
+            .exists([])?;
+        if !has_version {
+            conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?1)",
+                params![SCHEMA_VERSION.to_string()],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Opens an existing index that this process cannot write (a read-only file, directory or mount, or a
+    /// full disk): `mode=ro` first; where that fails because the WAL's `-shm` file cannot be created,
+    /// `immutable=1`, but only when the `-wal` file holds nothing that `immutable` would silently skip.
+    pub fn open_read_only(path: &Path) -> Result<Index> {
+        tighten(path);
+        let first = match Self::open_uri(path, Access::ReadOnly) {
+            Ok(index) => return Ok(index),
+            Err(e @ Error::Corrupt { .. }) => return Err(e),
+            Err(Error::Index(rusqlite::Error::SqliteFailure(f, m)))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                return Err(Error::Index(rusqlite::Error::SqliteFailure(f, m)))
+            }
+            Err(e) => e,
+        };
+        let [_, wal, shm, _] = database_files(path);
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            return Err(Error::Invalid(format!(
+                "{} holds changes that can only be read through {}, which cannot be opened here ({first}); open the repository once where it can be written",
+                wal.display(),
+                shm.display()
+            )));
+        }
+        Self::open_uri(path, Access::Immutable)
+    }
+
+    fn open_uri(path: &Path, access: Access) -> Result<Index> {
+        let query = match access {
+            Access::ReadWrite => return Self::open_reader(path, access),
+            Access::ReadOnly => "mode=ro",
+            Access::Immutable => "immutable=1",
+        };
+        let uri = format!("file:{}?{query}", uri_path(path));
+        let conn = Connection::open_with_flags(
+            &uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(120))?;
+        // The first statement is what really opens the files (and fails if the -shm cannot be had).
+        check_schema_version(&conn).map_err(|e| match e {
+            Error::Index(e) => with_os_cause(&conn, path, e),
+            other => other,
+        })?;
+        Ok(Index { conn, access })
+    }
+
+    /// Opens another connection to an index already open with `access`, for lookups only. In WAL mode it
     /// reads beside the writer: lookups do not wait while a pack is being indexed and committed.
-    pub fn open_reader(path: &Path) -> Result<Index> {
+    pub fn open_reader(path: &Path, access: Access) -> Result<Index> {
+        if access != Access::ReadWrite {
+            return Self::open_uri(path, access);
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(120))?;
         conn.pragma_update(None, "query_only", true)?;
-        Ok(Index { conn })
+        Ok(Index { conn, access })
+    }
+
+    /// How this connection uses the index.
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     /// Runs a quick integrity check of the database file.
@@ -310,24 +520,33 @@ impl Index {
 
     /// Records a snapshot row (a cache of the snapshot file).
     pub fn add_snapshot(&self, snap: &crate::snapshot::Snapshot, id: &str) -> Result<()> {
-        let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-        self.conn.execute(
-            "INSERT OR REPLACE INTO snapshots(id, time, host, instance, tags, paths, stream_names, tree, partial, json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                id,
-                snap.time.to_rfc3339(),
-                snap.host,
-                snap.instance,
-                json(&snap.tags),
-                json(&snap.paths),
-                json(&snap.stream_names()),
-                snap.tree.map(|t| t.to_hex()),
-                snap.partial,
-                serde_json::to_string(snap).map_err(|e| Error::corrupt("snapshot", e))?,
-            ],
-        )?;
+        insert_snapshot(&self.conn, snap, id)
+    }
+
+    /// Records a snapshot row in a transaction that commits only once `write_object` (which writes the
+    /// snapshot file durably) has succeeded: readers of the index never see a row before its file is durable,
+    /// and a row that cannot be inserted means the file is never written (format-spec, "Write ordering").
+    pub fn add_snapshot_with(
+        &mut self,
+        snap: &crate::snapshot::Snapshot,
+        id: &str,
+        write_object: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_snapshot(&tx, snap, id)?;
+        write_object()?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// True if the snapshot has a row.
+    pub fn has_snapshot(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM snapshots WHERE id = ?1")?
+            .exists(params![id])?)
     }
 
     /// Removes a snapshot row.
@@ -418,7 +637,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         let mut idx = Index::open(&path).unwrap();
-        let mut reader = Index::open_reader(&path).unwrap();
+        let mut reader = Index::open_reader(&path, Access::ReadWrite).unwrap();
         assert!(!reader.contains(&Id::of(&[1])).unwrap());
         idx.add_pack(Id::of(b"a"), 100, &[entry(1)]).unwrap();
         assert!(reader.contains(&Id::of(&[1])).unwrap());

@@ -1,7 +1,8 @@
 //! Repository locks (format-spec/README.md, "Locks"): a JSON file per holder under `locks/`, recording pid,
-//! host, time and mode. Backups take shared locks and may run together; prune and repair take an exclusive
-//! lock. A lock is stale when its process is dead on this host or it was not refreshed for
-//! [`STALE_AFTER`]; stale locks are ignored and removed by `cairn unlock`.
+//! host, time and mode. Backups and readers (check, restore, dump, ls, export) take shared locks and may run
+//! together; prune and repair take an exclusive lock, so they never delete or move data under a reader. A lock
+//! is stale when its process is dead on this host or it was not refreshed for [`STALE_AFTER`]; stale locks are
+//! ignored and removed by `cairn unlock`.
 //!
 //! Acquisition: write our lock file first, then look at the others; on a conflict, remove ours and fail. Two
 //! racing processes may both fail, but never both succeed.
@@ -102,6 +103,29 @@ pub fn acquire(root: &Path, exclusive: bool, command: &str) -> Result<LockGuard>
     }
     spawn_refresher(path, info, guard.stop.clone());
     Ok(guard)
+}
+
+/// Takes a reader's shared lock, which keeps prune and repair (exclusive) from deleting or moving packs while
+/// it reads. Where no lock file can be written (a read-only mount or directory, a full disk) the reader goes on
+/// without one, after making sure no exclusive lock is held: a repository that cannot be written from here
+/// cannot be pruned from here either, and refusing to read it would leave a read-only copy unrestorable.
+/// (A writer elsewhere, e.g. the owner of a directory we may only read, could still prune; its own lock
+/// check cannot see us, which is the price of reading what we cannot write.)
+pub fn acquire_reader(root: &Path, command: &str) -> Result<Option<LockGuard>> {
+    match acquire(root, false, command) {
+        Ok(guard) => Ok(Some(guard)),
+        Err(Error::Io { source, .. }) if fsutil::is_unwritable(&source) => {
+            let now = Utc::now();
+            let held = read_locks(&root.join("locks"))?
+                .into_iter()
+                .find(|(_, other)| other.exclusive && !other.is_stale(now));
+            match held {
+                Some((_, other)) => Err(Error::Locked(other.describe())),
+                None => Ok(None),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn write_lock(path: &Path, info: &LockInfo) -> Result<()> {
@@ -211,6 +235,18 @@ mod tests {
         ));
         drop(x);
         assert!(read_locks(&dir.path().join("locks")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reader_shares_with_backups_and_excludes_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let _backup = acquire(dir.path(), false, "backup").unwrap();
+        let reader = acquire_reader(dir.path(), "check").unwrap();
+        assert!(reader.is_some());
+        assert!(matches!(
+            acquire(dir.path(), true, "prune"),
+            Err(Error::Locked(_))
+        ));
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! <repo>/snapshots/<id>       snapshot files
 //! <repo>/locks/<random>       lock files
 //! ```
+//!
+//! A repository this process cannot write (a read-only mount or directory, an index file it may not write, a
+//! full disk) opens read-only: everything that only reads works, and [`Repository::require_writable`] makes
+//! every writing command fail up front with the real cause. Only genuine corruption of the index is reported
+//! as such: `repair index` cannot fix a permission problem, and it discards the run log.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -18,7 +23,7 @@ use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::hashing::Id;
-use crate::index::{Index, Location};
+use crate::index::{Access, Index, Location};
 use crate::pack::{self, BlobKind};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -33,6 +38,10 @@ pub struct Repository {
     index: Mutex<Index>,
     /// Read-only connections for lookups from many threads at once (see [`Self::with_reader`]).
     readers: Mutex<Vec<Index>>,
+    /// Why this repository cannot be written from here, if it cannot.
+    read_only: Option<String>,
+    /// How the index is opened (every connection alike).
+    access: Access,
 }
 
 impl Repository {
@@ -69,22 +78,32 @@ impl Repository {
                 ),
             ));
         }
-        let index = Index::open(&index_path).map_err(|e| match e {
-            Error::Index(e) => Error::corrupt(
-                "index",
-                format!(
-                    "{}: {e}; rebuild it with `cairn repair index`",
-                    index_path.display()
-                ),
-            ),
-            other => other,
-        })?;
+        let (index, read_only) = open_index(&index_path)?;
         Ok(Repository {
             root: root.to_path_buf(),
             config,
+            access: index.access(),
             index: Mutex::new(index),
             readers: Mutex::new(Vec::new()),
+            read_only,
         })
+    }
+
+    /// Fails, naming the cause, if this repository cannot be written from here. Every writing operation
+    /// calls it before it writes anything.
+    pub fn require_writable(&self) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(cause) => Err(Error::ReadOnly {
+                root: self.root.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
+    /// True if the repository was opened read-only (see [`Self::require_writable`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.is_some()
     }
 
     pub fn root(&self) -> &Path {
@@ -110,7 +129,7 @@ impl Repository {
         let pooled = self.lock_readers().pop();
         let reader = match pooled {
             Some(r) => r,
-            None => Index::open_reader(&self.root.join(INDEX_FILE))?,
+            None => Index::open_reader(&self.root.join(INDEX_FILE), self.access)?,
         };
         let out = f(&reader);
         self.lock_readers().push(reader);
@@ -182,12 +201,32 @@ impl Repository {
         Tree::decode(&self.read_located(&loc)?)
     }
 
-    /// Writes a snapshot file durably, then its index row. Returns the snapshot id.
+    /// Saves a snapshot and returns its id: the index row is inserted in a transaction that commits only after
+    /// the snapshot file is durable (format-spec, "Write ordering" 4). If anything fails, the file is removed
+    /// (durably) before the error is returned, so a failed backup leaves no snapshot object: an object without
+    /// a row would be adopted by the next prune or `repair index`, bringing back a snapshot the user was told
+    /// had failed. A crash between the file and the commit leaves exactly that, which is safe: prune takes
+    /// its roots from the snapshot files, so the object's data is kept.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        self.require_writable()?;
         let (bytes, id) = snap.encode()?;
-        fsutil::write_durable(&self.snapshots_dir().join(id.to_hex()), &bytes)?;
-        self.index().add_snapshot(snap, &id.to_hex())?;
-        Ok(id)
+        let hex = id.to_hex();
+        let path = self.snapshots_dir().join(&hex);
+        // The same bytes saved before are an object someone else owns: never removed here.
+        let existed = path.exists();
+        let saved = self
+            .index()
+            .add_snapshot_with(snap, &hex, || fsutil::write_durable(&path, &bytes));
+        match saved {
+            Ok(()) => Ok(id),
+            Err(e) if existed => Err(e),
+            Err(e) => match fsutil::remove_durable(&path) {
+                Ok(()) => Err(e),
+                Err(rm) => Err(Error::Invalid(format!(
+                    "{e}; the snapshot file could not be removed either ({rm}): it has no index row, `cairn check` reports it"
+                ))),
+            },
+        }
     }
 
     /// Removes a snapshot: the index row first, then the file, so a crash in between leaves the snapshot
@@ -258,6 +297,66 @@ impl Repository {
     /// Lists every pack file on disk with its size.
     pub fn pack_files(&self) -> Result<Vec<(Id, u64)>> {
         list_pack_files(&self.packs_dir())
+    }
+}
+
+/// Opens the index for writing when it can be written, else read-only with the reason kept. Only damage
+/// that SQLite recognises as such is reported as corruption.
+fn open_index(path: &Path) -> Result<(Index, Option<String>)> {
+    if path.exists() {
+        // Reading needs the file: say so plainly (e.g. EACCES) if it cannot be opened.
+        File::open(path).at(path)?;
+        if let Err(e) = OpenOptions::new().read(true).write(true).open(path) {
+            if !fsutil::is_unwritable(&e) {
+                return Err(Error::io(path, e));
+            }
+            let cause = Error::io(path, e).to_string();
+            let index = Index::open_read_only(path).map_err(|e| corruption_hint(path, e))?;
+            return Ok((index, Some(cause)));
+        }
+    }
+    match Index::open(path) {
+        Ok(index) => Ok((index, None)),
+        Err(e) if path.exists() && cannot_write(&e) => {
+            let index = Index::open_read_only(path).map_err(|e| corruption_hint(path, e))?;
+            Ok((index, Some(e.to_string())))
+        }
+        Err(e) => Err(corruption_hint(path, e)),
+    }
+}
+
+/// True for errors opening the index for writing that mean it cannot be written here, not that it is bad.
+fn cannot_write(e: &Error) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, PermissionDenied, ReadOnly, SystemIoFailure};
+    match e {
+        Error::Io { source, .. } => {
+            fsutil::is_unwritable(source) || source.raw_os_error() == Some(libc::EIO)
+        }
+        Error::Index(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            ReadOnly | CannotOpen | DiskFull | SystemIoFailure | PermissionDenied
+        ),
+        _ => false,
+    }
+}
+
+/// Adds the `repair index` hint to an error that is corruption of the index file, and only to that.
+fn corruption_hint(path: &Path, e: Error) -> Error {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e {
+        Error::Index(rusqlite::Error::SqliteFailure(f, m))
+            if matches!(f.code, DatabaseCorrupt | NotADatabase) =>
+        {
+            let e = rusqlite::Error::SqliteFailure(f, m);
+            Error::corrupt(
+                "index",
+                format!(
+                    "{}: {e}; rebuild it with `cairn repair index`",
+                    path.display()
+                ),
+            )
+        }
+        other => other,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Snapshot files (format-spec/README.md, "Snapshots"): one small JSON file per snapshot under `snapshots/`,
 //! named by the BLAKE3 of its bytes, plus a row in the index. The file is the source of truth; the row is a
 //! cache that `repair index` rebuilds. A snapshot file is written last, after every blob it references is in a
-//! durable, indexed pack.
+//! durable, indexed pack, inside the transaction that inserts its row (see `Repository::save_snapshot`): a
+//! row never names a file that is not durable, and a failed save leaves no file. Because the file is the truth,
+//! prune takes its roots from the files, so a file whose row is missing keeps its data.
 
 use std::path::Path;
 

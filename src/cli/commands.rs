@@ -87,6 +87,9 @@ fn log_run(
     result: &Result<i32>,
 ) {
     let Ok(repo) = ctx.open() else { return };
+    if repo.is_read_only() {
+        return; // nothing can be recorded in a repository that cannot be written from here
+    }
     let record = cairn::instance::RunRecord {
         instance,
         kind: kind.into(),
@@ -367,6 +370,7 @@ fn show(ctx: &Ctx, spec: &str) -> Result<i32> {
 
 fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "ls")?;
     let (_, snap) = repo.resolve_snapshot(spec, instance)?;
     let entries = restore::list(&repo, &snap, path.unwrap_or(""))?;
     let mut out = std::io::stdout().lock();
@@ -403,6 +407,7 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
 
 fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "restore")?;
     let (id, snap) = repo.resolve_snapshot(&a.snapshot, a.instance.as_deref())?;
     let database = match &a.pg_target {
         Some(_) => Some(pg::restore(ctx, &repo, &snap, &a)?),
@@ -455,6 +460,7 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 
 fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "dump")?;
     let (_, snap) = repo.resolve_snapshot(spec, instance)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -464,6 +470,7 @@ fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32
 
 fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
     let repo = ctx.open()?;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "check")?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => s.parse()?,
@@ -576,6 +583,13 @@ fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)?;
     } else {
+        if r.snapshots_adopted > 0 {
+            println!(
+                "{} {} snapshot files that had no index row (left by an interrupted backup); their data is kept",
+                if dry_run { "would index" } else { "indexed" },
+                r.snapshots_adopted
+            );
+        }
         println!(
             "{}{} packs deleted, {} repacked ({} copied), {} stray packs removed: {} freed, {} -> {}",
             if dry_run { "dry run: " } else { "" },
@@ -593,6 +607,7 @@ fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
 
 fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
     let repo = ctx.open()?;
+    repo.require_writable()?;
     let repaired = cairn::repair::repair_snapshots(&repo, forget_damaged)?;
     if ctx.json {
         ctx.print_json(&json!(repaired))?;
@@ -668,6 +683,7 @@ fn import_archive(
 fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
     let format: cairn::archive::ExportFormat = format.parse()?;
     let repo = ctx.open()?;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "export")?;
     let (_, snap) = repo.resolve_snapshot(spec, None)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

@@ -220,6 +220,7 @@ fn restore_instance(
         pg_target,
         in_place,
     } = to;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "restore")?;
     let cfg = instance::load(repo, name)?;
     let (id, snap) = match (snapshot, at) {
         (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
