@@ -121,11 +121,13 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     check_packs(repo, &mut r, &mut damaged_blobs)?;
     let snapshots = check_snapshot_files(repo, &mut r)?;
     check_trees(repo, &snapshots, &mut r, &mut damaged_blobs)?;
-    if read_data != ReadData::None {
-        read_packs(repo, read_data, progress, &mut r, &mut damaged_blobs)?;
-    }
+    let verified = if read_data != ReadData::None {
+        read_packs(repo, read_data, progress, &mut r, &mut damaged_blobs)?
+    } else {
+        HashSet::new()
+    };
     progress.finish();
-    record_damage(repo, &mut r, &mut damaged_blobs)?;
+    record_damage(repo, &mut r, &mut damaged_blobs, &verified)?;
     add_hints(repo, &mut r, !damaged_blobs.is_empty())?;
     if !damaged_blobs.is_empty() {
         let affected = affected_paths(repo, &snapshots, &damaged_blobs.keys().copied().collect())?;
@@ -143,8 +145,15 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
 }
 
 /// Records the damage found in the index (so deduplication stops using it) and adds the damage recorded
-/// earlier that is not healed yet. Recording is best effort: a read-only repository is still checked.
-fn record_damage(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> Result<()> {
+/// earlier that is not healed yet, except where this check read the pack (`verified`) and the copy proved
+/// good: such a record is stale (a pack that was missing for a while) and is dropped. Writing is best effort:
+/// a read-only repository is still checked.
+fn record_damage(
+    repo: &Repository,
+    r: &mut CheckReport,
+    damaged: &mut Damage,
+    verified: &HashSet<Id>,
+) -> Result<()> {
     let records: Vec<DamageRecord> = damaged
         .iter()
         .filter(|(_, (pack, _))| *pack != NO_PACK)
@@ -155,7 +164,17 @@ fn record_damage(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -
             "the damage could not be recorded in the index ({e}): the next backup may deduplicate against it"
         ));
     }
-    for d in repo.index().damage_in_use()? {
+    let (stale, recorded): (Vec<DamageRecord>, Vec<DamageRecord>) = repo
+        .index()
+        .damage_in_use()?
+        .into_iter()
+        .partition(|d| verified.contains(&d.pack) && !damaged.contains_key(&d.blob));
+    if let Err(e) = repo.index().clear_damage(&stale) {
+        r.warnings.push(format!(
+            "a record of damage that this check disproved could not be removed ({e})"
+        ));
+    }
+    for d in recorded {
         damaged.entry(d.blob).or_insert_with(|| {
             (
                 d.pack,
@@ -339,14 +358,14 @@ enum PackVerdict {
     Unreadable(Error),
 }
 
-/// Reads the selected packs whole and verifies every blob.
+/// Reads the selected packs whole and verifies every blob; returns the packs read.
 fn read_packs(
     repo: &Repository,
     read_data: ReadData,
     progress: &Progress,
     r: &mut CheckReport,
     damaged: &mut Damage,
-) -> Result<()> {
+) -> Result<HashSet<Id>> {
     let packs: Vec<_> = repo
         .index()
         .packs()?
@@ -397,6 +416,7 @@ fn read_packs(
         })
         .collect::<Result<_>>()?;
     let superseded = repo.index().packs_with_superseded_damage()?;
+    let mut read = HashSet::new();
     for (pack, verdict) in results {
         let (blobs, bad, mismatch) = match verdict {
             PackVerdict::Unreadable(e) => {
@@ -410,6 +430,7 @@ fn read_packs(
                 mismatch,
             } => (blobs, bad, mismatch),
         };
+        read.insert(pack);
         r.packs_read += 1;
         r.blobs_read += blobs;
         if mismatch && bad.is_empty() && superseded.contains(&pack) {
@@ -426,7 +447,7 @@ fn read_packs(
             damaged.insert(blob, (pack, err));
         }
     }
-    Ok(())
+    Ok(read)
 }
 
 /// For each damaged blob, the `snapshot: path` entries that need it (trees included: a damaged tree makes

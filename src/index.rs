@@ -381,6 +381,23 @@ impl Index {
         Ok(())
     }
 
+    /// Removes records that a full read proved wrong (the copy verifies).
+    pub fn clear_damage(&self, records: &[DamageRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut st =
+                tx.prepare_cached("DELETE FROM damaged_blobs WHERE blob = ?1 AND pack = ?2")?;
+            for r in records {
+                st.execute(params![&r.blob.0[..], &r.pack.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Every damage record.
     pub fn damage_records(&self) -> Result<Vec<DamageRecord>> {
         self.query_damage("SELECT blob, pack, found, reason FROM damaged_blobs ORDER BY blob, pack")

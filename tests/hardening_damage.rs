@@ -495,3 +495,29 @@ fn repair_snapshots_stops_on_an_io_error_and_changes_nothing() {
         }
     }
 }
+
+/// A pack that was missing for a while (a mount that came late) is damage while it is gone, and recorded; once
+/// it is back, `check --read-data` proves its copies good and drops the record, so it is trusted again (a forced
+/// backup stores nothing new).
+#[test]
+fn a_record_of_damage_that_check_read_data_disproves_is_dropped() {
+    let (dir, repo, src, victim) = two_packs();
+    let aside = dir.path().join("aside");
+    fs::rename(&victim, &aside).unwrap();
+    let t = dir.path().join("t");
+    let err = fails(
+        cairn(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]),
+        1,
+    );
+    assert!(err.contains("back up the source again"), "{err}");
+    fs::rename(&aside, &victim).unwrap();
+    let (code, out, _) = run(cairn(&repo).arg("check"));
+    assert_eq!(code, 1, "the record stands until the data is read: {out}");
+    assert!(out.contains("recorded damaged"), "{out}");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    ok(cairn(&repo).arg("check"));
+    let again = backup_json(&repo, &["--force", src.to_str().unwrap()]);
+    assert_eq!(chunks_new(&again), 0);
+    restore_to(&repo, "latest", &t);
+    assert_same_tree(&src, &t.join("src"));
+}
