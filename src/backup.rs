@@ -499,7 +499,10 @@ impl Job<'_> {
             ..
         }) = parent
         {
-            if !self.force && unchanged(old, meta, *size, md.len()) {
+            if !self.force
+                && unchanged(old, meta, *size, md.len())
+                && !self.writer.needs_fresh_copy(chunks)
+            {
                 c.files_unmodified.fetch_add(1, Ordering::Relaxed);
                 c.bytes_total.fetch_add(*size, Ordering::Relaxed);
                 self.progress.file_done(0);

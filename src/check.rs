@@ -5,6 +5,15 @@
 //! an index row (and every row a file); every tree reachable from a snapshot decodes and every chunk it names
 //! is indexed. With read-data, the selected packs are read whole and every blob is decompressed and
 //! re-hashed, in parallel.
+//!
+//! Damage versus read errors: only verified damage ([`Error::is_damage`]: a hash mismatch, bad framing, a
+//! missing pack or object) is reported as damage, with the snapshots and paths that need it. An object that
+//! cannot be read for another reason (permission denied, EIO) is a read error: the data may be intact, so it
+//! is reported apart and the advice is to fix the cause, never to repair or forget snapshots.
+//!
+//! Damage found (or recorded earlier by restore, dump or repair and not yet healed) is recorded in the index
+//! (format-spec, "Index"), so that the next backup stores those blobs again instead of deduplicating against
+//! them; the report's hints say so.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -13,6 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use crate::index::DamageRecord;
 use crate::pack;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -75,7 +85,11 @@ pub struct DamagedBlob {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct CheckReport {
     pub errors: Vec<String>,
+    /// Objects that could not be read for a reason that is not damage (permission denied, EIO, ...).
+    pub read_errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// What to run about what was found.
+    pub hints: Vec<String>,
     pub packs: u64,
     pub packs_read: u64,
     pub blobs_read: u64,
@@ -86,9 +100,15 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn is_clean(&self) -> bool {
-        self.errors.is_empty() && self.damaged.is_empty()
+        self.errors.is_empty() && self.damaged.is_empty() && self.read_errors.is_empty()
     }
 }
+
+/// Damaged blobs found so far: blob -> (pack holding the damaged copy, or zeros when not indexed; why).
+type Damage = BTreeMap<Id, (Id, String)>;
+
+/// The pack id used for a blob that is not in any pack.
+const NO_PACK: Id = Id([0; 32]);
 
 /// Runs the checks; damage is reported in the result, `Err` only when checking itself cannot proceed.
 /// `progress` counts the pack bytes read (the total is set once the packs to read are known).
@@ -97,14 +117,18 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     if let Err(e) = repo.index().quick_check() {
         r.errors.push(e.to_string());
     }
-    let mut damaged_blobs: BTreeMap<Id, (Id, String)> = BTreeMap::new();
+    let mut damaged_blobs = Damage::new();
     check_packs(repo, &mut r, &mut damaged_blobs)?;
     let snapshots = check_snapshot_files(repo, &mut r)?;
     check_trees(repo, &snapshots, &mut r, &mut damaged_blobs)?;
-    if read_data != ReadData::None {
-        read_packs(repo, read_data, progress, &mut r, &mut damaged_blobs)?;
-    }
+    let verified = if read_data != ReadData::None {
+        read_packs(repo, read_data, progress, &mut r, &mut damaged_blobs)?
+    } else {
+        HashSet::new()
+    };
     progress.finish();
+    record_damage(repo, &mut r, &mut damaged_blobs, &verified)?;
+    add_hints(repo, &mut r, !damaged_blobs.is_empty())?;
     if !damaged_blobs.is_empty() {
         let affected = affected_paths(repo, &snapshots, &damaged_blobs.keys().copied().collect())?;
         r.damaged = damaged_blobs
@@ -120,11 +144,69 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     Ok(r)
 }
 
-fn check_packs(
+/// Records the damage found in the index (so deduplication stops using it) and adds the damage recorded
+/// earlier that is not healed yet, except where this check read the pack (`verified`) and the copy proved
+/// good: such a record is stale (a pack that was missing for a while) and is dropped. Writing is best effort:
+/// a read-only repository is still checked.
+fn record_damage(
     repo: &Repository,
     r: &mut CheckReport,
-    damaged: &mut BTreeMap<Id, (Id, String)>,
+    damaged: &mut Damage,
+    verified: &HashSet<Id>,
 ) -> Result<()> {
+    let records: Vec<DamageRecord> = damaged
+        .iter()
+        .filter(|(_, (pack, _))| *pack != NO_PACK)
+        .map(|(blob, (pack, why))| DamageRecord::now(*blob, *pack, why.clone()))
+        .collect();
+    if let Err(e) = repo.index().record_damage(&records) {
+        r.warnings.push(format!(
+            "the damage could not be recorded in the index ({e}): the next backup may deduplicate against it"
+        ));
+    }
+    let (stale, recorded): (Vec<DamageRecord>, Vec<DamageRecord>) = repo
+        .index()
+        .damage_in_use()?
+        .into_iter()
+        .partition(|d| verified.contains(&d.pack) && !damaged.contains_key(&d.blob));
+    if let Err(e) = repo.index().clear_damage(&stale) {
+        r.warnings.push(format!(
+            "a record of damage that this check disproved could not be removed ({e})"
+        ));
+    }
+    for d in recorded {
+        damaged.entry(d.blob).or_insert_with(|| {
+            (
+                d.pack,
+                format!("recorded damaged on {}: {}", d.found, d.reason),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// What to run about what was found.
+fn add_hints(repo: &Repository, r: &mut CheckReport, damage: bool) -> Result<()> {
+    if damage {
+        r.hints.push(crate::restore::HEAL_HINT.to_string());
+        r.hints.push("where the source no longer has that data, `cairn repair snapshots` drops the affected files from the snapshots (`--forget-damaged` removes those snapshots instead)".into());
+    }
+    if !r.read_errors.is_empty() {
+        r.hints.push(format!(
+            "{} objects could not be read for a reason that is not damage (permissions, I/O errors): fix the cause and run `cairn check` again; their data may be intact, so do not drop snapshots because of it",
+            r.read_errors.len()
+        ));
+    }
+    let superseded = repo.index().packs_with_superseded_damage()?.len();
+    if superseded > 0 {
+        r.hints.push(format!(
+            "{superseded} packs still hold damaged copies that good copies have replaced: `cairn prune` removes them"
+        ));
+    }
+    Ok(())
+}
+
+fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> Result<()> {
     let on_disk: BTreeMap<Id, u64> = repo.pack_files()?.into_iter().collect();
     let indexed = repo.index().packs()?;
     r.packs = indexed.len() as u64;
@@ -137,6 +219,11 @@ fn check_packs(
                 Some(format!("has {len} bytes, the index records {}", p.size))
             }
             Some(_) => match pack::read_trailer(&repo.pack_path(&p.id)) {
+                Err(e) if !e.is_damage() => {
+                    r.read_errors
+                        .push(format!("pack {} cannot be read: {e}", p.id));
+                    None
+                }
                 Err(e) => Some(format!("trailer unreadable: {e}")),
                 Ok(entries) => {
                     let listed: HashSet<_> = entries.iter().collect();
@@ -174,7 +261,8 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
         files.insert(id);
         match Snapshot::load(&dir, &id) {
             Ok(s) => good.push((id, s)),
-            Err(err) => r.errors.push(format!("snapshot {id}: {err}")),
+            Err(err) if err.is_damage() => r.errors.push(format!("snapshot {id}: {err}")),
+            Err(err) => r.read_errors.push(format!("snapshot {id}: {err}")),
         }
         if !rows.contains(&id) {
             r.errors.push(format!(
@@ -196,7 +284,7 @@ fn check_trees(
     repo: &Repository,
     snapshots: &[(Id, Snapshot)],
     r: &mut CheckReport,
-    damaged: &mut BTreeMap<Id, (Id, String)>,
+    damaged: &mut Damage,
 ) -> Result<()> {
     let mut seen_trees = HashSet::new();
     let mut seen_chunks = HashSet::new();
@@ -210,13 +298,13 @@ fn check_trees(
         }
         let tree = match repo.read_tree(&t) {
             Ok(tree) => tree,
+            Err(e) if !e.is_damage() => {
+                r.read_errors.push(format!("tree {t}: {e}"));
+                continue;
+            }
             Err(e) => {
                 r.errors.push(format!("tree {t}: {e}"));
-                let pack = repo
-                    .index()
-                    .lookup(&t)?
-                    .map(|l| l.pack)
-                    .unwrap_or(Id([0; 32]));
+                let pack = repo.index().lookup(&t)?.map_or(NO_PACK, |l| l.pack);
                 damaged.insert(t, (pack, e.to_string()));
                 continue;
             }
@@ -229,7 +317,7 @@ fn check_trees(
                         if seen_chunks.insert(c) && !repo.index().contains(&c)? {
                             r.errors
                                 .push(format!("chunk {c} is referenced but not indexed"));
-                            damaged.insert(c, (Id([0; 32]), "not indexed".into()));
+                            damaged.insert(c, (NO_PACK, "not indexed".into()));
                         }
                     }
                 }
@@ -257,17 +345,27 @@ fn selected(id: &Id, read_data: ReadData) -> bool {
     }
 }
 
-/// A read pack: its id, how many blobs were verified, and the blobs that failed with why.
-type PackVerdict = (Id, u64, Vec<(Id, String)>);
+/// What reading one pack found.
+enum PackVerdict {
+    /// The pack was read: how many blobs were verified, the ones that failed with why, and whether the pack's
+    /// bytes no longer match its id.
+    Read {
+        blobs: u64,
+        bad: Vec<(Id, String)>,
+        mismatch: bool,
+    },
+    /// The pack could not be read for a reason that is not damage.
+    Unreadable(Error),
+}
 
-/// Reads the selected packs whole and verifies every blob.
+/// Reads the selected packs whole and verifies every blob; returns the packs read.
 fn read_packs(
     repo: &Repository,
     read_data: ReadData,
     progress: &Progress,
     r: &mut CheckReport,
-    damaged: &mut BTreeMap<Id, (Id, String)>,
-) -> Result<()> {
+    damaged: &mut Damage,
+) -> Result<HashSet<Id>> {
     let packs: Vec<_> = repo
         .index()
         .packs()?
@@ -275,32 +373,30 @@ fn read_packs(
         .filter(|p| selected(&p.id, read_data))
         .collect();
     progress.set_total(packs.iter().map(|p| p.size).sum());
-    let results: Vec<PackVerdict> = packs
+    let results: Vec<(Id, PackVerdict)> = packs
         .par_iter()
         .map(|p| {
             let expected = repo.index().blobs_in_pack(&p.id)?;
             let path = repo.pack_path(&p.id);
-            let bytes = match std::fs::read(&path) {
+            let bytes = match std::fs::read(&path).map_err(|e| Error::io(&path, e)) {
                 Ok(b) => {
                     progress.bytes(b.len() as u64);
                     b
                 }
+                Err(e) if !e.is_damage() => return Ok((p.id, PackVerdict::Unreadable(e))),
                 Err(e) => {
-                    return Ok((
-                        p.id,
-                        0,
-                        expected.iter().map(|e2| (e2.id, e.to_string())).collect(),
-                    ))
+                    let bad = expected.iter().map(|b| (b.id, e.to_string())).collect();
+                    let verdict = PackVerdict::Read {
+                        blobs: 0,
+                        bad,
+                        mismatch: false,
+                    };
+                    return Ok((p.id, verdict));
                 }
             };
             let mut bad = Vec::new();
-            if Id::of(&bytes) != p.id {
-                // The pack's content no longer matches its name: find which blobs are hit.
-                bad.push((
-                    Id([0; 32]),
-                    format!("pack {} content does not match its id", p.id),
-                ));
-            }
+            // The pack's content no longer matching its name says some bytes changed; the blobs say which.
+            let mismatch = Id::of(&bytes) != p.id;
             for e in &expected {
                 let end = (e.offset + e.stored_len as u64) as usize;
                 let res = bytes
@@ -311,21 +407,47 @@ fn read_packs(
                     bad.push((e.id, err.to_string()));
                 }
             }
-            Ok((p.id, expected.len() as u64, bad))
+            let verdict = PackVerdict::Read {
+                blobs: expected.len() as u64,
+                bad,
+                mismatch,
+            };
+            Ok((p.id, verdict))
         })
         .collect::<Result<_>>()?;
-    for (pack, blobs, bad) in results {
+    let superseded = repo.index().packs_with_superseded_damage()?;
+    let mut read = HashSet::new();
+    for (pack, verdict) in results {
+        let (blobs, bad, mismatch) = match verdict {
+            PackVerdict::Unreadable(e) => {
+                r.read_errors
+                    .push(format!("pack {pack} cannot be read: {e}"));
+                continue;
+            }
+            PackVerdict::Read {
+                blobs,
+                bad,
+                mismatch,
+            } => (blobs, bad, mismatch),
+        };
+        read.insert(pack);
         r.packs_read += 1;
         r.blobs_read += blobs;
+        if mismatch && bad.is_empty() && superseded.contains(&pack) {
+            // Every blob the index still takes from it verifies: the changed bytes are the damaged copies
+            // that good ones replaced.
+            r.warnings.push(format!(
+                "pack {pack} content does not match its id: it still holds damaged copies that good copies replaced (`cairn prune` removes it)"
+            ));
+        } else if mismatch {
+            r.errors
+                .push(format!("pack {pack} content does not match its id"));
+        }
         for (blob, err) in bad {
-            if blob == Id([0; 32]) {
-                r.errors.push(err);
-            } else {
-                damaged.insert(blob, (pack, err));
-            }
+            damaged.insert(blob, (pack, err));
         }
     }
-    Ok(())
+    Ok(read)
 }
 
 /// For each damaged blob, the `snapshot: path` entries that need it (trees included: a damaged tree makes

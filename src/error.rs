@@ -110,6 +110,25 @@ impl Error {
         }
     }
 
+    /// True if this error, met while reading a stored object (pack, blob, tree, snapshot file), proves the
+    /// object damaged: it does not match its id or does not decode (`Corrupt`), it is not indexed (`NotFound`),
+    /// or its file is gone or ends early (`ENOENT`, a read beyond the end of the file). Any other failure
+    /// (permission denied, EIO, too many open files, a busy index...) says nothing about the data: callers
+    /// must stop and report it, never drop or forget data because of it.
+    pub fn is_damage(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            Error::Corrupt { .. } | Error::NotFound(_) => true,
+            Error::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    ErrorKind::NotFound | ErrorKind::UnexpectedEof
+                )
+            }
+            _ => false,
+        }
+    }
+
     /// A decoding or integrity failure of stored data.
     pub fn corrupt(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         Error::Corrupt {
@@ -141,5 +160,36 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl AsRef<Path>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn only_verified_corruption_or_a_missing_object_is_damage() {
+        let io = |e: io::Error| Error::io("packs/ab/x", e);
+        for damage in [
+            Error::corrupt("blob x", "content does not match its id"),
+            Error::NotFound("blob x is not in the index".into()),
+            io(io::Error::from(io::ErrorKind::NotFound)),
+            io(io::Error::from(io::ErrorKind::UnexpectedEof)),
+        ] {
+            assert!(damage.is_damage(), "{damage}");
+        }
+        for not_damage in [
+            io(io::Error::from_raw_os_error(libc::EACCES)),
+            io(io::Error::from_raw_os_error(libc::EIO)),
+            io(io::Error::from_raw_os_error(libc::EMFILE)),
+            io(io::Error::from_raw_os_error(libc::ENOSPC)),
+            io(io::Error::other("disk on fire")),
+            Error::Index(rusqlite::Error::InvalidQuery),
+            Error::Locked("x".into()),
+            Error::Interrupted,
+        ] {
+            assert!(!not_damage.is_damage(), "{not_damage}");
+        }
     }
 }

@@ -200,9 +200,14 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         .iter()
         .filter(|u| u.unused() > 0)
         .partition(|u| u.used_blobs == 0);
+    // Packs holding damaged copies that good ones replaced go whatever their share (format-spec, "Index").
+    let rotten = repo.index().packs_with_superseded_damage()?;
     let to_repack: Vec<&PackUse> = partly
         .into_iter()
-        .filter(|u| u.unused() as f64 * 100.0 > opts.max_unused_percent * u.size as f64)
+        .filter(|u| {
+            u.unused() as f64 * 100.0 > opts.max_unused_percent * u.size as f64
+                || rotten.contains(&u.id)
+        })
         .collect();
     r.packs_deleted = empty.len() as u64;
     r.packs_repacked = to_repack.len() as u64;

@@ -6,6 +6,11 @@
 //! (`repair index`), so the index is a cache that must never be the only copy of anything. Lookups go to SQLite;
 //! no copy of the index is held in memory, so memory does not grow with the repository.
 //!
+//! The one exception is `damaged_blobs`, the record of stored copies that failed verification: no pack says
+//! a copy of itself is bad, so `repair index` carries these rows over from the old index (format-spec, "Index").
+//! A blob whose indexed copy is recorded damaged is not usable for deduplication, and indexing a new copy of it
+//! moves its row to that copy.
+//!
 //! Opening: [`Index::open`] writes nothing to an index that is already set up, so a full disk can still open
 //! it; [`Index::open_read_only`] serves repositories that cannot be written here (see [`Access`]). The
 //! database file is created 0600 before SQLite sees it, because SQLite gives its `-wal` and `-shm` files the
@@ -72,10 +77,27 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_instance ON runs(instance, start);
+CREATE TABLE IF NOT EXISTS damaged_blobs (
+    blob BLOB NOT NULL,
+    pack BLOB NOT NULL,
+    found TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (blob, pack)
+) WITHOUT ROWID;
 ";
 
+/// Upsert clause: a blob already indexed keeps its location unless that copy is recorded damaged; then its
+/// row moves to the new copy, which heals every snapshot naming the blob. (SQLite applies the `DO UPDATE`
+/// instead of `OR IGNORE` for this uniqueness conflict.)
+const MOVE_FROM_DAMAGED_COPY: &str = "ON CONFLICT(id) DO UPDATE SET pack_no = excluded.pack_no,
+    kind = excluded.kind, compression = excluded.compression, offset = excluded.offset,
+    stored_len = excluded.stored_len, raw_len = excluded.raw_len, base = excluded.base
+    WHERE EXISTS (SELECT 1 FROM damaged_blobs d WHERE d.blob = blobs.id
+        AND d.pack = (SELECT p.id FROM packs p WHERE p.pack_no = blobs.pack_no))";
+
 /// Inserts a pack row and its blob rows. `on_conflict` decides what happens to a blob already indexed:
-/// `IGNORE` keeps its existing location (a backup's duplicate copy), `REPLACE` moves it here (a repack).
+/// `IGNORE` keeps its existing location (a backup's duplicate copy) unless that location is a copy recorded
+/// damaged, `REPLACE` moves it here (a repack).
 fn record_pack(
     tx: &rusqlite::Transaction,
     pack: Id,
@@ -94,7 +116,12 @@ fn record_pack(
     )?;
     let mut st = tx.prepare_cached(&format!(
         "INSERT OR {on_conflict} INTO blobs(id, pack_no, kind, compression, offset, stored_len, raw_len, base)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) {}",
+        if on_conflict == "IGNORE" {
+            MOVE_FROM_DAMAGED_COPY
+        } else {
+            ""
+        }
     ))?;
     for e in entries {
         st.execute(params![
@@ -117,6 +144,28 @@ fn record_pack(
 const LOOKUP_SQL: &str = "SELECT (SELECT p.id FROM packs p WHERE p.pack_no = b.pack_no),
     b.kind, b.compression, b.offset, b.stored_len, b.raw_len, b.base
     FROM blobs b WHERE b.id = ?1";
+
+/// A stored copy of a blob that failed verification: the copy in `pack` is damaged (format-spec, "Index").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageRecord {
+    pub blob: Id,
+    pub pack: Id,
+    /// RFC 3339 time it was found.
+    pub found: String,
+    pub reason: String,
+}
+
+impl DamageRecord {
+    /// A record found now.
+    pub fn now(blob: Id, pack: Id, reason: impl Into<String>) -> DamageRecord {
+        DamageRecord {
+            blob,
+            pack,
+            found: chrono::Utc::now().to_rfc3339(),
+            reason: reason.into(),
+        }
+    }
+}
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,7 +555,8 @@ impl Index {
             .query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    /// Removes a pack and its blob rows (the caller deletes the file only after this commits).
+    /// Removes a pack, its blob rows and its damage records (the caller deletes the file only after this
+    /// commits).
     pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -514,8 +564,108 @@ impl Index {
             params![&pack.0[..]],
         )?;
         tx.execute("DELETE FROM packs WHERE id = ?1", params![&pack.0[..]])?;
+        tx.execute(
+            "DELETE FROM damaged_blobs WHERE pack = ?1",
+            params![&pack.0[..]],
+        )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records damaged copies (a copy already recorded keeps its first record).
+    pub fn record_damage(&self, records: &[DamageRecord]) -> Result<()> {
+        if records.is_empty() {
+            // Nothing to write: a read-only index must not fail here.
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO damaged_blobs(blob, pack, found, reason) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for r in records {
+                st.execute(params![&r.blob.0[..], &r.pack.0[..], r.found, r.reason])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes records that a full read proved wrong (the copy verifies).
+    pub fn clear_damage(&self, records: &[DamageRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut st =
+                tx.prepare_cached("DELETE FROM damaged_blobs WHERE blob = ?1 AND pack = ?2")?;
+            for r in records {
+                st.execute(params![&r.blob.0[..], &r.pack.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every damage record.
+    pub fn damage_records(&self) -> Result<Vec<DamageRecord>> {
+        self.query_damage("SELECT blob, pack, found, reason FROM damaged_blobs ORDER BY blob, pack")
+    }
+
+    /// Damage records of copies that are still the indexed location of their blob: the blob is unusable
+    /// (for reading and for deduplication) until a new copy is stored or the snapshots needing it repaired.
+    pub fn damage_in_use(&self) -> Result<Vec<DamageRecord>> {
+        self.query_damage(
+            "SELECT d.blob, d.pack, d.found, d.reason FROM damaged_blobs d
+             WHERE d.pack = (SELECT p.id FROM packs p
+                             WHERE p.pack_no = (SELECT b.pack_no FROM blobs b WHERE b.id = d.blob))
+             ORDER BY d.blob",
+        )
+    }
+
+    /// Indexed packs holding a damaged copy that is no longer indexed (a good copy superseded it, or nothing
+    /// needs the blob): `prune` rewrites them without it.
+    pub fn packs_with_superseded_damage(&self) -> Result<std::collections::HashSet<Id>> {
+        let rows = self.query_damage(
+            "SELECT d.blob, d.pack, d.found, d.reason FROM damaged_blobs d
+             WHERE EXISTS (SELECT 1 FROM packs p WHERE p.id = d.pack)
+               AND d.pack IS NOT (SELECT p.id FROM packs p
+                                  WHERE p.pack_no = (SELECT b.pack_no FROM blobs b WHERE b.id = d.blob))",
+        )?;
+        Ok(rows.into_iter().map(|r| r.pack).collect())
+    }
+
+    /// Runs a query of damage records; none when the index predates the table and was opened read-only.
+    fn query_damage(&self, sql: &str) -> Result<Vec<DamageRecord>> {
+        let mut exists = self.conn.prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'damaged_blobs'",
+        )?;
+        if !exists.exists([])? {
+            return Ok(Vec::new());
+        }
+        let mut st = self.conn.prepare_cached(sql)?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (blob, pack, found, reason) = row?;
+            let id = |b: &[u8]| {
+                Id::from_slice(b).ok_or_else(|| Error::corrupt("index", "damaged blob id"))
+            };
+            Ok(DamageRecord {
+                blob: id(&blob)?,
+                pack: id(&pack)?,
+                found,
+                reason,
+            })
+        })
+        .collect()
     }
 
     /// Records a snapshot row (a cache of the snapshot file).
@@ -657,6 +807,53 @@ mod tests {
         }
         let st = idx.conn.prepare_cached(LOOKUP_SQL).unwrap();
         assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    #[test]
+    fn a_new_copy_replaces_a_damaged_one_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
+        let (a, b, c) = (Id::of(b"a"), Id::of(b"b"), Id::of(b"c"));
+        idx.add_pack(a, 100, &[entry(1), entry(2)]).unwrap();
+        idx.record_damage(&[DamageRecord::now(Id::of(&[1]), a, "flipped")])
+            .unwrap();
+        assert_eq!(idx.damage_in_use().unwrap().len(), 1);
+        assert!(idx.packs_with_superseded_damage().unwrap().is_empty());
+        let mut moved = entry(1);
+        moved.offset = 8;
+        idx.add_pack(b, 100, &[moved, entry(2)]).unwrap();
+        // The damaged blob moved to the new copy; the good one stayed where it was.
+        assert_eq!(idx.lookup(&Id::of(&[1])).unwrap().unwrap().pack, b);
+        assert_eq!(idx.lookup(&Id::of(&[1])).unwrap().unwrap().entry.offset, 8);
+        assert_eq!(idx.lookup(&Id::of(&[2])).unwrap().unwrap().pack, a);
+        assert!(idx.damage_in_use().unwrap().is_empty());
+        assert_eq!(
+            idx.packs_with_superseded_damage().unwrap(),
+            [a].into_iter().collect()
+        );
+        // A third copy does not move it again.
+        idx.add_pack(c, 100, &[entry(1)]).unwrap();
+        assert_eq!(idx.lookup(&Id::of(&[1])).unwrap().unwrap().pack, b);
+        // Removing the damaged pack removes its records.
+        idx.remove_pack(&a).unwrap();
+        assert!(idx.damage_records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_index_from_before_the_damage_record_opens_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.sqlite");
+        let idx = Index::open(&path).unwrap();
+        idx.raw().execute_batch("DROP TABLE damaged_blobs").unwrap();
+        drop(idx);
+        // A reader of such an index sees no damage rather than an error; a writer adds the table.
+        let reader = Index::open_reader(&path, Access::ReadWrite).unwrap();
+        assert!(reader.damage_in_use().unwrap().is_empty());
+        assert!(reader.packs_with_superseded_damage().unwrap().is_empty());
+        let idx = Index::open(&path).unwrap();
+        idx.record_damage(&[DamageRecord::now(Id::of(b"x"), Id::of(b"p"), "flipped")])
+            .unwrap();
+        assert_eq!(idx.damage_records().unwrap().len(), 1);
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! own, so the threads that hash and compress never wait for an fsync (on two cores that wait used to idle half
 //! the machine). A writer therefore lives inside [`PackWriter::scope`], which owns that thread;
 //! [`PackWriter::flush`] returns once every blob saved so far is durable and indexed.
+//!
+//! Damage (format-spec/README.md, "Index"): a blob whose indexed copy is recorded damaged (by `check`,
+//! `restore`, `dump` or `repair`) is never deduplicated against. The writer stores it again as if it were new,
+//! and indexing that pack moves the blob's row to the good copy, which heals every snapshot naming it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +57,8 @@ pub struct PackWriter<'r> {
     /// Repacking: blobs are saved even though indexed, and their index rows move to the new pack.
     relocate: bool,
     pending: Mutex<HashSet<Id>>,
+    /// Blobs indexed at a copy recorded damaged when the writer started; each is stored again once.
+    unusable: Mutex<HashSet<Id>>,
     /// The pack being filled; created by the first blob that needs it.
     current: Mutex<Option<OpenPack>>,
     io: Sender<Job>,
@@ -89,10 +95,18 @@ impl<'r> PackWriter<'r> {
         // A full pack costs only its open file and write buffer while it waits, so a few may queue behind an
         // fsync instead of stalling the saver that filled them.
         let (tx, rx) = crossbeam_channel::bounded(SEAL_QUEUE);
+        // Read once: damage is rare and the set small, so the hot dedup lookup stays one indexed query.
+        let unusable = repo
+            .index()
+            .damage_in_use()?
+            .into_iter()
+            .map(|d| d.blob)
+            .collect();
         let writer = PackWriter {
             repo,
             relocate,
             pending: Mutex::new(HashSet::new()),
+            unusable: Mutex::new(unusable),
             current: Mutex::new(None),
             io: tx,
             failed: AtomicBool::new(false),
@@ -208,15 +222,30 @@ impl<'r> PackWriter<'r> {
     ///
     /// The index lookup runs outside the pending-set lock, so savers contend only for the index. A blob whose
     /// pack is written and indexed between the two looks is stored twice: harmless (the index keeps one
-    /// location; `prune` reclaims the copy), as with two concurrent backups.
+    /// location; `prune` reclaims the copy), as with two concurrent backups. A blob indexed only at a damaged
+    /// copy counts as absent (the first claim takes it off the unusable set: one new copy is enough).
     fn claim(&self, id: &Id) -> Result<bool> {
         if self.lock_pending().contains(id) {
             return Ok(false);
         }
-        if !self.relocate && self.repo.with_reader(|r| r.contains(id))? {
+        let damaged = self.take_unusable(id);
+        if !self.relocate && !damaged && self.repo.with_reader(|r| r.contains(id))? {
             return Ok(false);
         }
         Ok(self.lock_pending().insert(*id))
+    }
+
+    /// True (once) if `id` is indexed at a damaged copy.
+    fn take_unusable(&self, id: &Id) -> bool {
+        let mut set = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.remove(id)
+    }
+
+    /// True if any of `chunks` is indexed only at a damaged copy: a backup must then read the file again
+    /// (even when it looks unchanged) so that the chunk is stored anew and the snapshots needing it heal.
+    pub fn needs_fresh_copy(&self, chunks: &[Id]) -> bool {
+        let set = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && chunks.iter().any(|c| set.contains(c))
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashSet<Id>> {

@@ -1,9 +1,19 @@
-//! `repair index`: rebuilds the SQLite index from the pack trailers and snapshot files alone.
+//! `repair index` and `repair snapshots`.
 //!
-//! The new index is built in a separate file and swapped in with a rename, so a crash during the rebuild
-//! leaves the old index (or none) in place and the rebuild can simply run again. Damaged packs and snapshot
-//! files are skipped and reported, never deleted: their data may still be salvageable by hand.
+//! `repair index` rebuilds the SQLite index from the pack trailers and snapshot files alone. The new index is
+//! built in a separate file and swapped in with a rename, so a crash during the rebuild leaves the old index
+//! (or none) in place and the rebuild can simply run again. Damaged packs and snapshot files are skipped and
+//! reported, never deleted: their data may still be salvageable by hand. The record of damaged copies is the
+//! one thing packs cannot tell: it is carried over from the old index when that can be read.
+//!
+//! `repair snapshots` drops (or forgets) what depends on damaged data.
+//!
+//! Invariant of both: only verified damage ([`Error::is_damage`]: a hash mismatch, bad framing, a missing
+//! object) is acted on. Any other read error (permission denied, EIO, too many open files) stops the repair
+//! with that error before anything is changed: treating it as damage would drop intact data, and the next
+//! `prune` would delete it.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -11,11 +21,12 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::hashing::Id;
-use crate::index::Index;
+use crate::index::{DamageRecord, Index};
 use crate::lock;
 use crate::pack;
-use crate::repo::{list_pack_files, INDEX_FILE};
+use crate::repo::{list_pack_files, Repository, INDEX_FILE};
 use crate::snapshot::Snapshot;
+use crate::tree::{NodeKind, Tree};
 
 /// What a rebuild found.
 #[derive(Debug, Default, Serialize)]
@@ -23,8 +34,12 @@ pub struct RepairReport {
     pub packs: u64,
     pub blobs: u64,
     pub snapshots: u64,
-    /// Packs and snapshot files that could not be read, with the reason.
+    /// Damaged packs and snapshot files that were skipped, with the reason.
     pub skipped: Vec<String>,
+    /// Damage records carried over from the old index.
+    pub damage_records: u64,
+    /// Things the user should know that do not make the rebuild fail.
+    pub warnings: Vec<String>,
 }
 
 /// Rebuilds `<root>/index.sqlite` under an exclusive lock.
@@ -37,8 +52,21 @@ pub fn repair_index(root: &Path) -> Result<RepairReport> {
     let new_path = root.join("index.sqlite.rebuild");
     remove_db_files(&new_path)?;
     let mut report = RepairReport::default();
+    let live = root.join(INDEX_FILE);
+    let damage = match old_damage_records(&live) {
+        Ok(d) => d,
+        Err(e) => {
+            report.warnings.push(format!(
+                "the record of damaged blobs could not be read from the old index ({e}); run `cairn check --read-data` to find damage again before the next backup"
+            ));
+            Vec::new()
+        }
+    };
     {
         let mut index = Index::open(&new_path)?;
+        // Before the packs: a blob stored both in a damaged and in a good copy is then indexed at the good one.
+        index.record_damage(&damage)?;
+        report.damage_records = damage.len() as u64;
         for (id, _) in list_pack_files(&root.join("packs"))? {
             let hex = id.to_hex();
             let path = root.join("packs").join(&hex[..2]).join(&hex);
@@ -51,7 +79,9 @@ pub fn repair_index(root: &Path) -> Result<RepairReport> {
                     report.blobs += entries.len() as u64;
                     index.add_pack(id, len, &entries)?;
                 }
-                Err(e) => report.skipped.push(format!("pack {id}: {e}")),
+                Err(e) if e.is_damage() => report.skipped.push(format!("pack {id}: {e}")),
+                // Leaving a readable-but-for-now pack out of the index would let `prune` delete it.
+                Err(e) => return Err(e),
             }
         }
         let snap_dir = root.join("snapshots");
@@ -65,18 +95,26 @@ pub fn repair_index(root: &Path) -> Result<RepairReport> {
                     index.add_snapshot(&s, &id.to_hex())?;
                     report.snapshots += 1;
                 }
-                Err(err) => report.skipped.push(format!("snapshot {id}: {err}")),
+                Err(err) if err.is_damage() => report.skipped.push(format!("snapshot {id}: {err}")),
+                Err(err) => return Err(err),
             }
         }
         // Fold the write-ahead log into the file so the rename below moves one complete database.
         index.raw().pragma_update(None, "journal_mode", "DELETE")?;
     }
-    let live = root.join(INDEX_FILE);
     // The old log must go before the rename: SQLite would otherwise replay it onto the new database.
     remove_db_files_except_main(&live)?;
     std::fs::rename(&new_path, &live).map_err(|e| Error::io(&live, e))?;
     fsutil::sync_dir(root)?;
     Ok(report)
+}
+
+/// The damage records of the index at `path` (none if it does not exist or predates the record).
+fn old_damage_records(path: &Path) -> Result<Vec<DamageRecord>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    Index::open_read_only(path)?.damage_records()
 }
 
 fn remove_db_files(main: &Path) -> Result<()> {
@@ -103,106 +141,265 @@ pub struct RepairedSnapshot {
     pub dropped: Vec<String>,
 }
 
-/// Verifies blobs once each; remembers the verdict.
-struct BlobHealth<'r> {
-    repo: &'r crate::repo::Repository,
-    seen: std::collections::HashMap<Id, bool>,
+/// How repair reads stored objects: the repository itself, or in tests a wrapper that injects read faults
+/// (EIO on the Nth read) to prove that such an error stops repair before it changes anything.
+pub trait ObjectReader: Sync {
+    fn read_blob(&self, id: &Id) -> Result<Vec<u8>>;
+    fn read_tree(&self, id: &Id) -> Result<Tree>;
 }
 
-impl BlobHealth<'_> {
-    fn ok(&mut self, id: &Id) -> bool {
-        if let Some(v) = self.seen.get(id) {
-            return *v;
+impl ObjectReader for Repository {
+    fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        Repository::read_blob(self, id)
+    }
+    fn read_tree(&self, id: &Id) -> Result<Tree> {
+        Repository::read_tree(self, id)
+    }
+}
+
+/// What verification found for a tree and everything below it.
+#[derive(Debug, Clone, PartialEq)]
+enum TreeHealth {
+    Clean,
+    /// Readable, but something below it is damaged.
+    HasDamage,
+    /// The tree itself is damaged (with why).
+    Unreadable(String),
+}
+
+/// Verifies every object once and remembers the verdict. Only verified damage ([`Error::is_damage`]) is a
+/// verdict; any other read error is returned and ends the repair.
+struct Verifier<'a> {
+    reader: &'a dyn ObjectReader,
+    /// `Some(reason)` for a damaged blob.
+    blobs: HashMap<Id, Option<String>>,
+    trees: HashMap<Id, TreeHealth>,
+}
+
+impl Verifier<'_> {
+    fn blob_damaged(&mut self, id: &Id) -> Result<bool> {
+        if let Some(v) = self.blobs.get(id) {
+            return Ok(v.is_some());
         }
-        let v = self.repo.read_blob(id).is_ok();
-        self.seen.insert(*id, v);
-        v
+        let verdict = match self.reader.read_blob(id) {
+            Ok(_) => None,
+            Err(e) if e.is_damage() => Some(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        let damaged = verdict.is_some();
+        self.blobs.insert(*id, verdict);
+        Ok(damaged)
+    }
+
+    /// Verifies the tree `t` and everything it names. Every chunk is read, even after damage is found, so
+    /// that a non-damage error anywhere stops repair before anything is changed.
+    fn tree(&mut self, t: &Id) -> Result<TreeHealth> {
+        if let Some(v) = self.trees.get(t) {
+            return Ok(v.clone());
+        }
+        let health = match self.reader.read_tree(t) {
+            Err(e) if e.is_damage() => TreeHealth::Unreadable(e.to_string()),
+            Err(e) => return Err(e),
+            Ok(tree) => {
+                let mut clean = true;
+                for node in &tree.nodes {
+                    match &node.kind {
+                        NodeKind::File { chunks, .. } => {
+                            for c in chunks {
+                                clean &= !self.blob_damaged(c)?;
+                            }
+                        }
+                        NodeKind::Dir { subtree } => {
+                            clean &= self.tree(subtree)? == TreeHealth::Clean;
+                        }
+                        _ => {}
+                    }
+                }
+                if clean {
+                    TreeHealth::Clean
+                } else {
+                    TreeHealth::HasDamage
+                }
+            }
+        };
+        self.trees.insert(*t, health.clone());
+        Ok(health)
+    }
+
+    /// The damaged blobs and trees, with why.
+    fn damaged(&self) -> impl Iterator<Item = (&Id, &String)> {
+        let blobs = self
+            .blobs
+            .iter()
+            .filter_map(|(id, v)| v.as_ref().map(|r| (id, r)));
+        let trees = self.trees.iter().filter_map(|(id, v)| match v {
+            TreeHealth::Unreadable(r) => Some((id, r)),
+            _ => None,
+        });
+        blobs.chain(trees)
     }
 }
 
 /// Rewrites every snapshot that needs a missing or damaged blob: affected files (and unreadable
 /// directories) are dropped, the rest is kept, and the new snapshot is marked partial. With `forget_damaged`
 /// such snapshots are removed instead. Runs under the exclusive lock.
-pub fn repair_snapshots(
-    repo: &crate::repo::Repository,
+///
+/// Every object is verified before anything changes, and only verified damage counts: any other read error
+/// (permission denied, EIO, ...) is returned with no snapshot rewritten or removed and nothing recorded. The
+/// damaged copies are then recorded in the index, so no later backup deduplicates against them (a new backup
+/// of the sources stores good copies).
+pub fn repair_snapshots(repo: &Repository, forget_damaged: bool) -> Result<Vec<RepairedSnapshot>> {
+    repair_snapshots_with(repo, repo, forget_damaged)
+}
+
+/// [`repair_snapshots`] reading objects through `reader`.
+pub fn repair_snapshots_with(
+    repo: &Repository,
+    reader: &dyn ObjectReader,
     forget_damaged: bool,
 ) -> Result<Vec<RepairedSnapshot>> {
     let _lock = lock::acquire(repo.root(), true, "repair snapshots")?;
-    let mut health = BlobHealth {
-        repo,
-        seen: Default::default(),
+    let mut v = Verifier {
+        reader,
+        blobs: HashMap::new(),
+        trees: HashMap::new(),
     };
-    crate::pack_writer::PackWriter::scope(repo, |writer| {
+    // 1. Verify, changing nothing.
+    let mut damaged = Vec::new();
+    for (id, snap) in repo.snapshots()? {
+        let mut clean = true;
+        for root in snap.tree.iter().chain(&snap.stream_tree) {
+            clean &= v.tree(root)? == TreeHealth::Clean;
+        }
+        if !clean {
+            damaged.push((id, snap));
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(Vec::new());
+    }
+    // 2. Plan every change (reading again, writing only new trees that nothing references yet), then
+    // 3. record the damage, so that deduplication stops using it, and apply the plan.
+    if forget_damaged {
+        let mut plans = Vec::new();
+        for (id, snap) in damaged {
+            let (_, _, dropped) = plan(None, &mut v, &snap)?;
+            plans.push((id, dropped));
+        }
+        record_damage(repo, &v)?;
         let mut out = Vec::new();
-        for (id, snap) in repo.snapshots()? {
-            let mut dropped = Vec::new();
-            let tree = match snap.tree {
-                Some(t) => rebuild(repo, writer, &mut health, t, "", &mut dropped)?,
-                None => None,
-            };
-            let stream_tree = match snap.stream_tree {
-                Some(t) => rebuild(repo, writer, &mut health, t, "stream:", &mut dropped)?,
-                None => None,
-            };
-            if dropped.is_empty() {
-                continue;
-            }
-            if forget_damaged {
-                repo.remove_snapshot(&id)?;
-                out.push(RepairedSnapshot {
-                    old_id: id.to_hex(),
-                    new_id: None,
-                    dropped,
-                });
-                continue;
-            }
-            writer.flush()?;
-            let mut new = snap.clone();
-            new.tree = tree;
-            new.stream_tree = stream_tree;
-            let lost: Vec<String> = dropped
-                .iter()
-                .filter_map(|d| d.strip_prefix("stream:").map(str::to_string))
-                .collect();
-            new.streams.retain(|s| !lost.contains(&s.name));
-            new.partial = true;
-            new.parent = Some(id.to_hex());
-            if !new.tags.iter().any(|t| t == "repaired") {
-                new.tags.push("repaired".into());
-            }
-            let note = serde_json::json!({ "repaired_from": id.to_hex(), "dropped": dropped });
-            match &mut new.metadata {
-                Some(serde_json::Value::Object(m)) => {
-                    m.insert("repair".into(), note);
-                }
-                other => *other = Some(serde_json::json!({ "repair": note })),
-            }
-            // The new snapshot is durable before the old one goes.
-            let new_id = repo.save_snapshot(&new)?;
+        for (id, dropped) in plans {
             repo.remove_snapshot(&id)?;
             out.push(RepairedSnapshot {
                 old_id: id.to_hex(),
-                new_id: Some(new_id.to_hex()),
+                new_id: None,
                 dropped,
             });
         }
-        Ok(out)
-    })
+        return Ok(out);
+    }
+    let plans = crate::pack_writer::PackWriter::scope(repo, |writer| {
+        let mut plans = Vec::new();
+        for (id, snap) in damaged {
+            let (tree, stream_tree, dropped) = plan(Some(writer), &mut v, &snap)?;
+            plans.push((
+                id,
+                rewritten(&id, &snap, tree, stream_tree, &dropped),
+                dropped,
+            ));
+        }
+        Ok(plans)
+    })?;
+    record_damage(repo, &v)?;
+    let mut out = Vec::new();
+    for (id, new, dropped) in plans {
+        // The new snapshot is durable before the old one goes.
+        let new_id = repo.save_snapshot(&new)?;
+        repo.remove_snapshot(&id)?;
+        out.push(RepairedSnapshot {
+            old_id: id.to_hex(),
+            new_id: Some(new_id.to_hex()),
+            dropped,
+        });
+    }
+    Ok(out)
 }
 
-/// Rebuilds the tree `t` without entries whose data is damaged; `None` if the tree itself is unreadable.
+/// Records every damaged object that is indexed (an object that is not indexed cannot be deduplicated against).
+fn record_damage(repo: &Repository, v: &Verifier) -> Result<()> {
+    let mut records = Vec::new();
+    for (id, reason) in v.damaged() {
+        if let Some(loc) = repo.with_reader(|r| r.lookup(id))? {
+            records.push(DamageRecord::now(*id, loc.pack, reason.clone()));
+        }
+    }
+    repo.index().record_damage(&records)
+}
+
+/// The new roots of `snap` without its damaged entries, and the paths dropped. New trees are saved through
+/// `writer`; without one (forgetting) only the dropped paths are computed.
+fn plan(
+    writer: Option<&crate::pack_writer::PackWriter>,
+    v: &mut Verifier,
+    snap: &Snapshot,
+) -> Result<(Option<Id>, Option<Id>, Vec<String>)> {
+    let mut dropped = Vec::new();
+    let mut rebuild_root = |root: Option<Id>, prefix: &str| match root {
+        Some(t) => rebuild(writer, v, t, prefix, &mut dropped),
+        None => Ok(None),
+    };
+    let tree = rebuild_root(snap.tree, "")?;
+    let stream_tree = rebuild_root(snap.stream_tree, "stream:")?;
+    Ok((tree, stream_tree, dropped))
+}
+
+/// The snapshot that replaces `snap`: new roots, lost streams removed, marked partial and `repaired`.
+fn rewritten(
+    id: &Id,
+    snap: &Snapshot,
+    tree: Option<Id>,
+    stream_tree: Option<Id>,
+    dropped: &[String],
+) -> Snapshot {
+    let mut new = snap.clone();
+    new.tree = tree;
+    new.stream_tree = stream_tree;
+    if stream_tree.is_none() {
+        new.streams.clear();
+    }
+    let lost: Vec<&str> = dropped
+        .iter()
+        .filter_map(|d| d.strip_prefix("stream:"))
+        .collect();
+    new.streams.retain(|s| !lost.contains(&s.name.as_str()));
+    new.partial = true;
+    new.parent = Some(id.to_hex());
+    if !new.tags.iter().any(|t| t == "repaired") {
+        new.tags.push("repaired".into());
+    }
+    let note = serde_json::json!({ "repaired_from": id.to_hex(), "dropped": dropped });
+    match &mut new.metadata {
+        Some(serde_json::Value::Object(m)) => {
+            m.insert("repair".into(), note);
+        }
+        other => *other = Some(serde_json::json!({ "repair": note })),
+    }
+    new
+}
+
+/// Rebuilds the tree `t` without entries whose data is damaged; `None` if the tree itself is damaged. Uses the
+/// verdicts of the verification pass; a tree that verified is read again, and any error doing so (even
+/// damage appearing now) is returned.
 fn rebuild(
-    repo: &crate::repo::Repository,
-    writer: &crate::pack_writer::PackWriter,
-    health: &mut BlobHealth,
+    writer: Option<&crate::pack_writer::PackWriter>,
+    v: &mut Verifier,
     t: Id,
     path: &str,
     dropped: &mut Vec<String>,
 ) -> Result<Option<Id>> {
-    use crate::tree::{NodeKind, Tree};
-    let tree = match repo.read_tree(&t) {
-        Ok(tree) => tree,
-        Err(_) => {
+    match v.tree(&t)? {
+        TreeHealth::Clean => return Ok(Some(t)),
+        TreeHealth::Unreadable(_) => {
             dropped.push(if path.is_empty() {
                 "/".into()
             } else {
@@ -210,9 +407,10 @@ fn rebuild(
             });
             return Ok(None);
         }
-    };
+        TreeHealth::HasDamage => {}
+    }
+    let tree = v.reader.read_tree(&t)?;
     let mut nodes = Vec::with_capacity(tree.nodes.len());
-    let mut changed = false;
     for mut node in tree.nodes {
         let name = String::from_utf8_lossy(&node.name).into_owned();
         let p = if path.is_empty() || path.ends_with(':') {
@@ -221,31 +419,27 @@ fn rebuild(
             format!("{path}/{name}")
         };
         match &mut node.kind {
-            NodeKind::File { chunks, .. } if !chunks.iter().all(|c| health.ok(c)) => {
-                dropped.push(p);
-                changed = true;
-                continue;
-            }
-            NodeKind::Dir { subtree } => {
-                match rebuild(repo, writer, health, *subtree, &p, dropped)? {
-                    Some(new) => {
-                        changed |= new != *subtree;
-                        *subtree = new;
-                    }
-                    None => {
-                        changed = true;
-                        continue;
-                    }
+            NodeKind::File { chunks, .. } => {
+                let mut bad = false;
+                for c in chunks.iter() {
+                    bad |= v.blob_damaged(c)?;
+                }
+                if bad {
+                    dropped.push(p);
+                    continue;
                 }
             }
+            NodeKind::Dir { subtree } => match rebuild(writer, v, *subtree, &p, dropped)? {
+                Some(new) => *subtree = new,
+                None => continue,
+            },
             _ => {}
         }
         nodes.push(node);
     }
-    if !changed {
-        return Ok(Some(t));
-    }
     let (bytes, id) = Tree::new(nodes)?.encode()?;
-    writer.save_with_id(crate::pack::BlobKind::Tree, id, &bytes)?;
+    if let Some(w) = writer {
+        w.save_with_id(crate::pack::BlobKind::Tree, id, &bytes)?;
+    }
     Ok(Some(id))
 }

@@ -4,6 +4,11 @@
 //! proven to be single, safe components; an existing directory on the way must be a real directory, not a
 //! symlink; existing files are replaced only with `overwrite` (and then unlinked first, never written through).
 //! A file whose chunk fails verification is removed and named in the error, never left silently wrong.
+//!
+//! Damage: an object that fails verification here (a hash mismatch, bad framing, a missing pack or blob; see
+//! [`Error::is_damage`]) is recorded in the index as a damaged copy, so that the next backup stores it again
+//! instead of deduplicating against it, and the error says so. Other read errors (permission denied, EIO)
+//! are reported as they are and recorded nowhere.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -18,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::hashing::Id;
-use crate::index::Location;
+use crate::index::{DamageRecord, Location};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
@@ -155,7 +160,7 @@ fn collect(
     include: &[Vec<Vec<u8>>],
     out: &mut Vec<Item>,
 ) -> Result<()> {
-    let tree = repo.read_tree(tree)?;
+    let tree = read_tree(repo, tree)?;
     for node in tree.nodes {
         let path = rel.join(OsStr::from_bytes(&node.name));
         let depth = path.components().count();
@@ -320,7 +325,7 @@ fn write_chunks_at(repo: &Repository, chunks: &[Id], file: &File, path: &Path) -
             })
             .collect();
         placed.par_iter().try_for_each(|&(loc, at)| {
-            let data = repo.read_from(&packs[&loc.pack], loc)?;
+            let data = read_chunk(repo, &packs[&loc.pack], loc)?;
             file.write_all_at(&data, at).at(path)
         })?;
     }
@@ -335,7 +340,9 @@ fn next_window(repo: &Repository, chunks: &[Id], max_bytes: u64) -> Result<Vec<L
         if window.len() == WINDOW_CHUNKS || bytes >= max_bytes {
             break;
         }
-        let loc = repo.locate(id)?;
+        let loc = repo
+            .locate(id)
+            .map_err(|e| damage_found(repo, id, None, e))?;
         bytes += u64::from(loc.entry.raw_len);
         window.push(loc);
     }
@@ -347,7 +354,7 @@ fn decode_window(repo: &Repository, window: &[Location]) -> Result<Vec<Vec<u8>>>
     let packs = open_packs(repo, window)?;
     window
         .par_iter()
-        .map(|loc| repo.read_from(&packs[&loc.pack], loc))
+        .map(|loc| read_chunk(repo, &packs[&loc.pack], loc))
         .collect()
 }
 
@@ -356,10 +363,76 @@ fn open_packs(repo: &Repository, window: &[Location]) -> Result<HashMap<Id, File
     let mut packs = HashMap::new();
     for loc in window {
         if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(loc.pack) {
-            e.insert(repo.open_pack(&loc.pack)?);
+            let file = repo.open_pack(&loc.pack).map_err(|err| {
+                if err.is_damage() {
+                    record_lost_pack(repo, &loc.pack, &err);
+                }
+                damage_found(repo, &loc.entry.id, Some(&loc.pack), err)
+            })?;
+            e.insert(file);
         }
     }
     Ok(packs)
+}
+
+/// What the user can do about damage met while reading (repeated in `check` and `repair`).
+pub const HEAL_HINT: &str = "the damaged data is no longer used for deduplication: back up the source again to heal every snapshot that needs it, then `cairn prune` drops the damaged copy";
+
+/// Reads and verifies one chunk, recording it if it is damaged.
+fn read_chunk(repo: &Repository, pack: &File, loc: &Location) -> Result<Vec<u8>> {
+    repo.read_from(pack, loc)
+        .map_err(|e| damage_found(repo, &loc.entry.id, Some(&loc.pack), e))
+}
+
+/// Reads and decodes a tree, recording it if it is damaged.
+fn read_tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
+    repo.read_tree(id).map_err(|e| {
+        let pack = e
+            .is_damage()
+            .then(|| repo.with_reader(|r| r.lookup(id)).ok().flatten())
+            .flatten()
+            .map(|l| l.pack);
+        damage_found(repo, id, pack.as_ref(), e)
+    })
+}
+
+/// Records every blob the index places in a pack that is gone (best effort, as in [`damage_found`]).
+fn record_lost_pack(repo: &Repository, pack: &Id, e: &Error) {
+    let index = repo.index();
+    if let Ok(entries) = index.blobs_in_pack(pack) {
+        let records: Vec<DamageRecord> = entries
+            .iter()
+            .map(|b| DamageRecord::now(b.id, *pack, e.to_string()))
+            .collect();
+        let _ = index.record_damage(&records);
+    }
+}
+
+/// If `e` (met reading `blob`, stored in `pack` when indexed) is damage: records the damaged copy and adds
+/// what to do to the message. Other errors pass unchanged.
+fn damage_found(repo: &Repository, blob: &Id, pack: Option<&Id>, e: Error) -> Error {
+    if !e.is_damage() {
+        return e;
+    }
+    if let Some(pack) = pack {
+        // Best effort: a repository that cannot be written to must still restore everything it can, and the
+        // damage is found again by the next reader or `check --read-data`.
+        let _ = repo
+            .index()
+            .record_damage(&[DamageRecord::now(*blob, *pack, e.to_string())]);
+    }
+    match e {
+        Error::Corrupt { what, detail } => Error::Corrupt {
+            what,
+            detail: format!("{detail}; {HEAL_HINT}"),
+        },
+        Error::NotFound(m) => Error::NotFound(format!("{m}; {HEAL_HINT}")),
+        Error::Io { path, source } => Error::Io {
+            path,
+            source: std::io::Error::new(source.kind(), format!("{source}; {HEAL_HINT}")),
+        },
+        other => other,
+    }
 }
 
 fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
@@ -421,7 +494,7 @@ fn apply_meta(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
 /// Finds the node at `path` (components separated by `/`) below the tree `root`.
 pub fn find_node(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
     let comps = components(path);
-    let mut tree = repo.read_tree(root)?;
+    let mut tree = read_tree(repo, root)?;
     for (i, c) in comps.iter().enumerate() {
         let node = tree
             .get(c)
@@ -431,7 +504,7 @@ pub fn find_node(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
             return Ok(node);
         }
         match node.kind {
-            NodeKind::Dir { subtree } => tree = repo.read_tree(&subtree)?,
+            NodeKind::Dir { subtree } => tree = read_tree(repo, &subtree)?,
             _ => {
                 return Err(Error::NotFound(format!(
                     "{path}: not a directory in the snapshot"
@@ -492,7 +565,7 @@ pub fn list(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Vec<(Strin
 }
 
 fn walk(repo: &Repository, tree: &Id, prefix: String, out: &mut Vec<(String, Node)>) -> Result<()> {
-    for node in repo.read_tree(tree)?.nodes {
+    for node in read_tree(repo, tree)?.nodes {
         let name = String::from_utf8_lossy(&node.name);
         let path = if prefix.is_empty() {
             name.into_owned()

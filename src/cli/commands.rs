@@ -489,6 +489,9 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         for e in &report.errors {
             println!("error: {e}");
         }
+        for e in &report.read_errors {
+            println!("error (not damage): {e}");
+        }
         for d in &report.damaged {
             println!(
                 "damaged blob {} in pack {}: {}",
@@ -509,10 +512,17 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
             report.blobs_read,
             if report.is_clean() {
                 "no errors"
-            } else {
+            } else if !report.damaged.is_empty() {
                 "DAMAGE FOUND"
+            } else if !report.errors.is_empty() {
+                "ERRORS FOUND"
+            } else {
+                "READ ERRORS (not damage)"
             }
         );
+        for h in &report.hints {
+            println!("hint: {h}");
+        }
     }
     Ok(if report.is_clean() {
         EXIT_OK
@@ -628,6 +638,9 @@ fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
             }
         }
         println!("{} snapshots repaired", repaired.len());
+        if !repaired.is_empty() {
+            println!("hint: {}", cairn::restore::HEAL_HINT);
+        }
     }
     Ok(EXIT_OK)
 }
@@ -642,6 +655,9 @@ fn repair_index(ctx: &Ctx) -> Result<i32> {
     } else {
         for s in &report.skipped {
             eprintln!("cairn: skipped {s}");
+        }
+        for w in &report.warnings {
+            eprintln!("cairn: warning: {w}");
         }
         println!(
             "index rebuilt: {} packs, {} blobs, {} snapshots",
