@@ -10,6 +10,7 @@
 //! restores).
 
 pub mod archive;
+pub mod backend;
 pub mod backup;
 pub mod check;
 pub mod chunking;
