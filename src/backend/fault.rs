@@ -306,7 +306,10 @@ mod tests {
         let b = FaultyBackend::new(Arc::new(MemoryBackend::new()));
         b.put(ObjectKind::Pack, &name(1), b"abcdef").unwrap();
         b.fail_read(2, Fault::Os(libc::EACCES));
-        assert_eq!(b.get_range(ObjectKind::Pack, &name(1), 1, 2).unwrap(), b"bc");
+        assert_eq!(
+            b.get_range(ObjectKind::Pack, &name(1), 1, 2).unwrap(),
+            b"bc"
+        );
         assert!(b.get(ObjectKind::Pack, &name(1)).is_err());
         assert_eq!(b.get(ObjectKind::Pack, &name(1)).unwrap(), b"abcdef");
     }

@@ -18,6 +18,7 @@
 pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod s3;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -1,0 +1,455 @@
+//! A repository in S3-compatible object storage (AWS S3, MinIO, Ceph RGW, Garage, Google Cloud Storage's XML
+//! API with HMAC keys), through the `object_store` crate.
+//!
+//! `object_store` was chosen over `opendal` because it is the smaller dependency for the one service we need,
+//! exposes exactly the operations of [`Backend`] (put, ranged get, head, list by prefix, delete) plus a
+//! create-only put, and retries transient failures (5xx, timeouts, connection resets) with bounded
+//! exponential backoff itself, while failing at once on permanent ones (403, 404, 400).
+//!
+//! Keys are `<prefix>/<kind dir>/[<xx>/]<name>`, the local layout with `/` separators. A PUT is atomic (an
+//! object appears whole or not at all), so no temporary objects are needed; a streamed write is buffered
+//! locally and sent with one PUT when finished. Credentials come from the standard `AWS_*` variables and are
+//! never printed: [`S3Backend::location`] shows only the bucket and prefix.
+//!
+//! The library is synchronous; each call runs on this backend's own small Tokio runtime and the caller's
+//! thread waits for its result over a channel, which works from any thread, inside another runtime or not.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use super::{check_name, not_found, short_object, Backend, ObjectKind, ObjectWriter};
+use crate::error::{Error, Result};
+
+/// Where an S3 repository is and how to reach it; secrets are read from the environment, never kept here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// `--s3-endpoint`, else `AWS_ENDPOINT_URL` from the environment.
+    pub endpoint: Option<String>,
+    /// `--s3-path-style`: `endpoint/bucket/key` instead of `bucket.endpoint/key` (MinIO, Ceph, Garage).
+    pub path_style: bool,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<S3Location> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::Invalid(format!("{url:?} is not an s3:// URL")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_bucket {
+            return Err(Error::Invalid(format!(
+                "{url:?}: {bucket:?} is not a bucket name (3-63 lowercase letters, digits, '-' or '.')"
+            )));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == ".." || p == ".") || prefix.contains("//") {
+            return Err(Error::Invalid(format!("{url:?}: bad key prefix")));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: None,
+            path_style: false,
+        })
+    }
+}
+
+/// An S3-compatible backend.
+pub struct S3Backend {
+    inner: Arc<Inner>,
+    // Owns the threads `inner.rt` hands requests to; dropped last.
+    _rt: tokio::runtime::Runtime,
+}
+
+/// What requests need; shared with writers, which must be `'static`.
+struct Inner {
+    loc: S3Location,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+}
+
+/// How many times a transient failure is retried, and for how long at most, before it is an error.
+const MAX_RETRIES: usize = 6;
+const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl S3Backend {
+    /// Connects (lazily: no request is made here) with credentials from the `AWS_*` environment.
+    pub fn new(loc: S3Location) -> Result<S3Backend> {
+        S3Backend::build(loc, AmazonS3Builder::from_env())
+    }
+
+    fn build(loc: S3Location, builder: AmazonS3Builder) -> Result<S3Backend> {
+        let mut b = builder.with_bucket_name(&loc.bucket);
+        let endpoint = loc
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(ep) = &endpoint {
+            b = b
+                .with_endpoint(ep)
+                .with_allow_http(ep.starts_with("http://"));
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            // Most S3-compatible servers ignore the region but the signature needs one.
+            b = b.with_region("us-east-1");
+        }
+        b = b.with_virtual_hosted_style_request(!loc.path_style && endpoint.is_none());
+        let retry = RetryConfig {
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_TIMEOUT,
+            ..RetryConfig::default()
+        };
+        let store = b.with_retry(retry).build().map_err(|e| {
+            Error::Invalid(format!("s3://{}: {}", loc.bucket, redact(&e.to_string())))
+        })?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cairn-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("tokio runtime", e))?;
+        Ok(S3Backend {
+            inner: Arc::new(Inner {
+                loc,
+                store: Arc::new(store),
+                rt: rt.handle().clone(),
+            }),
+            _rt: rt,
+        })
+    }
+}
+
+impl Inner {
+    fn key(&self, kind: ObjectKind, name: &str) -> StorePath {
+        self.full(&kind.key(name))
+    }
+
+    fn full(&self, rel: &str) -> StorePath {
+        if self.loc.prefix.is_empty() {
+            StorePath::from(rel)
+        } else {
+            StorePath::from(format!("{}/{rel}", self.loc.prefix))
+        }
+    }
+
+    fn url(&self, key: &StorePath) -> String {
+        format!("s3://{}/{key}", self.loc.bucket)
+    }
+
+    /// Runs `op` on the store from the backend's runtime and waits for it on this thread; errors carry the
+    /// key's URL and an I/O kind (`NotFound`, `PermissionDenied`, else `Other`).
+    fn run<T, F>(
+        &self,
+        key: &StorePath,
+        op: impl FnOnce(Arc<dyn ObjectStore>, StorePath) -> F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = op(self.store.clone(), key.clone());
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        match rx.recv() {
+            Ok(res) => res.map_err(|e| self.err(key, e)),
+            Err(_) => Err(Error::Io {
+                path: self.url(key).into(),
+                source: std::io::Error::other("the request was dropped (shutting down)"),
+            }),
+        }
+    }
+
+    fn err(&self, key: &StorePath, e: object_store::Error) -> Error {
+        let kind = match &e {
+            object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => std::io::ErrorKind::PermissionDenied,
+            _ => std::io::ErrorKind::Other,
+        };
+        Error::Io {
+            path: self.url(key).into(),
+            source: std::io::Error::new(kind, redact(&e.to_string())),
+        }
+    }
+
+    fn put(&self, key: &StorePath, data: Vec<u8>) -> Result<()> {
+        self.run(key, |s, k| async move {
+            s.put(&k, PutPayload::from(data)).await.map(|_| ())
+        })
+    }
+}
+
+/// Error texts from the HTTP layer may quote request URLs; a presigned or credential-bearing query string must
+/// not reach a terminal or a log, so every URL loses its query.
+fn redact(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>'))
+            .unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.find('?') {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?…");
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        let loc = &self.inner.loc;
+        if loc.prefix.is_empty() {
+            format!("s3://{}", loc.bucket)
+        } else {
+            format!("s3://{}/{}", loc.bucket, loc.prefix)
+        }
+    }
+
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<()> {
+        check_name(kind, name)?;
+        self.inner.put(&self.inner.key(kind, name), data.to_vec())
+    }
+
+    fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(S3Writer {
+            inner: self.inner.clone(),
+            kind,
+            buf: Vec::new(),
+        }))
+    }
+
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        check_name(kind, name)?;
+        let key = self.inner.key(kind, name);
+        let got = self
+            .inner
+            .run(&key, |s, k| async move { s.get(&k).await?.bytes().await })?;
+        Ok(got.to_vec())
+    }
+
+    fn get_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        check_name(kind, name)?;
+        let key = self.inner.key(kind, name);
+        let size = if len == 0 {
+            Some(
+                self.stat(kind, name)?
+                    .ok_or_else(|| not_found(self.inner.url(&key)))?,
+            )
+        } else {
+            None
+        };
+        if let Some(size) = size {
+            return if size >= offset {
+                Ok(Vec::new())
+            } else {
+                Err(short_object(self.inner.url(&key), size, offset, len))
+            };
+        }
+        let end = offset.saturating_add(len);
+        let got = self.inner.run(
+            &key,
+            |s, k| async move { s.get_range(&k, offset..end).await },
+        );
+        match got {
+            Ok(b) if b.len() as u64 == len => Ok(b.to_vec()),
+            Ok(b) => Err(short_object(
+                self.inner.url(&key),
+                offset + b.len() as u64,
+                offset,
+                len,
+            )),
+            // A range past the end is refused by the server (416); say what was asked, like the others.
+            Err(e) if !super::is_not_found(&e) => match self.stat(kind, name)? {
+                Some(size) if size < end => {
+                    Err(short_object(self.inner.url(&key), size, offset, len))
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn stat(&self, kind: ObjectKind, name: &str) -> Result<Option<u64>> {
+        check_name(kind, name)?;
+        let key = self.inner.key(kind, name);
+        match self.inner.run(&key, |s, k| async move { s.head(&k).await }) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if super::is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self, kind: ObjectKind) -> Result<Vec<(String, u64)>> {
+        if kind == ObjectKind::Config {
+            return Ok(self
+                .stat(kind, "config")?
+                .map(|n| vec![("config".to_string(), n)])
+                .unwrap_or_default());
+        }
+        let prefix = self.inner.full(kind.dir());
+        let metas = self.inner.run(&prefix, |s, p| async move {
+            s.list(Some(&p)).try_collect::<Vec<_>>().await
+        })?;
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_string();
+                (kind.valid_name(&name) && m.location == self.inner.key(kind, &name))
+                    .then_some((name, m.size))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
+        check_name(kind, name)?;
+        let key = self.inner.key(kind, name);
+        match self
+            .inner
+            .run(&key, |s, k| async move { s.delete(&k).await })
+        {
+            Err(e) if !super::is_not_found(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A streamed object, buffered until it is finished and sent with one PUT (packs are a few MiB).
+struct S3Writer {
+    inner: Arc<Inner>,
+    kind: ObjectKind,
+    buf: Vec<u8>,
+}
+
+impl Write for S3Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for S3Writer {
+    fn finish(self: Box<Self>, name: &str) -> Result<u64> {
+        check_name(self.kind, name)?;
+        let S3Writer { inner, kind, buf } = *self;
+        let size = buf.len() as u64;
+        inner.put(&inner.key(kind, name), buf)?;
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loopback S3 server of `scripts/s3-setup` (started here if the environment does not name one) and
+    /// a fresh bucket on it. No server is a failure, never a skip.
+    pub(crate) fn test_bucket(tag: &str) -> S3Location {
+        let endpoint = std::env::var("CAIRN_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3-setup");
+            let out = std::process::Command::new(script)
+                .output()
+                .expect("run s3-setup");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("CAIRN_TEST_S3_ENDPOINT="))
+                .expect("s3-setup printed an endpoint")
+                .to_string()
+        });
+        let bucket = format!("unit-{tag}-{}", crate::config::random_hex(6));
+        create_bucket(&endpoint, &bucket);
+        S3Location {
+            bucket,
+            prefix: "repo".into(),
+            endpoint: Some(endpoint),
+            path_style: true,
+        }
+    }
+
+    /// Creates a bucket with one unsigned PUT (the test server accepts it).
+    fn create_bucket(endpoint: &str, bucket: &str) {
+        use std::io::{Read, Write};
+        let host = endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).expect("connect to the S3 test server");
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+    }
+
+    /// A backend on a fresh bucket, with the test server's throwaway credentials given explicitly (the
+    /// process environment is not changed under parallel tests).
+    pub(crate) fn test_backend(tag: &str) -> S3Backend {
+        let creds = AmazonS3Builder::new()
+            .with_access_key_id("cairn-test")
+            .with_secret_access_key("cairn-test");
+        S3Backend::build(test_bucket(tag), creds).unwrap()
+    }
+
+    #[test]
+    fn keeps_the_backend_contract_against_a_real_s3_server() {
+        let b = test_backend("contract");
+        crate::backend::contract::holds_for(&b);
+    }
+
+    #[test]
+    fn urls_parse_and_bad_ones_are_refused() {
+        let l = S3Location::parse("s3://my-bucket/backups/odoo/").unwrap();
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("my-bucket", "backups/odoo")
+        );
+        assert_eq!(S3Location::parse("s3://bkt").unwrap().prefix, "");
+        for bad in ["s3://", "s3://A_B", "s3://b/../x", "file:///x", "s3://ab"] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redaction_drops_query_strings_from_urls() {
+        assert_eq!(
+            redact("error sending request for url (http://h/b/k?X-Amz-Signature=abc) x"),
+            "error sending request for url (http://h/b/k?…) x"
+        );
+        assert_eq!(
+            redact("GET http://h/b/k?sig=abc failed"),
+            "GET http://h/b/k?… failed"
+        );
+    }
+}
