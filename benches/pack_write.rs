@@ -50,7 +50,7 @@ fn pack_write(c: &mut Criterion) {
             || {
                 let dir = tmp();
                 let repo =
-                    Repository::init(&dir.path().join("repo"), Config::new_default()).unwrap();
+                    Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
                 (dir, repo)
             },
             |(dir, repo)| {

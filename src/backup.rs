@@ -173,7 +173,7 @@ pub fn backup(repo: &Repository, mut opts: BackupOptions) -> Result<BackupResult
         crate::instance::validate_name(name)?;
     }
     repo.require_writable()?;
-    let _lock = lock::acquire(repo.root(), false, "backup")?;
+    let _lock = lock::acquire(repo.backend(), false, "backup")?;
     let (sources, paths) = resolve_sources(&opts.paths)?;
     record_resolved(&mut opts.metadata, &sources, &paths);
     for s in &opts.streams {
@@ -202,7 +202,7 @@ fn run(
         writer,
         params: repo.config().chunker_files,
         force: opts.force,
-        skip: repo.root().canonicalize().ok(),
+        skip: repo.local_root().and_then(|r| r.canonicalize().ok()),
         counters: Counters::default(),
         warnings: Mutex::new(Vec::new()),
         partial: AtomicBool::new(false),
@@ -321,7 +321,7 @@ fn find_parent(
 ) -> Result<Option<(Id, Snapshot)>> {
     match &opts.parent {
         ParentChoice::None => Ok(None),
-        ParentChoice::Id(id) => Ok(Some((*id, Snapshot::load(&repo.snapshots_dir(), id)?))),
+        ParentChoice::Id(id) => Ok(Some((*id, repo.load_snapshot(id)?))),
         ParentChoice::Auto if paths.is_empty() => Ok(None),
         ParentChoice::Auto => {
             let mut want: Vec<&String> = paths.iter().collect();

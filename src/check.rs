@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index::DamageRecord;
@@ -218,7 +219,7 @@ fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> 
             Some(&len) if len != p.size => {
                 Some(format!("has {len} bytes, the index records {}", p.size))
             }
-            Some(_) => match pack::read_trailer(&repo.pack_path(&p.id)) {
+            Some(&len) => match pack::read_trailer(repo.backend().as_ref(), &p.id, len) {
                 Err(e) if !e.is_damage() => {
                     r.read_errors
                         .push(format!("pack {} cannot be read: {e}", p.id));
@@ -252,14 +253,9 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
     let rows: BTreeSet<Id> = repo.snapshots()?.into_iter().map(|(id, _)| id).collect();
     let mut good = Vec::new();
     let mut files = BTreeSet::new();
-    let dir = repo.snapshots_dir();
-    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-        let e = e.map_err(|e| Error::io(&dir, e))?;
-        let Some(id) = e.file_name().to_str().and_then(Id::from_hex) else {
-            continue;
-        };
+    for id in repo.snapshot_objects()? {
         files.insert(id);
-        match Snapshot::load(&dir, &id) {
+        match repo.load_snapshot(&id) {
             Ok(s) => good.push((id, s)),
             Err(err) if err.is_damage() => r.errors.push(format!("snapshot {id}: {err}")),
             Err(err) => r.read_errors.push(format!("snapshot {id}: {err}")),
@@ -377,8 +373,7 @@ fn read_packs(
         .par_iter()
         .map(|p| {
             let expected = repo.index().blobs_in_pack(&p.id)?;
-            let path = repo.pack_path(&p.id);
-            let bytes = match std::fs::read(&path).map_err(|e| Error::io(&path, e)) {
+            let bytes = match repo.backend().get(ObjectKind::Pack, &p.id.to_hex()) {
                 Ok(b) => {
                     progress.bytes(b.len() as u64);
                     b

@@ -1,11 +1,9 @@
 //! The repository config (format-spec/README.md, "Config"): written once by `init`, never changed afterwards,
 //! because chunker parameters and the format version decide every id the repository holds.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// The on-disk format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -101,12 +99,6 @@ impl Config {
     pub fn stream_level(&self) -> i32 {
         self.stream_compression_level
             .unwrap_or(self.compression_level)
-    }
-
-    /// Reads and validates `<repo>/config`.
-    pub fn load(path: &Path) -> Result<Config> {
-        let bytes = std::fs::read(path).at(path)?;
-        Config::decode(&bytes)
     }
 
     /// Decodes and validates config bytes.

@@ -7,7 +7,6 @@
 //! is refused fails (logged, retried later) without stopping the daemon.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,7 @@ struct State {
 
 /// Daemon settings.
 pub struct DaemonOptions {
-    pub repo: PathBuf,
+    pub repo: crate::backend::RepoUrl,
     /// Concurrent backups (default: one per core).
     pub max_jobs: usize,
     /// How often schedules are evaluated.

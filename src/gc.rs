@@ -19,13 +19,13 @@
 //! only packs that are unindexed or wholly unused, which the next prune removes.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::params;
 use serde::Serialize;
 
+use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::hashing::Id;
 use crate::lock;
 use crate::pack;
@@ -66,7 +66,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         None
     } else {
         repo.require_writable()?;
-        Some(lock::acquire(repo.root(), true, "forget")?)
+        Some(lock::acquire(repo.backend(), true, "forget")?)
     };
     let mut groups: BTreeMap<String, Vec<(Id, Candidate)>> = BTreeMap::new();
     for (id, s) in repo.snapshots()? {
@@ -179,7 +179,7 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     if !opts.dry_run {
         repo.require_writable()?;
     }
-    let _lock = lock::acquire(repo.root(), true, "prune")?;
+    let _lock = lock::acquire(repo.backend(), true, "prune")?;
     let mut r = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
@@ -224,12 +224,13 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     r.packs_written = repack(repo, &to_repack)?;
     for u in empty.iter().chain(&to_repack) {
         repo.index().remove_pack(&u.id)?;
-        fsutil::remove_durable(&repo.pack_path(&u.id))?;
+        repo.backend().delete(ObjectKind::Pack, &u.id.to_hex())?;
     }
     for (id, _) in &unindexed {
-        fsutil::remove_durable(&repo.pack_path(id))?;
+        repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
     }
-    remove_temp_files(repo)?;
+    // Safe: we hold the exclusive lock, so no write of this repository is under way.
+    repo.backend().remove_stale_temporaries()?;
     r.bytes_after = repo.pack_files()?.iter().map(|(_, n)| n).sum();
     r.bytes_freed = r.bytes_before.saturating_sub(r.bytes_after);
     r.duration_s = started.elapsed().as_secs_f64();
@@ -244,11 +245,11 @@ fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
     let indexed: std::collections::HashSet<Id> = rows.iter().map(|(id, _)| *id).collect();
     let mut snaps: Vec<Snapshot> = rows.into_iter().map(|(_, s)| s).collect();
     let mut adopted = 0;
-    for id in snapshot_objects(repo)? {
+    for id in repo.snapshot_objects()? {
         if indexed.contains(&id) {
             continue;
         }
-        let snap = Snapshot::load(&repo.snapshots_dir(), &id).map_err(|e| {
+        let snap = repo.load_snapshot(&id).map_err(|e| {
             refuse(&format!(
                 "snapshot file {id} has no index row and cannot be read ({e}), so the data it needs is unknown"
             ))
@@ -264,19 +265,6 @@ fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
         .flat_map(|s| s.tree.into_iter().chain(s.stream_tree))
         .collect();
     Ok((roots, adopted))
-}
-
-/// Ids of the snapshot files under `snapshots/` (temporary and other files ignored).
-fn snapshot_objects(repo: &Repository) -> Result<Vec<Id>> {
-    let dir = repo.snapshots_dir();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-        let e = e.map_err(|e| Error::io(&dir, e))?;
-        if let Some(id) = e.file_name().to_str().and_then(Id::from_hex) {
-            out.push(id);
-        }
-    }
-    Ok(out)
 }
 
 /// Marks every blob reachable from `roots` in `temp.used`; returns how many. A referenced blob that is
@@ -374,8 +362,7 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
     }
     PackWriter::repack_scope(repo, |writer| {
         for u in packs {
-            let path = repo.pack_path(&u.id);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let bytes = repo.backend().get(ObjectKind::Pack, &u.id.to_hex())?;
             let used: Vec<pack::BlobEntry> = {
                 let idx = repo.index();
                 let mut st = idx.raw().prepare_cached(
@@ -411,37 +398,4 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
             .packs_written
             .load(std::sync::atomic::Ordering::Relaxed))
     })
-}
-
-/// Removes `.tmp-*` files left by interrupted writes (safe: we hold the exclusive lock, so no backup is
-/// writing). In `locks/` a process may be writing its lock file right now, before it finds ours: only temporary
-/// files older than a minute are taken there.
-fn remove_temp_files(repo: &Repository) -> Result<()> {
-    let mut dirs = vec![
-        (repo.snapshots_dir(), Duration::ZERO),
-        (repo.root().to_path_buf(), Duration::ZERO),
-        (repo.packs_dir(), Duration::ZERO),
-        (repo.root().join("locks"), Duration::from_secs(60)),
-    ];
-    if let Ok(subs) = std::fs::read_dir(repo.packs_dir()) {
-        dirs.extend(subs.flatten().map(|e| (e.path(), Duration::ZERO)));
-    }
-    for (d, min_age) in dirs {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let old_enough = || {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age >= min_age)
-            };
-            if e.file_name().to_string_lossy().starts_with(".tmp-") && old_enough() {
-                fsutil::remove_durable(&e.path())?;
-            }
-        }
-    }
-    Ok(())
 }

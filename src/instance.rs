@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::repo::Repository;
 use crate::schedule::{Priority, Retention, Schedule};
 
@@ -141,16 +141,20 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-fn config_path(repo: &Repository, name: &str) -> PathBuf {
-    repo.root().join("instances").join(format!("{name}.json"))
+/// The name of an instance's configuration object.
+fn object_name(name: &str) -> String {
+    format!("{name}.json")
 }
 
 /// Validates and stores a config (file first, then the index row).
 pub fn save(repo: &Repository, cfg: &InstanceConfig) -> Result<()> {
     cfg.validate()?;
     let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-    fsutil::ensure_dir(&repo.root().join("instances"))?;
-    fsutil::write_durable(&config_path(repo, &cfg.name), json.as_bytes())?;
+    repo.backend().put(
+        ObjectKind::Instance,
+        &object_name(&cfg.name),
+        json.as_bytes(),
+    )?;
     repo.index().raw().execute(
         "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
         params![cfg.name, json],
@@ -207,18 +211,41 @@ pub fn remove(repo: &Repository, name: &str) -> Result<()> {
     repo.index()
         .raw()
         .execute("DELETE FROM instances WHERE name = ?1", params![name])?;
-    fsutil::remove_durable(&config_path(repo, name))
+    repo.backend()
+        .delete(ObjectKind::Instance, &object_name(name))
 }
 
-/// Re-adds instance rows from their JSON files (after `repair index`).
+/// Re-adds instance rows from their configuration objects (after `repair index`).
 pub fn reload_from_files(repo: &Repository) -> Result<usize> {
-    let dir = repo.root().join("instances");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(0);
+    Ok(reload(repo)?.len())
+}
+
+/// Makes the instance rows those of the configuration objects (a cached index of a shared repository):
+/// rows of removed objects go, the others are (re)loaded.
+pub fn sync_from_objects(repo: &Repository) -> Result<()> {
+    let present = reload(repo)?;
+    let rows: Vec<String> = {
+        let index = repo.index();
+        let mut st = index.raw().prepare("SELECT name FROM instances")?;
+        let names = st.query_map([], |r| r.get(0))?;
+        names.collect::<Result<_, _>>()?
     };
-    let mut n = 0;
-    for e in entries.flatten() {
-        let Ok(bytes) = std::fs::read(e.path()) else {
+    for name in rows.iter().filter(|n| !present.contains(*n)) {
+        repo.index()
+            .raw()
+            .execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+    }
+    Ok(())
+}
+
+/// Loads every readable configuration object into the index; returns the names loaded.
+fn reload(repo: &Repository) -> Result<std::collections::HashSet<String>> {
+    let mut n = std::collections::HashSet::new();
+    for (object, _) in repo.backend().list(ObjectKind::Instance)? {
+        if !object.ends_with(".json") {
+            continue;
+        }
+        let Ok(bytes) = repo.backend().get(ObjectKind::Instance, &object) else {
             continue;
         };
         if let Ok(cfg) = serde_json::from_slice::<InstanceConfig>(&bytes) {
@@ -227,7 +254,7 @@ pub fn reload_from_files(repo: &Repository) -> Result<usize> {
                 "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
                 params![cfg.name, json],
             )?;
-            n += 1;
+            n.insert(cfg.name);
         }
     }
     Ok(n)
@@ -313,7 +340,7 @@ mod tests {
     #[test]
     fn configs_are_validated_stored_and_survive_an_index_rebuild() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&dir.path().join("r"), Config::new_default()).unwrap();
+        let repo = Repository::init(dir.path().join("r"), Config::new_default()).unwrap();
         let mut cfg = InstanceConfig::new("odoo-prod", Priority::High);
         assert!(save(&repo, &cfg).is_err(), "no source");
         cfg.paths = vec!["relative".into()];
@@ -345,7 +372,7 @@ mod tests {
     #[test]
     fn runs_are_logged_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&dir.path().join("r"), Config::new_default()).unwrap();
+        let repo = Repository::init(dir.path().join("r"), Config::new_default()).unwrap();
         for (i, status) in ["ok", "failed"].iter().enumerate() {
             record_run(
                 &repo,

@@ -1,13 +1,13 @@
-//! Repository locks (format-spec/README.md, "Locks"): a JSON file per holder under `locks/`, recording pid,
+//! Repository locks (format-spec/README.md, "Locks"): a JSON object per holder under `locks/`, recording pid,
 //! host, time and mode. Backups and readers (check, restore, dump, ls, export) take shared locks and may run
 //! together; prune and repair take an exclusive lock, so they never delete or move data under a reader. A lock
 //! is stale when its process is dead on this host or it was not refreshed for [`STALE_AFTER`]; stale locks are
 //! ignored and removed by `cairn unlock`.
 //!
-//! Acquisition: write our lock file first, then look at the others; on a conflict, remove ours and fail. Two
-//! racing processes may both fail, but never both succeed.
+//! Acquisition: write our lock object first, then look at the others; on a conflict, remove ours and fail.
+//! Two racing processes may both fail, but never both succeed. Lock objects are ordinary repository objects
+//! (written, listed and deleted through the [`Backend`]), so the rule holds wherever the repository lives.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::backend::{Backend, ObjectKind, SharedBackend};
+use crate::error::{Error, Result};
 use crate::fsutil;
 
 /// A lock not refreshed for this long is stale, whatever its pid.
@@ -62,23 +63,22 @@ impl LockInfo {
     }
 }
 
-/// A held lock; released (its file removed) on drop.
+/// A held lock; released (its object removed) on drop.
 pub struct LockGuard {
-    path: PathBuf,
+    backend: SharedBackend,
+    name: String,
     stop: Arc<AtomicBool>,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.backend.delete(ObjectKind::Lock, &self.name);
     }
 }
 
-/// Takes a shared or exclusive lock on the repository at `root`.
-pub fn acquire(root: &Path, exclusive: bool, command: &str) -> Result<LockGuard> {
-    let dir = root.join("locks");
-    fsutil::ensure_dir(&dir)?;
+/// Takes a shared or exclusive lock on the repository stored in `backend`.
+pub fn acquire(backend: &SharedBackend, exclusive: bool, command: &str) -> Result<LockGuard> {
     let info = LockInfo {
         pid: std::process::id(),
         host: hostname(),
@@ -86,37 +86,38 @@ pub fn acquire(root: &Path, exclusive: bool, command: &str) -> Result<LockGuard>
         exclusive,
         command: command.to_string(),
     };
-    let path = dir.join(crate::config::random_hex(16));
-    write_lock(&path, &info)?;
+    let name = crate::config::random_hex(16);
+    write_lock(backend.as_ref(), &name, &info)?;
     let guard = LockGuard {
-        path: path.clone(),
+        backend: backend.clone(),
+        name: name.clone(),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let now = Utc::now();
-    for (other_path, other) in read_locks(&dir)? {
-        if other_path == path || other.is_stale(now) {
+    for (other_name, other) in read_locks(backend.as_ref())? {
+        if other_name == name || other.is_stale(now) {
             continue;
         }
         if exclusive || other.exclusive {
             return Err(Error::Locked(other.describe()));
         }
     }
-    spawn_refresher(path, info, guard.stop.clone());
+    spawn_refresher(backend.clone(), name, info, guard.stop.clone());
     Ok(guard)
 }
 
 /// Takes a reader's shared lock, which keeps prune and repair (exclusive) from deleting or moving packs while
-/// it reads. Where no lock file can be written (a read-only mount or directory, a full disk) the reader goes on
-/// without one, after making sure no exclusive lock is held: a repository that cannot be written from here
+/// it reads. Where no lock object can be written (a read-only mount or directory, a full disk) the reader goes
+/// on without one, after making sure no exclusive lock is held: a repository that cannot be written from here
 /// cannot be pruned from here either, and refusing to read it would leave a read-only copy unrestorable.
 /// (A writer elsewhere, e.g. the owner of a directory we may only read, could still prune; its own lock
 /// check cannot see us, which is the price of reading what we cannot write.)
-pub fn acquire_reader(root: &Path, command: &str) -> Result<Option<LockGuard>> {
-    match acquire(root, false, command) {
+pub fn acquire_reader(backend: &SharedBackend, command: &str) -> Result<Option<LockGuard>> {
+    match acquire(backend, false, command) {
         Ok(guard) => Ok(Some(guard)),
         Err(Error::Io { source, .. }) if fsutil::is_unwritable(&source) => {
             let now = Utc::now();
-            let held = read_locks(&root.join("locks"))?
+            let held = read_locks(backend.as_ref())?
                 .into_iter()
                 .find(|(_, other)| other.exclusive && !other.is_stale(now));
             match held {
@@ -128,13 +129,18 @@ pub fn acquire_reader(root: &Path, command: &str) -> Result<Option<LockGuard>> {
     }
 }
 
-fn write_lock(path: &Path, info: &LockInfo) -> Result<()> {
+fn write_lock(backend: &dyn Backend, name: &str, info: &LockInfo) -> Result<()> {
     let bytes = serde_json::to_vec(info).map_err(|e| Error::corrupt("lock", e))?;
-    fsutil::write_durable(path, &bytes)
+    backend.put(ObjectKind::Lock, name, &bytes)
 }
 
 /// Keeps a long operation's lock fresh so other hosts do not take it for stale.
-fn spawn_refresher(path: PathBuf, mut info: LockInfo, stop: Arc<AtomicBool>) {
+fn spawn_refresher(
+    backend: SharedBackend,
+    name: String,
+    mut info: LockInfo,
+    stop: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         let tick = Duration::from_secs(1);
         let mut waited = Duration::ZERO;
@@ -144,26 +150,19 @@ fn spawn_refresher(path: PathBuf, mut info: LockInfo, stop: Arc<AtomicBool>) {
             if waited >= REFRESH_EVERY && !stop.load(Ordering::Relaxed) {
                 waited = Duration::ZERO;
                 info.time = Utc::now();
-                let _ = write_lock(&path, &info);
+                let _ = write_lock(backend.as_ref(), &name, &info);
             }
         }
     });
 }
 
-/// Every readable lock file in `dir`; unreadable or undecodable ones are reported as stale placeholders so
+/// Every lock object with its contents; unreadable or undecodable ones are reported as stale placeholders so
 /// that `unlock` can clear them.
-pub fn read_locks(dir: &Path) -> Result<Vec<(PathBuf, LockInfo)>> {
+pub fn read_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    for e in entries {
-        let e = e.at(dir)?;
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with(".tmp-") {
-            continue;
-        }
-        let info = std::fs::read(e.path())
+    for (name, _) in backend.list(ObjectKind::Lock)? {
+        let info = backend
+            .get(ObjectKind::Lock, &name)
             .ok()
             .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
             .unwrap_or(LockInfo {
@@ -173,18 +172,18 @@ pub fn read_locks(dir: &Path) -> Result<Vec<(PathBuf, LockInfo)>> {
                 exclusive: false,
                 command: "unreadable lock file".into(),
             });
-        out.push((e.path(), info));
+        out.push((name, info));
     }
     Ok(out)
 }
 
 /// Removes stale locks (or every lock with `all`); returns the descriptions of those removed.
-pub fn unlock(root: &Path, all: bool) -> Result<Vec<String>> {
+pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
     let now = Utc::now();
     let mut removed = Vec::new();
-    for (path, info) in read_locks(&root.join("locks"))? {
+    for (name, info) in read_locks(backend)? {
         if all || info.is_stale(now) {
-            fsutil::remove_durable(&path)?;
+            backend.delete(ObjectKind::Lock, &name)?;
             removed.push(info.describe());
         }
     }
@@ -216,44 +215,44 @@ fn process_alive(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::local::LocalBackend;
+
+    fn local(dir: &tempfile::TempDir) -> SharedBackend {
+        Arc::new(LocalBackend::new(dir.path()))
+    }
 
     #[test]
     fn shared_locks_coexist_exclusive_conflicts() {
         let dir = tempfile::tempdir().unwrap();
-        let a = acquire(dir.path(), false, "backup").unwrap();
-        let _b = acquire(dir.path(), false, "backup").unwrap();
-        assert!(matches!(
-            acquire(dir.path(), true, "prune"),
-            Err(Error::Locked(_))
-        ));
+        let b = local(&dir);
+        let a = acquire(&b, false, "backup").unwrap();
+        let _b = acquire(&b, false, "backup").unwrap();
+        assert!(matches!(acquire(&b, true, "prune"), Err(Error::Locked(_))));
         drop(a);
         drop(_b);
-        let x = acquire(dir.path(), true, "prune").unwrap();
+        let x = acquire(&b, true, "prune").unwrap();
         assert!(matches!(
-            acquire(dir.path(), false, "backup"),
+            acquire(&b, false, "backup"),
             Err(Error::Locked(_))
         ));
         drop(x);
-        assert!(read_locks(&dir.path().join("locks")).unwrap().is_empty());
+        assert!(read_locks(b.as_ref()).unwrap().is_empty());
     }
 
     #[test]
     fn a_reader_shares_with_backups_and_excludes_prune() {
         let dir = tempfile::tempdir().unwrap();
-        let _backup = acquire(dir.path(), false, "backup").unwrap();
-        let reader = acquire_reader(dir.path(), "check").unwrap();
+        let b = local(&dir);
+        let _backup = acquire(&b, false, "backup").unwrap();
+        let reader = acquire_reader(&b, "check").unwrap();
         assert!(reader.is_some());
-        assert!(matches!(
-            acquire(dir.path(), true, "prune"),
-            Err(Error::Locked(_))
-        ));
+        assert!(matches!(acquire(&b, true, "prune"), Err(Error::Locked(_))));
     }
 
     #[test]
     fn dead_pid_lock_is_stale_and_unlock_removes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let locks = dir.path().join("locks");
-        std::fs::create_dir_all(&locks).unwrap();
+        let b = local(&dir);
         let dead = LockInfo {
             pid: 999_999_999,
             host: hostname(),
@@ -261,8 +260,8 @@ mod tests {
             exclusive: true,
             command: "prune".into(),
         };
-        write_lock(&locks.join("dead"), &dead).unwrap();
-        let _shared = acquire(dir.path(), false, "backup").expect("a dead holder does not block");
-        assert_eq!(unlock(dir.path(), false).unwrap().len(), 1);
+        write_lock(b.as_ref(), "dead", &dead).unwrap();
+        let _shared = acquire(&b, false, "backup").expect("a dead holder does not block");
+        assert_eq!(unlock(b.as_ref(), false).unwrap().len(), 1);
     }
 }

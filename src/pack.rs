@@ -270,28 +270,24 @@ pub fn parse_entries(entries: &[u8], expected: Id, file_len: u64) -> Result<Vec<
         .collect()
 }
 
-/// Reads and validates the trailer of the pack file at `path` without reading its blobs.
-pub fn read_trailer(path: &std::path::Path) -> Result<Vec<BlobEntry>> {
-    use crate::error::IoContext;
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path).at(path)?;
-    let len = file.metadata().at(path)?.len();
+/// Reads and validates the trailer of the pack `id` of `len` bytes (its listed size) without reading its
+/// blobs: three ranged reads (magic, footer, entries).
+pub fn read_trailer(
+    backend: &dyn crate::backend::Backend,
+    id: &Id,
+    len: u64,
+) -> Result<Vec<BlobEntry>> {
+    let reader = backend.open_reader(crate::backend::ObjectKind::Pack, &id.to_hex())?;
     if len < (PACK_MAGIC.len() + FOOTER_LEN) as u64 {
         return Err(Error::corrupt("pack", "too short (truncated?)"));
     }
-    let mut magic = [0u8; 8];
-    file.read_exact_at(&mut magic, 0).at(path)?;
-    if magic != PACK_MAGIC {
+    if reader.read_at(0, PACK_MAGIC.len() as u64)? != PACK_MAGIC {
         return Err(Error::corrupt("pack", "missing pack magic"));
     }
-    let mut footer = [0u8; FOOTER_LEN];
-    file.read_exact_at(&mut footer, len - FOOTER_LEN as u64)
-        .at(path)?;
+    let footer = reader.read_at(len - FOOTER_LEN as u64, FOOTER_LEN as u64)?;
     let (count, hash) = parse_footer(&footer, len)?;
-    let entries_len = count as usize * ENTRY_LEN;
-    let mut entries = vec![0u8; entries_len];
-    file.read_exact_at(&mut entries, len - (FOOTER_LEN + entries_len) as u64)
-        .at(path)?;
+    let entries_len = count as u64 * ENTRY_LEN as u64;
+    let entries = reader.read_at(len - FOOTER_LEN as u64 - entries_len, entries_len)?;
     parse_entries(&entries, hash, len)
 }
 

@@ -18,13 +18,14 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::backend::{ObjectKind, RepoUrl};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Index};
 use crate::lock;
 use crate::pack;
-use crate::repo::{list_pack_files, Repository, INDEX_FILE};
+use crate::repo::{list_pack_files, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::{NodeKind, Tree};
 
@@ -42,17 +43,16 @@ pub struct RepairReport {
     pub warnings: Vec<String>,
 }
 
-/// Rebuilds `<root>/index.sqlite` under an exclusive lock.
-pub fn repair_index(root: &Path) -> Result<RepairReport> {
-    if !root.join("config").is_file() {
-        return Err(Error::NotARepository(root.to_path_buf()));
-    }
-    crate::config::Config::load(&root.join("config"))?;
-    let _lock = lock::acquire(root, true, "repair index")?;
-    let new_path = root.join("index.sqlite.rebuild");
+/// Rebuilds the index of the repository at `url` (its `index.sqlite`, or its local cache for a repository in
+/// object storage) under an exclusive lock.
+pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
+    let (backend, config) = crate::repo::connect(url)?;
+    let _lock = lock::acquire(&backend, true, "repair index")?;
+    let live = crate::repo::index_path(backend.as_ref(), &config)?;
+    let dir = live.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let new_path = dir.join("index.sqlite.rebuild");
     remove_db_files(&new_path)?;
     let mut report = RepairReport::default();
-    let live = root.join(INDEX_FILE);
     let damage = match old_damage_records(&live) {
         Ok(d) => d,
         Err(e) => {
@@ -67,13 +67,8 @@ pub fn repair_index(root: &Path) -> Result<RepairReport> {
         // Before the packs: a blob stored both in a damaged and in a good copy is then indexed at the good one.
         index.record_damage(&damage)?;
         report.damage_records = damage.len() as u64;
-        for (id, _) in list_pack_files(&root.join("packs"))? {
-            let hex = id.to_hex();
-            let path = root.join("packs").join(&hex[..2]).join(&hex);
-            let len = std::fs::metadata(&path)
-                .map_err(|e| Error::io(&path, e))?
-                .len();
-            match pack::read_trailer(&path) {
+        for (id, len) in list_pack_files(backend.as_ref())? {
+            match pack::read_trailer(backend.as_ref(), &id, len) {
                 Ok(entries) => {
                     report.packs += 1;
                     report.blobs += entries.len() as u64;
@@ -84,13 +79,9 @@ pub fn repair_index(root: &Path) -> Result<RepairReport> {
                 Err(e) => return Err(e),
             }
         }
-        let snap_dir = root.join("snapshots");
-        for e in std::fs::read_dir(&snap_dir).map_err(|e| Error::io(&snap_dir, e))? {
-            let e = e.map_err(|e| Error::io(&snap_dir, e))?;
-            let Some(id) = e.file_name().to_str().and_then(Id::from_hex) else {
-                continue;
-            };
-            match Snapshot::load(&snap_dir, &id) {
+        let snapshots = backend.list(ObjectKind::Snapshot)?;
+        for id in snapshots.iter().filter_map(|(name, _)| Id::from_hex(name)) {
+            match Snapshot::load(backend.as_ref(), &id) {
                 Ok(s) => {
                     index.add_snapshot(&s, &id.to_hex())?;
                     report.snapshots += 1;
@@ -105,7 +96,7 @@ pub fn repair_index(root: &Path) -> Result<RepairReport> {
     // The old log must go before the rename: SQLite would otherwise replay it onto the new database.
     remove_db_files_except_main(&live)?;
     std::fs::rename(&new_path, &live).map_err(|e| Error::io(&live, e))?;
-    fsutil::sync_dir(root)?;
+    fsutil::sync_dir(&dir)?;
     Ok(report)
 }
 
@@ -258,7 +249,7 @@ pub fn repair_snapshots_with(
     reader: &dyn ObjectReader,
     forget_damaged: bool,
 ) -> Result<Vec<RepairedSnapshot>> {
-    let _lock = lock::acquire(repo.root(), true, "repair snapshots")?;
+    let _lock = lock::acquire(repo.backend(), true, "repair snapshots")?;
     let mut v = Verifier {
         reader,
         blobs: HashMap::new(),

@@ -1,24 +1,31 @@
-//! A repository on disk (format-spec/README.md, "Layout"): opening and creating it, reading blobs, and
-//! finding and saving snapshots.
+//! A repository (format-spec/README.md, "Layout" and "Storage"): opening and creating it, reading blobs, and
+//! finding and saving snapshots. Every repository object is read and written through a [`Backend`]; this
+//! module and those above it never touch the storage themselves.
 //!
 //! ```text
-//! <repo>/config               JSON, written once by init
-//! <repo>/index.sqlite         the SQLite index (a rebuildable cache)
-//! <repo>/packs/<xx>/<id>      pack files, <xx> = first two hex digits of the pack id
-//! <repo>/snapshots/<id>       snapshot files
-//! <repo>/locks/<random>       lock files
+//! config               JSON, written once by init
+//! packs/<xx>/<id>      pack files, <xx> = first two hex digits of the pack id
+//! snapshots/<id>       snapshot files
+//! locks/<random>       lock files
+//! instances/<name>.json  instance configurations
 //! ```
 //!
-//! A repository this process cannot write (a read-only mount or directory, an index file it may not write, a
-//! full disk) opens read-only: everything that only reads works, and [`Repository::require_writable`] makes
-//! every writing command fail up front with the real cause. Only genuine corruption of the index is reported
-//! as such: `repair index` cannot fix a permission problem, and it discards the run log.
+//! The SQLite index is local: `<repo>/index.sqlite` for a repository in a directory, and a cache at
+//! `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage, which [`Repository::open`]
+//! brings up to date by listing the packs, snapshots and instances (see [`sync_cache`]); deleting the cache
+//! loses nothing.
+//!
+//! A local repository this process cannot write (a read-only mount or directory, an index file it may not
+//! write, a full disk) opens read-only: everything that only reads works, and [`Repository::require_writable`]
+//! makes every writing command fail up front with the real cause. Only genuine corruption of the index is
+//! reported as such: `repair index` cannot fix a permission problem, and it discards the run log.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::backend::{self, Backend, ObjectKind, RangeReader, RepoUrl, SharedBackend};
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -28,12 +35,15 @@ use crate::pack::{self, BlobKind};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
-/// File name of the index database inside a repository.
+/// File name of the index database inside a local repository (and inside an object-store repository's cache).
 pub const INDEX_FILE: &str = "index.sqlite";
 
 /// An open repository.
 pub struct Repository {
-    root: PathBuf,
+    backend: SharedBackend,
+    /// Where the repository is, for messages.
+    location: String,
+    index_path: PathBuf,
     config: Config,
     index: Mutex<Index>,
     /// Read-only connections for lookups from many threads at once (see [`Self::with_reader`]).
@@ -44,32 +54,84 @@ pub struct Repository {
     access: Access,
 }
 
+/// A backend for `url` and the repository's config; `NotARepository` when there is no config.
+pub fn connect(url: &RepoUrl) -> Result<(SharedBackend, Config)> {
+    let backend = url.connect()?;
+    let config = load_config(backend.as_ref())?;
+    Ok((backend, config))
+}
+
+/// Reads and validates the repository's config.
+fn load_config(backend: &dyn Backend) -> Result<Config> {
+    match backend.get(ObjectKind::Config, "config") {
+        Ok(bytes) => Config::decode(&bytes),
+        Err(e) if backend::is_not_found(&e) => {
+            Err(Error::NotARepository(PathBuf::from(backend.location())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Where the index of the repository at `backend` lives: next to a local repository's objects, else in the
+/// user's cache directory under the repository id.
+pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
+    if let Some(root) = backend.local_root() {
+        return Ok(root.join(INDEX_FILE));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| {
+            Error::Invalid("no cache directory for the index: set XDG_CACHE_HOME or HOME".into())
+        })?;
+    if !config
+        .repository_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::corrupt(
+            "config",
+            "repository id is not a plain name",
+        ));
+    }
+    let dir = cache.join("cairn").join(&config.repository_id);
+    fsutil::ensure_dir(&dir)?;
+    Ok(dir.join(INDEX_FILE))
+}
+
 impl Repository {
-    /// Creates a new repository at `root` (which may exist but must not hold a repository).
-    pub fn init(root: &Path, config: Config) -> Result<Repository> {
-        if root.join("config").exists() {
-            return Err(Error::AlreadyExists(root.to_path_buf()));
+    /// Creates a new repository at `url` (a directory may exist but must not hold a repository).
+    pub fn init(url: impl Into<RepoUrl>, config: Config) -> Result<Repository> {
+        let url = url.into();
+        let backend = url.connect()?;
+        if backend.stat(ObjectKind::Config, "config")?.is_some() {
+            return Err(Error::AlreadyExists(PathBuf::from(backend.location())));
         }
-        for sub in ["packs", "snapshots", "locks"] {
-            fsutil::ensure_dir(&root.join(sub))?;
-        }
-        // The config is written last: a directory without it is not yet a repository.
+        backend.prepare()?;
+        // The config is written last: a place without it is not yet a repository.
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::corrupt("config", e))?;
-        Index::open(&root.join(INDEX_FILE))?;
-        fsutil::write_durable(&root.join("config"), &bytes)?;
-        fsutil::sync_dir(root.parent().unwrap_or(Path::new("/")))?;
-        Repository::open(root)
+        Index::open(&index_path(backend.as_ref(), &config)?)?;
+        backend.put(ObjectKind::Config, "config", &bytes)?;
+        Repository::open_with(backend)
+    }
+
+    /// True if there is a repository at `url`.
+    pub fn exists(url: &RepoUrl) -> Result<bool> {
+        Ok(url.connect()?.stat(ObjectKind::Config, "config")?.is_some())
     }
 
     /// Opens an existing repository.
-    pub fn open(root: &Path) -> Result<Repository> {
-        let config_path = root.join("config");
-        if !config_path.is_file() {
-            return Err(Error::NotARepository(root.to_path_buf()));
-        }
-        let config = Config::load(&config_path)?;
-        let index_path = root.join(INDEX_FILE);
-        if !index_path.exists() && has_packs(root)? {
+    pub fn open(url: impl Into<RepoUrl>) -> Result<Repository> {
+        Repository::open_with(url.into().connect()?)
+    }
+
+    /// Opens the repository stored in `backend`.
+    pub fn open_with(backend: SharedBackend) -> Result<Repository> {
+        let config = load_config(backend.as_ref())?;
+        let index_path = index_path(backend.as_ref(), &config)?;
+        let local = backend.local_root().is_some();
+        if local && !index_path.exists() && !backend.list(ObjectKind::Pack)?.is_empty() {
             return Err(Error::corrupt(
                 "index",
                 format!(
@@ -79,14 +141,53 @@ impl Repository {
             ));
         }
         let (index, read_only) = open_index(&index_path)?;
-        Ok(Repository {
-            root: root.to_path_buf(),
+        let repo = Repository {
+            location: backend.location(),
+            backend,
+            index_path,
             config,
             access: index.access(),
             index: Mutex::new(index),
             readers: Mutex::new(Vec::new()),
             read_only,
-        })
+        };
+        if !local {
+            repo.sync_cache()?;
+        }
+        Ok(repo)
+    }
+
+    /// Brings a cached index up to date with the repository's objects: packs it does not know are read
+    /// (their trailers only) and added, rows of packs that are gone are removed; likewise snapshots and
+    /// instance configurations. Damaged packs and snapshots are left out (`check` reports them).
+    pub fn sync_cache(&self) -> Result<()> {
+        let listed: Vec<(Id, u64)> = self.pack_files()?;
+        let known: HashSet<Id> = self.index().packs()?.into_iter().map(|p| p.id).collect();
+        let listed_ids: HashSet<Id> = listed.iter().map(|(id, _)| *id).collect();
+        for gone in known.difference(&listed_ids) {
+            self.index().remove_pack(gone)?;
+        }
+        for (id, size) in listed.iter().filter(|(id, _)| !known.contains(id)) {
+            match pack::read_trailer(self.backend.as_ref(), id, *size) {
+                Ok(entries) => self.index().add_pack(*id, *size, &entries)?,
+                Err(e) if e.is_damage() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let rows: HashSet<Id> = self.snapshots()?.into_iter().map(|(id, _)| id).collect();
+        let objects: HashSet<Id> = self.snapshot_objects()?.into_iter().collect();
+        for gone in rows.difference(&objects) {
+            self.index().remove_snapshot(&gone.to_hex())?;
+        }
+        for id in objects.difference(&rows) {
+            match self.load_snapshot(id) {
+                Ok(snap) => self.index().add_snapshot(&snap, &id.to_hex())?,
+                Err(e) if e.is_damage() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        crate::instance::sync_from_objects(self)?;
+        Ok(())
     }
 
     /// Fails, naming the cause, if this repository cannot be written from here. Every writing operation
@@ -95,7 +196,7 @@ impl Repository {
         match &self.read_only {
             None => Ok(()),
             Some(cause) => Err(Error::ReadOnly {
-                root: self.root.clone(),
+                root: PathBuf::from(&self.location),
                 cause: cause.clone(),
             }),
         }
@@ -106,8 +207,24 @@ impl Repository {
         self.read_only.is_some()
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the repository's objects live.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.backend
+    }
+
+    /// Where the repository is, for messages (a path or `s3://bucket/prefix`; never a secret).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The directory of a local repository (a backup skips it).
+    pub fn local_root(&self) -> Option<&Path> {
+        self.backend.local_root()
+    }
+
+    /// The index database file.
+    pub fn index_path(&self) -> &Path {
+        &self.index_path
     }
 
     pub fn config(&self) -> &Config {
@@ -129,7 +246,7 @@ impl Repository {
         let pooled = self.lock_readers().pop();
         let reader = match pooled {
             Some(r) => r,
-            None => Index::open_reader(&self.root.join(INDEX_FILE), self.access)?,
+            None => Index::open_reader(&self.index_path, self.access)?,
         };
         let out = f(&reader);
         self.lock_readers().push(reader);
@@ -140,18 +257,9 @@ impl Repository {
         self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
-    }
-
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join("snapshots")
-    }
-
-    /// Path of a pack file.
-    pub fn pack_path(&self, id: &Id) -> PathBuf {
-        let hex = id.to_hex();
-        self.packs_dir().join(&hex[..2]).join(hex)
+    /// Where a pack is, for messages.
+    pub fn pack_location(&self, id: &Id) -> String {
+        format!("{}/{}", self.location, ObjectKind::Pack.key(&id.to_hex()))
     }
 
     /// Reads, decompresses and verifies one blob.
@@ -165,23 +273,30 @@ impl Repository {
             .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))
     }
 
-    /// Opens a pack file for [`read_from`](Self::read_from).
-    pub fn open_pack(&self, pack: &Id) -> Result<File> {
-        let path = self.pack_path(pack);
-        File::open(&path).at(&path)
+    /// Opens a pack for [`read_from`](Self::read_from): many blobs are then read without opening it again.
+    pub fn open_pack(&self, pack: &Id) -> Result<Box<dyn RangeReader + '_>> {
+        self.backend.open_reader(ObjectKind::Pack, &pack.to_hex())
     }
 
-    /// Reads a blob at a known location.
+    /// Reads a blob at a known location (one ranged read of its bytes).
     pub fn read_located(&self, loc: &Location) -> Result<Vec<u8>> {
-        self.read_from(&self.open_pack(&loc.pack)?, loc)
+        let stored = self.backend.get_range(
+            ObjectKind::Pack,
+            &loc.pack.to_hex(),
+            loc.entry.offset,
+            u64::from(loc.entry.stored_len),
+        )?;
+        self.decode_stored(loc, &stored)
     }
 
     /// Reads, decompresses and verifies a blob from its pack, already open.
-    pub fn read_from(&self, file: &File, loc: &Location) -> Result<Vec<u8>> {
-        let mut stored = vec![0u8; loc.entry.stored_len as usize];
-        file.read_exact_at(&mut stored, loc.entry.offset)
-            .at(self.pack_path(&loc.pack))?;
-        pack::decode_blob(&loc.entry, &stored).map_err(|e| match e {
+    pub fn read_from(&self, pack: &dyn RangeReader, loc: &Location) -> Result<Vec<u8>> {
+        let stored = pack.read_at(loc.entry.offset, u64::from(loc.entry.stored_len))?;
+        self.decode_stored(loc, &stored)
+    }
+
+    fn decode_stored(&self, loc: &Location, stored: &[u8]) -> Result<Vec<u8>> {
+        pack::decode_blob(&loc.entry, stored).map_err(|e| match e {
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what: format!("{what} in pack {}", loc.pack.short()),
                 detail,
@@ -211,16 +326,15 @@ impl Repository {
         self.require_writable()?;
         let (bytes, id) = snap.encode()?;
         let hex = id.to_hex();
-        let path = self.snapshots_dir().join(&hex);
         // The same bytes saved before are an object someone else owns: never removed here.
-        let existed = path.exists();
-        let saved = self
-            .index()
-            .add_snapshot_with(snap, &hex, || fsutil::write_durable(&path, &bytes));
+        let existed = self.backend.stat(ObjectKind::Snapshot, &hex)?.is_some();
+        let saved = self.index().add_snapshot_with(snap, &hex, || {
+            self.backend.put(ObjectKind::Snapshot, &hex, &bytes)
+        });
         match saved {
             Ok(()) => Ok(id),
             Err(e) if existed => Err(e),
-            Err(e) => match fsutil::remove_durable(&path) {
+            Err(e) => match self.backend.delete(ObjectKind::Snapshot, &hex) {
                 Ok(()) => Err(e),
                 Err(rm) => Err(Error::Invalid(format!(
                     "{e}; the snapshot file could not be removed either ({rm}): it has no index row, `cairn check` reports it"
@@ -233,7 +347,22 @@ impl Repository {
     /// recoverable by `repair index` rather than a dangling row.
     pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
         self.index().remove_snapshot(&id.to_hex())?;
-        fsutil::remove_durable(&self.snapshots_dir().join(id.to_hex()))
+        self.backend.delete(ObjectKind::Snapshot, &id.to_hex())
+    }
+
+    /// Reads and verifies the snapshot object `id`.
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        Snapshot::load(self.backend.as_ref(), id)
+    }
+
+    /// Ids of the snapshot objects in the repository (with or without an index row).
+    pub fn snapshot_objects(&self) -> Result<Vec<Id>> {
+        Ok(self
+            .backend
+            .list(ObjectKind::Snapshot)?
+            .into_iter()
+            .filter_map(|(name, _)| Id::from_hex(&name))
+            .collect())
     }
 
     /// Every snapshot, oldest first.
@@ -285,7 +414,7 @@ impl Repository {
             [] => Err(Error::NotFound(format!("no snapshot matches {spec:?}"))),
             [one] => {
                 let id = Id::from_hex(one).ok_or_else(|| Error::corrupt("index", "snapshot id"))?;
-                Ok((id, Snapshot::load(&self.snapshots_dir(), &id)?))
+                Ok((id, self.load_snapshot(&id)?))
             }
             many => Err(Error::Ambiguous {
                 prefix: spec,
@@ -294,9 +423,9 @@ impl Repository {
         }
     }
 
-    /// Lists every pack file on disk with its size.
+    /// Lists every pack in the repository with its size.
     pub fn pack_files(&self) -> Result<Vec<(Id, u64)>> {
-        list_pack_files(&self.packs_dir())
+        list_pack_files(self.backend.as_ref())
     }
 }
 
@@ -360,31 +489,13 @@ fn corruption_hint(path: &Path, e: Error) -> Error {
     }
 }
 
-fn has_packs(root: &Path) -> Result<bool> {
-    Ok(!list_pack_files(&root.join("packs"))?.is_empty())
-}
-
-/// Pack files under `packs/`, skipping temporary files; unexpected names are ignored.
-pub fn list_pack_files(dir: &Path) -> Result<Vec<(Id, u64)>> {
-    let mut out = Vec::new();
-    let Ok(subdirs) = std::fs::read_dir(dir) else {
-        return Ok(out);
-    };
-    for sub in subdirs {
-        let sub = sub.at(dir)?;
-        if !sub.file_type().at(sub.path())?.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(sub.path()).at(sub.path())? {
-            let f = f.at(sub.path())?;
-            let name = f.file_name();
-            if let Some(id) = name.to_str().and_then(Id::from_hex) {
-                out.push((id, f.metadata().at(f.path())?.len()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+/// Every pack of the repository at `backend` with its size, sorted.
+pub fn list_pack_files(backend: &dyn Backend) -> Result<Vec<(Id, u64)>> {
+    Ok(backend
+        .list(ObjectKind::Pack)?
+        .into_iter()
+        .filter_map(|(name, size)| Id::from_hex(&name).map(|id| (id, size)))
+        .collect())
 }
 
 /// The default repository: `$XDG_DATA_HOME/cairn/repo`, else `~/.local/share/cairn/repo`.

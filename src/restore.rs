@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
+use crate::backend::RangeReader;
 use crate::error::{Error, IoContext, Result};
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
@@ -325,7 +326,7 @@ fn write_chunks_at(repo: &Repository, chunks: &[Id], file: &File, path: &Path) -
             })
             .collect();
         placed.par_iter().try_for_each(|&(loc, at)| {
-            let data = read_chunk(repo, &packs[&loc.pack], loc)?;
+            let data = read_chunk(repo, packs[&loc.pack].as_ref(), loc)?;
             file.write_all_at(&data, at).at(path)
         })?;
     }
@@ -354,12 +355,15 @@ fn decode_window(repo: &Repository, window: &[Location]) -> Result<Vec<Vec<u8>>>
     let packs = open_packs(repo, window)?;
     window
         .par_iter()
-        .map(|loc| read_chunk(repo, &packs[&loc.pack], loc))
+        .map(|loc| read_chunk(repo, packs[&loc.pack].as_ref(), loc))
         .collect()
 }
 
 /// Each pack a window needs, opened once.
-fn open_packs(repo: &Repository, window: &[Location]) -> Result<HashMap<Id, File>> {
+fn open_packs<'r>(
+    repo: &'r Repository,
+    window: &[Location],
+) -> Result<HashMap<Id, Box<dyn RangeReader + 'r>>> {
     let mut packs = HashMap::new();
     for loc in window {
         if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(loc.pack) {
@@ -379,7 +383,7 @@ fn open_packs(repo: &Repository, window: &[Location]) -> Result<HashMap<Id, File
 pub const HEAL_HINT: &str = "the damaged data is no longer used for deduplication: back up the source again to heal every snapshot that needs it, then `cairn prune` drops the damaged copy";
 
 /// Reads and verifies one chunk, recording it if it is damaged.
-fn read_chunk(repo: &Repository, pack: &File, loc: &Location) -> Result<Vec<u8>> {
+fn read_chunk(repo: &Repository, pack: &dyn RangeReader, loc: &Location) -> Result<Vec<u8>> {
     repo.read_from(pack, loc)
         .map_err(|e| damage_found(repo, &loc.entry.id, Some(&loc.pack), e))
 }
@@ -594,7 +598,7 @@ mod tests {
     #[test]
     fn chunks_come_out_in_order_across_windows_and_at_their_offsets() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(&dir.path().join("repo"), Config::new_default()).unwrap();
+        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
         // More chunks than one window holds, then chunks larger in sum than one window's bytes.
         let mut blobs: Vec<Vec<u8>> = (0..3000u32)
             .map(|i| format!("chunk {i}\n").into_bytes())

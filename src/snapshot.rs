@@ -5,12 +5,10 @@
 //! row never names a file that is not durable, and a failed save leaves no file. Because the file is the truth,
 //! prune takes its roots from the files, so a file whose row is missing keeps its data.
 
-use std::path::Path;
-
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::hashing::Id;
 
 /// Encoding version of snapshot files.
@@ -105,10 +103,9 @@ impl Snapshot {
         Ok(snap)
     }
 
-    /// Reads `snapshots/<id>`.
-    pub fn load(dir: &Path, id: &Id) -> Result<Snapshot> {
-        let path = dir.join(id.to_hex());
-        let bytes = std::fs::read(&path).at(&path)?;
+    /// Reads and verifies the snapshot object `id`.
+    pub fn load(backend: &dyn crate::backend::Backend, id: &Id) -> Result<Snapshot> {
+        let bytes = backend.get(crate::backend::ObjectKind::Snapshot, &id.to_hex())?;
         Snapshot::decode(&bytes, id)
     }
 }

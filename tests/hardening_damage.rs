@@ -407,7 +407,10 @@ impl FaultyReader<'_> {
             return Ok(());
         }
         let pack = self.repo.locate(id)?.pack;
-        Err(cairn::Error::io(self.repo.pack_path(&pack), (self.make)()))
+        Err(cairn::Error::io(
+            self.repo.pack_location(&pack),
+            (self.make)(),
+        ))
     }
 }
 
@@ -453,7 +456,7 @@ fn repair_snapshots_stops_on_an_io_error_and_changes_nothing() {
             .status()
             .unwrap();
         assert!(status.success());
-        let copy_repo = cairn::Repository::open(&copy.path().join("repo")).unwrap();
+        let copy_repo = cairn::Repository::open(copy.path().join("repo")).unwrap();
         let counting = FaultyReader {
             repo: &copy_repo,
             ..counter

@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{check_name, short_object, Backend, ObjectKind, ObjectWriter};
+use super::{check_name, short_object, Backend, ObjectKind, ObjectWriter, RangeReader};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
@@ -83,17 +83,63 @@ impl Backend for LocalBackend {
 
     fn get_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (file, path) = self.open(kind, name)?;
-        let want = usize::try_from(len)
-            .map_err(|_| Error::Invalid(format!("read of {len} bytes is too large")))?;
-        let mut buf = vec![0u8; want];
-        match file.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(buf),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                let size = file.metadata().at(&path)?.len();
-                Err(short_object(path.display().to_string(), size, offset, len))
-            }
-            Err(e) => Err(Error::io(&path, e)),
+        read_range(&file, &path, offset, len)
+    }
+
+    fn open_reader<'a>(
+        &'a self,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Result<Box<dyn RangeReader + 'a>> {
+        let (file, path) = self.open(kind, name)?;
+        Ok(Box::new(FileReader { file, path }))
+    }
+
+    fn prepare(&self) -> Result<()> {
+        for kind in [ObjectKind::Pack, ObjectKind::Snapshot, ObjectKind::Lock] {
+            fsutil::ensure_dir(&self.kind_dir(kind))?;
         }
+        // The new directory itself must survive a crash, not only its contents.
+        fsutil::sync_dir(self.root.parent().unwrap_or(Path::new("/")))
+    }
+
+    fn remove_stale_temporaries(&self) -> Result<()> {
+        use std::time::Duration;
+        let mut dirs = vec![
+            (self.root.clone(), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Snapshot), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Pack), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Instance), Duration::ZERO),
+            // A process may be writing its lock file right now, before it finds the exclusive lock.
+            (self.kind_dir(ObjectKind::Lock), Duration::from_secs(60)),
+        ];
+        dirs.extend(
+            subdirs(&self.kind_dir(ObjectKind::Pack))?
+                .into_iter()
+                .map(|d| (d, Duration::ZERO)),
+        );
+        for (d, min_age) in dirs {
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let old_enough = || {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age >= min_age)
+                };
+                if e.file_name().to_string_lossy().starts_with(".tmp-") && old_enough() {
+                    fsutil::remove_durable(&e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn stat(&self, kind: ObjectKind, name: &str) -> Result<Option<u64>> {
@@ -130,6 +176,33 @@ impl Backend for LocalBackend {
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
         check_name(kind, name)?;
         fsutil::remove_durable(&self.path(kind, name))
+    }
+}
+
+/// Reads `len` bytes at `offset` of an open object file.
+fn read_range(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let want = usize::try_from(len)
+        .map_err(|_| Error::Invalid(format!("read of {len} bytes is too large")))?;
+    let mut buf = vec![0u8; want];
+    match file.read_exact_at(&mut buf, offset) {
+        Ok(()) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            let size = file.metadata().at(path)?.len();
+            Err(short_object(path.display().to_string(), size, offset, len))
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// An object file kept open for many positional reads.
+struct FileReader {
+    file: File,
+    path: PathBuf,
+}
+
+impl RangeReader for FileReader {
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        read_range(&self.file, &self.path, offset, len)
     }
 }
 
@@ -207,9 +280,14 @@ impl ObjectWriter for LocalWriter {
         // Durable now: its pages are clean and will not be read back by this process.
         fsutil::drop_cached(file);
         let dir = path.parent().unwrap_or(&self.backend_root).to_path_buf();
+        let tmp_dir = tmp.path().parent().map(Path::to_path_buf);
         fsutil::ensure_dir(&dir)?;
         tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
         fsutil::sync_dir(&dir)?;
+        // The temporary name's removal too, when it lived in another directory (a pack's shard).
+        if let Some(t) = tmp_dir.filter(|t| *t != dir) {
+            fsutil::sync_dir(&t)?;
+        }
         Ok(size)
     }
 }

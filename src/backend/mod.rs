@@ -14,6 +14,8 @@
 //! - **Listings hold only finished objects**, with their sizes; names that are not valid for the kind (left by
 //!   other tools, or temporary files) are not listed.
 //! - **Delete is idempotent**: deleting a missing object succeeds.
+//!
+//! [`RepoUrl`] names where a repository lives (`/path`, `file:///path`, `s3://bucket/prefix`) and connects to it.
 
 pub mod fault;
 pub mod local;
@@ -21,6 +23,7 @@ pub mod memory;
 pub mod s3;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -77,7 +80,8 @@ impl ObjectKind {
     }
 
     /// Whether `name` is a valid object name of this kind: listings skip anything else (temporary files,
-    /// files left by other tools). Names never hold a path separator or start with a dot.
+    /// files left by other tools). Names never hold a path separator or start with a dot; instance objects
+    /// (`<instance>.json`) may hold a dot further in, but never `..`.
     pub fn valid_name(self, name: &str) -> bool {
         let safe = !name.is_empty()
             && name.len() <= 255
@@ -90,7 +94,16 @@ impl ObjectKind {
             ObjectKind::Pack | ObjectKind::Snapshot => {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
-            ObjectKind::Lock | ObjectKind::Instance => safe,
+            ObjectKind::Lock => safe,
+            ObjectKind::Instance => {
+                !name.is_empty()
+                    && name.len() <= 255
+                    && !name.starts_with('.')
+                    && !name.contains("..")
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            }
         }
     }
 }
@@ -121,6 +134,158 @@ pub trait Backend: Send + Sync {
 
     /// Deletes an object durably; a missing object is not an error.
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()>;
+
+    /// Opens an object for many ranged reads (a restore reads many blobs of one pack). The default does one
+    /// [`get_range`](Backend::get_range) per read; the local backend keeps the file open instead. A missing
+    /// object may be reported here or at the first read.
+    fn open_reader<'a>(
+        &'a self,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Result<Box<dyn RangeReader + 'a>> {
+        check_name(kind, name)?;
+        Ok(Box::new(Ranged {
+            backend: self,
+            kind,
+            name: name.to_string(),
+        }))
+    }
+
+    /// Prepares a new repository's storage (the local backend creates its directories); nothing by default.
+    fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Removes what interrupted writes left behind (the local backend's `.tmp-*` files; object stores leave
+    /// nothing). Only called under the exclusive lock, when no write of this repository is under way.
+    fn remove_stale_temporaries(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The directory of a repository on the local file system, if it is one (a backup skips it).
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// Ranged reads of one object (see [`Backend::open_reader`]). Shared between threads.
+pub trait RangeReader: Send + Sync {
+    /// Reads `len` bytes at `offset`; an object shorter than that is an `UnexpectedEof` I/O error.
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>>;
+}
+
+/// The default [`RangeReader`]: one ranged read of the backend per call.
+struct Ranged<'a, B: ?Sized> {
+    backend: &'a B,
+    kind: ObjectKind,
+    name: String,
+}
+
+impl<B: Backend + ?Sized> RangeReader for Ranged<'_, B> {
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.backend.get_range(self.kind, &self.name, offset, len)
+    }
+}
+
+/// Where a repository lives, as given by `--repo` / `CAIRN_REPO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoUrl {
+    /// A directory: a plain path or `file:///path`.
+    Local(PathBuf),
+    /// `s3://bucket[/prefix]` with the endpoint settings of the command line.
+    S3(s3::S3Location),
+}
+
+impl RepoUrl {
+    /// Parses a repository location: `s3://bucket[/prefix]`, `file:///absolute/path`, or a path.
+    pub fn parse(raw: &Path) -> Result<RepoUrl> {
+        let Some(text) = raw.to_str() else {
+            return Ok(RepoUrl::Local(raw.to_path_buf()));
+        };
+        if text.starts_with("s3://") {
+            return Ok(RepoUrl::S3(s3::S3Location::parse(text)?));
+        }
+        if let Some(rest) = text.strip_prefix("file://") {
+            // Only the local host: `file:///path` or `file://localhost/path`.
+            let path = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !path.starts_with('/') {
+                return Err(Error::Invalid(format!(
+                    "{text:?}: a file URL names an absolute path on this host (file:///path)"
+                )));
+            }
+            return Ok(RepoUrl::Local(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(Error::Invalid(format!(
+                    "{scheme}:// repositories are not supported (use a path, file:///path or s3://bucket/prefix)"
+                )));
+            }
+        }
+        Ok(RepoUrl::Local(raw.to_path_buf()))
+    }
+
+    /// The same location with the S3 endpoint settings applied (no effect on a local path).
+    pub fn with_s3_options(mut self, endpoint: Option<String>, path_style: bool) -> RepoUrl {
+        if let RepoUrl::S3(loc) = &mut self {
+            if endpoint.is_some() {
+                loc.endpoint = endpoint;
+            }
+            loc.path_style |= path_style;
+        }
+        self
+    }
+
+    /// The directory of a local repository.
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            RepoUrl::Local(p) => Some(p),
+            RepoUrl::S3(_) => None,
+        }
+    }
+
+    /// A backend for this location (no request is made yet).
+    pub fn connect(&self) -> Result<SharedBackend> {
+        Ok(match self {
+            RepoUrl::Local(p) => Arc::new(local::LocalBackend::new(p.clone())),
+            RepoUrl::S3(loc) => Arc::new(s3::S3Backend::new(loc.clone())?),
+        })
+    }
+}
+
+impl std::fmt::Display for RepoUrl {
+    /// The location for messages: a path, or `s3://bucket/prefix` (never a credential).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepoUrl::Local(p) => write!(f, "{}", p.display()),
+            RepoUrl::S3(loc) if loc.prefix.is_empty() => write!(f, "s3://{}", loc.bucket),
+            RepoUrl::S3(loc) => write!(f, "s3://{}/{}", loc.bucket, loc.prefix),
+        }
+    }
+}
+
+impl From<&Path> for RepoUrl {
+    fn from(p: &Path) -> RepoUrl {
+        RepoUrl::Local(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for RepoUrl {
+    fn from(p: &PathBuf) -> RepoUrl {
+        RepoUrl::Local(p.clone())
+    }
+}
+
+impl From<PathBuf> for RepoUrl {
+    fn from(p: PathBuf) -> RepoUrl {
+        RepoUrl::Local(p)
+    }
+}
+
+impl From<&RepoUrl> for RepoUrl {
+    fn from(u: &RepoUrl) -> RepoUrl {
+        u.clone()
+    }
 }
 
 /// A streamed object write. Dropping it without [`finish`](ObjectWriter::finish) abandons the object.
@@ -164,6 +329,42 @@ pub(crate) fn check_name(kind: ObjectKind, name: &str) -> Result<()> {
         Err(Error::Invalid(format!(
             "{name:?} is not a valid name for a {kind:?} object"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_names_may_hold_a_dot_but_never_a_path() {
+        assert!(ObjectKind::Instance.valid_name("odoo-prod.json"));
+        for bad in [".json", "a/b.json", "../x", "a..json", "", "x y.json"] {
+            assert!(!ObjectKind::Instance.valid_name(bad), "{bad:?}");
+        }
+        assert!(!ObjectKind::Lock.valid_name("a.b"));
+    }
+
+    #[test]
+    fn repository_urls_parse() {
+        let p = |s: &str| RepoUrl::parse(Path::new(s));
+        assert_eq!(p("/srv/repo").unwrap(), RepoUrl::Local("/srv/repo".into()));
+        assert_eq!(p("rel/repo").unwrap(), RepoUrl::Local("rel/repo".into()));
+        assert_eq!(
+            p("file:///srv/repo").unwrap(),
+            RepoUrl::Local("/srv/repo".into())
+        );
+        let RepoUrl::S3(loc) = p("s3://bkt/a/b").unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!((loc.bucket.as_str(), loc.prefix.as_str()), ("bkt", "a/b"));
+        for bad in ["file://host/x", "file://rel", "gs://bkt/x", "s3://B"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        let url = p("s3://bkt/x")
+            .unwrap()
+            .with_s3_options(Some("http://127.0.0.1:9".into()), true);
+        assert_eq!(url.to_string(), "s3://bkt/x");
     }
 }
 

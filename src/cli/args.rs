@@ -11,9 +11,17 @@ use clap::{Args, Parser, Subcommand};
     about = "Deduplicating snapshots of PostgreSQL databases and file stores"
 )]
 pub struct Cli {
-    /// Repository directory (default: $XDG_DATA_HOME/cairn/repo, created on first backup).
+    /// Repository: a directory, file:///path or s3://bucket/prefix (default: $XDG_DATA_HOME/cairn/repo,
+    /// created on first backup).
     #[arg(long, global = true, env = "CAIRN_REPO")]
     pub repo: Option<PathBuf>,
+    /// S3 endpoint URL for S3-compatible servers (MinIO, Ceph, Garage, https://storage.googleapis.com);
+    /// default: AWS_ENDPOINT_URL, else AWS.
+    #[arg(long, global = true, env = "CAIRN_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 requests (endpoint/bucket/key), as most self-hosted servers want.
+    #[arg(long, global = true, env = "CAIRN_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,

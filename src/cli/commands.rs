@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use cairn::backend::RepoUrl;
 use cairn::backup::{self, BackupOptions, ParentChoice, StreamSource};
 use cairn::check::{self, ReadData};
 use cairn::config::Config;
@@ -23,27 +24,33 @@ use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 /// Global options every command sees.
 pub struct Ctx {
     repo: Option<PathBuf>,
+    s3_endpoint: Option<String>,
+    s3_path_style: bool,
     pub json: bool,
     pub quiet: bool,
 }
 
 impl Ctx {
-    /// The repository path and whether the user named it (a named repository is never created implicitly).
-    pub fn repo_path(&self) -> Result<(PathBuf, bool)> {
-        match &self.repo {
-            Some(p) => Ok((p.clone(), true)),
+    /// The repository's location and whether the user named it (a named repository is never created
+    /// implicitly).
+    pub fn repo_url(&self) -> Result<(RepoUrl, bool)> {
+        let (path, named) = match &self.repo {
+            Some(p) => (p.clone(), true),
             None => cairn::repo::default_repo_path()
                 .map(|p| (p, false))
                 .ok_or_else(|| {
                     Error::Invalid(
                         "no repository: pass --repo or set CAIRN_REPO (HOME is unset)".into(),
                     )
-                }),
-        }
+                })?,
+        };
+        let url =
+            RepoUrl::parse(&path)?.with_s3_options(self.s3_endpoint.clone(), self.s3_path_style);
+        Ok((url, named))
     }
 
     pub fn open(&self) -> Result<Repository> {
-        Repository::open(&self.repo_path()?.0)
+        Repository::open(&self.repo_url()?.0)
     }
 
     pub fn print_json(&self, v: &serde_json::Value) -> Result<()> {
@@ -56,6 +63,8 @@ impl Ctx {
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let ctx = Ctx {
         repo: cli.repo,
+        s3_endpoint: cli.s3_endpoint,
+        s3_path_style: cli.s3_path_style,
         json: cli.json,
         quiet: cli.quiet,
     };
@@ -160,7 +169,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
 }
 
 fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
-    let (path, _) = ctx.repo_path()?;
+    let (path, _) = ctx.repo_url()?;
     let mut config = Config::new_default();
     if let Some(level) = a.compression_level {
         config.compression_level = level;
@@ -170,12 +179,13 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     }
     let repo = Repository::init(&path, config)?;
     if ctx.json {
-        ctx.print_json(&json!({"repository": path, "repository_id": repo.config().repository_id}))?;
+        ctx.print_json(
+            &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id}),
+        )?;
     } else {
         println!(
-            "created repository {} at {}",
+            "created repository {} at {path}",
             repo.config().repository_id,
-            path.display()
         );
     }
     Ok(EXIT_OK)
@@ -183,12 +193,9 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
 
 /// Opens the repository for a backup, creating the default one (only) on first use.
 fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
-    let (path, named) = ctx.repo_path()?;
-    if !named && !path.join("config").exists() {
-        eprintln!(
-            "cairn: creating the default repository at {}",
-            path.display()
-        );
+    let (path, named) = ctx.repo_url()?;
+    if !named && !Repository::exists(&path)? {
+        eprintln!("cairn: creating the default repository at {path}");
         return Repository::init(&path, Config::new_default());
     }
     Repository::open(&path)
@@ -370,7 +377,7 @@ fn show(ctx: &Ctx, spec: &str) -> Result<i32> {
 
 fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.root(), "ls")?;
+    let _lock = cairn::lock::acquire_reader(repo.backend(), "ls")?;
     let (_, snap) = repo.resolve_snapshot(spec, instance)?;
     let entries = restore::list(&repo, &snap, path.unwrap_or(""))?;
     let mut out = std::io::stdout().lock();
@@ -407,7 +414,7 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
 
 fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.root(), "restore")?;
+    let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
     let (id, snap) = repo.resolve_snapshot(&a.snapshot, a.instance.as_deref())?;
     let database = match &a.pg_target {
         Some(_) => Some(pg::restore(ctx, &repo, &snap, &a)?),
@@ -460,7 +467,7 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 
 fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.root(), "dump")?;
+    let _lock = cairn::lock::acquire_reader(repo.backend(), "dump")?;
     let (_, snap) = repo.resolve_snapshot(spec, instance)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -470,7 +477,7 @@ fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32
 
 fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.root(), "check")?;
+    let _lock = cairn::lock::acquire_reader(repo.backend(), "check")?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => s.parse()?,
@@ -646,7 +653,7 @@ fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
 }
 
 fn repair_index(ctx: &Ctx) -> Result<i32> {
-    let (path, _) = ctx.repo_path()?;
+    let (path, _) = ctx.repo_url()?;
     let report = cairn::repair::repair_index(&path)?;
     // Instance configs live in the index too; their durable copies are files.
     cairn::instance::reload_from_files(&Repository::open(&path)?)?;
@@ -699,7 +706,7 @@ fn import_archive(
 fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
     let format: cairn::archive::ExportFormat = format.parse()?;
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.root(), "export")?;
+    let _lock = cairn::lock::acquire_reader(repo.backend(), "export")?;
     let (_, snap) = repo.resolve_snapshot(spec, None)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -709,11 +716,9 @@ fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
 }
 
 fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
-    let (path, _) = ctx.repo_path()?;
-    if !path.join("config").is_file() {
-        return Err(Error::NotARepository(path));
-    }
-    let removed = cairn::lock::unlock(&path, all)?;
+    let (path, _) = ctx.repo_url()?;
+    let (backend, _) = cairn::repo::connect(&path)?;
+    let removed = cairn::lock::unlock(backend.as_ref(), all)?;
     if ctx.json {
         ctx.print_json(&json!({ "removed": removed }))?;
     } else {

@@ -220,7 +220,7 @@ fn restore_instance(
         pg_target,
         in_place,
     } = to;
-    let _lock = cairn::lock::acquire_reader(repo.root(), "restore")?;
+    let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
     let cfg = instance::load(repo, name)?;
     let (id, snap) = match (snapshot, at) {
         (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
@@ -503,7 +503,7 @@ pub fn run_due(ctx: &Ctx) -> Result<i32> {
 }
 
 pub fn daemon(ctx: &Ctx, max_jobs: Option<usize>, tick_seconds: u64) -> Result<i32> {
-    let (repo, _) = ctx.repo_path()?;
+    let (repo, _) = ctx.repo_url()?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -652,11 +652,11 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
 }
 
 pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
-    let (repo, _) = ctx.repo_path()?;
+    let (repo, _) = ctx.repo_url()?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cairn".into());
-    let repo = repo.display().to_string();
+    let repo = repo.to_string();
     match kind {
         ScheduleKind::Crontab => print!("{}", schedule::crontab_entry(&exe, &repo)),
         ScheduleKind::Systemd => print!("{}", schedule::systemd_units(&exe, &repo)),
