@@ -1,0 +1,364 @@
+//! Repositories in S3-compatible object storage, through the real binary against a real S3-protocol server on
+//! loopback (`moto` in server mode: `scripts/s3-setup` starts it unless `CAIRN_TEST_S3_ENDPOINT` names one).
+//! Each test gets a fresh bucket and its own index cache directory. The credentials are given to the child
+//! processes only, never set in this process (tests run in parallel threads).
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use harness::{assert_same_tree, build_rich_tree, cairn_bin, fails, ok, pseudo_random, run};
+
+/// moto accepts any key pair; this secret must never appear in any output.
+const SECRET: &str = "s3cr3t-never-printed-7f3a";
+
+/// The shared test server's endpoint (`http://127.0.0.1:PORT`).
+fn endpoint() -> &'static str {
+    static EP: OnceLock<String> = OnceLock::new();
+    EP.get_or_init(|| {
+        if let Ok(ep) = std::env::var("CAIRN_TEST_S3_ENDPOINT") {
+            return ep;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-setup");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("CAIRN_TEST_S3_ENDPOINT="))
+            .unwrap_or_else(|| panic!("s3-setup printed no endpoint: {stdout}"))
+            .to_string()
+    })
+}
+
+/// Sends one unsigned request (the test server accepts them) and returns the reply.
+fn raw_request(endpoint: &str, method: &str, path: &str) -> std::io::Result<String> {
+    let host = endpoint.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host)?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+/// A fresh bucket on `endpoint`; returns the repository URL inside it.
+fn fresh_repo(endpoint: &str, tag: &str) -> String {
+    let bucket = format!("it-{tag}-{}", unique());
+    let reply = raw_request(endpoint, "PUT", &format!("/{bucket}")).expect("create bucket");
+    assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+    format!("s3://{bucket}/backups/host1")
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A `cairn` command on the S3 repository `url`, with its index cache under `cache`.
+fn s3cairn(endpoint: &str, url: &str, cache: &Path) -> Command {
+    let mut c = Command::new(cairn_bin());
+    c.env("CAIRN_REPO", url)
+        .env("XDG_CACHE_HOME", cache)
+        .env("AWS_ACCESS_KEY_ID", "cairn-test")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("XDG_DATA_HOME")
+        .args(["--s3-endpoint", endpoint, "--s3-path-style"])
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd` with `input` on its stdin; asserts success and returns stdout.
+fn ok_with_stdin(cmd: &mut Command, input: &[u8]) -> String {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?}: {err}");
+    assert!(!err.contains(SECRET));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn snapshots(cmd: &mut Command) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ok(cmd.args(["snapshots", "--json"]))).unwrap()
+}
+
+fn stream_bytes() -> Vec<u8> {
+    let mut v = b"-- dump header\n".repeat(1000);
+    v.extend(pseudo_random(3_000_000, 42));
+    v
+}
+
+#[test]
+fn an_s3_repository_backs_up_restores_forgets_prunes_and_checks_clean() {
+    let ep = endpoint();
+    let url = fresh_repo(ep, "life");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let c = || s3cairn(ep, &url, &cache);
+    let init: serde_json::Value = serde_json::from_str(&ok(c().args(["init", "--json"]))).unwrap();
+    assert_eq!(init["repository"], url.as_str());
+    let id = init["repository_id"].as_str().unwrap();
+    assert!(
+        cache.join("cairn").join(id).join("index.sqlite").is_file(),
+        "the index is a local cache"
+    );
+    let src = dir.path().join("data");
+    build_rich_tree(&src, 40);
+    ok(c().args([
+        "backup",
+        "--time",
+        "2026-11-01T03:00:00Z",
+        src.to_str().unwrap(),
+    ]));
+    let dump = stream_bytes();
+    let stream: serde_json::Value = serde_json::from_str(&ok_with_stdin(
+        c().args([
+            "backup",
+            "--json",
+            "--time",
+            "2026-10-01T03:00:00Z",
+            "--stdin",
+            "--stdin-name",
+            "db.dump",
+        ]),
+        &dump,
+    ))
+    .unwrap();
+    let stream_id = stream["snapshot_id"].as_str().unwrap().to_string();
+    // The second file snapshot drops a 5 MB file, which forget + prune then reclaim.
+    std::fs::remove_file(src.join("docs/nested/deeper/big.bin")).unwrap();
+    std::fs::write(src.join("docs/new.bin"), pseudo_random(2_000_000, 7)).unwrap();
+    ok(c().args([
+        "backup",
+        "--time",
+        "2026-11-02T03:00:00Z",
+        src.to_str().unwrap(),
+    ]));
+    assert_eq!(snapshots(&mut c()).len(), 3);
+
+    let t = dir.path().join("t1");
+    ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+    let out = c()
+        .args(["dump", &stream_id[..12], "db.dump"])
+        .output()
+        .expect("run cairn dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == dump, "the stream is restored byte for byte");
+
+    let forget: serde_json::Value =
+        serde_json::from_str(&ok(c().args(["forget", "--keep-last", "1", "--json"]))).unwrap();
+    assert_eq!(forget["removed"], 1, "{forget}");
+    let prune: serde_json::Value =
+        serde_json::from_str(&ok(c().args(["prune", "--json"]))).unwrap();
+    assert!(
+        prune["bytes_freed"].as_u64().unwrap() > 0,
+        "prune freed nothing: {prune}"
+    );
+    let (code, out, err) = run(c().args(["check", "--read-data"]));
+    assert_eq!(code, 0, "check: {out}{err}");
+    assert!(!err.contains(SECRET) && !out.contains(SECRET));
+    let t = dir.path().join("t2");
+    ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+}
+
+#[test]
+fn deleting_the_cache_loses_nothing_snapshots_restore_and_backup_work_from_a_fresh_one() {
+    let ep = endpoint();
+    let url = fresh_repo(ep, "cache");
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("cache1");
+    let src = dir.path().join("data");
+    build_rich_tree(&src, 20);
+    ok(s3cairn(ep, &url, &first).arg("init"));
+    ok(s3cairn(ep, &url, &first).args(["backup", src.to_str().unwrap()]));
+    ok(s3cairn(ep, &url, &first).args([
+        "instance",
+        "add",
+        "files",
+        "--path",
+        src.to_str().unwrap(),
+    ]));
+    std::fs::remove_dir_all(&first).unwrap();
+
+    // Another cache directory (as another host would have): everything comes back from the repository.
+    let second = dir.path().join("cache2");
+    let c = || s3cairn(ep, &url, &second);
+    assert_eq!(snapshots(&mut c()).len(), 1);
+    let list = ok(c().args(["instance", "list"]));
+    assert!(
+        list.contains("files"),
+        "instance configs are repository objects: {list}"
+    );
+    let t = dir.path().join("t");
+    ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+    let again: serde_json::Value = serde_json::from_str(&ok(c().args([
+        "backup",
+        "--json",
+        "--force",
+        src.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(
+        again["chunks_new"], 0,
+        "the rebuilt cache deduplicates against every pack: {again}"
+    );
+    assert_eq!(snapshots(&mut c()).len(), 2);
+    ok(c().args(["check", "--read-data"]));
+    // `repair index` rebuilds the cache from the pack trailers.
+    ok(c().args(["repair", "index"]));
+    assert_eq!(snapshots(&mut c()).len(), 2);
+}
+
+/// A second S3 server of this test's own, on a free port.
+struct OwnServer {
+    child: Child,
+    endpoint: String,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        endpoint(); // makes sure moto is installed
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server (installed by scripts/s3-setup)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while raw_request(&endpoint, "GET", "/").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on {endpoint}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        OwnServer { child, endpoint }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn a_backup_whose_server_dies_midway_fails_with_a_clear_error_and_leaves_no_snapshot() {
+    let mut server = OwnServer::start();
+    let ep = server.endpoint.clone();
+    let url = fresh_repo(&ep, "kill");
+    let bucket = url
+        .trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let init: serde_json::Value =
+        serde_json::from_str(&ok(s3cairn(&ep, &url, &cache).args(["init", "--json"]))).unwrap();
+    let id = init["repository_id"].as_str().unwrap().to_string();
+    // Incompressible data worth many 16 MiB packs, so that the server dies with most of it still to send.
+    let src = dir.path().join("data");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        std::fs::write(src.join(format!("f{i}")), pseudo_random(10_000_000, i)).unwrap();
+    }
+    let backup = s3cairn(&ep, &url, &cache)
+        .args(["backup", src.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once the first pack has arrived.
+    let list = format!("/{bucket}?list-type=2&prefix=backups/host1/packs/");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reply = raw_request(&ep, "GET", &list).unwrap_or_default();
+        if reply.contains("<Key>") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pack was uploaded: {reply}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+    let started = Instant::now();
+    let out = backup.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("cairn: error:"), "{err}");
+    assert!(
+        err.contains(&format!("s3://{bucket}/")),
+        "names the location: {err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "retries are bounded: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("saved"),
+        "no snapshot reported"
+    );
+    // The cached index holds no snapshot (the repository itself died with the server).
+    let index_path: PathBuf = cache.join("cairn").join(&id).join("index.sqlite");
+    let index = cairn::index::Index::open_read_only(&index_path).unwrap();
+    assert!(index.snapshots().unwrap().is_empty());
+    // With no server at all, commands fail cleanly too.
+    fails(
+        s3cairn(&ep, &url, &dir.path().join("other")).arg("snapshots"),
+        1,
+    );
+}
