@@ -11,9 +11,9 @@
 //! ```
 //!
 //! The SQLite index is local: `<repo>/index.sqlite` for a repository in a directory, and a cache at
-//! `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage, which [`Repository::open`]
-//! brings up to date by listing the packs, snapshots and instances (see [`sync_cache`]); deleting the cache
-//! loses nothing.
+//! `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage, which
+//! [`Repository::open`] brings up to date by listing the packs, snapshots and instances (see
+//! [`Repository::sync_cache`]); deleting the cache loses nothing.
 //!
 //! A local repository this process cannot write (a read-only mount or directory, an index file it may not
 //! write, a full disk) opens read-only: everything that only reads works, and [`Repository::require_writable`]

@@ -217,6 +217,18 @@ impl Backend for FaultyBackend {
         self.state.inner.list(kind)
     }
 
+    fn prepare(&self) -> Result<()> {
+        self.state.inner.prepare()
+    }
+
+    fn remove_stale_temporaries(&self) -> Result<()> {
+        self.state.inner.remove_stale_temporaries()
+    }
+
+    fn local_root(&self) -> Option<&std::path::Path> {
+        self.state.inner.local_root()
+    }
+
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
         match self.state.next(Op::Write) {
             None | Some(Fault::Tear) => self.state.inner.delete(kind, name),
