@@ -140,6 +140,9 @@ pub struct BackupOptions {
     /// `metadata` with facts known only then (e.g. what pg_dump printed on stderr).
     pub finalize_metadata: Vec<MetadataHook>,
     pub progress: Progress,
+    /// Take each path as named instead of resolving it: a path that is a symlink is stored as that symlink,
+    /// never followed (the extracted members of an untrusted archive).
+    pub keep_root_symlinks: bool,
 }
 
 /// See [`BackupOptions::finalize_metadata`].
@@ -158,7 +161,11 @@ pub struct BackupResult {
 pub fn backup(repo: &Repository, opts: BackupOptions) -> Result<BackupResult> {
     let started = Instant::now();
     let _lock = lock::acquire(repo.root(), false, "backup")?;
-    let sources = resolve_sources(&opts.paths)?;
+    let sources = if opts.keep_root_symlinks {
+        literal_sources(&opts.paths)?
+    } else {
+        resolve_sources(&opts.paths)?
+    };
     for s in &opts.streams {
         if !valid_name(s.name.as_bytes()) {
             return Err(Error::Invalid(format!("invalid stream name {:?}", s.name)));
@@ -251,6 +258,30 @@ fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
             )));
         }
         out.push((abs, name));
+    }
+    Ok(out)
+}
+
+/// Source paths whose parent directory is resolved but whose last component is kept as is, with their
+/// root-tree names; names must be distinct.
+fn literal_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return Err(Error::Invalid(format!(
+                "{}: not a named entry",
+                p.display()
+            )));
+        };
+        let abs = parent.canonicalize().at(parent)?.join(name);
+        if !seen.insert(name.as_bytes().to_vec()) {
+            return Err(Error::Invalid(format!(
+                "two source paths end in the same name {:?}",
+                name
+            )));
+        }
+        out.push((abs, name.as_bytes().to_vec()));
     }
     Ok(out)
 }
