@@ -596,3 +596,337 @@ fn export_then_import_round_trips_fifos_and_symlinks_through_tar() {
         Path::new("/nowhere/at/all")
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Item 6: restoring an imported plain-SQL dump (untrusted) into PostgreSQL
+// ---------------------------------------------------------------------------------------------------------
+
+use harness::pg::{psql, unique_name, with_pg, TempDb};
+
+/// A repository holding an imported archive whose dump.sql is `sql`; returns its snapshot id.
+fn import_sql(sb: &Sandbox, sql: &str) -> String {
+    let members = vec![file("dump.sql", sql.as_bytes())];
+    let (code, id, err) = sb.import(&format!("{}.tar.gz", unique_name("sql")), &tar_gz(&members));
+    assert_eq!(code, 0, "{err}");
+    id.unwrap()
+}
+
+/// `cairn restore ID --pg-target DB` with the test server's settings and `path_front` first in PATH.
+fn restore_pg(sb: &Sandbox, id: &str, db: &str, path_front: Option<&Path>) -> (i32, String) {
+    let mut c = with_pg(sb.cairn());
+    c.env_remove("CAIRN_TEST_PG");
+    if let Some(dir) = path_front {
+        let path = std::env::var("PATH").unwrap_or_default();
+        c.env("PATH", format!("{}:{path}", dir.display()));
+    }
+    let (code, _, err) = run(c.args(["restore", id, "--pg-target", db]));
+    assert!(!err.contains("panicked"), "{err}");
+    (code, err)
+}
+
+/// A directory holding a `psql` that is the real one except that it does not know `\restrict` (as psql
+/// before the 2025-08 minor releases): `--help=commands` does not list it.
+fn psql_without_restrict(dir: &Path) -> PathBuf {
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v psql"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let bin = dir.join("old-psql-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("psql");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --help=commands ]; then {real} --help=commands | grep -v restrict; exit 0; fi\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// A sentinel path that both this process and the server (running `COPY ... TO PROGRAM` as the postgres OS
+/// user) could create: in a world-writable directory of its own under /tmp.
+fn shared_sentinel() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-sentinel-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let path = dir.path().join("sentinel");
+    (dir, path)
+}
+
+/// Roles named in an error message (`"cairn_restore_…"`).
+fn restore_roles_in(err: &str) -> Vec<String> {
+    err.split('"')
+        .filter(|w| w.starts_with("cairn_restore_"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn role_exists(name: &str) -> bool {
+    psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{name}'"),
+    ) == "1"
+}
+
+#[test]
+fn plain_sql_restore_runs_no_psql_meta_command() {
+    let sb = Sandbox::new();
+    let other = TempDb::create("meta_other");
+    psql(
+        other.name(),
+        "CREATE TABLE keep (i int); INSERT INTO keep VALUES (1)",
+    );
+    let (_shared, sentinel) = shared_sentinel();
+    let s = sentinel.to_str().unwrap();
+    let o = other.name();
+    let include = sb.dir.path().join("included.sql");
+    fs::write(
+        &include,
+        format!("\\! touch {s}\nCREATE TABLE pwned (i int);\n"),
+    )
+    .unwrap();
+    let inc = include.to_str().unwrap();
+    let metas = [
+        format!("\\! touch {s}"),
+        format!("\\connect {o}\nCREATE TABLE pwned (i int);"),
+        format!("\\c {o}\nINSERT INTO keep VALUES (2);"),
+        format!("\\o |touch {s}\nSELECT 1;"),
+        format!("\\copy (select 1) to program 'touch {s}'"),
+        format!("SELECT 1 \\g |touch {s}"),
+        format!("\\setenv PAGER 'touch {s}'\n\\! touch {s}"),
+        format!("\\i {inc}"),
+        format!("\\ir {inc}"),
+        format!("SELECT 'COPY (SELECT 1) TO PROGRAM ''touch {s}''' \\gexec"),
+        format!("\\unrestrict abc\n\\! touch {s}"),
+        format!("\\restrict abc\n\\unrestrict abc\n\\! touch {s}"),
+        format!("SELECT 1;\n\\w {s}"),
+        format!("SELECT 1; \\! touch {s}"),
+        format!("SELECT 'a'; \\! touch {s}"),
+        format!("SELECT $$ x $$; \\! touch {s}"),
+        format!("SELECT 'a\\'; \\! touch {s}"),
+        format!("\\set ON_ERROR_STOP off\nSELECT nonsense;\n\\! touch {s}"),
+        format!("\\if true\n\\! touch {s}\n\\endif"),
+    ];
+    let old_psql = psql_without_restrict(sb.dir.path());
+    for meta in &metas {
+        let sql = format!(
+            "CREATE TABLE before_meta (i int);\n{meta}\nCREATE TABLE after_meta (i int);\n"
+        );
+        let id = import_sql(&sb, &sql);
+        for (psql_kind, front) in [
+            ("psql with \\restrict", None),
+            ("psql without it", Some(&old_psql)),
+        ] {
+            let target = TempDb::reserve("meta_dst");
+            let (code, err) = restore_pg(&sb, &id, target.name(), front.map(PathBuf::as_path));
+            assert!(
+                !sentinel.exists(),
+                "{psql_kind}: {meta:?} ran a command\n{err}"
+            );
+            assert_eq!(
+                psql(o, "SELECT count(*) || ' ' || (SELECT count(*) FROM pg_tables WHERE tablename = 'pwned') FROM keep"),
+                "1 0",
+                "{psql_kind}: {meta:?} changed another database\n{err}"
+            );
+            assert_eq!(code, 1, "{psql_kind}: {meta:?} restored\n{err}");
+            assert!(err.contains("cairn: error:"), "{err}");
+            assert!(
+                !target.exists(),
+                "{psql_kind}: {meta:?}: half-restored database left\n{err}"
+            );
+            for r in restore_roles_in(&err) {
+                assert!(!role_exists(&r), "restore role {r} left behind");
+            }
+            if front.is_some() {
+                assert!(err.contains("refusing to restore dump.sql"), "{err}");
+            } else {
+                assert!(err.contains("restricted"), "{meta:?}: {err}");
+            }
+        }
+    }
+}
+
+/// Undoes what a hostile dump may have done when run as a superuser (the unfixed code), so a failing run
+/// leaves the shared test server as it was.
+struct ServerCleanup(String);
+
+impl Drop for ServerCleanup {
+    fn drop(&mut self) {
+        let _ = with_pg(std::process::Command::new("psql"))
+            .args(["-X", "-q", "-d", "postgres", "-c"])
+            .arg(format!(
+                "ALTER SYSTEM RESET work_mem; SELECT pg_reload_conf(); DROP ROLE IF EXISTS {}",
+                self.0
+            ))
+            .output();
+    }
+}
+
+#[test]
+fn plain_sql_restore_runs_as_an_unprivileged_role_that_owns_only_the_new_database() {
+    let sb = Sandbox::new();
+    let (_shared, sentinel) = shared_sentinel();
+    let s = sentinel.to_str().unwrap();
+    let pwn_role = unique_name("pwn");
+    let _cleanup = ServerCleanup(pwn_role.clone());
+    let hostile = [
+        (
+            format!("COPY (SELECT 1) TO PROGRAM 'touch {s}';"),
+            "pg_execute_server_program",
+        ),
+        (
+            "ALTER SYSTEM SET work_mem = '77MB';".to_string(),
+            "permission denied",
+        ),
+        (
+            "CREATE FUNCTION pwn_c() RETURNS int LANGUAGE c AS 'libc.so.6', 'getpid';".to_string(),
+            "permission denied for language c",
+        ),
+        (
+            "CREATE FUNCTION pwn_py() RETURNS int LANGUAGE plpython3u AS 'return 1';".to_string(),
+            "plpython3u",
+        ),
+        (
+            format!("CREATE ROLE {pwn_role} SUPERUSER;"),
+            "permission denied",
+        ),
+        ("SET ROLE postgres;".to_string(), "permission denied"),
+        ("SET ROLE cairn_test;".to_string(), "permission denied"),
+        (
+            "ALTER ROLE CURRENT_USER SUPERUSER;".to_string(),
+            "permission denied",
+        ),
+        (
+            "SELECT pg_read_file('/etc/hostname');".to_string(),
+            "permission denied",
+        ),
+        (
+            "COPY t FROM '/etc/hostname';".to_string(),
+            "permission denied",
+        ),
+    ];
+    for (stmt, why) in &hostile {
+        let id = import_sql(&sb, &format!("CREATE TABLE t (i int);\n{stmt}\n"));
+        let target = TempDb::reserve("unpriv_dst");
+        let (code, err) = restore_pg(&sb, &id, target.name(), None);
+        assert!(!sentinel.exists(), "{stmt}: ran a shell command");
+        assert_eq!(
+            psql(
+                "postgres",
+                "SELECT count(*) FROM pg_file_settings WHERE name = 'work_mem' AND setting = '77MB'"
+            ),
+            "0",
+            "{stmt}: ALTER SYSTEM took effect"
+        );
+        assert!(!role_exists(&pwn_role), "{stmt}: created a role");
+        assert_eq!(code, 1, "{stmt}: restore succeeded\n{err}");
+        // The server's refusal, as psql printed it.
+        assert!(
+            err.contains(why) || err.contains("must be superuser"),
+            "{stmt}: {err}"
+        );
+        assert!(err.contains("unprivileged role"), "{stmt}: {err}");
+        assert!(!target.exists(), "{stmt}: half-restored database left");
+        let roles = restore_roles_in(&err);
+        assert!(!roles.is_empty(), "{err}");
+        for r in roles {
+            assert!(!role_exists(&r), "restore role {r} left behind");
+        }
+    }
+
+    // A good dump restores, owned by a role that is no superuser and can no longer log in.
+    let id = import_sql(
+        &sb,
+        "CREATE TABLE t (i int);\nCOPY t (i) FROM stdin;\n1\n2\n\\.\nCREATE VIEW v AS SELECT sum(i) FROM t;\n",
+    );
+    let target = TempDb::reserve("unpriv_ok");
+    let (code, err) = restore_pg(&sb, &id, target.name(), None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(psql(target.name(), "SELECT * FROM v"), "3");
+    let owner = psql(
+        "postgres",
+        &format!(
+            "SELECT r.rolname || ' ' || r.rolcanlogin || ' ' || r.rolsuper || ' ' || r.rolcreaterole || ' ' || r.rolcreatedb
+             FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = '{}'",
+            target.name()
+        ),
+    );
+    let fields: Vec<&str> = owner.split(' ').collect();
+    assert!(fields[0].starts_with("cairn_restore_"), "{owner}");
+    assert_eq!(
+        &fields[1..],
+        ["false", "false", "false", "false"],
+        "{owner}"
+    );
+    assert_eq!(
+        psql(
+            target.name(),
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 't'"
+        ),
+        fields[0]
+    );
+    drop(target);
+    psql("postgres", &format!("DROP ROLE {}", fields[0]));
+}
+
+#[test]
+fn a_real_plain_pg_dump_restores_with_and_without_psql_restrict() {
+    let sb = Sandbox::new();
+    let src = TempDb::create("plain_src");
+    psql(
+        src.name(),
+        "CREATE TABLE notes (id int PRIMARY KEY, body text, raw bytea);
+         INSERT INTO notes VALUES (1, E'back\\slash \\! not a command', '\\x00ff'),
+                                  (2, E'two\nlines\tand a tab', NULL),
+                                  (3, $$it's $$ || chr(92) || '.', 'abc');
+         CREATE FUNCTION shout(t text) RETURNS text LANGUAGE plpgsql AS $f$
+         BEGIN RETURN upper(t) || E'\\!'; END $f$;
+         CREATE VIEW loud AS SELECT id, shout(body) FROM notes;
+         COMMENT ON TABLE notes IS 'it''s \\ here';",
+    );
+    let legacy = sb.dir.path().join("legacy");
+    fs::create_dir_all(&legacy).unwrap();
+    let out = with_pg(std::process::Command::new("pg_dump"))
+        .args(["--format=plain", "--no-owner", "--no-acl", "-d", src.name()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let id = import_sql(&sb, std::str::from_utf8(&out.stdout).unwrap());
+    let fingerprint = |db: &str| {
+        psql(
+            db,
+            "SELECT string_agg(id || ':' || body || ':' || coalesce(encode(raw, 'hex'), '-') || ':' || shout, '|' ORDER BY id)
+             FROM notes JOIN loud USING (id)",
+        )
+    };
+    let old_psql = psql_without_restrict(sb.dir.path());
+    for front in [None, Some(old_psql.as_path())] {
+        let target = TempDb::reserve("plain_dst");
+        let (code, err) = restore_pg(&sb, &id, target.name(), front);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(fingerprint(target.name()), fingerprint(src.name()));
+        let owner = psql(
+            "postgres",
+            &format!(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{}'",
+                target.name()
+            ),
+        );
+        drop(target);
+        psql("postgres", &format!("DROP ROLE {owner}"));
+    }
+}
