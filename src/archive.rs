@@ -323,8 +323,7 @@ impl Extractor {
                 // Replaced by a later member that is not a directory: nothing to set.
                 Err(_) => continue,
             };
-            // Owner rwx kept: the backup that follows must be able to read what is inside.
-            dir.set_permissions(fs::Permissions::from_mode((mode & 0o7777) | 0o700))
+            dir.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
                 .at(&path)?;
             if let Some(t) = mtime {
                 let _ = dir.set_modified(t);
@@ -604,8 +603,27 @@ pub fn import_archive(
             keep_root_symlinks: true,
             ..BackupOptions::default()
         },
-    )?;
-    Ok(ImportReport { backup, skipped })
+    );
+    // Directories keep the archive's modes in the snapshot; a non-root user needs owner rwx to delete them.
+    make_removable(&root);
+    Ok(ImportReport {
+        backup: backup?,
+        skipped,
+    })
+}
+
+/// Gives every directory under `dir` owner rwx (never following a symlink), so the temporary extraction can
+/// be deleted whatever modes the archive gave its directories. Best effort: what is left is only a leak.
+fn make_removable(dir: &Path) {
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            make_removable(&e.path());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
