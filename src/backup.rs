@@ -148,6 +148,9 @@ pub struct BackupOptions {
     /// `metadata` with facts known only then (e.g. what pg_dump printed on stderr).
     pub finalize_metadata: Vec<MetadataHook>,
     pub progress: Progress,
+    /// Take each path as named instead of resolving it: a path that is a symlink is stored as that symlink,
+    /// never followed (the extracted members of an untrusted archive).
+    pub keep_root_symlinks: bool,
 }
 
 /// See [`BackupOptions::finalize_metadata`].
@@ -174,7 +177,17 @@ pub fn backup(repo: &Repository, mut opts: BackupOptions) -> Result<BackupResult
     }
     repo.require_writable()?;
     let _lock = lock::acquire(repo.backend(), false, "backup")?;
-    let (sources, paths) = resolve_sources(&opts.paths)?;
+    let (sources, paths) = if opts.keep_root_symlinks {
+        // An imported archive's top-level symlinks are entries of their own, never followed.
+        let sources = literal_sources(&opts.paths)?;
+        let paths = sources
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect();
+        (sources, paths)
+    } else {
+        resolve_sources(&opts.paths)?
+    };
     record_resolved(&mut opts.metadata, &sources, &paths);
     for s in &opts.streams {
         if !valid_name(s.name.as_bytes()) {
@@ -312,6 +325,30 @@ fn record_resolved(
         *m = serde_json::json!({ "previous": m.take() });
     }
     m[RESOLVED_PATHS_KEY] = serde_json::Value::Object(differing);
+}
+
+/// Source paths whose parent directory is resolved but whose last component is kept as is, with their
+/// root-tree names; names must be distinct.
+fn literal_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for p in paths {
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return Err(Error::Invalid(format!(
+                "{}: not a named entry",
+                p.display()
+            )));
+        };
+        let abs = parent.canonicalize().at(parent)?.join(name);
+        if !seen.insert(name.as_bytes().to_vec()) {
+            return Err(Error::Invalid(format!(
+                "two source paths end in the same name {:?}",
+                name
+            )));
+        }
+        out.push((abs, name.as_bytes().to_vec()));
+    }
+    Ok(out)
 }
 
 fn find_parent(

@@ -46,6 +46,8 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::valid_name;
 
+mod plain_sql;
+
 /// The key of the snapshot metadata object holding [`PgFacts`].
 pub const METADATA_KEY: &str = "postgres";
 
@@ -981,6 +983,9 @@ pub struct PgRestoreReport {
     pub tables_verified: usize,
     pub rows_verified: i64,
     pub pg_restore_stderr: String,
+    /// The unprivileged role that owns the database restored from a plain-SQL dump (it ran the dump's SQL,
+    /// and can no longer log in); `None` for a custom-format dump, restored as the connecting user.
+    pub owner_role: Option<String>,
 }
 
 /// The dump stream of a snapshot: the one `--pg` recorded, else the only stream named `*.dump`.
@@ -1031,6 +1036,8 @@ pub fn restore_database(
         "postgres"
     };
     let admin = Session::open(conn, maint)?;
+    // Before anything is changed: a plain-SQL dump that this psql could not restore safely is refused here.
+    let plain_restrict = plain_sql_mode(repo, snap, &stream)?;
     let exists = !admin
         .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])?
         .is_empty();
@@ -1068,14 +1075,38 @@ pub fn restore_database(
             ));
         }
     }
-    admin
-        .execute(&create)
-        .map_err(|e| e.with_note(&safety_note))?;
+    // A plain-SQL dump (an imported legacy dump.sql) is untrusted: its SQL runs as a role of its own that
+    // owns only this database, and no psql meta-command of it runs (see plain_sql).
+    let plain = match plain_restrict
+        .map(|r| plain_sql::RestoreRole::create(&admin).map(|role| (role, r)))
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => return Err(e.with_note(&safety_note)),
+    };
+    if let Some((role, _)) = &plain {
+        create.push_str(&format!(" OWNER {}", quote_ident(&role.name)));
+        report.owner_role = Some(role.name.clone());
+    }
+    if let Err(e) = admin.execute(&create) {
+        let role_note = drop_restore_role(&admin, plain.as_ref().map(|p| &p.0));
+        return Err(e.with_note(format!("{role_note}{safety_note}")));
+    }
 
-    match run_pg_restore(repo, snap, conn, &stream, db, opts.owner_acl) {
+    let restored = match &plain {
+        Some((role, restrict)) => {
+            plain_sql::run_psql(repo, snap, conn, &stream, db, role, *restrict)
+        }
+        None => run_pg_restore(repo, snap, conn, &stream, db, opts.owner_acl),
+    };
+    match restored {
         Ok((bytes, stderr)) => {
             report.bytes = bytes;
             report.pg_restore_stderr = stderr;
+            if let Some((role, _)) = &plain {
+                role.disable(&admin)
+                    .map_err(|e| Error::Postgres(format!("{e}{safety_note}")))?;
+            }
         }
         Err(e) => {
             // Half a database is worse than none: drop what this restore created, so a retry starts clean.
@@ -1086,7 +1117,8 @@ pub fn restore_database(
                     d.message()
                 ),
             };
-            return Err(e.with_note(format!("; {dropped}{safety_note}")));
+            let role_note = drop_restore_role(&admin, plain.as_ref().map(|p| &p.0));
+            return Err(e.with_note(format!("; {dropped}{role_note}{safety_note}")));
         }
     }
     if let Some(f) = &facts {
@@ -1100,6 +1132,28 @@ pub fn restore_database(
         report.rows_verified = rows;
     }
     Ok(report)
+}
+
+/// For a plain-SQL dump: whether psql's `\restrict` will keep its meta-commands from running (without it,
+/// the whole dump is scanned first and refused if it holds any). `None` for a custom-format dump.
+fn plain_sql_mode(repo: &Repository, snap: &Snapshot, stream: &str) -> Result<Option<bool>> {
+    if !stream.ends_with(".sql") {
+        return Ok(None);
+    }
+    let restrict = plain_sql::psql_has_restrict()?;
+    if !restrict {
+        plain_sql::refuse_meta_commands(repo, snap, stream)?;
+    }
+    Ok(Some(restrict))
+}
+
+/// Drops the plain-SQL restore role after a failure; the text to add to the error.
+fn drop_restore_role(admin: &Session, role: Option<&plain_sql::RestoreRole>) -> String {
+    match role.map(|r| (r, r.drop(admin))) {
+        None => String::new(),
+        Some((r, Ok(()))) => format!(", and its restore role {:?} too", r.name),
+        Some((r, Err(e))) => format!(", but dropping its restore role {:?} failed: {e}", r.name),
+    }
 }
 
 /// Terminates the database's sessions and drops it.
@@ -1131,19 +1185,13 @@ fn run_pg_restore(
     db: &str,
     owner_acl: bool,
 ) -> Result<(u64, String)> {
-    // A plain-SQL dump (e.g. an imported Odoo backup's dump.sql) is replayed by psql; a custom-format one
-    // by pg_restore. Both stop at the first error.
-    let plain_sql = stream.ends_with(".sql");
-    let tool = if plain_sql { "psql" } else { "pg_restore" };
+    // A custom-format dump, stopping at the first error (plain SQL goes through plain_sql::run_psql).
+    let tool = "pg_restore";
     let mut cmd = Command::new(tool);
-    if plain_sql {
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]);
-    } else {
-        if !owner_acl {
-            cmd.args(["--no-owner", "--no-acl"]);
-        }
-        cmd.args(["--exit-on-error", "--no-password"]);
+    if !owner_acl {
+        cmd.args(["--no-owner", "--no-acl"]);
     }
+    cmd.args(["--exit-on-error", "--no-password"]);
     // The database as a conninfo string: a bare name containing `=` would be taken for one.
     let mut child = cmd
         .arg("--dbname")

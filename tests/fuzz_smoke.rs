@@ -1,6 +1,11 @@
 //! Stable-Rust fuzzing of every decoder of on-disk data: random inputs and random mutations of valid ones
 //! (deterministic xorshift, so a failure reproduces). Decoders must return errors, never panic, and never
-//! allocate without bound (a huge declared length must fail fast).
+//! allocate without bound (a huge declared length must fail fast). The archive importer's extraction gets
+//! generated hostile archives and mutations of them, checked by the fuzz target's own property
+//! (fuzz/archive_check.rs: nothing outside the extraction directory written or linked in).
+
+#[path = "../fuzz/archive_check.rs"]
+mod archive_check;
 
 use cairn::config::Config;
 use cairn::hashing::Id;
@@ -148,4 +153,212 @@ fn snapshot_and_config_decoders_never_panic() {
         let _ = Config::decode(&c);
     }
     assert!(Snapshot::decode(snap, &Id::of(snap)).is_ok());
+}
+
+/// Member names and link targets an attacker would try, relative escapes aimed at the check's sentinel.
+const NAMES: &[&[u8]] = &[
+    b"dump.sql",
+    b"a",
+    b"a/b",
+    b"a/b/c",
+    b"d",
+    b"d/x",
+    b"d/secret",
+    b"./d/../e",
+    b"../x",
+    b"../../../outside/planted",
+    b"/tmp/planted-by-fuzz-smoke",
+    b"",
+    b".",
+    b"./",
+    b"a//b/./c",
+    b"caf\xe9",
+    b"l",
+    b"l/y",
+];
+const TARGETS: &[&[u8]] = &[
+    b"../../../outside",
+    archive_check::ESCAPE.as_bytes(),
+    b"../../../outside/secret",
+    b"/",
+    b"/etc",
+    b"..",
+    b".",
+    b"a",
+    b"d",
+    b"l",
+    b"a/b",
+    b"",
+];
+
+/// A random tar of hostile members, written header by header (raw names, nothing sanitised).
+fn hostile_tar(rng: &mut Rng) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for _ in 0..1 + rng.below(8) {
+        let name = NAMES[rng.below(NAMES.len())];
+        let target = TARGETS[rng.below(TARGETS.len())];
+        let kind = [
+            tar::EntryType::Regular,
+            tar::EntryType::Directory,
+            tar::EntryType::Symlink,
+            tar::EntryType::Symlink,
+            tar::EntryType::Link,
+            tar::EntryType::Link,
+            tar::EntryType::Fifo,
+            tar::EntryType::Char,
+        ][rng.below(8)];
+        let data = if kind == tar::EntryType::Regular {
+            rng.bytes(64)
+        } else {
+            Vec::new()
+        };
+        let mut h = tar::Header::new_gnu();
+        let old = h.as_old_mut();
+        old.name[..name.len()].copy_from_slice(name);
+        old.linkname[..target.len()].copy_from_slice(target);
+        h.set_entry_type(kind);
+        h.set_mode([0o644, 0o755, 0o000, 0o4777][rng.below(4)]);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A random zip of hostile members (symlinks as unix mode bits; the zip writer takes UTF-8 names only).
+fn hostile_zip(rng: &mut Rng) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default();
+    for _ in 0..1 + rng.below(8) {
+        let name = String::from_utf8_lossy(NAMES[rng.below(NAMES.len())]).into_owned();
+        let target = String::from_utf8_lossy(TARGETS[rng.below(TARGETS.len())]).into_owned();
+        // Duplicate names are refused by the writer: that member is simply left out.
+        let _ = match rng.below(3) {
+            0 => z.start_file(name, opts).and_then(|()| {
+                std::io::Write::write_all(&mut z, &rng.bytes(64)).map_err(Into::into)
+            }),
+            1 => z.add_directory(name, opts),
+            _ => z.add_symlink(name, target, opts),
+        };
+    }
+    z.finish().unwrap().into_inner()
+}
+
+#[test]
+fn archive_extraction_never_escapes_its_directory() {
+    let started = std::time::Instant::now();
+    let mut rng = Rng(0xa5c1);
+    let mut runs = 0;
+    // Thousands of extractions: on a tmpfs when there is one (unlinking on a disk mounted with `discard`
+    // costs a millisecond or more per file).
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    // Bounded by count and by time (a few seconds), whichever comes first; at least 1000 runs.
+    while runs < 4000 && (runs < 1000 || started.elapsed().as_secs() < 8) {
+        let (prefix, valid) = if rng.below(2) == 0 {
+            (0u8, hostile_tar(&mut rng))
+        } else {
+            (1u8, hostile_zip(&mut rng))
+        };
+        for i in 0..4 {
+            let body = if i == 0 {
+                valid.clone()
+            } else {
+                rng.mutate(&valid)
+            };
+            let mut input = vec![prefix];
+            input.extend_from_slice(&body);
+            archive_check::check_in(&base, &input);
+            runs += 1;
+        }
+    }
+    // The libFuzzer seed corpus, and mutations of it.
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/archive_extract");
+    for e in std::fs::read_dir(&corpus).unwrap() {
+        let seed = std::fs::read(e.unwrap().path()).unwrap();
+        archive_check::check_in(&base, &seed);
+        for _ in 0..50 {
+            let mut m = rng.mutate(&seed[1..]);
+            m.insert(0, seed[0]);
+            archive_check::check_in(&base, &m);
+        }
+    }
+    // Raw bytes too: random input as a gzipped tar and as itself.
+    for _ in 0..200 {
+        archive_check::check_in(&base, &rng.bytes(600));
+    }
+    eprintln!("{runs} archive runs in {:?}", started.elapsed());
+    assert!(runs >= 1000, "{runs} runs");
+}
+
+/// A tar.gz or zip with `dump.sql` and random members whose link targets include absolute paths into the
+/// host directory `outside`.
+fn hostile_import(seed: u64, outside: &std::path::Path) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let secret = outside.join("secret");
+    let abs: [&[u8]; 3] = [
+        outside.as_os_str().as_encoded_bytes(),
+        secret.as_os_str().as_encoded_bytes(),
+        b"../../../outside/secret",
+    ];
+    let names: [&[u8]; 6] = [b"notes", b"fs", b"fs/x", b"a", b"a/b", b"fs/secret"];
+    if seed % 2 == 0 {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("dump.sql").unwrap();
+        h.set_size(3);
+        h.set_cksum();
+        b.append(&h, &b"x;\n"[..]).unwrap();
+        for _ in 0..1 + rng.below(6) {
+            let (name, target) = (names[rng.below(6)], abs[rng.below(3)]);
+            let kind = [
+                tar::EntryType::Symlink,
+                tar::EntryType::Link,
+                tar::EntryType::Directory,
+                tar::EntryType::Regular,
+            ][rng.below(4)];
+            let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.as_old_mut().linkname[..target.len()].copy_from_slice(target);
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, &[][..]).unwrap();
+        }
+        archive_check::gzip(&b.into_inner().unwrap())
+    } else {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default();
+        z.start_file("dump.sql", opts).unwrap();
+        std::io::Write::write_all(&mut z, b"x;\n").unwrap();
+        for _ in 0..1 + rng.below(6) {
+            let name = String::from_utf8_lossy(names[rng.below(6)]).into_owned();
+            let target = String::from_utf8_lossy(abs[rng.below(3)]).into_owned();
+            let _ = if rng.below(3) == 0 {
+                z.add_directory(name, opts)
+            } else {
+                z.add_symlink(name, target, opts)
+            };
+        }
+        z.finish().unwrap().into_inner()
+    }
+}
+
+#[test]
+fn archive_import_never_stores_a_host_file() {
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    for seed in 1..=120u64 {
+        archive_check::check_import_in(&base, &|outside| hostile_import(seed, outside));
+    }
 }

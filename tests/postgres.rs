@@ -685,6 +685,18 @@ fn imported_plain_sql_archive_restores_through_psql_and_exports_byte_for_byte() 
     let target = TempDb::reserve("cairn_legacy_dst");
     ok(cairn_pg(&repo).args(["restore", &id, "--pg-target", target.name()]));
     assert_eq!(fingerprint(target.name()), fingerprint(src.name()));
+    // The untrusted dump ran as a role of its own, which owns the database and can no longer log in.
+    let owner = psql(
+        "postgres",
+        &format!(
+            "SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
+             WHERE d.datname = '{}' AND NOT r.rolcanlogin AND NOT r.rolsuper",
+            target.name()
+        ),
+    );
+    assert!(owner.starts_with("cairn_restore_"), "owner {owner:?}");
+    drop(target);
+    psql("postgres", &format!("DROP ROLE {owner}"));
     let out = cairn(&repo)
         .args(["export", &id, "--format", "tar"])
         .output()

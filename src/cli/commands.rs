@@ -247,6 +247,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             metadata: None,
             finalize_metadata,
             progress: Progress::new("backup", None, ctx.quiet),
+            ..BackupOptions::default()
         },
     )?;
     let s = &result.snapshot;
@@ -688,17 +689,32 @@ fn import_archive(
     let time = snapshot_time(Some(time), force_time)?
         .ok_or_else(|| Error::Invalid("--time is missing".into()))?;
     let repo = open_for_backup(ctx)?;
-    let r = cairn::archive::import_archive(&repo, file, instance, time)?;
+    let report = cairn::archive::import_archive(&repo, file, instance, time)?;
+    let r = &report.backup;
+    for s in &report.skipped {
+        eprintln!("cairn: warning: {s}");
+    }
     if ctx.json {
-        ctx.print_json(
-            &json!({"snapshot_id": r.snapshot_id.to_hex(), "summary": r.snapshot.summary}),
-        )?;
+        ctx.print_json(&json!({
+            "snapshot_id": r.snapshot_id.to_hex(),
+            "summary": r.snapshot.summary,
+            "skipped": report.skipped,
+            "partial": r.snapshot.partial || !report.skipped.is_empty(),
+        }))?;
     } else {
         println!(
             "imported {} as snapshot {}",
             file.display(),
             r.snapshot_id.short()
         );
+    }
+    if !report.skipped.is_empty() || r.snapshot.partial {
+        eprintln!(
+            "cairn: snapshot {} is partial: it does not hold everything in {} (see above)",
+            r.snapshot_id.short(),
+            file.display()
+        );
+        return Ok(EXIT_PARTIAL);
     }
     Ok(EXIT_OK)
 }
@@ -710,8 +726,18 @@ fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
     let (_, snap) = repo.resolve_snapshot(spec, None)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    cairn::archive::export(&repo, &snap, format, &mut out)?;
+    let report = cairn::archive::export(&repo, &snap, format, &mut out)?;
     out.flush().map_err(|e| Error::io("stdout", e))?;
+    if !report.skipped.is_empty() {
+        for s in &report.skipped {
+            eprintln!("cairn: warning: {s}");
+        }
+        eprintln!(
+            "cairn: export is partial: {} entries left out (see above)",
+            report.skipped.len()
+        );
+        return Ok(EXIT_PARTIAL);
+    }
     Ok(EXIT_OK)
 }
 

@@ -75,5 +75,11 @@ pub fn print_report(ctx: &Ctx, id: &Id, r: &PgRestoreReport) -> Result<()> {
         r.stream,
         human_bytes(r.bytes)
     );
+    if let Some(role) = &r.owner_role {
+        println!(
+            "database {:?} is owned by {role:?}, the unprivileged role its untrusted SQL ran as (it can no longer log in)",
+            r.database
+        );
+    }
     Ok(())
 }
