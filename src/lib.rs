@@ -16,6 +16,7 @@ pub mod chunking;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod exclude;
 pub mod fsutil;
 pub mod gc;
 pub mod hashing;
