@@ -15,6 +15,7 @@ pub mod check;
 pub mod chunking;
 pub mod config;
 pub mod daemon;
+pub mod diff;
 pub mod error;
 pub mod exclude;
 pub mod fsutil;

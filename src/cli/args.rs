@@ -126,6 +126,16 @@ pub enum Command {
         #[arg(long)]
         format: String,
     },
+    /// What changed between two snapshots: files, streams and per-table row counts.
+    Diff {
+        /// The earlier snapshot.
+        snapshot1: String,
+        /// The later snapshot.
+        snapshot2: String,
+        /// Narrows `latest`.
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -145,6 +155,7 @@ impl Command {
             Command::Snapshots { instance }
             | Command::Ls { instance, .. }
             | Command::Dump { instance, .. }
+            | Command::Diff { instance, .. }
             | Command::Log { instance }
             | Command::Stats { instance }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),

@@ -156,6 +156,11 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             file,
         } => import_archive(ctx, i, &time, force_time, &file),
         Command::Export { snapshot, format } => export(ctx, &snapshot, &format),
+        Command::Diff {
+            snapshot1,
+            snapshot2,
+            instance: i,
+        } => super::explore::diff(ctx, &snapshot1, &snapshot2, i.as_deref()),
     }
 }
 
