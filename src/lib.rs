@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod diff;
 pub mod error;
 pub mod exclude;
+pub mod find;
 pub mod fsutil;
 pub mod gc;
 pub mod hashing;

@@ -136,6 +136,12 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Which snapshots hold a path matching PATTERN (a glob on the name, or on the path if it has a `/`).
+    Find {
+        pattern: String,
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -156,6 +162,7 @@ impl Command {
             | Command::Ls { instance, .. }
             | Command::Dump { instance, .. }
             | Command::Diff { instance, .. }
+            | Command::Find { instance, .. }
             | Command::Log { instance }
             | Command::Stats { instance }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),

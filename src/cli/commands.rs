@@ -161,6 +161,10 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             snapshot2,
             instance: i,
         } => super::explore::diff(ctx, &snapshot1, &snapshot2, i.as_deref()),
+        Command::Find {
+            pattern,
+            instance: i,
+        } => super::explore::find(ctx, &pattern, i.as_deref()),
     }
 }
 

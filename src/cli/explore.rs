@@ -112,3 +112,32 @@ fn print_change(c: &Changed, stream: bool) {
     let sign = if c.content { 'M' } else { 'U' };
     println!("{sign}    {path}  ({})", what.join("; "));
 }
+
+pub fn find(ctx: &Ctx, pattern: &str, instance: Option<&str>) -> Result<i32> {
+    let repo = ctx.open()?;
+    let _lock = cairn::lock::acquire_reader(repo.root(), "find")?;
+    let report = cairn::find::find(&repo, pattern, instance)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?)?;
+        return Ok(EXIT_OK);
+    }
+    for s in &report.snapshots {
+        println!(
+            "snapshot {} {} {}",
+            &s.snapshot_id[..8],
+            s.time,
+            s.instance.as_deref().unwrap_or("-")
+        );
+        for f in &s.matches {
+            println!("  {:>10}  {}  {}", human_bytes(f.size), f.mtime, f.path);
+        }
+    }
+    if !ctx.quiet {
+        println!(
+            "{} of {} snapshots hold a match",
+            report.snapshots.len(),
+            report.snapshots_searched
+        );
+    }
+    Ok(EXIT_OK)
+}
