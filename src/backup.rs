@@ -457,7 +457,14 @@ impl Job<'_> {
                 return Ok(None);
             }
         };
-        let meta = meta_of(&md);
+        let mut meta = meta_of(&md);
+        match crate::xattrs::read(path) {
+            Ok(x) => meta.xattrs = x,
+            Err(e) => self.warn(
+                format!("{}: extended attributes not read: {e}", path.display()),
+                true,
+            ),
+        }
         let ft = md.file_type();
         if excluded && !ft.is_dir() {
             return Ok(None); // below an excluded directory that the walk enters for `!` patterns
@@ -757,6 +764,7 @@ pub fn meta_of(md: &Metadata) -> Meta {
         inode: md.ino(),
         device: md.dev(),
         nlink: md.nlink(),
+        xattrs: Vec::new(),
     }
 }
 

@@ -4,8 +4,8 @@
 //! The two file trees are walked together by name. Trees are content-addressed (a Merkle DAG), so two
 //! subtrees with the same id are identical and are skipped without being read; the cost of a diff is the
 //! size of what changed, not of the snapshots. Content changed means the chunk lists differ (equal chunk
-//! lists are equal bytes). Metadata compared: type, mode, mtime (to the nanosecond), uid, gid, symlink
-//! target and device numbers; ctime, inode and link count are not (they change on every copy and are not
+//! lists are equal bytes). Metadata compared: type, mode, mtime (to the nanosecond), uid, gid, extended
+//! attributes (names listed when any differs), symlink target and device numbers; ctime, inode and link count are not (they change on every copy and are not
 //! restored). An entry whose type changed is reported as removed and added.
 //!
 //! Databases: the row counts recorded at backup time (`metadata.postgres.tables`) are compared, so a diff
@@ -271,6 +271,15 @@ fn metadata_changes(a: &Node, b: &Node) -> BTreeMap<&'static str, [Value; 2]> {
     }
     if ma.gid != mb.gid {
         m.insert("gid", [json!(ma.gid), json!(mb.gid)]);
+    }
+    if ma.xattrs != mb.xattrs {
+        let names = |m: &crate::tree::Meta| -> Vec<String> {
+            m.xattrs
+                .iter()
+                .map(|x| String::from_utf8_lossy(&x.name).into_owned())
+                .collect()
+        };
+        m.insert("xattrs", [json!(names(ma)), json!(names(mb))]);
     }
     match (&a.kind, &b.kind) {
         (NodeKind::Symlink { target: ta }, NodeKind::Symlink { target: tb }) if ta != tb => {

@@ -37,6 +37,7 @@ pub mod runner;
 pub mod schedule;
 pub mod snapshot;
 pub mod tree;
+pub mod xattrs;
 
 pub use error::{Error, Result};
 pub use hashing::Id;
