@@ -37,6 +37,7 @@ use rayon::prelude::*;
 use crate::chunking::{Batch, ChunkReader};
 use crate::config::ChunkerParams;
 use crate::error::{Error, IoContext, Result};
+use crate::exclude::{ExcludeOptions, ExcludedReport, Filter, Place};
 use crate::hashing::Id;
 use crate::lock;
 use crate::pack::BlobKind;
@@ -151,6 +152,9 @@ pub struct BackupOptions {
     /// Take each path as named instead of resolving it: a path that is a symlink is stored as that symlink,
     /// never followed (the extracted members of an untrusted archive).
     pub keep_root_symlinks: bool,
+
+    /// What to leave out (see [`crate::exclude`]); recorded in the snapshot metadata under `excludes`.
+    pub excludes: ExcludeOptions,
 }
 
 /// See [`BackupOptions::finalize_metadata`].
@@ -163,6 +167,8 @@ pub struct BackupResult {
     pub snapshot: Snapshot,
     /// Source files that could not be read (the snapshot is then `partial`) and skipped entries.
     pub warnings: Vec<String>,
+    /// What the exclude options left out.
+    pub excluded: ExcludedReport,
 }
 
 /// The snapshot metadata key mapping each recorded source path that is (or passes through) a symlink to the
@@ -189,6 +195,7 @@ pub fn backup(repo: &Repository, mut opts: BackupOptions) -> Result<BackupResult
         resolve_sources(&opts.paths)?
     };
     record_resolved(&mut opts.metadata, &sources, &paths);
+    record_excludes(&mut opts.metadata, &opts.excludes);
     for s in &opts.streams {
         if !valid_name(s.name.as_bytes()) {
             return Err(Error::Invalid(format!("invalid stream name {:?}", s.name)));
@@ -220,6 +227,9 @@ fn run(
         warnings: Mutex::new(Vec::new()),
         partial: AtomicBool::new(false),
         progress: opts.progress.clone(),
+        // Before anything is read: a bad pattern or a missing exclude file writes nothing.
+        filter: opts.excludes.compile()?,
+        excluded: Mutex::new(ExcludedReport::default()),
     };
     let tree = if sources.is_empty() {
         None
@@ -257,6 +267,7 @@ fn run(
         snapshot_id,
         snapshot,
         warnings: job.warnings.into_inner().unwrap_or_else(|p| p.into_inner()),
+        excluded: job.excluded.into_inner().unwrap_or_else(|p| p.into_inner()),
     })
 }
 
@@ -317,14 +328,19 @@ fn record_resolved(
         .filter(|(named, resolved)| named != resolved)
         .map(|(named, resolved)| (named, resolved.into()))
         .collect();
-    if differing.is_empty() {
-        return;
+    if !differing.is_empty() {
+        set_metadata(metadata, RESOLVED_PATHS_KEY, differing.into());
     }
+}
+
+/// Sets `key` in the snapshot metadata, making it an object first (a non-object value is kept under
+/// `previous`).
+fn set_metadata(metadata: &mut Option<serde_json::Value>, key: &str, value: serde_json::Value) {
     let m = metadata.get_or_insert_with(|| serde_json::json!({}));
     if !m.is_object() {
         *m = serde_json::json!({ "previous": m.take() });
     }
-    m[RESOLVED_PATHS_KEY] = serde_json::Value::Object(differing);
+    m[key] = value;
 }
 
 /// Source paths whose parent directory is resolved but whose last component is kept as is, with their
@@ -349,6 +365,14 @@ fn literal_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
         out.push((abs, name.as_bytes().to_vec()));
     }
     Ok(out)
+}
+
+/// Records the exclude options in the metadata, so that a snapshot says what it leaves out.
+fn record_excludes(metadata: &mut Option<serde_json::Value>, excludes: &ExcludeOptions) {
+    if !excludes.is_empty() {
+        let value = serde_json::to_value(excludes).unwrap_or_default();
+        set_metadata(metadata, "excludes", value);
+    }
 }
 
 fn find_parent(
@@ -394,6 +418,15 @@ struct Job<'r> {
     warnings: Mutex<Vec<String>>,
     partial: AtomicBool,
     progress: Progress,
+    filter: Filter,
+    excluded: Mutex<ExcludedReport>,
+}
+
+/// The backup path an entry was found under: exclude patterns and `--one-file-system` are relative to it.
+struct Scope<'a> {
+    root: &'a Path,
+    name: &'a Path,
+    device: u64,
 }
 
 impl Job<'_> {
@@ -427,7 +460,14 @@ impl Job<'_> {
         let nodes: Vec<Option<Node>> = sources
             .par_iter()
             .map(|(path, name)| {
-                self.save_entry(path, name.clone(), parent.and_then(|t| t.get(name)))
+                let device = fs::symlink_metadata(path).map(|m| m.dev()).unwrap_or(0);
+                let scope = Scope {
+                    root: path,
+                    name: Path::new(OsStr::from_bytes(name)),
+                    device,
+                };
+                let p = parent.and_then(|t| t.get(name));
+                self.save_entry(path, name.clone(), p, &scope, false)
             })
             .collect::<Result<_>>()?;
         self.save_tree(nodes.into_iter().flatten().collect())
@@ -446,6 +486,8 @@ impl Job<'_> {
         path: &Path,
         name: Vec<u8>,
         parent: Option<&Node>,
+        scope: &Scope,
+        excluded: bool,
     ) -> Result<Option<Node>> {
         let md = match fs::symlink_metadata(path) {
             Ok(md) => md,
@@ -454,10 +496,24 @@ impl Job<'_> {
                 return Ok(None);
             }
         };
-        let meta = meta_of(&md);
+        let mut meta = meta_of(&md);
+        match crate::xattrs::read(path) {
+            Ok(x) => meta.xattrs = x,
+            Err(e) => self.warn(
+                format!("{}: extended attributes not read: {e}", path.display()),
+                true,
+            ),
+        }
         let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            match self.save_dir(path, parent)? {
+        if excluded && !ft.is_dir() {
+            return Ok(None); // below an excluded directory that the walk enters for `!` patterns
+        }
+        let kind = if ft.is_dir() && self.other_file_system(path, &md, scope) {
+            NodeKind::Dir {
+                subtree: self.save_tree(Vec::new())?,
+            }
+        } else if ft.is_dir() {
+            match self.save_dir(path, parent, scope, excluded)? {
                 Some(subtree) => NodeKind::Dir { subtree },
                 None => return Ok(None),
             }
@@ -490,7 +546,53 @@ impl Job<'_> {
         Ok(Some(Node { name, kind, meta }))
     }
 
-    fn save_dir(&self, path: &Path, parent: Option<&Node>) -> Result<Option<Id>> {
+    /// True (and reported) if `--one-file-system` keeps this directory empty: a mount point.
+    fn other_file_system(&self, path: &Path, md: &Metadata, scope: &Scope) -> bool {
+        if !self.filter.one_file_system() || md.dev() == scope.device {
+            return false;
+        }
+        self.report_excluded(path, scope, "other file system");
+        true
+    }
+
+    fn report_excluded(&self, path: &Path, scope: &Scope, why: &str) {
+        let below = path.strip_prefix(scope.root).unwrap_or(path);
+        self.excluded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&scope.name.join(below), why);
+    }
+
+    /// Whether the child `name` of `dir` is excluded (and reported if it is the topmost excluded entry),
+    /// and whether the walk must still look at it (for `!` patterns below an excluded directory).
+    fn child_verdict(
+        &self,
+        child: &Path,
+        scope: &Scope,
+        dir_excluded: bool,
+        tagged: bool,
+    ) -> (bool, bool) {
+        let below = child.strip_prefix(scope.root).unwrap_or(child);
+        let in_snapshot = scope.name.join(below);
+        let place = Place {
+            below_source: below,
+            in_snapshot: &in_snapshot,
+            absolute: child,
+        };
+        let excluded = self.filter.excluded(&place, dir_excluded || tagged);
+        if excluded && !dir_excluded {
+            self.report_excluded(child, scope, "");
+        }
+        (excluded, !excluded || self.filter.descends_into_excluded())
+    }
+
+    fn save_dir(
+        &self,
+        path: &Path,
+        parent: Option<&Node>,
+        scope: &Scope,
+        excluded: bool,
+    ) -> Result<Option<Id>> {
         if self.skip.as_deref() == Some(path) {
             self.warn(
                 format!("{}: the repository itself is not backed up", path.display()),
@@ -509,17 +611,26 @@ impl Job<'_> {
             Some(NodeKind::Dir { subtree }) => self.repo.read_tree(subtree).ok(),
             _ => None,
         };
+        let tag = self.filter.tag_in(path, &names).map(str::as_bytes);
         let nodes: Vec<Option<Node>> = names
             .into_par_iter()
             .map(|name| {
                 let child = path.join(OsStr::from_bytes(&name));
+                let tagged = tag.is_some_and(|t| t != name.as_slice());
+                let (child_excluded, look) = self.child_verdict(&child, scope, excluded, tagged);
+                if !look {
+                    return Ok(None);
+                }
                 let p = parent_tree.as_ref().and_then(|t| t.get(&name));
-                self.save_entry(&child, name, p)
+                self.save_entry(&child, name, p, scope, child_excluded)
             })
             .collect::<Result<_>>()?;
+        let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
+        if excluded && nodes.is_empty() {
+            return Ok(None); // excluded, and no `!` pattern re-included anything below it
+        }
         self.counters.dirs.fetch_add(1, Ordering::Relaxed);
-        self.save_tree(nodes.into_iter().flatten().collect())
-            .map(Some)
+        self.save_tree(nodes).map(Some)
     }
 
     fn save_file(
@@ -692,6 +803,7 @@ pub fn meta_of(md: &Metadata) -> Meta {
         inode: md.ino(),
         device: md.dev(),
         nlink: md.nlink(),
+        xattrs: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
+use crate::exclude::ExcludeOptions;
 use crate::repo::Repository;
 use crate::schedule::{Priority, Retention, Schedule};
 
@@ -44,6 +45,9 @@ pub struct InstanceConfig {
     #[serde(default)]
     pub paused: bool,
     pub created: DateTime<Utc>,
+    /// What its backups leave out (see [`crate::exclude`]).
+    #[serde(default, skip_serializing_if = "ExcludeOptions::is_empty")]
+    pub excludes: ExcludeOptions,
 }
 
 impl InstanceConfig {
@@ -62,6 +66,7 @@ impl InstanceConfig {
             notify: None,
             paused: false,
             created: Utc::now(),
+            excludes: ExcludeOptions::default(),
         }
     }
 
@@ -88,7 +93,7 @@ impl InstanceConfig {
         if let Some(c) = &self.pg_conn {
             crate::postgres::parse_conninfo(c)?;
         }
-        Ok(())
+        self.excludes.validate()
     }
 
     /// Refuses a stored connection string that holds a password (a config edited by hand): it is neither

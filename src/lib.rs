@@ -16,7 +16,10 @@ pub mod check;
 pub mod chunking;
 pub mod config;
 pub mod daemon;
+pub mod diff;
 pub mod error;
+pub mod exclude;
+pub mod find;
 pub mod fsutil;
 pub mod gc;
 pub mod hashing;
@@ -35,6 +38,7 @@ pub mod runner;
 pub mod schedule;
 pub mod snapshot;
 pub mod tree;
+pub mod xattrs;
 
 pub use error::{Error, Result};
 pub use hashing::Id;

@@ -472,7 +472,8 @@ fn apply_meta(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
     let c = cpath(path).at(path)?;
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
         // SAFETY: `c` is a valid NUL-terminated path.
         let r = unsafe { libc::fchownat(libc::AT_FDCWD, c.as_ptr(), meta.uid, meta.gid, flags) };
         if r != 0 {
@@ -482,6 +483,8 @@ fn apply_meta(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
     if follow {
         fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777)).at(path)?;
     }
+    // After the mode: an access ACL carries the group bits' mask, which chmod would otherwise overwrite.
+    crate::xattrs::apply(path, &meta.xattrs, root)?;
     let t = libc::timespec {
         tv_sec: meta.mtime as libc::time_t,
         tv_nsec: meta.mtime_nsec as _,

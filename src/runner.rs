@@ -107,6 +107,7 @@ fn take_snapshot(
             time,
             finalize_metadata,
             progress,
+            excludes: cfg.excludes.clone(),
             ..BackupOptions::default()
         },
     )

@@ -134,6 +134,22 @@ pub enum Command {
         #[arg(long)]
         format: String,
     },
+    /// What changed between two snapshots: files, streams and per-table row counts.
+    Diff {
+        /// The earlier snapshot.
+        snapshot1: String,
+        /// The later snapshot.
+        snapshot2: String,
+        /// Narrows `latest`.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Which snapshots hold a path matching PATTERN (a glob on the name, or on the path if it has a `/`).
+    Find {
+        pattern: String,
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -153,6 +169,8 @@ impl Command {
             Command::Snapshots { instance }
             | Command::Ls { instance, .. }
             | Command::Dump { instance, .. }
+            | Command::Diff { instance, .. }
+            | Command::Find { instance, .. }
             | Command::Log { instance }
             | Command::Stats { instance }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),
@@ -226,9 +244,47 @@ pub struct BackupArgs {
     /// PGUSER, PGPASSWORD, ~/.pgpass.
     #[arg(long, value_name = "CONNINFO", requires = "pg")]
     pub pg_conn: Option<String>,
+    #[command(flatten)]
+    pub excludes: ExcludeArgs,
     /// The command for --stdin-from-command.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// What to leave out of a backup (restic's flags and pattern semantics; see README "Choosing what to back up").
+#[derive(Args, Debug, Default)]
+pub struct ExcludeArgs {
+    /// Leave out paths matching PATTERN (repeatable; `!PATTERN` re-includes; a leading `/` anchors it).
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Like --exclude, ignoring case.
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Read patterns from FILE, one a line (`#` starts a comment).
+    #[arg(long = "exclude-file", value_name = "FILE")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Leave out the contents of directories holding a file named NAME (the directory and NAME are kept).
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub if_present: Vec<String>,
+    /// Leave out the contents of directories tagged with a valid CACHEDIR.TAG.
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not cross file-system boundaries (mount points are kept as empty directories).
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+}
+
+impl ExcludeArgs {
+    pub fn options(self) -> cairn::exclude::ExcludeOptions {
+        cairn::exclude::ExcludeOptions {
+            exclude: self.exclude,
+            iexclude: self.iexclude,
+            exclude_files: self.exclude_files,
+            if_present: self.if_present,
+            caches: self.exclude_caches,
+            one_file_system: self.one_file_system,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +416,12 @@ pub struct InstanceSettings {
     /// Shell command run on failure, with the run as JSON on stdin.
     #[arg(long)]
     pub notify: Option<String>,
+    /// The instance's excludes; any of these flags replaces all of the stored ones.
+    #[command(flatten)]
+    pub excludes: ExcludeArgs,
+    /// Remove the instance's excludes.
+    #[arg(long, conflicts_with_all = ["exclude", "iexclude", "exclude_files", "if_present", "exclude_caches", "one_file_system"])]
+    pub clear_excludes: bool,
 }
 
 #[derive(Subcommand, Debug)]

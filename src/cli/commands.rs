@@ -165,6 +165,15 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             file,
         } => import_archive(ctx, i, &time, force_time, &file),
         Command::Export { snapshot, format } => export(ctx, &snapshot, &format),
+        Command::Diff {
+            snapshot1,
+            snapshot2,
+            instance: i,
+        } => super::explore::diff(ctx, &snapshot1, &snapshot2, i.as_deref()),
+        Command::Find {
+            pattern,
+            instance: i,
+        } => super::explore::find(ctx, &pattern, i.as_deref()),
     }
 }
 
@@ -226,6 +235,11 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let time = snapshot_time(a.time.as_deref(), a.force_time)?;
     let repo = open_for_backup(ctx)?;
     let mut finalize_metadata = Vec::new();
+    if !a.excludes.exclude_files.is_empty() && a.paths.is_empty() {
+        return Err(Error::Invalid(
+            "--exclude-file needs paths to back up".into(),
+        ));
+    }
     if let Some((stream, hook)) = pg::dump_source(&a)? {
         streams.push(stream);
         finalize_metadata.push(hook);
@@ -247,6 +261,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             metadata: None,
             finalize_metadata,
             progress: Progress::new("backup", None, ctx.quiet),
+            excludes: a.excludes.options(),
             ..BackupOptions::default()
         },
     )?;
@@ -256,6 +271,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         v["snapshot_id"] = json!(result.snapshot_id.to_hex());
         v["partial"] = json!(s.partial);
         v["warnings"] = json!(result.warnings);
+        v["excluded"] = json!(result.excluded);
         ctx.print_json(&v)?;
     } else if !ctx.quiet {
         let m = &s.summary;

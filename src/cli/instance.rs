@@ -60,6 +60,10 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
     if !s.paths.is_empty() {
         cfg.paths = s.paths;
     }
+    let excludes = s.excludes.options();
+    if s.clear_excludes || !excludes.is_empty() {
+        cfg.excludes = excludes;
+    }
     for (field, value) in [
         (&mut cfg.pre_hook, s.pre_hook),
         (&mut cfg.post_hook, s.post_hook),

@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod explore;
 mod instance;
 mod pg;
 

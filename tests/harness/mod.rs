@@ -176,6 +176,24 @@ pub struct Entry {
     pub content: Vec<u8>,
     /// For hard links: the other paths sharing the inode (relative), sorted.
     pub link_group: Vec<PathBuf>,
+    /// Extended attributes (ACLs included), sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The extended attributes of `path` (not following symlinks), sorted.
+pub fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut v: Vec<_> = xattr::list(path)
+        .map(|names| {
+            names
+                .filter_map(|n| {
+                    let value = xattr::get(path, &n).ok()??;
+                    Some((n.as_bytes().to_vec(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Walks a tree into a map of relative path -> Entry (directory mtimes included).
@@ -230,6 +248,7 @@ fn walk(
                 mtime: (md.mtime(), md.mtime_nsec()),
                 content,
                 link_group: Vec::new(),
+                xattrs: xattrs_of(&path),
             },
         );
     }
@@ -249,5 +268,6 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         assert_eq!(ea.mtime, eb.mtime, "{p:?} mtime");
         assert!(ea.content == eb.content, "{p:?} content differs");
         assert_eq!(ea.link_group, eb.link_group, "{p:?} hard links");
+        assert_eq!(ea.xattrs, eb.xattrs, "{p:?} extended attributes");
     }
 }
