@@ -261,13 +261,14 @@ impl OwnServer {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // `python3 -m`, not the `moto_server` script: a pip install does not always put scripts on PATH.
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start moto_server (installed by scripts/s3-setup)");
+            .expect("start moto (installed by scripts/s3-setup)");
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while raw_request(&endpoint, "GET", "/").is_err() {
