@@ -18,7 +18,7 @@
 //! and a pack leaves the index (committed) before its file is deleted. A prune killed at any instant leaves
 //! only packs that are unindexed or wholly unused, which the next prune removes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use rusqlite::params;
@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use crate::index_sync;
 use crate::lock;
 use crate::pack;
 use crate::pack_writer::PackWriter;
@@ -148,6 +149,10 @@ pub struct PruneReport {
     pub unindexed_removed: u64,
     /// Snapshot files that had no index row and were indexed (with `dry_run`: would be).
     pub snapshots_adopted: u64,
+    /// Index objects written (for the packs that remain of those replaced, and for needed packs no index
+    /// object listed) and index objects deleted (replaced, or superseded by an earlier run).
+    pub index_objects_written: u64,
+    pub index_objects_deleted: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub bytes_freed: u64,
@@ -184,6 +189,12 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         dry_run: opts.dry_run,
         ..PruneReport::default()
     };
+    if !opts.dry_run {
+        // Under the exclusive lock the cache is brought to exactly what the repository holds (other hosts'
+        // index objects and packs), and what an interrupted prune left superseded goes.
+        index_sync::sync(repo, true)?;
+        r.index_objects_deleted += index_sync::delete_superseded(repo)?;
+    }
     let (roots, adopted) = roots(repo, !opts.dry_run)?;
     r.snapshots_adopted = adopted;
     r.blobs_used = mark(repo, roots)?;
@@ -221,7 +232,23 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         r.duration_s = started.elapsed().as_secs_f64();
         return Ok(r);
     }
+    // Packs still needed that no index object lists (a run stopped before writing its index object, or a
+    // repository from before index objects): covered now, unless repacked. Uncovered packs nothing needs are
+    // in `empty` and go.
+    let uncovered = index_sync::uncovered_packs(&repo.index())?;
+    let repacked: HashSet<Id> = to_repack.iter().map(|u| u.id).collect();
+    let cover: HashSet<Id> = usage
+        .iter()
+        .filter(|u| u.used_blobs > 0 && uncovered.contains(&u.id) && !repacked.contains(&u.id))
+        .map(|u| u.id)
+        .collect();
     r.packs_written = repack(repo, &to_repack)?;
+    // The repacked blobs are in durable packs listed by the writer's index objects; now the objects listing
+    // packs about to go are replaced, and only then are the packs deleted.
+    let dropping: HashSet<Id> = empty.iter().chain(&to_repack).map(|u| u.id).collect();
+    let (written, deleted) = index_sync::rewrite_without(repo, &dropping, &cover)?;
+    r.index_objects_written += written;
+    r.index_objects_deleted += deleted;
     for u in empty.iter().chain(&to_repack) {
         repo.index().remove_pack(&u.id)?;
         repo.backend().delete(ObjectKind::Pack, &u.id.to_hex())?;
