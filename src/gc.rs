@@ -242,18 +242,27 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         .filter(|u| u.used_blobs > 0 && uncovered.contains(&u.id) && !repacked.contains(&u.id))
         .map(|u| u.id)
         .collect();
-    r.packs_written = repack(repo, &to_repack)?;
+    let new_packs = repack(repo, &to_repack)?;
+    r.packs_written = new_packs.len() as u64;
+    // A pack is named by its content: a repack can write a pack that exists already (one an interrupted
+    // prune wrote, left unused or unindexed), which must then not be deleted as garbage.
+    let doomed = |id: &Id| !new_packs.contains(id);
     // The repacked blobs are in durable packs listed by the writer's index objects; now the objects listing
     // packs about to go are replaced, and only then are the packs deleted.
-    let dropping: HashSet<Id> = empty.iter().chain(&to_repack).map(|u| u.id).collect();
+    let dropping: HashSet<Id> = empty
+        .iter()
+        .chain(&to_repack)
+        .map(|u| u.id)
+        .filter(doomed)
+        .collect();
     let (written, deleted) = index_sync::rewrite_without(repo, &dropping, &cover)?;
     r.index_objects_written += written;
     r.index_objects_deleted += deleted;
-    for u in empty.iter().chain(&to_repack) {
-        repo.index().remove_pack(&u.id)?;
-        repo.backend().delete(ObjectKind::Pack, &u.id.to_hex())?;
+    for id in &dropping {
+        repo.index().remove_pack(id)?;
+        repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
     }
-    for (id, _) in &unindexed {
+    for (id, _) in unindexed.iter().filter(|(id, _)| doomed(id)) {
         repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
     }
     // Safe: we hold the exclusive lock, so no write of this repository is under way.
@@ -383,9 +392,9 @@ fn pack_usage(repo: &Repository) -> Result<Vec<PackUse>> {
 }
 
 /// Copies the reachable blobs of `packs` into new packs (verifying each); returns the packs written.
-fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
+fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<HashSet<Id>> {
     if packs.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     PackWriter::repack_scope(repo, |writer| {
         for u in packs {
@@ -420,9 +429,6 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
             }
         }
         writer.flush()?;
-        Ok(writer
-            .stats
-            .packs_written
-            .load(std::sync::atomic::Ordering::Relaxed))
+        Ok(writer.written_packs())
     })
 }

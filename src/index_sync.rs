@@ -180,9 +180,14 @@ fn bump(tx: &rusqlite::Transaction, key: &str, by: u64) -> Result<()> {
 }
 
 /// Brings the cache's packs and blobs up to date with the repository. Reads the index objects it has not
-/// seen and forgets those that are gone; then, if `full` or anything changed, lists the packs: rows of packs
-/// no longer stored go, and stored packs the cache does not know are read from their trailers (three
-/// ranged reads each). Damaged index objects and packs are left out (`check` reports them); any other read
+/// seen and forgets those that are gone; if `full` or anything changed it also lists the packs: rows of
+/// packs no longer stored go first, then the new objects' packs are added (only those stored), and stored
+/// packs the cache does not know are read from their trailers (three ranged reads each).
+///
+/// When packs were deleted (a prune, on any host), every live object is merged again: the cache keeps one
+/// location per blob, and the copy it had may have been in a deleted pack while another stored pack holds
+/// the blob (two hosts stored it at once, and the pruning host's cache knew the other copy); re-merging
+/// finds that copy. Damaged index objects and packs are left out (`check` reports them); any other read
 /// error stops the sync, since leaving data out of the cache could let prune delete it.
 pub fn sync(repo: &Repository, full: bool) -> Result<SyncStats> {
     let backend = repo.backend().as_ref();
@@ -206,6 +211,13 @@ pub fn sync(repo: &Repository, full: bool) -> Result<SyncStats> {
     if !full && new.is_empty() && gone.is_empty() {
         return Ok(stats);
     }
+    let packs: Vec<(Id, u64)> = repo.pack_files()?;
+    let stored: HashSet<Id> = packs.iter().map(|(id, _)| *id).collect();
+    let known: HashSet<Id> = repo.index().packs()?.into_iter().map(|p| p.id).collect();
+    let removed: Vec<Id> = known.difference(&stored).copied().collect();
+    for gone in &removed {
+        repo.index().remove_pack(gone)?;
+    }
     let mut objects = Vec::new();
     for id in new {
         match IndexObject::load(backend, &id) {
@@ -214,13 +226,25 @@ pub fn sync(repo: &Repository, full: bool) -> Result<SyncStats> {
             Err(e) => return Err(e),
         }
     }
-    stats.objects_read = objects.len() as u64;
-    stats.objects_dropped = gone.len() as u64;
     let superseded: HashSet<Id> = objects
         .iter()
         .flat_map(|(_, o)| o.supersedes.iter().copied())
         .chain(seen.iter().filter(|(_, s)| **s).map(|(id, _)| *id))
         .collect();
+    if !removed.is_empty() {
+        // Every live object already merged is read again (see above).
+        for id in listed.iter().filter(|id| {
+            seen.get(id) == Some(&false) && !superseded.contains(id) && !gone.contains(id)
+        }) {
+            match IndexObject::load(backend, id) {
+                Ok(o) => objects.push((*id, o)),
+                Err(e) if e.is_damage() => stats.objects_damaged += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    stats.objects_read = objects.len() as u64;
+    stats.objects_dropped = gone.len() as u64;
     repo.index().transaction(|tx| {
         for (id, o) in &objects {
             for s in &o.supersedes {
@@ -231,27 +255,25 @@ pub fn sync(repo: &Repository, full: bool) -> Result<SyncStats> {
             }
         }
         for (id, o) in objects.iter().filter(|(id, _)| !superseded.contains(id)) {
-            record_object(tx, id, o)?;
+            for p in o.packs.iter().filter(|p| stored.contains(&p.id)) {
+                Index::insert_pack(tx, p.id, p.size, &p.entries)?;
+            }
+            record_listed(tx, id, o)?;
         }
         for id in &gone {
             forget_object(tx, id)?;
         }
         bump(tx, OBJECTS_READ, stats.objects_read)
     })?;
-    stats.trailers_read = sync_packs(repo)?;
+    stats.trailers_read = read_unknown_trailers(repo, &packs)?;
     Ok(stats)
 }
 
-/// Reconciles the cache's packs with the pack listing; returns how many trailers were read.
-fn sync_packs(repo: &Repository) -> Result<u64> {
-    let listed: Vec<(Id, u64)> = repo.pack_files()?;
+/// Adds the stored packs the cache has no row for, from their trailers; returns how many were read.
+fn read_unknown_trailers(repo: &Repository, packs: &[(Id, u64)]) -> Result<u64> {
     let known: HashSet<Id> = repo.index().packs()?.into_iter().map(|p| p.id).collect();
-    let listed_ids: HashSet<Id> = listed.iter().map(|(id, _)| *id).collect();
-    for gone in known.difference(&listed_ids) {
-        repo.index().remove_pack(gone)?;
-    }
     let mut read = 0;
-    for (id, size) in listed.iter().filter(|(id, _)| !known.contains(id)) {
+    for (id, size) in packs.iter().filter(|(id, _)| !known.contains(id)) {
         match pack::read_trailer(repo.backend().as_ref(), id, *size) {
             Ok(entries) => {
                 read += 1;

@@ -88,6 +88,8 @@ pub struct PackWriter<'r> {
     io_turn: Condvar,
     /// Packs made durable and indexed whose index object is not written yet.
     unlisted: Mutex<Vec<PackListing>>,
+    /// Every pack this writer made durable and indexed.
+    written: Mutex<HashSet<Id>>,
     /// Set when a pack could not be written: saving stops early instead of compressing data that cannot be
     /// stored (the I/O thread's error itself comes back from `flush`).
     failed: AtomicBool,
@@ -141,6 +143,7 @@ impl<'r> PackWriter<'r> {
             send_order: Mutex::new(()),
             io_turn: Condvar::new(),
             unlisted: Mutex::new(Vec::new()),
+            written: Mutex::new(HashSet::new()),
             failed: AtomicBool::new(false),
             stats: SaveStats::default(),
         };
@@ -388,6 +391,10 @@ impl<'r> PackWriter<'r> {
         }
         drop(index);
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p.id);
         {
             let mut pending = self.lock_pending();
             for e in &p.entries {
@@ -432,6 +439,14 @@ impl<'r> PackWriter<'r> {
         self.repo
             .index()
             .transaction(|tx| crate::index_sync::record_listed(tx, &id, &obj))
+    }
+
+    /// The packs this writer made durable and indexed so far.
+    pub fn written_packs(&self) -> HashSet<Id> {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The index objects this writer wrote are recorded in the cache as it goes; this tells whether packs
