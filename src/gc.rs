@@ -17,6 +17,11 @@
 //! files. Ordering: new packs are durable and their index rows committed before an old pack leaves the index,
 //! and a pack leaves the index (committed) before its file is deleted. A prune killed at any instant leaves
 //! only packs that are unindexed or wholly unused, which the next prune removes.
+//!
+//! Index objects (format-spec "Index objects"): the cache is first synced in full under the lock; objects
+//! listing a pack about to go are replaced by objects listing the rest (plus needed packs no object lists),
+//! and the replacements are durable before the old objects, and then the packs, are deleted. A pack the
+//! repack itself wrote is never deleted, even when an earlier run left one of the same content (and id).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;

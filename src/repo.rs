@@ -10,10 +10,11 @@
 //! instances/<name>.json  instance configurations
 //! ```
 //!
-//! The SQLite index is local: `<repo>/index.sqlite` for a repository in a directory, and a cache at
-//! `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage, which
-//! [`Repository::open`] brings up to date by listing the packs, snapshots and instances (see
-//! [`Repository::sync_cache`]); deleting the cache loses nothing.
+//! The SQLite index is a local cache of the repository's index objects: `<repo>/index.sqlite` for a repository
+//! in a directory, `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage.
+//! [`Repository::open`] brings it up to date from the index objects it has not seen (see
+//! [`crate::index_sync`]); for object storage, or a local index that was deleted, also from the pack listing,
+//! snapshots and instances ([`Repository::sync_cache`]). Deleting it loses nothing.
 //!
 //! A local repository this process cannot write (a read-only mount or directory, an index file it may not
 //! write, a full disk) opens read-only: everything that only reads works, and [`Repository::require_writable`]
