@@ -70,15 +70,6 @@ pub fn seen(idx: &Index) -> Result<HashMap<Id, bool>> {
     .collect()
 }
 
-/// Records an index object written or read: its packs (rows added if missing) and the mapping rows; the
-/// objects it supersedes lose theirs.
-pub fn record_object(tx: &rusqlite::Transaction, id: &Id, obj: &IndexObject) -> Result<()> {
-    for p in &obj.packs {
-        Index::insert_pack(tx, p.id, p.size, &p.entries)?;
-    }
-    record_listed(tx, id, obj)
-}
-
 /// Records an index object whose packs the cache holds already (the writer indexed each as it became
 /// durable): only the object and which packs it lists.
 pub fn record_listed(tx: &rusqlite::Transaction, id: &Id, obj: &IndexObject) -> Result<()> {
