@@ -242,6 +242,13 @@ fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> 
             }
         }
     }
+    let uncovered = crate::index_sync::uncovered_packs(&repo.index())?;
+    if !uncovered.is_empty() {
+        r.warnings.push(format!(
+            "{} packs are in no index object (left by an interrupted run, or written before index objects existed; `prune` or `repair index` lists them)",
+            uncovered.len()
+        ));
+    }
     for id in on_disk.keys().filter(|id| !indexed_ids.contains(id)) {
         r.warnings.push(format!("pack {id} is not indexed (left by an interrupted run; `repair index` adopts it, `prune` removes it)"));
     }

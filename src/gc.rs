@@ -17,8 +17,13 @@
 //! files. Ordering: new packs are durable and their index rows committed before an old pack leaves the index,
 //! and a pack leaves the index (committed) before its file is deleted. A prune killed at any instant leaves
 //! only packs that are unindexed or wholly unused, which the next prune removes.
+//!
+//! Index objects (format-spec "Index objects"): the cache is first synced in full under the lock; objects
+//! listing a pack about to go are replaced by objects listing the rest (plus needed packs no object lists),
+//! and the replacements are durable before the old objects, and then the packs, are deleted. A pack the
+//! repack itself wrote is never deleted, even when an earlier run left one of the same content (and id).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use rusqlite::params;
@@ -27,6 +32,7 @@ use serde::Serialize;
 use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use crate::index_sync;
 use crate::lock;
 use crate::pack;
 use crate::pack_writer::PackWriter;
@@ -148,6 +154,10 @@ pub struct PruneReport {
     pub unindexed_removed: u64,
     /// Snapshot files that had no index row and were indexed (with `dry_run`: would be).
     pub snapshots_adopted: u64,
+    /// Index objects written (for the packs that remain of those replaced, and for needed packs no index
+    /// object listed) and index objects deleted (replaced, or superseded by an earlier run).
+    pub index_objects_written: u64,
+    pub index_objects_deleted: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
     pub bytes_freed: u64,
@@ -184,6 +194,12 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         dry_run: opts.dry_run,
         ..PruneReport::default()
     };
+    if !opts.dry_run {
+        // Under the exclusive lock the cache is brought to exactly what the repository holds (other hosts'
+        // index objects and packs), and what an interrupted prune left superseded goes.
+        index_sync::sync(repo, true)?;
+        r.index_objects_deleted += index_sync::delete_superseded(repo)?;
+    }
     let (roots, adopted) = roots(repo, !opts.dry_run)?;
     r.snapshots_adopted = adopted;
     r.blobs_used = mark(repo, roots)?;
@@ -221,12 +237,37 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         r.duration_s = started.elapsed().as_secs_f64();
         return Ok(r);
     }
-    r.packs_written = repack(repo, &to_repack)?;
-    for u in empty.iter().chain(&to_repack) {
-        repo.index().remove_pack(&u.id)?;
-        repo.backend().delete(ObjectKind::Pack, &u.id.to_hex())?;
+    // Packs still needed that no index object lists (a run stopped before writing its index object, or a
+    // repository from before index objects): covered now, unless repacked. Uncovered packs nothing needs are
+    // in `empty` and go.
+    let uncovered = index_sync::uncovered_packs(&repo.index())?;
+    let repacked: HashSet<Id> = to_repack.iter().map(|u| u.id).collect();
+    let cover: HashSet<Id> = usage
+        .iter()
+        .filter(|u| u.used_blobs > 0 && uncovered.contains(&u.id) && !repacked.contains(&u.id))
+        .map(|u| u.id)
+        .collect();
+    let new_packs = repack(repo, &to_repack)?;
+    r.packs_written = new_packs.len() as u64;
+    // A pack is named by its content: a repack can write a pack that exists already (one an interrupted
+    // prune wrote, left unused or unindexed), which must then not be deleted as garbage.
+    let doomed = |id: &Id| !new_packs.contains(id);
+    // The repacked blobs are in durable packs listed by the writer's index objects; now the objects listing
+    // packs about to go are replaced, and only then are the packs deleted.
+    let dropping: HashSet<Id> = empty
+        .iter()
+        .chain(&to_repack)
+        .map(|u| u.id)
+        .filter(doomed)
+        .collect();
+    let (written, deleted) = index_sync::rewrite_without(repo, &dropping, &cover)?;
+    r.index_objects_written += written;
+    r.index_objects_deleted += deleted;
+    for id in &dropping {
+        repo.index().remove_pack(id)?;
+        repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
     }
-    for (id, _) in &unindexed {
+    for (id, _) in unindexed.iter().filter(|(id, _)| doomed(id)) {
         repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
     }
     // Safe: we hold the exclusive lock, so no write of this repository is under way.
@@ -356,9 +397,9 @@ fn pack_usage(repo: &Repository) -> Result<Vec<PackUse>> {
 }
 
 /// Copies the reachable blobs of `packs` into new packs (verifying each); returns the packs written.
-fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
+fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<HashSet<Id>> {
     if packs.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     PackWriter::repack_scope(repo, |writer| {
         for u in packs {
@@ -393,9 +434,6 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<u64> {
             }
         }
         writer.flush()?;
-        Ok(writer
-            .stats
-            .packs_written
-            .load(std::sync::atomic::Ordering::Relaxed))
+        Ok(writer.written_packs())
     })
 }

@@ -84,6 +84,13 @@ CREATE TABLE IF NOT EXISTS damaged_blobs (
     reason TEXT NOT NULL,
     PRIMARY KEY (blob, pack)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_objects (id BLOB PRIMARY KEY, superseded INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_object_packs (
+    object BLOB NOT NULL,
+    pack BLOB NOT NULL,
+    PRIMARY KEY (object, pack)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS index_object_packs_by_pack ON index_object_packs(pack);
 ";
 
 /// Upsert clause: a blob already indexed keeps its location unless that copy is recorded damaged; then its

@@ -24,6 +24,8 @@ pub mod fsutil;
 pub mod gc;
 pub mod hashing;
 pub mod index;
+pub mod index_object;
+pub mod index_sync;
 pub mod instance;
 pub mod lock;
 pub mod pack;

@@ -98,7 +98,8 @@ pub struct BlobEntry {
 }
 
 impl BlobEntry {
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the entry's 88 bytes (format-spec "Packs"; index objects reuse the layout).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let mut e = [0u8; ENTRY_LEN];
         e[ENTRY_KIND] = self.kind as u8;
         e[ENTRY_COMPRESSION] = self.compression as u8;

@@ -9,10 +9,19 @@
 //!
 //! A pack is written blob by blob into its object writer by the thread that compressed the blob, while
 //! the blob is still in that CPU's cache (copying whole 16 MiB packs from memory into the page cache cost
-//! ~10% of a backup's CPU time). Full packs are sealed, fsynced, renamed and indexed by one I/O thread of their
-//! own, so the threads that hash and compress never wait for an fsync (on two cores that wait used to idle half
-//! the machine). A writer therefore lives inside [`PackWriter::scope`], which owns that thread;
-//! [`PackWriter::flush`] returns once every blob saved so far is durable and indexed.
+//! ~10% of a backup's CPU time). Full packs are sealed, made durable and indexed by I/O threads of their
+//! own, so the threads that hash and compress never wait for an fsync or an upload (on two cores that wait
+//! used to idle half the machine). Up to [`Repository::connections`] packs are sealed and written at once
+//! (parallel uploads to object storage); each is indexed only after it is durable, and in the order the packs
+//! were handed over, so a pack's rows never appear before those of a pack filled earlier (a tree's pack is
+//! never indexed before the packs of the chunks it names). A writer therefore lives inside
+//! [`PackWriter::scope`], which owns those threads; [`PackWriter::flush`] returns once every blob saved so far
+//! is durable and indexed.
+//!
+//! Index objects (format-spec/README.md, "Index objects"): the writer keeps the entries of every pack it made
+//! durable and writes them as an index object at each flush (and whenever [`index_object::MAX_ENTRIES`] have
+//! gathered), before anything that references them (a snapshot) is written. A run stopped before that
+//! leaves durable packs no index object lists, which readers still find through the pack listing.
 //!
 //! Damage (format-spec/README.md, "Index"): a blob whose indexed copy is recorded damaged (by `check`,
 //! `restore`, `dump` or `repair`) is never deduplicated against. The writer stores it again as if it were new,
@@ -20,13 +29,14 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::{ObjectKind, ObjectWriter};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use crate::index_object::{self, IndexObject, PackListing};
 use crate::pack::{self, BlobEntry, BlobKind, Compression, PackBuilder};
 use crate::repo::Repository;
 
@@ -42,13 +52,22 @@ pub struct SaveStats {
 /// Full packs that may wait for the I/O thread.
 const SEAL_QUEUE: usize = 4;
 
-/// What the savers hand the I/O thread.
+/// What the savers hand the I/O threads.
 enum Job {
-    Write(Box<OpenPack>),
-    /// Answered once every pack sent before it is durable and indexed, with the first failure since the
-    /// last flush.
-    Flush(Sender<Result<()>>),
+    /// A full pack and its place in the order of indexing.
+    Write(Box<OpenPack>, u64),
     Stop,
+}
+
+/// Progress of the packs handed to the I/O threads.
+#[derive(Default)]
+struct IoState {
+    /// Packs handed over so far (the next pack's sequence number).
+    handed: u64,
+    /// Packs whose turn to be indexed has passed (indexed, or skipped after a failure).
+    done: u64,
+    /// The first failure since the last flush.
+    error: Option<Error>,
 }
 
 /// Saves blobs into new packs of one repository. Safe to share between threads.
@@ -62,6 +81,15 @@ pub struct PackWriter<'r> {
     /// The pack being filled; created by the first blob that needs it.
     current: Mutex<Option<OpenPack>>,
     io: Sender<Job>,
+    io_state: Mutex<IoState>,
+    /// Held while a pack is numbered and sent (see [`Self::hand_over`]).
+    send_order: Mutex<()>,
+    /// Signalled whenever a pack's turn passes.
+    io_turn: Condvar,
+    /// Packs made durable and indexed whose index object is not written yet.
+    unlisted: Mutex<Vec<PackListing>>,
+    /// Every pack this writer made durable and indexed.
+    written: Mutex<HashSet<Id>>,
     /// Set when a pack could not be written: saving stops early instead of compressing data that cannot be
     /// stored (the I/O thread's error itself comes back from `flush`).
     failed: AtomicBool,
@@ -92,9 +120,11 @@ impl<'r> PackWriter<'r> {
         relocate: bool,
         f: impl FnOnce(&PackWriter<'r>) -> Result<T>,
     ) -> Result<T> {
-        // A full pack costs only its open file and write buffer while it waits, so a few may queue behind an
-        // fsync instead of stalling the saver that filled them.
-        let (tx, rx) = crossbeam_channel::bounded(SEAL_QUEUE);
+        // A full pack costs only its open file and write buffer while it waits (a local repository), so a few
+        // may queue behind an fsync instead of stalling the saver that filled them; an object store's pack is
+        // buffered in memory until sent, so with many connections fewer wait.
+        let threads = repo.connections().max(1);
+        let (tx, rx) = crossbeam_channel::bounded(SEAL_QUEUE.saturating_sub(threads - 1).max(1));
         // Read once: damage is rare and the set small, so the hot dedup lookup stays one indexed query.
         let unusable = repo
             .index()
@@ -109,15 +139,25 @@ impl<'r> PackWriter<'r> {
             unusable: Mutex::new(unusable),
             current: Mutex::new(None),
             io: tx,
+            io_state: Mutex::new(IoState::default()),
+            send_order: Mutex::new(()),
+            io_turn: Condvar::new(),
+            unlisted: Mutex::new(Vec::new()),
+            written: Mutex::new(HashSet::new()),
             failed: AtomicBool::new(false),
             stats: SaveStats::default(),
         };
         std::thread::scope(|s| {
             let w = &writer;
-            s.spawn(move || w.io_loop(rx));
+            for _ in 0..threads {
+                let rx = rx.clone();
+                s.spawn(move || w.io_loop(rx));
+            }
             let out = f(w).and_then(|v| w.flush().map(|()| v));
             // Packs handed over before a failure are still written: harmless, and `prune` reclaims them.
-            let _ = w.io.send(Job::Stop);
+            for _ in 0..threads {
+                let _ = w.io.send(Job::Stop);
+            }
             out
         })
     }
@@ -209,13 +249,31 @@ impl<'r> PackWriter<'r> {
         Ok(())
     }
 
-    /// Gives a full pack to the I/O thread (waiting only while [`SEAL_QUEUE`] packs are queued already).
+    /// Gives a full pack to the I/O threads (waiting only while the queue is full).
     fn hand_over(&self, pack: OpenPack) -> Result<()> {
-        if self.failed.load(Ordering::Relaxed) || self.io.send(Job::Write(Box::new(pack))).is_err()
-        {
+        if self.failed.load(Ordering::Relaxed) {
             return Err(self.flush().err().unwrap_or_else(earlier_failure));
         }
+        // Numbered and sent under one lock, so the channel holds the packs in the order of their numbers and
+        // the lowest outstanding number is always taken first (no thread waits for a pack still queued). Not
+        // the I/O state's lock: the send may wait for room, and the I/O threads need that lock to make room.
+        let _order = self.send_order.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = {
+            let mut st = self.lock_io();
+            st.handed += 1;
+            st.handed - 1
+        };
+        if self.io.send(Job::Write(Box::new(pack), seq)).is_err() {
+            // No I/O thread is left to take it (they have stopped): nothing after this is written.
+            self.failed.store(true, Ordering::Relaxed);
+            self.lock_io().handed -= 1;
+            return Err(earlier_failure());
+        }
         Ok(())
+    }
+
+    fn lock_io(&self) -> std::sync::MutexGuard<'_, IoState> {
+        self.io_state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks `id` as being stored by this writer; false if it is stored already or being stored.
@@ -256,64 +314,145 @@ impl<'r> PackWriter<'r> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Seals and writes the partly filled pack. Call once all blobs are saved, before writing anything that
+    /// Seals and writes the partly filled pack, waits until every pack handed over is durable and indexed,
+    /// then writes the index object listing them. Call once all blobs are saved, before writing anything that
     /// references them.
     pub fn flush(&self) -> Result<()> {
         let pack = self.lock_current().take();
         if let Some(pack) = pack.filter(|p| !p.builder.is_empty()) {
             self.hand_over(pack)?;
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if self.io.send(Job::Flush(tx)).is_err() {
+        let mut st = self.lock_io();
+        while st.done < st.handed {
+            st = self.io_turn.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        drop(st);
+        if self.failed.load(Ordering::Relaxed) {
             return Err(earlier_failure());
         }
-        rx.recv().unwrap_or_else(|_| Err(earlier_failure()))
+        self.write_index_object()
     }
 
-    /// The I/O thread: writes packs in the order they were handed over; after a failure it writes no more.
+    /// An I/O thread: seals and writes the packs it takes, then indexes each in its turn. After a failure no
+    /// pack is written or indexed any more.
     fn io_loop(&self, jobs: Receiver<Job>) {
-        let mut error = None;
         for job in jobs {
-            match job {
-                Job::Write(pack) => {
-                    if self.failed.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    if let Err(e) = self.write_pack(*pack) {
-                        self.failed.store(true, Ordering::Relaxed);
-                        error = Some(e);
-                    }
-                }
-                Job::Flush(reply) => {
-                    let result = match error.take() {
-                        Some(e) => Err(e),
-                        None if self.failed.load(Ordering::Relaxed) => Err(earlier_failure()),
-                        None => Ok(()),
-                    };
-                    let _ = reply.send(result);
-                }
+            let (pack, seq) = match job {
+                Job::Write(pack, seq) => (pack, seq),
                 Job::Stop => return,
+            };
+            let written = if self.failed.load(Ordering::Relaxed) {
+                Err(earlier_failure())
+            } else {
+                self.write_pack(*pack)
+            };
+            {
+                let mut st = self.lock_io();
+                while st.done != seq {
+                    st = self.io_turn.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
             }
+            // Our turn: no other thread indexes until `done` moves on, so the lock is not held meanwhile
+            // (savers handing over packs need it).
+            let indexed = written.and_then(|listing| {
+                if self.failed.load(Ordering::Relaxed) {
+                    return Err(earlier_failure());
+                }
+                self.index_pack(listing)
+            });
+            let mut st = self.lock_io();
+            if let Err(e) = indexed {
+                self.failed.store(true, Ordering::Relaxed);
+                st.error.get_or_insert(e);
+            }
+            st.done += 1;
+            drop(st);
+            self.io_turn.notify_all();
         }
     }
 
-    /// Seals `pack`, makes it durable under its final name, then indexes it (format-spec, "Write ordering").
-    fn write_pack(&self, pack: OpenPack) -> Result<()> {
+    /// Seals `pack` and makes it durable under its final name (format-spec, "Write ordering").
+    fn write_pack(&self, pack: OpenPack) -> Result<PackListing> {
         let (out, id, entries) = pack.builder.seal().map_err(|e| Error::io(&pack.place, e))?;
         let size = out.finish(&id.to_hex())?;
+        Ok(PackListing { id, size, entries })
+    }
+
+    /// Indexes a durable pack and keeps its entries for the next index object.
+    fn index_pack(&self, p: PackListing) -> Result<()> {
         let mut index = self.repo.index();
         if self.relocate {
-            index.relocate_pack(id, size, &entries)?;
+            index.relocate_pack(p.id, p.size, &p.entries)?;
         } else {
-            index.add_pack(id, size, &entries)?;
+            index.add_pack(p.id, p.size, &p.entries)?;
         }
         drop(index);
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
-        let mut pending = self.lock_pending();
-        for e in &entries {
-            pending.remove(&e.id);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p.id);
+        {
+            let mut pending = self.lock_pending();
+            for e in &p.entries {
+                pending.remove(&e.id);
+            }
+        }
+        let full = {
+            let mut unlisted = self.lock_unlisted();
+            unlisted.push(p);
+            unlisted.iter().map(|p| p.entries.len()).sum::<usize>() >= index_object::MAX_ENTRIES
+        };
+        if full {
+            self.write_index_object()?;
         }
         Ok(())
+    }
+
+    fn lock_unlisted(&self) -> std::sync::MutexGuard<'_, Vec<PackListing>> {
+        self.unlisted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes an index object for the packs made durable since the last one, and records it in the cache.
+    fn write_index_object(&self) -> Result<()> {
+        let packs = std::mem::take(&mut *self.lock_unlisted());
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let obj = IndexObject {
+            packs,
+            supersedes: Vec::new(),
+        };
+        let written = obj.save(self.repo.backend().as_ref());
+        let id = match written {
+            Ok(id) => id,
+            Err(e) => {
+                // Kept, so that a retried flush would list them; the packs stay readable through the
+                // pack listing meanwhile.
+                self.lock_unlisted().extend(obj.packs);
+                return Err(e);
+            }
+        };
+        self.repo
+            .index()
+            .transaction(|tx| crate::index_sync::record_listed(tx, &id, &obj))
+    }
+
+    /// The packs this writer made durable and indexed so far.
+    pub fn written_packs(&self) -> HashSet<Id> {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The index objects this writer wrote are recorded in the cache as it goes; this tells whether packs
+    /// remain that no index object lists yet (only after a failure).
+    pub fn has_unlisted_packs(&self) -> bool {
+        !self.lock_unlisted().is_empty()
     }
 }
 

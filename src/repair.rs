@@ -1,6 +1,8 @@
 //! `repair index` and `repair snapshots`.
 //!
-//! `repair index` rebuilds the SQLite index from the pack trailers and snapshot files alone. The new index is
+//! `repair index` rebuilds the SQLite index from the pack trailers (ranged reads of the trailers only) and
+//! snapshot files alone, and writes new index objects listing every readable pack, which supersede (and then
+//! replace) all earlier ones. The new index is
 //! built in a separate file and swapped in with a rename, so a crash during the rebuild leaves the old index
 //! (or none) in place and the rebuild can simply run again. Damaged packs and snapshot files are skipped and
 //! reported, never deleted: their data may still be salvageable by hand. The record of damaged copies is the
@@ -23,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Index};
+use crate::index_object::{self, IndexObject, PackListing};
 use crate::lock;
 use crate::pack;
 use crate::repo::{list_pack_files, Repository};
@@ -39,6 +42,8 @@ pub struct RepairReport {
     pub skipped: Vec<String>,
     /// Damage records carried over from the old index.
     pub damage_records: u64,
+    /// Index objects written from the pack trailers (replacing every earlier one).
+    pub index_objects: u64,
     /// Things the user should know that do not make the rebuild fail.
     pub warnings: Vec<String>,
 }
@@ -67,12 +72,19 @@ pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
         // Before the packs: a blob stored both in a damaged and in a good copy is then indexed at the good one.
         index.record_damage(&damage)?;
         report.damage_records = damage.len() as u64;
+        let old_objects: Vec<Id> = backend
+            .list(ObjectKind::Index)?
+            .into_iter()
+            .filter_map(|(n, _)| Id::from_hex(&n))
+            .collect();
+        let mut objects = ObjectBatch::default();
         for (id, len) in list_pack_files(backend.as_ref())? {
             match pack::read_trailer(backend.as_ref(), &id, len) {
                 Ok(entries) => {
                     report.packs += 1;
                     report.blobs += entries.len() as u64;
                     index.add_pack(id, len, &entries)?;
+                    objects.add(backend.as_ref(), &mut index, id, len, entries)?;
                 }
                 Err(e) if e.is_damage() => report.skipped.push(format!("pack {id}: {e}")),
                 // Leaving a readable-but-for-now pack out of the index would let `prune` delete it.
@@ -90,6 +102,13 @@ pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
                 Err(err) => return Err(err),
             }
         }
+        // The new index objects are durable (the last one superseding every old one) before the old go.
+        objects.finish(backend.as_ref(), &mut index, old_objects.clone())?;
+        report.index_objects = objects.written;
+        for old in &old_objects {
+            backend.delete(ObjectKind::Index, &old.to_hex())?;
+            index.transaction(|tx| crate::index_sync::forget_object(tx, old))?;
+        }
         // Fold the write-ahead log into the file so the rename below moves one complete database.
         index.raw().pragma_update(None, "journal_mode", "DELETE")?;
     }
@@ -98,6 +117,62 @@ pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
     std::fs::rename(&new_path, &live).map_err(|e| Error::io(&live, e))?;
     fsutil::sync_dir(&dir)?;
     Ok(report)
+}
+
+/// Index objects being rebuilt from pack trailers: written every [`index_object::MAX_ENTRIES`] entries, so
+/// memory stays bounded however large the repository.
+#[derive(Default)]
+struct ObjectBatch {
+    packs: Vec<PackListing>,
+    entries: usize,
+    written: u64,
+}
+
+impl ObjectBatch {
+    fn add(
+        &mut self,
+        backend: &dyn crate::backend::Backend,
+        index: &mut Index,
+        id: Id,
+        size: u64,
+        entries: Vec<pack::BlobEntry>,
+    ) -> Result<()> {
+        if self.entries > 0 && self.entries + entries.len() > index_object::MAX_ENTRIES {
+            self.write(backend, index, Vec::new())?;
+        }
+        self.entries += entries.len();
+        self.packs.push(PackListing { id, size, entries });
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        backend: &dyn crate::backend::Backend,
+        index: &mut Index,
+        supersedes: Vec<Id>,
+    ) -> Result<()> {
+        let obj = IndexObject {
+            packs: std::mem::take(&mut self.packs),
+            supersedes,
+        };
+        self.entries = 0;
+        let id = obj.save(backend)?;
+        self.written += 1;
+        index.transaction(|tx| crate::index_sync::record_listed(tx, &id, &obj))
+    }
+
+    /// Writes the rest, superseding `old` (an object even if no pack is left, so the old ones are replaced).
+    fn finish(
+        &mut self,
+        backend: &dyn crate::backend::Backend,
+        index: &mut Index,
+        old: Vec<Id>,
+    ) -> Result<()> {
+        if !self.packs.is_empty() || !old.is_empty() {
+            self.write(backend, index, old)?;
+        }
+        Ok(())
+    }
 }
 
 /// The damage records of the index at `path` (none if it does not exist or predates the record).

@@ -10,10 +10,11 @@
 //! instances/<name>.json  instance configurations
 //! ```
 //!
-//! The SQLite index is local: `<repo>/index.sqlite` for a repository in a directory, and a cache at
-//! `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage, which
-//! [`Repository::open`] brings up to date by listing the packs, snapshots and instances (see
-//! [`Repository::sync_cache`]); deleting the cache loses nothing.
+//! The SQLite index is a local cache of the repository's index objects: `<repo>/index.sqlite` for a repository
+//! in a directory, `$XDG_CACHE_HOME/cairn/<repository id>/index.sqlite` for one in object storage.
+//! [`Repository::open`] brings it up to date from the index objects it has not seen (see
+//! [`crate::index_sync`]); for object storage, or a local index that was deleted, also from the pack listing,
+//! snapshots and instances ([`Repository::sync_cache`]). Deleting it loses nothing.
 //!
 //! A local repository this process cannot write (a read-only mount or directory, an index file it may not
 //! write, a full disk) opens read-only: everything that only reads works, and [`Repository::require_writable`]
@@ -52,7 +53,14 @@ pub struct Repository {
     read_only: Option<String>,
     /// How the index is opened (every connection alike).
     access: Access,
+    /// How many sealed packs may be written at once (`--connections`).
+    connections: std::sync::atomic::AtomicUsize,
 }
+
+/// Packs written at once by default: object storage gains from parallel requests; a local disk, where each
+/// pack ends with an fsync, does not (see BENCHMARKS.md).
+pub const DEFAULT_CONNECTIONS_S3: usize = 4;
+pub const DEFAULT_CONNECTIONS_LOCAL: usize = 1;
 
 /// A backend for `url` and the repository's config; `NotARepository` when there is no config.
 pub fn connect(url: &RepoUrl) -> Result<(SharedBackend, Config)> {
@@ -131,7 +139,13 @@ impl Repository {
         let config = load_config(backend.as_ref())?;
         let index_path = index_path(backend.as_ref(), &config)?;
         let local = backend.local_root().is_some();
-        if local && !index_path.exists() && !backend.list(ObjectKind::Pack)?.is_empty() {
+        // A local index that is gone is rebuilt from the index objects (and the trailers of packs none
+        // lists); a repository written before index objects existed needs `repair index`.
+        let rebuild = local && !index_path.exists();
+        if rebuild
+            && backend.list(ObjectKind::Index)?.is_empty()
+            && !backend.list(ObjectKind::Pack)?.is_empty()
+        {
             return Err(Error::corrupt(
                 "index",
                 format!(
@@ -150,30 +164,27 @@ impl Repository {
             index: Mutex::new(index),
             readers: Mutex::new(Vec::new()),
             read_only,
+            connections: std::sync::atomic::AtomicUsize::new(if local {
+                DEFAULT_CONNECTIONS_LOCAL
+            } else {
+                DEFAULT_CONNECTIONS_S3
+            }),
         };
-        if !local {
+        if !local || rebuild {
             repo.sync_cache()?;
+        } else if repo.read_only.is_none() {
+            // Index objects written by another host sharing this directory (cheap: one listing of
+            // `index/` when nothing changed).
+            crate::index_sync::sync(&repo, false)?;
         }
         Ok(repo)
     }
 
-    /// Brings a cached index up to date with the repository's objects: packs it does not know are read
-    /// (their trailers only) and added, rows of packs that are gone are removed; likewise snapshots and
-    /// instance configurations. Damaged packs and snapshots are left out (`check` reports them).
+    /// Brings a cached index up to date with the repository's objects: index objects it has not seen are
+    /// read and merged, rows of those that are gone dropped, packs no index object lists are read from
+    /// their trailers (see [`crate::index_sync`]); likewise snapshots and instance configurations. Damaged packs and snapshots are left out (`check` reports them).
     pub fn sync_cache(&self) -> Result<()> {
-        let listed: Vec<(Id, u64)> = self.pack_files()?;
-        let known: HashSet<Id> = self.index().packs()?.into_iter().map(|p| p.id).collect();
-        let listed_ids: HashSet<Id> = listed.iter().map(|(id, _)| *id).collect();
-        for gone in known.difference(&listed_ids) {
-            self.index().remove_pack(gone)?;
-        }
-        for (id, size) in listed.iter().filter(|(id, _)| !known.contains(id)) {
-            match pack::read_trailer(self.backend.as_ref(), id, *size) {
-                Ok(entries) => self.index().add_pack(*id, *size, &entries)?,
-                Err(e) if e.is_damage() => {}
-                Err(e) => return Err(e),
-            }
-        }
+        crate::index_sync::sync(self, true)?;
         let rows: HashSet<Id> = self.snapshots()?.into_iter().map(|(id, _)| id).collect();
         let objects: HashSet<Id> = self.snapshot_objects()?.into_iter().collect();
         for gone in rows.difference(&objects) {
@@ -200,6 +211,17 @@ impl Repository {
                 cause: cause.clone(),
             }),
         }
+    }
+
+    /// How many sealed packs a writer uploads at once.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`Self::connections`] (at least 1).
+    pub fn set_connections(&self, n: usize) {
+        self.connections
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// True if the repository was opened read-only (see [`Self::require_writable`]).

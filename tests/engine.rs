@@ -334,9 +334,17 @@ fn deleted_index_is_rebuilt_by_repair() {
         "1",
         "100000",
     ]));
-    for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-        let _ = fs::remove_file(repo.join(f));
-    }
+    let remove_index = || {
+        for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+            let _ = fs::remove_file(repo.join(f));
+        }
+    };
+    // The index objects in the repository rebuild it on the next open.
+    remove_index();
+    assert_eq!(snapshot_count(&repo), 2);
+    // A repository without index objects (written before they existed) needs `repair index`.
+    remove_index();
+    fs::remove_dir_all(repo.join("index")).unwrap();
     let err = fails(cairn(&repo).arg("snapshots"), 1);
     assert!(err.contains("repair index"), "{err}");
     ok(cairn(&repo).args(["repair", "index"]));

@@ -93,3 +93,42 @@ fn tiny_pack_and_tree_match_the_spec() {
         assert!(spec.contains(&l), "spec lacks `{l}`");
     }
 }
+
+/// The index object listing the tiny pack above (section "Index objects"), superseding the object named by
+/// BLAKE3("old index").
+#[test]
+fn index_object_matches_the_spec() {
+    use cairn::index_object::{IndexObject, PackListing};
+    let mut b = PackBuilder::new();
+    for payload in [&b"hello, cairn"[..], &[b'a'; 100][..]] {
+        let (c, stored) = encode_blob(payload, 3).unwrap();
+        b.add(
+            BlobKind::Data,
+            Id::of(payload),
+            payload.len() as u32,
+            c,
+            &stored,
+        )
+        .unwrap();
+    }
+    let (bytes, id, entries) = b.seal().unwrap();
+    let obj = IndexObject {
+        packs: vec![PackListing {
+            id,
+            size: bytes.len() as u64,
+            entries,
+        }],
+        supersedes: vec![Id::of(b"old index")],
+    };
+    let (obytes, oid) = obj.encode().unwrap();
+    assert_eq!(IndexObject::decode(&obytes).unwrap(), obj);
+    let lines = [
+        format!("index object bytes {}", hex::encode(&obytes)),
+        format!("index object id {oid}"),
+    ];
+    let spec = spec();
+    lines.iter().for_each(|l| println!("{l}"));
+    for l in lines {
+        assert!(spec.contains(&l), "spec lacks `{l}`");
+    }
+}

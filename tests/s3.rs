@@ -363,3 +363,78 @@ fn a_backup_whose_server_dies_midway_fails_with_a_clear_error_and_leaves_no_snap
         1,
     );
 }
+
+/// The index cache under `cache` (one repository per cache in these tests): (index objects merged and not
+/// superseded, index objects read in total, pack trailers read in total).
+fn cache_counts(cache: &Path) -> (usize, u64, u64) {
+    let dir = std::fs::read_dir(cache.join("cairn"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let idx = cairn::index::Index::open_read_only(&dir.join("index.sqlite")).unwrap();
+    let live = cairn::index_sync::seen(&idx)
+        .unwrap()
+        .values()
+        .filter(|sup| !**sup)
+        .count();
+    (
+        live,
+        cairn::index_sync::counter(&idx, cairn::index_sync::OBJECTS_READ).unwrap(),
+        cairn::index_sync::counter(&idx, cairn::index_sync::TRAILERS_READ).unwrap(),
+    )
+}
+
+#[test]
+fn index_objects_let_a_second_host_catch_up_incrementally_and_restore_after_a_prune() {
+    let ep = endpoint();
+    let url = fresh_repo(ep, "hosts");
+    let dir = tempfile::tempdir().unwrap();
+    let (cache1, cache2) = (dir.path().join("host1"), dir.path().join("host2"));
+    let h1 = || s3cairn(ep, &url, &cache1);
+    let h2 = || s3cairn(ep, &url, &cache2);
+    let src = dir.path().join("data");
+    build_rich_tree(&src, 30);
+    ok(h1().arg("init"));
+    ok(h1().args(["--connections", "3", "backup", src.to_str().unwrap()]));
+    let (written1, _, _) = cache_counts(&cache1);
+    assert!(written1 >= 1, "the backup wrote an index object");
+
+    // Host 2 builds its cache from the index objects alone: no pack trailer is read.
+    assert_eq!(snapshots(&mut h2()).len(), 1);
+    let (live, read, trailers) = cache_counts(&cache2);
+    assert_eq!((live, read, trailers), (written1, written1 as u64, 0));
+
+    // A second backup on host 1; host 2 reads only the new index objects.
+    std::fs::write(src.join("new.bin"), pseudo_random(3_000_000, 77)).unwrap();
+    ok(h1().args(["backup", src.to_str().unwrap()]));
+    let (written2, _, _) = cache_counts(&cache1);
+    assert!(written2 > written1);
+    assert_eq!(snapshots(&mut h2()).len(), 2);
+    let (live, read, trailers) = cache_counts(&cache2);
+    assert_eq!(live, written2);
+    assert_eq!(read, written2 as u64, "only the new objects were read");
+    assert_eq!(trailers, 0);
+    let t = dir.path().join("t1");
+    ok(h2().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+
+    // Host 1 forgets the first snapshot and prunes (repacking packs it partly frees); host 2 catches up and
+    // restores what was kept, and its check reads every pack clean.
+    ok(h1().args(["forget", "--keep-last", "1"]));
+    ok(h1().args(["prune", "--max-unused", "0"]));
+    assert_eq!(snapshots(&mut h2()).len(), 1);
+    let t = dir.path().join("t2");
+    ok(h2().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+    let check = ok(h2().args(["check", "--read-data"]));
+    assert!(!check.contains("not indexed"), "{check}");
+
+    // A third, empty cache after the prune: still no trailer read, same restore.
+    let cache3 = dir.path().join("host3");
+    let t = dir.path().join("t3");
+    ok(s3cairn(ep, &url, &cache3).args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+    assert_eq!(cache_counts(&cache3).2, 0, "built from index objects only");
+}

@@ -56,7 +56,12 @@ impl Backend for LocalBackend {
         check_name(kind, name)?;
         let path = self.path(kind, name);
         if let Some(dir) = path.parent() {
-            fsutil::ensure_dir(dir)?;
+            if !dir.exists() {
+                // A kind's directory missing from an older repository (`index/`): the new directory's own
+                // entry must be durable too, or a crash could take a "durable" object with it.
+                fsutil::ensure_dir(dir)?;
+                fsutil::sync_dir(dir.parent().unwrap_or(Path::new("/")))?;
+            }
         }
         fsutil::write_durable(&path, data)
     }
@@ -96,7 +101,12 @@ impl Backend for LocalBackend {
     }
 
     fn prepare(&self) -> Result<()> {
-        for kind in [ObjectKind::Pack, ObjectKind::Snapshot, ObjectKind::Lock] {
+        for kind in [
+            ObjectKind::Pack,
+            ObjectKind::Snapshot,
+            ObjectKind::Lock,
+            ObjectKind::Index,
+        ] {
             fsutil::ensure_dir(&self.kind_dir(kind))?;
         }
         // The new directory itself must survive a crash, not only its contents.
@@ -110,6 +120,7 @@ impl Backend for LocalBackend {
             (self.kind_dir(ObjectKind::Snapshot), Duration::ZERO),
             (self.kind_dir(ObjectKind::Pack), Duration::ZERO),
             (self.kind_dir(ObjectKind::Instance), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Index), Duration::ZERO),
             // A process may be writing its lock file right now, before it finds the exclusive lock.
             (self.kind_dir(ObjectKind::Lock), Duration::from_secs(60)),
         ];

@@ -41,16 +41,19 @@ pub enum ObjectKind {
     Lock,
     /// Instance configurations, named by the instance.
     Instance,
+    /// Index objects (format-spec "Index objects"), named by the hex BLAKE3 of their content.
+    Index,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 6] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
         ObjectKind::Lock,
         ObjectKind::Instance,
+        ObjectKind::Index,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -61,6 +64,7 @@ impl ObjectKind {
             ObjectKind::Snapshot => "snapshots",
             ObjectKind::Lock => "locks",
             ObjectKind::Instance => "instances",
+            ObjectKind::Index => "index",
         }
     }
 
@@ -91,7 +95,7 @@ impl ObjectKind {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         match self {
             ObjectKind::Config => name == "config",
-            ObjectKind::Pack | ObjectKind::Snapshot => {
+            ObjectKind::Pack | ObjectKind::Snapshot | ObjectKind::Index => {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,

@@ -22,6 +22,11 @@ pub struct Cli {
     /// Path-style S3 requests (endpoint/bucket/key), as most self-hosted servers want.
     #[arg(long, global = true, env = "CAIRN_S3_PATH_STYLE")]
     pub s3_path_style: bool,
+    /// Sealed packs written (uploaded) at once while chunking continues; default 4 for object storage,
+    /// 1 for a local directory (where each pack's fsync dominates).
+    #[arg(long, global = true, env = "CAIRN_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: Option<u16>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,

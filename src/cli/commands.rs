@@ -26,6 +26,7 @@ pub struct Ctx {
     repo: Option<PathBuf>,
     s3_endpoint: Option<String>,
     s3_path_style: bool,
+    connections: Option<u16>,
     pub json: bool,
     pub quiet: bool,
 }
@@ -50,7 +51,15 @@ impl Ctx {
     }
 
     pub fn open(&self) -> Result<Repository> {
-        Repository::open(&self.repo_url()?.0)
+        Ok(self.configure(Repository::open(&self.repo_url()?.0)?))
+    }
+
+    /// Applies the global options that tune an open repository (`--connections`).
+    pub fn configure(&self, repo: Repository) -> Repository {
+        if let Some(n) = self.connections {
+            repo.set_connections(usize::from(n));
+        }
+        repo
     }
 
     pub fn print_json(&self, v: &serde_json::Value) -> Result<()> {
@@ -65,6 +74,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         repo: cli.repo,
         s3_endpoint: cli.s3_endpoint,
         s3_path_style: cli.s3_path_style,
+        connections: cli.connections,
         json: cli.json,
         quiet: cli.quiet,
     };
@@ -205,9 +215,9 @@ fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
     let (path, named) = ctx.repo_url()?;
     if !named && !Repository::exists(&path)? {
         eprintln!("cairn: creating the default repository at {path}");
-        return Repository::init(&path, Config::new_default());
+        return Ok(ctx.configure(Repository::init(&path, Config::new_default())?));
     }
-    Repository::open(&path)
+    Ok(ctx.configure(Repository::open(&path)?))
 }
 
 fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
