@@ -17,6 +17,7 @@ pub mod chunking;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod fetch;
 pub mod fsutil;
 pub mod gc;
 pub mod hashing;

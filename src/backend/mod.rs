@@ -166,6 +166,31 @@ pub trait Backend: Send + Sync {
     fn local_root(&self) -> Option<&Path> {
         None
     }
+
+    /// How readers of many blobs should batch their reads here (see [`ReadPlan`]).
+    fn read_plan(&self) -> ReadPlan {
+        ReadPlan::REMOTE
+    }
+}
+
+/// How a reader of many blobs (restore, dump) turns them into requests: blobs of one pack closer than `gap`
+/// bytes are fetched by one ranged read (the bytes between are read and dropped), a read spans at most
+/// `max_run` bytes (unless one blob is larger), and at most `parallel` reads are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPlan {
+    pub gap: u64,
+    pub max_run: u64,
+    pub parallel: usize,
+}
+
+impl ReadPlan {
+    /// An object store: a request costs a round trip (and money), a few hundred KiB of it is cheap next to
+    /// that, and throughput comes from many requests in flight.
+    pub const REMOTE: ReadPlan = ReadPlan {
+        gap: 1 << 20,
+        max_run: 16 << 20,
+        parallel: 8,
+    };
 }
 
 /// Ranged reads of one object (see [`Backend::open_reader`]). Shared between threads.
