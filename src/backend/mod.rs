@@ -21,6 +21,7 @@ pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod s3;
+pub mod throttle;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -269,12 +270,13 @@ impl RepoUrl {
         }
     }
 
-    /// A backend for this location (no request is made yet).
+    /// A backend for this location (no request is made yet), within the process's bandwidth limits.
     pub fn connect(&self) -> Result<SharedBackend> {
-        Ok(match self {
+        let backend: SharedBackend = match self {
             RepoUrl::Local(p) => Arc::new(local::LocalBackend::new(p.clone())),
             RepoUrl::S3(loc) => Arc::new(s3::S3Backend::new(loc.clone())?),
-        })
+        };
+        Ok(throttle::limited(backend))
     }
 }
 
