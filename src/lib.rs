@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod diff;
 pub mod error;
 pub mod exclude;
+pub mod fetch;
 pub mod find;
 pub mod fsutil;
 pub mod gc;

@@ -317,7 +317,8 @@ impl Repository {
         self.decode_stored(loc, &stored)
     }
 
-    fn decode_stored(&self, loc: &Location, stored: &[u8]) -> Result<Vec<u8>> {
+    /// Decompresses and verifies a blob's stored bytes, read by the caller (restore reads runs of blobs).
+    pub fn decode_stored(&self, loc: &Location, stored: &[u8]) -> Result<Vec<u8>> {
         pack::decode_blob(&loc.entry, stored).map_err(|e| match e {
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what: format!("{what} in pack {}", loc.pack.short()),

@@ -10,18 +10,17 @@
 //! instead of deduplicating against it, and the error says so. Other read errors (permission denied, EIO)
 //! are reported as they are and recorded nowhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use crate::backend::RangeReader;
 use crate::error::{Error, IoContext, Result};
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
@@ -86,23 +85,21 @@ pub fn restore(
         summary.dirs += 1;
     }
     let (primaries, links) = split_hard_links(&items);
-    let bytes = AtomicU64::new(0);
-    let failures: Vec<Error> = primaries
-        .par_iter()
-        .filter_map(|it| {
-            let r = restore_file(repo, &target.join(&it.rel), &it.node, opts.overwrite);
-            if let Ok(n) = r {
-                bytes.fetch_add(n, Ordering::Relaxed);
-                opts.progress.file_done(n);
-            }
-            r.err()
+    let jobs: Vec<FileJob> = primaries
+        .iter()
+        .filter_map(|it| match &it.node.kind {
+            NodeKind::File { chunks, size } => Some(FileJob {
+                path: target.join(&it.rel),
+                node: &it.node,
+                chunks,
+                size: *size,
+            }),
+            _ => None,
         })
         .collect();
-    if let Some(first) = failures.into_iter().next() {
-        return Err(first);
-    }
+    let bytes = restore_files(repo, &jobs, opts.overwrite, &opts.progress)?;
     summary.files = primaries.len() as u64;
-    summary.bytes = bytes.into_inner();
+    summary.bytes = bytes;
     for (it, first) in &links {
         let path = target.join(&it.rel);
         replace_existing(&path, opts.overwrite)?;
@@ -240,54 +237,269 @@ fn replace_existing(path: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-/// Writes one regular file, verifying every chunk; returns the bytes written.
-fn restore_file(repo: &Repository, path: &Path, node: &Node, overwrite: bool) -> Result<u64> {
-    let NodeKind::File { chunks, size } = &node.kind else {
-        return Ok(0);
-    };
-    replace_existing(path, overwrite)?;
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .at(path)?;
-    let written = write_chunks_at(repo, chunks, &file, path).map_err(|e| {
-        let _ = fs::remove_file(path);
-        match e {
-            Error::Corrupt { what, detail } => Error::Corrupt {
-                what: format!("{what} of file {}", path.display()),
-                detail,
-            },
-            Error::NotFound(m) => {
-                Error::NotFound(format!("{m} (needed by file {})", path.display()))
-            }
-            other => other,
+/// A regular file to write.
+struct FileJob<'a> {
+    path: PathBuf,
+    node: &'a Node,
+    chunks: &'a [Id],
+    size: u64,
+}
+
+/// Chunk references gathered into one batch of reads, and files open at once at most: the batch's blobs are
+/// read pack by pack (see [`crate::fetch`]) and each is written into every file that needs it, so many small
+/// files cost a few ranged reads, not one per file.
+const BATCH_CHUNKS: usize = 8192;
+const BATCH_FILES: usize = 256;
+
+/// What a batch reads: each distinct blob once, with every place it goes.
+#[derive(Default)]
+struct Batch {
+    blobs: Vec<Location>,
+    /// For each blob: (file, offset in the file).
+    dests: Vec<Vec<(usize, u64)>>,
+    seen: HashMap<Id, usize>,
+    /// Files whose last chunk is in this batch.
+    finishing: Vec<usize>,
+}
+
+/// The files of a restore as they are written: open handles, bytes located so far, failures.
+struct Files<'a> {
+    jobs: &'a [FileJob<'a>],
+    open: Vec<Option<File>>,
+    located: Vec<u64>,
+    failed: Vec<AtomicBool>,
+    /// The first error met by each failed file (a blob shared by several failing files names the first).
+    errors: std::sync::Mutex<Vec<(usize, Error)>>,
+}
+
+impl Files<'_> {
+    fn fail(&self, f: usize, e: Option<Error>) {
+        let was = self.failed[f].swap(true, Ordering::SeqCst);
+        if let (false, Some(e)) = (was, e) {
+            self.errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((f, file_error(&self.jobs[f].path, e)));
         }
-    })?;
-    if written != *size {
-        let _ = fs::remove_file(path);
-        return Err(Error::corrupt(
-            format!("file {}", path.display()),
-            format!("restored {written} bytes, snapshot records {size}"),
-        ));
     }
-    drop(file);
-    apply_meta(path, &node.meta, true)?;
-    Ok(written)
+
+    fn is_failed(&self, f: usize) -> bool {
+        self.failed[f].load(Ordering::SeqCst)
+    }
+}
+
+/// Restores regular files, verifying every chunk; returns the bytes written. Every file is attempted; a file
+/// that fails is removed, and the first failure (in tree order) is returned.
+fn restore_files(
+    repo: &Repository,
+    jobs: &[FileJob],
+    overwrite: bool,
+    progress: &Progress,
+) -> Result<u64> {
+    let fetcher = crate::fetch::Fetcher::new(repo)?;
+    let mut files = Files {
+        jobs,
+        open: jobs.iter().map(|_| None).collect(),
+        located: vec![0; jobs.len()],
+        failed: jobs.iter().map(|_| AtomicBool::new(false)).collect(),
+        errors: std::sync::Mutex::new(Vec::new()),
+    };
+    let lost = std::sync::Mutex::new(HashSet::new());
+    let mut bytes = 0u64;
+    let mut pos = (0usize, 0usize);
+    while pos.0 < jobs.len() {
+        let batch = plan_batch(repo, &mut files, &mut pos, overwrite);
+        fetcher.fetch(&batch.blobs, &|i, got| {
+            let loc = &batch.blobs[i];
+            match got {
+                Ok(data) => {
+                    for &(f, at) in &batch.dests[i] {
+                        let Some(file) = files.open[f].as_ref().filter(|_| !files.is_failed(f))
+                        else {
+                            continue;
+                        };
+                        if let Err(e) = file.write_all_at(&data, at) {
+                            files.fail(f, Some(Error::io(&jobs[f].path, e)));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = blob_failed(repo, loc, e, &lost);
+                    let mut e = Some(e);
+                    for &(f, _) in &batch.dests[i] {
+                        files.fail(f, e.take());
+                    }
+                }
+            }
+        });
+        bytes += finish_files(&mut files, &batch.finishing, progress);
+    }
+    let mut errors = files.errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    errors.sort_by_key(|(f, _)| *f);
+    match errors.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(bytes),
+    }
+}
+
+/// Takes the next batch of chunk references from `pos` on: opens the files it starts and locates its blobs.
+fn plan_batch(
+    repo: &Repository,
+    files: &mut Files,
+    pos: &mut (usize, usize),
+    overwrite: bool,
+) -> Batch {
+    let jobs = files.jobs;
+    let mut batch = Batch::default();
+    let (mut refs, mut opened) = (0usize, 0usize);
+    while pos.0 < jobs.len() && refs < BATCH_CHUNKS && opened < BATCH_FILES {
+        let (f, c) = *pos;
+        let job = &jobs[f];
+        if c == 0 {
+            opened += 1;
+            match create_file(&job.path, overwrite) {
+                Ok(file) => files.open[f] = Some(file),
+                Err(e) => files.fail(f, Some(e)),
+            }
+        }
+        let take = (job.chunks.len() - c).min(BATCH_CHUNKS - refs);
+        refs += take.max(1);
+        for id in &job.chunks[c..c + take] {
+            if files.is_failed(f) {
+                break;
+            }
+            let loc = match repo.locate(id) {
+                Ok(loc) => loc,
+                Err(e) => {
+                    files.fail(f, Some(damage_found(repo, id, None, e)));
+                    break;
+                }
+            };
+            let at = files.located[f];
+            files.located[f] += u64::from(loc.entry.raw_len);
+            let i = *batch.seen.entry(*id).or_insert_with(|| {
+                batch.blobs.push(loc);
+                batch.dests.push(Vec::new());
+                batch.blobs.len() - 1
+            });
+            batch.dests[i].push((f, at));
+        }
+        if c + take == job.chunks.len() {
+            batch.finishing.push(f);
+            *pos = (f + 1, 0);
+        } else {
+            *pos = (f, c + take);
+        }
+    }
+    batch
+}
+
+/// Closes the files whose last chunk was written: a complete one gets its metadata, a failed one is removed.
+/// Returns the bytes of the complete ones.
+fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> u64 {
+    let handles: Vec<(usize, Option<File>)> = finishing
+        .iter()
+        .map(|&f| (f, files.open[f].take()))
+        .collect();
+    let files = &*files;
+    handles
+        .into_par_iter()
+        .map(|(f, file)| {
+            let job = &files.jobs[f];
+            let Some(file) = file else {
+                // Never created here (e.g. it exists and is not to be overwritten): left as it is.
+                return 0;
+            };
+            if files.is_failed(f) {
+                drop(file);
+                let _ = fs::remove_file(&job.path);
+                return 0;
+            }
+            let done = if files.located[f] != job.size {
+                Err(Error::corrupt(
+                    format!("file {}", job.path.display()),
+                    format!(
+                        "restored {} bytes, snapshot records {}",
+                        files.located[f], job.size
+                    ),
+                ))
+            } else {
+                apply_file_meta(&file, &job.path, &job.node.meta)
+            };
+            drop(file);
+            match done {
+                Ok(()) => {
+                    progress.file_done(job.size);
+                    job.size
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&job.path);
+                    files.fail(f, Some(e));
+                    0
+                }
+            }
+        })
+        .sum()
+}
+
+/// Creates a file to restore into: private until its metadata is applied; an existing one is replaced only
+/// when overwriting (unlinked, never written through).
+fn create_file(path: &Path, overwrite: bool) -> Result<File> {
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
+    match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            replace_existing(path, overwrite)?;
+            create().at(path)
+        }
+        other => other.at(path),
+    }
+}
+
+/// Names the file in an error about its content.
+fn file_error(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Corrupt { what, detail } if !what.starts_with("file ") => Error::Corrupt {
+            what: format!("{what} of file {}", path.display()),
+            detail,
+        },
+        Error::NotFound(m) => Error::NotFound(format!("{m} (needed by file {})", path.display())),
+        other => other,
+    }
+}
+
+/// Records damage met reading a blob (and every blob of its pack when the pack is gone, once per pack).
+fn blob_failed(
+    repo: &Repository,
+    loc: &Location,
+    e: Error,
+    lost: &std::sync::Mutex<HashSet<Id>>,
+) -> Error {
+    if crate::backend::is_not_found(&e)
+        && lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(loc.pack)
+    {
+        record_lost_pack(repo, &loc.pack, &e);
+    }
+    damage_found(repo, &loc.entry.id, Some(&loc.pack), e)
 }
 
 /// Raw bytes decoded ahead of a stream's output at most (and chunks, for tiny ones): enough that both cores
 /// stay busy on 8 KiB dump chunks, small enough that memory stays flat on 4 MiB ones.
 const WINDOW_BYTES: u64 = 8 << 20;
 const WINDOW_CHUNKS: usize = 2048;
-/// A file's window only holds locations (each chunk is written where it belongs as soon as it is decoded),
-/// so it can span more bytes.
-const FILE_WINDOW_BYTES: u64 = 256 << 20;
 
-/// Writes chunks in order: a window of them is read (each pack opened once) and decoded in parallel while the
-/// window before it is written out and the one after it is looked up in the index.
+/// Writes chunks in order: a window of them is read (in merged runs, see [`crate::fetch`]) and decoded in
+/// parallel while the window before it is written out and the one after it is looked up in the index.
 fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
+    let fetcher = crate::fetch::Fetcher::new(repo)?;
     let mut written = 0u64;
     let mut window = next_window(repo, chunks, WINDOW_BYTES)?;
     let mut rest = &chunks[window.len()..];
@@ -295,7 +507,7 @@ fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result
     while !(window.is_empty() && ready.is_empty()) {
         let (mut decoded, mut wrote, mut next) = (Ok(Vec::new()), Ok(()), Ok(Vec::new()));
         rayon::in_place_scope(|s| {
-            s.spawn(|_| decoded = decode_window(repo, &window));
+            s.spawn(|_| decoded = decode_window(repo, &fetcher, &window));
             wrote = ready.iter().try_for_each(|d| out.write_all(d));
             next = next_window(repo, rest, WINDOW_BYTES);
         });
@@ -306,31 +518,6 @@ fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result
         rest = &rest[window.len()..];
     }
     Ok(written)
-}
-
-/// Writes a file's chunks at their offsets: the worker that decodes a chunk writes it (positional writes), so
-/// a large file is restored on every core and no decoded window waits in memory.
-fn write_chunks_at(repo: &Repository, chunks: &[Id], file: &File, path: &Path) -> Result<u64> {
-    let mut end = 0u64;
-    let mut rest = chunks;
-    while !rest.is_empty() {
-        let window = next_window(repo, rest, FILE_WINDOW_BYTES)?;
-        rest = &rest[window.len()..];
-        let packs = open_packs(repo, &window)?;
-        let placed: Vec<(&Location, u64)> = window
-            .iter()
-            .map(|loc| {
-                let at = end;
-                end += u64::from(loc.entry.raw_len);
-                (loc, at)
-            })
-            .collect();
-        placed.par_iter().try_for_each(|&(loc, at)| {
-            let data = read_chunk(repo, packs[&loc.pack].as_ref(), loc)?;
-            file.write_all_at(&data, at).at(path)
-        })?;
-    }
-    Ok(end)
 }
 
 /// The locations of the next chunks: up to `max_bytes` of raw data or [`WINDOW_CHUNKS`] chunks.
@@ -350,43 +537,54 @@ fn next_window(repo: &Repository, chunks: &[Id], max_bytes: u64) -> Result<Vec<L
     Ok(window)
 }
 
-/// Reads and verifies a window's chunks in parallel.
-fn decode_window(repo: &Repository, window: &[Location]) -> Result<Vec<Vec<u8>>> {
-    let packs = open_packs(repo, window)?;
-    window
-        .par_iter()
-        .map(|loc| read_chunk(repo, packs[&loc.pack].as_ref(), loc))
-        .collect()
-}
-
-/// Each pack a window needs, opened once.
-fn open_packs<'r>(
-    repo: &'r Repository,
+/// Reads and verifies a window's chunks (each distinct blob once), in the window's order.
+fn decode_window(
+    repo: &Repository,
+    fetcher: &crate::fetch::Fetcher,
     window: &[Location],
-) -> Result<HashMap<Id, Box<dyn RangeReader + 'r>>> {
-    let mut packs = HashMap::new();
-    for loc in window {
-        if let std::collections::hash_map::Entry::Vacant(e) = packs.entry(loc.pack) {
-            let file = repo.open_pack(&loc.pack).map_err(|err| {
-                if err.is_damage() {
-                    record_lost_pack(repo, &loc.pack, &err);
-                }
-                damage_found(repo, &loc.entry.id, Some(&loc.pack), err)
-            })?;
-            e.insert(file);
-        }
+) -> Result<Vec<Vec<u8>>> {
+    let mut seen: HashMap<Id, usize> = HashMap::new();
+    let mut blobs: Vec<Location> = Vec::new();
+    let slots: Vec<usize> = window
+        .iter()
+        .map(|loc| {
+            *seen.entry(loc.entry.id).or_insert_with(|| {
+                blobs.push(*loc);
+                blobs.len() - 1
+            })
+        })
+        .collect();
+    let got: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> =
+        blobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let lost = std::sync::Mutex::new(HashSet::new());
+    fetcher.fetch(&blobs, &|i, r| {
+        let r = r.map_err(|e| blob_failed(repo, &blobs[i], e, &lost));
+        *got[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    });
+    let mut got: Vec<Option<Result<Vec<u8>>>> = got
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect();
+    let mut uses = vec![0usize; blobs.len()];
+    for &s in &slots {
+        uses[s] += 1;
     }
-    Ok(packs)
+    let mut out = Vec::with_capacity(window.len());
+    for &s in &slots {
+        uses[s] -= 1;
+        let data = match &got[s] {
+            Some(Ok(d)) if uses[s] > 0 => d.clone(),
+            _ => got[s]
+                .take()
+                .unwrap_or_else(|| Err(Error::corrupt("restore", "a blob was not read")))?,
+        };
+        out.push(data);
+    }
+    Ok(out)
 }
 
 /// What the user can do about damage met while reading (repeated in `check` and `repair`).
 pub const HEAL_HINT: &str = "the damaged data is no longer used for deduplication: back up the source again to heal every snapshot that needs it, then `cairn prune` drops the damaged copy";
-
-/// Reads and verifies one chunk, recording it if it is damaged.
-fn read_chunk(repo: &Repository, pack: &dyn RangeReader, loc: &Location) -> Result<Vec<u8>> {
-    repo.read_from(pack, loc)
-        .map_err(|e| damage_found(repo, &loc.entry.id, Some(&loc.pack), e))
-}
 
 /// Reads and decodes a tree, recording it if it is damaged.
 fn read_tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
@@ -465,6 +663,31 @@ fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
 fn cpath(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("path contains NUL"))
+}
+
+/// Applies owner (when root), mode and mtime to a file still open, through its descriptor (no path lookups).
+fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)).at(path)?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
+        .at(path)?;
+    // After the mode, as in `apply_meta`: an access ACL carries the group bits' mask.
+    crate::xattrs::apply(path, &meta.xattrs, root)?;
+    let t = libc::timespec {
+        tv_sec: meta.mtime as libc::time_t,
+        tv_nsec: meta.mtime_nsec as _,
+    };
+    let times = [t, t];
+    // SAFETY: `fd` is an open descriptor owned by `file` and `times` points to two initialised timespecs.
+    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
+        return Err(Error::io(path, std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Applies owner (when root), mode and mtime. `follow` is false for symlinks, whose own times are set.
@@ -626,13 +849,118 @@ mod tests {
         assert_eq!(n, expected.len() as u64);
         assert!(out == expected, "restored bytes differ from the saved ones");
         assert_eq!(write_chunks(&repo, &[], &mut Vec::new()).unwrap(), 0);
-        // The same through positional writes into a file.
-        let path = dir.path().join("file");
-        let file = File::create(&path).unwrap();
-        assert_eq!(write_chunks_at(&repo, &ids, &file, &path).unwrap(), n);
+        // The same through the file restore: a file longer than one batch (its references repeated), then
+        // one holding the same blobs again and an empty one, all in one call.
+        let long: Vec<Id> = ids.iter().chain(&ids).chain(&ids).copied().collect();
+        assert!(long.len() > BATCH_CHUNKS);
+        let node = |chunks: &[Id], size: u64| Node {
+            name: b"f".to_vec(),
+            kind: NodeKind::File {
+                chunks: chunks.to_vec(),
+                size,
+            },
+            meta: Meta {
+                mode: 0o100640,
+                mtime: 1_600_000_000,
+                ..Meta::default()
+            },
+        };
+        let nodes = [node(&long, 3 * n), node(&ids, n), node(&[], 0)];
+        let jobs: Vec<FileJob> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, nd)| {
+                let NodeKind::File { chunks, size } = &nd.kind else {
+                    unreachable!()
+                };
+                FileJob {
+                    path: dir.path().join(format!("file{i}")),
+                    node: nd,
+                    chunks,
+                    size: *size,
+                }
+            })
+            .collect();
+        let total = restore_files(&repo, &jobs, false, &Progress::hidden()).unwrap();
+        assert_eq!(total, 4 * n);
+        let long_expected: Vec<u8> = expected.repeat(3);
         assert!(
-            fs::read(&path).unwrap() == expected,
-            "file differs from the saved chunks"
+            fs::read(&jobs[0].path).unwrap() == long_expected,
+            "long file differs"
         );
+        assert!(fs::read(&jobs[1].path).unwrap() == expected, "file differs");
+        assert!(fs::read(&jobs[2].path).unwrap().is_empty());
+        let md = fs::metadata(&jobs[0].path).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            md.modified().unwrap(),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000)
+        );
+    }
+
+    #[test]
+    fn restoring_many_small_files_makes_far_fewer_reads_than_chunks() {
+        use crate::backend::fault::FaultyBackend;
+        use crate::backend::local::LocalBackend;
+        use crate::backend::{Backend, ObjectKind};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut content = 0u64;
+        for i in 0..2000u64 {
+            let sub = src.join(format!("d{}", i % 20));
+            fs::create_dir_all(&sub).unwrap();
+            // Distinct, incompressible-ish contents of 1..24 KiB: one chunk each, none shared.
+            let len = 1024 + (i * 7919) % (23 << 10);
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            content += len;
+            fs::write(sub.join(format!("f{i}")), data).unwrap();
+        }
+        let root = dir.path().join("repo");
+        Repository::init(&root, Config::new_default()).unwrap();
+        let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
+        let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
+        let made = crate::backup::backup(
+            &repo,
+            crate::backup::BackupOptions {
+                paths: vec![src.clone()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let chunks = 2000u64;
+        let packs = faulty.list(ObjectKind::Pack).unwrap().len() as u64;
+        let target = dir.path().join("restored");
+        let before = faulty.reads();
+        let summary = restore(
+            &repo,
+            &made.snapshot,
+            &RestoreOptions {
+                target: target.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let reads = faulty.reads() - before;
+        assert_eq!((summary.files, summary.bytes), (2000, content));
+        // 21 trees and a few runs per batch of files, never one read per chunk.
+        assert!(
+            reads * 20 < chunks,
+            "{reads} reads for {chunks} chunks in {packs} packs"
+        );
+        for i in [0u64, 777, 1999] {
+            let rel = format!("d{}/f{i}", i % 20);
+            let restored = target.join(src.strip_prefix("/").unwrap()).join(&rel);
+            assert!(fs::read(restored).unwrap() == fs::read(src.join(&rel)).unwrap());
+        }
     }
 }

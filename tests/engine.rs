@@ -468,3 +468,37 @@ fn init_sets_compression_levels_and_rejects_bad_ones() {
     assert!(err.contains("--compression-level"), "{err}");
     assert!(!other.join("config").exists());
 }
+
+#[test]
+fn limit_upload_and_limit_download_pace_backup_and_restore() {
+    use std::time::{Duration, Instant};
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), pseudo_random(2 << 20, 12)).unwrap();
+    let t = Instant::now();
+    ok(cairn(&repo).args(["--limit-upload", "512", "backup", src.to_str().unwrap()]));
+    let up = t.elapsed();
+    let target = dir.path().join("t");
+    let t = Instant::now();
+    ok(cairn(&repo).args([
+        "restore",
+        "latest",
+        "--limit-download",
+        "512",
+        "--target",
+        target.to_str().unwrap(),
+    ]));
+    let down = t.elapsed();
+    assert_same_tree(&src, &target.join("src"));
+    // 2 MiB (incompressible) at 512 KiB/s: about 4 s each way.
+    for (what, d) in [("backup", up), ("restore", down)] {
+        assert!(
+            d >= Duration::from_millis(3500) && d <= Duration::from_secs(8),
+            "{what} of 2 MiB at 512 KiB/s took {d:?}"
+        );
+    }
+    let (code, _, err) = run(cairn(&repo).args(["--limit-download", "0", "snapshots"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--limit-download"), "{err}");
+}

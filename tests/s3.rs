@@ -445,3 +445,32 @@ fn index_objects_let_a_second_host_catch_up_incrementally_and_restore_after_a_pr
     assert_same_tree(&src, &t.join("data"));
     assert_eq!(cache_counts(&cache3).2, 0, "built from index objects only");
 }
+
+#[test]
+fn restore_from_s3_of_a_many_file_tree_is_byte_identical() {
+    let ep = endpoint();
+    let url = fresh_repo(ep, "restore");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let c = || s3cairn(ep, &url, &cache);
+    ok(c().arg("init"));
+    // Hundreds of small files (many per pack: read in merged runs), large multi-chunk ones, hard links,
+    // symlinks, empty files.
+    let src = dir.path().join("data");
+    build_rich_tree(&src, 800);
+    ok(c().args(["backup", src.to_str().unwrap()]));
+    let t = dir.path().join("t");
+    ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+    // Again over the restored tree, and with a bandwidth limit: the same bytes.
+    ok(c().args([
+        "restore",
+        "latest",
+        "--overwrite",
+        "--limit-download",
+        "100000",
+        "--target",
+        t.to_str().unwrap(),
+    ]));
+    assert_same_tree(&src, &t.join("data"));
+}

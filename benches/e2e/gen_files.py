@@ -5,6 +5,9 @@
                                      day's changes: OUT_DIR/day2-added/ (1% new files, same layout) and
                                      OUT_DIR/day2-removed.txt (0.5% of the files, relative paths)
     gen_files.py small OUT_DIR       100,000 small files in 100 x 10 directories (OUT_DIR/small/...)
+    gen_files.py mixed OUT_DIR [N]   the second corpus shape (restore speed): N files (default 6,000) in 60
+                                     directories (OUT_DIR/mixed/dNN/...), sizes log-normal (median 40 KiB,
+                                     mean about 100 KiB, at most 16 MiB), 45% random bytes and 55% text
 
 Sizes are log-uniform between 2 KiB and 2 MiB (most attachments are small, most bytes are in large ones).
 Half the files are random bytes (already compressed data: JPEG, PDF, ZIP), half are text built from a word
@@ -84,7 +87,20 @@ def small(out):
                     f.write(text(rng, phrases, size))
 
 
+def mixed(out, count=6000):
+    rng = random.Random(6000)
+    phrases = vocabulary(rng)
+    for i in range(count):
+        dir_ = os.path.join(out, "mixed", f"d{i % 60:02}")
+        os.makedirs(dir_, exist_ok=True)
+        size = min(int(rng.lognormvariate(math.log(40 * 1024), 1.35)), 16 << 20)
+        data = rng.randbytes(size) if rng.random() < 0.45 else text(rng, phrases, size)
+        with open(os.path.join(dir_, f"f{i:05}.bin"), "wb") as f:
+            f.write(data)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("filestore", "small"):
+    kinds = {"filestore": filestore, "small": small, "mixed": mixed}
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in kinds or (len(sys.argv) == 4 and sys.argv[1] != "mixed"):
         sys.exit(__doc__)
-    {"filestore": filestore, "small": small}[sys.argv[1]](sys.argv[2])
+    kinds[sys.argv[1]](sys.argv[2], *map(int, sys.argv[3:]))

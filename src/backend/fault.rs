@@ -229,6 +229,10 @@ impl Backend for FaultyBackend {
         self.state.inner.local_root()
     }
 
+    fn read_plan(&self) -> super::ReadPlan {
+        self.state.inner.read_plan()
+    }
+
     fn delete(&self, kind: ObjectKind, name: &str) -> Result<()> {
         match self.state.next(Op::Write) {
             None | Some(Fault::Tear) => self.state.inner.delete(kind, name),

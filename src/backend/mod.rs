@@ -21,6 +21,7 @@ pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod s3;
+pub mod throttle;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -170,6 +171,31 @@ pub trait Backend: Send + Sync {
     fn local_root(&self) -> Option<&Path> {
         None
     }
+
+    /// How readers of many blobs should batch their reads here (see [`ReadPlan`]).
+    fn read_plan(&self) -> ReadPlan {
+        ReadPlan::REMOTE
+    }
+}
+
+/// How a reader of many blobs (restore, dump) turns them into requests: blobs of one pack closer than `gap`
+/// bytes are fetched by one ranged read (the bytes between are read and dropped), a read spans at most
+/// `max_run` bytes (unless one blob is larger), and at most `parallel` reads are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPlan {
+    pub gap: u64,
+    pub max_run: u64,
+    pub parallel: usize,
+}
+
+impl ReadPlan {
+    /// An object store: a request costs a round trip (and money), a few hundred KiB of it is cheap next to
+    /// that, and throughput comes from many requests in flight.
+    pub const REMOTE: ReadPlan = ReadPlan {
+        gap: 1 << 20,
+        max_run: 16 << 20,
+        parallel: 8,
+    };
 }
 
 /// Ranged reads of one object (see [`Backend::open_reader`]). Shared between threads.
@@ -248,12 +274,13 @@ impl RepoUrl {
         }
     }
 
-    /// A backend for this location (no request is made yet).
+    /// A backend for this location (no request is made yet), within the process's bandwidth limits.
     pub fn connect(&self) -> Result<SharedBackend> {
-        Ok(match self {
+        let backend: SharedBackend = match self {
             RepoUrl::Local(p) => Arc::new(local::LocalBackend::new(p.clone())),
             RepoUrl::S3(loc) => Arc::new(s3::S3Backend::new(loc.clone())?),
-        })
+        };
+        Ok(throttle::limited(backend))
     }
 }
 

@@ -27,6 +27,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAIRN_CONNECTIONS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub connections: Option<u16>,
+    /// Limit what is sent to the repository to KIB KiB/s (all repositories of this process together).
+    #[arg(long, global = true, env = "CAIRN_LIMIT_UPLOAD", value_name = "KIB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_upload: Option<u64>,
+    /// Limit what is read from the repository to KIB KiB/s (all repositories of this process together).
+    #[arg(long, global = true, env = "CAIRN_LIMIT_DOWNLOAD", value_name = "KIB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_download: Option<u64>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,

@@ -70,6 +70,10 @@ impl Ctx {
 }
 
 pub fn dispatch(cli: Cli) -> Result<i32> {
+    cairn::backend::throttle::set_process_limits(cairn::backend::throttle::Limits {
+        upload_kib: cli.limit_upload,
+        download_kib: cli.limit_download,
+    });
     let ctx = Ctx {
         repo: cli.repo,
         s3_endpoint: cli.s3_endpoint,
