@@ -93,6 +93,9 @@ pub struct PackWriter<'r> {
     /// Set when a pack could not be written: saving stops early instead of compressing data that cannot be
     /// stored (the I/O thread's error itself comes back from `flush`).
     failed: AtomicBool,
+    /// What the first failure was, for every later call that meets `failed`: the error itself goes to one
+    /// caller only, and whichever saver thread reports first must still name the real cause (ENOSPC, ...).
+    first_failure: Mutex<Option<(std::io::ErrorKind, String)>>,
     pub stats: SaveStats,
 }
 
@@ -145,6 +148,7 @@ impl<'r> PackWriter<'r> {
             unlisted: Mutex::new(Vec::new()),
             written: Mutex::new(HashSet::new()),
             failed: AtomicBool::new(false),
+            first_failure: Mutex::new(None),
             stats: SaveStats::default(),
         };
         std::thread::scope(|s| {
@@ -221,7 +225,7 @@ impl<'r> PackWriter<'r> {
         stored: &[u8],
     ) -> Result<()> {
         if self.failed.load(Ordering::Relaxed) {
-            return Err(self.flush().err().unwrap_or_else(earlier_failure));
+            return Err(self.flush().err().unwrap_or_else(|| self.earlier_failure()));
         }
         let full = {
             let mut cur = self.lock_current();
@@ -232,10 +236,10 @@ impl<'r> PackWriter<'r> {
             if let Err(e) = pack.builder.add(kind, id, raw_len, compression, stored) {
                 // The pack's offsets are now unknown: it is dropped (its temporary file with it), and so is
                 // everything this writer would save after it.
-                self.failed.store(true, Ordering::Relaxed);
-                let place = pack.place.clone();
+                let e = Error::io(pack.place.clone(), e);
+                self.record_failure(&e);
                 *cur = None;
-                return Err(Error::io(place, e));
+                return Err(e);
             }
             if pack.builder.len() >= self.repo.config().pack_target_size {
                 cur.take()
@@ -252,7 +256,7 @@ impl<'r> PackWriter<'r> {
     /// Gives a full pack to the I/O threads (waiting only while the queue is full).
     fn hand_over(&self, pack: OpenPack) -> Result<()> {
         if self.failed.load(Ordering::Relaxed) {
-            return Err(self.flush().err().unwrap_or_else(earlier_failure));
+            return Err(self.flush().err().unwrap_or_else(|| self.earlier_failure()));
         }
         // Numbered and sent under one lock, so the channel holds the packs in the order of their numbers and
         // the lowest outstanding number is always taken first (no thread waits for a pack still queued). Not
@@ -267,7 +271,7 @@ impl<'r> PackWriter<'r> {
             // No I/O thread is left to take it (they have stopped): nothing after this is written.
             self.failed.store(true, Ordering::Relaxed);
             self.lock_io().handed -= 1;
-            return Err(earlier_failure());
+            return Err(self.earlier_failure());
         }
         Ok(())
     }
@@ -331,7 +335,7 @@ impl<'r> PackWriter<'r> {
         }
         drop(st);
         if self.failed.load(Ordering::Relaxed) {
-            return Err(earlier_failure());
+            return Err(self.earlier_failure());
         }
         self.write_index_object()
     }
@@ -345,7 +349,7 @@ impl<'r> PackWriter<'r> {
                 Job::Stop => return,
             };
             let written = if self.failed.load(Ordering::Relaxed) {
-                Err(earlier_failure())
+                Err(self.earlier_failure())
             } else {
                 self.write_pack(*pack)
             };
@@ -359,13 +363,13 @@ impl<'r> PackWriter<'r> {
             // (savers handing over packs need it).
             let indexed = written.and_then(|listing| {
                 if self.failed.load(Ordering::Relaxed) {
-                    return Err(earlier_failure());
+                    return Err(self.earlier_failure());
                 }
                 self.index_pack(listing)
             });
             let mut st = self.lock_io();
             if let Err(e) = indexed {
-                self.failed.store(true, Ordering::Relaxed);
+                self.record_failure(&e);
                 st.error.get_or_insert(e);
             }
             st.done += 1;
@@ -475,10 +479,32 @@ impl OpenPack {
     }
 }
 
-/// The error of a writer whose I/O thread failed (its own error was reported by an earlier call).
-fn earlier_failure() -> Error {
-    Error::io(
-        "packs",
-        std::io::Error::other("an earlier pack write of this run failed"),
-    )
+impl PackWriter<'_> {
+    /// Stops every later save, remembering the first cause.
+    fn record_failure(&self, e: &Error) {
+        self.failed.store(true, Ordering::Relaxed);
+        let kind = match e {
+            Error::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::Other,
+        };
+        let mut first = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| (kind, e.to_string()));
+    }
+
+    /// The error of a writer whose I/O failed, naming the first cause (its own error went to an earlier
+    /// call).
+    fn earlier_failure(&self) -> Error {
+        let first = self.first_failure.lock().unwrap_or_else(|p| p.into_inner());
+        let (kind, why) = match first.as_ref() {
+            Some((kind, why)) => (
+                *kind,
+                format!("an earlier pack write of this run failed: {why}"),
+            ),
+            None => (
+                std::io::ErrorKind::Other,
+                "an earlier pack write of this run failed".to_string(),
+            ),
+        };
+        Error::io("packs", std::io::Error::new(kind, why))
+    }
 }
