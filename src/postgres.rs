@@ -1176,6 +1176,32 @@ fn drop_database(admin: &Session, db: &str) -> Result<()> {
     admin.execute(&format!("DROP DATABASE {}{force}", quote_ident(db)))
 }
 
+/// Waits for a restore tool (pg_restore, psql) that was fed the dump from the repository, and collects what it
+/// printed on stderr. When reading the repository failed, the tool is stopped and the repository's error is
+/// reported: the tool's own failure would only be a symptom of it.
+fn reap_fed_child(
+    guard: &mut ChildGuard,
+    written: &Result<u64>,
+    tool: &str,
+    stderr: JoinHandle<String>,
+) -> Result<(ExitStatus, String)> {
+    let mut child = guard
+        .0
+        .take()
+        .ok_or_else(|| Error::Postgres(format!("{tool} already reaped")))?;
+    if let Err(e @ (Error::Corrupt { .. } | Error::NotFound(_))) = written {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Postgres(format!(
+            "reading the dump from the repository failed: {e}"
+        )));
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::Postgres(format!("waiting for {tool}: {e}")))?;
+    Ok((status, stderr.join().unwrap_or_default()))
+}
+
 /// Streams the dump out of the repository into `pg_restore`; returns the bytes streamed and its stderr.
 fn run_pg_restore(
     repo: &Repository,
@@ -1216,22 +1242,7 @@ fn run_pg_restore(
     let written = crate::restore::dump(repo, snap, stream, &mut input);
     // Closing stdin is pg_restore's end of input.
     let flushed = input.into_inner().map(drop);
-    let mut child = guard
-        .0
-        .take()
-        .ok_or_else(|| Error::Postgres("pg_restore already reaped".into()))?;
-    if let Err(e @ (Error::Corrupt { .. } | Error::NotFound(_))) = &written {
-        // The repository failed, not pg_restore: stop it, and report the damage.
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(Error::Postgres(format!(
-            "reading the dump from the repository failed: {e}"
-        )));
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Error::Postgres(format!("waiting for pg_restore: {e}")))?;
-    let text = stderr.join().unwrap_or_default();
+    let (status, text) = reap_fed_child(&mut guard, &written, "pg_restore", stderr)?;
     if !status.success() {
         return Err(Error::Postgres(format!(
             "{tool} into database {db:?} failed ({}): {}",

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 
 use super::{
     capture_stderr, col, conninfo_value, describe_status, one_line, pg_err, quote_ident,
-    quote_literal, spawn_error, PgConn, Session, STDERR_LIMIT,
+    quote_literal, reap_fed_child, spawn_error, PgConn, Session, STDERR_LIMIT,
 };
 use crate::backup::ChildGuard;
 use crate::error::{Error, Result};
@@ -220,21 +220,7 @@ pub(super) fn run_psql(
     let finished = lines.finish();
     // Closing stdin is psql's end of input.
     let flushed = lines.inner.out.into_inner().map(drop);
-    let mut child = guard
-        .0
-        .take()
-        .ok_or_else(|| Error::Postgres("psql already reaped".into()))?;
-    if let Err(e @ (Error::Corrupt { .. } | Error::NotFound(_))) = &written {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(Error::Postgres(format!(
-            "reading the dump from the repository failed: {e}"
-        )));
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Error::Postgres(format!("waiting for psql: {e}")))?;
-    let text = stderr.join().unwrap_or_default();
+    let (status, text) = reap_fed_child(&mut guard, &written, "psql", stderr)?;
     if !status.success() {
         return Err(Error::Postgres(format!(
             "psql into database {db:?} as the unprivileged role {:?} failed ({}): {}",
