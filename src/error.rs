@@ -55,6 +55,10 @@ pub enum Error {
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
+    /// The command line asks for something that cannot be done (the CLI's exit code 2, as for the usage
+    /// errors the argument parser reports).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Result alias used across the library.

@@ -78,6 +78,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    refuse_json_for_data(&cli.command, ctx.json)?;
     for name in cli.command.instance_names() {
         cairn::instance::validate_name(name)?;
     }
@@ -95,6 +96,22 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         log_run(&ctx, kind, instance, start, &result);
     }
     result
+}
+
+/// `dump` and `export` write data on stdout, which cannot also be one JSON document: `--json` is a usage
+/// error there, refused before anything is read or written.
+fn refuse_json_for_data(command: &Command, json: bool) -> Result<()> {
+    let name = match command {
+        Command::Dump { .. } => "dump",
+        Command::Export { .. } => "export",
+        _ => return Ok(()),
+    };
+    if json {
+        return Err(Error::Usage(format!(
+            "--json does not apply to `{name}`: its standard output is the data itself"
+        )));
+    }
+    Ok(())
 }
 
 /// Records a finished command in the run log; a repository that cannot be opened has nothing to log to.
@@ -201,7 +218,7 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         ctx.print_json(
             &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id}),
         )?;
-    } else {
+    } else if !ctx.quiet {
         println!(
             "created repository {} at {path}",
             repo.config().repository_id,
@@ -270,7 +287,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             time,
             metadata: None,
             finalize_metadata,
-            progress: Progress::new("backup", None, ctx.quiet),
+            progress: Progress::new("backup", None, ctx.quiet || ctx.json),
             excludes: a.excludes.options(),
             ..BackupOptions::default()
         },
@@ -393,13 +410,58 @@ fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
 fn show(ctx: &Ctx, spec: &str) -> Result<i32> {
     let repo = ctx.open()?;
     let (id, s) = repo.resolve_snapshot(spec, None)?;
-    let v = snapshot_json(&id, &s);
     if ctx.json {
-        ctx.print_json(&v)?;
+        ctx.print_json(&snapshot_json(&id, &s))?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_snapshot(&id, &s);
     }
     Ok(EXIT_OK)
+}
+
+/// `show` for people: one field a line, then the streams, then the recorded metadata.
+fn print_snapshot(id: &Id, s: &Snapshot) {
+    let m = &s.summary;
+    println!("snapshot {}", id.to_hex());
+    println!("time      {}", s.time.format("%Y-%m-%d %H:%M:%S %:z"));
+    println!("host      {}", s.host);
+    println!("instance  {}", s.instance.as_deref().unwrap_or("-"));
+    println!(
+        "tags      {}",
+        if s.tags.is_empty() {
+            "-".into()
+        } else {
+            s.tags.join(", ")
+        }
+    );
+    println!(
+        "paths     {}",
+        if s.paths.is_empty() {
+            "-".into()
+        } else {
+            s.paths.join(" ")
+        }
+    );
+    println!("parent    {}", s.parent.as_deref().unwrap_or("-"));
+    if s.partial {
+        println!("partial   yes: some files could not be read");
+    }
+    for st in &s.streams {
+        println!("stream    {}", st.name);
+    }
+    println!(
+        "summary   {} new, {} changed, {} unmodified files; {} total, {} added",
+        m.files_new,
+        m.files_changed,
+        m.files_unmodified,
+        human_bytes(m.bytes_total),
+        human_bytes(m.bytes_added)
+    );
+    if let Some(meta) = &s.metadata {
+        println!(
+            "metadata  {}",
+            serde_json::to_string_pretty(meta).unwrap_or_default()
+        );
+    }
 }
 
 fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
@@ -516,7 +578,7 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         let mut v = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
         v["clean"] = json!(report.is_clean());
         ctx.print_json(&v)?;
-    } else {
+    } else if !(ctx.quiet && report.is_clean()) {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
@@ -579,9 +641,17 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         .iter()
         .map(|g| g.decisions.iter().filter(|d| !d.keep).count())
         .sum();
-    if ctx.json {
-        ctx.print_json(&json!({"dry_run": a.dry_run, "removed": removed, "groups": groups}))?;
+    // One document with --json: the prune report goes inside it.
+    let pruned = if a.prune && !a.dry_run {
+        Some(prune_report(ctx, 5.0, false)?)
     } else {
+        None
+    };
+    if ctx.json {
+        ctx.print_json(
+            &json!({"dry_run": a.dry_run, "removed": removed, "groups": groups, "prune": pruned}),
+        )?;
+    } else if !ctx.quiet {
         for g in &groups {
             println!("group {}", g.group);
             for d in &g.decisions {
@@ -604,29 +674,44 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
             }
         );
     }
-    if a.prune && !a.dry_run {
-        prune(ctx, 5.0, false)?;
+    if let Some(r) = &pruned {
+        print_prune(ctx, r, false);
     }
     Ok(EXIT_OK)
 }
 
 fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
+    let r = prune_report(ctx, max_unused, dry_run)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)
+    } else {
+        print_prune(ctx, &r, dry_run);
+        Ok(())
+    }
+}
+
+fn prune_report(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<cairn::gc::PruneReport> {
     if !(0.0..=100.0).contains(&max_unused) {
         return Err(Error::Invalid(
             "--max-unused must be a percentage between 0 and 100".into(),
         ));
     }
     let repo = ctx.open()?;
-    let r = cairn::gc::prune(
+    cairn::gc::prune(
         &repo,
         cairn::gc::PruneOptions {
             max_unused_percent: max_unused,
             dry_run,
         },
-    )?;
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)?;
-    } else {
+    )
+}
+
+/// The prune report for people (nothing with `--quiet` or `--json`).
+fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
+    if ctx.json || ctx.quiet {
+        return;
+    }
+    {
         if r.snapshots_adopted > 0 {
             println!(
                 "{} {} snapshot files that had no index row (left by an interrupted backup); their data is kept",
@@ -646,7 +731,6 @@ fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
             human_bytes(r.bytes_after)
         );
     }
-    Ok(())
 }
 
 fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
@@ -655,7 +739,7 @@ fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
     let repaired = cairn::repair::repair_snapshots(&repo, forget_damaged)?;
     if ctx.json {
         ctx.print_json(&json!(repaired))?;
-    } else {
+    } else if !ctx.quiet {
         for r in &repaired {
             match &r.new_id {
                 Some(new) => println!(
@@ -693,10 +777,12 @@ fn repair_index(ctx: &Ctx) -> Result<i32> {
         for w in &report.warnings {
             eprintln!("cairn: warning: {w}");
         }
-        println!(
-            "index rebuilt: {} packs, {} blobs, {} snapshots",
-            report.packs, report.blobs, report.snapshots
-        );
+        if !ctx.quiet {
+            println!(
+                "index rebuilt: {} packs, {} blobs, {} snapshots",
+                report.packs, report.blobs, report.snapshots
+            );
+        }
     }
     Ok(if report.skipped.is_empty() {
         EXIT_OK
@@ -727,7 +813,7 @@ fn import_archive(
             "skipped": report.skipped,
             "partial": r.snapshot.partial || !report.skipped.is_empty(),
         }))?;
-    } else {
+    } else if !ctx.quiet {
         println!(
             "imported {} as snapshot {}",
             file.display(),
@@ -773,7 +859,7 @@ fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
     let removed = cairn::lock::unlock(backend.as_ref(), all)?;
     if ctx.json {
         ctx.print_json(&json!({ "removed": removed }))?;
-    } else {
+    } else if !ctx.quiet {
         for r in &removed {
             println!("removed {r}");
         }

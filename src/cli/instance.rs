@@ -89,31 +89,32 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             let mut cfg = InstanceConfig::new(&name, Priority::Medium);
             apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
-            println!("added instance {name}");
+            report_change(ctx, &cfg, "added")?;
         }
         InstanceAction::Set { name, settings } => {
             // `load_for_update`: a stored connection string that is refused can be replaced here.
             let mut cfg = instance::load_for_update(&repo, &name)?;
             apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
+            report_change(ctx, &cfg, "updated")?;
         }
-        InstanceAction::Pause { name } => set_paused(&repo, &name, true)?,
-        InstanceAction::Resume { name } => set_paused(&repo, &name, false)?,
-        InstanceAction::Remove { name, purge } => {
-            instance::remove(&repo, &name)?;
-            if purge {
-                for (id, s) in repo.snapshots()? {
-                    if s.instance.as_deref() == Some(&name) {
-                        repo.remove_snapshot(&id)?;
-                    }
-                }
-            }
+        InstanceAction::Pause { name } => {
+            let cfg = set_paused(&repo, &name, true)?;
+            report_change(ctx, &cfg, "paused")?;
         }
+        InstanceAction::Resume { name } => {
+            let cfg = set_paused(&repo, &name, false)?;
+            report_change(ctx, &cfg, "resumed")?;
+        }
+        InstanceAction::Remove { name, purge } => return remove(ctx, &repo, &name, purge),
         InstanceAction::List => return list(ctx, &repo),
         InstanceAction::Show { name } => {
             let cfg = instance::load(&repo, &name)?;
-            let v = serde_json::to_value(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            if ctx.json {
+                ctx.print_json(&config_json(&cfg))?;
+            } else {
+                print_config(&cfg);
+            }
         }
         InstanceAction::Backup {
             name,
@@ -128,11 +129,11 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
                 &cfg,
                 time,
                 &db,
-                Progress::new("backup", None, ctx.quiet),
+                Progress::new("backup", None, ctx.quiet || ctx.json),
             )?;
             if ctx.json {
                 ctx.print_json(&json!({"snapshot_id": r.snapshot_id.to_hex(), "partial": r.snapshot.partial, "summary": r.snapshot.summary}))?;
-            } else {
+            } else if !ctx.quiet {
                 println!("instance {name}: snapshot {} saved", r.snapshot_id.short());
             }
             return Ok(if r.snapshot.partial {
@@ -160,10 +161,71 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-fn set_paused(repo: &Repository, name: &str, paused: bool) -> Result<()> {
+fn set_paused(repo: &Repository, name: &str, paused: bool) -> Result<InstanceConfig> {
     let mut cfg = instance::load_for_update(repo, name)?;
     cfg.paused = paused;
-    instance::save(repo, &cfg)
+    instance::save(repo, &cfg)?;
+    Ok(cfg)
+}
+
+/// An instance's configuration as JSON (without secrets: `printable`), with its name at the top.
+fn config_json(cfg: &InstanceConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg.printable()).unwrap_or_default();
+    v["instance"] = json!(cfg.name);
+    v
+}
+
+/// What `instance add/set/pause/resume` did: the new configuration with `--json`, one line otherwise.
+fn report_change(ctx: &Ctx, cfg: &InstanceConfig, verb: &str) -> Result<()> {
+    if ctx.json {
+        let mut v = config_json(cfg);
+        v["action"] = json!(verb);
+        return ctx.print_json(&v);
+    }
+    if !ctx.quiet {
+        println!("{verb} instance {}", cfg.name);
+    }
+    Ok(())
+}
+
+/// `instance show` for people.
+fn print_config(cfg: &InstanceConfig) {
+    let v = serde_json::to_value(cfg.printable()).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = v {
+        for (k, v) in fields {
+            let text = match v {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            println!("{k:<12} {text}");
+        }
+    }
+}
+
+/// `instance remove [--purge]`: the configuration goes; with `--purge`, its snapshots are forgotten too.
+fn remove(ctx: &Ctx, repo: &Repository, name: &str, purge: bool) -> Result<i32> {
+    instance::remove(repo, name)?;
+    let mut forgotten = Vec::new();
+    if purge {
+        for (id, s) in repo.snapshots()? {
+            if s.instance.as_deref() == Some(name) {
+                repo.remove_snapshot(&id)?;
+                forgotten.push(id.to_hex());
+            }
+        }
+    }
+    if ctx.json {
+        ctx.print_json(
+            &json!({"instance": name, "action": "removed", "snapshots_forgotten": forgotten}),
+        )?;
+    } else if !ctx.quiet {
+        println!(
+            "removed instance {name} ({} snapshots forgotten)",
+            forgotten.len()
+        );
+    }
+    Ok(EXIT_OK)
 }
 
 fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
@@ -282,7 +344,7 @@ fn restore_instance(
         let summary = restore::restore(repo, &snap, &opts)?;
         out["files"] = json!(summary.files);
         out["bytes"] = json!(summary.bytes);
-        if !ctx.json {
+        if !ctx.json && !ctx.quiet {
             println!(
                 "restored the files of snapshot {} of {name} to {}",
                 id.short(),
@@ -295,7 +357,7 @@ fn restore_instance(
         let summary = restore_in_place(repo, &snap, t).map_err(with_hint)?;
         files += summary.files;
         bytes += summary.bytes;
-        if !ctx.json {
+        if !ctx.json && !ctx.quiet {
             println!(
                 "restored {} of snapshot {} of {name} in place into {}",
                 t.named.display(),
@@ -320,7 +382,7 @@ fn restore_instance(
         let report = cairn::postgres::restore_database(repo, &snap, &conn, &opts, &mut |_| {})
             .map_err(with_hint)?;
         out["database"] = json!(report);
-        if !ctx.json {
+        if !ctx.json && !ctx.quiet {
             println!(
                 "restored the database of snapshot {} of {name} into {db} ({} tables verified)",
                 id.short(),
@@ -489,7 +551,7 @@ pub fn run_due(ctx: &Ctx) -> Result<i32> {
     let outcomes = runner::run_due(&repo, Utc::now(), db)?;
     if ctx.json {
         ctx.print_json(&json!(outcomes))?;
-    } else {
+    } else if !ctx.quiet {
         for o in &outcomes {
             match (&o.snapshot_id, &o.error) {
                 (Some(id), _) => println!("{}: snapshot {}", o.instance, &id[..8]),
@@ -642,7 +704,7 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
         .count();
     if ctx.json {
         ctx.print_json(&json!({"healthy": bad == 0, "instances": report}))?;
-    } else {
+    } else if !ctx.quiet {
         for r in &report {
             println!(
                 "{:<20} {}",
@@ -661,9 +723,14 @@ pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cairn".into());
     let repo = repo.to_string();
-    match kind {
-        ScheduleKind::Crontab => print!("{}", schedule::crontab_entry(&exe, &repo)),
-        ScheduleKind::Systemd => print!("{}", schedule::systemd_units(&exe, &repo)),
+    let (name, text) = match kind {
+        ScheduleKind::Crontab => ("crontab", schedule::crontab_entry(&exe, &repo)),
+        ScheduleKind::Systemd => ("systemd", schedule::systemd_units(&exe, &repo)),
+    };
+    if ctx.json {
+        ctx.print_json(&json!({"kind": name, "text": text}))?;
+    } else {
+        print!("{text}");
     }
     Ok(EXIT_OK)
 }
