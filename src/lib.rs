@@ -27,6 +27,7 @@ pub mod index;
 pub mod index_object;
 pub mod index_sync;
 pub mod instance;
+pub mod interrupt;
 pub mod lock;
 pub mod pack;
 pub mod pack_writer;

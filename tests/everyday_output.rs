@@ -210,3 +210,93 @@ fn quiet_silences_every_command_that_reports_an_action() {
     quiet(&["instance", "remove", "w"]);
     let _ = Command::new("true");
 }
+
+/// A `cairn backup --stdin` fed slowly by the test, so that it runs (holding its lock) until told otherwise.
+fn slow_stdin_backup(repo: &Path) -> (std::process::Child, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let mut child = cairn(repo)
+        .args(["backup", "--stdin", "--stdin-name", "slow.bin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // Stops when the backup is gone (EPIPE) or after ~60 s.
+        for i in 0..1200u64 {
+            if stdin.write_all(&pseudo_random(1 << 20, i)).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    // Wait until the backup holds its lock.
+    let locks = repo.join("locks");
+    for _ in 0..200 {
+        if fs::read_dir(&locks).map(|d| d.count() > 0).unwrap_or(false) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, feeder)
+}
+
+#[test]
+fn exit_codes_0_1_2_3_10_11_130_are_produced() {
+    let (dir, repo, src) = setup();
+    let r = repo.as_path();
+    let s = src.to_str().unwrap();
+    // 0
+    ok(cairn(r).args(["backup", s]));
+    // 1: an error that is none of the others.
+    fails(cairn(r).args(["show", "ffffffff"]), 1);
+    // 2: usage, both from the argument parser and from cairn's own checks.
+    let (code, _, err) = run(cairn(r).args(["backup", "--no-such-flag"]));
+    assert_eq!(code, 2, "{err}");
+    fails(cairn(r).args(["--json", "dump", "latest", "x"]), 2);
+    // 3: a partial result (an export that leaves out what its format cannot hold).
+    let fifo_tree = dir.path().join("fifo");
+    fs::create_dir_all(&fifo_tree).unwrap();
+    fs::write(fifo_tree.join("f"), b"file").unwrap();
+    let st = Command::new("mkfifo")
+        .arg(fifo_tree.join("p"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    ok(cairn(r).args(["backup", fifo_tree.to_str().unwrap()]));
+    let (code, _, err) = run(cairn(r).args(["export", "latest", "--format", "odoo-zip"]));
+    assert_eq!(code, 3, "{err}");
+    // 10: the repository does not exist, or the directory is not a repository.
+    let missing = dir.path().join("missing");
+    for args in [
+        &["snapshots"][..],
+        &["check"],
+        &["restore", "latest", "--target", "/tmp/x"],
+    ] {
+        fails(cairn(&missing).args(args), 10);
+        fails(cairn(&src).args(args), 10);
+    }
+    assert!(!missing.exists(), "a missing named repository was created");
+    // 11: locked, by a backup that is running.
+    let (child, feeder) = slow_stdin_backup(r);
+    let err = fails(cairn(r).args(["prune"]), 11);
+    assert!(err.contains("locked"), "{err}");
+    fails(cairn(r).args(["repair", "index"]), 11);
+    // 130: SIGINT stops the running backup: no snapshot, its lock released.
+    let before = ok(cairn(r).args(["--json", "snapshots"]));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cairn: error: interrupted"), "{stderr}");
+    assert_eq!(ok(cairn(r).args(["--json", "snapshots"])), before);
+    assert_eq!(
+        fs::read_dir(r.join("locks")).unwrap().count(),
+        0,
+        "lock left behind"
+    );
+    ok(cairn(r).args(["prune"]));
+}

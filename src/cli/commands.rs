@@ -238,6 +238,7 @@ fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
 }
 
 fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    cairn::interrupt::install()?;
     let mut streams = Vec::new();
     if let Some(name) = &a.stdin_name {
         if a.stdin_from_command {

@@ -122,6 +122,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             force_time,
         } => {
             let time = snapshot_time(time.as_deref(), force_time)?;
+            cairn::interrupt::install()?;
             let cfg = instance::load(&repo, &name)?;
             let db = db_stream();
             let r = runner::backup_instance(

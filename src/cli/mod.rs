@@ -26,7 +26,7 @@ pub const EXIT_LOCKED: i32 = 11;
 #[allow(dead_code)]
 pub const EXIT_PASSWORD: i32 = 12;
 /// Exit code: interrupted by SIGINT (128 + 2, as a shell reports it).
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub const EXIT_INTERRUPTED: i32 = cairn::interrupt::EXIT_STATUS;
 
 /// Parses the process arguments, runs the command, prints any error, and returns the exit code.
 pub fn run() -> i32 {
