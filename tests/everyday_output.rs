@@ -264,8 +264,9 @@ fn exit_codes_0_1_2_3_10_11_130_are_produced() {
         .status()
         .unwrap();
     assert!(st.success());
-    ok(cairn(r).args(["backup", fifo_tree.to_str().unwrap()]));
-    let (code, _, err) = run(cairn(r).args(["export", "latest", "--format", "odoo-zip"]));
+    let fifo_snap = one_doc(r, &["backup", fifo_tree.to_str().unwrap()], 0);
+    let fifo_snap = fifo_snap["snapshot_id"].as_str().unwrap();
+    let (code, _, err) = run(cairn(r).args(["export", fifo_snap, "--format", "odoo-zip"]));
     assert_eq!(code, 3, "{err}");
     // 10: the repository does not exist, or the directory is not a repository.
     let missing = dir.path().join("missing");

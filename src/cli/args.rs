@@ -49,8 +49,13 @@ pub enum Command {
         instance: Option<String>,
     },
     /// Everything recorded about one snapshot.
-    Show { snapshot: String },
-    /// List the files of a snapshot.
+    Show {
+        snapshot: String,
+        /// Narrows `latest`.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// List the files and streams of a snapshot.
     Ls {
         snapshot: String,
         path: Option<String>,
@@ -138,6 +143,9 @@ pub enum Command {
         /// odoo-zip or tar.
         #[arg(long)]
         format: String,
+        /// Narrows `latest`.
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// What changed between two snapshots: files, streams and per-table row counts.
     Diff {
@@ -176,12 +184,13 @@ impl Command {
             | Command::Dump { instance, .. }
             | Command::Diff { instance, .. }
             | Command::Find { instance, .. }
+            | Command::Show { instance, .. }
+            | Command::Export { instance, .. }
             | Command::Log { instance }
             | Command::Stats { instance }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),
             Command::Instance { action } => action.name(),
             Command::Init(_)
-            | Command::Show { .. }
             | Command::Check(_)
             | Command::Prune { .. }
             | Command::Repair { .. }
@@ -189,7 +198,6 @@ impl Command {
             | Command::Daemon { .. }
             | Command::Health { .. }
             | Command::Schedule { .. }
-            | Command::Export { .. }
             | Command::Unlock { .. } => None,
         };
         name.into_iter().collect()

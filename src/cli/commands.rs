@@ -18,7 +18,7 @@ use serde_json::json;
 use super::args::{
     BackupArgs, CheckArgs, Cli, Command, ForgetArgs, InitArgs, RepairWhat, RestoreArgs,
 };
-use super::{instance, pg};
+use super::{instance, latest, pg};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// Global options every command sees.
@@ -150,7 +150,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Init(a) => init(ctx, a),
         Command::Backup(a) => backup_cmd(ctx, a),
         Command::Snapshots { instance } => snapshots(ctx, instance.as_deref()),
-        Command::Show { snapshot } => show(ctx, &snapshot),
+        Command::Show { snapshot, instance } => show(ctx, &snapshot, instance.as_deref()),
         Command::Ls {
             snapshot,
             path,
@@ -191,7 +191,11 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             force_time,
             file,
         } => import_archive(ctx, i, &time, force_time, &file),
-        Command::Export { snapshot, format } => export(ctx, &snapshot, &format),
+        Command::Export {
+            snapshot,
+            format,
+            instance: i,
+        } => export(ctx, &snapshot, &format, i.as_deref()),
         Command::Diff {
             snapshot1,
             snapshot2,
@@ -408,9 +412,9 @@ fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-fn show(ctx: &Ctx, spec: &str) -> Result<i32> {
+fn show(ctx: &Ctx, spec: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
-    let (id, s) = repo.resolve_snapshot(spec, None)?;
+    let (id, s) = repo.resolve_snapshot(spec, instance)?;
     if ctx.json {
         ctx.print_json(&snapshot_json(&id, &s))?;
     } else {
@@ -468,12 +472,28 @@ fn print_snapshot(id: &Id, s: &Snapshot) {
 fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "ls")?;
-    let (_, snap) = repo.resolve_snapshot(spec, instance)?;
-    let entries = restore::list(&repo, &snap, path.unwrap_or(""))?;
+    let (_, snap) = match path {
+        Some(p) if !p.trim_matches('/').is_empty() => latest::for_name(&repo, spec, instance, p)?,
+        _ => repo.resolve_snapshot(spec, instance)?,
+    };
+    // Streams first (all of them, or the one PATH names), then the file tree (none if PATH is a stream).
+    let streams: Vec<_> = snap
+        .streams
+        .iter()
+        .filter(|s| path.is_none_or(|p| p == s.name))
+        .collect();
+    let entries = match (path, snap.tree) {
+        (Some(_), _) if !streams.is_empty() => Vec::new(),
+        (None, None) => Vec::new(),
+        _ => restore::list(&repo, &snap, path.unwrap_or(""))?,
+    };
     let mut out = std::io::stdout().lock();
     if ctx.json {
-        let v: Vec<_> = entries
+        let streams = streams
             .iter()
+            .map(|s| json!({"path": s.name, "type": "stream", "size": s.size}));
+        let v: Vec<_> = streams
+            .chain(entries.iter()
             .map(|(p, n)| {
                 let (kind, size) = match &n.kind {
                     NodeKind::File { size, .. } => ("file", *size),
@@ -482,10 +502,14 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
                     _ => ("special", 0),
                 };
                 json!({"path": p, "type": kind, "size": size, "mode": n.meta.mode, "mtime": n.meta.mtime})
-            })
+            }))
             .collect();
         ctx.print_json(&serde_json::Value::Array(v))?;
         return Ok(EXIT_OK);
+    }
+    for s in streams {
+        writeln!(out, "s {:>4} {:>12} [{}]", "-", s.size, s.name)
+            .map_err(|e| Error::io("stdout", e))?;
     }
     for (p, n) in entries {
         let (kind, size) = match &n.kind {
@@ -505,7 +529,14 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
 fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
-    let (id, snap) = repo.resolve_snapshot(&a.snapshot, a.instance.as_deref())?;
+    let (id, snap) = latest::for_restore(
+        &repo,
+        &a.snapshot,
+        a.instance.as_deref(),
+        a.target.is_some(),
+        &a.paths,
+        a.pg_target.is_some(),
+    )?;
     let database = match &a.pg_target {
         Some(_) => Some(pg::restore(ctx, &repo, &snap, &a)?),
         None => None,
@@ -558,7 +589,7 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "dump")?;
-    let (_, snap) = repo.resolve_snapshot(spec, instance)?;
+    let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     restore::dump(&repo, &snap, name, &mut out)?;
@@ -832,11 +863,11 @@ fn import_archive(
     Ok(EXIT_OK)
 }
 
-fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
+fn export(ctx: &Ctx, spec: &str, format: &str, instance: Option<&str>) -> Result<i32> {
     let format: cairn::archive::ExportFormat = format.parse()?;
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "export")?;
-    let (_, snap) = repo.resolve_snapshot(spec, None)?;
+    let (_, snap) = latest::for_export(&repo, spec, instance, format)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let report = cairn::archive::export(&repo, &snap, format, &mut out)?;

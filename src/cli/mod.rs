@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod explore;
 mod instance;
+mod latest;
 mod pg;
 
 use clap::Parser;
