@@ -364,6 +364,10 @@ impl KeepArgs {
 
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
+    /// Remove these snapshots (ids or prefixes), safety snapshots included, instead of applying a policy.
+    #[arg(conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                                "keep_yearly", "keep_within", "keep_tags", "include_safety", "tags"])]
+    pub snapshots: Vec<String>,
     #[arg(long)]
     pub instance: Option<String>,
     /// Only snapshots with this tag (repeatable: all must match).
@@ -377,6 +381,9 @@ pub struct ForgetArgs {
     /// Show what would be removed and why the rest is kept.
     #[arg(long)]
     pub dry_run: bool,
+    /// Apply the policy to safety snapshots too (by default they are always kept).
+    #[arg(long)]
+    pub include_safety: bool,
     /// Run prune afterwards.
     #[arg(long)]
     pub prune: bool,

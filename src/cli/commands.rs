@@ -660,6 +660,9 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
 }
 
 fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    if !a.snapshots.is_empty() {
+        return forget_named(ctx, a);
+    }
     let policy = a.keep.retention().policy(a.keep_tags)?;
     let repo = ctx.open()?;
     let opts = cairn::gc::ForgetOptions {
@@ -667,6 +670,7 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         instance: a.instance,
         tags: a.tags,
         dry_run: a.dry_run,
+        include_safety: a.include_safety,
     };
     let groups = cairn::gc::forget(&repo, &opts)?;
     let removed: usize = groups
@@ -699,6 +703,50 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         }
         println!(
             "{removed} snapshots {}",
+            if a.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        );
+    }
+    if let Some(r) = &pruned {
+        print_prune(ctx, r, false);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `forget ID...`: removes exactly the named snapshots (safety snapshots too).
+fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let mut ids = Vec::new();
+    for spec in &a.snapshots {
+        if spec == "latest" {
+            return Err(Error::Usage(
+                "forget takes snapshot ids, not `latest`".into(),
+            ));
+        }
+        ids.push(repo.resolve_snapshot(spec, a.instance.as_deref())?.0);
+    }
+    cairn::gc::forget_ids(&repo, &ids, a.dry_run)?;
+    let pruned = if a.prune && !a.dry_run {
+        Some(prune_report(ctx, 5.0, false)?)
+    } else {
+        None
+    };
+    let hex: Vec<String> = ids.iter().map(|i| i.to_hex()).collect();
+    if ctx.json {
+        ctx.print_json(
+            &json!({"dry_run": a.dry_run, "removed": hex.len(), "snapshots": hex, "prune": pruned}),
+        )?;
+    } else if !ctx.quiet {
+        let verb = if a.dry_run { "would remove" } else { "remove" };
+        for id in &hex {
+            println!("  {verb} {}", &id[..12]);
+        }
+        println!(
+            "{} snapshots {}",
+            hex.len(),
             if a.dry_run {
                 "would be removed"
             } else {

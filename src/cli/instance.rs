@@ -323,7 +323,14 @@ fn restore_instance(
     let mut safety_hint = String::new();
     if in_place {
         let db = db_stream();
-        let safety = runner::backup_instance(repo, &cfg, None, &db, Progress::hidden())?;
+        let safety = runner::backup_instance_tagged(
+            repo,
+            &cfg,
+            None,
+            &db,
+            Progress::hidden(),
+            vec![cairn::gc::SAFETY_TAG.into()],
+        )?;
         eprintln!(
             "cairn: safety snapshot {} of {name} taken before restoring in place",
             safety.snapshot_id.to_hex()
