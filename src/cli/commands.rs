@@ -527,6 +527,10 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
 }
 
 fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
+    // A refused connection string is a usage problem: say so before looking for a snapshot.
+    if a.pg_target.is_some() {
+        cairn::postgres::PgConn::new(a.pg_conn.as_deref())?;
+    }
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
     let (id, snap) = latest::for_restore(
