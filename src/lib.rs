@@ -16,6 +16,7 @@ pub mod check;
 pub mod chunking;
 pub mod config;
 pub mod daemon;
+pub mod delete_absent;
 pub mod diff;
 pub mod error;
 pub mod exclude;

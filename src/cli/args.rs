@@ -499,6 +499,21 @@ pub enum InstanceAction {
         /// Restore over the live database and file trees (a safety snapshot of both is taken first).
         #[arg(long, conflicts_with_all = ["target", "pg_target"])]
         in_place: bool,
+        /// Replace existing files under --target.
+        #[arg(long)]
+        overwrite: bool,
+        /// Remove files absent from the snapshot (under --target, or the live trees with --in-place).
+        #[arg(long)]
+        delete: bool,
+        /// Restore over an existing --pg-target database (a safety snapshot of it is taken first).
+        #[arg(long, requires = "pg_target")]
+        replace: bool,
+        /// Restore owners and privileges too (by default pg_restore runs with --no-owner --no-acl).
+        #[arg(long)]
+        owner_acl: bool,
+        /// libpq connection settings for the database restore (default: the instance's own).
+        #[arg(long, value_name = "CONNINFO")]
+        pg_conn: Option<String>,
     },
 }
 

@@ -150,11 +150,21 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             target,
             pg_target,
             in_place,
+            overwrite,
+            delete,
+            replace,
+            owner_acl,
+            pg_conn,
         } => {
             let to = RestoreTo {
                 target,
                 pg_target,
                 in_place,
+                overwrite,
+                delete,
+                replace,
+                owner_acl,
+                pg_conn,
             };
             return restore_instance(ctx, &repo, &name, snapshot, at, to);
         }
@@ -272,6 +282,15 @@ struct RestoreTo {
     target: Option<std::path::PathBuf>,
     pg_target: Option<String>,
     in_place: bool,
+    /// Replace existing files under `target`.
+    overwrite: bool,
+    /// Remove files absent from the snapshot (under `target`, or the live trees in place).
+    delete: bool,
+    /// Restore over an existing `pg_target` database.
+    replace: bool,
+    owner_acl: bool,
+    /// Overrides the instance's connection string for the database restore.
+    pg_conn: Option<String>,
 }
 
 fn restore_instance(
@@ -286,9 +305,19 @@ fn restore_instance(
         target,
         pg_target,
         in_place,
+        overwrite,
+        delete,
+        replace,
+        owner_acl,
+        pg_conn,
     } = to;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
-    let cfg = instance::load(repo, name)?;
+    let mut cfg = instance::load(repo, name)?;
+    // --pg-conn serves the whole restore: the safety dump of an in-place restore and the restore itself.
+    if let Some(c) = pg_conn {
+        cfg.pg_conn = Some(c);
+        cfg.check_stored_conn()?;
+    }
     let (id, snap) = match (snapshot, at) {
         (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
         (None, Some(at)) => {
@@ -312,6 +341,16 @@ fn restore_instance(
     if target.is_none() && pg_target.is_none() && !in_place {
         return Err(Error::Invalid(
             "give --target DIR, --pg-target DB, or --in-place".into(),
+        ));
+    }
+    if delete && target.is_none() && !in_place {
+        return Err(Error::Usage(
+            "--delete needs --target DIR or --in-place".into(),
+        ));
+    }
+    if owner_acl && pg_target.is_none() && !in_place {
+        return Err(Error::Usage(
+            "--owner-acl needs --pg-target DB or --in-place".into(),
         ));
     }
     // Checked before the safety snapshot: a refusal changes nothing at all.
@@ -346,12 +385,22 @@ fn restore_instance(
         let opts = RestoreOptions {
             target: dir.clone(),
             include: Vec::new(),
-            overwrite: false,
+            overwrite,
             progress: Progress::hidden(),
         };
         let summary = restore::restore(repo, &snap, &opts)?;
         out["files"] = json!(summary.files);
         out["bytes"] = json!(summary.bytes);
+        if let (true, Some(root)) = (delete, snap.tree) {
+            let n = cairn::delete_absent::delete_absent(repo, &root, dir)?;
+            out["deleted"] = json!(n);
+            if !ctx.json && !ctx.quiet {
+                println!(
+                    "removed {n} entries of {} absent from the snapshot",
+                    dir.display()
+                );
+            }
+        }
         if !ctx.json && !ctx.quiet {
             println!(
                 "restored the files of snapshot {} of {name} to {}",
@@ -360,11 +409,15 @@ fn restore_instance(
             );
         }
     }
-    let (mut files, mut bytes) = (0, 0);
+    let (mut files, mut bytes, mut deleted) = (0, 0, 0);
     for t in &in_place_files {
         let summary = restore_in_place(repo, &snap, t).map_err(with_hint)?;
         files += summary.files;
         bytes += summary.bytes;
+        if let (true, NodeKind::Dir { subtree }) = (delete, &t.entry.kind) {
+            deleted +=
+                cairn::delete_absent::delete_absent(repo, subtree, &t.dest).map_err(with_hint)?;
+        }
         if !ctx.json && !ctx.quiet {
             println!(
                 "restored {} of snapshot {} of {name} in place into {}",
@@ -377,14 +430,20 @@ fn restore_instance(
     if in_place && !in_place_files.is_empty() {
         out["files"] = json!(files);
         out["bytes"] = json!(bytes);
+        if delete {
+            out["deleted"] = json!(deleted);
+            if !ctx.json && !ctx.quiet {
+                println!("removed {deleted} entries absent from the snapshot");
+            }
+        }
     }
     let db_to = pg_target.or(if in_place { cfg.pg.clone() } else { None });
     if let Some(db) = db_to {
         let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref()).map_err(with_hint)?;
         let opts = cairn::postgres::PgRestoreOptions {
             database: db.clone(),
-            replace: in_place,
-            owner_acl: false,
+            replace: in_place || replace,
+            owner_acl,
             instance: Some(name.to_string()),
         };
         let report = cairn::postgres::restore_database(repo, &snap, &conn, &opts, &mut |_| {})
