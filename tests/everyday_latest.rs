@@ -162,3 +162,34 @@ fn show_and_export_take_instance() {
     }
     assert_eq!(found, ["instance a"]);
 }
+
+#[test]
+fn instance_restore_latest_picks_the_newest_snapshot_holding_files() {
+    let (dir, repo) = new_repo();
+    let data = dir.path().join("files");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("a"), b"the files").unwrap();
+    ok(cairn(&repo)
+        .args(["instance", "add", "app", "--priority", "manual", "--path"])
+        .arg(&data));
+    ok(cairn(&repo).args(["instance", "backup", "app", "--time", "2026-01-01 10:00"]));
+    // A newer snapshot of the instance that holds only a stream (a database, say).
+    backup_stream(
+        &repo,
+        "app.dump",
+        b"dump",
+        &["--instance", "app", "--time", "2026-01-02 10:00"],
+    );
+    for extra in [&[][..], &["--at", "2026-01-03 00:00"]] {
+        let t = dir.path().join(format!("t{}", extra.len()));
+        ok(cairn(&repo)
+            .args(["instance", "restore", "app", "--target"])
+            .arg(&t)
+            .args(extra));
+        assert_eq!(
+            fs::read(t.join("files/a")).unwrap(),
+            b"the files",
+            "{extra:?}"
+        );
+    }
+}

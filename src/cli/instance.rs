@@ -21,6 +21,7 @@ use cairn::{Error, Id, Repository, Result};
 
 use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
 use super::commands::{human_bytes, parse_time, snapshot_time, Ctx};
+use super::latest;
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// The database half of an instance backup: a pg_dump stream from an exported snapshot.
@@ -318,19 +319,31 @@ fn restore_instance(
         cfg.pg_conn = Some(c);
         cfg.check_stored_conn()?;
     }
+    // Without an id, the newest snapshot (at or before --at) that holds what is restored: a newer one holding
+    // only the database must not turn `--target DIR` into a restore of nothing.
+    let files = target.is_some() || (in_place && !cfg.paths.is_empty());
+    let database = pg_target.is_some() || (in_place && cfg.pg.is_some());
     let (id, snap) = match (snapshot, at) {
         (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
         (None, Some(at)) => {
             let at = parse_time(&at)?;
-            repo.snapshots()?
-                .into_iter()
-                .filter(|(_, s)| s.instance.as_deref() == Some(name) && s.time <= at)
-                .max_by_key(|(_, s)| s.time)
-                .ok_or_else(|| {
-                    Error::NotFound(format!("instance {name} has no snapshot at or before {at}"))
-                })?
+            let mut found = None;
+            for (id, s) in repo.snapshots()?.into_iter().rev() {
+                if s.instance.as_deref() == Some(name)
+                    && s.time <= at
+                    && latest::holds_for_restore(repo, &s, files, &[], database)?
+                {
+                    found = Some((id, s));
+                    break;
+                }
+            }
+            found.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "instance {name} has no snapshot at or before {at} holding what is restored"
+                ))
+            })?
         }
-        (None, None) => repo.resolve_snapshot("latest", Some(name))?,
+        (None, None) => latest::for_restore(repo, "latest", Some(name), files, &[], database)?,
     };
     if snap.instance.as_deref() != Some(name) {
         return Err(Error::Invalid(format!(

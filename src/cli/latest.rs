@@ -52,22 +52,34 @@ pub fn for_restore(
     }
     let what = what.join(" and ");
     repo.resolve_snapshot_holding(spec, instance, Some(&what), &mut |s| {
-        if database && !holds_dump(s) {
-            return Ok(false);
-        }
-        if !files {
-            return Ok(true);
-        }
-        if s.tree.is_none() {
-            return Ok(false);
-        }
-        for p in paths {
-            if !tree_holds(repo, s, p)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        holds_for_restore(repo, s, files, paths, database)
     })
+}
+
+/// Whether a snapshot holds what a restore asks for: a file tree with every path in `paths` when `files`,
+/// a database dump when `database`.
+pub fn holds_for_restore(
+    repo: &Repository,
+    s: &Snapshot,
+    files: bool,
+    paths: &[String],
+    database: bool,
+) -> Result<bool> {
+    if database && !holds_dump(s) {
+        return Ok(false);
+    }
+    if !files {
+        return Ok(true);
+    }
+    if s.tree.is_none() {
+        return Ok(false);
+    }
+    for p in paths {
+        if !tree_holds(repo, s, p)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `dump NAME` and `ls PATH`: a stream of that name, or that path in the file tree.
