@@ -681,17 +681,18 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         .iter()
         .map(|g| g.decisions.iter().filter(|d| !d.keep).count())
         .sum();
-    // One document with --json: the prune report goes inside it.
-    let pruned = if a.prune && !a.dry_run {
-        Some(prune_report(ctx, 5.0, false)?)
-    } else {
-        None
-    };
+    // One document with --json: the prune report goes inside it (text shows the decisions before pruning).
+    let prune_now = a.prune && !a.dry_run;
     if ctx.json {
+        let pruned = prune_now
+            .then(|| prune_report(ctx, 5.0, false))
+            .transpose()?;
         ctx.print_json(
             &json!({"dry_run": a.dry_run, "removed": removed, "groups": groups, "prune": pruned}),
         )?;
-    } else if !ctx.quiet {
+        return Ok(EXIT_OK);
+    }
+    if !ctx.quiet {
         for g in &groups {
             println!("group {}", g.group);
             for d in &g.decisions {
@@ -714,8 +715,8 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
             }
         );
     }
-    if let Some(r) = &pruned {
-        print_prune(ctx, r, false);
+    if prune_now {
+        print_prune(ctx, &prune_report(ctx, 5.0, false)?, false);
     }
     Ok(EXIT_OK)
 }
