@@ -29,6 +29,12 @@ pub fn install() -> Result<()> {
         .map_err(|e| Error::Command(format!("installing the SIGINT handler: {e}")))
 }
 
+/// Whether SIGINT was received (with the handler installed). A failure seen after it (a stream's command
+/// killed by the same Ctrl-C, a read cut short) is a consequence of the interruption.
+pub fn received() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
 /// `Err(Interrupted)` once SIGINT was received: called by loops between units of work.
 pub fn check() -> Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {

@@ -301,3 +301,52 @@ fn exit_codes_0_1_2_3_10_11_130_are_produced() {
     );
     ok(cairn(r).args(["prune"]));
 }
+
+#[test]
+fn sigint_to_the_process_group_of_a_command_stream_backup_exits_130() {
+    // A command that streams (the backup notices between batches) and one that has written nothing yet
+    // (the backup first notices the command's death by the same Ctrl-C).
+    for script in [
+        "while true; do head -c 1048576 /dev/urandom; sleep 0.05; done",
+        "exec sleep 30",
+    ] {
+        sigint_during(script);
+    }
+}
+
+fn sigint_during(script: &str) {
+    use std::os::unix::process::CommandExt;
+    let (_dir, repo) = new_repo();
+    let child = cairn(&repo)
+        .args([
+            "backup",
+            "--stdin-from-command",
+            "--stdin-name",
+            "gen.bin",
+            "--",
+        ])
+        .args(["sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let locks = repo.join("locks");
+    for _ in 0..200 {
+        if fs::read_dir(&locks).map(|d| d.count() > 0).unwrap_or(false) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // What a terminal's Ctrl-C does: SIGINT to the whole foreground process group.
+    // SAFETY: kill(2) on the process group of our own child.
+    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{script}: {stderr}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cairn(&repo).args(["--json", "snapshots"]))).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 0, "a snapshot was written");
+    assert_eq!(fs::read_dir(&locks).unwrap().count(), 0, "lock left behind");
+}

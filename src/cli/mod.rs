@@ -41,9 +41,14 @@ pub fn run() -> i32 {
     }
 }
 
-/// The exit code for an error: the conditions a script can act on get their own code, the rest is 1.
+/// The exit code for an error: the conditions a script can act on get their own code, the rest is 1. Any
+/// error after a SIGINT is the interruption's doing (Ctrl-C also kills a `--stdin-from-command` child, whose
+/// death may be noticed first): 130.
 fn exit_code(e: &cairn::Error) -> i32 {
     use cairn::Error;
+    if cairn::interrupt::received() {
+        return EXIT_INTERRUPTED;
+    }
     match e {
         Error::NotARepository(_) => EXIT_NO_REPOSITORY,
         Error::Locked(_) => EXIT_LOCKED,
