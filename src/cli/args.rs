@@ -27,10 +27,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAIRN_CONNECTIONS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub connections: Option<u16>,
-    /// Print machine-readable JSON on stdout.
+    /// Print exactly one JSON document on stdout (no progress display; `dump` and `export` refuse it).
     #[arg(long, global = true)]
     pub json: bool,
-    /// No progress display.
+    /// No progress display, and nothing on stdout from commands that report an action (the exit code tells).
     #[arg(long, short, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
