@@ -700,6 +700,8 @@ impl Job<'_> {
     }
 
     fn save_batch(&self, batch: &Batch, level: i32) -> Result<Vec<Id>> {
+        // Every file and stream passes here batch by batch: the one place a SIGINT stops a backup.
+        crate::interrupt::check()?;
         batch
             .cuts
             .par_iter()

@@ -55,6 +55,10 @@ pub enum Error {
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
+    /// The command line asks for something that cannot be done (the CLI's exit code 2, as for the usage
+    /// errors the argument parser reports).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Result alias used across the library.
@@ -79,6 +83,10 @@ impl Error {
             Error::Invalid(m) => Error::Invalid(format!("{m}{note}")),
             Error::Command(m) => Error::Command(format!("{m}{note}")),
             Error::NotFound(m) => Error::NotFound(format!("{m}{note}")),
+            Error::Locked(m) => Error::Locked(format!("{m}{note}")),
+            Error::Usage(m) => Error::Usage(format!("{m}{note}")),
+            // Kinds a caller acts on by their type (exit codes 10, 130) are kept; the note is dropped.
+            e @ (Error::NotARepository(_) | Error::Interrupted) => e,
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what,
                 detail: format!("{detail}{note}"),
@@ -98,6 +106,10 @@ impl Error {
             Error::Invalid(m) => Error::Invalid(format!("{context}: {m}")),
             Error::Command(m) => Error::Command(format!("{context}: {m}")),
             Error::NotFound(m) => Error::NotFound(format!("{context}: {m}")),
+            Error::Locked(m) => Error::Locked(format!("{context}: {m}")),
+            Error::Usage(m) => Error::Usage(format!("{context}: {m}")),
+            // Kinds a caller acts on by their type (exit codes 10, 130) are kept; the context is dropped.
+            e @ (Error::NotARepository(_) | Error::Interrupted) => e,
             other => Error::Invalid(format!("{context}: {other}")),
         }
     }

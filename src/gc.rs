@@ -41,6 +41,13 @@ use crate::retention::{self, Candidate, Decision, KeepPolicy};
 use crate::snapshot::Snapshot;
 use crate::tree::NodeKind;
 
+/// The tag of a safety snapshot, taken before a restore overwrites a database (`--replace`) or an instance's
+/// files (`--in-place`). A retention policy never removes one unless `include_safety`; naming it by id does.
+pub const SAFETY_TAG: &str = "safety";
+
+/// The reason a safety snapshot is kept, as `forget` reports it.
+const SAFETY_REASON: &str = "safety (remove it by id, or with --include-safety)";
+
 /// Which snapshots `forget` considers and what it keeps.
 #[derive(Debug, Clone, Default)]
 pub struct ForgetOptions {
@@ -50,6 +57,8 @@ pub struct ForgetOptions {
     /// Only snapshots carrying all of these tags.
     pub tags: Vec<String>,
     pub dry_run: bool,
+    /// Apply the policy to safety snapshots too (otherwise they are kept and use no `--keep-*` slot).
+    pub include_safety: bool,
 }
 
 /// The decisions for one group of snapshots.
@@ -75,6 +84,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         Some(lock::acquire(repo.backend(), true, "forget")?)
     };
     let mut groups: BTreeMap<String, Vec<(Id, Candidate)>> = BTreeMap::new();
+    let mut safety: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     for (id, s) in repo.snapshots()? {
         if opts
             .instance
@@ -92,6 +102,11 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
             time: s.time,
             tags: s.tags.clone(),
         };
+        if !opts.include_safety && s.tags.iter().any(|t| t == SAFETY_TAG) {
+            groups.entry(key.clone()).or_default();
+            safety.entry(key).or_default().push(cand);
+            continue;
+        }
         groups.entry(key).or_default().push((id, cand));
     }
     let explicit_zero = [
@@ -106,12 +121,14 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
     let mut out = Vec::new();
     for (group, members) in groups {
         let cands: Vec<Candidate> = members.iter().map(|(_, c)| c.clone()).collect();
-        let decisions = retention::apply(&opts.policy, &cands);
-        if !explicit_zero && decisions.iter().all(|d| !d.keep) {
+        let mut decisions = retention::apply(&opts.policy, &cands);
+        if !explicit_zero && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
             return Err(Error::Invalid(format!(
                 "the policy would remove every snapshot of group {group}; confirm with an explicit zero rule such as --keep-last 0"
             )));
         }
+        let kept = safety.remove(&group).unwrap_or_default();
+        with_safety(&mut decisions, &cands, kept);
         out.push(ForgetGroup { group, decisions });
     }
     if !opts.dry_run {
@@ -124,6 +141,38 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         }
     }
     Ok(out)
+}
+
+/// Adds the kept safety snapshots to a group's decisions, newest first like the rest.
+fn with_safety(decisions: &mut Vec<Decision>, cands: &[Candidate], safety: Vec<Candidate>) {
+    if safety.is_empty() {
+        return;
+    }
+    let mut time: std::collections::HashMap<String, _> =
+        cands.iter().map(|c| (c.id.clone(), c.time)).collect();
+    for c in safety {
+        time.insert(c.id.clone(), c.time);
+        decisions.push(Decision {
+            id: c.id,
+            keep: true,
+            reasons: vec![SAFETY_REASON.into()],
+        });
+    }
+    decisions.sort_by(|a, b| time[&b.id].cmp(&time[&a.id]).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// Removes the named snapshots (safety snapshots included: naming one is the way to remove it), under the
+/// exclusive lock; with `dry_run` nothing changes. Space is reclaimed by prune.
+pub fn forget_ids(repo: &Repository, ids: &[Id], dry_run: bool) -> Result<()> {
+    if dry_run {
+        return Ok(());
+    }
+    repo.require_writable()?;
+    let _lock = lock::acquire(repo.backend(), true, "forget")?;
+    for id in ids {
+        repo.remove_snapshot(id)?;
+    }
+    Ok(())
 }
 
 /// Prune settings.

@@ -1049,12 +1049,18 @@ pub fn restore_database(
                 conn.server()
             )));
         }
-        let safety = backup_database(repo, conn, db, opts.instance.clone(), vec!["safety".into()])
-            .map_err(|e| {
-                e.with_context(format!(
-                    "safety snapshot of database {db:?} failed, nothing was changed"
-                ))
-            })?;
+        let safety = backup_database(
+            repo,
+            conn,
+            db,
+            opts.instance.clone(),
+            vec![crate::gc::SAFETY_TAG.into()],
+        )
+        .map_err(|e| {
+            e.with_context(format!(
+                "safety snapshot of database {db:?} failed, nothing was changed"
+            ))
+        })?;
         on_safety(&safety.snapshot_id);
         report.safety_snapshot = Some(safety.snapshot_id.to_hex());
         safety_note = format!(

@@ -406,25 +406,42 @@ impl Repository {
     /// dated in the future ([`crate::schedule::is_future`]): a mistyped `--force-time` must not shadow every
     /// later backup; such a snapshot is still reachable by its id.
     pub fn resolve_snapshot(&self, spec: &str, instance: Option<&str>) -> Result<(Id, Snapshot)> {
+        self.resolve_snapshot_holding(spec, instance, None, &mut |_| Ok(true))
+    }
+
+    /// [`resolve_snapshot`](Self::resolve_snapshot) where `latest` means the newest snapshot for which
+    /// `holds` is true (`what` names it in the error): `restore latest` must not pick a newer snapshot that
+    /// holds only a stream. An id is taken as given; the caller's own error says what it lacks. An error
+    /// from `holds` (anything but "not there") stops the search rather than silently picking an older one.
+    pub fn resolve_snapshot_holding(
+        &self,
+        spec: &str,
+        instance: Option<&str>,
+        what: Option<&str>,
+        holds: &mut dyn FnMut(&Snapshot) -> Result<bool>,
+    ) -> Result<(Id, Snapshot)> {
         if spec == "latest" {
             let now = chrono::Utc::now();
             let mut future = 0;
-            return self
-                .snapshots()?
-                .into_iter()
-                .rev()
-                .filter(|(_, s)| instance.is_none() || s.instance.as_deref() == instance)
-                .find(|(_, s)| {
-                    let skip = crate::schedule::is_future(s.time, now);
-                    future += usize::from(skip);
-                    !skip
-                })
-                .ok_or_else(|| match future {
-                    0 => Error::NotFound("no snapshot found for `latest`".into()),
-                    n => Error::NotFound(format!(
-                        "no snapshot found for `latest` ({n} dated in the future skipped: name one by its id)"
-                    )),
-                });
+            for (id, s) in self.snapshots()?.into_iter().rev() {
+                if instance.is_some() && s.instance.as_deref() != instance {
+                    continue;
+                }
+                if crate::schedule::is_future(s.time, now) {
+                    future += 1;
+                    continue;
+                }
+                if holds(&s)? {
+                    return Ok((id, s));
+                }
+            }
+            let what = what.map(|w| format!(" holding {w}")).unwrap_or_default();
+            return Err(match future {
+                0 => Error::NotFound(format!("no snapshot{what} found for `latest`")),
+                n => Error::NotFound(format!(
+                    "no snapshot{what} found for `latest` ({n} dated in the future skipped: name one by its id)"
+                )),
+            });
         }
         let spec = spec.to_ascii_lowercase();
         if spec.len() < 4 || spec.len() > 64 || !spec.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -49,8 +49,20 @@ pub fn backup_instance(
     db: DbStream,
     progress: Progress,
 ) -> Result<BackupResult> {
+    backup_instance_tagged(repo, cfg, time, db, progress, Vec::new())
+}
+
+/// [`backup_instance`] with tags on the snapshot (`safety` for the one taken before an in-place restore).
+pub fn backup_instance_tagged(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    time: Option<DateTime<FixedOffset>>,
+    db: DbStream,
+    progress: Progress,
+    tags: Vec<String>,
+) -> Result<BackupResult> {
     let start = Utc::now();
-    let result = with_hooks(cfg, || take_snapshot(repo, cfg, time, db, progress));
+    let result = with_hooks(cfg, || take_snapshot(repo, cfg, time, db, progress, tags));
     let record = RunRecord {
         instance: Some(cfg.name.clone()),
         kind: "backup".into(),
@@ -93,6 +105,7 @@ fn take_snapshot(
     time: Option<DateTime<FixedOffset>>,
     db: DbStream,
     progress: Progress,
+    tags: Vec<String>,
 ) -> Result<BackupResult> {
     let (streams, finalize_metadata) = match db(cfg)? {
         Some((s, hook)) => (vec![s], vec![hook]),
@@ -108,6 +121,7 @@ fn take_snapshot(
             finalize_metadata,
             progress,
             excludes: cfg.excludes.clone(),
+            tags,
             ..BackupOptions::default()
         },
     )
@@ -201,7 +215,7 @@ pub fn housekeeping(
     let start = Utc::now();
     // Safety snapshots taken before in-place restores are never expired by a schedule.
     let opts = gc::ForgetOptions {
-        policy: cfg.retention.policy(vec!["safety".into()])?,
+        policy: cfg.retention.policy(vec![gc::SAFETY_TAG.into()])?,
         instance: Some(cfg.name.clone()),
         ..Default::default()
     };

@@ -253,12 +253,16 @@ fn instance_excludes_are_stored_shown_and_applied() {
 
     // `set` with exclude flags replaces them; --clear-excludes removes them.
     ok(cairn(&repo).args(["instance", "set", "odoo", "--exclude", "keep"]));
-    let show: serde_json::Value =
-        serde_json::from_str(&ok(cairn(&repo).args(["instance", "show", "odoo"]))).unwrap();
+    let show: serde_json::Value = serde_json::from_str(&ok(
+        cairn(&repo).args(["instance", "show", "odoo", "--json"])
+    ))
+    .unwrap();
     assert_eq!(show["excludes"], serde_json::json!({"exclude": ["keep"]}));
     ok(cairn(&repo).args(["instance", "set", "odoo", "--clear-excludes"]));
-    let show: serde_json::Value =
-        serde_json::from_str(&ok(cairn(&repo).args(["instance", "show", "odoo"]))).unwrap();
+    let show: serde_json::Value = serde_json::from_str(&ok(
+        cairn(&repo).args(["instance", "show", "odoo", "--json"])
+    ))
+    .unwrap();
     assert!(show.get("excludes").is_none(), "{show}");
     fails(
         cairn(&repo).args(["instance", "set", "odoo", "--exclude", "a[b"]),

@@ -278,7 +278,9 @@ fn connection_strings_holding_a_password_are_refused_everywhere_and_never_echoed
         assert!(err.contains("password"), "restore {conn:?}: {err}");
     }
     assert_eq!(
-        json(&ok(cairn(&repo).args(["instance", "show", "shop"])))["pg_conn"],
+        json(&ok(
+            cairn(&repo).args(["instance", "show", "shop", "--json"])
+        ))["pg_conn"],
         "host=127.0.0.1 port=1"
     );
     assert!(fails(cairn(&repo).args(["instance", "show", "x"]), 1).contains("no instance"));

@@ -614,7 +614,7 @@ fn readers_hold_a_shared_lock_so_prune_cannot_delete_packs_under_them() {
         .spawn()
         .unwrap();
     wait_for_lock(&repo, "dump", &mut dump);
-    let err = fails(cairn(&repo).arg("prune"), 1);
+    let err = fails(cairn(&repo).arg("prune"), 11);
     assert!(err.contains("locked"), "{err}");
     let mut got = Vec::new();
     dump.stdout.take().unwrap().read_to_end(&mut got).unwrap();
@@ -637,7 +637,7 @@ fn readers_hold_a_shared_lock_so_prune_cannot_delete_packs_under_them() {
     unsafe { libc::kill(check.id() as i32, libc::SIGSTOP) };
     let (code, out, err) = run(cairn(&repo).arg("prune"));
     unsafe { libc::kill(check.id() as i32, libc::SIGCONT) };
-    assert_eq!(code, 1, "prune ran beside a check:\n{out}\n{err}");
+    assert_eq!(code, 11, "prune ran beside a check:\n{out}\n{err}");
     assert!(err.contains("locked"), "{err}");
     let out = check.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -656,7 +656,7 @@ fn readers_hold_a_shared_lock_so_prune_cannot_delete_packs_under_them() {
     unsafe { libc::kill(restore.id() as i32, libc::SIGSTOP) };
     let (code, _, err) = run(cairn(&repo).arg("prune"));
     unsafe { libc::kill(restore.id() as i32, libc::SIGCONT) };
-    assert_eq!(code, 1, "prune ran beside a restore: {err}");
+    assert_eq!(code, 11, "prune ran beside a restore: {err}");
     let out = restore.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -700,7 +700,7 @@ fn a_reader_started_while_prune_holds_the_lock_fails_cleanly() {
         let (code, out, err) = run(cairn(&repo).args(args));
         assert_eq!(
             code,
-            1,
+            11,
             "{args:?} ran under prune's lock:\n{}",
             &out[..out.len().min(500)]
         );

@@ -35,10 +35,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAIRN_LIMIT_DOWNLOAD", value_name = "KIB",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_download: Option<u64>,
-    /// Print machine-readable JSON on stdout.
+    /// Print exactly one JSON document on stdout (no progress display; `dump` and `export` refuse it).
     #[arg(long, global = true)]
     pub json: bool,
-    /// No progress display.
+    /// No progress display, and nothing on stdout from commands that report an action (the exit code tells).
     #[arg(long, short, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
@@ -57,8 +57,13 @@ pub enum Command {
         instance: Option<String>,
     },
     /// Everything recorded about one snapshot.
-    Show { snapshot: String },
-    /// List the files of a snapshot.
+    Show {
+        snapshot: String,
+        /// Narrows `latest`.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// List the files and streams of a snapshot.
     Ls {
         snapshot: String,
         path: Option<String>,
@@ -146,6 +151,9 @@ pub enum Command {
         /// odoo-zip or tar.
         #[arg(long)]
         format: String,
+        /// Narrows `latest`.
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// What changed between two snapshots: files, streams and per-table row counts.
     Diff {
@@ -184,12 +192,13 @@ impl Command {
             | Command::Dump { instance, .. }
             | Command::Diff { instance, .. }
             | Command::Find { instance, .. }
+            | Command::Show { instance, .. }
+            | Command::Export { instance, .. }
             | Command::Log { instance }
             | Command::Stats { instance }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),
             Command::Instance { action } => action.name(),
             Command::Init(_)
-            | Command::Show { .. }
             | Command::Check(_)
             | Command::Prune { .. }
             | Command::Repair { .. }
@@ -197,7 +206,6 @@ impl Command {
             | Command::Daemon { .. }
             | Command::Health { .. }
             | Command::Schedule { .. }
-            | Command::Export { .. }
             | Command::Unlock { .. } => None,
         };
         name.into_iter().collect()
@@ -364,6 +372,10 @@ impl KeepArgs {
 
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
+    /// Remove these snapshots (ids or prefixes), safety snapshots included, instead of applying a policy.
+    #[arg(conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                                "keep_yearly", "keep_within", "keep_tags", "include_safety", "tags"])]
+    pub snapshots: Vec<String>,
     #[arg(long)]
     pub instance: Option<String>,
     /// Only snapshots with this tag (repeatable: all must match).
@@ -377,6 +389,9 @@ pub struct ForgetArgs {
     /// Show what would be removed and why the rest is kept.
     #[arg(long)]
     pub dry_run: bool,
+    /// Apply the policy to safety snapshots too (by default they are always kept).
+    #[arg(long)]
+    pub include_safety: bool,
     /// Run prune afterwards.
     #[arg(long)]
     pub prune: bool,
@@ -492,6 +507,21 @@ pub enum InstanceAction {
         /// Restore over the live database and file trees (a safety snapshot of both is taken first).
         #[arg(long, conflicts_with_all = ["target", "pg_target"])]
         in_place: bool,
+        /// Replace existing files under --target.
+        #[arg(long)]
+        overwrite: bool,
+        /// Remove files absent from the snapshot (under --target, or the live trees with --in-place).
+        #[arg(long)]
+        delete: bool,
+        /// Restore over an existing --pg-target database (a safety snapshot of it is taken first).
+        #[arg(long, requires = "pg_target")]
+        replace: bool,
+        /// Restore owners and privileges too (by default pg_restore runs with --no-owner --no-acl).
+        #[arg(long)]
+        owner_acl: bool,
+        /// libpq connection settings for the database restore (default: the instance's own).
+        #[arg(long, value_name = "CONNINFO")]
+        pg_conn: Option<String>,
     },
 }
 

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::args::{
     BackupArgs, CheckArgs, Cli, Command, ForgetArgs, InitArgs, RepairWhat, RestoreArgs,
 };
-use super::{instance, pg};
+use super::{instance, latest, pg};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// Global options every command sees.
@@ -82,6 +82,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    refuse_json_for_data(&cli.command, ctx.json)?;
     for name in cli.command.instance_names() {
         cairn::instance::validate_name(name)?;
     }
@@ -99,6 +100,22 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         log_run(&ctx, kind, instance, start, &result);
     }
     result
+}
+
+/// `dump` and `export` write data on stdout, which cannot also be one JSON document: `--json` is a usage
+/// error there, refused before anything is read or written.
+fn refuse_json_for_data(command: &Command, json: bool) -> Result<()> {
+    let name = match command {
+        Command::Dump { .. } => "dump",
+        Command::Export { .. } => "export",
+        _ => return Ok(()),
+    };
+    if json {
+        return Err(Error::Usage(format!(
+            "--json does not apply to `{name}`: its standard output is the data itself"
+        )));
+    }
+    Ok(())
 }
 
 /// Records a finished command in the run log; a repository that cannot be opened has nothing to log to.
@@ -137,7 +154,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Init(a) => init(ctx, a),
         Command::Backup(a) => backup_cmd(ctx, a),
         Command::Snapshots { instance } => snapshots(ctx, instance.as_deref()),
-        Command::Show { snapshot } => show(ctx, &snapshot),
+        Command::Show { snapshot, instance } => show(ctx, &snapshot, instance.as_deref()),
         Command::Ls {
             snapshot,
             path,
@@ -178,7 +195,11 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             force_time,
             file,
         } => import_archive(ctx, i, &time, force_time, &file),
-        Command::Export { snapshot, format } => export(ctx, &snapshot, &format),
+        Command::Export {
+            snapshot,
+            format,
+            instance: i,
+        } => export(ctx, &snapshot, &format, i.as_deref()),
         Command::Diff {
             snapshot1,
             snapshot2,
@@ -205,7 +226,7 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
         ctx.print_json(
             &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id}),
         )?;
-    } else {
+    } else if !ctx.quiet {
         println!(
             "created repository {} at {path}",
             repo.config().repository_id,
@@ -225,6 +246,7 @@ fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
 }
 
 fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    cairn::interrupt::install()?;
     let mut streams = Vec::new();
     if let Some(name) = &a.stdin_name {
         if a.stdin_from_command {
@@ -274,7 +296,7 @@ fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             time,
             metadata: None,
             finalize_metadata,
-            progress: Progress::new("backup", None, ctx.quiet),
+            progress: Progress::new("backup", None, ctx.quiet || ctx.json),
             excludes: a.excludes.options(),
             ..BackupOptions::default()
         },
@@ -394,27 +416,88 @@ fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-fn show(ctx: &Ctx, spec: &str) -> Result<i32> {
+fn show(ctx: &Ctx, spec: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
-    let (id, s) = repo.resolve_snapshot(spec, None)?;
-    let v = snapshot_json(&id, &s);
+    let (id, s) = repo.resolve_snapshot(spec, instance)?;
     if ctx.json {
-        ctx.print_json(&v)?;
+        ctx.print_json(&snapshot_json(&id, &s))?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        print_snapshot(&id, &s);
     }
     Ok(EXIT_OK)
+}
+
+/// `show` for people: one field a line, then the streams, then the recorded metadata.
+fn print_snapshot(id: &Id, s: &Snapshot) {
+    let m = &s.summary;
+    println!("snapshot {}", id.to_hex());
+    println!("time      {}", s.time.format("%Y-%m-%d %H:%M:%S %:z"));
+    println!("host      {}", s.host);
+    println!("instance  {}", s.instance.as_deref().unwrap_or("-"));
+    println!(
+        "tags      {}",
+        if s.tags.is_empty() {
+            "-".into()
+        } else {
+            s.tags.join(", ")
+        }
+    );
+    println!(
+        "paths     {}",
+        if s.paths.is_empty() {
+            "-".into()
+        } else {
+            s.paths.join(" ")
+        }
+    );
+    println!("parent    {}", s.parent.as_deref().unwrap_or("-"));
+    if s.partial {
+        println!("partial   yes: some files could not be read");
+    }
+    for st in &s.streams {
+        println!("stream    {}", st.name);
+    }
+    println!(
+        "summary   {} new, {} changed, {} unmodified files; {} total, {} added",
+        m.files_new,
+        m.files_changed,
+        m.files_unmodified,
+        human_bytes(m.bytes_total),
+        human_bytes(m.bytes_added)
+    );
+    if let Some(meta) = &s.metadata {
+        println!(
+            "metadata  {}",
+            serde_json::to_string_pretty(meta).unwrap_or_default()
+        );
+    }
 }
 
 fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "ls")?;
-    let (_, snap) = repo.resolve_snapshot(spec, instance)?;
-    let entries = restore::list(&repo, &snap, path.unwrap_or(""))?;
+    let (_, snap) = match path {
+        Some(p) if !p.trim_matches('/').is_empty() => latest::for_name(&repo, spec, instance, p)?,
+        _ => repo.resolve_snapshot(spec, instance)?,
+    };
+    // Streams first (all of them, or the one PATH names), then the file tree (none if PATH is a stream).
+    let streams: Vec<_> = snap
+        .streams
+        .iter()
+        .filter(|s| path.is_none_or(|p| p == s.name))
+        .collect();
+    let entries = match (path, snap.tree) {
+        (Some(_), _) if !streams.is_empty() => Vec::new(),
+        (None, None) => Vec::new(),
+        _ => restore::list(&repo, &snap, path.unwrap_or(""))?,
+    };
     let mut out = std::io::stdout().lock();
     if ctx.json {
-        let v: Vec<_> = entries
+        let streams = streams
             .iter()
+            .map(|s| json!({"path": s.name, "type": "stream", "size": s.size}));
+        let v: Vec<_> = streams
+            .chain(entries.iter()
             .map(|(p, n)| {
                 let (kind, size) = match &n.kind {
                     NodeKind::File { size, .. } => ("file", *size),
@@ -423,10 +506,14 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
                     _ => ("special", 0),
                 };
                 json!({"path": p, "type": kind, "size": size, "mode": n.meta.mode, "mtime": n.meta.mtime})
-            })
+            }))
             .collect();
         ctx.print_json(&serde_json::Value::Array(v))?;
         return Ok(EXIT_OK);
+    }
+    for s in streams {
+        writeln!(out, "s {:>4} {:>12} [{}]", "-", s.size, s.name)
+            .map_err(|e| Error::io("stdout", e))?;
     }
     for (p, n) in entries {
         let (kind, size) = match &n.kind {
@@ -444,9 +531,20 @@ fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Resu
 }
 
 fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
+    // A refused connection string is a usage problem: say so before looking for a snapshot.
+    if a.pg_target.is_some() {
+        cairn::postgres::PgConn::new(a.pg_conn.as_deref())?;
+    }
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
-    let (id, snap) = repo.resolve_snapshot(&a.snapshot, a.instance.as_deref())?;
+    let (id, snap) = latest::for_restore(
+        &repo,
+        &a.snapshot,
+        a.instance.as_deref(),
+        a.target.is_some(),
+        &a.paths,
+        a.pg_target.is_some(),
+    )?;
     let database = match &a.pg_target {
         Some(_) => Some(pg::restore(ctx, &repo, &snap, &a)?),
         None => None,
@@ -499,7 +597,7 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "dump")?;
-    let (_, snap) = repo.resolve_snapshot(spec, instance)?;
+    let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     restore::dump(&repo, &snap, name, &mut out)?;
@@ -520,7 +618,7 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
         let mut v = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
         v["clean"] = json!(report.is_clean());
         ctx.print_json(&v)?;
-    } else {
+    } else if !(ctx.quiet && report.is_clean()) {
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
@@ -570,6 +668,9 @@ fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
 }
 
 fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    if !a.snapshots.is_empty() {
+        return forget_named(ctx, a);
+    }
     let policy = a.keep.retention().policy(a.keep_tags)?;
     let repo = ctx.open()?;
     let opts = cairn::gc::ForgetOptions {
@@ -577,15 +678,25 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         instance: a.instance,
         tags: a.tags,
         dry_run: a.dry_run,
+        include_safety: a.include_safety,
     };
     let groups = cairn::gc::forget(&repo, &opts)?;
     let removed: usize = groups
         .iter()
         .map(|g| g.decisions.iter().filter(|d| !d.keep).count())
         .sum();
+    // One document with --json: the prune report goes inside it (text shows the decisions before pruning).
+    let prune_now = a.prune && !a.dry_run;
     if ctx.json {
-        ctx.print_json(&json!({"dry_run": a.dry_run, "removed": removed, "groups": groups}))?;
-    } else {
+        let pruned = prune_now
+            .then(|| prune_report(ctx, 5.0, false))
+            .transpose()?;
+        ctx.print_json(
+            &json!({"dry_run": a.dry_run, "removed": removed, "groups": groups, "prune": pruned}),
+        )?;
+        return Ok(EXIT_OK);
+    }
+    if !ctx.quiet {
         for g in &groups {
             println!("group {}", g.group);
             for d in &g.decisions {
@@ -608,29 +719,88 @@ fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
             }
         );
     }
-    if a.prune && !a.dry_run {
-        prune(ctx, 5.0, false)?;
+    if prune_now {
+        print_prune(ctx, &prune_report(ctx, 5.0, false)?, false);
+    }
+    Ok(EXIT_OK)
+}
+
+/// `forget ID...`: removes exactly the named snapshots (safety snapshots too).
+fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
+    let repo = ctx.open()?;
+    let mut ids = Vec::new();
+    for spec in &a.snapshots {
+        if spec == "latest" {
+            return Err(Error::Usage(
+                "forget takes snapshot ids, not `latest`".into(),
+            ));
+        }
+        ids.push(repo.resolve_snapshot(spec, a.instance.as_deref())?.0);
+    }
+    cairn::gc::forget_ids(&repo, &ids, a.dry_run)?;
+    let pruned = if a.prune && !a.dry_run {
+        Some(prune_report(ctx, 5.0, false)?)
+    } else {
+        None
+    };
+    let hex: Vec<String> = ids.iter().map(|i| i.to_hex()).collect();
+    if ctx.json {
+        ctx.print_json(
+            &json!({"dry_run": a.dry_run, "removed": hex.len(), "snapshots": hex, "prune": pruned}),
+        )?;
+    } else if !ctx.quiet {
+        let verb = if a.dry_run { "would remove" } else { "remove" };
+        for id in &hex {
+            println!("  {verb} {}", &id[..12]);
+        }
+        println!(
+            "{} snapshots {}",
+            hex.len(),
+            if a.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        );
+    }
+    if let Some(r) = &pruned {
+        print_prune(ctx, r, false);
     }
     Ok(EXIT_OK)
 }
 
 fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
+    let r = prune_report(ctx, max_unused, dry_run)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)
+    } else {
+        print_prune(ctx, &r, dry_run);
+        Ok(())
+    }
+}
+
+fn prune_report(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<cairn::gc::PruneReport> {
     if !(0.0..=100.0).contains(&max_unused) {
         return Err(Error::Invalid(
             "--max-unused must be a percentage between 0 and 100".into(),
         ));
     }
     let repo = ctx.open()?;
-    let r = cairn::gc::prune(
+    cairn::gc::prune(
         &repo,
         cairn::gc::PruneOptions {
             max_unused_percent: max_unused,
             dry_run,
         },
-    )?;
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)?;
-    } else {
+    )
+}
+
+/// The prune report for people (nothing with `--quiet` or `--json`).
+fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
+    if ctx.json || ctx.quiet {
+        return;
+    }
+    {
         if r.snapshots_adopted > 0 {
             println!(
                 "{} {} snapshot files that had no index row (left by an interrupted backup); their data is kept",
@@ -650,7 +820,6 @@ fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
             human_bytes(r.bytes_after)
         );
     }
-    Ok(())
 }
 
 fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
@@ -659,7 +828,7 @@ fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
     let repaired = cairn::repair::repair_snapshots(&repo, forget_damaged)?;
     if ctx.json {
         ctx.print_json(&json!(repaired))?;
-    } else {
+    } else if !ctx.quiet {
         for r in &repaired {
             match &r.new_id {
                 Some(new) => println!(
@@ -697,10 +866,12 @@ fn repair_index(ctx: &Ctx) -> Result<i32> {
         for w in &report.warnings {
             eprintln!("cairn: warning: {w}");
         }
-        println!(
-            "index rebuilt: {} packs, {} blobs, {} snapshots",
-            report.packs, report.blobs, report.snapshots
-        );
+        if !ctx.quiet {
+            println!(
+                "index rebuilt: {} packs, {} blobs, {} snapshots",
+                report.packs, report.blobs, report.snapshots
+            );
+        }
     }
     Ok(if report.skipped.is_empty() {
         EXIT_OK
@@ -731,7 +902,7 @@ fn import_archive(
             "skipped": report.skipped,
             "partial": r.snapshot.partial || !report.skipped.is_empty(),
         }))?;
-    } else {
+    } else if !ctx.quiet {
         println!(
             "imported {} as snapshot {}",
             file.display(),
@@ -749,11 +920,11 @@ fn import_archive(
     Ok(EXIT_OK)
 }
 
-fn export(ctx: &Ctx, spec: &str, format: &str) -> Result<i32> {
+fn export(ctx: &Ctx, spec: &str, format: &str, instance: Option<&str>) -> Result<i32> {
     let format: cairn::archive::ExportFormat = format.parse()?;
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "export")?;
-    let (_, snap) = repo.resolve_snapshot(spec, None)?;
+    let (_, snap) = latest::for_export(&repo, spec, instance, format)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let report = cairn::archive::export(&repo, &snap, format, &mut out)?;
@@ -777,7 +948,7 @@ fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
     let removed = cairn::lock::unlock(backend.as_ref(), all)?;
     if ctx.json {
         ctx.print_json(&json!({ "removed": removed }))?;
-    } else {
+    } else if !ctx.quiet {
         for r in &removed {
             println!("removed {r}");
         }

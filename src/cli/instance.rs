@@ -21,6 +21,7 @@ use cairn::{Error, Id, Repository, Result};
 
 use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
 use super::commands::{human_bytes, parse_time, snapshot_time, Ctx};
+use super::latest;
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
 /// The database half of an instance backup: a pg_dump stream from an exported snapshot.
@@ -89,31 +90,32 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             let mut cfg = InstanceConfig::new(&name, Priority::Medium);
             apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
-            println!("added instance {name}");
+            report_change(ctx, &cfg, "added")?;
         }
         InstanceAction::Set { name, settings } => {
             // `load_for_update`: a stored connection string that is refused can be replaced here.
             let mut cfg = instance::load_for_update(&repo, &name)?;
             apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
+            report_change(ctx, &cfg, "updated")?;
         }
-        InstanceAction::Pause { name } => set_paused(&repo, &name, true)?,
-        InstanceAction::Resume { name } => set_paused(&repo, &name, false)?,
-        InstanceAction::Remove { name, purge } => {
-            instance::remove(&repo, &name)?;
-            if purge {
-                for (id, s) in repo.snapshots()? {
-                    if s.instance.as_deref() == Some(&name) {
-                        repo.remove_snapshot(&id)?;
-                    }
-                }
-            }
+        InstanceAction::Pause { name } => {
+            let cfg = set_paused(&repo, &name, true)?;
+            report_change(ctx, &cfg, "paused")?;
         }
+        InstanceAction::Resume { name } => {
+            let cfg = set_paused(&repo, &name, false)?;
+            report_change(ctx, &cfg, "resumed")?;
+        }
+        InstanceAction::Remove { name, purge } => return remove(ctx, &repo, &name, purge),
         InstanceAction::List => return list(ctx, &repo),
         InstanceAction::Show { name } => {
             let cfg = instance::load(&repo, &name)?;
-            let v = serde_json::to_value(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            if ctx.json {
+                ctx.print_json(&config_json(&cfg))?;
+            } else {
+                print_config(&cfg);
+            }
         }
         InstanceAction::Backup {
             name,
@@ -121,6 +123,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             force_time,
         } => {
             let time = snapshot_time(time.as_deref(), force_time)?;
+            cairn::interrupt::install()?;
             let cfg = instance::load(&repo, &name)?;
             let db = db_stream();
             let r = runner::backup_instance(
@@ -128,11 +131,11 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
                 &cfg,
                 time,
                 &db,
-                Progress::new("backup", None, ctx.quiet),
+                Progress::new("backup", None, ctx.quiet || ctx.json),
             )?;
             if ctx.json {
                 ctx.print_json(&json!({"snapshot_id": r.snapshot_id.to_hex(), "partial": r.snapshot.partial, "summary": r.snapshot.summary}))?;
-            } else {
+            } else if !ctx.quiet {
                 println!("instance {name}: snapshot {} saved", r.snapshot_id.short());
             }
             return Ok(if r.snapshot.partial {
@@ -148,11 +151,21 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             target,
             pg_target,
             in_place,
+            overwrite,
+            delete,
+            replace,
+            owner_acl,
+            pg_conn,
         } => {
             let to = RestoreTo {
                 target,
                 pg_target,
                 in_place,
+                overwrite,
+                delete,
+                replace,
+                owner_acl,
+                pg_conn,
             };
             return restore_instance(ctx, &repo, &name, snapshot, at, to);
         }
@@ -160,10 +173,71 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-fn set_paused(repo: &Repository, name: &str, paused: bool) -> Result<()> {
+fn set_paused(repo: &Repository, name: &str, paused: bool) -> Result<InstanceConfig> {
     let mut cfg = instance::load_for_update(repo, name)?;
     cfg.paused = paused;
-    instance::save(repo, &cfg)
+    instance::save(repo, &cfg)?;
+    Ok(cfg)
+}
+
+/// An instance's configuration as JSON (without secrets: `printable`), with its name at the top.
+fn config_json(cfg: &InstanceConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg.printable()).unwrap_or_default();
+    v["instance"] = json!(cfg.name);
+    v
+}
+
+/// What `instance add/set/pause/resume` did: the new configuration with `--json`, one line otherwise.
+fn report_change(ctx: &Ctx, cfg: &InstanceConfig, verb: &str) -> Result<()> {
+    if ctx.json {
+        let mut v = config_json(cfg);
+        v["action"] = json!(verb);
+        return ctx.print_json(&v);
+    }
+    if !ctx.quiet {
+        println!("{verb} instance {}", cfg.name);
+    }
+    Ok(())
+}
+
+/// `instance show` for people.
+fn print_config(cfg: &InstanceConfig) {
+    let v = serde_json::to_value(cfg.printable()).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = v {
+        for (k, v) in fields {
+            let text = match v {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            println!("{k:<12} {text}");
+        }
+    }
+}
+
+/// `instance remove [--purge]`: the configuration goes; with `--purge`, its snapshots are forgotten too.
+fn remove(ctx: &Ctx, repo: &Repository, name: &str, purge: bool) -> Result<i32> {
+    instance::remove(repo, name)?;
+    let mut forgotten = Vec::new();
+    if purge {
+        for (id, s) in repo.snapshots()? {
+            if s.instance.as_deref() == Some(name) {
+                repo.remove_snapshot(&id)?;
+                forgotten.push(id.to_hex());
+            }
+        }
+    }
+    if ctx.json {
+        ctx.print_json(
+            &json!({"instance": name, "action": "removed", "snapshots_forgotten": forgotten}),
+        )?;
+    } else if !ctx.quiet {
+        println!(
+            "removed instance {name} ({} snapshots forgotten)",
+            forgotten.len()
+        );
+    }
+    Ok(EXIT_OK)
 }
 
 fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
@@ -209,6 +283,15 @@ struct RestoreTo {
     target: Option<std::path::PathBuf>,
     pg_target: Option<String>,
     in_place: bool,
+    /// Replace existing files under `target`.
+    overwrite: bool,
+    /// Remove files absent from the snapshot (under `target`, or the live trees in place).
+    delete: bool,
+    /// Restore over an existing `pg_target` database.
+    replace: bool,
+    owner_acl: bool,
+    /// Overrides the instance's connection string for the database restore.
+    pg_conn: Option<String>,
 }
 
 fn restore_instance(
@@ -223,22 +306,44 @@ fn restore_instance(
         target,
         pg_target,
         in_place,
+        overwrite,
+        delete,
+        replace,
+        owner_acl,
+        pg_conn,
     } = to;
     let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
-    let cfg = instance::load(repo, name)?;
+    let mut cfg = instance::load(repo, name)?;
+    // --pg-conn serves the whole restore: the safety dump of an in-place restore and the restore itself.
+    if let Some(c) = pg_conn {
+        cfg.pg_conn = Some(c);
+        cfg.check_stored_conn()?;
+    }
+    // Without an id, the newest snapshot (at or before --at) that holds what is restored: a newer one holding
+    // only the database must not turn `--target DIR` into a restore of nothing.
+    let files = target.is_some() || (in_place && !cfg.paths.is_empty());
+    let database = pg_target.is_some() || (in_place && cfg.pg.is_some());
     let (id, snap) = match (snapshot, at) {
         (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
         (None, Some(at)) => {
             let at = parse_time(&at)?;
-            repo.snapshots()?
-                .into_iter()
-                .filter(|(_, s)| s.instance.as_deref() == Some(name) && s.time <= at)
-                .max_by_key(|(_, s)| s.time)
-                .ok_or_else(|| {
-                    Error::NotFound(format!("instance {name} has no snapshot at or before {at}"))
-                })?
+            let mut found = None;
+            for (id, s) in repo.snapshots()?.into_iter().rev() {
+                if s.instance.as_deref() == Some(name)
+                    && s.time <= at
+                    && latest::holds_for_restore(repo, &s, files, &[], database)?
+                {
+                    found = Some((id, s));
+                    break;
+                }
+            }
+            found.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "instance {name} has no snapshot at or before {at} holding what is restored"
+                ))
+            })?
         }
-        (None, None) => repo.resolve_snapshot("latest", Some(name))?,
+        (None, None) => latest::for_restore(repo, "latest", Some(name), files, &[], database)?,
     };
     if snap.instance.as_deref() != Some(name) {
         return Err(Error::Invalid(format!(
@@ -251,6 +356,16 @@ fn restore_instance(
             "give --target DIR, --pg-target DB, or --in-place".into(),
         ));
     }
+    if delete && target.is_none() && !in_place {
+        return Err(Error::Usage(
+            "--delete needs --target DIR or --in-place".into(),
+        ));
+    }
+    if owner_acl && pg_target.is_none() && !in_place {
+        return Err(Error::Usage(
+            "--owner-acl needs --pg-target DB or --in-place".into(),
+        ));
+    }
     // Checked before the safety snapshot: a refusal changes nothing at all.
     let in_place_files = if in_place {
         plan_in_place(repo, &id, &snap, &cfg)?
@@ -260,7 +375,14 @@ fn restore_instance(
     let mut safety_hint = String::new();
     if in_place {
         let db = db_stream();
-        let safety = runner::backup_instance(repo, &cfg, None, &db, Progress::hidden())?;
+        let safety = runner::backup_instance_tagged(
+            repo,
+            &cfg,
+            None,
+            &db,
+            Progress::hidden(),
+            vec![cairn::gc::SAFETY_TAG.into()],
+        )?;
         eprintln!(
             "cairn: safety snapshot {} of {name} taken before restoring in place",
             safety.snapshot_id.to_hex()
@@ -276,13 +398,23 @@ fn restore_instance(
         let opts = RestoreOptions {
             target: dir.clone(),
             include: Vec::new(),
-            overwrite: false,
+            overwrite,
             progress: Progress::hidden(),
         };
         let summary = restore::restore(repo, &snap, &opts)?;
         out["files"] = json!(summary.files);
         out["bytes"] = json!(summary.bytes);
-        if !ctx.json {
+        if let (true, Some(root)) = (delete, snap.tree) {
+            let n = cairn::delete_absent::delete_absent(repo, &root, dir)?;
+            out["deleted"] = json!(n);
+            if !ctx.json && !ctx.quiet {
+                println!(
+                    "removed {n} entries of {} absent from the snapshot",
+                    dir.display()
+                );
+            }
+        }
+        if !ctx.json && !ctx.quiet {
             println!(
                 "restored the files of snapshot {} of {name} to {}",
                 id.short(),
@@ -290,12 +422,16 @@ fn restore_instance(
             );
         }
     }
-    let (mut files, mut bytes) = (0, 0);
+    let (mut files, mut bytes, mut deleted) = (0, 0, 0);
     for t in &in_place_files {
         let summary = restore_in_place(repo, &snap, t).map_err(with_hint)?;
         files += summary.files;
         bytes += summary.bytes;
-        if !ctx.json {
+        if let (true, NodeKind::Dir { subtree }) = (delete, &t.entry.kind) {
+            deleted +=
+                cairn::delete_absent::delete_absent(repo, subtree, &t.dest).map_err(with_hint)?;
+        }
+        if !ctx.json && !ctx.quiet {
             println!(
                 "restored {} of snapshot {} of {name} in place into {}",
                 t.named.display(),
@@ -307,20 +443,26 @@ fn restore_instance(
     if in_place && !in_place_files.is_empty() {
         out["files"] = json!(files);
         out["bytes"] = json!(bytes);
+        if delete {
+            out["deleted"] = json!(deleted);
+            if !ctx.json && !ctx.quiet {
+                println!("removed {deleted} entries absent from the snapshot");
+            }
+        }
     }
     let db_to = pg_target.or(if in_place { cfg.pg.clone() } else { None });
     if let Some(db) = db_to {
         let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref()).map_err(with_hint)?;
         let opts = cairn::postgres::PgRestoreOptions {
             database: db.clone(),
-            replace: in_place,
-            owner_acl: false,
+            replace: in_place || replace,
+            owner_acl,
             instance: Some(name.to_string()),
         };
         let report = cairn::postgres::restore_database(repo, &snap, &conn, &opts, &mut |_| {})
             .map_err(with_hint)?;
         out["database"] = json!(report);
-        if !ctx.json {
+        if !ctx.json && !ctx.quiet {
             println!(
                 "restored the database of snapshot {} of {name} into {db} ({} tables verified)",
                 id.short(),
@@ -489,7 +631,7 @@ pub fn run_due(ctx: &Ctx) -> Result<i32> {
     let outcomes = runner::run_due(&repo, Utc::now(), db)?;
     if ctx.json {
         ctx.print_json(&json!(outcomes))?;
-    } else {
+    } else if !ctx.quiet {
         for o in &outcomes {
             match (&o.snapshot_id, &o.error) {
                 (Some(id), _) => println!("{}: snapshot {}", o.instance, &id[..8]),
@@ -642,7 +784,7 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
         .count();
     if ctx.json {
         ctx.print_json(&json!({"healthy": bad == 0, "instances": report}))?;
-    } else {
+    } else if !ctx.quiet {
         for r in &report {
             println!(
                 "{:<20} {}",
@@ -661,9 +803,14 @@ pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cairn".into());
     let repo = repo.to_string();
-    match kind {
-        ScheduleKind::Crontab => print!("{}", schedule::crontab_entry(&exe, &repo)),
-        ScheduleKind::Systemd => print!("{}", schedule::systemd_units(&exe, &repo)),
+    let (name, text) = match kind {
+        ScheduleKind::Crontab => ("crontab", schedule::crontab_entry(&exe, &repo)),
+        ScheduleKind::Systemd => ("systemd", schedule::systemd_units(&exe, &repo)),
+    };
+    if ctx.json {
+        ctx.print_json(&json!({"kind": name, "text": text}))?;
+    } else {
+        print!("{text}");
     }
     Ok(EXIT_OK)
 }

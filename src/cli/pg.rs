@@ -38,10 +38,16 @@ pub fn restore(
         owner_acl: a.owner_acl,
         instance: snap.instance.clone(),
     };
-    let json = ctx.json;
+    let (json, quiet) = (ctx.json, ctx.quiet);
+    // Printed the moment it exists; with --quiet on stderr (the id matters if the restore then fails).
     let mut on_safety = |safety: &Id| {
-        if !json {
-            println!("safety snapshot {safety} holds database {database:?} as it was before this restore");
+        let line = format!(
+            "safety snapshot {safety} holds database {database:?} as it was before this restore"
+        );
+        if quiet {
+            eprintln!("cairn: {line}");
+        } else if !json {
+            println!("{line}");
         }
     };
     postgres::restore_database(repo, snap, &conn, &opts, &mut on_safety)
