@@ -343,6 +343,8 @@ fn restore_files(
 }
 
 /// Takes the next batch of chunk references from `pos` on: opens the files it starts and locates its blobs.
+/// Both run on every core (creating thousands of small files one after the other cost more than reading
+/// them); only the bookkeeping that follows is sequential.
 fn plan_batch(
     repo: &Repository,
     files: &mut Files,
@@ -350,25 +352,43 @@ fn plan_batch(
     overwrite: bool,
 ) -> Batch {
     let jobs = files.jobs;
-    let mut batch = Batch::default();
-    let (mut refs, mut opened) = (0usize, 0usize);
-    while pos.0 < jobs.len() && refs < BATCH_CHUNKS && opened < BATCH_FILES {
-        let (f, c) = *pos;
-        let job = &jobs[f];
-        if c == 0 {
-            opened += 1;
-            match create_file(&job.path, overwrite) {
-                Ok(file) => files.open[f] = Some(file),
-                Err(e) => files.fail(f, Some(e)),
-            }
+    let segments = next_segments(jobs, pos);
+    let opened: Vec<(usize, Result<File>)> = segments
+        .par_iter()
+        .filter(|seg| seg.first == 0)
+        .map(|seg| (seg.file, create_file(&jobs[seg.file].path, overwrite)))
+        .collect();
+    for (f, file) in opened {
+        match file {
+            Ok(file) => files.open[f] = Some(file),
+            Err(e) => files.fail(f, Some(e)),
         }
-        let take = (job.chunks.len() - c).min(BATCH_CHUNKS - refs);
-        refs += take.max(1);
-        for id in &job.chunks[c..c + take] {
-            if files.is_failed(f) {
-                break;
+    }
+    let located: Vec<Vec<Result<Location>>> = segments
+        .par_iter()
+        .map(|seg| {
+            if files.is_failed(seg.file) {
+                return Vec::new();
             }
-            let loc = match repo.locate(id) {
+            let ids = &jobs[seg.file].chunks[seg.first..seg.first + seg.take];
+            // A file fails at its first unlocatable chunk: nothing after it is looked up.
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let loc = repo.locate(id);
+                let failed = loc.is_err();
+                out.push(loc);
+                if failed {
+                    break;
+                }
+            }
+            out
+        })
+        .collect();
+    let mut batch = Batch::default();
+    for (seg, locs) in segments.iter().zip(located) {
+        let f = seg.file;
+        for (id, loc) in jobs[f].chunks[seg.first..].iter().zip(locs) {
+            let loc = match loc {
                 Ok(loc) => loc,
                 Err(e) => {
                     files.fail(f, Some(damage_found(repo, id, None, e)));
@@ -384,14 +404,44 @@ fn plan_batch(
             });
             batch.dests[i].push((f, at));
         }
-        if c + take == job.chunks.len() {
+        if seg.last {
             batch.finishing.push(f);
-            *pos = (f + 1, 0);
-        } else {
-            *pos = (f, c + take);
         }
     }
     batch
+}
+
+/// A file's share of a batch: chunks `first..first + take`; `last` when they end the file.
+struct Segment {
+    file: usize,
+    first: usize,
+    take: usize,
+    last: bool,
+}
+
+/// The segments of the next batch (at most [`BATCH_CHUNKS`] chunk references and [`BATCH_FILES`] files
+/// started), advancing `pos` past them.
+fn next_segments(jobs: &[FileJob], pos: &mut (usize, usize)) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let (mut refs, mut opened) = (0usize, 0usize);
+    while pos.0 < jobs.len() && refs < BATCH_CHUNKS && opened < BATCH_FILES {
+        let (f, c) = *pos;
+        let job = &jobs[f];
+        if c == 0 {
+            opened += 1;
+        }
+        let take = (job.chunks.len() - c).min(BATCH_CHUNKS - refs);
+        refs += take.max(1);
+        let last = c + take == job.chunks.len();
+        out.push(Segment {
+            file: f,
+            first: c,
+            take,
+            last,
+        });
+        *pos = if last { (f + 1, 0) } else { (f, c + take) };
+    }
+    out
 }
 
 /// Closes the files whose last chunk was written: a complete one gets its metadata, a failed one is removed.

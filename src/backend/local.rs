@@ -161,8 +161,8 @@ impl Backend for LocalBackend {
     fn read_plan(&self) -> super::ReadPlan {
         super::ReadPlan {
             gap: LOCAL_MERGE_GAP,
-            max_run: 8 << 20,
-            parallel: rayon::current_num_threads(),
+            max_run: 1 << 20,
+            parallel: 2 * rayon::current_num_threads(),
         }
     }
 
