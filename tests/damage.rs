@@ -5,40 +5,9 @@
 mod harness;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use harness::*;
-
-fn packs(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(repo.join("packs")).unwrap() {
-        for f in fs::read_dir(sub.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Two files, each in its own pack (1 MiB packs), so damage to one pack hits exactly one file.
-fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let (dir, repo) = new_repo();
-    let cfg_path = repo.join("config");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["pack_target_size"] = serde_json::json!(1024 * 1024);
-    fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let src = dir.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("victim.bin"), pseudo_random(1_200_000, 1)).unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let victim_pack = packs(&repo)
-        .into_iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    fs::write(src.join("survivor.bin"), pseudo_random(1_200_000, 2)).unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    (dir, repo, src, victim_pack)
-}
 
 fn assert_survivor_restores(repo: &Path, dir: &Path, src: &Path) {
     let t = dir.join("restored");
@@ -53,7 +22,7 @@ fn assert_survivor_restores(repo: &Path, dir: &Path, src: &Path) {
 
 #[test]
 fn flipped_bit_is_found_repaired_and_pruned() {
-    let (dir, repo, src, pack) = setup();
+    let (dir, repo, src, pack) = two_pack_repo();
     let mut bytes = fs::read(&pack).unwrap();
     bytes[5000] ^= 0x10;
     fs::write(&pack, bytes).unwrap();
@@ -80,7 +49,7 @@ fn flipped_bit_is_found_repaired_and_pruned() {
 
 #[test]
 fn truncated_pack_is_found_and_repaired() {
-    let (dir, repo, src, pack) = setup();
+    let (dir, repo, src, pack) = two_pack_repo();
     let len = fs::metadata(&pack).unwrap().len();
     let f = fs::OpenOptions::new().write(true).open(&pack).unwrap();
     f.set_len(len / 2).unwrap();
@@ -98,7 +67,7 @@ fn truncated_pack_is_found_and_repaired() {
 
 #[test]
 fn deleted_pack_is_found_and_damaged_snapshots_can_be_forgotten() {
-    let (_dir, repo, _src, pack) = setup();
+    let (_dir, repo, _src, pack) = two_pack_repo();
     fs::remove_file(&pack).unwrap();
     let (code, out, _) = run(cairn(&repo).arg("check"));
     assert_eq!(code, 1);

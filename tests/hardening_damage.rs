@@ -16,21 +16,6 @@ use std::process::Command;
 
 use harness::*;
 
-fn packs(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(repo.join("packs")).unwrap() {
-        let sub = sub.unwrap().path();
-        if !sub.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(sub).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Every snapshot file with its bytes.
 fn snapshot_files(repo: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out: Vec<_> = fs::read_dir(repo.join("snapshots"))
@@ -51,26 +36,6 @@ fn snapshot_ids(repo: &Path) -> Vec<String> {
     list.iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Two files, each in its own pack (1 MiB packs): the first snapshot holds `victim.bin`, the second both.
-fn two_packs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let (dir, repo) = new_repo();
-    let cfg_path = repo.join("config");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["pack_target_size"] = serde_json::json!(1024 * 1024);
-    fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let src = dir.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("victim.bin"), pseudo_random(1_200_000, 1)).unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let victim_pack = packs(&repo)
-        .into_iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
-    fs::write(src.join("survivor.bin"), pseudo_random(1_200_000, 2)).unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    (dir, repo, src, victim_pack)
 }
 
 /// The uid the permission tests run cairn as.
@@ -144,7 +109,7 @@ fn chunks_new(v: &serde_json::Value) -> u64 {
 #[test]
 fn repair_snapshots_stops_on_a_permission_error_and_changes_nothing() {
     for what in ["pack file", "pack directory"] {
-        let (dir, repo, src, victim) = two_packs();
+        let (dir, repo, src, victim) = two_pack_repo();
         if !give_to_nobody(dir.path()) {
             return;
         }
@@ -204,7 +169,7 @@ fn repair_snapshots_stops_on_a_permission_error_and_changes_nothing() {
 /// damaged blob listed, and no advice to repair or forget snapshots.
 #[test]
 fn check_reports_a_permission_error_as_an_error_not_damage() {
-    let (dir, repo, src, victim) = two_packs();
+    let (dir, repo, src, victim) = two_pack_repo();
     if !give_to_nobody(dir.path()) {
         return;
     }
@@ -435,7 +400,7 @@ fn repair_snapshots_stops_on_an_io_error_and_changes_nothing() {
         ("EMFILE", || std::io::Error::from_raw_os_error(libc::EMFILE)),
         ("other", || std::io::Error::other("controller reset")),
     ];
-    let healthy = two_packs();
+    let healthy = two_pack_repo();
     let damaged = rotten();
     for (label, repo_dir) in [("healthy", &healthy.1), ("damaged", &damaged.1)] {
         let repo = cairn::Repository::open(repo_dir).unwrap();
@@ -504,7 +469,7 @@ fn repair_snapshots_stops_on_an_io_error_and_changes_nothing() {
 /// backup stores nothing new).
 #[test]
 fn a_record_of_damage_that_check_read_data_disproves_is_dropped() {
-    let (dir, repo, src, victim) = two_packs();
+    let (dir, repo, src, victim) = two_pack_repo();
     let aside = dir.path().join("aside");
     fs::rename(&victim, &aside).unwrap();
     let t = dir.path().join("t");

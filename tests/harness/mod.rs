@@ -271,3 +271,41 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         assert_eq!(ea.xattrs, eb.xattrs, "{p:?} extended attributes");
     }
 }
+
+/// Every pack file of a repository, sorted.
+pub fn packs(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in fs::read_dir(repo.join("packs")).unwrap() {
+        let sub = sub.unwrap().path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for f in fs::read_dir(sub).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A repository with 1 MiB packs and two files each in a pack of its own: the first snapshot holds
+/// `victim.bin`, the second both it and `survivor.bin`, so damage to the victim's pack hits exactly one file.
+/// Returns (temp dir, repository, source, the victim's pack).
+pub fn two_pack_repo() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let (dir, repo) = new_repo();
+    let cfg_path = repo.join("config");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["pack_target_size"] = serde_json::json!(1024 * 1024);
+    fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("victim.bin"), pseudo_random(1_200_000, 1)).unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let victim_pack = packs(&repo)
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::write(src.join("survivor.bin"), pseudo_random(1_200_000, 2)).unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    (dir, repo, src, victim_pack)
+}
