@@ -715,6 +715,15 @@ fn cpath(path: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::other("path contains NUL"))
 }
 
+/// Access and modification times for `futimens`/`utimensat`: both set to the recorded mtime.
+fn mtimes(meta: &Meta) -> [libc::timespec; 2] {
+    let t = libc::timespec {
+        tv_sec: meta.mtime as libc::time_t,
+        tv_nsec: meta.mtime_nsec as _,
+    };
+    [t, t]
+}
+
 /// Applies owner (when root), mode and mtime to a file still open, through its descriptor (no path lookups).
 fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
     use std::os::fd::AsRawFd;
@@ -728,11 +737,7 @@ fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
         .at(path)?;
     // After the mode, as in `apply_meta`: an access ACL carries the group bits' mask.
     crate::xattrs::apply(path, &meta.xattrs, root)?;
-    let t = libc::timespec {
-        tv_sec: meta.mtime as libc::time_t,
-        tv_nsec: meta.mtime_nsec as _,
-    };
-    let times = [t, t];
+    let times = mtimes(meta);
     // SAFETY: `fd` is an open descriptor owned by `file` and `times` points to two initialised timespecs.
     if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
         return Err(Error::io(path, std::io::Error::last_os_error()));
@@ -758,11 +763,7 @@ fn apply_meta(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
     }
     // After the mode: an access ACL carries the group bits' mask, which chmod would otherwise overwrite.
     crate::xattrs::apply(path, &meta.xattrs, root)?;
-    let t = libc::timespec {
-        tv_sec: meta.mtime as libc::time_t,
-        tv_nsec: meta.mtime_nsec as _,
-    };
-    let times = [t, t];
+    let times = mtimes(meta);
     // SAFETY: `c` is a valid path and `times` points to two initialised timespecs.
     let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
     if r != 0 {
