@@ -28,7 +28,8 @@ use crate::pack;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind};
+use crate::walk::{self, Place, Step};
 
 /// Which packs to read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -289,47 +290,65 @@ fn check_trees(
     r: &mut CheckReport,
     damaged: &mut Damage,
 ) -> Result<()> {
-    let mut seen_trees = HashSet::new();
-    let mut seen_chunks = HashSet::new();
-    let mut stack: Vec<Id> = snapshots
+    let mut v = TreeCheck {
+        repo,
+        r,
+        damaged,
+        seen_trees: HashSet::new(),
+        seen_chunks: HashSet::new(),
+    };
+    for root in snapshots
         .iter()
         .flat_map(|(_, s)| s.tree.into_iter().chain(s.stream_tree))
-        .collect();
-    while let Some(t) = stack.pop() {
-        if !seen_trees.insert(t) {
-            continue;
-        }
-        let tree = match repo.read_tree(&t) {
-            Ok(tree) => tree,
-            Err(e) if !e.is_damage() => {
-                r.read_errors.push(format!("tree {t}: {e}"));
-                continue;
-            }
-            Err(e) => {
-                r.errors.push(format!("tree {t}: {e}"));
-                let pack = repo.index().lookup(&t)?.map_or(NO_PACK, |l| l.pack);
-                damaged.insert(t, (pack, e.to_string()));
-                continue;
-            }
-        };
-        for node in tree.nodes {
-            match node.kind {
-                NodeKind::Dir { subtree } => stack.push(subtree),
-                NodeKind::File { chunks, .. } => {
-                    for c in chunks {
-                        if seen_chunks.insert(c) && !repo.index().contains(&c)? {
-                            r.errors
-                                .push(format!("chunk {c} is referenced but not indexed"));
-                            damaged.insert(c, (NO_PACK, "not indexed".into()));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+    {
+        walk::walk(repo, &root, &mut v)?;
     }
-    r.trees = seen_trees.len() as u64;
+    v.r.trees = v.seen_trees.len() as u64;
     Ok(())
+}
+
+/// The structural walk of [`check_trees`]: each tree once, however many snapshots share it.
+struct TreeCheck<'a> {
+    repo: &'a Repository,
+    r: &'a mut CheckReport,
+    damaged: &'a mut Damage,
+    seen_trees: HashSet<Id>,
+    seen_chunks: HashSet<Id>,
+}
+
+impl walk::Visitor for TreeCheck<'_> {
+    fn before_tree(&mut self, id: &Id, _: Place) -> Result<Step> {
+        Ok(if self.seen_trees.insert(*id) {
+            Step::Descend
+        } else {
+            Step::Skip
+        })
+    }
+
+    fn tree_error(&mut self, t: &Id, _: Place, e: Error) -> Result<()> {
+        if !e.is_damage() {
+            self.r.read_errors.push(format!("tree {t}: {e}"));
+            return Ok(());
+        }
+        self.r.errors.push(format!("tree {t}: {e}"));
+        let pack = self.repo.index().lookup(t)?.map_or(NO_PACK, |l| l.pack);
+        self.damaged.insert(*t, (pack, e.to_string()));
+        Ok(())
+    }
+
+    fn entry(&mut self, _: Place, node: &Node) -> Result<Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            for c in chunks {
+                if self.seen_chunks.insert(*c) && !self.repo.index().contains(c)? {
+                    self.r
+                        .errors
+                        .push(format!("chunk {c} is referenced but not indexed"));
+                    self.damaged.insert(*c, (NO_PACK, "not indexed".into()));
+                }
+            }
+        }
+        Ok(Step::Descend)
+    }
 }
 
 fn selected(id: &Id, read_data: ReadData) -> bool {
@@ -404,7 +423,13 @@ fn read_packs(
                 let res = bytes
                     .get(e.offset as usize..end)
                     .ok_or_else(|| Error::corrupt("pack", "blob beyond end of file"))
-                    .and_then(|stored| pack::decode_blob(e, stored));
+                    .and_then(|stored| {
+                        let loc = crate::index::Location {
+                            pack: p.id,
+                            entry: *e,
+                        };
+                        repo.decode_stored(&loc, stored)
+                    });
                 if let Err(err) = res {
                     bad.push((e.id, err.to_string()));
                 }
@@ -453,55 +478,72 @@ fn read_packs(
 }
 
 /// For each damaged blob, the `snapshot: path` entries that need it (trees included: a damaged tree makes
-/// everything under it unreachable, so its own path is named).
+/// everything under it unreachable, so its own path is named). Trees that cannot be read are passed over.
 fn affected_paths(
     repo: &Repository,
     snapshots: &[(Id, Snapshot)],
     damaged: &HashSet<Id>,
 ) -> Result<BTreeMap<Id, Vec<String>>> {
-    let mut out: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+    let mut v = Affected {
+        damaged,
+        out: BTreeMap::new(),
+        snapshot: String::new(),
+        prefix: "",
+    };
     for (sid, snap) in snapshots {
-        let roots = [(snap.tree, ""), (snap.stream_tree, "stream:")];
-        for (root, prefix) in roots {
+        v.snapshot = sid.short();
+        for (root, prefix) in [(snap.tree, ""), (snap.stream_tree, "stream:")] {
             let Some(root) = root else { continue };
-            let mut stack = vec![(root, prefix.to_string())];
-            while let Some((t, path)) = stack.pop() {
-                if damaged.contains(&t) {
-                    out.entry(t).or_default().push(format!(
-                        "{}: {}",
-                        sid.short(),
-                        if path.is_empty() { "/" } else { &path }
-                    ));
-                    continue;
-                }
-                let Ok(tree) = repo.read_tree(&t) else {
-                    continue;
-                };
-                for node in tree.nodes {
-                    let name = String::from_utf8_lossy(&node.name);
-                    let p = if path.is_empty() || path.ends_with(':') {
-                        format!("{path}{name}")
-                    } else {
-                        format!("{path}/{name}")
-                    };
-                    match node.kind {
-                        NodeKind::Dir { subtree } => stack.push((subtree, p)),
-                        NodeKind::File { chunks, .. } => {
-                            for c in chunks
-                                .iter()
-                                .filter(|c| damaged.contains(c))
-                                .collect::<BTreeSet<_>>()
-                            {
-                                out.entry(*c)
-                                    .or_default()
-                                    .push(format!("{}: {p}", sid.short()));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            v.prefix = prefix;
+            walk::walk(repo, &root, &mut v)?;
         }
     }
-    Ok(out)
+    Ok(v.out)
+}
+
+/// The walk of [`affected_paths`] through one root of one snapshot.
+struct Affected<'a> {
+    damaged: &'a HashSet<Id>,
+    out: BTreeMap<Id, Vec<String>>,
+    snapshot: String,
+    prefix: &'static str,
+}
+
+impl Affected<'_> {
+    fn note(&mut self, blob: Id, at: Place) {
+        let path = at.shown_under(self.prefix);
+        let shown = if path.is_empty() { "/" } else { &path };
+        self.out
+            .entry(blob)
+            .or_default()
+            .push(format!("{}: {shown}", self.snapshot));
+    }
+}
+
+impl walk::Visitor for Affected<'_> {
+    fn before_tree(&mut self, id: &Id, at: Place) -> Result<Step> {
+        if self.damaged.contains(id) {
+            self.note(*id, at);
+            return Ok(Step::Skip);
+        }
+        Ok(Step::Descend)
+    }
+
+    fn tree_error(&mut self, _: &Id, _: Place, _: Error) -> Result<()> {
+        Ok(())
+    }
+
+    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            let bad: BTreeSet<Id> = chunks
+                .iter()
+                .filter(|c| self.damaged.contains(c))
+                .copied()
+                .collect();
+            for c in bad {
+                self.note(c, at);
+            }
+        }
+        Ok(Step::Descend)
+    }
 }

@@ -14,32 +14,55 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 use crate::hashing::Id;
 use crate::repo::Repository;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind, Tree};
+use crate::walk::{self, Place, Step};
 
 /// Removes every entry below `dest` that the tree `tree` does not hold; returns how many were removed (a
 /// removed directory counts once, whatever it held).
 pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
-    let tree = repo.read_tree(tree)?;
-    let mut removed = 0;
-    for entry in fs::read_dir(dest).at(dest)? {
-        let entry = entry.at(dest)?;
-        let path = entry.path();
-        // `file_type` of a directory entry does not follow symlinks.
-        let kind = entry.file_type().at(&path)?;
-        match tree.get(entry.file_name().as_bytes()).map(|n| &n.kind) {
-            None => {
-                if kind.is_dir() {
-                    fs::remove_dir_all(&path).at(&path)?;
-                } else {
-                    fs::remove_file(&path).at(&path)?;
-                }
-                removed += 1;
+    let mut v = DeleteAbsent { dest, removed: 0 };
+    walk::walk(repo, tree, &mut v)?;
+    Ok(v.removed)
+}
+
+/// The walk of the snapshot's tree: each directory of it is compared with the directory on disk at the same
+/// path, which is entered only when it is a real directory there.
+struct DeleteAbsent<'a> {
+    dest: &'a Path,
+    removed: u64,
+}
+
+impl walk::Visitor for DeleteAbsent<'_> {
+    fn tree(&mut self, _: &Id, at: Place, tree: &Tree) -> Result<()> {
+        let dir = self.dest.join(at.as_path());
+        for entry in fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            if tree.get(entry.file_name().as_bytes()).is_some() {
+                continue;
             }
-            Some(NodeKind::Dir { subtree }) if kind.is_dir() => {
-                removed += delete_absent(repo, subtree, &path)?;
+            let path = entry.path();
+            // `file_type` of a directory entry does not follow symlinks.
+            if entry.file_type().at(&path)?.is_dir() {
+                fs::remove_dir_all(&path).at(&path)?;
+            } else {
+                fs::remove_file(&path).at(&path)?;
             }
-            Some(_) => {}
+            self.removed += 1;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+        if !matches!(node.kind, NodeKind::Dir { .. }) {
+            return Ok(Step::Skip);
+        }
+        let path = self.dest.join(at.as_path());
+        // Not followed: a symlink where the snapshot has a directory is left alone, never entered.
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_dir() => Ok(Step::Descend),
+            Ok(_) => Ok(Step::Skip),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Step::Skip),
+            Err(e) => Err(crate::error::Error::io(&path, e)),
         }
     }
-    Ok(removed)
 }

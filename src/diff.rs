@@ -6,7 +6,8 @@
 //! size of what changed, not of the snapshots. Content changed means the chunk lists differ (equal chunk
 //! lists are equal bytes). Metadata compared: type, mode, mtime (to the nanosecond), uid, gid, extended
 //! attributes (names listed when any differs), symlink target and device numbers; ctime, inode and link count are not (they change on every copy and are not
-//! restored). An entry whose type changed is reported as removed and added.
+//! restored). An entry whose type changed is reported as removed and added. The two trees are merged here;
+//! what lies below an entry present on one side only is listed by the common walk ([`crate::walk`]).
 //!
 //! Databases: the row counts recorded at backup time (`metadata.postgres.tables`) are compared, so a diff
 //! needs no server and no dump is read.
@@ -22,6 +23,7 @@ use crate::postgres::PgFacts;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind, Tree};
+use crate::walk;
 
 /// An entry present on one side only.
 #[derive(Debug, Clone, Serialize)]
@@ -164,12 +166,23 @@ impl Walk<'_> {
     /// An entry (and everything below it) present on one side only.
     fn one_side(&mut self, node: &Node, prefix: &str, added: bool) -> Result<()> {
         let path = join(prefix, &node.name);
+        self.record(&path, node, added);
+        if let NodeKind::Dir { subtree } = &node.kind {
+            for (rel, child) in walk::entries(self.repo, subtree)? {
+                self.record(&join(&path, &rel), &child, added);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports one entry present on one side only.
+    fn record(&mut self, path: &str, node: &Node, added: bool) {
         let size = match &node.kind {
             NodeKind::File { size, .. } => *size,
             _ => 0,
         };
         let entry = Entry {
-            path: path.clone(),
+            path: path.to_string(),
             kind: kind_name(&node.kind),
             size,
         };
@@ -190,12 +203,6 @@ impl Walk<'_> {
             (true, false) => &mut self.report.streams_removed,
         };
         list.push(entry);
-        if let NodeKind::Dir { subtree } = &node.kind {
-            for child in self.repo.read_tree(subtree)?.nodes {
-                self.one_side(&child, &path, added)?;
-            }
-        }
-        Ok(())
     }
 
     fn both(&mut self, a: &Node, b: &Node, prefix: &str) -> Result<()> {

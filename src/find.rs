@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::repo::Repository;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind, Tree};
+use crate::walk::{self, Place, Step};
 
 /// One matching entry.
 #[derive(Debug, Clone, Serialize)]
@@ -90,7 +91,7 @@ pub fn find(repo: &Repository, pattern: &str, instance: Option<&str>) -> Result<
     report.snapshots_searched = snaps.len();
     for (id, s) in snaps {
         let mut matches = match &s.tree {
-            Some(t) => search.tree(t, "")?.as_ref().clone(),
+            Some(t) => search.tree(t)?.as_ref().clone(),
             None => Vec::new(),
         };
         for st in &s.streams {
@@ -118,52 +119,99 @@ pub fn find(repo: &Repository, pattern: &str, instance: Option<&str>) -> Result<
 }
 
 impl Search<'_> {
-    /// The matches below tree `id`, with paths relative to it; `prefix` is its path in the snapshot (which
-    /// path patterns match against).
-    fn tree(&mut self, id: &Id, prefix: &str) -> Result<Cached> {
-        let key = (*id, if self.by_path { prefix } else { "" }.to_string());
-        if let Some(hit) = self.cache.get(&key) {
-            self.trees_cached += 1;
-            return Ok(hit.clone());
+    /// The matches below tree `id` (a snapshot's root), with paths relative to it.
+    fn tree(&mut self, id: &Id) -> Result<Cached> {
+        let repo = self.repo;
+        let mut w = FindWalk {
+            s: self,
+            open: Vec::new(),
+            result: None,
+        };
+        walk::walk(repo, id, &mut w)?;
+        w.result
+            .ok_or_else(|| Error::Invalid(format!("tree {id} was not searched")))
+    }
+
+    /// The cache key of the tree `id` at `at`: path patterns depend on where the tree is, name patterns not.
+    fn key(&self, id: &Id, at: Place) -> (Id, String) {
+        let prefix = if self.by_path {
+            at.lossy().into_owned()
+        } else {
+            String::new()
+        };
+        (*id, prefix)
+    }
+}
+
+/// The walk of one snapshot's tree: the matches below each tree are gathered when the tree is done
+/// (post-order) and cached; a tree found in the cache is not read.
+struct FindWalk<'s, 'r> {
+    s: &'s mut Search<'r>,
+    /// The matches so far of each tree being searched, relative to it.
+    open: Vec<Vec<Found>>,
+    result: Option<Cached>,
+}
+
+impl FindWalk<'_, '_> {
+    /// Hands the matches below the tree at `at` to the tree holding it, or makes them the result.
+    fn settle(&mut self, found: Cached, at: Place) {
+        let Some(top) = self.open.last_mut() else {
+            self.result = Some(found);
+            return;
+        };
+        let path = at.lossy();
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        top.extend(found.iter().map(|f| Found {
+            path: format!("{name}/{}", f.path),
+            ..f.clone()
+        }));
+    }
+}
+
+impl walk::Visitor for FindWalk<'_, '_> {
+    fn before_tree(&mut self, id: &Id, at: Place) -> Result<Step> {
+        if let Some(hit) = self.s.cache.get(&self.s.key(id, at)).cloned() {
+            self.s.trees_cached += 1;
+            self.settle(hit, at);
+            return Ok(Step::Skip);
         }
-        self.trees_read += 1;
-        let mut found = Vec::new();
-        for node in self.repo.read_tree(id)?.nodes {
-            let name = String::from_utf8_lossy(&node.name).into_owned();
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let hit = if self.by_path {
-                self.matcher.is_match(&path)
-            } else {
-                self.matcher.is_match(&name)
-            };
-            if hit {
-                found.push(Found {
-                    path: name.clone(),
-                    kind: crate::diff::kind_name(&node.kind),
-                    size: match &node.kind {
-                        NodeKind::File { size, .. } => *size,
-                        _ => 0,
-                    },
-                    mtime: chrono::DateTime::from_timestamp(node.meta.mtime, 0)
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default(),
-                });
-            }
-            if let NodeKind::Dir { subtree } = &node.kind {
-                for f in self.tree(subtree, &path)?.iter() {
-                    found.push(Found {
-                        path: format!("{name}/{}", f.path),
-                        ..f.clone()
-                    });
-                }
-            }
+        self.s.trees_read += 1;
+        Ok(Step::Descend)
+    }
+
+    fn tree(&mut self, _: &Id, _: Place, _: &Tree) -> Result<()> {
+        self.open.push(Vec::new());
+        Ok(())
+    }
+
+    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+        let name = String::from_utf8_lossy(&node.name).into_owned();
+        let hit = if self.s.by_path {
+            self.s.matcher.is_match(&*at.lossy())
+        } else {
+            self.s.matcher.is_match(&name)
+        };
+        if let (true, Some(top)) = (hit, self.open.last_mut()) {
+            top.push(Found {
+                path: name,
+                kind: crate::diff::kind_name(&node.kind),
+                size: match &node.kind {
+                    NodeKind::File { size, .. } => *size,
+                    _ => 0,
+                },
+                mtime: chrono::DateTime::from_timestamp(node.meta.mtime, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default(),
+            });
         }
-        let found = Rc::new(found);
-        self.cache.insert(key, found.clone());
-        Ok(found)
+        Ok(Step::Descend)
+    }
+
+    fn tree_done(&mut self, id: &Id, at: Place) -> Result<()> {
+        let found = Rc::new(self.open.pop().unwrap_or_default());
+        let key = self.s.key(id, at);
+        self.s.cache.insert(key, found.clone());
+        self.settle(found, at);
+        Ok(())
     }
 }

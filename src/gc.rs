@@ -39,7 +39,8 @@ use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
 use crate::retention::{self, Candidate, Decision, KeepPolicy};
 use crate::snapshot::Snapshot;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind};
+use crate::walk::{self, Step};
 
 /// The tag of a safety snapshot, taken before a restore overwrites a database (`--replace`) or an instance's
 /// files (`--in-place`). A retention policy never removes one unless `include_safety`; naming it by id does.
@@ -364,32 +365,9 @@ fn mark(repo: &Repository, roots: Vec<Id>) -> Result<u64> {
     repo.index().raw().execute_batch(
         "DROP TABLE IF EXISTS temp.used; CREATE TEMP TABLE used (id BLOB PRIMARY KEY) WITHOUT ROWID;",
     )?;
-    let insert = |id: &Id| -> Result<bool> {
-        let idx = repo.index();
-        let mut st = idx
-            .raw()
-            .prepare_cached("INSERT OR IGNORE INTO temp.used(id) VALUES (?1)")?;
-        Ok(st.execute(params![&id.0[..]])? == 1)
-    };
-    let mut stack = roots;
-    while let Some(t) = stack.pop() {
-        if !insert(&t)? {
-            continue;
-        }
-        let tree = repo
-            .read_tree(&t)
-            .map_err(|e| refuse(&format!("tree {t}: {e}")))?;
-        for node in tree.nodes {
-            match node.kind {
-                NodeKind::Dir { subtree } => stack.push(subtree),
-                NodeKind::File { chunks, .. } => {
-                    for c in &chunks {
-                        insert(c)?;
-                    }
-                }
-                _ => {}
-            }
-        }
+    let mut marker = Marker { repo };
+    for root in &roots {
+        walk::walk(repo, root, &mut marker)?;
     }
     let idx = repo.index();
     let missing: i64 = idx.raw().query_row(
@@ -405,6 +383,43 @@ fn mark(repo: &Repository, roots: Vec<Id>) -> Result<u64> {
     Ok(idx
         .raw()
         .query_row("SELECT count(*) FROM temp.used", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// Marks what it visits in `temp.used`; a tree already marked is not read again (its blobs are marked).
+struct Marker<'r> {
+    repo: &'r Repository,
+}
+
+impl Marker<'_> {
+    /// Marks `id`; false if it was marked already.
+    fn insert(&self, id: &Id) -> Result<bool> {
+        let idx = self.repo.index();
+        let mut st = idx
+            .raw()
+            .prepare_cached("INSERT OR IGNORE INTO temp.used(id) VALUES (?1)")?;
+        Ok(st.execute(params![&id.0[..]])? == 1)
+    }
+}
+
+impl walk::Visitor for Marker<'_> {
+    fn before_tree(&mut self, id: &Id, _: walk::Place) -> Result<Step> {
+        Ok(if self.insert(id)? {
+            Step::Descend
+        } else {
+            Step::Skip
+        })
+    }
+    fn tree_error(&mut self, id: &Id, _: walk::Place, e: Error) -> Result<()> {
+        Err(refuse(&format!("tree {id}: {e}")))
+    }
+    fn entry(&mut self, _: walk::Place, node: &Node) -> Result<Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            for c in chunks {
+                self.insert(c)?;
+            }
+        }
+        Ok(Step::Descend)
+    }
 }
 
 fn refuse(why: &str) -> Error {
@@ -477,7 +492,11 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<HashSet<Id>> {
                     .ok_or_else(|| {
                         Error::corrupt(format!("pack {}", u.id), "blob beyond end of file")
                     })?;
-                pack::decode_blob(&e, stored)
+                let loc = crate::index::Location {
+                    pack: u.id,
+                    entry: e,
+                };
+                repo.decode_stored(&loc, stored)
                     .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
                 writer.save_stored(&e, stored)?;
             }

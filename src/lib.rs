@@ -5,7 +5,8 @@
 //! on-disk format is specified in `format-spec/`; each module that encodes part of it names its section.
 //!
 //! Module map: [`chunking`] (FastCDC), [`hashing`] (ids), [`pack`] (pack format), [`pack_writer`] (dedup and
-//! durable pack writes), [`index`] (SQLite), [`tree`], [`snapshot`], [`repo`] (layout, reads), [`backup`],
+//! durable pack writes), [`index`] (SQLite), [`tree`], [`walk`] (the one walk of snapshot trees), [`snapshot`],
+//! [`repo`] (layout, and the one read path of blobs with [`fetch`]), [`backup`],
 //! [`restore`], [`check`], [`repair`], [`lock`], [`config`], [`postgres`] (pg_dump streams and verified
 //! restores).
 
@@ -43,6 +44,7 @@ pub mod runner;
 pub mod schedule;
 pub mod snapshot;
 pub mod tree;
+pub mod walk;
 pub mod xattrs;
 
 pub use error::{Error, Result};

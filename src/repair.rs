@@ -30,7 +30,8 @@ use crate::lock;
 use crate::pack;
 use crate::repo::{list_pack_files, Repository};
 use crate::snapshot::Snapshot;
-use crate::tree::{NodeKind, Tree};
+use crate::tree::{Node, NodeKind, Tree};
+use crate::walk::{self, FnSource, Place, Step};
 
 /// What a rebuild found.
 #[derive(Debug, Default, Serialize)]
@@ -263,33 +264,15 @@ impl Verifier<'_> {
         if let Some(v) = self.trees.get(t) {
             return Ok(v.clone());
         }
-        let health = match self.reader.read_tree(t) {
-            Err(e) if e.is_damage() => TreeHealth::Unreadable(e.to_string()),
-            Err(e) => return Err(e),
-            Ok(tree) => {
-                let mut clean = true;
-                for node in &tree.nodes {
-                    match &node.kind {
-                        NodeKind::File { chunks, .. } => {
-                            for c in chunks {
-                                clean &= !self.blob_damaged(c)?;
-                            }
-                        }
-                        NodeKind::Dir { subtree } => {
-                            clean &= self.tree(subtree)? == TreeHealth::Clean;
-                        }
-                        _ => {}
-                    }
-                }
-                if clean {
-                    TreeHealth::Clean
-                } else {
-                    TreeHealth::HasDamage
-                }
-            }
+        let reader = self.reader;
+        let mut walk = HealthWalk {
+            v: self,
+            open: Vec::new(),
+            result: None,
         };
-        self.trees.insert(*t, health.clone());
-        Ok(health)
+        walk::walk(&FnSource(|id: &Id| reader.read_tree(id)), t, &mut walk)?;
+        walk.result
+            .ok_or_else(|| Error::Invalid(format!("tree {t} was not verified")))
     }
 
     /// The damaged blobs and trees, with why.
@@ -303,6 +286,72 @@ impl Verifier<'_> {
             _ => None,
         });
         blobs.chain(trees)
+    }
+}
+
+/// The walk of [`Verifier::tree`]: a tree's health is known once everything below it is (post-order), and
+/// a tree with a verdict already is not walked again.
+struct HealthWalk<'v, 'a> {
+    v: &'v mut Verifier<'a>,
+    /// For each tree being walked: clean so far.
+    open: Vec<bool>,
+    /// The verdict of the walk's root.
+    result: Option<TreeHealth>,
+}
+
+impl HealthWalk<'_, '_> {
+    /// Hands a subtree's verdict to the tree that holds it (or makes it the result).
+    fn fold(&mut self, h: TreeHealth) {
+        match self.open.last_mut() {
+            Some(clean) => *clean &= h == TreeHealth::Clean,
+            None => self.result = Some(h),
+        }
+    }
+}
+
+impl walk::Visitor for HealthWalk<'_, '_> {
+    fn before_tree(&mut self, id: &Id, _: Place) -> Result<Step> {
+        match self.v.trees.get(id).cloned() {
+            Some(h) => {
+                self.fold(h);
+                Ok(Step::Skip)
+            }
+            None => Ok(Step::Descend),
+        }
+    }
+    fn tree(&mut self, _: &Id, _: Place, _: &Tree) -> Result<()> {
+        self.open.push(true);
+        Ok(())
+    }
+    fn tree_error(&mut self, id: &Id, _: Place, e: Error) -> Result<()> {
+        if !e.is_damage() {
+            return Err(e);
+        }
+        let h = TreeHealth::Unreadable(e.to_string());
+        self.v.trees.insert(*id, h.clone());
+        self.fold(h);
+        Ok(())
+    }
+    fn entry(&mut self, _: Place, node: &Node) -> Result<Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            let mut clean = true;
+            for c in chunks {
+                clean &= !self.v.blob_damaged(c)?;
+            }
+            if let Some(open) = self.open.last_mut() {
+                *open &= clean;
+            }
+        }
+        Ok(Step::Descend)
+    }
+    fn tree_done(&mut self, id: &Id, _: Place) -> Result<()> {
+        let h = match self.open.pop() {
+            Some(true) => TreeHealth::Clean,
+            _ => TreeHealth::HasDamage,
+        };
+        self.v.trees.insert(*id, h.clone());
+        self.fold(h);
+        Ok(())
     }
 }
 
@@ -410,7 +459,7 @@ fn plan(
     snap: &Snapshot,
 ) -> Result<(Option<Id>, Option<Id>, Vec<String>)> {
     let mut dropped = Vec::new();
-    let mut rebuild_root = |root: Option<Id>, prefix: &str| match root {
+    let mut rebuild_root = |root: Option<Id>, prefix: &'static str| match root {
         Some(t) => rebuild(writer, v, t, prefix, &mut dropped),
         None => Ok(None),
     };
@@ -460,52 +509,102 @@ fn rebuild(
     writer: Option<&crate::pack_writer::PackWriter>,
     v: &mut Verifier,
     t: Id,
-    path: &str,
+    prefix: &'static str,
     dropped: &mut Vec<String>,
 ) -> Result<Option<Id>> {
-    match v.tree(&t)? {
-        TreeHealth::Clean => return Ok(Some(t)),
-        TreeHealth::Unreadable(_) => {
-            dropped.push(if path.is_empty() {
-                "/".into()
-            } else {
-                path.to_string()
-            });
-            return Ok(None);
-        }
-        TreeHealth::HasDamage => {}
-    }
-    let tree = v.reader.read_tree(&t)?;
-    let mut nodes = Vec::with_capacity(tree.nodes.len());
-    for mut node in tree.nodes {
-        let name = String::from_utf8_lossy(&node.name).into_owned();
-        let p = if path.is_empty() || path.ends_with(':') {
-            format!("{path}{name}")
-        } else {
-            format!("{path}/{name}")
+    let reader = v.reader;
+    let mut walk = RebuildWalk {
+        writer,
+        v,
+        prefix,
+        dropped,
+        open: Vec::new(),
+        pending: Vec::new(),
+        result: None,
+    };
+    walk::walk(&FnSource(|id: &Id| reader.read_tree(id)), &t, &mut walk)?;
+    walk.result
+        .ok_or_else(|| Error::Invalid(format!("tree {t} was not rebuilt")))
+}
+
+/// The walk of [`rebuild`]: clean subtrees are kept as they are and not entered, damaged ones dropped, and
+/// a tree with damage below it is written anew once its entries are known (post-order).
+struct RebuildWalk<'w, 'v, 'a> {
+    writer: Option<&'w crate::pack_writer::PackWriter<'w>>,
+    v: &'v mut Verifier<'a>,
+    /// Shown before every dropped path (`stream:` for the stream tree).
+    prefix: &'static str,
+    dropped: &'v mut Vec<String>,
+    /// The entries kept so far of each tree being rebuilt.
+    open: Vec<Vec<Node>>,
+    /// The directory entries whose subtree is being rebuilt, innermost last.
+    pending: Vec<Node>,
+    /// The new id of the walk's root (`None` when it is dropped).
+    result: Option<Option<Id>>,
+}
+
+impl RebuildWalk<'_, '_, '_> {
+    /// A subtree is settled: its entry is kept with the new id, or left out; the root's is the result.
+    fn settle(&mut self, new: Option<Id>) {
+        let Some(mut node) = self.pending.pop() else {
+            self.result = Some(new);
+            return;
         };
-        match &mut node.kind {
+        if let (Some(new), Some(open)) = (new, self.open.last_mut()) {
+            node.kind = NodeKind::Dir { subtree: new };
+            open.push(node);
+        }
+    }
+}
+
+impl walk::Visitor for RebuildWalk<'_, '_, '_> {
+    fn before_tree(&mut self, id: &Id, at: Place) -> Result<Step> {
+        match self.v.tree(id)? {
+            TreeHealth::Clean => self.settle(Some(*id)),
+            TreeHealth::Unreadable(_) => {
+                let path = at.shown_under(self.prefix);
+                self.dropped
+                    .push(if path.is_empty() { "/".into() } else { path });
+                self.settle(None);
+            }
+            TreeHealth::HasDamage => return Ok(Step::Descend),
+        }
+        Ok(Step::Skip)
+    }
+    fn tree(&mut self, _: &Id, _: Place, tree: &Tree) -> Result<()> {
+        self.open.push(Vec::with_capacity(tree.nodes.len()));
+        Ok(())
+    }
+    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+        match &node.kind {
+            NodeKind::Dir { .. } => {
+                self.pending.push(node.clone());
+                return Ok(Step::Descend);
+            }
             NodeKind::File { chunks, .. } => {
                 let mut bad = false;
-                for c in chunks.iter() {
-                    bad |= v.blob_damaged(c)?;
+                for c in chunks {
+                    bad |= self.v.blob_damaged(c)?;
                 }
                 if bad {
-                    dropped.push(p);
-                    continue;
+                    self.dropped.push(at.shown_under(self.prefix));
+                    return Ok(Step::Skip);
                 }
             }
-            NodeKind::Dir { subtree } => match rebuild(writer, v, *subtree, &p, dropped)? {
-                Some(new) => *subtree = new,
-                None => continue,
-            },
             _ => {}
         }
-        nodes.push(node);
+        if let Some(open) = self.open.last_mut() {
+            open.push(node.clone());
+        }
+        Ok(Step::Skip)
     }
-    let (bytes, id) = Tree::new(nodes)?.encode()?;
-    if let Some(w) = writer {
-        w.save_with_id(crate::pack::BlobKind::Tree, id, &bytes)?;
+    fn tree_done(&mut self, _: &Id, _: Place) -> Result<()> {
+        let nodes = self.open.pop().unwrap_or_default();
+        let (bytes, id) = Tree::new(nodes)?.encode()?;
+        if let Some(w) = self.writer {
+            w.save_with_id(crate::pack::BlobKind::Tree, id, &bytes)?;
+        }
+        self.settle(Some(id));
+        Ok(())
     }
-    Ok(Some(id))
 }

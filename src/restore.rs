@@ -28,6 +28,7 @@ use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Meta, Node, NodeKind};
+use crate::walk::{self, FnSource, Place, Step};
 
 /// Where and what to restore.
 #[derive(Debug, Default, Clone)]
@@ -67,7 +68,7 @@ pub fn restore(
     })?;
     let include: Vec<Vec<Vec<u8>>> = opts.include.iter().map(|p| components(p)).collect();
     let mut items = Vec::new();
-    collect(repo, &root, PathBuf::new(), &include, &mut items)?;
+    collect(repo, &root, &include, &mut items)?;
     if !include.is_empty() && items.is_empty() {
         return Err(Error::NotFound(format!(
             "no path in the snapshot matches {:?}",
@@ -154,43 +155,44 @@ fn components(p: &str) -> Vec<Vec<u8>> {
 fn collect(
     repo: &Repository,
     tree: &Id,
-    rel: PathBuf,
     include: &[Vec<Vec<u8>>],
     out: &mut Vec<Item>,
 ) -> Result<()> {
-    let tree = read_tree(repo, tree)?;
-    for node in tree.nodes {
-        let path = rel.join(OsStr::from_bytes(&node.name));
-        let depth = path.components().count();
-        let here: Vec<Vec<u8>> = path
-            .components()
-            .map(|c| c.as_os_str().as_bytes().to_vec())
-            .collect();
-        // Selected fully if some include is a prefix of this path; traversed if this path is a prefix of one.
-        let selected = include.is_empty()
-            || include
+    struct Collect<'a> {
+        include: &'a [Vec<Vec<u8>>],
+        out: &'a mut Vec<Item>,
+    }
+    impl walk::Visitor for Collect<'_> {
+        fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+            let here: Vec<&[u8]> = at.path.split(|&b| b == b'/').collect();
+            let depth = here.len();
+            // Selected fully if some include is a prefix of this path; traversed if this path is a prefix of one.
+            let selected = self.include.is_empty()
+                || self
+                    .include
+                    .iter()
+                    .any(|inc| inc.len() <= depth && here[..inc.len()] == inc[..]);
+            let on_the_way = self
+                .include
                 .iter()
-                .any(|inc| inc.len() <= depth && here[..inc.len()] == inc[..]);
-        let on_the_way = include
-            .iter()
-            .any(|inc| inc.len() > depth && inc[..depth] == here[..]);
-        if !selected && !on_the_way {
-            continue;
-        }
-        let subtree = match &node.kind {
-            NodeKind::Dir { subtree } => Some(*subtree),
-            _ if !selected => continue,
-            _ => None,
-        };
-        out.push(Item {
-            rel: path.clone(),
-            node,
-        });
-        if let Some(sub) = subtree {
-            collect(repo, &sub, path, if selected { &[] } else { include }, out)?;
+                .any(|inc| inc.len() > depth && inc[..depth] == here[..]);
+            let is_dir = matches!(node.kind, NodeKind::Dir { .. });
+            if !(selected || on_the_way && is_dir) {
+                return Ok(Step::Skip);
+            }
+            self.out.push(Item {
+                rel: at.as_path().to_path_buf(),
+                node: node.clone(),
+            });
+            Ok(Step::Descend)
         }
     }
-    Ok(())
+    walk::walk(&damage_recording(repo), tree, &mut Collect { include, out })
+}
+
+/// The repository as a tree source that records the damaged trees it meets (see [`read_tree`]).
+fn damage_recording(repo: &Repository) -> FnSource<impl Fn(&Id) -> Result<crate::tree::Tree> + '_> {
+    FnSource(move |id: &Id| read_tree(repo, id))
 }
 
 /// Regular files to write, and hard links to make to the first restored path of their group.
@@ -845,22 +847,15 @@ pub fn list(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Vec<(Strin
     Ok(out)
 }
 
+/// Appends every entry below `tree` to `out`, its path under `prefix`.
 fn walk(repo: &Repository, tree: &Id, prefix: String, out: &mut Vec<(String, Node)>) -> Result<()> {
-    for node in read_tree(repo, tree)?.nodes {
-        let name = String::from_utf8_lossy(&node.name);
-        let path = if prefix.is_empty() {
-            name.into_owned()
+    for (path, node) in walk::entries(&damage_recording(repo), tree)? {
+        let path = String::from_utf8_lossy(&path);
+        out.push(if prefix.is_empty() {
+            (path.into_owned(), node)
         } else {
-            format!("{prefix}/{name}")
-        };
-        let sub = match &node.kind {
-            NodeKind::Dir { subtree } => Some(*subtree),
-            _ => None,
-        };
-        out.push((path.clone(), node));
-        if let Some(s) = sub {
-            walk(repo, &s, path, out)?;
-        }
+            (format!("{prefix}/{path}"), node)
+        });
     }
     Ok(())
 }
