@@ -260,21 +260,6 @@ pub fn due_in_order(states: &[ScheduleState], now: DateTime<Utc>) -> Vec<String>
     due.into_iter().map(|s| s.name.clone()).collect()
 }
 
-/// A crontab line running `run-due` every five minutes (each instance's own schedule decides what runs).
-pub fn crontab_entry(cairn: &str, repo: &str) -> String {
-    format!("*/5 * * * * CAIRN_REPO='{repo}' '{cairn}' --quiet run-due >> /var/log/cairn-run-due.log 2>&1\n")
-}
-
-/// A systemd service and timer pair running `run-due` every five minutes.
-pub fn systemd_units(cairn: &str, repo: &str) -> String {
-    format!(
-        "# /etc/systemd/system/cairn-run-due.service\n[Unit]\nDescription=cairn: back up every instance that is due\n\n\
-         [Service]\nType=oneshot\nEnvironment=CAIRN_REPO={repo}\nExecStart={cairn} --quiet run-due\n\n\
-         # /etc/systemd/system/cairn-run-due.timer\n[Unit]\nDescription=Run cairn run-due every five minutes\n\n\
-         [Timer]\nOnCalendar=*:0/5\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

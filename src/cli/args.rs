@@ -102,7 +102,11 @@ pub enum Command {
         action: InstanceAction,
     },
     /// Back up every instance whose schedule is due (for cron or systemd timers).
-    RunDue,
+    RunDue {
+        /// Append stdout and stderr to FILE, moved to FILE.1 when it reaches 1 MiB (for cron).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
     /// Show the run log.
     Log {
         #[arg(long)]
@@ -202,7 +206,7 @@ impl Command {
             | Command::Check(_)
             | Command::Prune { .. }
             | Command::Repair { .. }
-            | Command::RunDue
+            | Command::RunDue { .. }
             | Command::Daemon { .. }
             | Command::Health { .. }
             | Command::Schedule { .. }
@@ -409,10 +413,18 @@ pub struct CheckArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ScheduleKind {
-    /// A crontab line.
-    Crontab,
-    /// A systemd service + timer.
-    Systemd,
+    /// A crontab entry (for the user running it; its log under $XDG_STATE_HOME/cairn/).
+    Crontab {
+        /// Where `run-due` logs (default: $XDG_STATE_HOME/cairn/run-due.log, else ~/.local/state/cairn/).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
+    /// A systemd service + timer (system units run as the generating user when not root).
+    Systemd {
+        /// Units for the user's own service manager (~/.config/systemd/user).
+        #[arg(long)]
+        user: bool,
+    },
 }
 
 /// Instance settings shared by `instance add` and `instance set`.

@@ -180,7 +180,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
         } => prune(ctx, max_unused, dry_run).map(|_| EXIT_OK),
         Command::Unlock { remove_all } => unlock(ctx, remove_all),
         Command::Instance { action } => instance::instance(ctx, action),
-        Command::RunDue => instance::run_due(ctx),
+        Command::RunDue { log_file } => instance::run_due(ctx, log_file.as_deref()),
         Command::Daemon {
             max_jobs,
             tick_seconds,

@@ -14,7 +14,7 @@ use cairn::instance::{self, InstanceConfig};
 use cairn::progress::Progress;
 use cairn::restore::{self, RestoreOptions};
 use cairn::runner::{self, DbStream};
-use cairn::schedule::{self, Priority, Retention};
+use cairn::schedule::{Priority, Retention};
 use cairn::snapshot::Snapshot;
 use cairn::tree::{Node, NodeKind};
 use cairn::{Error, Id, Repository, Result};
@@ -624,7 +624,10 @@ pub fn human_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
-pub fn run_due(ctx: &Ctx) -> Result<i32> {
+pub fn run_due(ctx: &Ctx, log_file: Option<&Path>) -> Result<i32> {
+    if let Some(f) = log_file {
+        cairn::log_file::redirect_output(f)?;
+    }
     let repo = ctx.open()?;
     let db = db_stream();
     let db: DbStream = &db;
@@ -798,19 +801,36 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
 }
 
 pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
+    use cairn::schedule_entries::{self as entries, EntrySpec, SystemdScope};
     let (repo, _) = ctx.repo_url()?;
     let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "cairn".into());
-    let repo = repo.to_string();
-    let (name, text) = match kind {
-        ScheduleKind::Crontab => ("crontab", schedule::crontab_entry(&exe, &repo)),
-        ScheduleKind::Systemd => ("systemd", schedule::systemd_units(&exe, &repo)),
+        .map_err(|e| Error::Invalid(format!("cannot tell where the cairn binary is: {e}")))?;
+    let spec = EntrySpec::new(exe, repo)?;
+    let doc = match kind {
+        ScheduleKind::Crontab { log_file } => {
+            let log = match log_file {
+                Some(p) => std::path::absolute(&p).map_err(|e| Error::io(&p, e))?,
+                None => entries::default_log_file()?,
+            };
+            json!({"kind": "crontab", "text": entries::crontab(&spec, &log)?, "log_file": log})
+        }
+        ScheduleKind::Systemd { user } => {
+            let scope = if user {
+                SystemdScope::User
+            } else {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                SystemdScope::System {
+                    run_as: unsafe { libc::geteuid() },
+                }
+            };
+            let units = entries::systemd_units(&spec, scope)?;
+            json!({"kind": "systemd", "text": entries::units_text(&units), "files": units})
+        }
     };
     if ctx.json {
-        ctx.print_json(&json!({"kind": name, "text": text}))?;
+        ctx.print_json(&doc)?;
     } else {
-        print!("{text}");
+        print!("{}", doc["text"].as_str().unwrap_or_default());
     }
     Ok(EXIT_OK)
 }
