@@ -185,11 +185,7 @@ fn instance_snapshots_restore_each_point_in_time_exactly() {
 
     // The raw dump is usable by pg_restore by hand.
     let dump_file = dir.path().join("day1.dump");
-    let dump = Command::new(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .args(["dump", &id1, &stream])
-        .output()
-        .unwrap();
+    let dump = cairn(&repo).args(["dump", &id1, &stream]).output().unwrap();
     assert!(dump.status.success());
     fs::write(&dump_file, &dump.stdout).unwrap();
     let dump_size = dump.stdout.len() as u64;
@@ -374,8 +370,8 @@ fn password_comes_from_pgpass_and_never_reaches_snapshots_or_messages() {
     for text in [&listing, &shown, &out] {
         assert!(!text.contains(&role.password), "password leaked: {text}");
     }
-    for entry in fs::read_dir(repo.join("snapshots")).unwrap() {
-        let bytes = fs::read(entry.unwrap().path()).unwrap();
+    for (object, _) in obj_list(&repo.join("snapshots")) {
+        let bytes = obj_read(&object);
         assert!(!String::from_utf8_lossy(&bytes).contains(&role.password));
     }
     assert_check_clean(&repo);

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod store;
+
+pub use store::*;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -17,12 +20,15 @@ pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
 
-/// A `cairn` command bound to a repository.
+/// A `cairn` command bound to a repository (a directory, or an S3 URL from [`repo_in`]).
 pub fn cairn(repo: &Path) -> Command {
     let mut c = Command::new(cairn_bin());
     c.env("CAIRN_REPO", repo)
         .env_remove("XDG_DATA_HOME")
         .stdin(Stdio::null());
+    if is_s3(repo) {
+        s3_env(&mut c, repo.to_str().unwrap());
+    }
     c
 }
 
@@ -59,10 +65,10 @@ pub fn fails(cmd: &mut Command, code: i32) -> String {
     err
 }
 
-/// Initialises a repository in a fresh temp dir.
+/// Initialises a repository (local or S3: see [`repo_in`]) for a fresh temp dir.
 pub fn new_repo() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
+    let repo = repo_in(dir.path());
     ok(cairn(&repo).arg("init"));
     (dir, repo)
 }
@@ -272,20 +278,19 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
-/// Every pack file of a repository, sorted.
+/// Every pack of a repository (files, or S3 objects: see [`obj_read`]), sorted.
 pub fn packs(repo: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in fs::read_dir(repo.join("packs")).unwrap() {
-        let sub = sub.unwrap().path();
-        if !sub.is_dir() {
-            continue;
-        }
-        for f in fs::read_dir(sub).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
+    obj_list(&repo.join("packs"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Sets the repository's pack target size (tests use small packs to get many).
+pub fn set_pack_size(repo: &Path, bytes: u64) {
+    edit_config(repo, |cfg| {
+        cfg["pack_target_size"] = serde_json::json!(bytes)
+    });
 }
 
 /// A repository with 1 MiB packs and two files each in a pack of its own: the first snapshot holds
@@ -293,18 +298,16 @@ pub fn packs(repo: &Path) -> Vec<PathBuf> {
 /// Returns (temp dir, repository, source, the victim's pack).
 pub fn two_pack_repo() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let (dir, repo) = new_repo();
-    let cfg_path = repo.join("config");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
-    cfg["pack_target_size"] = serde_json::json!(1024 * 1024);
-    fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    set_pack_size(&repo, 1024 * 1024);
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("victim.bin"), pseudo_random(1_200_000, 1)).unwrap();
     ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let victim_pack = packs(&repo)
+    let victim_pack = obj_list(&repo.join("packs"))
         .into_iter()
-        .max_by_key(|p| fs::metadata(p).unwrap().len())
-        .unwrap();
+        .max_by_key(|(_, len)| *len)
+        .unwrap()
+        .0;
     fs::write(src.join("survivor.bin"), pseudo_random(1_200_000, 2)).unwrap();
     ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
     (dir, repo, src, victim_pack)
