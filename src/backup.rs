@@ -182,7 +182,7 @@ pub fn backup(repo: &Repository, mut opts: BackupOptions) -> Result<BackupResult
         crate::instance::validate_name(name)?;
     }
     repo.require_writable()?;
-    let _lock = lock::acquire(repo.backend(), false, "backup")?;
+    let _lock = lock::acquire_on(repo, false, "backup")?;
     let (sources, paths) = if opts.keep_root_symlinks {
         // An imported archive's top-level symlinks are entries of their own, never followed.
         let sources = literal_sources(&opts.paths)?;

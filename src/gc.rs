@@ -82,7 +82,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         None
     } else {
         repo.require_writable()?;
-        Some(lock::acquire(repo.backend(), true, "forget")?)
+        Some(lock::acquire_on(repo, true, "forget")?)
     };
     let mut groups: BTreeMap<String, Vec<(Id, Candidate)>> = BTreeMap::new();
     let mut safety: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
@@ -169,7 +169,7 @@ pub fn forget_ids(repo: &Repository, ids: &[Id], dry_run: bool) -> Result<()> {
         return Ok(());
     }
     repo.require_writable()?;
-    let _lock = lock::acquire(repo.backend(), true, "forget")?;
+    let _lock = lock::acquire_on(repo, true, "forget")?;
     for id in ids {
         repo.remove_snapshot(id)?;
     }

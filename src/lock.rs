@@ -7,6 +7,13 @@
 //! Acquisition: write our lock object first, then look at the others; on a conflict, remove ours and fail.
 //! Two racing processes may both fail, but never both succeed. Lock objects are ordinary repository objects
 //! (written, listed and deleted through the [`Backend`]), so the rule holds wherever the repository lives.
+//!
+//! A command working on an opened [`Repository`] locks it with [`acquire_on`] / [`acquire_reader_on`], which
+//! bring an object-store repository's index cache up to date again once the lock is held: the cache was
+//! read when the repository was opened, before the lock, and another host's prune may have deleted or moved
+//! packs (or forgotten snapshots) in between. Only under the lock is the cache's view safe to act on: a
+//! backup deduplicating against a deleted blob would write a snapshot naming data that is gone, a reader
+//! would take a moved pack for damage. (A local repository's cache is the one file every process shares.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Backend, ObjectKind, SharedBackend};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::repo::Repository;
 
 /// A lock not refreshed for this long is stale, whatever its pid.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -127,6 +135,28 @@ pub fn acquire_reader(backend: &SharedBackend, command: &str) -> Result<Option<L
         }
         Err(e) => Err(e),
     }
+}
+
+/// [`acquire`] on an opened repository, then its cache brought up to date (see the module docs).
+pub fn acquire_on(repo: &Repository, exclusive: bool, command: &str) -> Result<LockGuard> {
+    let guard = acquire(repo.backend(), exclusive, command)?;
+    refresh_cache(repo)?;
+    Ok(guard)
+}
+
+/// [`acquire_reader`] on an opened repository, then its cache brought up to date (see the module docs).
+pub fn acquire_reader_on(repo: &Repository, command: &str) -> Result<Option<LockGuard>> {
+    let guard = acquire_reader(repo.backend(), command)?;
+    refresh_cache(repo)?;
+    Ok(guard)
+}
+
+/// Re-reads what changed in an object-store repository since its cache was synced at open.
+fn refresh_cache(repo: &Repository) -> Result<()> {
+    if repo.backend().local_root().is_none() {
+        repo.sync_cache()?;
+    }
+    Ok(())
 }
 
 fn write_lock(backend: &dyn Backend, name: &str, info: &LockInfo) -> Result<()> {

@@ -373,7 +373,7 @@ pub fn repair_snapshots_with(
     reader: &dyn ObjectReader,
     forget_damaged: bool,
 ) -> Result<Vec<RepairedSnapshot>> {
-    let _lock = lock::acquire(repo.backend(), true, "repair snapshots")?;
+    let _lock = lock::acquire_on(repo, true, "repair snapshots")?;
     let mut v = Verifier {
         reader,
         blobs: HashMap::new(),

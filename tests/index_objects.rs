@@ -157,6 +157,23 @@ fn corpus(root: &Path, seed: u64) -> std::path::PathBuf {
     src
 }
 
+/// The faults each write (a delete counts as one) is put through: an error, a torn write (half the object
+/// stored, then an error), and the store going away at that write (it and every later one failing: a crash
+/// as far as the repository can tell).
+const FAULTS: [(Fault, bool); 3] = [
+    (Fault::Os(libc::EIO), false),
+    (Fault::Tear, false),
+    (Fault::Os(libc::EIO), true),
+];
+
+fn arm(f: &FaultyBackend, n: u64, fault: Fault, from_on: bool) {
+    if from_on {
+        f.fail_writes_from(n, fault);
+    } else {
+        f.fail_write(n, fault);
+    }
+}
+
 #[test]
 fn every_failed_write_of_a_backup_leaves_no_snapshot_naming_missing_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,14 +197,16 @@ fn every_failed_write_of_a_backup_leaves_no_snapshot_naming_missing_data() {
         "packs, index objects, snapshot, lock: {writes}"
     );
     for n in 1..=writes {
-        for fault in [Fault::Os(libc::EIO), Fault::Tear] {
+        for (fault, from_on) in FAULTS {
             let d = tempfile::tempdir().unwrap();
             let repo = small_repo(d.path(), &first);
             let (f, r) = faulty(&repo);
-            f.fail_write(n, fault);
+            arm(&f, n, fault, from_on);
             let result = backup(&r, opts());
             drop(r);
-            let what = format!("write {n} of {writes} failing with {fault:?}: {result:?}");
+            let what = format!(
+                "write {n} of {writes} failing with {fault:?} (and every later one: {from_on}): {result:?}"
+            );
             // The process "exits": a lock it failed to remove would be stale (its pid gone).
             let _ = fs::remove_dir_all(repo.join("locks"));
             let expected = if result.is_ok() { 2 } else { 1 };
@@ -236,14 +255,16 @@ fn every_failed_write_of_a_prune_leaves_every_kept_snapshot_whole() {
         assert!(report.packs_deleted > 0, "{report:?}");
         f.writes()
     };
-    for n in 1..=writes {
+    for (n, (fault, from_on)) in (1..=writes).flat_map(|n| FAULTS.map(|f| (n, f))) {
         let d = tempfile::tempdir().unwrap();
         let repo = prepare(d.path());
         let (f, r) = faulty(&repo);
-        f.fail_write(n, Fault::Os(libc::EIO));
+        arm(&f, n, fault, from_on);
         let result = prune(&r, opts);
         drop(r);
-        let what = format!("write {n} of {writes} of prune: {result:?}");
+        let what = format!(
+            "write {n} of {writes} of prune failing with {fault:?} (and every later one: {from_on}): {result:?}"
+        );
         let _ = fs::remove_dir_all(repo.join("locks"));
         assert_sound(&repo, 1, &what);
         let r = Repository::open(&repo).unwrap();

@@ -475,7 +475,7 @@ fn print_snapshot(id: &Id, s: &Snapshot) {
 
 fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.backend(), "ls")?;
+    let _lock = cairn::lock::acquire_reader_on(&repo, "ls")?;
     let (_, snap) = match path {
         Some(p) if !p.trim_matches('/').is_empty() => latest::for_name(&repo, spec, instance, p)?,
         _ => repo.resolve_snapshot(spec, instance)?,
@@ -536,7 +536,7 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         cairn::postgres::PgConn::new(a.pg_conn.as_deref())?;
     }
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
+    let _lock = cairn::lock::acquire_reader_on(&repo, "restore")?;
     let (id, snap) = latest::for_restore(
         &repo,
         &a.snapshot,
@@ -596,7 +596,7 @@ fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 
 fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.backend(), "dump")?;
+    let _lock = cairn::lock::acquire_reader_on(&repo, "dump")?;
     let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -606,7 +606,7 @@ fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32
 
 fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.backend(), "check")?;
+    let _lock = cairn::lock::acquire_reader_on(&repo, "check")?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => s.parse()?,
@@ -923,7 +923,7 @@ fn import_archive(
 fn export(ctx: &Ctx, spec: &str, format: &str, instance: Option<&str>) -> Result<i32> {
     let format: cairn::archive::ExportFormat = format.parse()?;
     let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader(repo.backend(), "export")?;
+    let _lock = cairn::lock::acquire_reader_on(&repo, "export")?;
     let (_, snap) = latest::for_export(&repo, spec, instance, format)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

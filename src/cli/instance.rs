@@ -312,7 +312,7 @@ fn restore_instance(
         owner_acl,
         pg_conn,
     } = to;
-    let _lock = cairn::lock::acquire_reader(repo.backend(), "restore")?;
+    let _lock = cairn::lock::acquire_reader_on(repo, "restore")?;
     let mut cfg = instance::load(repo, name)?;
     // --pg-conn serves the whole restore: the safety dump of an in-place restore and the restore itself.
     if let Some(c) = pg_conn {

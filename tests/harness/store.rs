@@ -115,6 +115,12 @@ pub fn repo_in(dir: &Path) -> PathBuf {
     if !s3_mode() {
         return dir.join("repo");
     }
+    s3_repo_in(dir)
+}
+
+/// A new S3 repository URL whatever the run's backend (for the tests that are about S3), its index cache
+/// under `dir` as in [`repo_in`].
+pub fn s3_repo_in(dir: &Path) -> PathBuf {
     let n = unique();
     let url = format!("s3://{}/r{n}", bucket(s3_endpoint()));
     caches()
