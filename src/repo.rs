@@ -7,7 +7,8 @@
 //! packs/<xx>/<id>      pack files, <xx> = first two hex digits of the pack id
 //! snapshots/<id>       snapshot files
 //! locks/<random>       lock files
-//! instances/<name>.json  instance configurations
+//! instances/<name>.<generation>.<time_ms>.<nonce>.json  instance configuration revisions
+//! runs/<id>            run-log entries
 //! ```
 //!
 //! The SQLite index is a local cache of the repository's index objects: `<repo>/index.sqlite` for a repository
@@ -176,6 +177,8 @@ impl Repository {
             // Index objects written by another host sharing this directory (cheap: one listing of
             // `index/` when nothing changed).
             crate::index_sync::sync(&repo, false)?;
+            // Instance revisions and run-log entries written by other hosts (a listing each).
+            crate::instance::sync_from_objects(&repo)?;
         }
         Ok(repo)
     }
