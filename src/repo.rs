@@ -349,13 +349,20 @@ impl Repository {
     /// had failed. A crash between the file and the commit leaves exactly that, which is safe: prune takes
     /// its roots from the snapshot files, so the object's data is kept.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let (bytes, _) = snap.encode()?;
+        self.save_snapshot_encoded(snap, &bytes)
+    }
+
+    /// [`save_snapshot`](Self::save_snapshot) of a snapshot already encoded as `bytes` (which must decode
+    /// to `snap`): `cairn copy` stores another repository's snapshot object byte for byte, keeping its id.
+    pub fn save_snapshot_encoded(&self, snap: &Snapshot, bytes: &[u8]) -> Result<Id> {
         self.require_writable()?;
-        let (bytes, id) = snap.encode()?;
+        let id = Id::of(bytes);
         let hex = id.to_hex();
         // The same bytes saved before are an object someone else owns: never removed here.
         let existed = self.backend.stat(ObjectKind::Snapshot, &hex)?.is_some();
         let saved = self.index().add_snapshot_with(snap, &hex, || {
-            self.backend.put(ObjectKind::Snapshot, &hex, &bytes)
+            self.backend.put(ObjectKind::Snapshot, &hex, bytes)
         });
         match saved {
             Ok(()) => Ok(id),
