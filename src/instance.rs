@@ -213,9 +213,43 @@ pub fn reload_from_files(repo: &Repository) -> Result<usize> {
 }
 
 /// Brings the cached instance rows and run log up to date with their objects, reading only what changed.
+/// A cache that cannot be written here (a full disk) is left as it is: readers of the repository must still
+/// work, and every command that changes an instance or records a run writes the repository first anyway.
 pub fn sync_from_objects(repo: &Repository) -> Result<()> {
-    crate::instance_store::sync(repo, false)?;
-    crate::run_log::sync(repo)?;
+    let synced = crate::instance_store::sync(repo, false).and_then(|_| crate::run_log::sync(repo));
+    match synced {
+        Err(e) if crate::repo::cannot_write(&e) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Runs `f` in one cache transaction that takes the write lock at its start (`BEGIN IMMEDIATE`), waiting
+/// for other processes' writers as long as the busy timeout allows. A transaction that reads before it
+/// writes must start so: a deferred one that another process writes under fails at once ("database is
+/// locked") when it tries to write.
+pub(crate) fn write_transaction<T>(
+    repo: &Repository,
+    f: impl FnOnce(&rusqlite::Transaction) -> Result<T>,
+) -> Result<T> {
+    let idx = repo.index();
+    let tx =
+        rusqlite::Transaction::new_unchecked(idx.raw(), rusqlite::TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Creates a cache table unless it exists; a cache that has it is not written (a full disk can still be
+/// read).
+pub(crate) fn ensure_table(repo: &Repository, name: &str, create: &str) -> Result<()> {
+    let idx = repo.index();
+    let exists = idx
+        .raw()
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists(params![name])?;
+    if !exists {
+        idx.raw().execute(create, [])?;
+    }
     Ok(())
 }
 

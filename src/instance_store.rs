@@ -170,11 +170,11 @@ pub fn write(repo: &Repository, instance: &str, cfg: Option<&InstanceConfig>) ->
 }
 
 fn ensure_tables(repo: &Repository) -> Result<()> {
-    repo.index().raw().execute(
+    crate::instance::ensure_table(
+        repo,
+        "instance_objects",
         "CREATE TABLE IF NOT EXISTS instance_objects (instance TEXT PRIMARY KEY, object TEXT NOT NULL)",
-        [],
-    )?;
-    Ok(())
+    )
 }
 
 /// Makes the cache row of `instance` that of its newest readable revision of `revs` (sorted). A revision
@@ -191,7 +191,7 @@ fn apply_newest(repo: &Repository, instance: &str, revs: Vec<Revision>) -> Resul
         let Ok(state) = decode(rev, &bytes) else {
             continue;
         };
-        return repo.index().transaction(|tx| {
+        return crate::instance::write_transaction(repo, |tx| {
             match &state {
                 State::Live(_, json) => tx.execute(
                     "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
@@ -245,7 +245,7 @@ pub fn sync(repo: &Repository, full: bool) -> Result<usize> {
         names.collect::<rusqlite::Result<_>>()?
     };
     for name in rows.iter().filter(|n| !all.contains_key(*n)) {
-        repo.index().transaction(|tx| {
+        crate::instance::write_transaction(repo, |tx| {
             tx.execute("DELETE FROM instances WHERE name = ?1", params![name])?;
             tx.execute(
                 "DELETE FROM instance_objects WHERE instance = ?1",

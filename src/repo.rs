@@ -505,7 +505,7 @@ fn open_index(path: &Path) -> Result<(Index, Option<String>)> {
 }
 
 /// True for errors opening the index for writing that mean it cannot be written here, not that it is bad.
-fn cannot_write(e: &Error) -> bool {
+pub(crate) fn cannot_write(e: &Error) -> bool {
     use rusqlite::ErrorCode::{CannotOpen, DiskFull, PermissionDenied, ReadOnly, SystemIoFailure};
     match e {
         Error::Io { source, .. } => {

@@ -65,17 +65,17 @@ fn decode(name: &str, bytes: &[u8]) -> Result<RunRecord> {
 }
 
 fn ensure_tables(repo: &Repository) -> Result<()> {
-    repo.index().raw().execute(
+    crate::instance::ensure_table(
+        repo,
+        "run_objects",
         "CREATE TABLE IF NOT EXISTS run_objects (name TEXT PRIMARY KEY, run_no INTEGER NOT NULL UNIQUE)",
-        [],
-    )?;
-    Ok(())
+    )
 }
 
 /// Inserts the row of run object `name` unless the cache has it; `run_no` names a pending row that the
 /// object now covers (it is mapped, or deleted if the object's row exists already).
 fn insert_row(repo: &Repository, name: &str, r: &RunRecord, pending: Option<i64>) -> Result<()> {
-    repo.index().transaction(|tx| {
+    crate::instance::write_transaction(repo, |tx| {
         let known: Option<i64> = tx
             .query_row(
                 "SELECT run_no FROM run_objects WHERE name = ?1",
@@ -137,7 +137,7 @@ pub fn record(repo: &Repository, r: &RunRecord) -> Result<()> {
     match written {
         Ok(name) => insert_row(repo, &name, r, None),
         Err(_) => {
-            repo.index().transaction(|tx| insert_run(tx, r))?;
+            crate::instance::write_transaction(repo, |tx| insert_run(tx, r))?;
             Ok(())
         }
     }
@@ -191,7 +191,7 @@ pub fn sync(repo: &Repository) -> Result<usize> {
         }
     }
     for (name, row) in seen.iter().filter(|(n, _)| !listed.contains(*n)) {
-        repo.index().transaction(|tx| {
+        crate::instance::write_transaction(repo, |tx| {
             tx.execute("DELETE FROM runs WHERE run_no = ?1", params![row])?;
             tx.execute("DELETE FROM run_objects WHERE name = ?1", params![name])?;
             Ok(())
