@@ -1,9 +1,12 @@
 //! Instances: named units of a database and file trees with their own schedule, retention and hooks, and
 //! the log of every run.
 //!
-//! Storage: each instance's config is a row of the index database (so every host that opens the repository
-//! sees it) and, written first and durably, a JSON file `instances/<name>.json`, because the index is a
-//! rebuildable cache and `repair index` must not lose configuration. The run log lives in the index only.
+//! Storage: configurations and run-log entries are repository objects, so every host sharing the repository
+//! sees the same instances and history, and deleting the cache loses neither. A configuration is a series
+//! of immutable revisions of which the newest wins (removal is a tombstone), see [`crate::instance_store`];
+//! each run is an immutable object, see [`crate::run_log`]. The `instances` and `runs` rows of the index are
+//! their cache, brought up to date whenever the repository is opened ([`sync_from_objects`]); everything
+//! here reads the cache and writes objects first.
 //! Configs are validated on write: names `[a-z0-9_-]`, absolute paths, cron expressions that parse and fire
 //! within [`crate::schedule::FIRE_HORIZON_YEARS`], and no password in a connection string (passwords belong
 //! in ~/.pgpass or PGPASSWORD, never in the repository). A config edited by hand to hold a password is
@@ -15,7 +18,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
 use crate::exclude::ExcludeOptions;
 use crate::repo::Repository;
@@ -146,25 +148,11 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-/// The name of an instance's configuration object.
-fn object_name(name: &str) -> String {
-    format!("{name}.json")
-}
-
-/// Validates and stores a config (file first, then the index row).
+/// Validates and stores a config: a new revision object, then the cache row (see
+/// [`crate::instance_store::write`]).
 pub fn save(repo: &Repository, cfg: &InstanceConfig) -> Result<()> {
     cfg.validate()?;
-    let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-    repo.backend().put(
-        ObjectKind::Instance,
-        &object_name(&cfg.name),
-        json.as_bytes(),
-    )?;
-    repo.index().raw().execute(
-        "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
-        params![cfg.name, json],
-    )?;
-    Ok(())
+    crate::instance_store::write(repo, &cfg.name, Some(cfg))
 }
 
 /// Loads one instance's config to use or show it: one whose stored connection string holds a password is
@@ -210,59 +198,59 @@ pub fn list(repo: &Repository) -> Result<Vec<InstanceConfig>> {
     .collect()
 }
 
-/// Removes an instance's config (its snapshots stay unless the caller forgets them).
+/// Removes an instance's config (a tombstone revision; its snapshots stay unless the caller forgets them).
 pub fn remove(repo: &Repository, name: &str) -> Result<()> {
     load_for_update(repo, name)?;
-    repo.index()
-        .raw()
-        .execute("DELETE FROM instances WHERE name = ?1", params![name])?;
-    repo.backend()
-        .delete(ObjectKind::Instance, &object_name(name))
+    crate::instance_store::write(repo, name, None)
 }
 
-/// Re-adds instance rows from their configuration objects (after `repair index`).
+/// Reloads every instance row and the run log from their objects (after `repair index`); returns how many
+/// instances were read.
 pub fn reload_from_files(repo: &Repository) -> Result<usize> {
-    Ok(reload(repo)?.len())
+    let n = crate::instance_store::sync(repo, true)?;
+    crate::run_log::sync(repo)?;
+    Ok(n)
 }
 
-/// Makes the instance rows those of the configuration objects (a cached index of a shared repository):
-/// rows of removed objects go, the others are (re)loaded.
+/// Brings the cached instance rows and run log up to date with their objects, reading only what changed.
+/// A cache that cannot be written here (a full disk) is left as it is: readers of the repository must still
+/// work, and every command that changes an instance or records a run writes the repository first anyway.
 pub fn sync_from_objects(repo: &Repository) -> Result<()> {
-    let present = reload(repo)?;
-    let rows: Vec<String> = {
-        let index = repo.index();
-        let mut st = index.raw().prepare("SELECT name FROM instances")?;
-        let names = st.query_map([], |r| r.get(0))?;
-        names.collect::<Result<_, _>>()?
-    };
-    for name in rows.iter().filter(|n| !present.contains(*n)) {
-        repo.index()
-            .raw()
-            .execute("DELETE FROM instances WHERE name = ?1", params![name])?;
+    let synced = crate::instance_store::sync(repo, false).and_then(|_| crate::run_log::sync(repo));
+    match synced {
+        Err(e) if crate::repo::cannot_write(&e) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Runs `f` in one cache transaction that takes the write lock at its start (`BEGIN IMMEDIATE`), waiting
+/// for other processes' writers as long as the busy timeout allows. A transaction that reads before it
+/// writes must start so: a deferred one that another process writes under fails at once ("database is
+/// locked") when it tries to write.
+pub(crate) fn write_transaction<T>(
+    repo: &Repository,
+    f: impl FnOnce(&rusqlite::Transaction) -> Result<T>,
+) -> Result<T> {
+    let idx = repo.index();
+    let tx =
+        rusqlite::Transaction::new_unchecked(idx.raw(), rusqlite::TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Creates a cache table unless it exists; a cache that has it is not written (a full disk can still be
+/// read).
+pub(crate) fn ensure_table(repo: &Repository, name: &str, create: &str) -> Result<()> {
+    let idx = repo.index();
+    let exists = idx
+        .raw()
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists(params![name])?;
+    if !exists {
+        idx.raw().execute(create, [])?;
     }
     Ok(())
-}
-
-/// Loads every readable configuration object into the index; returns the names loaded.
-fn reload(repo: &Repository) -> Result<std::collections::HashSet<String>> {
-    let mut n = std::collections::HashSet::new();
-    for (object, _) in repo.backend().list(ObjectKind::Instance)? {
-        if !object.ends_with(".json") {
-            continue;
-        }
-        let Ok(bytes) = repo.backend().get(ObjectKind::Instance, &object) else {
-            continue;
-        };
-        if let Ok(cfg) = serde_json::from_slice::<InstanceConfig>(&bytes) {
-            let json = String::from_utf8_lossy(&bytes).into_owned();
-            repo.index().raw().execute(
-                "INSERT OR REPLACE INTO instances(name, json) VALUES (?1, ?2)",
-                params![cfg.name, json],
-            )?;
-            n.insert(cfg.name);
-        }
-    }
-    Ok(n)
 }
 
 /// One recorded run.
@@ -279,62 +267,78 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// Appends a run to the log.
+/// Appends a run to the log (an object, then its cache row; see [`crate::run_log::record`]).
 pub fn record_run(repo: &Repository, r: &RunRecord) -> Result<()> {
-    repo.index().raw().execute(
-        "INSERT INTO runs(instance, kind, start, end, status, bytes, snapshot_id, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            r.instance,
-            r.kind,
-            r.start.to_rfc3339(),
-            r.end.map(|e| e.to_rfc3339()),
-            r.status,
-            r.bytes.map(|b| b as i64),
-            r.snapshot_id,
-            r.error
-        ],
-    )?;
-    Ok(())
+    crate::run_log::record(repo, r)
 }
 
 /// The run log, oldest first, optionally for one instance.
 pub fn runs(repo: &Repository, instance: Option<&str>) -> Result<Vec<RunRecord>> {
-    let index = repo.index();
-    let mut st = index.raw().prepare(
-        "SELECT instance, kind, start, end, status, bytes, snapshot_id, error FROM runs
-         WHERE ?1 IS NULL OR instance = ?1 ORDER BY start, run_no",
-    )?;
-    let rows = st.query_map(params![instance], |r| {
-        Ok((
-            r.get::<_, Option<String>>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, Option<i64>>(5)?,
-            r.get::<_, Option<String>>(6)?,
-            r.get::<_, Option<String>>(7)?,
-        ))
-    })?;
-    let time = |s: &str| {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| Error::corrupt("run log", e))
+    let rows = match instance {
+        Some(name) => runs_where_with(repo, "instance = ?1", Some(name))?,
+        None => runs_where_with(repo, "1", None)?,
     };
-    rows.map(|r| {
-        let (instance, kind, start, end, status, bytes, snapshot_id, error) = r?;
-        Ok(RunRecord {
-            instance,
-            kind,
-            start: time(&start)?,
-            end: end.as_deref().map(time).transpose()?,
-            status,
-            bytes: bytes.map(|b| b as u64),
-            snapshot_id,
-            error,
-        })
-    })
-    .collect()
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The cached runs matching the SQL condition `cond` (over the `runs` table), oldest first, with their
+/// row numbers.
+pub(crate) fn runs_where(repo: &Repository, cond: &str) -> Result<Vec<(i64, RunRecord)>> {
+    runs_where_with(repo, cond, None)
+}
+
+fn runs_where_with(
+    repo: &Repository,
+    cond: &str,
+    arg: Option<&str>,
+) -> Result<Vec<(i64, RunRecord)>> {
+    let index = repo.index();
+    let sql = format!(
+        "SELECT run_no, instance, kind, start, end, status, bytes, snapshot_id, error FROM runs
+         WHERE {cond} ORDER BY start, run_no"
+    );
+    let mut st = index.raw().prepare(&sql)?;
+    let map = |r: &rusqlite::Row| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            (
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+            ),
+        ))
+    };
+    let rows: Vec<_> = match arg {
+        Some(a) => st
+            .query_map(params![a], map)?
+            .collect::<rusqlite::Result<_>>()?,
+        None => st.query_map([], map)?.collect::<rusqlite::Result<_>>()?,
+    };
+    let time = crate::run_log::parse_time;
+    rows.into_iter()
+        .map(
+            |(no, (instance, kind, start, end, status, bytes, snapshot_id, error))| {
+                Ok((
+                    no,
+                    RunRecord {
+                        instance,
+                        kind,
+                        start: time(&start)?,
+                        end: end.as_deref().map(time).transpose()?,
+                        status,
+                        bytes: bytes.map(|b| b as u64),
+                        snapshot_id,
+                        error,
+                    },
+                ))
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]

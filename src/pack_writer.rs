@@ -297,6 +297,21 @@ impl<'r> PackWriter<'r> {
         Ok(self.lock_pending().insert(*id))
     }
 
+    /// True if saving `id` now would store it: neither this writer nor the repository holds a usable copy
+    /// (one indexed only at a damaged copy counts as absent). Claims nothing: a copier asks before it reads
+    /// the blob from elsewhere, then saves it (which decides again).
+    pub fn lacks(&self, id: &Id) -> Result<bool> {
+        if self.lock_pending().contains(id) {
+            return Ok(false);
+        }
+        let damaged = self
+            .unusable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        Ok(damaged || !self.repo.with_reader(|r| r.contains(id))?)
+    }
+
     /// True (once) if `id` is indexed at a damaged copy.
     fn take_unusable(&self, id: &Id) -> bool {
         let mut set = self.unusable.lock().unwrap_or_else(|p| p.into_inner());

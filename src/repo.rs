@@ -7,7 +7,8 @@
 //! packs/<xx>/<id>      pack files, <xx> = first two hex digits of the pack id
 //! snapshots/<id>       snapshot files
 //! locks/<random>       lock files
-//! instances/<name>.json  instance configurations
+//! instances/<name>.<generation>.<time_ms>.<nonce>.json  instance configuration revisions
+//! runs/<id>            run-log entries
 //! ```
 //!
 //! The SQLite index is a local cache of the repository's index objects: `<repo>/index.sqlite` for a repository
@@ -176,6 +177,8 @@ impl Repository {
             // Index objects written by another host sharing this directory (cheap: one listing of
             // `index/` when nothing changed).
             crate::index_sync::sync(&repo, false)?;
+            // Instance revisions and run-log entries written by other hosts (a listing each).
+            crate::instance::sync_from_objects(&repo)?;
         }
         Ok(repo)
     }
@@ -346,13 +349,20 @@ impl Repository {
     /// had failed. A crash between the file and the commit leaves exactly that, which is safe: prune takes
     /// its roots from the snapshot files, so the object's data is kept.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let (bytes, _) = snap.encode()?;
+        self.save_snapshot_encoded(snap, &bytes)
+    }
+
+    /// [`save_snapshot`](Self::save_snapshot) of a snapshot already encoded as `bytes` (which must decode
+    /// to `snap`): `cairn copy` stores another repository's snapshot object byte for byte, keeping its id.
+    pub fn save_snapshot_encoded(&self, snap: &Snapshot, bytes: &[u8]) -> Result<Id> {
         self.require_writable()?;
-        let (bytes, id) = snap.encode()?;
+        let id = Id::of(bytes);
         let hex = id.to_hex();
         // The same bytes saved before are an object someone else owns: never removed here.
         let existed = self.backend.stat(ObjectKind::Snapshot, &hex)?.is_some();
         let saved = self.index().add_snapshot_with(snap, &hex, || {
-            self.backend.put(ObjectKind::Snapshot, &hex, &bytes)
+            self.backend.put(ObjectKind::Snapshot, &hex, bytes)
         });
         match saved {
             Ok(()) => Ok(id),
@@ -495,7 +505,7 @@ fn open_index(path: &Path) -> Result<(Index, Option<String>)> {
 }
 
 /// True for errors opening the index for writing that mean it cannot be written here, not that it is bad.
-fn cannot_write(e: &Error) -> bool {
+pub(crate) fn cannot_write(e: &Error) -> bool {
     use rusqlite::ErrorCode::{CannotOpen, DiskFull, PermissionDenied, ReadOnly, SystemIoFailure};
     match e {
         Error::Io { source, .. } => {

@@ -44,17 +44,20 @@ pub enum ObjectKind {
     Instance,
     /// Index objects (format-spec "Index objects"), named by the hex BLAKE3 of their content.
     Index,
+    /// Run-log entries (format-spec "Run log"), named by the hex BLAKE3 of their content.
+    Run,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 6] = [
+    pub const ALL: [ObjectKind; 7] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
         ObjectKind::Lock,
         ObjectKind::Instance,
         ObjectKind::Index,
+        ObjectKind::Run,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -66,6 +69,7 @@ impl ObjectKind {
             ObjectKind::Lock => "locks",
             ObjectKind::Instance => "instances",
             ObjectKind::Index => "index",
+            ObjectKind::Run => "runs",
         }
     }
 
@@ -96,7 +100,7 @@ impl ObjectKind {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         match self {
             ObjectKind::Config => name == "config",
-            ObjectKind::Pack | ObjectKind::Snapshot | ObjectKind::Index => {
+            ObjectKind::Pack | ObjectKind::Snapshot | ObjectKind::Index | ObjectKind::Run => {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,

@@ -96,6 +96,9 @@ pub enum Command {
         #[command(subcommand)]
         what: RepairWhat,
     },
+    /// Copy snapshots from another repository into this one, deduplicating against it (default: every
+    /// snapshot this repository lacks).
+    Copy(CopyArgs),
     /// Manage instances (a database and file trees with a schedule and retention).
     Instance {
         #[command(subcommand)]
@@ -204,6 +207,7 @@ impl Command {
             Command::Instance { action } => action.name(),
             Command::Init(_)
             | Command::Check(_)
+            | Command::Copy(_)
             | Command::Prune { .. }
             | Command::Repair { .. }
             | Command::RunDue { .. }
@@ -557,4 +561,18 @@ pub struct InitArgs {
     /// zstd level (1-19) for stream chunks (database dumps)
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub stream_compression_level: Option<i32>,
+}
+
+/// `cairn copy [SNAPSHOT...] --from-repo R1 [--instances]`.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Snapshots of the source to copy (ids, unique prefixes or `latest`); default: all.
+    pub snapshots: Vec<String>,
+    /// The repository to copy from: a directory, file:///path or s3://bucket/prefix (the S3 options apply
+    /// to both repositories).
+    #[arg(long, value_name = "REPO", env = "CAIRN_FROM_REPO")]
+    pub from_repo: PathBuf,
+    /// Copy the instance configurations too.
+    #[arg(long)]
+    pub instances: bool,
 }

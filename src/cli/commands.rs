@@ -50,6 +50,11 @@ impl Ctx {
         Ok((url, named))
     }
 
+    /// Another repository named on the command line (`copy --from-repo`), with the same S3 settings.
+    pub fn other_repo_url(&self, raw: &std::path::Path) -> Result<RepoUrl> {
+        Ok(RepoUrl::parse(raw)?.with_s3_options(self.s3_endpoint.clone(), self.s3_path_style))
+    }
+
     pub fn open(&self) -> Result<Repository> {
         Ok(self.configure(Repository::open(&self.repo_url()?.0)?))
     }
@@ -167,6 +172,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             instance,
         } => dump(ctx, &snapshot, &name, instance.as_deref()),
         Command::Check(a) => check_cmd(ctx, a),
+        Command::Copy(a) => super::copy::copy_cmd(ctx, a),
         Command::Repair {
             what: RepairWhat::Index,
         } => repair_index(ctx),

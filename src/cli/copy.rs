@@ -1,0 +1,62 @@
+//! `cairn copy`: the command line of [`cairn::copy`].
+
+use cairn::copy::{self, CopyOptions, CopyReport};
+use cairn::{Repository, Result};
+
+use super::args::CopyArgs;
+use super::commands::Ctx;
+use super::EXIT_OK;
+
+/// Opens both repositories (the source as named by `--from-repo`, the target as `--repo`), copies, reports.
+pub fn copy_cmd(ctx: &Ctx, a: CopyArgs) -> Result<i32> {
+    cairn::interrupt::install()?;
+    let src = Repository::open(ctx.other_repo_url(&a.from_repo)?)?;
+    let dst = ctx.open()?;
+    let report = copy::copy(
+        &src,
+        &dst,
+        &CopyOptions {
+            snapshots: a.snapshots,
+            instances: a.instances,
+        },
+    )?;
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&report).unwrap_or_default())?;
+    } else if !ctx.quiet {
+        print_report(&report, src.location(), dst.location());
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_report(r: &CopyReport, from: &str, to: &str) {
+    for s in &r.copied {
+        println!(
+            "copied snapshot {} ({}{}): {} blobs copied, {} already there",
+            &s.id[..8],
+            s.time,
+            s.instance
+                .as_deref()
+                .map(|i| format!(", instance {i}"))
+                .unwrap_or_default(),
+            s.blobs_copied,
+            s.blobs_present
+        );
+    }
+    for name in &r.instances_copied {
+        println!("copied instance {name}");
+    }
+    if r.copied.is_empty() {
+        println!(
+            "nothing to copy: {to} holds every snapshot asked for ({} already there)",
+            r.already_present.len()
+        );
+    } else {
+        println!(
+            "{} snapshots copied from {from} to {to} ({} already there); {} blobs, {} bytes stored",
+            r.copied.len(),
+            r.already_present.len(),
+            r.blobs_copied,
+            r.bytes_stored
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `cairn copy`: snapshots from one repository into another (restic's `copy`), deduplicating against the
+//! target, so that a local repository can be replicated to object storage (or back).
+//!
+//! A snapshot keeps its id: its object's bytes are copied as they are. Its data is copied blob by blob
+//! through the normal read path of the source ([`Repository::read_blob`]: decompressed and verified against
+//! its id) and the normal pack writer of the target ([`PackWriter`]: compressed at the target's levels,
+//! re-verified, packed, indexed, listed by an index object), never as raw pack bytes, so repositories with
+//! different settings (and, later, different keys) exchange data correctly. Only blobs the target lacks are
+//! read from the source at all.
+//!
+//! Order and crash safety follow the target's write ordering (format-spec section 10): for each snapshot,
+//! every data chunk is saved before the trees naming it, subtrees before their parents, and the writer is
+//! flushed (packs durable, indexed, listed) before the snapshot object is written. A copy stopped at any
+//! point leaves at worst packs no snapshot uses yet; running it again copies what is missing (the durable
+//! blobs deduplicate) and writes the snapshots. Snapshots already in the target are skipped, so a second
+//! run copies nothing.
+//!
+//! Locks: the source takes a reader's shared lock (no prune deletes a pack under the copy), the target the
+//! shared lock a backup takes.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::backend::ObjectKind;
+use crate::error::{Error, Result};
+use crate::hashing::Id;
+use crate::instance_store::State;
+use crate::lock;
+use crate::pack::BlobKind;
+use crate::pack_writer::PackWriter;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{NodeKind, Tree};
+
+/// What to copy.
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// Snapshots of the source (ids, prefixes or `latest`); empty means every snapshot.
+    pub snapshots: Vec<String>,
+    /// Copy the instance configurations too.
+    pub instances: bool,
+}
+
+/// One snapshot copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopiedSnapshot {
+    pub id: String,
+    pub time: String,
+    pub instance: Option<String>,
+    /// Blobs stored in the target for this snapshot.
+    pub blobs_copied: u64,
+    /// Blobs the target had already.
+    pub blobs_present: u64,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CopyReport {
+    pub copied: Vec<CopiedSnapshot>,
+    /// Snapshots asked for that the target holds already (by id).
+    pub already_present: Vec<String>,
+    pub blobs_copied: u64,
+    pub blobs_present: u64,
+    /// Bytes stored in the target's packs (compressed).
+    pub bytes_stored: u64,
+    pub instances_copied: Vec<String>,
+    pub instances_unchanged: Vec<String>,
+}
+
+/// Copies the selected snapshots of `src` that `dst` lacks, oldest first, and with
+/// [`CopyOptions::instances`] the instance configurations.
+pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<CopyReport> {
+    dst.require_writable()?;
+    let _src_lock = lock::acquire_reader(src.backend(), "copy (source)")?;
+    let _dst_lock = lock::acquire(dst.backend(), false, "copy")?;
+    let wanted = select(src, &opts.snapshots)?;
+    let present: HashSet<Id> = dst.snapshot_objects()?.into_iter().collect();
+    let mut report = CopyReport::default();
+    // Trees this run completed in the target (their data is durable there): not walked again.
+    let mut complete: HashSet<Id> = HashSet::new();
+    for (id, snap) in wanted {
+        if present.contains(&id) {
+            report.already_present.push(id.to_hex());
+            continue;
+        }
+        crate::interrupt::check()?;
+        let one = copy_snapshot(src, dst, &id, &snap, &mut complete)?;
+        report.blobs_copied += one.0.blobs_copied;
+        report.blobs_present += one.0.blobs_present;
+        report.bytes_stored += one.1;
+        report.copied.push(one.0);
+    }
+    if opts.instances {
+        copy_instances(src, dst, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// The snapshots named by `specs` (every snapshot when empty), oldest first, each once.
+fn select(src: &Repository, specs: &[String]) -> Result<Vec<(Id, Snapshot)>> {
+    if specs.is_empty() {
+        return src.snapshots();
+    }
+    let mut out: Vec<(Id, Snapshot)> = Vec::new();
+    for spec in specs {
+        let (id, snap) = src.resolve_snapshot(spec, None).map_err(|e| match e {
+            Error::NotFound(m) => Error::NotFound(format!("{m} in {}", src.location())),
+            other => other,
+        })?;
+        if !out.iter().any(|(i, _)| *i == id) {
+            out.push((id, snap));
+        }
+    }
+    out.sort_by_key(|(_, s)| s.time);
+    Ok(out)
+}
+
+/// The snapshot object's bytes as stored (verified against its id), so that the copy keeps the id.
+fn snapshot_bytes(src: &Repository, id: &Id) -> Result<Vec<u8>> {
+    let bytes = crate::object_io::get(src.backend().as_ref(), ObjectKind::Snapshot, &id.to_hex())?;
+    Snapshot::decode(&bytes, id)?;
+    Ok(bytes)
+}
+
+/// What one snapshot's walk found: its trees in the order they must be saved (children first), with their
+/// bytes, and its data chunks with the zstd level they are stored at.
+#[derive(Default)]
+struct Needed {
+    trees: Vec<(Id, Vec<u8>)>,
+    chunks: Vec<(Id, i32)>,
+    seen: HashSet<Id>,
+}
+
+/// Walks the tree `id` of the source (reading and verifying every tree), children first.
+fn walk(
+    src: &Repository,
+    id: Id,
+    level: i32,
+    complete: &HashSet<Id>,
+    out: &mut Needed,
+) -> Result<()> {
+    if complete.contains(&id) || !out.seen.insert(id) {
+        return Ok(());
+    }
+    let raw = src.read_blob(&id)?;
+    let tree = Tree::decode(&raw).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => Error::corrupt(format!("tree {id}"), detail),
+        other => other,
+    })?;
+    for node in &tree.nodes {
+        match &node.kind {
+            NodeKind::File { chunks, .. } => {
+                for c in chunks {
+                    if out.seen.insert(*c) {
+                        out.chunks.push((*c, level));
+                    }
+                }
+            }
+            NodeKind::Dir { subtree } => walk(src, *subtree, level, complete, out)?,
+            _ => {}
+        }
+    }
+    out.trees.push((id, raw));
+    Ok(())
+}
+
+/// Copies one snapshot's missing blobs, then its object; returns what it did and the bytes stored.
+fn copy_snapshot(
+    src: &Repository,
+    dst: &Repository,
+    id: &Id,
+    snap: &Snapshot,
+    complete: &mut HashSet<Id>,
+) -> Result<(CopiedSnapshot, u64)> {
+    let bytes = snapshot_bytes(src, id)?;
+    let mut needed = Needed::default();
+    let levels = [
+        (snap.tree, dst.config().compression_level),
+        (snap.stream_tree, dst.config().stream_level()),
+    ];
+    for (root, level) in levels {
+        if let Some(root) = root {
+            walk(src, root, level, complete, &mut needed)?;
+        }
+    }
+    let present = AtomicU64::new(0);
+    // Reads from the source run in parallel (an object store answers many requests at once); the target's
+    // writer compresses in the same threads and uploads sealed packs on its own.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(src.backend().read_plan().parallel.clamp(1, 16))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start copy threads: {e}")))?;
+    let (copied, stored) = PackWriter::scope(dst, |w| {
+        pool.install(|| {
+            needed.chunks.par_iter().try_for_each(|(c, level)| {
+                crate::interrupt::check()?;
+                if !w.lacks(c)? {
+                    present.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let raw = src.read_blob(c)?;
+                w.save_at_level(BlobKind::Data, *c, &raw, *level)
+                    .map(|_| ())
+            })
+        })?;
+        // Children before parents: a tree is saved only after everything it names (section 10, rule 3).
+        for (t, raw) in &needed.trees {
+            if w.lacks(t)? {
+                w.save_at_level(BlobKind::Tree, *t, raw, dst.config().compression_level)?;
+            } else {
+                present.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        w.flush()?;
+        Ok((
+            w.stats.blobs_new.load(Ordering::Relaxed),
+            w.stats.bytes_stored.load(Ordering::Relaxed),
+        ))
+    })?;
+    dst.save_snapshot_encoded(snap, &bytes)?;
+    complete.extend(needed.trees.iter().map(|(t, _)| *t));
+    Ok((
+        CopiedSnapshot {
+            id: id.to_hex(),
+            time: snap.time.to_rfc3339(),
+            instance: snap.instance.clone(),
+            blobs_copied: copied,
+            blobs_present: present.load(Ordering::Relaxed),
+        },
+        stored,
+    ))
+}
+
+/// Copies every instance configuration of the source that the target does not hold as it is (removed
+/// instances are not removed from the target).
+fn copy_instances(src: &Repository, dst: &Repository, report: &mut CopyReport) -> Result<()> {
+    for (name, state) in crate::instance_store::current(src)? {
+        let State::Live(cfg, _) = state else {
+            continue;
+        };
+        match crate::instance::load_for_update(dst, &name) {
+            Ok(have) if have == *cfg => report.instances_unchanged.push(name),
+            _ => {
+                crate::instance::save(dst, &cfg)?;
+                report.instances_copied.push(name);
+            }
+        }
+    }
+    Ok(())
+}
