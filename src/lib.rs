@@ -34,6 +34,7 @@ pub mod lock;
 pub mod log_file;
 pub mod pack;
 pub mod pack_writer;
+pub mod ping;
 pub mod postgres;
 pub mod progress;
 pub mod repair;

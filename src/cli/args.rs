@@ -453,9 +453,14 @@ pub struct InstanceSettings {
     /// Shell command run after a backup (also after a failed one).
     #[arg(long)]
     pub post_hook: Option<String>,
-    /// Shell command run on failure, with the run as JSON on stdin.
+    /// Shell command run after every backup, with the run as JSON on stdin (`status`: success, partial
+    /// or failed).
     #[arg(long)]
     pub notify: Option<String>,
+    /// Dead man's switch (healthchecks.io style): POST URL/start, then URL on success or URL/fail on
+    /// failure or a partial run; "" removes it.
+    #[arg(long, value_name = "URL")]
+    pub ping_url: Option<String>,
     /// The instance's excludes; any of these flags replaces all of the stored ones.
     #[command(flatten)]
     pub excludes: ExcludeArgs,

@@ -69,10 +69,14 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
         (&mut cfg.pre_hook, s.pre_hook),
         (&mut cfg.post_hook, s.post_hook),
         (&mut cfg.notify, s.notify),
+        (&mut cfg.ping_url, s.ping_url),
     ] {
         if value.is_some() {
             *field = value;
         }
+    }
+    if cfg.ping_url.as_deref() == Some("") {
+        cfg.ping_url = None;
     }
     Ok(())
 }
@@ -747,11 +751,20 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+/// `health`: exit 1 when an enabled instance failed its last run or is overdue, 3 when none did but the
+/// last backup of one was partial (a warning: its snapshot lacks files), 0 otherwise.
 pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
     let repo = ctx.open()?;
     let now = Utc::now();
     let grace = Duration::minutes(grace_minutes);
     let states = runner::schedule_states(&repo)?;
+    let runs = instance::runs(&repo, None)?;
+    let last_backup_partial = |name: &str| {
+        runs.iter()
+            .rev()
+            .find(|r| r.instance.as_deref() == Some(name) && r.kind == "backup")
+            .is_some_and(|r| r.status == "partial")
+    };
     let report: Vec<_> = states
         .iter()
         .map(|s| {
@@ -761,6 +774,8 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
                 "failed"
             } else if s.is_overdue(now, grace) {
                 "overdue"
+            } else if last_backup_partial(&s.name) {
+                "partial"
             } else {
                 "ok"
             };
@@ -781,12 +796,15 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             s.name, s.future_snapshots
         );
     }
-    let bad = report
-        .iter()
-        .filter(|r| r["status"] == "failed" || r["status"] == "overdue")
-        .count();
+    let count = |what: &[&str]| {
+        report
+            .iter()
+            .filter(|r| what.iter().any(|w| r["status"] == *w))
+            .count()
+    };
+    let (bad, warnings) = (count(&["failed", "overdue"]), count(&["partial"]));
     if ctx.json {
-        ctx.print_json(&json!({"healthy": bad == 0, "instances": report}))?;
+        ctx.print_json(&json!({"healthy": bad == 0, "warnings": warnings, "instances": report}))?;
     } else if !ctx.quiet {
         for r in &report {
             println!(
@@ -795,9 +813,20 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
                 r["status"].as_str().unwrap_or("")
             );
         }
-        println!("{}", if bad == 0 { "healthy" } else { "UNHEALTHY" });
+        println!(
+            "{}",
+            match (bad, warnings) {
+                (0, 0) => "healthy".to_string(),
+                (0, w) => format!("healthy, with {w} warning(s): last backup partial"),
+                _ => "UNHEALTHY".to_string(),
+            }
+        );
     }
-    Ok(if bad == 0 { EXIT_OK } else { EXIT_ERROR })
+    Ok(match (bad, warnings) {
+        (0, 0) => EXIT_OK,
+        (0, _) => EXIT_PARTIAL,
+        _ => EXIT_ERROR,
+    })
 }
 
 pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
