@@ -45,6 +45,7 @@ pub mod runner;
 pub mod schedule;
 pub mod schedule_entries;
 pub mod snapshot;
+pub mod stats;
 pub mod tree;
 pub mod xattrs;
 

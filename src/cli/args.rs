@@ -121,10 +121,13 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         tick_seconds: u64,
     },
-    /// Per-instance statistics and totals.
+    /// Per-instance statistics and totals, exact from the index (see README "Statistics").
     Stats {
         #[arg(long)]
         instance: Option<String>,
+        /// Print the Prometheus text format (for node_exporter's textfile collector).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Exit non-zero if any enabled instance failed its last run or is overdue.
     Health {
@@ -199,7 +202,7 @@ impl Command {
             | Command::Show { instance, .. }
             | Command::Export { instance, .. }
             | Command::Log { instance }
-            | Command::Stats { instance }
+            | Command::Stats { instance, .. }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),
             Command::Instance { action } => action.name(),
             Command::Init(_)
