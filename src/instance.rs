@@ -44,6 +44,9 @@ pub struct InstanceConfig {
     pub post_hook: Option<String>,
     #[serde(default)]
     pub notify: Option<String>,
+    /// Dead man's switch URL pinged at the start and end of every backup (see [`crate::ping`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_url: Option<String>,
     #[serde(default)]
     pub paused: bool,
     pub created: DateTime<Utc>,
@@ -66,6 +69,7 @@ impl InstanceConfig {
             pre_hook: None,
             post_hook: None,
             notify: None,
+            ping_url: None,
             paused: false,
             created: Utc::now(),
             excludes: ExcludeOptions::default(),
@@ -94,6 +98,9 @@ impl InstanceConfig {
         }
         if let Some(c) = &self.pg_conn {
             crate::postgres::parse_conninfo(c)?;
+        }
+        if let Some(u) = &self.ping_url {
+            crate::ping::validate_url(u)?;
         }
         self.excludes.validate()
     }

@@ -2,9 +2,12 @@
 //!
 //! A failing pre-hook aborts the run (nothing is backed up) and is logged; the post-hook runs whenever the
 //! pre-hook ran, whether the pre-hook, the database dump or the backup failed (it typically restarts a
-//! service the pre-hook stopped). Every run, successful or not, leaves a record; on failure the instance's
-//! `notify` command receives the record as JSON on stdin. An instance whose stored config is refused (a
-//! password in its connection string) fails its run without stopping the others.
+//! service the pre-hook stopped). Every run, successful or not, leaves a record. On every outcome the
+//! instance's `notify` command receives the run as JSON on stdin ([`RunReport`], `status` success, partial
+//! or failed) and its `ping_url` is pinged (`/start` before the hooks, then success or `/fail`; a partial
+//! run pings `/fail`, see [`crate::ping`]). A notifier or ping that fails is a warning on stderr, never a
+//! failed backup. An instance whose stored config is refused (a password in its connection string) fails
+//! its run without stopping the others.
 //!
 //! Scheduling trusts only snapshots not dated in the future (see `schedule`).
 
@@ -16,6 +19,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use crate::backup::{self, BackupOptions, BackupResult, MetadataHook, StreamSource};
 use crate::error::{Error, Result};
 use crate::instance::{self, InstanceConfig, RunRecord};
+use crate::ping;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::schedule::{self, ScheduleState};
@@ -62,6 +66,7 @@ pub fn backup_instance_tagged(
     tags: Vec<String>,
 ) -> Result<BackupResult> {
     let start = Utc::now();
+    ping(cfg, ping::Signal::Start, b"");
     let result = with_hooks(cfg, || take_snapshot(repo, cfg, time, db, progress, tags));
     let record = RunRecord {
         instance: Some(cfg.name.clone()),
@@ -77,11 +82,82 @@ pub fn backup_instance_tagged(
         snapshot_id: result.as_ref().ok().map(|r| r.snapshot_id.to_hex()),
         error: result.as_ref().err().map(|e| e.to_string()),
     };
-    instance::record_run(repo, &record)?;
-    if result.is_err() {
-        notify(cfg, &record);
-    }
+    let recorded = instance::record_run(repo, &record);
+    let report = RunReport::new(
+        &record,
+        result.as_ref().map(|r| &r.warnings[..]).unwrap_or(&[]),
+    );
+    let json = serde_json::to_vec(&report).unwrap_or_default();
+    notify(cfg, &json);
+    let signal = match report.status {
+        RunStatus::Success => ping::Signal::Success,
+        RunStatus::Partial | RunStatus::Failed => ping::Signal::Fail,
+    };
+    ping(cfg, signal, &json);
+    recorded?;
     result
+}
+
+/// How a run ended, as notifications and pings report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Success,
+    /// A snapshot was written without some source files (a warning, not a success).
+    Partial,
+    Failed,
+}
+
+/// A finished run as `notify` commands and pings receive it.
+#[derive(Debug, serde::Serialize)]
+pub struct RunReport<'a> {
+    pub instance: Option<&'a str>,
+    pub kind: &'a str,
+    pub status: RunStatus,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    pub duration_seconds: f64,
+    pub bytes_added: Option<u64>,
+    pub snapshot_id: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// What made a run partial (files that could not be read).
+    pub warnings: &'a [String],
+}
+
+impl<'a> RunReport<'a> {
+    pub fn new(r: &'a RunRecord, warnings: &'a [String]) -> RunReport<'a> {
+        RunReport {
+            instance: r.instance.as_deref(),
+            kind: &r.kind,
+            status: match r.status.as_str() {
+                "ok" => RunStatus::Success,
+                "partial" => RunStatus::Partial,
+                _ => RunStatus::Failed,
+            },
+            start: r.start,
+            end: r.end,
+            duration_seconds: r
+                .end
+                .map(|e| (e - r.start).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or(0.0),
+            bytes_added: r.bytes,
+            snapshot_id: r.snapshot_id.as_deref(),
+            error: r.error.as_deref(),
+            warnings,
+        }
+    }
+}
+
+/// Pings the instance's dead man's switch, if it has one; a failure is a warning.
+fn ping(cfg: &InstanceConfig, signal: ping::Signal, body: &[u8]) {
+    if let Some(url) = &cfg.ping_url {
+        if let Err(e) = ping::send(url, signal, body) {
+            eprintln!(
+                "cairn: warning: {}: {e} (the backup is not affected)",
+                cfg.name
+            );
+        }
+    }
 }
 
 /// Runs `job` between the instance's hooks. A failed pre-hook skips the job; the post-hook runs in every case
@@ -145,21 +221,28 @@ pub fn record_refused(repo: &Repository, name: &str, e: &Error) -> Result<()> {
     )
 }
 
-/// Sends a failed run to the instance's notify command; a failing notifier is reported, not fatal.
-fn notify(cfg: &InstanceConfig, record: &RunRecord) {
+/// Sends a finished run (JSON) to the instance's notify command, with the instance in `CAIRN_INSTANCE`;
+/// a notifier that cannot start or exits non-zero is a warning, never a failed backup.
+fn notify(cfg: &InstanceConfig, json: &[u8]) {
     let Some(cmd) = &cfg.notify else { return };
-    let json = serde_json::to_vec(record).unwrap_or_default();
     let child = Command::new("sh")
         .args(["-c", cmd])
+        .env("CAIRN_INSTANCE", &cfg.name)
         .stdin(Stdio::piped())
         .spawn();
-    match child {
-        Ok(mut c) => {
-            if let Some(mut stdin) = c.stdin.take() {
-                let _ = stdin.write_all(&json);
-            }
-            let _ = c.wait();
+    let status = child.and_then(|mut c| {
+        if let Some(mut stdin) = c.stdin.take() {
+            // A notifier that does not read its input is not an error of ours.
+            let _ = stdin.write_all(json);
         }
+        c.wait()
+    });
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!(
+            "cairn: warning: notify command for {} failed ({s})",
+            cfg.name
+        ),
         Err(e) => eprintln!("cairn: warning: notify command for {}: {e}", cfg.name),
     }
 }

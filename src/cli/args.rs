@@ -124,10 +124,13 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         tick_seconds: u64,
     },
-    /// Per-instance statistics and totals.
+    /// Per-instance statistics and totals, exact from the index (see README "Statistics").
     Stats {
         #[arg(long)]
         instance: Option<String>,
+        /// Print the Prometheus text format (for node_exporter's textfile collector).
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Exit non-zero if any enabled instance failed its last run or is overdue.
     Health {
@@ -202,7 +205,7 @@ impl Command {
             | Command::Show { instance, .. }
             | Command::Export { instance, .. }
             | Command::Log { instance }
-            | Command::Stats { instance }
+            | Command::Stats { instance, .. }
             | Command::ImportArchive { instance, .. } => instance.as_deref(),
             Command::Instance { action } => action.name(),
             Command::Init(_)
@@ -457,9 +460,14 @@ pub struct InstanceSettings {
     /// Shell command run after a backup (also after a failed one).
     #[arg(long)]
     pub post_hook: Option<String>,
-    /// Shell command run on failure, with the run as JSON on stdin.
+    /// Shell command run after every backup, with the run as JSON on stdin (`status`: success, partial
+    /// or failed).
     #[arg(long)]
     pub notify: Option<String>,
+    /// Dead man's switch (healthchecks.io style): POST URL/start, then URL on success or URL/fail on
+    /// failure or a partial run; "" removes it.
+    #[arg(long, value_name = "URL")]
+    pub ping_url: Option<String>,
     /// The instance's excludes; any of these flags replaces all of the stored ones.
     #[command(flatten)]
     pub excludes: ExcludeArgs,

@@ -192,7 +192,10 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             tick_seconds,
         } => instance::daemon(ctx, max_jobs, tick_seconds),
         Command::Log { instance: i } => instance::log(ctx, i.as_deref()),
-        Command::Stats { instance: i } => instance::stats(ctx, i.as_deref()),
+        Command::Stats {
+            instance: i,
+            prometheus,
+        } => instance::stats(ctx, i.as_deref(), prometheus),
         Command::Health { grace_minutes } => instance::health(ctx, grace_minutes),
         Command::Schedule { kind } => instance::schedule_cmd(ctx, kind),
         Command::ImportArchive {

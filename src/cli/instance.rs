@@ -69,10 +69,14 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
         (&mut cfg.pre_hook, s.pre_hook),
         (&mut cfg.post_hook, s.post_hook),
         (&mut cfg.notify, s.notify),
+        (&mut cfg.ping_url, s.ping_url),
     ] {
         if value.is_some() {
             *field = value;
         }
+    }
+    if cfg.ping_url.as_deref() == Some("") {
+        cfg.ping_url = None;
     }
     Ok(())
 }
@@ -686,72 +690,128 @@ pub fn log(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-pub fn stats(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
+/// `stats [--instance NAME] [--prometheus]`: exact usage per instance and in total (see `cairn::stats`),
+/// with each instance's last runs.
+pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
+    if prometheus && ctx.json {
+        return Err(Error::Usage(
+            "--prometheus and --json are two output formats: give one".into(),
+        ));
+    }
     let repo = ctx.open()?;
     let snaps = repo.snapshots()?;
     let runs = instance::runs(&repo, None)?;
     let states = runner::schedule_states(&repo)?;
     let mut rows = Vec::new();
+    let mut metrics = Vec::new();
     for st in states.iter().filter(|s| inst.is_none_or(|i| i == s.name)) {
-        let mine: Vec<_> = snaps
+        let mine = snaps
             .iter()
             .filter(|(_, s)| s.instance.as_deref() == Some(&st.name))
-            .collect();
-        let logical: u64 = mine.iter().map(|(_, s)| s.summary.bytes_total).sum();
-        let stored: u64 = mine.iter().map(|(_, s)| s.summary.bytes_added).sum();
+            .map(|(_, s)| s);
+        let m = instance_metrics(&st.name, cairn::stats::usage(&repo, mine)?, &runs);
         let last_run = runs
             .iter()
             .rev()
             .find(|r| r.instance.as_deref() == Some(&st.name));
-        rows.push(json!({
-            "instance": st.name,
-            "snapshot_count": mine.len(),
-            "last_backup": st.last_snapshot.map(human_time),
-            "future_snapshots": st.future_snapshots,
-            "last_status": last_run.map(|r| r.status.clone()),
-            "next_due": st.next_due().map(human_time),
-            "logical_bytes": logical,
-            "stored_bytes": stored,
-            "dedup_ratio": if stored > 0 { logical as f64 / stored as f64 } else { 0.0 },
-        }));
+        let mut row = serde_json::to_value(&m.usage).unwrap_or_default();
+        row["instance"] = json!(st.name);
+        row["last_backup"] = json!(st.last_snapshot.map(human_time));
+        row["future_snapshots"] = json!(st.future_snapshots);
+        row["last_status"] = json!(last_run.map(|r| r.status.clone()));
+        row["next_due"] = json!(st.next_due().map(human_time));
+        row["last_success"] = json!(m.last_success.map(human_time));
+        row["last_duration_seconds"] = json!(m.last_duration_seconds);
+        row["last_bytes_added"] = json!(m.last_bytes_added);
+        row["failures"] = json!(m.failures);
+        rows.push(row);
+        metrics.push(m);
     }
-    let pack_bytes: u64 = repo.pack_files()?.iter().map(|(_, n)| n).sum();
-    let totals = json!({
-        "snapshot_count": snaps.len(),
-        "logical_bytes": snaps.iter().map(|(_, s)| s.summary.bytes_total).sum::<u64>(),
-        "stored_bytes": pack_bytes,
-    });
+    let totals = cairn::stats::totals(&repo, &snaps)?;
+    if prometheus {
+        let (url, _) = ctx.repo_url()?;
+        print!(
+            "{}",
+            cairn::stats::prometheus(&url.to_string(), &metrics, &totals)
+        );
+        return Ok(EXIT_OK);
+    }
     if ctx.json {
         ctx.print_json(&json!({"instances": rows, "totals": totals}))?;
         return Ok(EXIT_OK);
     }
     for r in &rows {
         println!(
-            "{:<20} {:>4} snapshots, last {} ({}), next {}, {} logical, {} stored, dedup {:.1}x",
+            "{:<20} {:>4} snapshots, last {} ({}), next {}, {} logical, {} unique, {} stored, dedup {:.2}x",
             r["instance"].as_str().unwrap_or(""),
             r["snapshot_count"],
             r["last_backup"].as_str().unwrap_or("never"),
             r["last_status"].as_str().unwrap_or("-"),
             r["next_due"].as_str().unwrap_or("-"),
             human_bytes(r["logical_bytes"].as_u64().unwrap_or(0)),
+            human_bytes(r["unique_bytes"].as_u64().unwrap_or(0)),
             human_bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
             r["dedup_ratio"].as_f64().unwrap_or(0.0)
         );
     }
+    let u = &totals.usage;
     println!(
-        "total: {} snapshots, {} logical, {} stored in packs",
-        totals["snapshot_count"],
-        human_bytes(totals["logical_bytes"].as_u64().unwrap_or(0)),
-        human_bytes(pack_bytes)
+        "total: {} snapshots, {} logical, {} unique (dedup {:.2}x), {} stored in {} packs ({} unreferenced)",
+        u.snapshot_count,
+        human_bytes(u.logical_bytes),
+        human_bytes(u.unique_bytes),
+        u.dedup_ratio,
+        human_bytes(totals.pack_bytes),
+        totals.pack_count,
+        human_bytes(totals.unreferenced_bytes)
     );
     Ok(EXIT_OK)
 }
 
+/// An instance's usage with the figures of its backup runs in the log.
+fn instance_metrics(
+    name: &str,
+    usage: cairn::stats::Usage,
+    runs: &[instance::RunRecord],
+) -> cairn::stats::InstanceMetrics {
+    let backups: Vec<_> = runs
+        .iter()
+        .filter(|r| r.instance.as_deref() == Some(name) && r.kind == "backup")
+        .collect();
+    let last = backups.last();
+    cairn::stats::InstanceMetrics {
+        instance: name.to_string(),
+        usage,
+        last_success: backups
+            .iter()
+            .rev()
+            .find(|r| r.status == "ok")
+            .map(|r| r.end.unwrap_or(r.start)),
+        last_duration_seconds: last.and_then(|r| {
+            r.end
+                .map(|e| (e - r.start).num_milliseconds() as f64 / 1000.0)
+        }),
+        // A failed run added nothing a snapshot keeps.
+        last_bytes_added: last.map(|r| r.bytes.unwrap_or(0)),
+        last_status: last.map(|r| r.status.clone()),
+        failures: backups.iter().filter(|r| r.status == "failed").count() as u64,
+    }
+}
+
+/// `health`: exit 1 when an enabled instance failed its last run or is overdue, 3 when none did but the
+/// last backup of one was partial (a warning: its snapshot lacks files), 0 otherwise.
 pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
     let repo = ctx.open()?;
     let now = Utc::now();
     let grace = Duration::minutes(grace_minutes);
     let states = runner::schedule_states(&repo)?;
+    let runs = instance::runs(&repo, None)?;
+    let last_backup_partial = |name: &str| {
+        runs.iter()
+            .rev()
+            .find(|r| r.instance.as_deref() == Some(name) && r.kind == "backup")
+            .is_some_and(|r| r.status == "partial")
+    };
     let report: Vec<_> = states
         .iter()
         .map(|s| {
@@ -761,6 +821,8 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
                 "failed"
             } else if s.is_overdue(now, grace) {
                 "overdue"
+            } else if last_backup_partial(&s.name) {
+                "partial"
             } else {
                 "ok"
             };
@@ -781,12 +843,15 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             s.name, s.future_snapshots
         );
     }
-    let bad = report
-        .iter()
-        .filter(|r| r["status"] == "failed" || r["status"] == "overdue")
-        .count();
+    let count = |what: &[&str]| {
+        report
+            .iter()
+            .filter(|r| what.iter().any(|w| r["status"] == *w))
+            .count()
+    };
+    let (bad, warnings) = (count(&["failed", "overdue"]), count(&["partial"]));
     if ctx.json {
-        ctx.print_json(&json!({"healthy": bad == 0, "instances": report}))?;
+        ctx.print_json(&json!({"healthy": bad == 0, "warnings": warnings, "instances": report}))?;
     } else if !ctx.quiet {
         for r in &report {
             println!(
@@ -795,9 +860,20 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
                 r["status"].as_str().unwrap_or("")
             );
         }
-        println!("{}", if bad == 0 { "healthy" } else { "UNHEALTHY" });
+        println!(
+            "{}",
+            match (bad, warnings) {
+                (0, 0) => "healthy".to_string(),
+                (0, w) => format!("healthy, with {w} warning(s): last backup partial"),
+                _ => "UNHEALTHY".to_string(),
+            }
+        );
     }
-    Ok(if bad == 0 { EXIT_OK } else { EXIT_ERROR })
+    Ok(match (bad, warnings) {
+        (0, 0) => EXIT_OK,
+        (0, _) => EXIT_PARTIAL,
+        _ => EXIT_ERROR,
+    })
 }
 
 pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
