@@ -46,6 +46,7 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::valid_name;
 
+pub mod odoo;
 mod plain_sql;
 
 /// The key of the snapshot metadata object holding [`PgFacts`].
