@@ -4,8 +4,8 @@
 //!
 //! Import extracts into a private temporary directory, then backs up every top-level entry as a file tree,
 //! except the dump, which becomes a stream so it deduplicates with the stream chunker and restores into
-//! PostgreSQL like a `--pg` dump. Export restores into a temporary directory and archives the root entries
-//! plus the streams, so import then export yields the same files.
+//! PostgreSQL like a `--pg` dump. `export` ([`crate::export`]) writes the root entries plus the streams back
+//! out, so import then export yields the same files.
 //!
 //! An archive is untrusted input. Invariants of the extraction ([`extract`]):
 //! - Nothing outside the extraction directory is ever read or written. Member names are split into
@@ -19,16 +19,12 @@
 //! - Whatever is not kept (skipped members, a dump whose name is not UTF-8 and so cannot be a stream) is
 //!   returned as one line each; the CLI prints them and exits 3. The list is also recorded in the snapshot
 //!   metadata (`skipped_members`). Names are kept byte for byte (zip names are taken raw).
-//!
-//! Export keeps what its format can hold: tar holds every kind of entry and any name; a zip holds files,
-//! directories and symlinks (unix mode bits in the external attributes) with UTF-8 names only, so a FIFO, a
-//! device or a non-UTF-8 name is left out of a zip and named in the returned list (the CLI exits 3).
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufReader, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -38,41 +34,11 @@ use crate::backup::{self, BackupOptions, BackupResult, ParentChoice, StreamSourc
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore::{self, RestoreOptions};
-use crate::snapshot::Snapshot;
-
-/// Archive layouts `export` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportFormat {
-    /// An Odoo backup zip: the dump and `filestore/` (and any other root entry) at the archive root.
-    OdooZip,
-    /// A plain (uncompressed) tar with the same layout.
-    Tar,
-}
-
-impl std::str::FromStr for ExportFormat {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<ExportFormat> {
-        match s {
-            "odoo-zip" | "zip" => Ok(ExportFormat::OdooZip),
-            "tar" => Ok(ExportFormat::Tar),
-            _ => Err(Error::Invalid(format!(
-                "export format {s:?}: want odoo-zip or tar"
-            ))),
-        }
-    }
-}
 
 /// What an import wrote, and what of the archive it could not keep (one line each; empty when it kept all).
 #[derive(Debug)]
 pub struct ImportReport {
     pub backup: BackupResult,
-    pub skipped: Vec<String>,
-}
-
-/// What an export could not put in the archive (one line each; empty when it holds the whole snapshot).
-#[derive(Debug, Default)]
-pub struct ExportReport {
     pub skipped: Vec<String>,
 }
 
@@ -624,126 +590,4 @@ fn make_removable(dir: &Path) {
             make_removable(&e.path());
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Export
-// ---------------------------------------------------------------------------------------------------------
-
-/// Writes the snapshot as an archive to `out`; returns what the format could not hold.
-pub fn export(
-    repo: &Repository,
-    snap: &Snapshot,
-    format: ExportFormat,
-    out: &mut dyn Write,
-) -> Result<ExportReport> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cairn-export-")
-        .tempdir()
-        .at(std::env::temp_dir())?;
-    let root = tmp.path().join("root");
-    fs::create_dir(&root).at(&root)?;
-    if snap.tree.is_some() {
-        restore::restore(
-            repo,
-            snap,
-            &RestoreOptions {
-                target: root.clone(),
-                ..RestoreOptions::default()
-            },
-        )?;
-    }
-    for s in &snap.streams {
-        let path = root.join(&s.name);
-        let mut f = BufWriter::new(File::create(&path).at(&path)?);
-        restore::dump(repo, snap, &s.name, &mut f)?;
-        f.into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
-    }
-    let mut entries: Vec<PathBuf> = fs::read_dir(&root)
-        .at(&root)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .at(&root)?;
-    entries.sort();
-    match format {
-        ExportFormat::Tar => write_tar(&root, &entries, out).map(|()| ExportReport::default()),
-        ExportFormat::OdooZip => write_zip(&root, &entries, out),
-    }
-}
-
-fn write_tar(root: &Path, entries: &[PathBuf], out: &mut dyn Write) -> Result<()> {
-    let mut t = tar::Builder::new(out);
-    t.follow_symlinks(false);
-    for p in entries {
-        let name = p.strip_prefix(root).unwrap_or(p);
-        // Not `is_dir()`: a top-level symlink to a directory is archived as the symlink, never followed.
-        if fs::symlink_metadata(p).at(p)?.is_dir() {
-            t.append_dir_all(name, p).at(p)?;
-        } else {
-            t.append_path_with_name(p, name).at(p)?;
-        }
-    }
-    t.finish().map_err(|e| Error::io("archive", e))
-}
-
-fn write_zip(root: &Path, entries: &[PathBuf], out: &mut dyn Write) -> Result<ExportReport> {
-    let zerr = |e: zip::result::ZipError| Error::Invalid(e.to_string());
-    let mut report = ExportReport::default();
-    // The zip writer needs to seek; build it in a temporary file, then copy it out.
-    let mut buf = tempfile::tempfile().at(std::env::temp_dir())?;
-    {
-        let mut z = zip::ZipWriter::new(&mut buf);
-        let mut stack: Vec<PathBuf> = entries.iter().rev().cloned().collect();
-        while let Some(p) = stack.pop() {
-            let rel = p.strip_prefix(root).unwrap_or(&p);
-            let Some(name) = rel.to_str().map(str::to_string) else {
-                report.skipped.push(format!(
-                    "{:?}: a zip holds only UTF-8 names; left out{} (use --format tar)",
-                    shown(rel.as_os_str().as_bytes()),
-                    if p.is_dir() { " with its contents" } else { "" }
-                ));
-                continue;
-            };
-            let md = fs::symlink_metadata(&p).at(&p)?;
-            let opts = zip::write::SimpleFileOptions::default().unix_permissions(md.mode());
-            let ft = md.file_type();
-            if ft.is_dir() {
-                z.add_directory(format!("{name}/"), opts).map_err(zerr)?;
-                let mut children: Vec<PathBuf> = fs::read_dir(&p)
-                    .at(&p)?
-                    .map(|e| e.map(|e| e.path()))
-                    .collect::<std::io::Result<_>>()
-                    .at(&p)?;
-                children.sort();
-                stack.extend(children.into_iter().rev());
-            } else if ft.is_file() {
-                z.start_file(name, opts).map_err(zerr)?;
-                std::io::copy(&mut File::open(&p).at(&p)?, &mut z).at(&p)?;
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&p).at(&p)?;
-                match target.to_str() {
-                    Some(t) => z.add_symlink(name, t, opts).map_err(zerr)?,
-                    None => report.skipped.push(format!(
-                        "{name:?}: a zip holds only UTF-8 symlink targets; left out (use --format tar)"
-                    )),
-                }
-            } else {
-                let kind = if ft.is_fifo() {
-                    "a FIFO"
-                } else if ft.is_socket() {
-                    "a socket"
-                } else {
-                    "a device"
-                };
-                report.skipped.push(format!(
-                    "{name}: {kind} has no zip form; left out (use --format tar)"
-                ));
-            }
-        }
-        z.finish().map_err(zerr)?;
-    }
-    buf.rewind().map_err(|e| Error::io("archive", e))?;
-    std::io::copy(&mut buf, out).map_err(|e| Error::io("archive", e))?;
-    Ok(report)
 }

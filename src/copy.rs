@@ -74,8 +74,8 @@ pub struct CopyReport {
 /// [`CopyOptions::instances`] the instance configurations.
 pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<CopyReport> {
     dst.require_writable()?;
-    let _src_lock = lock::acquire_reader(src.backend(), "copy (source)")?;
-    let _dst_lock = lock::acquire(dst.backend(), false, "copy")?;
+    let _src_lock = lock::acquire_reader_on(src, "copy (source)")?;
+    let _dst_lock = lock::acquire_on(dst, false, "copy")?;
     let wanted = select(src, &opts.snapshots)?;
     let present: HashSet<Id> = dst.snapshot_objects()?.into_iter().collect();
     let mut report = CopyReport::default();

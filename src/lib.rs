@@ -22,6 +22,7 @@ pub mod delete_absent;
 pub mod diff;
 pub mod error;
 pub mod exclude;
+pub mod export;
 pub mod fetch;
 pub mod find;
 pub mod fsutil;

@@ -46,6 +46,7 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::valid_name;
 
+pub mod odoo;
 mod plain_sql;
 
 /// The key of the snapshot metadata object holding [`PgFacts`].
@@ -430,18 +431,17 @@ fn textual_password(conninfo: &str) -> bool {
 
 /// The effective user's login name, libpq's default user.
 fn os_user_name() -> Option<String> {
-    // SAFETY: getpwuid returns a pointer into static storage or NULL; it is read at once, before any other
-    // call that could overwrite it, and copied out.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_name.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr((*pw).pw_name)
-            .to_str()
-            .ok()
-            .map(str::to_string)
-    }
+    user_name(nix::unistd::geteuid().as_raw())
+}
+
+/// The login name of `uid`, or `None` when the password database has no such user (or cannot be read).
+/// Thread-safe: `getpwuid_r` with a buffer of this call's own (the daemon runs several backups at once, and
+/// `getpwuid`'s static buffer would hand one job another lookup's name).
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 /// Finds the password in a `.pgpass` text: lines `host:port:database:user:password`, `*` matching anything,
@@ -1278,6 +1278,42 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn user_name_lookups_from_many_threads_each_get_their_own_answer() {
+        // Pairs of (uid, name) as the password database says; looked up concurrently, each thread alternating
+        // between them, so that a lookup sharing one static buffer (getpwuid) hands out another thread's name.
+        let expected: Vec<(u32, String)> = [0u32, 65534]
+            .into_iter()
+            .filter_map(|uid| user_name(uid).map(|n| (uid, n)))
+            .collect();
+        assert_eq!(
+            expected.len(),
+            2,
+            "root and nobody must exist: {expected:?}"
+        );
+        assert_ne!(expected[0].1, expected[1].1);
+        let wrong = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                let (expected, wrong) = (&expected, &wrong);
+                s.spawn(move || {
+                    for i in 0..20_000 {
+                        let (uid, name) = &expected[(t + i) % 2];
+                        if user_name(*uid).as_deref() != Some(name.as_str()) {
+                            wrong.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            wrong.into_inner(),
+            0,
+            "lookups answered with another uid's name"
+        );
+        assert_eq!(user_name(u32::MAX - 7), None);
     }
 
     #[test]

@@ -821,6 +821,17 @@ pub fn dump(repo: &Repository, snap: &Snapshot, name: &str, out: &mut dyn Write)
     Ok(n)
 }
 
+/// Writes a file node's chunks to `out` in order (verified, damage recorded); returns the bytes written.
+/// For writers that stream a snapshot elsewhere (`export`).
+pub fn write_file(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
+    write_chunks(repo, chunks, out)
+}
+
+/// Reads a tree object, recording it in the index if it is damaged (as restore does).
+pub fn tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
+    read_tree(repo, id)
+}
+
 /// Lists the entries under `path` (the whole tree when empty): one `(path, node)` per entry, depth-first.
 pub fn list(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Vec<(String, Node)>> {
     let root = snap

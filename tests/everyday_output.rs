@@ -266,7 +266,7 @@ fn exit_codes_0_1_2_3_10_11_130_are_produced() {
     assert!(st.success());
     let fifo_snap = one_doc(r, &["backup", fifo_tree.to_str().unwrap()], 0);
     let fifo_snap = fifo_snap["snapshot_id"].as_str().unwrap();
-    let (code, _, err) = run(cairn(r).args(["export", fifo_snap, "--format", "odoo-zip"]));
+    let (code, _, err) = run(cairn(r).args(["export", fifo_snap, "--format", "zip"]));
     assert_eq!(code, 3, "{err}");
     // 10: the repository does not exist, or the directory is not a repository.
     let missing = dir.path().join("missing");

@@ -130,7 +130,7 @@ impl Sandbox {
             let dumped = self.cairn().args(["dump", id, name]).output().unwrap();
             assert!(!contains(&dumped.stdout, SENTINEL), "dump {name}");
         }
-        for format in ["tar", "odoo-zip"] {
+        for format in ["tar", "zip", "odoo-zip", "odoo-tar"] {
             let out = self
                 .cairn()
                 .args(["export", id, "--format", format])
@@ -478,7 +478,7 @@ fn backup_tree(sb: &Sandbox, build: impl FnOnce(&Path)) -> String {
 }
 
 #[test]
-fn export_odoo_zip_keeps_symlinks_and_says_what_a_zip_cannot_hold() {
+fn export_zip_keeps_symlinks_and_says_what_a_zip_cannot_hold() {
     let sb = Sandbox::new();
     let id = backup_tree(&sb, |src| {
         fs::write(src.join("a.txt"), b"A").unwrap();
@@ -487,7 +487,7 @@ fn export_odoo_zip_keeps_symlinks_and_says_what_a_zip_cannot_hold() {
     });
     let out = sb
         .cairn()
-        .args(["export", &id, "--format", "odoo-zip"])
+        .args(["export", &id, "--format", "zip"])
         .output()
         .unwrap();
     assert_eq!(
@@ -519,7 +519,7 @@ fn export_odoo_zip_keeps_symlinks_and_says_what_a_zip_cannot_hold() {
     });
     let out = sb
         .cairn()
-        .args(["export", &id, "--format", "odoo-zip"])
+        .args(["export", &id, "--format", "zip"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -155,15 +155,22 @@ pub enum Command {
         force_time: bool,
         file: PathBuf,
     },
-    /// Write a snapshot out as an archive (the dump and filestore/ at the root) on stdout.
+    /// Write a snapshot out as an archive, streamed to stdout or --output: odoo-zip/odoo-tar (Odoo's
+    /// backup: dump.sql, manifest.json, filestore/) or zip/tar (the snapshot's entries and streams as stored).
     Export {
         snapshot: String,
-        /// odoo-zip or tar.
+        /// odoo-zip, odoo-tar, zip or tar.
         #[arg(long)]
         format: String,
         /// Narrows `latest`.
         #[arg(long)]
         instance: Option<String>,
+        /// Write the archive to FILE (complete or not at all) instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Odoo formats: the snapshot's root directory holding the filestore (when it has several).
+        #[arg(long)]
+        filestore: Option<String>,
     },
     /// What changed between two snapshots: files, streams and per-table row counts.
     Diff {

@@ -208,7 +208,15 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             snapshot,
             format,
             instance: i,
-        } => export(ctx, &snapshot, &format, i.as_deref()),
+            output,
+            filestore,
+        } => {
+            let opts = cairn::export::ExportOptions {
+                format: format.parse()?,
+                filestore,
+            };
+            export(ctx, &snapshot, &opts, i.as_deref(), output.as_deref())
+        }
         Command::Diff {
             snapshot1,
             snapshot2,
@@ -929,15 +937,26 @@ fn import_archive(
     Ok(EXIT_OK)
 }
 
-fn export(ctx: &Ctx, spec: &str, format: &str, instance: Option<&str>) -> Result<i32> {
-    let format: cairn::archive::ExportFormat = format.parse()?;
+fn export(
+    ctx: &Ctx,
+    spec: &str,
+    opts: &cairn::export::ExportOptions,
+    instance: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> Result<i32> {
     let repo = ctx.open()?;
     let _lock = cairn::lock::acquire_reader_on(&repo, "export")?;
-    let (_, snap) = latest::for_export(&repo, spec, instance, format)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    let report = cairn::archive::export(&repo, &snap, format, &mut out)?;
-    out.flush().map_err(|e| Error::io("stdout", e))?;
+    let (_, snap) = latest::for_export(&repo, spec, instance, opts.format)?;
+    let report = match output {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let report = cairn::export::export(&repo, &snap, opts, &mut out)?;
+            out.flush().map_err(|e| Error::io("stdout", e))?;
+            report
+        }
+        Some(path) => export_to_file(&repo, &snap, opts, path)?,
+    };
     if !report.skipped.is_empty() {
         for s in &report.skipped {
             eprintln!("cairn: warning: {s}");
@@ -949,6 +968,31 @@ fn export(ctx: &Ctx, spec: &str, format: &str, instance: Option<&str>) -> Result
         return Ok(EXIT_PARTIAL);
     }
     Ok(EXIT_OK)
+}
+
+/// Exports into a temporary file beside `path`, renamed to `path` once complete: a failed export leaves
+/// no truncated archive that looks like a good one.
+fn export_to_file(
+    repo: &Repository,
+    snap: &cairn::snapshot::Snapshot,
+    opts: &cairn::export::ExportOptions,
+    path: &std::path::Path,
+) -> Result<cairn::export::ExportReport> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".cairn-export-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let report = cairn::export::export(repo, snap, opts, &mut out)?;
+    out.flush().map_err(|e| Error::io(path, e))?;
+    drop(out);
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(report)
 }
 
 fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {

@@ -5,7 +5,7 @@
 //! "Does not hold it" is only ever a path or stream that is not there; any other failure while looking
 //! (an unreadable tree, a damaged blob) stops the command instead of quietly picking an older snapshot.
 
-use cairn::archive::ExportFormat;
+use cairn::export::ExportFormat;
 use cairn::snapshot::Snapshot;
 use cairn::{Error, Id, Repository, Result};
 
@@ -94,19 +94,18 @@ pub fn for_name(
     })
 }
 
-/// `export`: any snapshot for a tar; one with a database dump for an Odoo zip.
+/// `export`: any snapshot for zip and tar; one with a database dump for the Odoo formats.
 pub fn for_export(
     repo: &Repository,
     spec: &str,
     instance: Option<&str>,
     format: ExportFormat,
 ) -> Result<(Id, Snapshot)> {
-    match format {
-        ExportFormat::OdooZip => {
-            repo.resolve_snapshot_holding(spec, instance, Some("a database dump"), &mut |s| {
-                Ok(holds_dump(s))
-            })
-        }
-        _ => repo.resolve_snapshot(spec, instance),
+    if format.is_odoo() {
+        repo.resolve_snapshot_holding(spec, instance, Some("a database dump"), &mut |s| {
+            Ok(holds_dump(s))
+        })
+    } else {
+        repo.resolve_snapshot(spec, instance)
     }
 }
