@@ -3,7 +3,8 @@
 //! What this module owns:
 //! - **Connection settings** ([`PgConn`]): libpq conventions — a keyword/value string (`--pg-conn`, parsed by
 //!   `tokio_postgres::Config`), then `PGHOST`/`PGHOSTADDR`/`PGPORT`/`PGUSER`/`PGPASSWORD`/`PGOPTIONS`/
-//!   `PGAPPNAME`/`PGCONNECT_TIMEOUT`/`PGSSLMODE`, then `PGPASSFILE` or `~/.pgpass` for the password.
+//!   `PGAPPNAME`/`PGCONNECT_TIMEOUT`, then `PGPASSFILE` or `~/.pgpass` for the password; TLS (`sslmode`,
+//!   `sslrootcert`, `PGSSLMODE`, `PGSSLROOTCERT`) with libpq's semantics, see [`tls`].
 //! - **Backup** ([`dump_source`]): a REPEATABLE READ, READ ONLY transaction exports its snapshot; the facts
 //!   recorded in the snapshot metadata (server version, size, encoding, WAL position, transaction ids and the
 //!   exact row count of every user table) are read in that transaction, and `pg_dump --snapshot=…` dumps that
@@ -35,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 
 use crate::backup::{self, BackupOptions, ChildGuard, MetadataHook, StreamSource};
@@ -48,6 +49,9 @@ use crate::tree::valid_name;
 
 pub mod odoo;
 mod plain_sql;
+pub mod tls;
+
+use tls::{TlsMode, TlsSettings};
 
 /// The key of the snapshot metadata object holding [`PgFacts`].
 pub const METADATA_KEY: &str = "postgres";
@@ -129,6 +133,7 @@ pub struct PgConn {
     /// database (its lines can name databases).
     password: Option<Vec<u8>>,
     passfile: Option<PathBuf>,
+    tls: TlsSettings,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -149,9 +154,9 @@ impl PgConn {
     }
 
     fn with_env(conninfo: Option<&str>, env: EnvFn) -> Result<PgConn> {
-        let mut config = match conninfo {
-            Some(s) => parse_conninfo(s)?,
-            None => tokio_postgres::Config::new(),
+        let (mut config, ssl_mode, ssl_root) = match conninfo {
+            Some(s) => parse_conninfo_tls(s)?,
+            None => (tokio_postgres::Config::new(), None, None),
         };
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
             match env("PGHOST") {
@@ -210,18 +215,8 @@ impl PgConn {
                 }
             }
         }
-        if !conninfo.is_some_and(|s| s.contains("sslmode")) {
-            if let Some(m) = env("PGSSLMODE") {
-                config.ssl_mode(match m.as_str() {
-                    "disable" => SslMode::Disable,
-                    "allow" | "prefer" => SslMode::Prefer,
-                    "require" | "verify-ca" | "verify-full" => SslMode::Require,
-                    other => {
-                        return Err(Error::Invalid(format!("PGSSLMODE: unknown mode {other:?}")))
-                    }
-                });
-            }
-        }
+        let tls = TlsSettings::resolve(ssl_mode, ssl_root, env)?;
+        config.ssl_mode(tls.ssl_mode());
         let password = config
             .get_password()
             .map(<[u8]>::to_vec)
@@ -233,6 +228,7 @@ impl PgConn {
             config,
             password,
             passfile,
+            tls,
         })
     }
 
@@ -366,12 +362,7 @@ impl PgConn {
         if let Some(t) = self.config.get_connect_timeout() {
             env.push(("PGCONNECT_TIMEOUT", t.as_secs().to_string().into()));
         }
-        let ssl = match self.config.get_ssl_mode() {
-            SslMode::Disable => "disable",
-            SslMode::Require => "require",
-            _ => "prefer",
-        };
-        env.push(("PGSSLMODE", ssl.into()));
+        self.tls.child_env(&mut env);
         env
     }
 }
@@ -391,10 +382,22 @@ pub const PASSWORD_IN_CONNINFO: &str =
 /// scheme). The textual scan runs first so that such spellings are named as passwords, not as syntax errors.
 /// Error messages name keywords, never values.
 pub fn parse_conninfo(conninfo: &str) -> Result<tokio_postgres::Config> {
+    parse_conninfo_tls(conninfo).map(|(config, _, _)| config)
+}
+
+/// [`parse_conninfo`], with the `sslmode` and `sslrootcert` values it holds (taken out before
+/// tokio-postgres parses the rest: it knows neither `verify-*` nor `sslrootcert`).
+fn parse_conninfo_tls(
+    conninfo: &str,
+) -> Result<(tokio_postgres::Config, Option<String>, Option<String>)> {
     if textual_password(conninfo) {
         return Err(Error::Invalid(PASSWORD_IN_CONNINFO.into()));
     }
-    let config = tokio_postgres::Config::from_str(conninfo).map_err(|e| {
+    let (rest, ssl_mode, ssl_root) = tls::take_tls_keys(conninfo)?;
+    if let Some(m) = &ssl_mode {
+        m.parse::<TlsMode>()?;
+    }
+    let config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
         // The parser's message names the offending keyword, never a value.
         Error::Invalid(format!(
             "--pg-conn is not a libpq connection string: {}",
@@ -404,7 +407,7 @@ pub fn parse_conninfo(conninfo: &str) -> Result<tokio_postgres::Config> {
     if config.get_password().is_some() {
         return Err(Error::Invalid(PASSWORD_IN_CONNINFO.into()));
     }
-    Ok(config)
+    Ok((config, ssl_mode, ssl_root))
 }
 
 /// Whether the percent-decoded, lower-cased string has a `password` keyword followed by `=`, or is a URI
@@ -497,17 +500,36 @@ impl Session {
             .build()
             .map_err(|e| Error::Postgres(format!("cannot start the async runtime: {e}")))?;
         let cfg = conn.config_for(db);
-        let (client, connection) = rt.block_on(cfg.connect(NoTls)).map_err(|e| {
+        let connected = match conn.tls.mode {
+            TlsMode::Disable => connect(&rt, &cfg, NoTls),
+            _ => connect(&rt, &cfg, conn.tls.connector()?),
+        };
+        let client = connected.map_err(|e| {
             let msg = pg_err(&e);
-            // Name where a password was looked for when the server asked for one.
-            let hint = match cfg.get_password() {
-                None if msg.contains("password") => format!(
+            // The usual causes, named: TLS required by the server, a certificate that does not verify, no
+            // password found where one was looked for.
+            let hint = if msg.contains("no encryption") {
+                format!(
+                    " (the server accepts only TLS connections here, and sslmode is {})",
+                    conn.tls.mode.as_str()
+                )
+            } else if msg.contains("not valid for name") {
+                format!(
+                    " (sslmode={} checks that the server's certificate names the host connected to; \
+                     verify-ca checks only that it is signed by the root certificate)",
+                    conn.tls.mode.as_str()
+                )
+            } else if msg.contains("invalid peer certificate") {
+                format!(" ({})", conn.tls.describe())
+            } else if cfg.get_password().is_none() && msg.contains("password") {
+                format!(
                     " (no password was found in --pg-conn, PGPASSWORD or {})",
                     conn.passfile
                         .as_ref()
                         .map_or("~/.pgpass".into(), |p| p.display().to_string())
-                ),
-                _ => String::new(),
+                )
+            } else {
+                String::new()
             };
             Error::Postgres(format!(
                 "cannot connect to database {db:?} on {} as {}: {msg}{hint}",
@@ -515,10 +537,6 @@ impl Session {
                 conn.user(),
             ))
         })?;
-        rt.spawn(async move {
-            // The error, if any, surfaces on the client's next request as "connection closed".
-            let _ = connection.await;
-        });
         Ok(Session {
             client,
             rt,
@@ -555,6 +573,24 @@ impl Session {
             .block_on(self.client.query_one(sql, params))
             .map_err(|e| self.fail(sql, &e))
     }
+}
+
+/// Connects with `tls` and spawns the connection task on the session's runtime.
+fn connect<T>(
+    rt: &tokio::runtime::Runtime,
+    cfg: &tokio_postgres::Config,
+    tls: T,
+) -> std::result::Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + 'static,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = rt.block_on(cfg.connect(tls))?;
+    rt.spawn(async move {
+        // The error, if any, surfaces on the client's next request as "connection closed".
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// A row's column, with a typed error instead of a panic when the server answers something unexpected.
