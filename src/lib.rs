@@ -32,6 +32,7 @@ pub mod index_sync;
 pub mod instance;
 pub mod interrupt;
 pub mod lock;
+pub mod mount;
 pub mod pack;
 pub mod pack_writer;
 pub mod postgres;

@@ -7,6 +7,7 @@ mod commands;
 mod explore;
 mod instance;
 mod latest;
+mod mount;
 mod pg;
 
 use clap::Parser;
