@@ -18,7 +18,8 @@
 //! Locks: the source takes a reader's shared lock (no prune deletes a pack under the copy), the target the
 //! shared lock a backup takes.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
@@ -33,7 +34,8 @@ use crate::pack::BlobKind;
 use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::{NodeKind, Tree};
+use crate::tree::{Node, NodeKind, Tree};
+use crate::walk;
 
 /// What to copy.
 #[derive(Debug, Clone, Default)]
@@ -134,37 +136,68 @@ struct Needed {
     seen: HashSet<Id>,
 }
 
-/// Walks the tree `id` of the source (reading and verifying every tree), children first.
-fn walk(
+/// Collects what the walk of one root needs copied: trees after their children (as [`walk::Visitor::tree_done`]
+/// gives them), each data chunk once.
+struct Collect<'a> {
+    level: i32,
+    complete: &'a HashSet<Id>,
+    out: &'a mut Needed,
+    /// The stored bytes of trees read but not yet done (the copy keeps a tree's bytes as they are).
+    raw: &'a RefCell<HashMap<Id, Vec<u8>>>,
+}
+
+impl walk::Visitor for Collect<'_> {
+    fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
+        let new = !self.complete.contains(id) && self.out.seen.insert(*id);
+        Ok(if new {
+            walk::Step::Descend
+        } else {
+            walk::Step::Skip
+        })
+    }
+    fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            for c in chunks {
+                if self.out.seen.insert(*c) {
+                    self.out.chunks.push((*c, self.level));
+                }
+            }
+        }
+        Ok(walk::Step::Descend)
+    }
+    fn tree_done(&mut self, id: &Id, _at: walk::Place) -> Result<()> {
+        let raw = self.raw.borrow_mut().remove(id);
+        let raw = raw.ok_or_else(|| Error::Invalid(format!("copy: tree {id} was not read")))?;
+        self.out.trees.push((*id, raw));
+        Ok(())
+    }
+}
+
+/// Walks the tree `root` of the source (reading and verifying every tree) through the one tree walk.
+fn collect(
     src: &Repository,
-    id: Id,
+    root: Id,
     level: i32,
     complete: &HashSet<Id>,
     out: &mut Needed,
 ) -> Result<()> {
-    if complete.contains(&id) || !out.seen.insert(id) {
-        return Ok(());
-    }
-    let raw = src.read_blob(&id)?;
-    let tree = Tree::decode(&raw).map_err(|e| match e {
-        Error::Corrupt { detail, .. } => Error::corrupt(format!("tree {id}"), detail),
-        other => other,
-    })?;
-    for node in &tree.nodes {
-        match &node.kind {
-            NodeKind::File { chunks, .. } => {
-                for c in chunks {
-                    if out.seen.insert(*c) {
-                        out.chunks.push((*c, level));
-                    }
-                }
-            }
-            NodeKind::Dir { subtree } => walk(src, *subtree, level, complete, out)?,
-            _ => {}
-        }
-    }
-    out.trees.push((id, raw));
-    Ok(())
+    let raw = RefCell::new(HashMap::new());
+    let source = walk::FnSource(|id: &Id| {
+        let bytes = src.read_blob(id)?;
+        let tree = Tree::decode(&bytes).map_err(|e| match e {
+            Error::Corrupt { detail, .. } => Error::corrupt(format!("tree {id}"), detail),
+            other => other,
+        })?;
+        raw.borrow_mut().insert(*id, bytes);
+        Ok(tree)
+    });
+    let mut visitor = Collect {
+        level,
+        complete,
+        out,
+        raw: &raw,
+    };
+    walk::walk(&source, &root, &mut visitor)
 }
 
 /// Copies one snapshot's missing blobs, then its object; returns what it did and the bytes stored.
@@ -183,7 +216,7 @@ fn copy_snapshot(
     ];
     for (root, level) in levels {
         if let Some(root) = root {
-            walk(src, root, level, complete, &mut needed)?;
+            collect(src, root, level, complete, &mut needed)?;
         }
     }
     let present = AtomicU64::new(0);

@@ -36,6 +36,7 @@ pub mod instance_store;
 pub mod interrupt;
 pub mod lock;
 pub mod log_file;
+pub mod mount;
 pub mod object_io;
 pub mod pack;
 pub mod pack_writer;

@@ -188,6 +188,8 @@ pub enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Mount the snapshots read-only at MOUNTPOINT (FUSE) until unmounted or interrupted.
+    Mount { mountpoint: std::path::PathBuf },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -224,6 +226,7 @@ impl Command {
             | Command::Daemon { .. }
             | Command::Health { .. }
             | Command::Schedule { .. }
+            | Command::Mount { .. }
             | Command::Unlock { .. } => None,
         };
         name.into_iter().collect()

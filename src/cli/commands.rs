@@ -226,6 +226,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             pattern,
             instance: i,
         } => super::explore::find(ctx, &pattern, i.as_deref()),
+        Command::Mount { mountpoint } => super::mount::mount(ctx, &mountpoint),
     }
 }
 

@@ -8,6 +8,7 @@ mod copy;
 mod explore;
 mod instance;
 mod latest;
+mod mount;
 mod pg;
 
 use clap::Parser;

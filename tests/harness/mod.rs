@@ -207,6 +207,10 @@ pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
     let mut out = BTreeMap::new();
     let mut inodes: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
     walk(root, root, &mut out, &mut inodes);
+    // Sorted, as documented: the order of a directory listing is the file system's own.
+    for group in inodes.values_mut() {
+        group.sort();
+    }
     for group in inodes.values().filter(|g| g.len() > 1) {
         for p in group {
             out.get_mut(p).unwrap().link_group = group.clone();
