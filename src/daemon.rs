@@ -4,7 +4,9 @@
 //! them, at most `max_jobs` at a time and never two for the same instance. SIGTERM or SIGINT stops new work;
 //! running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
 //! daemon was down is due once at start (see `schedule`), not once per missed slot. An instance whose config
-//! is refused fails (logged, retried later) without stopping the daemon.
+//! is refused fails (logged, retried later) without stopping the daemon. Everything it reports goes through
+//! `tracing` (the binary picks plain or JSON lines): start, each backup's start and outcome with its
+//! `instance`, stop.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -61,7 +63,7 @@ async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     let mut jobs: JoinSet<(String, Result<String>)> = JoinSet::new();
     let mut state = State::default();
-    eprintln!("cairn daemon: started (max {} jobs)", opts.max_jobs);
+    tracing::info!(max_jobs = opts.max_jobs, "daemon started");
     loop {
         start_due_jobs(&repo, &opts, &db, &mut jobs, &mut state)?;
         tokio::select! {
@@ -71,14 +73,14 @@ async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
             _ = tokio::time::sleep(opts.tick) => {}
         }
     }
-    eprintln!(
-        "cairn daemon: stopping; waiting for {} running job(s)",
-        jobs.len()
+    tracing::info!(
+        running = jobs.len(),
+        "daemon stopping; waiting for running jobs"
     );
     while let Some(done) = jobs.join_next().await {
         report(done, &mut state);
     }
-    eprintln!("cairn daemon: stopped");
+    tracing::info!("daemon stopped");
     Ok(())
 }
 
@@ -105,7 +107,7 @@ fn start_due_jobs(
             Ok(cfg) => cfg,
             Err(e) => {
                 // A refused config (e.g. a password in its connection string) fails this instance only.
-                eprintln!("cairn daemon: {name}: backup refused: {e}");
+                tracing::error!(instance = %name, error = %e, "backup refused");
                 runner::record_refused(repo, &name, &e)?;
                 state.failed_at.insert(name, Instant::now());
                 continue;
@@ -113,12 +115,13 @@ fn start_due_jobs(
         };
         let (repo, db) = (repo.clone(), db.clone());
         state.running.insert(name.clone());
-        eprintln!("cairn daemon: {name}: backup started");
+        tracing::info!(instance = %name, "backup started");
         jobs.spawn_blocking(move || {
             let r = runner::backup_instance(&repo, &cfg, None, &*db, Progress::hidden());
+            runner::log_outcome(&name, &r);
             if r.is_ok() {
                 if let Err(e) = runner::housekeeping(&repo, &cfg) {
-                    eprintln!("cairn daemon: {}: retention/prune skipped: {e}", cfg.name);
+                    tracing::warn!(instance = %name, error = %e, "retention/prune skipped");
                 }
             }
             (name, r.map(|r| r.snapshot_id.to_hex()))
@@ -132,16 +135,14 @@ fn report(
     state: &mut State,
 ) {
     match done {
-        Ok((name, Ok(id))) => {
-            eprintln!("cairn daemon: {name}: snapshot {}", &id[..8]);
+        Ok((name, Ok(_))) => {
             state.failed_at.remove(&name);
             state.running.remove(&name);
         }
-        Ok((name, Err(e))) => {
-            eprintln!("cairn daemon: {name}: backup failed: {e}");
+        Ok((name, Err(_))) => {
             state.failed_at.insert(name.clone(), Instant::now());
             state.running.remove(&name);
         }
-        Err(e) => eprintln!("cairn daemon: a job panicked: {e}"),
+        Err(e) => tracing::error!(error = %e, "a backup job panicked"),
     }
 }

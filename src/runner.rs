@@ -6,8 +6,8 @@
 //! instance's `notify` command receives the run as JSON on stdin ([`RunReport`], `status` success, partial
 //! or failed) and its `ping_url` is pinged (`/start` before the hooks, then success or `/fail`; a partial
 //! run pings `/fail`, see [`crate::ping`]). A notifier or ping that fails is a warning on stderr, never a
-//! failed backup. An instance whose stored config is refused (a password in its connection string) fails
-//! its run without stopping the others.
+//! failed backup (warnings and `run-due`'s events go through `tracing`). An instance whose stored config
+//! is refused (a password in its connection string) fails its run without stopping the others.
 //!
 //! Scheduling trusts only snapshots not dated in the future (see `schedule`).
 
@@ -152,10 +152,7 @@ impl<'a> RunReport<'a> {
 fn ping(cfg: &InstanceConfig, signal: ping::Signal, body: &[u8]) {
     if let Some(url) = &cfg.ping_url {
         if let Err(e) = ping::send(url, signal, body) {
-            eprintln!(
-                "cairn: warning: {}: {e} (the backup is not affected)",
-                cfg.name
-            );
+            tracing::warn!(instance = %cfg.name, error = %e, "ping failed (the backup is not affected)");
         }
     }
 }
@@ -239,11 +236,8 @@ fn notify(cfg: &InstanceConfig, json: &[u8]) {
     });
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => eprintln!(
-            "cairn: warning: notify command for {} failed ({s})",
-            cfg.name
-        ),
-        Err(e) => eprintln!("cairn: warning: notify command for {}: {e}", cfg.name),
+        Ok(s) => tracing::warn!(instance = %cfg.name, status = %s, "notify command failed"),
+        Err(e) => tracing::warn!(instance = %cfg.name, error = %e, "notify command could not run"),
     }
 }
 
@@ -352,6 +346,23 @@ pub fn housekeeping(
     pruned
 }
 
+/// Logs how a scheduled backup ended (`run-due`, the daemon): the snapshot, each file a partial one lacks,
+/// or the error.
+pub fn log_outcome(name: &str, r: &Result<BackupResult>) {
+    match r {
+        Ok(b) if b.snapshot.partial => {
+            for w in &b.warnings {
+                tracing::warn!(instance = %name, warning = %w, "not in the snapshot");
+            }
+            tracing::warn!(instance = %name, snapshot = %b.snapshot_id.to_hex(), "snapshot saved, partial");
+        }
+        Ok(b) => {
+            tracing::info!(instance = %name, snapshot = %b.snapshot_id.to_hex(), "snapshot saved")
+        }
+        Err(e) => tracing::error!(instance = %name, error = %e, "backup failed"),
+    }
+}
+
 /// Outcome of one instance in a `run-due` pass.
 #[derive(Debug, serde::Serialize)]
 pub struct DueOutcome {
@@ -368,6 +379,7 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
         let cfg = match instance::load(repo, &name) {
             Ok(cfg) => cfg,
             Err(e) => {
+                tracing::error!(instance = %name, error = %e, "backup refused");
                 record_refused(repo, &name, &e)?;
                 out.push(DueOutcome {
                     instance: name,
@@ -377,10 +389,12 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
                 continue;
             }
         };
+        tracing::info!(instance = %name, "backup started");
         let r = backup_instance(repo, &cfg, None, db, Progress::hidden());
+        log_outcome(&name, &r);
         if r.is_ok() {
             if let Err(e) = housekeeping(repo, &cfg) {
-                eprintln!("cairn: {name}: retention/prune skipped: {e}");
+                tracing::warn!(instance = %name, error = %e, "retention/prune skipped");
             }
         }
         out.push(DueOutcome {

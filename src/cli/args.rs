@@ -41,8 +41,18 @@ pub struct Cli {
     /// No progress display, and nothing on stdout from commands that report an action (the exit code tells).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// How `daemon`, `run-due` and warnings log on stderr: plain lines, or one JSON object a line.
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of log lines on stderr (see `cli::logging`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +200,17 @@ pub enum Command {
     },
     /// Mount the snapshots read-only at MOUNTPOINT (FUSE) until unmounted or interrupted.
     Mount { mountpoint: std::path::PathBuf },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one per command into --dir.
+    Man {
+        /// Write cairn.1 and a page per subcommand (cairn-backup.1, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -227,6 +248,8 @@ impl Command {
             | Command::Health { .. }
             | Command::Schedule { .. }
             | Command::Mount { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
             | Command::Unlock { .. } => None,
         };
         name.into_iter().collect()

@@ -113,6 +113,8 @@ fn refuse_json_for_data(command: &Command, json: bool) -> Result<()> {
     let name = match command {
         Command::Dump { .. } => "dump",
         Command::Export { .. } => "export",
+        Command::Completions { .. } => "completions",
+        Command::Man { dir: None } => "man",
         _ => return Ok(()),
     };
     if json {
@@ -185,6 +187,8 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             dry_run,
         } => prune(ctx, max_unused, dry_run).map(|_| EXIT_OK),
         Command::Unlock { remove_all } => unlock(ctx, remove_all),
+        Command::Completions { shell } => super::docs::completions(shell),
+        Command::Man { dir } => super::docs::man(ctx, dir),
         Command::Instance { action } => instance::instance(ctx, action),
         Command::RunDue { log_file } => instance::run_due(ctx, log_file.as_deref()),
         Command::Daemon {

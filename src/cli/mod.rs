@@ -5,9 +5,11 @@
 mod args;
 mod commands;
 mod copy;
+mod docs;
 mod explore;
 mod instance;
 mod latest;
+mod logging;
 mod mount;
 mod pg;
 
@@ -34,10 +36,16 @@ pub const EXIT_INTERRUPTED: i32 = cairn::interrupt::EXIT_STATUS;
 /// Parses the process arguments, runs the command, prints any error, and returns the exit code.
 pub fn run() -> i32 {
     let cli = args::Cli::parse();
+    let log_format = cli.log_format;
+    logging::init(log_format, cli.quiet);
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cairn: error: {e}");
+            if log_format == args::LogFormat::Json {
+                tracing::error!(error = %e, "cairn: error: {e}");
+            } else {
+                eprintln!("cairn: error: {e}");
+            }
             exit_code(&e)
         }
     }
