@@ -38,6 +38,7 @@ pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod restore_files;
 pub mod retention;
 pub mod runner;
 pub mod schedule;
