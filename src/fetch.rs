@@ -6,6 +6,9 @@
 //! [`ReadPlan::parallel`] at once); each blob is sliced out of its run, decompressed and verified against
 //! its id.
 //!
+//! Each pack is opened once per call ([`crate::backend::Backend::open_reader`]) and all its runs are read
+//! through that reader.
+//!
 //! Invariants: every blob asked for is reported exactly once, with its verified bytes or its error. A run
 //! that cannot be read whole (a truncated or missing pack, an outage) is read again blob by blob, so an error
 //! concerns exactly the blob it is reported for and a blob readable on its own is never reported damaged.
@@ -13,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{ObjectKind, ReadPlan};
+use crate::backend::{ObjectKind, RangeReader, ReadPlan};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index::Location;
@@ -91,9 +94,12 @@ impl<'r> Fetcher<'r> {
     /// no particular order, exactly once.
     pub fn fetch(&self, locs: &[Location], on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync)) {
         let runs = plan_runs(locs, self.plan);
+        // `plan_runs` keeps a pack's runs together: each pack is opened once, however many runs it has.
+        let packs: Vec<&[Run]> = runs.chunk_by(|a, b| a.pack == b.pack).collect();
         let work = || {
-            runs.par_iter()
-                .for_each(|run| self.read_run(locs, run, on_blob))
+            packs
+                .par_iter()
+                .for_each(|runs| self.read_pack(locs, runs, on_blob))
         };
         match &self.pool {
             Some(pool) => pool.install(work),
@@ -101,18 +107,40 @@ impl<'r> Fetcher<'r> {
         }
     }
 
+    /// Reads the runs of one pack through one reader (one open file for a local repository).
+    fn read_pack(
+        &self,
+        locs: &[Location],
+        runs: &[Run],
+        on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync),
+    ) {
+        let Some(pack) = runs.first().map(|r| r.pack) else {
+            return;
+        };
+        match self
+            .repo
+            .backend()
+            .open_reader(ObjectKind::Pack, &pack.to_hex())
+        {
+            Ok(reader) => runs
+                .par_iter()
+                .for_each(|run| self.read_run(&*reader, locs, run, on_blob)),
+            // Say precisely which blobs cannot be read (a missing pack, a permission): each on its own.
+            Err(_) => runs
+                .par_iter()
+                .flat_map(|run| run.blobs.par_iter())
+                .for_each(|&i| on_blob(i, self.repo.read_located(&locs[i]))),
+        }
+    }
+
     fn read_run(
         &self,
+        reader: &dyn RangeReader,
         locs: &[Location],
         run: &Run,
         on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync),
     ) {
-        let got = self.repo.backend().get_range(
-            ObjectKind::Pack,
-            &run.pack.to_hex(),
-            run.start,
-            run.end - run.start,
-        );
+        let got = reader.read_at(run.start, run.end - run.start);
         match got {
             Ok(bytes) => run.blobs.par_iter().for_each(|&i| {
                 let loc = &locs[i];

@@ -46,6 +46,7 @@ pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod restore_files;
 pub mod retention;
 pub mod run_log;
 pub mod runner;

@@ -12,20 +12,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::restore_files::{restore_files, FileJob};
 use crate::snapshot::Snapshot;
 use crate::tree::{Meta, Node, NodeKind};
 use crate::walk::{self, FnSource, Place, Step};
@@ -230,7 +228,7 @@ fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Unlinks an existing non-directory at `path` when overwriting; refuses otherwise.
-fn replace_existing(path: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn replace_existing(path: &Path, overwrite: bool) -> Result<()> {
     match fs::symlink_metadata(path) {
         Err(_) => Ok(()),
         Ok(_) if !overwrite => Err(Error::Exists(path.to_path_buf())),
@@ -239,294 +237,8 @@ fn replace_existing(path: &Path, overwrite: bool) -> Result<()> {
     }
 }
 
-/// A regular file to write.
-struct FileJob<'a> {
-    path: PathBuf,
-    node: &'a Node,
-    chunks: &'a [Id],
-    size: u64,
-}
-
-/// Chunk references gathered into one batch of reads, and files open at once at most: the batch's blobs are
-/// read pack by pack (see [`crate::fetch`]) and each is written into every file that needs it, so many small
-/// files cost a few ranged reads, not one per file.
-const BATCH_CHUNKS: usize = 8192;
-const BATCH_FILES: usize = 256;
-
-/// What a batch reads: each distinct blob once, with every place it goes.
-#[derive(Default)]
-struct Batch {
-    blobs: Vec<Location>,
-    /// For each blob: (file, offset in the file).
-    dests: Vec<Vec<(usize, u64)>>,
-    seen: HashMap<Id, usize>,
-    /// Files whose last chunk is in this batch.
-    finishing: Vec<usize>,
-}
-
-/// The files of a restore as they are written: open handles, bytes located so far, failures.
-struct Files<'a> {
-    jobs: &'a [FileJob<'a>],
-    open: Vec<Option<File>>,
-    located: Vec<u64>,
-    failed: Vec<AtomicBool>,
-    /// The first error met by each failed file (a blob shared by several failing files names the first).
-    errors: std::sync::Mutex<Vec<(usize, Error)>>,
-}
-
-impl Files<'_> {
-    fn fail(&self, f: usize, e: Option<Error>) {
-        let was = self.failed[f].swap(true, Ordering::SeqCst);
-        if let (false, Some(e)) = (was, e) {
-            self.errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((f, file_error(&self.jobs[f].path, e)));
-        }
-    }
-
-    fn is_failed(&self, f: usize) -> bool {
-        self.failed[f].load(Ordering::SeqCst)
-    }
-}
-
-/// Restores regular files, verifying every chunk; returns the bytes written. Every file is attempted; a file
-/// that fails is removed, and the first failure (in tree order) is returned.
-fn restore_files(
-    repo: &Repository,
-    jobs: &[FileJob],
-    overwrite: bool,
-    progress: &Progress,
-) -> Result<u64> {
-    let fetcher = crate::fetch::Fetcher::new(repo)?;
-    let mut files = Files {
-        jobs,
-        open: jobs.iter().map(|_| None).collect(),
-        located: vec![0; jobs.len()],
-        failed: jobs.iter().map(|_| AtomicBool::new(false)).collect(),
-        errors: std::sync::Mutex::new(Vec::new()),
-    };
-    let lost = std::sync::Mutex::new(HashSet::new());
-    let mut bytes = 0u64;
-    let mut pos = (0usize, 0usize);
-    while pos.0 < jobs.len() {
-        let batch = plan_batch(repo, &mut files, &mut pos, overwrite);
-        fetcher.fetch(&batch.blobs, &|i, got| {
-            let loc = &batch.blobs[i];
-            match got {
-                Ok(data) => {
-                    for &(f, at) in &batch.dests[i] {
-                        let Some(file) = files.open[f].as_ref().filter(|_| !files.is_failed(f))
-                        else {
-                            continue;
-                        };
-                        if let Err(e) = file.write_all_at(&data, at) {
-                            files.fail(f, Some(Error::io(&jobs[f].path, e)));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let e = blob_failed(repo, loc, e, &lost);
-                    let mut e = Some(e);
-                    for &(f, _) in &batch.dests[i] {
-                        files.fail(f, e.take());
-                    }
-                }
-            }
-        });
-        bytes += finish_files(&mut files, &batch.finishing, progress);
-    }
-    let mut errors = files.errors.into_inner().unwrap_or_else(|p| p.into_inner());
-    errors.sort_by_key(|(f, _)| *f);
-    match errors.into_iter().next() {
-        Some((_, e)) => Err(e),
-        None => Ok(bytes),
-    }
-}
-
-/// Takes the next batch of chunk references from `pos` on: opens the files it starts and locates its blobs.
-/// Both run on every core (creating thousands of small files one after the other cost more than reading
-/// them); only the bookkeeping that follows is sequential.
-fn plan_batch(
-    repo: &Repository,
-    files: &mut Files,
-    pos: &mut (usize, usize),
-    overwrite: bool,
-) -> Batch {
-    let jobs = files.jobs;
-    let segments = next_segments(jobs, pos);
-    let opened: Vec<(usize, Result<File>)> = segments
-        .par_iter()
-        .filter(|seg| seg.first == 0)
-        .map(|seg| (seg.file, create_file(&jobs[seg.file].path, overwrite)))
-        .collect();
-    for (f, file) in opened {
-        match file {
-            Ok(file) => files.open[f] = Some(file),
-            Err(e) => files.fail(f, Some(e)),
-        }
-    }
-    let located: Vec<Vec<Result<Location>>> = segments
-        .par_iter()
-        .map(|seg| {
-            if files.is_failed(seg.file) {
-                return Vec::new();
-            }
-            let ids = &jobs[seg.file].chunks[seg.first..seg.first + seg.take];
-            // A file fails at its first unlocatable chunk: nothing after it is looked up.
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let loc = repo.locate(id);
-                let failed = loc.is_err();
-                out.push(loc);
-                if failed {
-                    break;
-                }
-            }
-            out
-        })
-        .collect();
-    let mut batch = Batch::default();
-    for (seg, locs) in segments.iter().zip(located) {
-        let f = seg.file;
-        for (id, loc) in jobs[f].chunks[seg.first..].iter().zip(locs) {
-            let loc = match loc {
-                Ok(loc) => loc,
-                Err(e) => {
-                    files.fail(f, Some(damage_found(repo, id, None, e)));
-                    break;
-                }
-            };
-            let at = files.located[f];
-            files.located[f] += u64::from(loc.entry.raw_len);
-            let i = *batch.seen.entry(*id).or_insert_with(|| {
-                batch.blobs.push(loc);
-                batch.dests.push(Vec::new());
-                batch.blobs.len() - 1
-            });
-            batch.dests[i].push((f, at));
-        }
-        if seg.last {
-            batch.finishing.push(f);
-        }
-    }
-    batch
-}
-
-/// A file's share of a batch: chunks `first..first + take`; `last` when they end the file.
-struct Segment {
-    file: usize,
-    first: usize,
-    take: usize,
-    last: bool,
-}
-
-/// The segments of the next batch (at most [`BATCH_CHUNKS`] chunk references and [`BATCH_FILES`] files
-/// started), advancing `pos` past them.
-fn next_segments(jobs: &[FileJob], pos: &mut (usize, usize)) -> Vec<Segment> {
-    let mut out = Vec::new();
-    let (mut refs, mut opened) = (0usize, 0usize);
-    while pos.0 < jobs.len() && refs < BATCH_CHUNKS && opened < BATCH_FILES {
-        let (f, c) = *pos;
-        let job = &jobs[f];
-        if c == 0 {
-            opened += 1;
-        }
-        let take = (job.chunks.len() - c).min(BATCH_CHUNKS - refs);
-        refs += take.max(1);
-        let last = c + take == job.chunks.len();
-        out.push(Segment {
-            file: f,
-            first: c,
-            take,
-            last,
-        });
-        *pos = if last { (f + 1, 0) } else { (f, c + take) };
-    }
-    out
-}
-
-/// Closes the files whose last chunk was written: a complete one gets its metadata, a failed one is removed.
-/// Returns the bytes of the complete ones.
-fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> u64 {
-    let handles: Vec<(usize, Option<File>)> = finishing
-        .iter()
-        .map(|&f| (f, files.open[f].take()))
-        .collect();
-    let files = &*files;
-    handles
-        .into_par_iter()
-        .map(|(f, file)| {
-            let job = &files.jobs[f];
-            let Some(file) = file else {
-                // Never created here (e.g. it exists and is not to be overwritten): left as it is.
-                return 0;
-            };
-            if files.is_failed(f) {
-                drop(file);
-                let _ = fs::remove_file(&job.path);
-                return 0;
-            }
-            let done = if files.located[f] != job.size {
-                Err(Error::corrupt(
-                    format!("file {}", job.path.display()),
-                    format!(
-                        "restored {} bytes, snapshot records {}",
-                        files.located[f], job.size
-                    ),
-                ))
-            } else {
-                apply_file_meta(&file, &job.path, &job.node.meta)
-            };
-            drop(file);
-            match done {
-                Ok(()) => {
-                    progress.file_done(job.size);
-                    job.size
-                }
-                Err(e) => {
-                    let _ = fs::remove_file(&job.path);
-                    files.fail(f, Some(e));
-                    0
-                }
-            }
-        })
-        .sum()
-}
-
-/// Creates a file to restore into: private until its metadata is applied; an existing one is replaced only
-/// when overwriting (unlinked, never written through).
-fn create_file(path: &Path, overwrite: bool) -> Result<File> {
-    let create = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-    };
-    match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            replace_existing(path, overwrite)?;
-            create().at(path)
-        }
-        other => other.at(path),
-    }
-}
-
-/// Names the file in an error about its content.
-fn file_error(path: &Path, e: Error) -> Error {
-    match e {
-        Error::Corrupt { what, detail } if !what.starts_with("file ") => Error::Corrupt {
-            what: format!("{what} of file {}", path.display()),
-            detail,
-        },
-        Error::NotFound(m) => Error::NotFound(format!("{m} (needed by file {})", path.display())),
-        other => other,
-    }
-}
-
 /// Records damage met reading a blob (and every blob of its pack when the pack is gone, once per pack).
-fn blob_failed(
+pub(crate) fn blob_failed(
     repo: &Repository,
     loc: &Location,
     e: Error,
@@ -664,7 +376,7 @@ fn record_lost_pack(repo: &Repository, pack: &Id, e: &Error) {
 
 /// If `e` (met reading `blob`, stored in `pack` when indexed) is damage: records the damaged copy and adds
 /// what to do to the message. Other errors pass unchanged.
-fn damage_found(repo: &Repository, blob: &Id, pack: Option<&Id>, e: Error) -> Error {
+pub(crate) fn damage_found(repo: &Repository, blob: &Id, pack: Option<&Id>, e: Error) -> Error {
     if !e.is_damage() {
         return e;
     }
@@ -727,7 +439,7 @@ fn mtimes(meta: &Meta) -> [libc::timespec; 2] {
 }
 
 /// Applies owner (when root), mode and mtime to a file still open, through its descriptor (no path lookups).
-fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
+pub(crate) fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     // SAFETY: geteuid has no preconditions.
@@ -877,6 +589,7 @@ mod tests {
     use crate::config::Config;
     use crate::pack::BlobKind;
     use crate::pack_writer::PackWriter;
+    use crate::restore_files::BATCH_CHUNKS;
 
     #[test]
     fn chunks_come_out_in_order_across_windows_and_at_their_offsets() {

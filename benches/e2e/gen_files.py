@@ -5,9 +5,10 @@
                                      day's changes: OUT_DIR/day2-added/ (1% new files, same layout) and
                                      OUT_DIR/day2-removed.txt (0.5% of the files, relative paths)
     gen_files.py small OUT_DIR       100,000 small files in 100 x 10 directories (OUT_DIR/small/...)
-    gen_files.py mixed OUT_DIR [N]   the second corpus shape (restore speed): N files (default 6,000) in 60
-                                     directories (OUT_DIR/mixed/dNN/...), sizes log-normal (median 40 KiB,
-                                     mean about 100 KiB, at most 16 MiB), 45% random bytes and 55% text
+    gen_files.py mixed OUT_DIR [N]   the second corpus shape (restore speed, issue 12): N files (default
+                                     6,000, about 2.1 GB) in 60 directories (OUT_DIR/mixed/dNN/...), sizes
+                                     log-normal (median 140 KiB, mean about 350 KiB, at most 16 MiB), 45%
+                                     random bytes and 55% text
 
 Sizes are log-uniform between 2 KiB and 2 MiB (most attachments are small, most bytes are in large ones).
 Half the files are random bytes (already compressed data: JPEG, PDF, ZIP), half are text built from a word
@@ -26,6 +27,7 @@ ADDED = FILES // 100  # "next day": 1% new attachments
 REMOVED = FILES // 200  # and 0.5% deleted ones
 MIN_SIZE, MAX_SIZE = 2 * 1024, 2 * 1024 * 1024
 SMALL_DIRS, SMALL_SUBDIRS, SMALL_PER_DIR = 100, 10, 100
+MIXED_MEDIAN = 140 * 1024
 
 
 def vocabulary(rng):
@@ -93,7 +95,7 @@ def mixed(out, count=6000):
     for i in range(count):
         dir_ = os.path.join(out, "mixed", f"d{i % 60:02}")
         os.makedirs(dir_, exist_ok=True)
-        size = min(int(rng.lognormvariate(math.log(40 * 1024), 1.35)), 16 << 20)
+        size = min(int(rng.lognormvariate(math.log(MIXED_MEDIAN), 1.35)), 16 << 20)
         data = rng.randbytes(size) if rng.random() < 0.45 else text(rng, phrases, size)
         with open(os.path.join(dir_, f"f{i:05}.bin"), "wb") as f:
             f.write(data)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarises benches/e2e/run.sh results: report.py RESULTS_DIR prints the Markdown table and the targets.
+"""Summarises benches/e2e/run.sh results: report.py RESULTS_DIR prints the Markdown table and the targets;
+report.py --s3 RESULTS_DIR does the same for benches/e2e/s3.sh (cairn against restic on one S3 server).
 
 Reads raw.tsv (scenario, tool, run, wall s, user s, sys s, peak RSS KiB) and bytes.tsv (point, tool, repository
 bytes). Wall and CPU times are medians over the runs, peak RSS the largest of any run; ratios are "peer / cairn",
@@ -136,7 +137,38 @@ def targets(stats, stored):
     return "| target | | measured |\n|---|---|---|\n" + "\n".join(rows)
 
 
+S3_SCENARIOS = [("files", "backup of the file store"), ("stream", "backup of the day 1 dump stream"),
+                ("restore", "restore of the file store + sync"), ("dump", "the dump written back out + sync")]
+
+
+def s3_report(results):
+    """The S3 table: each step of cairn and restic, and the target (cairn at least 2x faster) per step."""
+    runs = defaultdict(list)
+    with open(f"{results}/raw.tsv") as f:
+        for line in f:
+            scen, tool, _run, wall, user, sys_, rss = line.split("\t")
+            runs[scen, tool].append((float(wall), float(user) + float(sys_), int(rss) / 1024))
+    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), max(r[2] for r in v))
+           for k, v in runs.items()}
+    out = ["| step | tool | wall s | CPU s | peak RSS MB | restic / cairn: wall | CPU | target: >= 2x |",
+           "|---|---|--:|--:|--:|--:|--:|---|"]
+    for scen, title in S3_SCENARIOS:
+        if (scen, "cairn") not in med or (scen, "restic") not in med:
+            continue
+        c, r = med[scen, "cairn"], med[scen, "restic"]
+        out.append(f"| {title} | cairn | {c[0]:.2f} | {c[1]:.2f} | {c[2]:.0f} | | | |")
+        ratio = r[0] / c[0]
+        out.append(f"| | restic | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.0f} | {ratio:.2f}x | {r[1] / c[1]:.2f}x | "
+                   f"{'met' if ratio >= 2 else '**missed**'} |")
+    n = max(len(v) for v in runs.values())
+    out.append(f"\nWall and CPU: medians of {n} runs; peak RSS: the largest of any run.")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--s3":
+        print(s3_report(sys.argv[2]))
+        sys.exit(0)
     stats, counts, stored = load(sys.argv[1])
     print(table(stats, counts))
     print()

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Local restore speed against `cp -a` (BENCHMARKS.md, "Local restore against cp -a"), on the second corpus
-# shape (gen_files.py mixed: 6,000 files, ~620 MB, 45% incompressible, log-normal sizes).
+# shape (gen_files.py mixed: 6,000 files, 2.1 GB, 45% incompressible, log-normal sizes).
 #
 #   restore_vs_cp.sh CAIRN_BINARY [RUNS] [DATA_DIR]
 #

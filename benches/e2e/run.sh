@@ -307,4 +307,14 @@ main() {
   python3 "$HERE/report.py" "$RESULTS" | tee "$RESULTS/table.md"
 }
 
+# `run.sh __corpus`: only the corpus (for benches/e2e/s3.sh, which shares it).
+if [ "${1:-}" = __corpus ]; then
+  start_postgres
+  mkdir -p "$CORPUS"
+  make_files
+  make_dumps
+  set_day 1
+  exit 0
+fi
+
 main "$@"

@@ -1,0 +1,129 @@
+//! The restore's write side through the real binary (issue 12: local restore speed on a second corpus shape).
+
+mod harness;
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use harness::*;
+
+/// Page-cache state of a whole file, from `cachestat(2)` (Linux 6.5+): `None` where the kernel lacks it.
+#[repr(C)]
+#[derive(Default)]
+struct CacheStat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+fn cachestat(path: &Path) -> Option<CacheStat> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    // The same number on every architecture that has it (the generic syscall table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let file = File::open(path).unwrap();
+    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
+    let mut cs = CacheStat::default();
+    // SAFETY: both pointers are valid for the call; the descriptor is open.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut cs as *mut CacheStat,
+            0u32,
+        )
+    };
+    (r == 0).then_some(cs)
+}
+
+fn on_tmpfs(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid path and `st` a valid out-pointer.
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+    st.f_type == libc::TMPFS_MAGIC
+}
+
+/// Several batches of files (more files than one batch opens), one- and many-chunk, random and text.
+fn build_corpus(root: &Path) -> u64 {
+    let mut total = 0u64;
+    for i in 0..700usize {
+        let dir = root.join(format!("d{:02}", i % 30));
+        fs::create_dir_all(&dir).unwrap();
+        let len = match i % 7 {
+            0 => 1_500_000 + i * 311,
+            1 | 2 => 200_000 + i * 97,
+            _ => 4_000 + (i * 7919) % 60_000,
+        };
+        let data = if i % 2 == 0 {
+            pseudo_random(len, i as u64)
+        } else {
+            format!("line {i} of some text\n")
+                .repeat(len / 20 + 1)
+                .into_bytes()[..len]
+                .to_vec()
+        };
+        total += data.len() as u64;
+        fs::write(dir.join(format!("f{i:04}")), data).unwrap();
+    }
+    total
+}
+
+/// When `cairn restore` returns, every restored file is complete and exact and its bytes are already on their
+/// way to the disk (no page of it left dirty for a later `sync` alone to start writing): a restore of a few GB
+/// must not leave the disk idle while it decodes and then make the caller's `sync` write everything.
+#[test]
+fn restore_starts_writing_each_file_out_before_it_returns() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("corpus");
+    let total = build_corpus(&src);
+    ok(cairn(&repo).args(["backup"]).arg(&src));
+    let target = dir.path().join("out");
+    if on_tmpfs(dir.path()) {
+        eprintln!(
+            "skipped: {} is on tmpfs (no writeback)",
+            dir.path().display()
+        );
+        return;
+    }
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&target));
+    let restored = target.join("corpus");
+    let (mut pages, mut dirty, mut files) = (0u64, 0u64, 0usize);
+    for entry in fs::read_dir(&restored).unwrap() {
+        for file in fs::read_dir(entry.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            let Some(cs) = cachestat(&path) else {
+                eprintln!("skipped: cachestat(2) is not available on this kernel");
+                return;
+            };
+            pages += cs.nr_cache;
+            dirty += cs.nr_dirty;
+            files += 1;
+        }
+    }
+    assert_eq!(files, 700);
+    assert!(
+        pages > 0,
+        "the restored files are not in the page cache at all"
+    );
+    // The kernel's own writeback may start on some files anyway; what must not happen is that most pages
+    // are still dirty, untouched, when the restore returns.
+    assert!(
+        dirty * 100 <= pages,
+        "{dirty} of {pages} cached pages of the restored files are still dirty after restore returned"
+    );
+    assert_same_tree(&src, &restored);
+    assert!(
+        total > 100 << 20,
+        "the corpus spans several batches of files"
+    );
+}
