@@ -170,7 +170,10 @@ pub fn save(repo: &Repository, cfg: &InstanceConfig) -> Result<()> {
 /// Loads one instance's config to use or show it: one whose stored connection string holds a password is
 /// refused (see [`InstanceConfig::check_stored_conn`]).
 pub fn load(repo: &Repository, name: &str) -> Result<InstanceConfig> {
-    let cfg = load_for_update(repo, name)?;
+    let cfg = load_for_update(repo, name).map_err(|e| match e {
+        Error::NotFound(_) => damaged_object(repo, name).unwrap_or(e),
+        other => other,
+    })?;
     cfg.check_stored_conn()?;
     Ok(cfg)
 }
@@ -198,6 +201,34 @@ pub fn load_for_update(repo: &Repository, name: &str) -> Result<InstanceConfig> 
 
 /// Every instance, by name.
 pub fn list(repo: &Repository) -> Result<Vec<InstanceConfig>> {
+    let listed = list_rows(repo)?;
+    // An object that has no row failed to load: damaged, or (in an encrypted repository) written without
+    // the key. Reported like any corruption, so nothing runs as if the instance did not exist.
+    for (object, _) in repo.backend().list(ObjectKind::Instance)? {
+        let Some(name) = object.strip_suffix(".json") else {
+            continue;
+        };
+        if !listed.iter().any(|c| c.name == name) {
+            if let Some(e) = damaged_object(repo, name) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// The corruption of the configuration object of `name`, if reading it fails that way.
+fn damaged_object(repo: &Repository, name: &str) -> Option<Error> {
+    match repo.backend().get(ObjectKind::Instance, &object_name(name)) {
+        Err(e @ Error::Corrupt { .. }) => Some(e),
+        Ok(bytes) => serde_json::from_slice::<InstanceConfig>(&bytes)
+            .err()
+            .map(|e| Error::corrupt(format!("instance {name}"), e)),
+        Err(_) => None,
+    }
+}
+
+fn list_rows(repo: &Repository) -> Result<Vec<InstanceConfig>> {
     let index = repo.index();
     let mut st = index
         .raw()

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod check;
 pub mod chunking;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod delete_absent;
 pub mod diff;

@@ -336,13 +336,32 @@ fn deleted_index_is_rebuilt_by_repair() {
     ]));
     let remove_index = || {
         for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-            let _ = fs::remove_file(repo.join(f));
+            let _ = fs::remove_file(index_file(&repo).with_file_name(f));
         }
     };
     // The index objects in the repository rebuild it on the next open.
     remove_index();
     assert_eq!(snapshot_count(&repo), 2);
-    // A repository without index objects (written before they existed) needs `repair index`.
+    // A repository without index objects (written before they existed, so plaintext) needs `repair index`.
+    let (dir, repo) = new_plaintext_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 100);
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    ok(cairn(&repo).args([
+        "backup",
+        "--stdin-from-command",
+        "--stdin-name",
+        "s",
+        "--",
+        "seq",
+        "1",
+        "100000",
+    ]));
+    let remove_index = || {
+        for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+            let _ = fs::remove_file(repo.join(f));
+        }
+    };
     remove_index();
     fs::remove_dir_all(repo.join("index")).unwrap();
     let err = fails(cairn(&repo).arg("snapshots"), 1);
@@ -380,9 +399,9 @@ fn corrupted_index_file_is_a_clear_error_and_repairable() {
     build_rich_tree(&src, 10);
     backup_json(&repo, &[src.to_str().unwrap()]);
     // Fold the log so the damage below hits the only copy.
-    let _ = fs::remove_file(repo.join("index.sqlite-wal"));
+    let _ = fs::remove_file(index_file(&repo).with_file_name("index.sqlite-wal"));
     fs::write(
-        repo.join("index.sqlite"),
+        index_file(&repo),
         b"this is not a database at all, just garbage bytes",
     )
     .unwrap();
@@ -411,7 +430,7 @@ fn default_repository_is_created_on_first_backup() {
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    let out = std::process::Command::new(cairn_bin())
+    let out = harness::with_password(&mut std::process::Command::new(cairn_bin()))
         .env_remove("CAIRN_REPO")
         .env("XDG_DATA_HOME", dir.path().join("xdg"))
         .args(["backup", src.to_str().unwrap()])

@@ -185,7 +185,7 @@ fn instance_snapshots_restore_each_point_in_time_exactly() {
 
     // The raw dump is usable by pg_restore by hand.
     let dump_file = dir.path().join("day1.dump");
-    let dump = Command::new(cairn_bin())
+    let dump = harness::with_password(&mut Command::new(cairn_bin()))
         .env("CAIRN_REPO", &repo)
         .args(["dump", &id1, &stream])
         .output()

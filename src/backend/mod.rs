@@ -44,17 +44,21 @@ pub enum ObjectKind {
     Instance,
     /// Index objects (format-spec "Index objects"), named by the hex BLAKE3 of their content.
     Index,
+    /// Key files of an encrypted repository (format-spec "Key files"), named by the hex BLAKE3 of their
+    /// content.
+    Key,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 6] = [
+    pub const ALL: [ObjectKind; 7] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
         ObjectKind::Lock,
         ObjectKind::Instance,
         ObjectKind::Index,
+        ObjectKind::Key,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -66,6 +70,7 @@ impl ObjectKind {
             ObjectKind::Lock => "locks",
             ObjectKind::Instance => "instances",
             ObjectKind::Index => "index",
+            ObjectKind::Key => "keys",
         }
     }
 
@@ -96,7 +101,7 @@ impl ObjectKind {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         match self {
             ObjectKind::Config => name == "config",
-            ObjectKind::Pack | ObjectKind::Snapshot | ObjectKind::Index => {
+            ObjectKind::Pack | ObjectKind::Snapshot | ObjectKind::Index | ObjectKind::Key => {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,

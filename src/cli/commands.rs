@@ -82,6 +82,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    cairn::crypto::password::set_sources(cairn::crypto::password::Sources {
+        file: cli.password_file,
+        command: cli.password_command,
+    });
     refuse_json_for_data(&cli.command, ctx.json)?;
     for name in cli.command.instance_names() {
         cairn::instance::validate_name(name)?;
@@ -179,6 +183,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             dry_run,
         } => prune(ctx, max_unused, dry_run).map(|_| EXIT_OK),
         Command::Unlock { remove_all } => unlock(ctx, remove_all),
+        Command::Key { action } => super::keys::key(ctx, action),
         Command::Instance { action } => instance::instance(ctx, action),
         Command::RunDue => instance::run_due(ctx),
         Command::Daemon {
@@ -215,6 +220,9 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
 fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     let (path, _) = ctx.repo_url()?;
     let mut config = Config::new_default();
+    if !a.insecure_no_encryption {
+        config = config.encrypted();
+    }
     if let Some(level) = a.compression_level {
         config.compression_level = level;
     }
@@ -224,7 +232,8 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     let repo = Repository::init(&path, config)?;
     if ctx.json {
         ctx.print_json(
-            &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id}),
+            &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id,
+                    "encrypted": repo.crypto().is_encrypted()}),
         )?;
     } else if !ctx.quiet {
         println!(
@@ -240,7 +249,10 @@ fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
     let (path, named) = ctx.repo_url()?;
     if !named && !Repository::exists(&path)? {
         eprintln!("cairn: creating the default repository at {path}");
-        return Ok(ctx.configure(Repository::init(&path, Config::new_default())?));
+        // Encrypted like every repository `init` makes: the password comes from the usual sources (a
+        // missing one is exit code 12, before anything is created).
+        let config = Config::new_default().encrypted();
+        return Ok(ctx.configure(Repository::init(&path, config)?));
     }
     Ok(ctx.configure(Repository::open(&path)?))
 }

@@ -17,12 +17,50 @@ pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
 
+/// The password every command of the suite gets: `cairn init` encrypts by default, so the whole suite
+/// runs on encrypted repositories.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Gives `c` the suite's password (and cheap Argon2id parameters for the keys it creates, so hundreds of
+/// commands do not each spend 0.2 s deriving a key), and an index cache outside any tree a test backs up.
+pub fn with_password(c: &mut Command) -> &mut Command {
+    c.env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_KDF_MEMORY_KIB", "1024")
+        .env("CAIRN_KDF_ITERATIONS", "1")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND");
+    if std::env::var_os("XDG_CACHE_HOME").is_none() {
+        c.env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("cairn-test-cache"),
+        );
+    }
+    c
+}
+
+/// Opens the repository at `path` in this process, with the suite's password and index cache (the ones
+/// [`with_password`] gives the binary), so both see the same cache.
+pub fn open_repo(path: &Path) -> cairn::Repository {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        std::env::set_var("CAIRN_PASSWORD", PASSWORD);
+        if std::env::var_os("XDG_CACHE_HOME").is_none() {
+            std::env::set_var(
+                "XDG_CACHE_HOME",
+                std::env::temp_dir().join("cairn-test-cache"),
+            );
+        }
+    });
+    cairn::Repository::open(path).unwrap()
+}
+
 /// A `cairn` command bound to a repository.
 pub fn cairn(repo: &Path) -> Command {
     let mut c = Command::new(cairn_bin());
     c.env("CAIRN_REPO", repo)
         .env_remove("XDG_DATA_HOME")
         .stdin(Stdio::null());
+    with_password(&mut c);
     c
 }
 
@@ -65,6 +103,35 @@ pub fn new_repo() -> (tempfile::TempDir, PathBuf) {
     let repo = dir.path().join("repo");
     ok(cairn(&repo).arg("init"));
     (dir, repo)
+}
+
+/// Initialises a plaintext repository (`--insecure-no-encryption`) in a fresh temp dir: for tests that find
+/// and change stored bytes by their content (tests/encryption.rs covers damage to encrypted objects).
+pub fn new_plaintext_repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).args(["init", "--insecure-no-encryption"]));
+    (dir, repo)
+}
+
+/// The index database of the repository at `repo`: inside a plaintext one, in the suite's cache directory
+/// (see [`with_password`]) for an encrypted one (format-spec "Storage").
+pub fn index_file(repo: &Path) -> PathBuf {
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
+    if config.get("encryption").is_none() {
+        return repo.join("index.sqlite");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("cairn-test-cache"));
+    let place = repo.canonicalize().unwrap();
+    let h = cairn::hashing::Id::of(place.as_os_str().as_bytes()).short();
+    let id = config["repository_id"].as_str().unwrap();
+    cache
+        .join("cairn")
+        .join(format!("{id}-{h}"))
+        .join("index.sqlite")
 }
 
 /// Backs up `paths` with `--json`; returns the parsed output.
