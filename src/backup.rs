@@ -474,9 +474,8 @@ impl Job<'_> {
     }
 
     fn save_tree(&self, nodes: Vec<Node>) -> Result<Id> {
-        let (bytes, id) = Tree::new(nodes)?.encode()?;
-        self.writer.save_with_id(BlobKind::Tree, id, &bytes)?;
-        Ok(id)
+        let (bytes, _) = Tree::new(nodes)?.encode()?;
+        Ok(self.writer.save(BlobKind::Tree, &bytes)?.0)
     }
 
     /// Saves one directory entry. `Ok(None)` means it was skipped (with a warning); `Err` is a repository
@@ -707,7 +706,7 @@ impl Job<'_> {
             .par_iter()
             .map(|&(off, len)| {
                 let data = &batch.data[off..off + len];
-                let id = Id::of(data);
+                let id = self.repo.crypto().blob_id(data);
                 self.writer.save_at_level(BlobKind::Data, id, data, level)?;
                 Ok(id)
             })

@@ -220,21 +220,23 @@ fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> 
             Some(&len) if len != p.size => {
                 Some(format!("has {len} bytes, the index records {}", p.size))
             }
-            Some(&len) => match pack::read_trailer(repo.backend().as_ref(), &p.id, len) {
-                Err(e) if !e.is_damage() => {
-                    r.read_errors
-                        .push(format!("pack {} cannot be read: {e}", p.id));
-                    None
+            Some(&len) => {
+                match pack::read_trailer(repo.backend().as_ref(), &p.id, len, repo.crypto()) {
+                    Err(e) if !e.is_damage() => {
+                        r.read_errors
+                            .push(format!("pack {} cannot be read: {e}", p.id));
+                        None
+                    }
+                    Err(e) => Some(format!("trailer unreadable: {e}")),
+                    Ok(entries) => {
+                        let listed: HashSet<_> = entries.iter().collect();
+                        let missing = expected.iter().filter(|e| !listed.contains(e)).count();
+                        (missing > 0).then(|| {
+                            format!("trailer does not list {missing} blobs the index places in it")
+                        })
+                    }
                 }
-                Err(e) => Some(format!("trailer unreadable: {e}")),
-                Ok(entries) => {
-                    let listed: HashSet<_> = entries.iter().collect();
-                    let missing = expected.iter().filter(|e| !listed.contains(e)).count();
-                    (missing > 0).then(|| {
-                        format!("trailer does not list {missing} blobs the index places in it")
-                    })
-                }
-            },
+            }
         };
         if let Some(problem) = problem {
             r.errors.push(format!("pack {} {problem}", p.id));
@@ -243,6 +245,7 @@ fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> 
             }
         }
     }
+    check_index_objects(repo, r)?;
     let uncovered = crate::index_sync::uncovered_packs(&repo.index())?;
     if !uncovered.is_empty() {
         r.warnings.push(format!(
@@ -252,6 +255,23 @@ fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> 
     }
     for id in on_disk.keys().filter(|id| !indexed_ids.contains(id)) {
         r.warnings.push(format!("pack {id} is not indexed (left by an interrupted run; `repair index` adopts it, `prune` removes it)"));
+    }
+    Ok(())
+}
+
+/// Reads every index object: one that does not decode, match its name or (encrypted) authenticate is an
+/// error; the packs it listed are still found through their trailers.
+fn check_index_objects(repo: &Repository, r: &mut CheckReport) -> Result<()> {
+    let backend = repo.backend().as_ref();
+    for (name, _) in backend.list(crate::backend::ObjectKind::Index)? {
+        let Some(id) = Id::from_hex(&name) else {
+            continue;
+        };
+        match crate::index_object::IndexObject::load(backend, &id) {
+            Ok(_) => {}
+            Err(e) if e.is_damage() => r.errors.push(format!("index object {id}: {e}")),
+            Err(e) => r.read_errors.push(format!("index object {id}: {e}")),
+        }
     }
     Ok(())
 }

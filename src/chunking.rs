@@ -1,4 +1,6 @@
-//! Content-defined chunking with FastCDC (the `fastcdc` crate's 2020 variant, normalisation level 1, seed 0).
+//! Content-defined chunking with FastCDC (the `fastcdc` crate's 2020 variant, normalisation level 1). The gear
+//! table's seed is 0 for a plaintext repository and secret (derived from the master key) for an encrypted
+//! one, so that chunk lengths do not fingerprint known files (format-spec/README.md, "Chunking").
 //!
 //! Invariant: the chunks of an input concatenate back to it, and every chunk but the last is within
 //! `[min_size, max_size]` (the last may be shorter). Boundaries depend only on the content and the parameters,
@@ -6,17 +8,19 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{FastCDC, StreamCDC};
+use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 
 use crate::config::ChunkerParams;
 
 /// Cut points of an in-memory (or memory-mapped) buffer, as `(offset, length)` pairs.
 pub fn cut_points(data: &[u8], p: ChunkerParams) -> impl Iterator<Item = (usize, usize)> + '_ {
-    FastCDC::new(
+    FastCDC::with_level_and_seed(
         data,
         p.min_size as usize,
         p.avg_size as usize,
         p.max_size as usize,
+        Normalization::Level1,
+        p.seed,
     )
     .map(|c| (c.offset, c.length))
 }
@@ -27,11 +31,13 @@ pub fn stream_chunks<R: Read>(
     source: R,
     p: ChunkerParams,
 ) -> impl Iterator<Item = std::io::Result<Vec<u8>>> {
-    StreamCDC::new(
+    StreamCDC::with_level_and_seed(
         source,
         p.min_size as usize,
         p.avg_size as usize,
         p.max_size as usize,
+        Normalization::Level1,
+        p.seed,
     )
     .map(|r| r.map(|c| c.data).map_err(std::io::Error::from))
 }
@@ -118,6 +124,7 @@ mod tests {
         min_size: 256,
         avg_size: 1024,
         max_size: 4096,
+        seed: 0,
     };
 
     fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {

@@ -5,8 +5,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The on-disk format version this build writes and reads.
+/// The on-disk format version of a plaintext repository.
 pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version of an encrypted repository (format-spec, "Encryption"): a version 1 reader
+/// refuses it instead of misreading sealed objects.
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
+
+/// How an encrypted repository is encrypted (the `encryption` field of the config). Readers refuse values
+/// they do not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `xchacha20poly1305`.
+    pub aead: String,
+    /// `argon2id` (each key file records its parameters).
+    pub kdf: String,
+    /// `blake3-keyed`.
+    pub ids: String,
+}
+
+impl Encryption {
+    /// The scheme this build writes and reads.
+    pub fn current() -> Encryption {
+        Encryption {
+            aead: "xchacha20poly1305".into(),
+            kdf: "argon2id".into(),
+            ids: "blake3-keyed".into(),
+        }
+    }
+}
 
 /// FastCDC (2020 variant, normalisation level 1, seed 0) size bounds in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +40,10 @@ pub struct ChunkerParams {
     pub min_size: u32,
     pub avg_size: u32,
     pub max_size: u32,
+    /// FastCDC gear table seed: 0 for a plaintext repository; for an encrypted one derived from the master key
+    /// when the repository is opened (never stored in the config).
+    #[serde(skip)]
+    pub seed: u64,
 }
 
 impl ChunkerParams {
@@ -22,6 +52,7 @@ impl ChunkerParams {
         min_size: 256 * 1024,
         avg_size: 1024 * 1024,
         max_size: 4 * 1024 * 1024,
+        seed: 0,
     };
     /// Database dumps: updated rows scatter over a dump, so smaller chunks deduplicate far better. 8 KiB
     /// stored 30% less than 32 KiB the next day on a database with 1% of rows changed at random, and was
@@ -30,6 +61,7 @@ impl ChunkerParams {
         min_size: 2 * 1024,
         avg_size: 8 * 1024,
         max_size: 32 * 1024,
+        seed: 0,
     };
 
     /// Checks the bounds the fastcdc crate requires, so a hand-edited config cannot make it panic.
@@ -76,6 +108,9 @@ pub struct Config {
     pub stream_compression_level: Option<i32>,
     /// A pack is closed once its blobs reach this many bytes.
     pub pack_target_size: u64,
+    /// Present (and `version` 2) in an encrypted repository; absent in a plaintext one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 impl Config {
@@ -92,7 +127,20 @@ impl Config {
             // On small dump chunks level 1 compresses as well as 3 for less CPU.
             stream_compression_level: Some(1),
             pack_target_size: 16 * 1024 * 1024,
+            encryption: None,
         }
+    }
+
+    /// The same parameters for an encrypted repository (what `cairn init` creates unless told otherwise).
+    pub fn encrypted(mut self) -> Config {
+        self.version = FORMAT_VERSION_ENCRYPTED;
+        self.encryption = Some(Encryption::current());
+        self
+    }
+
+    /// True if the repository's objects are sealed.
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
     }
 
     /// The zstd level for stream chunks.
@@ -104,14 +152,29 @@ impl Config {
     /// Decodes and validates config bytes.
     pub fn decode(bytes: &[u8]) -> Result<Config> {
         let cfg: Config = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e))?;
-        if cfg.version != FORMAT_VERSION {
-            return Err(Error::corrupt(
-                "config",
-                format!(
-                    "format version {} is not supported (this build reads {FORMAT_VERSION})",
-                    cfg.version
-                ),
-            ));
+        match (cfg.version, &cfg.encryption) {
+            (FORMAT_VERSION, None) => {}
+            (FORMAT_VERSION_ENCRYPTED, Some(e)) if *e == Encryption::current() => {}
+            (FORMAT_VERSION_ENCRYPTED, Some(e)) => {
+                return Err(Error::corrupt(
+                    "config",
+                    format!("unknown encryption scheme {e:?}"),
+                ))
+            }
+            (v @ (FORMAT_VERSION | FORMAT_VERSION_ENCRYPTED), _) => {
+                return Err(Error::corrupt(
+                    "config",
+                    format!("format version {v} does not match the encryption field"),
+                ))
+            }
+            (v, _) => {
+                return Err(Error::corrupt(
+                    "config",
+                    format!(
+                        "format version {v} is not supported (this build reads {FORMAT_VERSION} and {FORMAT_VERSION_ENCRYPTED})"
+                    ),
+                ))
+            }
         }
         cfg.chunker_files.validate()?;
         cfg.chunker_streams.validate()?;

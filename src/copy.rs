@@ -76,6 +76,13 @@ pub struct CopyReport {
 /// [`CopyOptions::instances`] the instance configurations.
 pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<CopyReport> {
     dst.require_writable()?;
+    if !crate::crypto::same_keys(src.crypto(), dst.crypto()) {
+        return Err(Error::Invalid(
+            "the two repositories have different keys, so their blob ids differ: create the target with \
+             `cairn init --from-repo SOURCE` (it shares the source's keys) to copy into it"
+                .into(),
+        ));
+    }
     let _src_lock = lock::acquire_reader_on(src, "copy (source)")?;
     let _dst_lock = lock::acquire_on(dst, false, "copy")?;
     let wanted = select(src, &opts.snapshots)?;

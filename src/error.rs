@@ -55,6 +55,9 @@ pub enum Error {
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
+    /// The repository password is wrong or missing (the CLI's exit code 12); nothing was written.
+    #[error("{0}")]
+    Password(String),
     /// The command line asks for something that cannot be done (the CLI's exit code 2, as for the usage
     /// errors the argument parser reports).
     #[error("{0}")]
@@ -86,7 +89,7 @@ impl Error {
             Error::Locked(m) => Error::Locked(format!("{m}{note}")),
             Error::Usage(m) => Error::Usage(format!("{m}{note}")),
             // Kinds a caller acts on by their type (exit codes 10, 130) are kept; the note is dropped.
-            e @ (Error::NotARepository(_) | Error::Interrupted) => e,
+            e @ (Error::NotARepository(_) | Error::Interrupted | Error::Password(_)) => e,
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what,
                 detail: format!("{detail}{note}"),
@@ -109,7 +112,7 @@ impl Error {
             Error::Locked(m) => Error::Locked(format!("{context}: {m}")),
             Error::Usage(m) => Error::Usage(format!("{context}: {m}")),
             // Kinds a caller acts on by their type (exit codes 10, 130) are kept; the context is dropped.
-            e @ (Error::NotARepository(_) | Error::Interrupted) => e,
+            e @ (Error::NotARepository(_) | Error::Interrupted | Error::Password(_)) => e,
             other => Error::Invalid(format!("{context}: {other}")),
         }
     }

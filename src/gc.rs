@@ -225,10 +225,12 @@ struct PackUse {
 }
 
 impl PackUse {
-    /// Bytes a repack would free: everything but the reachable blobs and the framing they need.
-    fn unused(&self) -> u64 {
-        let framing = (pack::PACK_MAGIC.len() + pack::FOOTER_LEN) as u64
-            + pack::ENTRY_LEN as u64 * self.used_blobs;
+    /// Bytes a repack would free: everything but the reachable blobs and the framing they need (a sealed
+    /// trailer's envelope too).
+    fn unused(&self, crypto: &crate::crypto::Crypto) -> u64 {
+        let count = u32::try_from(self.used_blobs).unwrap_or(u32::MAX);
+        let framing =
+            (pack::PACK_MAGIC.len() + pack::FOOTER_LEN) as u64 + pack::entries_len(count, crypto);
         self.size.saturating_sub(self.used_bytes + framing)
     }
 }
@@ -264,14 +266,14 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         .collect();
     let (empty, partly): (Vec<&PackUse>, Vec<&PackUse>) = usage
         .iter()
-        .filter(|u| u.unused() > 0)
+        .filter(|u| u.unused(repo.crypto()) > 0)
         .partition(|u| u.used_blobs == 0);
     // Packs holding damaged copies that good ones replaced go whatever their share (format-spec, "Index").
     let rotten = repo.index().packs_with_superseded_damage()?;
     let to_repack: Vec<&PackUse> = partly
         .into_iter()
         .filter(|u| {
-            u.unused() as f64 * 100.0 > opts.max_unused_percent * u.size as f64
+            u.unused(repo.crypto()) as f64 * 100.0 > opts.max_unused_percent * u.size as f64
                 || rotten.contains(&u.id)
         })
         .collect();

@@ -265,7 +265,7 @@ fn read_unknown_trailers(repo: &Repository, packs: &[(Id, u64)]) -> Result<u64> 
     let known: HashSet<Id> = repo.index().packs()?.into_iter().map(|p| p.id).collect();
     let mut read = 0;
     for (id, size) in packs.iter().filter(|(id, _)| !known.contains(id)) {
-        match pack::read_trailer(repo.backend().as_ref(), id, *size) {
+        match pack::read_trailer(repo.backend().as_ref(), id, *size, repo.crypto()) {
             Ok(entries) => {
                 read += 1;
                 repo.index().add_pack(*id, *size, &entries)?;
@@ -336,7 +336,7 @@ pub fn listings_of(
         let Some(&size) = sizes.get(id) else {
             continue;
         };
-        match pack::read_trailer(repo.backend().as_ref(), id, size) {
+        match pack::read_trailer(repo.backend().as_ref(), id, size, repo.crypto()) {
             Ok(entries) => {
                 out.insert(
                     *id,

@@ -165,7 +165,10 @@ pub fn save(repo: &Repository, cfg: &InstanceConfig) -> Result<()> {
 /// Loads one instance's config to use or show it: one whose stored connection string holds a password is
 /// refused (see [`InstanceConfig::check_stored_conn`]).
 pub fn load(repo: &Repository, name: &str) -> Result<InstanceConfig> {
-    let cfg = load_for_update(repo, name)?;
+    let cfg = load_for_update(repo, name).map_err(|e| match e {
+        Error::NotFound(_) => damaged_object(repo, name).unwrap_or(e),
+        other => other,
+    })?;
     cfg.check_stored_conn()?;
     Ok(cfg)
 }
@@ -193,6 +196,33 @@ pub fn load_for_update(repo: &Repository, name: &str) -> Result<InstanceConfig> 
 
 /// Every instance, by name.
 pub fn list(repo: &Repository) -> Result<Vec<InstanceConfig>> {
+    let listed = list_rows(repo)?;
+    // An object that has no row failed to load: damaged, or (in an encrypted repository) written without
+    // the key. Reported like any corruption, so nothing runs as if the instance did not exist.
+    for revs in crate::instance_store::revisions(repo)?.values() {
+        if let Some(newest) = revs.last() {
+            if let Some(e) = damaged_object(repo, &newest.object) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// The corruption of the instance revision `object`, if reading it fails that way (a revision deleted
+/// since the listing is not corruption).
+fn damaged_object(repo: &Repository, object: &str) -> Option<Error> {
+    match crate::object_io::get(
+        repo.backend().as_ref(),
+        crate::backend::ObjectKind::Instance,
+        object,
+    ) {
+        Err(e @ Error::Corrupt { .. }) => Some(e),
+        _ => None,
+    }
+}
+
+fn list_rows(repo: &Repository) -> Result<Vec<InstanceConfig>> {
     let index = repo.index();
     let mut st = index
         .raw()

@@ -17,6 +17,7 @@ pub mod check;
 pub mod chunking;
 pub mod config;
 pub mod copy;
+pub mod crypto;
 pub mod daemon;
 pub mod delete_absent;
 pub mod diff;

@@ -17,15 +17,23 @@
 //!  84  reserved u32 (0)
 //! ```
 //! A pack's id is the BLAKE3 of the whole file. Packs are written once and never modified.
+//!
+//! In an encrypted repository (format-spec "Encryption") the magic's version byte is 2, every blob's stored
+//! bytes are sealed on their own (`nonce | ciphertext | tag`, so a blob can still be read by one ranged read
+//! and copied to another pack as it is), and the entries are sealed as one string whose BLAKE3 the footer
+//! holds: the list of blob ids is not readable without the key. The footer stays plaintext.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 
+use crate::crypto::{self, Crypto};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 
 /// First bytes of every pack.
 pub const PACK_MAGIC: [u8; 8] = *b"CAIRNPK\x01";
+/// First bytes of every pack of an encrypted repository (blobs and trailer sealed).
+pub const PACK_MAGIC_SEALED: [u8; 8] = *b"CAIRNPK\x02";
 /// Last bytes of every pack.
 pub const FOOTER_MAGIC: [u8; 8] = *b"CAIRNEND";
 /// Size of one trailer entry.
@@ -140,6 +148,8 @@ impl BlobEntry {
 /// the CPU cache of the thread that compressed it.
 pub struct PackBuilder<W = Vec<u8>> {
     out: W,
+    /// Seals the trailer (the caller seals each blob's stored bytes).
+    crypto: Crypto,
     hasher: blake3::Hasher,
     len: u64,
     entries: Vec<BlobEntry>,
@@ -159,15 +169,23 @@ impl PackBuilder {
 }
 
 impl<W: std::io::Write> PackBuilder<W> {
-    /// Starts a pack on `out` (writes the header magic).
+    /// Starts a plaintext pack on `out` (writes the header magic).
     pub fn start(out: W) -> std::io::Result<PackBuilder<W>> {
+        Self::start_with(out, Crypto::plaintext())
+    }
+
+    /// Starts a pack of a repository with keys `crypto` on `out`: blobs given to [`Self::add`] must be
+    /// sealed by the caller; the trailer is sealed here.
+    pub fn start_with(out: W, crypto: Crypto) -> std::io::Result<PackBuilder<W>> {
+        let magic = pack_magic(&crypto);
         let mut b = PackBuilder {
             out,
+            crypto,
             hasher: blake3::Hasher::new(),
             len: 0,
             entries: Vec::new(),
         };
-        b.write(&PACK_MAGIC)?;
+        b.write(&magic)?;
         Ok(b)
     }
 
@@ -216,6 +234,11 @@ impl<W: std::io::Write> PackBuilder<W> {
         for e in &self.entries {
             e.encode(&mut trailer);
         }
+        let mut trailer = self
+            .crypto
+            .seal(crypto::AAD_TRAILER, &trailer)
+            .map_err(std::io::Error::other)?
+            .into_owned();
         let trailer_hash = Id::of(&trailer);
         trailer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         trailer.extend_from_slice(&0u32.to_le_bytes());
@@ -227,8 +250,22 @@ impl<W: std::io::Write> PackBuilder<W> {
     }
 }
 
+/// The magic a pack of a repository with keys `crypto` starts with.
+pub fn pack_magic(crypto: &Crypto) -> [u8; 8] {
+    if crypto.is_encrypted() {
+        PACK_MAGIC_SEALED
+    } else {
+        PACK_MAGIC
+    }
+}
+
+/// Bytes of the (possibly sealed) entries of `count` blobs.
+pub fn entries_len(count: u32, crypto: &Crypto) -> u64 {
+    count as u64 * ENTRY_LEN as u64 + (crypto.sealed_len(0) as u64)
+}
+
 /// Parses the footer of a pack of `file_len` bytes; returns the entry count and the trailer's expected hash.
-pub fn parse_footer(footer: &[u8], file_len: u64) -> Result<(u32, Id)> {
+pub fn parse_footer(footer: &[u8], file_len: u64, crypto: &Crypto) -> Result<(u32, Id)> {
     let bad = |d: String| Error::corrupt("pack footer", d);
     if footer.len() != FOOTER_LEN || footer[40..48] != FOOTER_MAGIC {
         return Err(bad("missing end magic (truncated pack?)".into()));
@@ -237,7 +274,7 @@ pub fn parse_footer(footer: &[u8], file_len: u64) -> Result<(u32, Id)> {
     if footer[4..8] != [0; 4] {
         return Err(bad("reserved footer bytes are not zero".into()));
     }
-    let needed = PACK_MAGIC.len() as u64 + FOOTER_LEN as u64 + count as u64 * ENTRY_LEN as u64;
+    let needed = PACK_MAGIC.len() as u64 + FOOTER_LEN as u64 + entries_len(count, crypto);
     if needed > file_len {
         return Err(bad(format!(
             "{count} entries do not fit in {file_len} bytes"
@@ -247,12 +284,32 @@ pub fn parse_footer(footer: &[u8], file_len: u64) -> Result<(u32, Id)> {
     Ok((count, hash))
 }
 
-/// Decodes and validates a pack's entries: trailer hash, kinds, and every blob within the data area.
+/// Decodes and validates a plaintext pack's entries: trailer hash, kinds, and every blob within the data area.
 pub fn parse_entries(entries: &[u8], expected: Id, file_len: u64) -> Result<Vec<BlobEntry>> {
-    if Id::of(entries) != expected {
+    parse_trailer(entries, expected, file_len, &Crypto::plaintext())
+}
+
+/// Decodes and validates a pack's trailer as stored (sealed in an encrypted repository): its hash, then its
+/// authentication, kinds, and every blob within the data area.
+pub fn parse_trailer(
+    stored: &[u8],
+    expected: Id,
+    file_len: u64,
+    crypto: &Crypto,
+) -> Result<Vec<BlobEntry>> {
+    if Id::of(stored) != expected {
         return Err(Error::corrupt("pack trailer", "checksum mismatch"));
     }
-    let data_end = file_len - FOOTER_LEN as u64 - entries.len() as u64;
+    let data_end = file_len
+        .checked_sub(FOOTER_LEN as u64 + stored.len() as u64)
+        .ok_or_else(|| Error::corrupt("pack trailer", "larger than the pack"))?;
+    let entries = crypto.open("pack trailer", crypto::AAD_TRAILER, stored)?;
+    if entries.len() % ENTRY_LEN != 0 {
+        return Err(Error::corrupt(
+            "pack trailer",
+            "not a whole number of entries",
+        ));
+    }
     entries
         .chunks_exact(ENTRY_LEN)
         .map(|e| {
@@ -277,30 +334,31 @@ pub fn read_trailer(
     backend: &dyn crate::backend::Backend,
     id: &Id,
     len: u64,
+    crypto: &Crypto,
 ) -> Result<Vec<BlobEntry>> {
     let reader = backend.open_reader(crate::backend::ObjectKind::Pack, &id.to_hex())?;
     if len < (PACK_MAGIC.len() + FOOTER_LEN) as u64 {
         return Err(Error::corrupt("pack", "too short (truncated?)"));
     }
-    if reader.read_at(0, PACK_MAGIC.len() as u64)? != PACK_MAGIC {
+    if reader.read_at(0, PACK_MAGIC.len() as u64)? != pack_magic(crypto) {
         return Err(Error::corrupt("pack", "missing pack magic"));
     }
     let footer = reader.read_at(len - FOOTER_LEN as u64, FOOTER_LEN as u64)?;
-    let (count, hash) = parse_footer(&footer, len)?;
-    let entries_len = count as u64 * ENTRY_LEN as u64;
+    let (count, hash) = parse_footer(&footer, len, crypto)?;
+    let entries_len = entries_len(count, crypto);
     let entries = reader.read_at(len - FOOTER_LEN as u64 - entries_len, entries_len)?;
-    parse_entries(&entries, hash, len)
+    parse_trailer(&entries, hash, len, crypto)
 }
 
 /// Parses a whole pack held in memory (used by tests, fuzzing and repair).
-pub fn parse_pack(bytes: &[u8]) -> Result<Vec<BlobEntry>> {
+pub fn parse_pack(bytes: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>> {
     let len = bytes.len() as u64;
-    if bytes.len() < PACK_MAGIC.len() + FOOTER_LEN || bytes[..8] != PACK_MAGIC {
+    if bytes.len() < PACK_MAGIC.len() + FOOTER_LEN || bytes[..8] != pack_magic(crypto) {
         return Err(Error::corrupt("pack", "missing pack magic"));
     }
-    let (count, hash) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], len)?;
-    let start = bytes.len() - FOOTER_LEN - count as usize * ENTRY_LEN;
-    parse_entries(&bytes[start..bytes.len() - FOOTER_LEN], hash, len)
+    let (count, hash) = parse_footer(&bytes[bytes.len() - FOOTER_LEN..], len, crypto)?;
+    let start = bytes.len() - FOOTER_LEN - entries_len(count, crypto) as usize;
+    parse_trailer(&bytes[start..bytes.len() - FOOTER_LEN], hash, len, crypto)
 }
 
 thread_local! {
@@ -380,21 +438,22 @@ pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Cow<'_, [u8]>
     Ok((Compression::Zstd, Cow::Owned(compressed)))
 }
 
-/// Decodes stored blob bytes and verifies them against the blob's id.
-pub fn decode_blob(entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
+/// Opens (in an encrypted repository), decodes and verifies stored blob bytes against the blob's id.
+pub fn decode_blob(entry: &BlobEntry, stored: &[u8], crypto: &Crypto) -> Result<Vec<u8>> {
     let what = || format!("blob {}", entry.id);
-    let raw = match (entry.kind, entry.compression) {
-        (BlobKind::DeltaData, _) => {
-            return Err(Error::corrupt(
-                what(),
-                "delta blobs are not supported by format v1 readers",
-            ))
-        }
-        (_, Compression::None) => stored.to_vec(),
-        (_, Compression::Zstd) => zstd_decompress(stored, entry.raw_len as usize)
+    if entry.kind == BlobKind::DeltaData {
+        return Err(Error::corrupt(
+            what(),
+            "delta blobs are not supported by format v1 readers",
+        ));
+    }
+    let stored = crypto.open(&what(), crypto::AAD_BLOB, stored)?;
+    let raw = match entry.compression {
+        Compression::None => stored.into_owned(),
+        Compression::Zstd => zstd_decompress(&stored, entry.raw_len as usize)
             .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
     };
-    if raw.len() != entry.raw_len as usize || Id::of(&raw) != entry.id {
+    if raw.len() != entry.raw_len as usize || crypto.blob_id(&raw) != entry.id {
         return Err(Error::corrupt(what(), "content does not match its id"));
     }
     Ok(raw)
@@ -419,11 +478,11 @@ mod tests {
     fn sealed_pack_parses_back_and_blobs_decode() {
         let (bytes, id, entries) = sample_pack();
         assert_eq!(Id::of(&bytes), id);
-        let parsed = parse_pack(&bytes).unwrap();
+        let parsed = parse_pack(&bytes, &Crypto::plaintext()).unwrap();
         assert_eq!(parsed, entries);
         for e in &parsed {
             let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-            decode_blob(e, stored).unwrap();
+            decode_blob(e, stored, &Crypto::plaintext()).unwrap();
         }
         assert_eq!(
             parsed[1].compression,
@@ -438,7 +497,7 @@ mod tests {
         let (bytes, _, entries) = sample_pack();
         for cut in 0..bytes.len() {
             assert!(
-                parse_pack(&bytes[..cut]).is_err(),
+                parse_pack(&bytes[..cut], &Crypto::plaintext()).is_err(),
                 "truncated at {cut} parsed"
             );
         }
@@ -449,7 +508,10 @@ mod tests {
         for i in data_end..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
-            assert!(parse_pack(&b).is_err(), "flip at {i} parsed");
+            assert!(
+                parse_pack(&b, &Crypto::plaintext()).is_err(),
+                "flip at {i} parsed"
+            );
         }
     }
 
@@ -488,6 +550,6 @@ mod tests {
         let e = entries[2];
         bytes[e.offset as usize + 3] ^= 1;
         let stored = &bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-        assert!(decode_blob(&e, stored).is_err());
+        assert!(decode_blob(&e, stored, &Crypto::plaintext()).is_err());
     }
 }

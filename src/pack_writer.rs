@@ -188,7 +188,7 @@ impl<'r> PackWriter<'r> {
     /// Stores `raw` as a blob of `kind` unless the repository (or this writer) already has it.
     /// Returns its id and whether it was new.
     pub fn save(&self, kind: BlobKind, raw: &[u8]) -> Result<(Id, bool)> {
-        let id = Id::of(raw);
+        let id = self.repo.crypto().blob_id(raw);
         Ok((id, self.save_with_id(kind, id, raw)?))
     }
 
@@ -202,8 +202,10 @@ impl<'r> PackWriter<'r> {
         if !self.claim(&id)? {
             return Ok(false);
         }
-        // Compression runs outside every lock: it is the expensive step and must use all cores.
+        // Compression and sealing run outside every lock: they are the expensive steps and must use all
+        // cores.
         let (compression, stored) = pack::encode_blob(raw, level)?;
+        let stored = self.repo.crypto().seal(crate::crypto::AAD_BLOB, &stored)?;
         self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
         if kind == BlobKind::Data {
             self.stats.data_blobs_new.fetch_add(1, Ordering::Relaxed);
@@ -489,7 +491,8 @@ impl OpenPack {
         // The writer gathers small blobs into larger writes; large ones go straight through (the local
         // backend's 64 KiB buffer: copying them through it cost 2% of a backup's CPU).
         let out = repo.backend().writer(ObjectKind::Pack)?;
-        let builder = PackBuilder::start(out).map_err(|e| Error::io(&place, e))?;
+        let builder = PackBuilder::start_with(out, repo.crypto().clone())
+            .map_err(|e| Error::io(&place, e))?;
         Ok(OpenPack { builder, place })
     }
 }

@@ -52,7 +52,7 @@ pub struct RepairReport {
 /// Rebuilds the index of the repository at `url` (its `index.sqlite`, or its local cache for a repository in
 /// object storage) under an exclusive lock.
 pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
-    let (backend, config) = crate::repo::connect(url)?;
+    let (backend, config, crypto) = crate::repo::connect_unlocked(url)?;
     let _lock = lock::acquire(&backend, true, "repair index")?;
     let live = crate::repo::index_path(backend.as_ref(), &config)?;
     let dir = live.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -80,7 +80,7 @@ pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
             .collect();
         let mut objects = ObjectBatch::default();
         for (id, len) in list_pack_files(backend.as_ref())? {
-            match pack::read_trailer(backend.as_ref(), &id, len) {
+            match pack::read_trailer(backend.as_ref(), &id, len, &crypto) {
                 Ok(entries) => {
                     report.packs += 1;
                     report.blobs += entries.len() as u64;
@@ -213,6 +213,10 @@ pub struct RepairedSnapshot {
 pub trait ObjectReader: Sync {
     fn read_blob(&self, id: &Id) -> Result<Vec<u8>>;
     fn read_tree(&self, id: &Id) -> Result<Tree>;
+    /// The id of a blob with these bytes (keyed in an encrypted repository).
+    fn blob_id(&self, data: &[u8]) -> Id {
+        Id::of(data)
+    }
 }
 
 impl ObjectReader for Repository {
@@ -221,6 +225,9 @@ impl ObjectReader for Repository {
     }
     fn read_tree(&self, id: &Id) -> Result<Tree> {
         Repository::read_tree(self, id)
+    }
+    fn blob_id(&self, data: &[u8]) -> Id {
+        self.crypto().blob_id(data)
     }
 }
 
@@ -600,7 +607,8 @@ impl walk::Visitor for RebuildWalk<'_, '_, '_> {
     }
     fn tree_done(&mut self, _: &Id, _: Place) -> Result<()> {
         let nodes = self.open.pop().unwrap_or_default();
-        let (bytes, id) = Tree::new(nodes)?.encode()?;
+        let (bytes, _) = Tree::new(nodes)?.encode()?;
+        let id = self.v.reader.blob_id(&bytes);
         if let Some(w) = self.writer {
             w.save_with_id(crate::pack::BlobKind::Tree, id, &bytes)?;
         }

@@ -29,6 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::backend::{self, Backend, ObjectKind, RangeReader, RepoUrl, SharedBackend};
 use crate::config::Config;
+use crate::crypto::{self, Crypto};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::hashing::Id;
@@ -47,6 +48,8 @@ pub struct Repository {
     location: String,
     index_path: PathBuf,
     config: Config,
+    /// The repository's keys (none for a plaintext repository).
+    crypto: Crypto,
     index: Mutex<Index>,
     /// Read-only connections for lookups from many threads at once (see [`Self::with_reader`]).
     readers: Mutex<Vec<Index>>,
@@ -63,11 +66,34 @@ pub struct Repository {
 pub const DEFAULT_CONNECTIONS_S3: usize = 4;
 pub const DEFAULT_CONNECTIONS_LOCAL: usize = 1;
 
-/// A backend for `url` and the repository's config; `NotARepository` when there is no config.
+/// A backend for `url` and the repository's config; `NotARepository` when there is no config. The backend
+/// does not open sealed objects: see [`connect_unlocked`] for one that does.
 pub fn connect(url: &RepoUrl) -> Result<(SharedBackend, Config)> {
     let backend = url.connect()?;
     let config = load_config(backend.as_ref())?;
     Ok((backend, config))
+}
+
+/// Like [`connect`], with the repository's keys opened (the password asked for if it is encrypted) and a
+/// backend that seals and opens whole objects with them. The config's chunker seeds are set from the keys.
+pub fn connect_unlocked(url: &RepoUrl) -> Result<(SharedBackend, Config, Crypto)> {
+    let (raw, config) = connect(url)?;
+    unlock(raw, config)
+}
+
+fn unlock(raw: SharedBackend, mut config: Config) -> Result<(SharedBackend, Config, Crypto)> {
+    // The config is plaintext: someone who can write the repository could mark an encrypted one plaintext so
+    // that the next backup stores data in the clear. Key files give it away.
+    if !config.is_encrypted() && !raw.list(ObjectKind::Key)?.is_empty() {
+        return Err(Error::corrupt(
+            "config",
+            "it says the repository is plaintext, but the repository has key files (was the config replaced?)",
+        ));
+    }
+    let crypto = crypto::open_keys(raw.as_ref(), &config)?;
+    config.chunker_files.seed = crypto.chunker_seed();
+    config.chunker_streams.seed = crypto.chunker_seed();
+    Ok((crypto::sealed::wrap(raw, &crypto), config, crypto))
 }
 
 /// Reads and validates the repository's config.
@@ -83,8 +109,13 @@ fn load_config(backend: &dyn Backend) -> Result<Config> {
 
 /// Where the index of the repository at `backend` lives: next to a local repository's objects, else in the
 /// user's cache directory under the repository id.
+///
+/// The index of an encrypted repository holds snapshot paths, host names and instance configurations in
+/// the clear, so it never lives inside the repository: even a local one keeps it in the cache directory,
+/// under the repository id and a hash of its place (two copies of one repository get two caches).
 pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
-    if let Some(root) = backend.local_root() {
+    let local = backend.local_root();
+    if let (Some(root), false) = (local, config.is_encrypted()) {
         return Ok(root.join(INDEX_FILE));
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
@@ -104,20 +135,64 @@ pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
             "repository id is not a plain name",
         ));
     }
-    let dir = cache.join("cairn").join(&config.repository_id);
+    let name = match local {
+        Some(root) => {
+            let place = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+            let hash = Id::of(place.as_os_str().as_encoded_bytes());
+            format!("{}-{}", config.repository_id, hash.short())
+        }
+        None => config.repository_id.clone(),
+    };
+    let dir = cache.join("cairn").join(name);
     fsutil::ensure_dir(&dir)?;
     Ok(dir.join(INDEX_FILE))
 }
 
 impl Repository {
     /// Creates a new repository at `url` (a directory may exist but must not hold a repository).
+    ///
+    /// An encrypted `config` gets a new master key and a first key file under the password of
+    /// [`crypto::new_repository_password`], asked for before anything is written.
     pub fn init(url: impl Into<RepoUrl>, config: Config) -> Result<Repository> {
+        Repository::init_sharing(url, config, None)
+    }
+
+    /// Like [`Repository::init`]; with `from`, the new repository shares the keys of that (open) one
+    /// ([`crypto::share_keys`]) and takes its chunker parameters, so `cairn copy` between them deduplicates.
+    pub fn init_sharing(
+        url: impl Into<RepoUrl>,
+        mut config: Config,
+        from: Option<&Repository>,
+    ) -> Result<Repository> {
+        if let Some(src) = from {
+            config.chunker_files = src.config().chunker_files;
+            config.chunker_streams = src.config().chunker_streams;
+            // The mode follows the source: keyed ids and plain ones never deduplicate.
+            config.encryption = None;
+            config.version = crate::config::FORMAT_VERSION;
+            if src.crypto().is_encrypted() {
+                config = config.encrypted();
+            }
+        }
         let url = url.into();
         let backend = url.connect()?;
         if backend.stat(ObjectKind::Config, "config")?.is_some() {
             return Err(Error::AlreadyExists(PathBuf::from(backend.location())));
         }
+        let password = match config.is_encrypted() {
+            true => Some(crypto::new_repository_password()?),
+            false => None,
+        };
         backend.prepare()?;
+        match (&password, from) {
+            (Some(p), Some(src)) if src.crypto().is_encrypted() => {
+                crypto::share_keys(backend.as_ref(), &config, p, src.crypto())?;
+            }
+            (Some(p), _) => {
+                crypto::create_keys(backend.as_ref(), &config, p)?;
+            }
+            (None, _) => {}
+        }
         // The config is written last: a place without it is not yet a repository.
         let bytes = serde_json::to_vec_pretty(&config).map_err(|e| Error::corrupt("config", e))?;
         Index::open(&index_path(backend.as_ref(), &config)?)?;
@@ -138,11 +213,18 @@ impl Repository {
     /// Opens the repository stored in `backend`.
     pub fn open_with(backend: SharedBackend) -> Result<Repository> {
         let config = load_config(backend.as_ref())?;
+        // Keys first: a wrong password must stop the command before anything (even the cache) is written.
+        let (backend, config, crypto) = unlock(backend, config)?;
         let index_path = index_path(backend.as_ref(), &config)?;
         let local = backend.local_root().is_some();
+        // An index inside a local repository is kept up to date by every writer; one in the cache directory
+        // (object storage, or an encrypted repository) may have missed what other writers did.
+        let index_inside = local && !config.is_encrypted();
         // A local index that is gone is rebuilt from the index objects (and the trailers of packs none
         // lists); a repository written before index objects existed needs `repair index`.
-        let rebuild = local && !index_path.exists();
+        let rebuild = index_inside && !index_path.exists();
+        // The cache of an encrypted local repository is new: built like one of object storage.
+        let new_cache = local && !index_inside && !index_path.exists();
         if rebuild
             && backend.list(ObjectKind::Index)?.is_empty()
             && !backend.list(ObjectKind::Pack)?.is_empty()
@@ -161,6 +243,7 @@ impl Repository {
             backend,
             index_path,
             config,
+            crypto,
             access: index.access(),
             index: Mutex::new(index),
             readers: Mutex::new(Vec::new()),
@@ -171,14 +254,20 @@ impl Repository {
                 DEFAULT_CONNECTIONS_S3
             }),
         };
-        if !local || rebuild {
+        if !local || rebuild || new_cache {
             repo.sync_cache()?;
         } else if repo.read_only.is_none() {
             // Index objects written by another host sharing this directory (cheap: one listing of
             // `index/` when nothing changed).
             crate::index_sync::sync(&repo, false)?;
-            // Instance revisions and run-log entries written by other hosts (a listing each).
-            crate::instance::sync_from_objects(&repo)?;
+            if !index_inside {
+                // Writers on other hosts record their snapshots in their own caches (this also brings
+                // in their instance revisions and run-log entries).
+                repo.sync_objects()?;
+            } else {
+                // Instance revisions and run-log entries written by other hosts (a listing each).
+                crate::instance::sync_from_objects(&repo)?;
+            }
         }
         Ok(repo)
     }
@@ -188,6 +277,11 @@ impl Repository {
     /// their trailers (see [`crate::index_sync`]); likewise snapshots and instance configurations. Damaged packs and snapshots are left out (`check` reports them).
     pub fn sync_cache(&self) -> Result<()> {
         crate::index_sync::sync(self, true)?;
+        self.sync_objects()
+    }
+
+    /// Brings the cached rows of snapshots and instance configurations up to date with the objects.
+    fn sync_objects(&self) -> Result<()> {
         let rows: HashSet<Id> = self.snapshots()?.into_iter().map(|(id, _)| id).collect();
         let objects: HashSet<Id> = self.snapshot_objects()?.into_iter().collect();
         for gone in rows.difference(&objects) {
@@ -256,6 +350,11 @@ impl Repository {
         &self.config
     }
 
+    /// The repository's keys: blob ids, chunker seed, sealing (pass-through for a plaintext repository).
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
     /// The index connection. Held briefly: every lookup and insert goes through it.
     pub fn index(&self) -> MutexGuard<'_, Index> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll back), so a
@@ -322,7 +421,7 @@ impl Repository {
 
     /// Decompresses and verifies a blob's stored bytes, read by the caller (restore reads runs of blobs).
     pub fn decode_stored(&self, loc: &Location, stored: &[u8]) -> Result<Vec<u8>> {
-        pack::decode_blob(&loc.entry, stored).map_err(|e| match e {
+        pack::decode_blob(&loc.entry, stored, &self.crypto).map_err(|e| match e {
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what: format!("{what} in pack {}", loc.pack.short()),
                 detail,

@@ -117,6 +117,9 @@ impl Tree {
     }
 
     /// Deterministic encoding (postcard) and its id.
+    ///
+    /// The id is the plain BLAKE3 of the bytes: in an encrypted repository a tree's blob id is keyed
+    /// ([`crate::crypto::Crypto::blob_id`]); writers name the blob through their repository's keys.
     pub fn encode(&self) -> Result<(Vec<u8>, Id)> {
         let bytes = if self.version == TREE_VERSION_XATTRS {
             let wire = WireV2Ref {

@@ -107,8 +107,10 @@ fn copy_local_to_s3_and_back_restores_identical_bytes_and_is_idempotent() {
     let local = Place::local(dir.path(), "local");
     let s3 = Place::s3("copy");
     let back = Place::local(dir.path(), "back");
-    for p in [&local, &s3, &back] {
-        ok(p.cairn(&cache).arg("init"));
+    ok(local.cairn(&cache).arg("init"));
+    // Targets share the source's keys (keyed blob ids must agree for a copy to deduplicate).
+    for p in [&s3, &back] {
+        ok(on(p, &cache).args(["init", "--from-repo", &local.url()]));
     }
     let src = dir.path().join("data");
     build_rich_tree(&src, 20);
@@ -215,7 +217,7 @@ fn copy_killed_midway_leaves_the_target_consistent_and_a_rerun_completes_it() {
     let from = Place::local(dir.path(), "from");
     let to = Place::local(dir.path(), "to");
     ok(from.cairn(&cache).arg("init"));
-    ok(to.cairn(&cache).arg("init"));
+    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
     let Place::Local(to_path) = &to else {
         unreachable!()
     };
@@ -283,7 +285,7 @@ fn copy_reports_one_clear_error_for_a_bad_source_or_an_unknown_snapshot() {
     let from = Place::local(dir.path(), "from");
     let to = Place::local(dir.path(), "to");
     ok(from.cairn(&cache).arg("init"));
-    ok(to.cairn(&cache).arg("init"));
+    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
     let src = dir.path().join("data");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a"), b"a").unwrap();
@@ -316,5 +318,23 @@ fn copy_reports_one_clear_error_for_a_bad_source_or_an_unknown_snapshot() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    assert!(snapshot_ids(&to, &cache).is_empty());
+}
+
+/// Two repositories with their own keys name the same content differently: copy refuses with one line and
+/// writes nothing, and names the way out (`init --from-repo`).
+#[test]
+fn copy_between_repositories_with_different_keys_is_refused_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let from = Place::local(dir.path(), "from");
+    let to = Place::local(dir.path(), "to");
+    ok(from.cairn(&cache).arg("init"));
+    ok(to.cairn(&cache).arg("init"));
+    backup_stdin(&from, &cache, "s", &stream_bytes());
+    let (code, _, err) = run(to.cairn(&cache).args(["copy", "--from-repo", &from.url()]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("init --from-repo"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(snapshot_ids(&to, &cache).is_empty());
 }

@@ -214,6 +214,7 @@ fn unreadable_source_files_make_a_partial_snapshot_with_exit_3() {
         ])
         .args(args)
         .env("CAIRN_REPO", &repo);
+        with_password(&mut c).env("XDG_CACHE_HOME", dir.path().join("nobody-cache"));
         c
     };
     if unsafe { libc::geteuid() } != 0 {

@@ -333,7 +333,26 @@ fn deleted_index_is_rebuilt_by_repair() {
     // The index objects in the repository rebuild it on the next open.
     remove_index();
     assert_eq!(snapshot_count(&repo), 2);
-    // A repository without index objects (written before they existed) needs `repair index`.
+    // A repository without index objects (written before they existed, so plaintext) needs `repair index`.
+    let (dir, repo) = new_plaintext_repo();
+    let src = dir.path().join("src");
+    build_rich_tree(&src, 100);
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    ok(cairn(&repo).args([
+        "backup",
+        "--stdin-from-command",
+        "--stdin-name",
+        "s",
+        "--",
+        "seq",
+        "1",
+        "100000",
+    ]));
+    let remove_index = || {
+        for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+            let _ = fs::remove_file(repo.join(f));
+        }
+    };
     remove_index();
     for (p, _) in obj_list(&repo.join("index")) {
         obj_delete(&p);
@@ -413,7 +432,7 @@ fn default_repository_is_created_on_first_backup() {
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
-    let out = std::process::Command::new(cairn_bin())
+    let out = harness::with_password(&mut std::process::Command::new(cairn_bin()))
         .env_remove("CAIRN_REPO")
         .env("XDG_DATA_HOME", dir.path().join("xdg"))
         .args(["backup", src.to_str().unwrap()])

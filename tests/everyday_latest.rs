@@ -60,7 +60,7 @@ fn latest_picks_the_newest_snapshot_that_holds_what_is_asked() {
         b"second tree"
     );
     // dump latest NAME: a stream, or a file of the tree, from the newest snapshot holding it.
-    let dumped = std::process::Command::new(cairn_bin())
+    let dumped = harness::with_password(&mut std::process::Command::new(cairn_bin()))
         .env("CAIRN_REPO", &repo)
         .args(["dump", "latest", "db.dump"])
         .output()

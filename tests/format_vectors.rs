@@ -25,6 +25,7 @@ const PARAMS: ChunkerParams = ChunkerParams {
     min_size: 64,
     avg_size: 256,
     max_size: 1024,
+    seed: 0,
 };
 
 fn spec() -> String {
@@ -131,4 +132,73 @@ fn index_object_matches_the_spec() {
     for l in lines {
         assert!(spec.contains(&l), "spec lacks `{l}`");
     }
+}
+
+#[test]
+fn encryption_vectors_match_the_spec() {
+    use cairn::crypto::keyfile::{Kdf, KeyFile};
+    use cairn::crypto::{Crypto, AAD_BLOB};
+    let master: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
+    let kdf = Kdf {
+        algorithm: "argon2id".into(),
+        version: 19,
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+        salt: "000102030405060708090a0b0c0d0e0f".into(),
+    };
+    let kf = KeyFile::create_fixed(
+        &master,
+        b"cairn test password",
+        kdf,
+        &[0x11; 24],
+        "2026-12-01T00:00:00Z",
+        "vectors",
+    )
+    .unwrap();
+    let (bytes, id) = kf.encode().unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let spec = spec();
+    println!("{text}\nkey file id {id}");
+    // The key file from the spec opens with the password to the master key, and with no other password.
+    let decoded = KeyFile::decode(&bytes).unwrap();
+    assert_eq!(
+        *decoded.unwrap_key(b"cairn test password").unwrap().unwrap(),
+        master
+    );
+    assert!(decoded
+        .unwrap_key(b"cairn test passworD")
+        .unwrap()
+        .is_none());
+
+    let c = Crypto::from_master(&master);
+    let raw = b"hello, cairn";
+    let lines = [
+        format!("chunker seed {:#018x}", c.chunker_seed()),
+        format!("blob `hello, cairn` id {}", c.blob_id(raw)),
+        format!(
+            "blob `hello, cairn` stored (nonce 24 bytes of 0x22) {}",
+            hex::encode(c.seal_with_nonce(AAD_BLOB, raw, &[0x22; 24]).unwrap())
+        ),
+        {
+            let data = xorshift_bytes(4096, 1);
+            let seeded = ChunkerParams {
+                seed: c.chunker_seed(),
+                ..PARAMS
+            };
+            let cuts: Vec<String> = cut_points(&data, seeded)
+                .map(|(o, n)| format!("({o},{n})"))
+                .collect();
+            format!("seeded boundaries: {}", cuts.join(" "))
+        },
+    ];
+    lines.iter().for_each(|l| println!("{l}"));
+    assert!(spec.contains(&text), "spec lacks the key file");
+    assert!(spec.contains(&format!("key file id {id}")));
+    for l in &lines {
+        assert!(spec.contains(l.as_str()), "spec lacks `{l}`");
+    }
+    // The stored blob opens back to the raw bytes.
+    let sealed = c.seal_with_nonce(AAD_BLOB, raw, &[0x22; 24]).unwrap();
+    assert_eq!(&c.open("blob", AAD_BLOB, &sealed).unwrap()[..], raw);
 }

@@ -8,6 +8,7 @@
 mod archive_check;
 
 use cairn::config::Config;
+use cairn::crypto::Crypto;
 use cairn::hashing::Id;
 use cairn::pack::{decode_blob, encode_blob, parse_pack, BlobKind, PackBuilder};
 use cairn::snapshot::Snapshot;
@@ -107,10 +108,10 @@ fn pack_parser_never_panics() {
         } else {
             rng.mutate(&valid)
         };
-        if let Ok(entries) = parse_pack(&input) {
+        if let Ok(entries) = parse_pack(&input, &Crypto::plaintext()) {
             for e in entries {
                 let end = (e.offset + e.stored_len as u64) as usize;
-                let _ = decode_blob(&e, &input[e.offset as usize..end]);
+                let _ = decode_blob(&e, &input[e.offset as usize..end], &Crypto::plaintext());
             }
         }
     }
@@ -153,6 +154,76 @@ fn snapshot_and_config_decoders_never_panic() {
         let _ = Config::decode(&c);
     }
     assert!(Snapshot::decode(snap, &Id::of(snap)).is_ok());
+}
+
+fn valid_sealed_pack(c: &Crypto) -> Vec<u8> {
+    let mut b = PackBuilder::start_with(Vec::new(), c.clone()).unwrap();
+    for p in [&b"alpha alpha alpha alpha"[..], b"b", &[9u8; 300]] {
+        let (comp, s) = encode_blob(p, 3).unwrap();
+        let sealed = c.seal(cairn::crypto::AAD_BLOB, &s).unwrap();
+        b.add(BlobKind::Data, c.blob_id(p), p.len() as u32, comp, &sealed)
+            .unwrap();
+    }
+    b.seal().unwrap().0
+}
+
+#[test]
+fn envelope_and_encrypted_pack_decoders_never_panic() {
+    let mut rng = Rng(0xe2e);
+    let c = Crypto::from_master(&[7u8; 32]);
+    let valid = valid_sealed_pack(&c);
+    // The valid pack parses and its blobs open; nothing mutated ever opens.
+    let entries = parse_pack(&valid, &c).unwrap();
+    assert_eq!(entries.len(), 3);
+    let sealed = c.seal(b"aad", b"hello").unwrap().into_owned();
+    for i in 0..ROUNDS {
+        let input = if i % 4 == 0 {
+            rng.bytes(300)
+        } else {
+            rng.mutate(&valid)
+        };
+        if let Ok(entries) = parse_pack(&input, &c) {
+            for e in entries {
+                let end = (e.offset + e.stored_len as u64) as usize;
+                let _ = decode_blob(&e, &input[e.offset as usize..end], &c);
+            }
+        }
+        let m = rng.mutate(&sealed);
+        if m != sealed {
+            assert!(c.open("x", b"aad", &m).is_err());
+        }
+    }
+}
+
+#[test]
+fn key_file_decoder_never_panics() {
+    use cairn::crypto::keyfile::{Kdf, KeyFile};
+    let mut rng = Rng(0x6e7);
+    let kdf = Kdf {
+        algorithm: "argon2id".into(),
+        version: 19,
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+        salt: "000102030405060708090a0b0c0d0e0f".into(),
+    };
+    let valid = KeyFile::create(&[3u8; 32], b"pw", kdf)
+        .unwrap()
+        .encode()
+        .unwrap()
+        .0;
+    assert!(KeyFile::decode(&valid).is_ok());
+    for i in 0..ROUNDS / 4 {
+        let input = if i % 4 == 0 {
+            rng.bytes(200)
+        } else {
+            rng.mutate(&valid)
+        };
+        // Only decoding: a mutated file that still decodes has parameters within the bounds.
+        if let Ok(kf) = KeyFile::decode(&input) {
+            assert!(kf.kdf.memory_kib <= 1024 * 1024 && kf.kdf.iterations <= 64);
+        }
+    }
 }
 
 /// Member names and link targets an attacker would try, relative escapes aimed at the check's sentinel.

@@ -52,9 +52,12 @@ fn cairn_as_nobody(repo: &Path) -> Command {
         cairn_bin(),
     ])
     .env("CAIRN_REPO", repo)
-    .env("HOME", "/nonexistent")
-    .env_remove("XDG_DATA_HOME")
-    .stdin(std::process::Stdio::null());
+    .env("HOME", "/nonexistent");
+    with_password(&mut c)
+        // nobody's own index cache, beside the repository it was given.
+        .env("XDG_CACHE_HOME", repo.with_file_name("nobody-cache"))
+        .env_remove("XDG_DATA_HOME")
+        .stdin(std::process::Stdio::null());
     c
 }
 
@@ -214,7 +217,8 @@ fn check_reports_a_permission_error_as_an_error_not_damage() {
 /// Many files in one 16 MiB pack and a small `victim.bin` (one chunk, stored raw), whose bytes are found in the
 /// pack and one of them flipped. The damaged chunk is far below prune's repack threshold.
 fn rotten() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
-    let (dir, repo) = new_repo();
+    // Plaintext: the victim's chunk is found in its pack by its bytes.
+    let (dir, repo) = new_plaintext_repo();
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     for n in 0..6u64 {
@@ -418,7 +422,7 @@ fn repair_snapshots_stops_on_an_io_error_and_changes_nothing() {
     let healthy = two_pack_repo();
     let damaged = rotten();
     for (label, repo_dir) in [("healthy", &healthy.1), ("damaged", &damaged.1)] {
-        let repo = cairn::Repository::open(repo_dir).unwrap();
+        let repo = open_repo(repo_dir);
         let counter = FaultyReader {
             repo: &repo,
             fail_at: 0,
@@ -436,7 +440,7 @@ fn repair_snapshots_stops_on_an_io_error_and_changes_nothing() {
             .status()
             .unwrap();
         assert!(status.success());
-        let copy_repo = cairn::Repository::open(copy.path().join("repo")).unwrap();
+        let copy_repo = open_repo(&copy.path().join("repo"));
         let counting = FaultyReader {
             repo: &copy_repo,
             ..counter

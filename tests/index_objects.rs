@@ -21,13 +21,13 @@ use harness::*;
 
 fn remove_index(repo: &Path) {
     for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-        let _ = fs::remove_file(repo.join(f));
+        let _ = fs::remove_file(index_file(repo).with_file_name(f));
     }
 }
 
 /// (index objects read, pack trailers read) by the index at `repo`.
 fn counts(repo: &Path) -> (u64, u64) {
-    let idx = cairn::index::Index::open_read_only(&repo.join("index.sqlite")).unwrap();
+    let idx = cairn::index::Index::open_read_only(&index_file(repo)).unwrap();
     (
         counter(&idx, OBJECTS_READ).unwrap(),
         counter(&idx, TRAILERS_READ).unwrap(),
@@ -81,7 +81,8 @@ fn a_repository_from_before_index_objects_works_and_prune_upgrades_it() {
     let repo = dir.path().join("repo");
     let src = dir.path().join("src");
     build_rich_tree(&src, 40);
-    ok(cairn(&repo).arg("init"));
+    // Plaintext, as every repository written before index objects is.
+    ok(cairn(&repo).args(["init", "--insecure-no-encryption"]));
     ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
     // As an older cairn left it: packs and an index.sqlite, no index objects.
     fs::remove_dir_all(repo.join("index")).unwrap();

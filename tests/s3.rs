@@ -77,6 +77,7 @@ fn unique() -> String {
 /// A `cairn` command on the S3 repository `url`, with its index cache under `cache`.
 fn s3cairn(endpoint: &str, url: &str, cache: &Path) -> Command {
     let mut c = Command::new(cairn_bin());
+    harness::with_password(&mut c);
     c.env("CAIRN_REPO", url)
         .env("XDG_CACHE_HOME", cache)
         .env("AWS_ACCESS_KEY_ID", "cairn-test")

@@ -3,10 +3,11 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(entries) = cairn::pack::parse_pack(data) {
+    let plain = cairn::crypto::Crypto::plaintext();
+    if let Ok(entries) = cairn::pack::parse_pack(data, &plain) {
         for e in entries {
             let end = (e.offset + e.stored_len as u64) as usize;
-            let _ = cairn::pack::decode_blob(&e, &data[e.offset as usize..end]);
+            let _ = cairn::pack::decode_blob(&e, &data[e.offset as usize..end], &plain);
         }
     }
 });

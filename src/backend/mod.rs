@@ -46,11 +46,14 @@ pub enum ObjectKind {
     Index,
     /// Run-log entries (format-spec "Run log"), named by the hex BLAKE3 of their content.
     Run,
+    /// Key files of an encrypted repository (format-spec "Key files"), named by the hex BLAKE3 of their
+    /// content.
+    Key,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 7] = [
+    pub const ALL: [ObjectKind; 8] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
@@ -58,6 +61,7 @@ impl ObjectKind {
         ObjectKind::Instance,
         ObjectKind::Index,
         ObjectKind::Run,
+        ObjectKind::Key,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -70,6 +74,7 @@ impl ObjectKind {
             ObjectKind::Instance => "instances",
             ObjectKind::Index => "index",
             ObjectKind::Run => "runs",
+            ObjectKind::Key => "keys",
         }
     }
 
@@ -100,7 +105,11 @@ impl ObjectKind {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         match self {
             ObjectKind::Config => name == "config",
-            ObjectKind::Pack | ObjectKind::Snapshot | ObjectKind::Index | ObjectKind::Run => {
+            ObjectKind::Pack
+            | ObjectKind::Snapshot
+            | ObjectKind::Index
+            | ObjectKind::Run
+            | ObjectKind::Key => {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,

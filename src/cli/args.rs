@@ -35,6 +35,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "CAIRN_LIMIT_DOWNLOAD", value_name = "KIB",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_download: Option<u64>,
+    /// Read the repository password from the first line of FILE (an encrypted repository).
+    #[arg(long, global = true, env = "CAIRN_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD with `sh -c` and take the first line it prints as the repository password.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_PASSWORD_COMMAND",
+        value_name = "CMD"
+    )]
+    pub password_command: Option<String>,
     /// Print exactly one JSON document on stdout (no progress display; `dump` and `export` refuse it).
     #[arg(long, global = true)]
     pub json: bool,
@@ -217,6 +228,34 @@ pub enum Command {
         #[arg(long)]
         remove_all: bool,
     },
+    /// Manage the passwords (key files) of an encrypted repository.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// List the key files: id, created, host, and which one the password opened.
+    List,
+    /// Add a password: a new key file wrapping the same master key.
+    Add {
+        /// Read the new password from the first line of FILE (else prompt twice on the terminal).
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a key file (never the last one, never the one whose password opened the repository).
+    Remove {
+        /// The key's id or a unique prefix of it.
+        id: String,
+    },
+    /// Change the password: add a key file for the new password, then remove the one in use.
+    Passwd {
+        /// Read the new password from the first line of FILE (else prompt twice on the terminal).
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 impl Command {
@@ -250,7 +289,8 @@ impl Command {
             | Command::Mount { .. }
             | Command::Completions { .. }
             | Command::Man { .. }
-            | Command::Unlock { .. } => None,
+            | Command::Unlock { .. }
+            | Command::Key { .. } => None,
         };
         name.into_iter().collect()
     }
@@ -602,6 +642,14 @@ pub struct InitArgs {
     /// zstd level (1-19) for stream chunks (database dumps)
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub stream_compression_level: Option<i32>,
+    /// Make a plaintext repository: anyone who can read it reads every file and database it holds, and
+    /// anyone who can write it can change instance configurations (whose hooks cairn runs).
+    #[arg(long)]
+    pub insecure_no_encryption: bool,
+    /// Share the keys and chunker parameters of this repository (its password is asked for the same way),
+    /// so `cairn copy` between the two deduplicates and keeps snapshot ids (borg's `--other-repo`).
+    #[arg(long, value_name = "REPO", conflicts_with = "insecure_no_encryption")]
+    pub from_repo: Option<PathBuf>,
 }
 
 /// `cairn copy [SNAPSHOT...] --from-repo R1 [--instances]`.

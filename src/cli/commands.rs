@@ -87,6 +87,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    cairn::crypto::password::set_sources(cairn::crypto::password::Sources {
+        file: cli.password_file,
+        command: cli.password_command,
+    });
     refuse_json_for_data(&cli.command, ctx.json)?;
     for name in cli.command.instance_names() {
         cairn::instance::validate_name(name)?;
@@ -189,6 +193,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Unlock { remove_all } => unlock(ctx, remove_all),
         Command::Completions { shell } => super::docs::completions(shell),
         Command::Man { dir } => super::docs::man(ctx, dir),
+        Command::Key { action } => super::keys::key(ctx, action),
         Command::Instance { action } => instance::instance(ctx, action),
         Command::RunDue { log_file } => instance::run_due(ctx, log_file.as_deref()),
         Command::Daemon {
@@ -237,16 +242,24 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
 fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     let (path, _) = ctx.repo_url()?;
     let mut config = Config::new_default();
+    if !a.insecure_no_encryption {
+        config = config.encrypted();
+    }
     if let Some(level) = a.compression_level {
         config.compression_level = level;
     }
     if let Some(level) = a.stream_compression_level {
         config.stream_compression_level = Some(level);
     }
-    let repo = Repository::init(&path, config)?;
+    let from = match &a.from_repo {
+        Some(r) => Some(Repository::open(ctx.other_repo_url(r)?)?),
+        None => None,
+    };
+    let repo = Repository::init_sharing(&path, config, from.as_ref())?;
     if ctx.json {
         ctx.print_json(
-            &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id}),
+            &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id,
+                    "encrypted": repo.crypto().is_encrypted()}),
         )?;
     } else if !ctx.quiet {
         println!(
@@ -262,7 +275,10 @@ fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
     let (path, named) = ctx.repo_url()?;
     if !named && !Repository::exists(&path)? {
         eprintln!("cairn: creating the default repository at {path}");
-        return Ok(ctx.configure(Repository::init(&path, Config::new_default())?));
+        // Encrypted like every repository `init` makes: the password comes from the usual sources (a
+        // missing one is exit code 12, before anything is created).
+        let config = Config::new_default().encrypted();
+        return Ok(ctx.configure(Repository::init(&path, config)?));
     }
     Ok(ctx.configure(Repository::open(&path)?))
 }

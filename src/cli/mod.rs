@@ -8,6 +8,7 @@ mod copy;
 mod docs;
 mod explore;
 mod instance;
+mod keys;
 mod latest;
 mod logging;
 mod mount;
@@ -27,8 +28,7 @@ pub const EXIT_PARTIAL: i32 = 3;
 pub const EXIT_NO_REPOSITORY: i32 = 10;
 /// Exit code: the repository is locked by another process.
 pub const EXIT_LOCKED: i32 = 11;
-/// Exit code: wrong or missing repository password (reserved for encrypted repositories).
-#[allow(dead_code)]
+/// Exit code: wrong or missing repository password.
 pub const EXIT_PASSWORD: i32 = 12;
 /// Exit code: interrupted by SIGINT (128 + 2, as a shell reports it).
 pub const EXIT_INTERRUPTED: i32 = cairn::interrupt::EXIT_STATUS;
@@ -64,6 +64,7 @@ fn exit_code(e: &cairn::Error) -> i32 {
         Error::Locked(_) => EXIT_LOCKED,
         Error::Interrupted => EXIT_INTERRUPTED,
         Error::Usage(_) => EXIT_USAGE,
+        Error::Password(_) => EXIT_PASSWORD,
         _ => EXIT_ERROR,
     }
 }

@@ -20,12 +20,51 @@ pub fn cairn_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cairn")
 }
 
+/// The password every command of the suite gets: `cairn init` encrypts by default, so the whole suite
+/// runs on encrypted repositories.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Gives `c` the suite's password (and cheap Argon2id parameters for the keys it creates, so hundreds of
+/// commands do not each spend 0.2 s deriving a key), and an index cache outside any tree a test backs up.
+pub fn with_password(c: &mut Command) -> &mut Command {
+    c.env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_KDF_MEMORY_KIB", "1024")
+        .env("CAIRN_KDF_ITERATIONS", "1")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND");
+    if std::env::var_os("XDG_CACHE_HOME").is_none() {
+        c.env(
+            "XDG_CACHE_HOME",
+            std::env::temp_dir().join("cairn-test-cache"),
+        );
+    }
+    c
+}
+
+/// Opens the repository at `path` in this process, with the suite's password and index cache (the ones
+/// [`with_password`] gives the binary), so both see the same cache.
+pub fn open_repo(path: &Path) -> cairn::Repository {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| {
+        std::env::set_var("CAIRN_PASSWORD", PASSWORD);
+        if std::env::var_os("XDG_CACHE_HOME").is_none() {
+            std::env::set_var(
+                "XDG_CACHE_HOME",
+                std::env::temp_dir().join("cairn-test-cache"),
+            );
+        }
+    });
+    cairn::Repository::open(path).unwrap()
+}
+
 /// A `cairn` command bound to a repository (a directory, or an S3 URL from [`repo_in`]).
 pub fn cairn(repo: &Path) -> Command {
     let mut c = Command::new(cairn_bin());
     c.env("CAIRN_REPO", repo)
         .env_remove("XDG_DATA_HOME")
         .stdin(Stdio::null());
+    with_password(&mut c);
+    // After the password's defaults: an S3 repository's own cache directory wins.
     if is_s3(repo) {
         s3_env(&mut c, repo.to_str().unwrap());
     }
@@ -70,6 +109,15 @@ pub fn new_repo() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo_in(dir.path());
     ok(cairn(&repo).arg("init"));
+    (dir, repo)
+}
+
+/// Initialises a plaintext repository (`--insecure-no-encryption`) in a fresh temp dir: for tests that find
+/// and change stored bytes by their content (tests/encryption.rs covers damage to encrypted objects).
+pub fn new_plaintext_repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).args(["init", "--insecure-no-encryption"]));
     (dir, repo)
 }
 

@@ -157,14 +157,27 @@ pub fn s3_env(cmd: &mut Command, url: &str) {
 /// The file of the repository's SQLite index (a cache): `repo/index.sqlite`, or for S3 the one under the
 /// repository's cache directory.
 pub fn index_file(repo: &Path) -> PathBuf {
-    if !is_s3(repo) {
-        return repo.join("index.sqlite");
-    }
     let cfg: serde_json::Value = serde_json::from_slice(&obj_read(&repo.join("config"))).unwrap();
     let id = cfg["repository_id"].as_str().expect("repository_id");
-    cache_of(repo.to_str().unwrap())
+    if is_s3(repo) {
+        return cache_of(repo.to_str().unwrap())
+            .join("cairn")
+            .join(id)
+            .join("index.sqlite");
+    }
+    if cfg.get("encryption").is_none() {
+        return repo.join("index.sqlite");
+    }
+    // An encrypted local repository keeps its index in the cache (format-spec section 2.1).
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("cairn-test-cache"));
+    let place = repo.canonicalize().unwrap();
+    let h =
+        cairn::hashing::Id::of(std::os::unix::ffi::OsStrExt::as_bytes(place.as_os_str())).short();
+    cache
         .join("cairn")
-        .join(id)
+        .join(format!("{id}-{h}"))
         .join("index.sqlite")
 }
 

@@ -97,6 +97,8 @@ impl Place {
     /// too.
     pub fn cairn(&self, cache: &Path) -> Command {
         let mut c = Command::new(cairn_bin());
+        // The suite's password first: its cache default must not override this host's cache.
+        crate::harness::with_password(&mut c);
         c.env("CAIRN_REPO", self.url())
             .env("XDG_CACHE_HOME", cache)
             .env_remove("XDG_DATA_HOME")

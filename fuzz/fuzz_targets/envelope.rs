@@ -1,0 +1,14 @@
+//! Opening sealed envelopes and encrypted packs on arbitrary bytes: errors, never panics.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let c = cairn::crypto::Crypto::from_master(&[7u8; 32]);
+    let _ = c.open("fuzz", cairn::crypto::AAD_BLOB, data);
+    if let Ok(entries) = cairn::pack::parse_pack(data, &c) {
+        for e in entries {
+            let end = (e.offset + e.stored_len as u64) as usize;
+            let _ = cairn::pack::decode_blob(&e, &data[e.offset as usize..end], &c);
+        }
+    }
+});

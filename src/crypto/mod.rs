@@ -1,0 +1,384 @@
+//! Encryption at rest (format-spec/README.md, "Encryption"): the repository's master key and the keys derived
+//! from it, and the one seal/open pair every stored object goes through.
+//!
+//! What this module owns:
+//! - [`Crypto`]: the keys of one open repository (or none, for a plaintext repository). It names blobs
+//!   ([`Crypto::blob_id`]: keyed BLAKE3 when encrypted), seeds the chunker ([`Crypto::chunker_seed`]) and
+//!   seals and opens byte strings ([`Crypto::seal`], [`Crypto::open`]) with XChaCha20-Poly1305 under a fresh
+//!   random 192-bit nonce each time. For a plaintext repository sealing and opening return the bytes as they
+//!   are, so callers have one code path.
+//! - [`keyfile`]: key files (`keys/<id>`), each wrapping the master key under a password (Argon2id).
+//! - [`password`]: where a password comes from (file, command, environment, terminal prompt).
+//! - [`sealed`]: the backend wrapper that seals every whole repository object (snapshots, index objects,
+//!   instance configurations and any kind added later) on the way out and opens it on the way in. Packs are
+//!   sealed blob by blob by [`crate::pack`], because they are read in ranges.
+//!
+//! Invariants: a nonce is never chosen twice on purpose (random 24 bytes, safe for any number of messages);
+//! every sealed string is bound to what it is by its associated data (`aad`), so a sealed snapshot cannot be
+//! passed off as an instance configuration or a blob as a pack trailer; nothing opened is used before its tag
+//! verified. The master key never leaves memory unwrapped and is zeroed when dropped.
+
+pub mod keyfile;
+pub mod password;
+pub mod sealed;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::hashing::Id;
+
+/// Length of a nonce (XChaCha20-Poly1305).
+pub const NONCE_LEN: usize = 24;
+/// Length of an authentication tag (Poly1305).
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed string has beyond its plaintext: nonce before, tag after.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Length of the master key.
+pub const KEY_LEN: usize = 32;
+
+/// BLAKE3 `derive_key` contexts of the keys derived from the master key (format-spec, "Keys").
+const CONTEXT_ID: &str = "cairn 2026-12-01 blob id key";
+const CONTEXT_AEAD: &str = "cairn 2026-12-01 object encryption key";
+const CONTEXT_CHUNKER: &str = "cairn 2026-12-01 chunker seed";
+
+/// Associated data of a blob's stored bytes (a blob keeps it when prune copies it to another pack).
+pub const AAD_BLOB: &[u8] = b"cairn blob";
+/// Associated data of a pack trailer's entries.
+pub const AAD_TRAILER: &[u8] = b"cairn pack trailer";
+
+/// Associated data of a whole repository object: its kind and name, so an object cannot be moved to
+/// another name or kind unnoticed.
+pub fn object_aad(key: &str) -> Vec<u8> {
+    let mut aad = b"cairn object ".to_vec();
+    aad.extend_from_slice(key.as_bytes());
+    aad
+}
+
+/// The keys of one repository, derived from its master key.
+struct Keys {
+    master: Zeroizing<[u8; KEY_LEN]>,
+    id_key: Zeroizing<[u8; KEY_LEN]>,
+    aead: XChaCha20Poly1305,
+    chunker_seed: u64,
+}
+
+/// The keys of an open repository, or none for a plaintext one. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Crypto {
+    keys: Option<Arc<Keys>>,
+    /// The key file the password opened (for `key list` and `key remove`).
+    key_id: Option<String>,
+}
+
+impl std::fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crypto")
+            .field("encrypted", &self.is_encrypted())
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl Crypto {
+    /// A plaintext repository: ids are plain BLAKE3, nothing is sealed.
+    pub fn plaintext() -> Crypto {
+        Crypto::default()
+    }
+
+    /// The keys derived from `master`.
+    pub fn from_master(master: &[u8; KEY_LEN]) -> Crypto {
+        let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_ID, master));
+        let aead_key = Zeroizing::new(blake3::derive_key(CONTEXT_AEAD, master));
+        let seed_bytes = blake3::derive_key(CONTEXT_CHUNKER, master);
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&seed_bytes[..8]);
+        Crypto {
+            keys: Some(Arc::new(Keys {
+                master: Zeroizing::new(*master),
+                id_key,
+                aead: XChaCha20Poly1305::new(Key::from_slice(&aead_key[..])),
+                chunker_seed: u64::from_le_bytes(seed),
+            })),
+            key_id: None,
+        }
+    }
+
+    /// The same keys, recording which key file opened them.
+    pub fn with_key_id(mut self, id: impl Into<String>) -> Crypto {
+        self.key_id = Some(id.into());
+        self
+    }
+
+    /// The key file the password opened, if this repository is encrypted.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
+    /// A fresh random master key.
+    pub fn random_master() -> Result<Zeroizing<[u8; KEY_LEN]>> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(&mut key[..])?;
+        Ok(key)
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The master key (to wrap it in a new key file).
+    pub(crate) fn master(&self) -> Option<&[u8; KEY_LEN]> {
+        self.keys.as_ref().map(|k| &*k.master)
+    }
+
+    /// A blob's id: BLAKE3 keyed with the id key when encrypted (nobody without the key can tell whether a
+    /// known content is stored), plain BLAKE3 otherwise.
+    pub fn blob_id(&self, data: &[u8]) -> Id {
+        match &self.keys {
+            Some(k) => Id(*blake3::keyed_hash(&k.id_key, data).as_bytes()),
+            None => Id::of(data),
+        }
+    }
+
+    /// The FastCDC gear table seed: 0 (the crate's table) for a plaintext repository.
+    pub fn chunker_seed(&self) -> u64 {
+        self.keys.as_ref().map_or(0, |k| k.chunker_seed)
+    }
+
+    /// `nonce | ciphertext | tag` of `plain` under a fresh random nonce; the bytes unchanged when plaintext.
+    pub fn seal<'a>(&self, aad: &[u8], plain: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        if self.keys.is_none() {
+            return Ok(Cow::Borrowed(plain));
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        self.seal_with_nonce(aad, plain, &nonce).map(Cow::Owned)
+    }
+
+    /// [`Self::seal`] with a given nonce: only for test vectors (a nonce must never be reused).
+    #[doc(hidden)]
+    pub fn seal_with_nonce(
+        &self,
+        aad: &[u8],
+        plain: &[u8],
+        nonce: &[u8; NONCE_LEN],
+    ) -> Result<Vec<u8>> {
+        let Some(keys) = &self.keys else {
+            return Ok(plain.to_vec());
+        };
+        let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(plain);
+        let tag = keys
+            .aead
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut out[NONCE_LEN..])
+            .map_err(|_| Error::Invalid("encryption failed (message too long)".into()))?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// The plaintext of a sealed string, if it authenticates under `aad`; the bytes unchanged when
+    /// plaintext. A failure is corruption (`what` names the object): the bytes were changed, or were not
+    /// written with this repository's key.
+    pub fn open<'a>(&self, what: &str, aad: &[u8], sealed: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        let Some(keys) = &self.keys else {
+            return Ok(Cow::Borrowed(sealed));
+        };
+        open_with(&keys.aead, what, aad, sealed).map(Cow::Owned)
+    }
+
+    /// Length of the sealed form of `n` plaintext bytes.
+    pub fn sealed_len(&self, n: usize) -> usize {
+        if self.is_encrypted() {
+            n + OVERHEAD
+        } else {
+            n
+        }
+    }
+}
+
+/// Opens `nonce | ciphertext | tag` with `aead`.
+fn open_with(aead: &XChaCha20Poly1305, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    if sealed.len() < OVERHEAD {
+        return Err(Error::corrupt(what, "encrypted object too short"));
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut plain = body.to_vec();
+    aead.decrypt_in_place_detached(
+        XNonce::from_slice(nonce),
+        aad,
+        &mut plain,
+        Tag::from_slice(tag),
+    )
+    .map_err(|_| {
+        Error::corrupt(
+            what,
+            "does not authenticate (damaged, or not written with this repository's key)",
+        )
+    })?;
+    Ok(plain)
+}
+
+/// Keys opened in this process, by repository id: a command that opens its repository twice (the run log
+/// after a restore) does not derive the key again.
+static OPENED: std::sync::Mutex<Vec<(String, Crypto)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember(repository_id: &str, crypto: &Crypto) {
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    opened.retain(|(id, _)| id != repository_id);
+    opened.push((repository_id.to_string(), crypto.clone()));
+}
+
+/// The keys of the repository at `backend` whose config is `config`: none for a plaintext repository; else
+/// the master key unwrapped by the password from [`password::password`]. Reads only key files, so a wrong
+/// or missing password ([`Error::Password`]) leaves nothing written.
+pub fn open_keys(
+    backend: &dyn crate::backend::Backend,
+    config: &crate::config::Config,
+) -> Result<Crypto> {
+    if !config.is_encrypted() {
+        return Ok(Crypto::plaintext());
+    }
+    let known = OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(id, _)| *id == config.repository_id)
+        .map(|(_, c)| c.clone());
+    if let Some(c) = known {
+        return Ok(c);
+    }
+    let password = password::password()?;
+    let crypto = keyfile::unlock(backend, password.as_bytes())?;
+    remember(&config.repository_id, &crypto);
+    Ok(crypto)
+}
+
+/// The password for a new encrypted repository, asked for before anything is written.
+pub fn new_repository_password() -> Result<Zeroizing<String>> {
+    password::password_for_new_repository()
+}
+
+/// Creates the master key of a new repository and its first key file, wrapped under `password`.
+pub fn create_keys(
+    backend: &dyn crate::backend::Backend,
+    config: &crate::config::Config,
+    password: &str,
+) -> Result<Crypto> {
+    let master = Crypto::random_master()?;
+    let crypto = Crypto::from_master(&master);
+    let id = keyfile::add(backend, &crypto, password.as_bytes())?;
+    let crypto = crypto.with_key_id(id);
+    remember(&config.repository_id, &crypto);
+    Ok(crypto)
+}
+
+/// The first key file of a new repository that shares the keys of `from` (`cairn init --from-repo`): the same
+/// master key, so the same keyed blob ids and chunker seed, which `cairn copy` needs to deduplicate and keep
+/// snapshot ids (borg's `--other-repo` does the same). The new key file is wrapped under the new `password`.
+pub fn share_keys(
+    backend: &dyn crate::backend::Backend,
+    config: &crate::config::Config,
+    password: &str,
+    from: &Crypto,
+) -> Result<Crypto> {
+    let id = keyfile::add(backend, from, password.as_bytes())?;
+    let crypto = from.clone().with_key_id(id);
+    remember(&config.repository_id, &crypto);
+    Ok(crypto)
+}
+
+/// Whether two repositories' keys name and chunk content alike (both plaintext, or one master key).
+pub fn same_keys(a: &Crypto, b: &Crypto) -> bool {
+    const PROBE: &[u8] = b"cairn: do these repositories share their keys?";
+    a.is_encrypted() == b.is_encrypted()
+        && a.blob_id(PROBE) == b.blob_id(PROBE)
+        && a.chunker_seed() == b.chunker_seed()
+}
+
+/// Fills `buf` from the operating system's random source.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    getrandom::getrandom(buf).map_err(|e| {
+        Error::io(
+            "random source",
+            std::io::Error::other(format!("no random bytes: {e}")),
+        )
+    })
+}
+
+/// Seals with a key given directly (key files wrap the master key this way).
+fn seal_under(key: &[u8; KEY_LEN], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce)?;
+    seal_under_with_nonce(key, aad, plain, &nonce)
+}
+
+fn seal_under_with_nonce(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    plain: &[u8],
+    nonce: &[u8; NONCE_LEN],
+) -> Result<Vec<u8>> {
+    let aead = XChaCha20Poly1305::new(Key::from_slice(key));
+    let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(plain);
+    let tag = aead
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut out[NONCE_LEN..])
+        .map_err(|_| Error::Invalid("encryption failed".into()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+fn open_under(key: &[u8; KEY_LEN], what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    open_with(
+        &XChaCha20Poly1305::new(Key::from_slice(key)),
+        what,
+        aad,
+        sealed,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_every_flipped_bit_is_refused() {
+        let c = Crypto::from_master(&[7u8; 32]);
+        let sealed = c.seal(b"aad", b"hello").unwrap().into_owned();
+        assert_eq!(sealed.len(), 5 + OVERHEAD);
+        assert_eq!(&c.open("x", b"aad", &sealed).unwrap()[..], b"hello");
+        assert!(c.open("x", b"other", &sealed).is_err());
+        for i in 0..sealed.len() * 8 {
+            let mut b = sealed.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(c.open("x", b"aad", &b).is_err(), "bit {i}");
+        }
+        for n in 0..OVERHEAD {
+            assert!(c.open("x", b"aad", &sealed[..n]).is_err());
+        }
+        let other = Crypto::from_master(&[8u8; 32]);
+        assert!(other.open("x", b"aad", &sealed).is_err());
+    }
+
+    #[test]
+    fn plaintext_passes_through_and_ids_are_keyed_only_when_encrypted() {
+        let p = Crypto::plaintext();
+        assert_eq!(&p.seal(b"a", b"xyz").unwrap()[..], b"xyz");
+        assert_eq!(p.blob_id(b"xyz"), Id::of(b"xyz"));
+        assert_eq!(p.chunker_seed(), 0);
+        let c = Crypto::from_master(&[1u8; 32]);
+        assert_ne!(c.blob_id(b"xyz"), Id::of(b"xyz"));
+        assert_ne!(c.chunker_seed(), 0);
+        assert_ne!(
+            c.blob_id(b"xyz"),
+            Crypto::from_master(&[2u8; 32]).blob_id(b"xyz")
+        );
+    }
+}
