@@ -50,6 +50,7 @@ pub mod schedule;
 pub mod schedule_entries;
 pub mod snapshot;
 pub mod tree;
+pub mod wal;
 pub mod walk;
 pub mod xattrs;
 

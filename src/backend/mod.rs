@@ -46,11 +46,13 @@ pub enum ObjectKind {
     Index,
     /// Run-log entries (format-spec "Run log"), named by the hex BLAKE3 of their content.
     Run,
+    /// Archived WAL files (format-spec "WAL objects"), named `<instance>.<WAL file name>`.
+    Wal,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 7] = [
+    pub const ALL: [ObjectKind; 8] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
@@ -58,6 +60,7 @@ impl ObjectKind {
         ObjectKind::Instance,
         ObjectKind::Index,
         ObjectKind::Run,
+        ObjectKind::Wal,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -70,6 +73,7 @@ impl ObjectKind {
             ObjectKind::Instance => "instances",
             ObjectKind::Index => "index",
             ObjectKind::Run => "runs",
+            ObjectKind::Wal => "wal",
         }
     }
 
@@ -104,7 +108,7 @@ impl ObjectKind {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,
-            ObjectKind::Instance => {
+            ObjectKind::Instance | ObjectKind::Wal => {
                 !name.is_empty()
                     && name.len() <= 255
                     && !name.starts_with('.')

@@ -9,6 +9,7 @@ mod explore;
 mod instance;
 mod latest;
 mod pg;
+mod wal;
 
 use clap::Parser;
 
