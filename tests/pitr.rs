@@ -469,3 +469,51 @@ fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings
         1,
     );
 }
+
+#[test]
+fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).arg("init"));
+    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    // A large segment (--wal-segsize allows up to 1 GiB) so that the kill lands while it is being stored.
+    let seg = dir.path().join("000000010000000000000007");
+    let content = pseudo_random(64 << 20, 7);
+    fs::write(&seg, &content).unwrap();
+    for delay_ms in [50, 200, 600] {
+        let mut child = cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Whatever the kill interrupted, PostgreSQL runs the command again and it must succeed.
+        ok(cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg));
+        let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
+            "wal-list",
+            "--json",
+            "--instance",
+            "db",
+        ])))
+        .unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        let back = dir.path().join("back");
+        ok(cairn(&repo)
+            .args(["wal-fetch", "--instance", "db", "000000010000000000000007"])
+            .arg(&back));
+        assert!(
+            fs::read(&back).unwrap() == content,
+            "killed after {delay_ms} ms"
+        );
+        ok(cairn(&repo).arg("check"));
+        // The next round starts from nothing archived again.
+        fs::remove_file(repo.join("wal/db.000000010000000000000007")).unwrap();
+        ok(cairn(&repo).arg("prune"));
+    }
+}
