@@ -353,10 +353,12 @@ fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
         adopted += 1;
         snaps.push(snap);
     }
-    let roots = snaps
+    let mut roots: Vec<Id> = snaps
         .into_iter()
         .flat_map(|s| s.tree.into_iter().chain(s.stream_tree))
         .collect();
+    // Archived WAL (format-spec "WAL objects") keeps its data like a snapshot does.
+    roots.extend(crate::wal::gc_roots(repo)?);
     Ok((roots, adopted))
 }
 

@@ -53,6 +53,10 @@ pub struct InstanceConfig {
     /// What its backups leave out (see [`crate::exclude`]).
     #[serde(default, skip_serializing_if = "ExcludeOptions::is_empty")]
     pub excludes: ExcludeOptions,
+    /// Point-in-time recovery: the cluster archives its WAL here (`--wal`; see [`crate::wal`]). Absent
+    /// (false) in configurations that predate it, so they keep their bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wal: bool,
 }
 
 impl InstanceConfig {
@@ -73,6 +77,7 @@ impl InstanceConfig {
             paused: false,
             created: Utc::now(),
             excludes: ExcludeOptions::default(),
+            wal: false,
         }
     }
 

@@ -56,6 +56,7 @@ pub mod schedule_entries;
 pub mod snapshot;
 pub mod stats;
 pub mod tree;
+pub mod wal;
 pub mod walk;
 pub mod xattrs;
 

@@ -1304,6 +1304,35 @@ fn run_pg_restore(
     Ok((bytes, text))
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Server settings (WAL archiving, `instance wal-setup --apply`)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Sets server parameters with `ALTER SYSTEM` (each its own statement: it cannot run in a transaction),
+/// then `pg_reload_conf()`. Returns the names of those whose new value takes effect only at a restart
+/// (a `postmaster` parameter whose running value differs from the one set).
+pub fn alter_system(conn: &PgConn, db: &str, settings: &[(&str, String)]) -> Result<Vec<String>> {
+    let s = Session::open(conn, db)?;
+    let mut restart = Vec::new();
+    for (name, value) in settings {
+        let row = s.query_one(
+            "SELECT context, current_setting(name) FROM pg_settings WHERE name = $1",
+            &[name],
+        )?;
+        let (context, current): (String, String) = (col(&row, 0)?, col(&row, 1)?);
+        s.execute(&format!(
+            "ALTER SYSTEM SET {} = {}",
+            quote_ident(name),
+            quote_literal(value)
+        ))?;
+        if context == "postmaster" && current != *value {
+            restart.push(name.to_string());
+        }
+    }
+    s.query_one("SELECT pg_reload_conf()", &[])?;
+    Ok(restart)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,7 +262,7 @@ const WINDOW_CHUNKS: usize = 2048;
 
 /// Writes chunks in order: a window of them is read (in merged runs, see [`crate::fetch`]) and decoded in
 /// parallel while the window before it is written out and the one after it is looked up in the index.
-fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
+pub fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
     let fetcher = crate::fetch::Fetcher::new(repo)?;
     let mut written = 0u64;
     let mut window = next_window(repo, chunks, WINDOW_BYTES)?;

@@ -125,6 +125,7 @@ impl Backend for LocalBackend {
             (self.kind_dir(ObjectKind::Instance), Duration::ZERO),
             (self.kind_dir(ObjectKind::Index), Duration::ZERO),
             (self.kind_dir(ObjectKind::Run), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Wal), Duration::ZERO),
             // A process may be writing its lock file right now, before it finds the exclusive lock.
             (self.kind_dir(ObjectKind::Lock), Duration::from_secs(60)),
         ];

@@ -49,11 +49,13 @@ pub enum ObjectKind {
     /// Key files of an encrypted repository (format-spec "Key files"), named by the hex BLAKE3 of their
     /// content.
     Key,
+    /// Archived WAL files (format-spec "WAL objects"), named `<instance>.<WAL file name>`.
+    Wal,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 8] = [
+    pub const ALL: [ObjectKind; 9] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
@@ -62,6 +64,7 @@ impl ObjectKind {
         ObjectKind::Index,
         ObjectKind::Run,
         ObjectKind::Key,
+        ObjectKind::Wal,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -75,6 +78,7 @@ impl ObjectKind {
             ObjectKind::Index => "index",
             ObjectKind::Run => "runs",
             ObjectKind::Key => "keys",
+            ObjectKind::Wal => "wal",
         }
     }
 
@@ -113,7 +117,7 @@ impl ObjectKind {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,
-            ObjectKind::Instance => {
+            ObjectKind::Instance | ObjectKind::Wal => {
                 !name.is_empty()
                     && name.len() <= 255
                     && !name.starts_with('.')

@@ -222,6 +222,28 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Archive one WAL file (PostgreSQL's archive_command: `cairn wal-push --instance NAME %p`).
+    WalPush {
+        #[arg(long)]
+        instance: String,
+        /// The file to archive (%p).
+        path: PathBuf,
+    },
+    /// Restore one archived WAL file (restore_command: `cairn wal-fetch --instance NAME %f %p`); exit
+    /// code 1 when it is not archived.
+    WalFetch {
+        #[arg(long)]
+        instance: String,
+        /// The WAL file's name (%f).
+        file: String,
+        /// Where to write it (%p).
+        dest: PathBuf,
+    },
+    /// List archived WAL files.
+    WalList {
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Remove stale locks.
     Unlock {
         /// Remove every lock, stale or not.
@@ -275,7 +297,11 @@ impl Command {
             | Command::Export { instance, .. }
             | Command::Log { instance }
             | Command::Stats { instance, .. }
-            | Command::ImportArchive { instance, .. } => instance.as_deref(),
+            | Command::ImportArchive { instance, .. }
+            | Command::WalList { instance } => instance.as_deref(),
+            Command::WalPush { instance, .. } | Command::WalFetch { instance, .. } => {
+                Some(instance.as_str())
+            }
             Command::Instance { action } => action.name(),
             Command::Init(_)
             | Command::Check(_)
@@ -307,6 +333,7 @@ impl InstanceAction {
             | InstanceAction::Resume { name }
             | InstanceAction::Remove { name, .. }
             | InstanceAction::Backup { name, .. }
+            | InstanceAction::WalSetup { name, .. }
             | InstanceAction::Restore { name, .. } => Some(name),
             InstanceAction::List => None,
         }
@@ -547,6 +574,12 @@ pub struct InstanceSettings {
     /// Remove the instance's excludes.
     #[arg(long, conflicts_with_all = ["exclude", "iexclude", "exclude_files", "if_present", "exclude_caches", "one_file_system"])]
     pub clear_excludes: bool,
+    /// Point-in-time recovery on: the cluster archives its WAL into the repository (see `instance wal-setup`).
+    #[arg(long)]
+    pub wal: bool,
+    /// Point-in-time recovery off (`wal-push` then refuses the instance).
+    #[arg(long, conflicts_with = "wal")]
+    pub no_wal: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -577,6 +610,16 @@ pub enum InstanceAction {
         /// Also forget every snapshot of the instance (space is reclaimed by `prune`).
         #[arg(long)]
         purge: bool,
+    },
+    /// Print (or with --apply set through ALTER SYSTEM) the server settings that archive WAL to cairn.
+    WalSetup {
+        name: String,
+        /// Apply them to the instance's server (ALTER SYSTEM, then pg_reload_conf()).
+        #[arg(long)]
+        apply: bool,
+        /// archive_timeout in seconds: the longest a quiet server waits before archiving a segment.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86400))]
+        archive_timeout: u32,
     },
     /// Take one snapshot of the instance now.
     Backup {

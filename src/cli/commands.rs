@@ -55,6 +55,16 @@ impl Ctx {
         Ok(RepoUrl::parse(raw)?.with_s3_options(self.s3_endpoint.clone(), self.s3_path_style))
     }
 
+    /// `--s3-endpoint`, to pass on to commands cairn has others run (archive_command).
+    pub fn s3_endpoint(&self) -> Option<&str> {
+        self.s3_endpoint.as_deref()
+    }
+
+    /// `--s3-path-style`.
+    pub fn s3_path_style(&self) -> bool {
+        self.s3_path_style
+    }
+
     pub fn open(&self) -> Result<Repository> {
         Ok(self.configure(Repository::open(&self.repo_url()?.0)?))
     }
@@ -236,6 +246,13 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             instance: i,
         } => super::explore::find(ctx, &pattern, i.as_deref()),
         Command::Mount { mountpoint } => super::mount::mount(ctx, &mountpoint),
+        Command::WalPush { instance: i, path } => super::wal::wal_push(ctx, &i, &path),
+        Command::WalFetch {
+            instance: i,
+            file,
+            dest,
+        } => super::wal::wal_fetch(ctx, &i, &file, &dest),
+        Command::WalList { instance: i } => super::wal::wal_list(ctx, i.as_deref()),
     }
 }
 

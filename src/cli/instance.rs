@@ -65,6 +65,9 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
     if s.clear_excludes || !excludes.is_empty() {
         cfg.excludes = excludes;
     }
+    if s.wal || s.no_wal {
+        cfg.wal = s.wal;
+    }
     for (field, value) in [
         (&mut cfg.pre_hook, s.pre_hook),
         (&mut cfg.post_hook, s.post_hook),
@@ -112,6 +115,11 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             report_change(ctx, &cfg, "resumed")?;
         }
         InstanceAction::Remove { name, purge } => return remove(ctx, &repo, &name, purge),
+        InstanceAction::WalSetup {
+            name,
+            apply,
+            archive_timeout,
+        } => return super::wal::wal_setup(ctx, &repo, &name, apply, archive_timeout),
         InstanceAction::List => return list(ctx, &repo),
         InstanceAction::Show { name } => {
             let cfg = instance::load(&repo, &name)?;

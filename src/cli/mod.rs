@@ -13,6 +13,7 @@ mod latest;
 mod logging;
 mod mount;
 mod pg;
+mod wal;
 
 use clap::Parser;
 

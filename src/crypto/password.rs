@@ -31,6 +31,12 @@ pub fn set_sources(s: Sources) {
     *CACHED.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
+/// The file or command this process takes its password from, if any (what a command line that another
+/// program runs later, such as PostgreSQL's archive_command, must name too).
+pub fn configured_sources() -> Sources {
+    sources()
+}
+
 fn sources() -> Sources {
     let set = SOURCES.lock().unwrap_or_else(|p| p.into_inner()).clone();
     set.unwrap_or_else(|| Sources {

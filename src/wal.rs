@@ -1,0 +1,381 @@
+//! Continuous WAL archiving for point-in-time recovery: `wal-push` (PostgreSQL's `archive_command`),
+//! `wal-fetch` (its `restore_command`) and the listing of what is archived (format-spec/README.md, "WAL
+//! objects").
+//!
+//! What this module owns:
+//! - **Names.** Only the file names PostgreSQL archives are accepted: segments (24 hex digits, the first 8
+//!   the timeline), `.partial` segments, timeline `.history` files and `.backup` labels. A WAL object is
+//!   named `<instance>.<file name>`, so it identifies its file per instance and timeline.
+//! - **Storage.** A WAL file is cut with the stream chunker and its chunks saved like any stream's (so
+//!   segments deduplicate and compress like everything else); a one-node tree holds the chunk list, and a
+//!   small immutable JSON object under `wal/` names that tree, the file's size and its BLAKE3.
+//!
+//! Invariants:
+//! - **Durable before success.** `push` returns only after the packs holding the chunks and the tree are
+//!   durable and indexed (and their index object written), and then the WAL object is written (atomically
+//!   and durably); a push killed at any instant leaves no WAL object, only packs a later push deduplicates
+//!   against (or prune removes).
+//! - **Idempotent, never overwriting.** Pushing a file whose WAL object exists succeeds without writing when
+//!   the content's BLAKE3 and size match, and fails (writing nothing) when they differ: PostgreSQL's
+//!   archive_command contract.
+//! - **Fetch is atomic and verified.** The file is written to a temporary file beside the destination, its
+//!   size and BLAKE3 checked against the WAL object, then renamed into place. An absent file is
+//!   [`Error::NotFound`] (exit code 1: PostgreSQL probes for files that do not exist).
+//! - **GC.** The trees of WAL objects are roots for prune ([`gc_roots`]), so archived WAL keeps its data.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{is_not_found, ObjectKind};
+use crate::chunking::ChunkReader;
+use crate::error::{Error, IoContext, Result};
+use crate::hashing::Id;
+use crate::lock;
+use crate::pack::BlobKind;
+use crate::pack_writer::PackWriter;
+use crate::repo::Repository;
+use crate::tree::{Meta, Node, NodeKind, Tree};
+
+/// The version of the WAL object encoding.
+pub const WAL_OBJECT_VERSION: u32 = 1;
+
+/// A WAL object: one archived file of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalObject {
+    pub version: u32,
+    pub instance: String,
+    /// The file's name as PostgreSQL gave it (`%f`).
+    pub file: String,
+    pub size: u64,
+    /// BLAKE3 of the whole file.
+    pub blake3: Id,
+    /// A tree with one `File` node, named `file`, holding the chunk list.
+    pub tree: Id,
+    /// When it was archived.
+    pub time: DateTime<Utc>,
+}
+
+impl WalObject {
+    /// The timeline (from the file name: its first 8 hex digits).
+    pub fn timeline(&self) -> u32 {
+        u32::from_str_radix(&self.file[..8], 16).unwrap_or(0)
+    }
+
+    /// The object's name in the `wal/` namespace.
+    fn object_name(&self) -> String {
+        object_name(&self.instance, &self.file)
+    }
+}
+
+/// What [`push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file was stored.
+    Stored,
+    /// The same content was stored already; nothing was written.
+    AlreadyStored,
+}
+
+/// Whether `name` is a file name PostgreSQL archives: a segment, a `.partial` segment, a `.history` file or
+/// a `.backup` label.
+pub fn valid_file_name(name: &str) -> bool {
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        [seg] => hex(seg, 24),
+        [seg, "partial"] => hex(seg, 24),
+        [tli, "history"] => hex(tli, 8),
+        [seg, off, "backup"] => hex(seg, 24) && hex(off, 8),
+        _ => false,
+    }
+}
+
+fn check_file_name(name: &str) -> Result<()> {
+    if valid_file_name(name) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{name:?} is not a WAL file name (a segment, .partial, .history or .backup file)"
+        )))
+    }
+}
+
+fn object_name(instance: &str, file: &str) -> String {
+    format!("{instance}.{file}")
+}
+
+/// Archives the file at `path` for `instance` (see the module docs for durability and idempotence).
+pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcome> {
+    crate::instance::validate_name(instance)?;
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?
+        .to_string();
+    check_file_name(&file)?;
+    repo.require_writable()?;
+    let _lock = lock::acquire_on(repo, false, "wal-push")?;
+    if let Some(existing) = get(repo, instance, &file)? {
+        return compare_existing(&existing, path);
+    }
+    let obj = PackWriter::scope(repo, |writer| {
+        let (size, blake3, chunks) = save_file(repo, writer, path)?;
+        let node = Node {
+            name: file.clone().into_bytes(),
+            kind: NodeKind::File { size, chunks },
+            meta: Meta {
+                mode: 0o100600,
+                ..Meta::default()
+            },
+        };
+        let (bytes, _) = Tree::new(vec![node])?.encode()?;
+        let tree = repo.crypto().blob_id(&bytes);
+        writer.save_with_id(BlobKind::Tree, tree, &bytes)?;
+        // The chunks and the tree are durable and indexed before the object naming them is written.
+        writer.flush()?;
+        Ok(WalObject {
+            version: WAL_OBJECT_VERSION,
+            instance: instance.to_string(),
+            file: file.clone(),
+            size,
+            blake3,
+            tree,
+            time: Utc::now(),
+        })
+    })?;
+    let json = serde_json::to_vec_pretty(&obj)
+        .map_err(|e| Error::Invalid(format!("encoding WAL object: {e}")))?;
+    crate::object_io::put(
+        repo.backend().as_ref(),
+        ObjectKind::Wal,
+        &obj.object_name(),
+        &json,
+    )?;
+    Ok(PushOutcome::Stored)
+}
+
+/// An existing object for the same name: the same content is success, other content a refusal.
+fn compare_existing(existing: &WalObject, path: &Path) -> Result<PushOutcome> {
+    let (size, hash) = hash_file(path)?;
+    if size == existing.size && hash == existing.blake3 {
+        Ok(PushOutcome::AlreadyStored)
+    } else {
+        Err(Error::Invalid(format!(
+            "{}: a different file of this name is archived already for instance {} ({} bytes, BLAKE3 {}; \
+             this one: {size} bytes, BLAKE3 {}); nothing was written",
+            existing.file,
+            existing.instance,
+            existing.size,
+            existing.blake3.short(),
+            hash.short()
+        )))
+    }
+}
+
+/// Size and BLAKE3 of a file, read in a stream.
+fn hash_file(path: &Path) -> Result<(u64, Id)> {
+    let mut f = File::open(path).at(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, Id(*hasher.finalize().as_bytes())))
+}
+
+/// Chunks and saves a file's content with the stream chunker and level; returns its size, BLAKE3 and
+/// chunk list.
+fn save_file(repo: &Repository, writer: &PackWriter, path: &Path) -> Result<(u64, Id, Vec<Id>)> {
+    let f = File::open(path).at(path)?;
+    let hint = f.metadata().at(path)?.len();
+    let mut reader = ChunkReader::with_size_hint(f, repo.config().chunker_streams, hint);
+    let level = repo.config().stream_level();
+    let mut hasher = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    while let Some(batch) = reader.next_batch().at(path)? {
+        crate::interrupt::check()?;
+        for &(off, len) in &batch.cuts {
+            hasher.update(&batch.data[off..off + len]);
+            size += len as u64;
+        }
+        let ids: Vec<Id> = batch
+            .cuts
+            .par_iter()
+            .map(|&(off, len)| {
+                let data = &batch.data[off..off + len];
+                let id = repo.crypto().blob_id(data);
+                writer.save_at_level(BlobKind::Data, id, data, level)?;
+                Ok(id)
+            })
+            .collect::<Result<_>>()?;
+        chunks.extend(ids);
+    }
+    Ok((size, Id(*hasher.finalize().as_bytes()), chunks))
+}
+
+/// The WAL object of `file` for `instance`, if archived.
+pub fn get(repo: &Repository, instance: &str, file: &str) -> Result<Option<WalObject>> {
+    match crate::object_io::get(
+        repo.backend().as_ref(),
+        ObjectKind::Wal,
+        &object_name(instance, file),
+    ) {
+        Ok(bytes) => decode(&bytes, instance, file).map(Some),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Decodes a WAL object and checks that it is the one its name says.
+fn decode(bytes: &[u8], instance: &str, file: &str) -> Result<WalObject> {
+    let what = || format!("WAL object {}", object_name(instance, file));
+    let obj: WalObject = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what(), e))?;
+    if obj.version != WAL_OBJECT_VERSION {
+        return Err(Error::corrupt(
+            what(),
+            format!("unknown version {}", obj.version),
+        ));
+    }
+    if obj.instance != instance || obj.file != file || !valid_file_name(&obj.file) {
+        return Err(Error::corrupt(what(), "its content names another file"));
+    }
+    Ok(obj)
+}
+
+/// Writes the archived `file` of `instance` to `dest` atomically (see the module docs); `NotFound` when it
+/// is not archived. Returns its size.
+pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Result<u64> {
+    crate::instance::validate_name(instance)?;
+    check_file_name(file)?;
+    let _lock = lock::acquire_reader_on(repo, "wal-fetch")?;
+    let obj = get(repo, instance, file)?
+        .ok_or_else(|| Error::NotFound(format!("{file}: not archived for instance {instance}")))?;
+    let tree = repo.read_tree(&obj.tree)?;
+    let Some(Node {
+        kind: NodeKind::File { chunks, size },
+        ..
+    }) = tree.get(file.as_bytes())
+    else {
+        return Err(Error::corrupt(
+            format!("WAL tree {}", obj.tree),
+            format!("holds no file {file}"),
+        ));
+    };
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cairn-wal-")
+        .tempfile_in(&dir)
+        .at(&dir)?;
+    let mut out = HashingWriter {
+        inner: std::io::BufWriter::new(tmp.as_file_mut()),
+        hasher: blake3::Hasher::new(),
+    };
+    let written = crate::restore::write_chunks(repo, chunks, &mut out)?;
+    let flushed = out.flush();
+    let hash = Id(*out.hasher.finalize().as_bytes());
+    drop(out);
+    flushed.at(tmp.path())?;
+    if written != obj.size || *size != obj.size || hash != obj.blake3 {
+        return Err(Error::corrupt(
+            format!("archived WAL file {file} of instance {instance}"),
+            format!(
+                "restored {written} bytes with BLAKE3 {}, recorded {} bytes with BLAKE3 {}",
+                hash.short(),
+                obj.size,
+                obj.blake3.short()
+            ),
+        ));
+    }
+    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
+    Ok(written)
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Every WAL object, optionally of one instance, by instance and file name. An object that does not decode
+/// is an error naming it.
+pub fn list(repo: &Repository, instance: Option<&str>) -> Result<Vec<WalObject>> {
+    let mut out = Vec::new();
+    for (name, _) in repo.backend().list(ObjectKind::Wal)? {
+        let Some((inst, file)) = name.split_once('.') else {
+            continue;
+        };
+        if instance.is_some_and(|i| i != inst) || !valid_file_name(file) {
+            continue;
+        }
+        let bytes = match crate::object_io::get(repo.backend().as_ref(), ObjectKind::Wal, &name) {
+            Ok(b) => b,
+            Err(e) if is_not_found(&e) => continue, // removed since the listing
+            Err(e) => return Err(e),
+        };
+        out.push(decode(&bytes, inst, file)?);
+    }
+    out.sort_by(|a, b| (&a.instance, &a.file).cmp(&(&b.instance, &b.file)));
+    Ok(out)
+}
+
+/// The trees of every WAL object: roots for garbage collection. An undecodable object stops the caller
+/// (what it needs cannot be known).
+pub fn gc_roots(repo: &Repository) -> Result<Vec<Id>> {
+    Ok(list(repo, None)?.into_iter().map(|o| o.tree).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_names_postgres_archives_are_accepted() {
+        for ok in [
+            "000000010000000000000001",
+            "0000000A00000001000000FF.partial",
+            "00000002.history",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            assert!(valid_file_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "00000001000000000000001",
+            "000000010000000000000001.tmp",
+            "0000000100000000000000ab",
+            "../000000010000000000000001",
+            "00000002.history.x",
+            "RECOVERYXLOG",
+        ] {
+            assert!(!valid_file_name(bad), "{bad}");
+        }
+    }
+}

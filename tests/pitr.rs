@@ -1,0 +1,535 @@
+//! Point-in-time recovery against a real PostgreSQL cluster that each test creates for itself (initdb as the
+//! postgres user, its own socket directory and port), so that the shared test server is never reconfigured:
+//! `instance wal-setup --apply` turns archiving to cairn on, the server's own archiver runs `cairn wal-push`,
+//! and what arrives in the repository is compared byte for byte with the server's segments.
+
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::*;
+use serde_json::Value;
+
+/// The newest installed server's binaries.
+fn pg_bin(tool: &str) -> PathBuf {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<u32> = fs::read_dir(root)
+        .expect("PostgreSQL is installed (scripts/pg-setup installs it)")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort();
+    let v = versions.last().expect("a PostgreSQL version");
+    root.join(v.to_string()).join("bin").join(tool)
+}
+
+/// The postgres user's uid and gid (the server refuses to run as root).
+fn postgres_ids() -> (String, String) {
+    let id = |flag: &str| {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "no postgres user");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// A command run as the postgres user, with the environment kept.
+fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let (uid, gid) = postgres_ids();
+    let mut c = Command::new("setpriv");
+    c.args([
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--clear-groups".into(),
+        "--".into(),
+    ])
+    .arg(program)
+    .stdin(Stdio::null());
+    c
+}
+
+/// `cairn` as the postgres user (the repository is the archiver's: it must stay writable by it).
+fn cairn_pg(repo: &Path) -> Command {
+    let mut c = as_postgres(cairn_bin());
+    // The repository is encrypted: the archiver needs the password from a file it can read, and
+    // `wal-setup` names that file in archive_command.
+    harness::with_password(&mut c);
+    c.env_remove("CAIRN_PASSWORD")
+        .env("CAIRN_PASSWORD_FILE", pg_password_file())
+        .env("XDG_CACHE_HOME", repo.with_file_name("cache"));
+    c.env("CAIRN_REPO", repo).env_remove("XDG_DATA_HOME");
+    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// The suite's password in a file the postgres user can read.
+fn pg_password_file() -> PathBuf {
+    let f = std::env::temp_dir().join(format!("cairn-pitr-password-{}", std::process::id()));
+    if !f.exists() {
+        fs::write(&f, harness::PASSWORD).unwrap();
+        fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    f
+}
+
+/// A throwaway cluster owned by postgres, listening only on a socket in its own directory; stopped (fast)
+/// when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    fn create() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        chown_postgres(dir.path());
+        let port = free_port();
+        let c = Cluster { dir, port };
+        let out = as_postgres(pg_bin("initdb"))
+            .args(["--auth=trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(c.data())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = format!(
+            "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n\
+             wal_keep_size = '1GB'\nfsync = off\n",
+            c.dir.path().display()
+        );
+        let mut text = fs::read_to_string(c.data().join("postgresql.conf")).unwrap();
+        text.push_str(&conf);
+        fs::write(c.data().join("postgresql.conf"), text).unwrap();
+        c.start();
+        c
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = as_postgres(pg_bin("pg_ctl"))
+            .args(args)
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.root().join("server.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}\nlog: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    fn start(&self) {
+        self.pg_ctl(&["start", "-w", "-t", "60"]);
+    }
+
+    fn restart(&self) {
+        self.pg_ctl(&["restart", "-w", "-t", "60", "-m", "fast"]);
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.root().join("server.log")).unwrap_or_default()
+    }
+
+    /// The connection string of the instance.
+    fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres",
+            self.root().display(),
+            self.port
+        )
+    }
+
+    /// Runs SQL (each statement its own transaction); unaligned tuples-only output.
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+            ])
+            .args(["-h", &self.root().display().to_string(), "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {}\nSQL: {sql}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Switches to a new segment and waits until the archiver reports the old one archived; returns its
+    /// name.
+    fn switch_and_wait(&self) -> String {
+        let seg = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = self.sql("SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver");
+            let last = st.split('|').next().unwrap_or("").to_string();
+            if last.len() >= 24 && last[..24] >= seg[..] {
+                return seg;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "segment {seg} not archived in 60 s: {st}\nlog: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_postgres(pg_bin("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn chown_postgres(p: &Path) {
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg("postgres:postgres")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn free_port() -> u16 {
+    // Only a socket file name in the cluster's own directory: any port that no other cluster's socket
+    // directory could share; a free TCP port keeps the number unique anyway.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The archived files of `instance`, as `wal-list --json` reports them.
+fn wal_list(repo: &Path, instance: &str) -> Vec<Value> {
+    let out = ok(cairn_pg(repo).args(["wal-list", "--json", "--instance", instance]));
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn listed_files(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|v| v["file"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A cluster archiving to a fresh repository through instance `db` (set up by `wal-setup --apply`).
+fn archiving_cluster() -> (Cluster, PathBuf) {
+    let cluster = Cluster::create();
+    let repo = cluster.root().join("repo");
+    ok(cairn_pg(&repo).arg("init"));
+    ok(cairn_pg(&repo).args([
+        "instance",
+        "add",
+        "db",
+        "--pg",
+        "postgres",
+        "--pg-conn",
+        &cluster.conninfo(),
+        "--wal",
+    ]));
+    let out = ok(cairn_pg(&repo).args(["instance", "wal-setup", "db", "--apply"]));
+    assert!(
+        out.contains("archive_mode") && out.contains("restart"),
+        "archive_mode needs a restart and wal-setup says so: {out}"
+    );
+    cluster.restart();
+    assert_eq!(cluster.sql("SHOW archive_mode"), "on");
+    let cmd = cluster.sql("SHOW archive_command");
+    assert!(
+        cmd.contains(cairn_bin()) && cmd.contains(&repo.display().to_string()),
+        "{cmd}"
+    );
+    (cluster, repo)
+}
+
+#[test]
+fn wal_setup_apply_makes_the_server_archive_every_segment_into_the_repository_byte_for_byte() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql("CREATE TABLE t (id int, at timestamptz DEFAULT now(), pad text)");
+    let mut switched = Vec::new();
+    for batch in 0..3 {
+        cluster.sql(&format!(
+            "INSERT INTO t (id, pad) SELECT g, repeat(md5(g::text), 8) FROM generate_series({}, {}) g",
+            batch * 20_000,
+            batch * 20_000 + 19_999
+        ));
+        switched.push(cluster.switch_and_wait());
+    }
+    // A backup label (`.backup` history file) goes through the archiver too.
+    cluster.sql("SELECT pg_backup_start('cairn test', true); SELECT pg_backup_stop();");
+    let label_seg = cluster.switch_and_wait();
+    let list = wal_list(&repo, "db");
+    let files = listed_files(&list);
+    for seg in &switched {
+        assert!(files.contains(seg), "{seg} archived: {files:?}");
+    }
+    assert!(
+        files.iter().any(|f| f.ends_with(".backup")),
+        "the backup label was archived: {files:?}"
+    );
+    assert!(files.contains(&label_seg));
+    // Every archived segment still in pg_wal (wal_keep_size keeps them) comes back byte for byte.
+    let out_dir = cluster.root().join("fetched");
+    fs::create_dir(&out_dir).unwrap();
+    chown_postgres(&out_dir);
+    let mut compared = 0;
+    for v in &list {
+        let file = v["file"].as_str().unwrap();
+        assert_eq!(v["timeline"], 1);
+        let dest = out_dir.join(file);
+        ok(cairn_pg(&repo)
+            .args(["wal-fetch", "--instance", "db", file])
+            .arg(&dest));
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len() as u64, v["size"].as_u64().unwrap());
+        let original = cluster.data().join("pg_wal").join(file);
+        if let Ok(want) = fs::read(&original) {
+            assert!(got == want, "{file}: fetched bytes differ from pg_wal's");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 4, "compared {compared} segments");
+    // Nothing of a fetch is left behind but the file itself.
+    let leftovers: Vec<_> = fs::read_dir(&out_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    ok(cairn_pg(&repo).arg("check"));
+}
+
+#[test]
+fn wal_push_is_idempotent_refuses_other_content_and_wal_fetch_reports_absent_files_with_exit_1() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 50000) g");
+    let seg = cluster.switch_and_wait();
+    let original = cluster.data().join("pg_wal").join(&seg);
+    let want = fs::read(&original).unwrap();
+    // PostgreSQL may run archive_command again for a file it already archived (a crash before it
+    // recorded success): the same content succeeds and writes nothing.
+    let packs_before = fs::read_dir(repo.join("packs")).unwrap().count();
+    let out = ok(cairn_pg(&repo)
+        .args(["wal-push", "--instance", "db"])
+        .arg(&original));
+    assert!(out.contains("already archived"), "{out}");
+    assert_eq!(
+        fs::read_dir(repo.join("packs")).unwrap().count(),
+        packs_before
+    );
+    // Other content under an archived name is refused, and the archived file is kept.
+    let other_dir = cluster.root().join("other");
+    fs::create_dir(&other_dir).unwrap();
+    let mut changed = want.clone();
+    changed[want.len() / 2] ^= 0xff;
+    fs::write(other_dir.join(&seg), &changed).unwrap();
+    chown_postgres(&other_dir);
+    let err = fails(
+        cairn_pg(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(other_dir.join(&seg)),
+        1,
+    );
+    assert!(err.contains("different file"), "{err}");
+    let dest = other_dir.join("back");
+    ok(cairn_pg(&repo)
+        .args(["wal-fetch", "--instance", "db", &seg])
+        .arg(&dest));
+    assert!(
+        fs::read(&dest).unwrap() == want,
+        "the archived file is unchanged"
+    );
+    // Recovery probes for files that were never archived: exit 1, nothing written.
+    for absent in ["00000002.history", "0000000100000000000000FF"] {
+        let missing = other_dir.join("missing");
+        let err = fails(
+            cairn_pg(&repo)
+                .args(["wal-fetch", "--instance", "db", absent])
+                .arg(&missing),
+            1,
+        );
+        assert!(err.contains("not archived"), "{err}");
+        assert!(!missing.exists());
+    }
+    // History files and .partial segments are archived and fetched like segments.
+    for (name, content) in [
+        (
+            "00000002.history",
+            b"1\t0/3000000\tno recovery target specified\n".to_vec(),
+        ),
+        (&*format!("{seg}.partial"), want[..want.len() / 3].to_vec()),
+    ] {
+        let path = other_dir.join(name);
+        fs::write(&path, &content).unwrap();
+        chown_postgres(&path);
+        ok(cairn_pg(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&path));
+        let back = other_dir.join(format!("{name}.back"));
+        ok(cairn_pg(&repo)
+            .args(["wal-fetch", "--instance", "db", name])
+            .arg(&back));
+        assert!(fs::read(&back).unwrap() == content, "{name}");
+    }
+    let files = listed_files(&wal_list(&repo, "db"));
+    assert!(files.contains(&"00000002.history".to_string()), "{files:?}");
+    assert!(files.contains(&format!("{seg}.partial")), "{files:?}");
+    // Names that are no WAL file are refused before anything is read.
+    let bogus = other_dir.join("notes.txt");
+    fs::write(&bogus, b"x").unwrap();
+    let err = fails(
+        cairn_pg(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&bogus),
+        1,
+    );
+    assert!(err.contains("not a WAL file name"), "{err}");
+    // Prune keeps archived WAL: every file still fetches after it.
+    ok(cairn_pg(&repo).arg("prune"));
+    let again = other_dir.join("after-prune");
+    ok(cairn_pg(&repo)
+        .args(["wal-fetch", "--instance", "db", &seg])
+        .arg(&again));
+    assert!(fs::read(&again).unwrap() == want);
+}
+
+#[test]
+fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("it's a repo");
+    ok(cairn(&repo).arg("init"));
+    ok(cairn(&repo).args(["instance", "add", "plain", "--path", "/tmp"]));
+    let seg = dir.path().join("000000010000000000000001");
+    fs::write(&seg, pseudo_random(1 << 20, 3)).unwrap();
+    let err = fails(
+        cairn(&repo)
+            .args(["wal-push", "--instance", "plain"])
+            .arg(&seg),
+        1,
+    );
+    assert!(err.contains("--wal"), "{err}");
+    fails(cairn(&repo).args(["instance", "wal-setup", "plain"]), 1);
+    ok(cairn(&repo).args(["instance", "set", "plain", "--wal"]));
+    let out = ok(cairn(&repo).args(["instance", "wal-setup", "plain", "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let cmd = v["settings"]["archive_command"].as_str().unwrap();
+    // The shell sees the repository path as one word, quote and all.
+    let echoed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "set -- {}; printf '%s\\n' \"$3\"",
+            cmd.replace("%p", "P")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&echoed.stdout).trim(),
+        repo.display().to_string(),
+        "{cmd}"
+    );
+    assert_eq!(v["settings"]["archive_mode"], "on");
+    assert_eq!(v["settings"]["archive_timeout"], "60s");
+    ok(cairn(&repo)
+        .args(["wal-push", "--instance", "plain"])
+        .arg(&seg));
+    ok(cairn(&repo).args(["instance", "set", "plain", "--no-wal"]));
+    fails(
+        cairn(&repo)
+            .args(["wal-push", "--instance", "plain"])
+            .arg(&seg),
+        1,
+    );
+}
+
+#[test]
+fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).arg("init"));
+    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    // A large segment (--wal-segsize allows up to 1 GiB) so that the kill lands while it is being stored.
+    let seg = dir.path().join("000000010000000000000007");
+    let content = pseudo_random(64 << 20, 7);
+    fs::write(&seg, &content).unwrap();
+    for delay_ms in [50, 200, 600] {
+        let mut child = cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Whatever the kill interrupted, PostgreSQL runs the command again and it must succeed.
+        ok(cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg));
+        let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
+            "wal-list",
+            "--json",
+            "--instance",
+            "db",
+        ])))
+        .unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        let back = dir.path().join("back");
+        ok(cairn(&repo)
+            .args(["wal-fetch", "--instance", "db", "000000010000000000000007"])
+            .arg(&back));
+        assert!(
+            fs::read(&back).unwrap() == content,
+            "killed after {delay_ms} ms"
+        );
+        ok(cairn(&repo).arg("check"));
+        // The next round starts from nothing archived again.
+        fs::remove_file(repo.join("wal/db.000000010000000000000007")).unwrap();
+        ok(cairn(&repo).arg("prune"));
+    }
+}
