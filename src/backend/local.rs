@@ -123,6 +123,7 @@ impl Backend for LocalBackend {
             (self.kind_dir(ObjectKind::Snapshot), Duration::ZERO),
             (self.kind_dir(ObjectKind::Pack), Duration::ZERO),
             (self.kind_dir(ObjectKind::Instance), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Token), Duration::ZERO),
             (self.kind_dir(ObjectKind::Index), Duration::ZERO),
             // A process may be writing its lock file right now, before it finds the exclusive lock.
             (self.kind_dir(ObjectKind::Lock), Duration::from_secs(60)),

@@ -44,17 +44,20 @@ pub enum ObjectKind {
     Instance,
     /// Index objects (format-spec "Index objects"), named by the hex BLAKE3 of their content.
     Index,
+    /// API tokens of `cairn serve` (format-spec "API tokens"), named `<token name>.json`.
+    Token,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 6] = [
+    pub const ALL: [ObjectKind; 7] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
         ObjectKind::Lock,
         ObjectKind::Instance,
         ObjectKind::Index,
+        ObjectKind::Token,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -66,6 +69,7 @@ impl ObjectKind {
             ObjectKind::Lock => "locks",
             ObjectKind::Instance => "instances",
             ObjectKind::Index => "index",
+            ObjectKind::Token => "tokens",
         }
     }
 
@@ -100,7 +104,7 @@ impl ObjectKind {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,
-            ObjectKind::Instance => {
+            ObjectKind::Instance | ObjectKind::Token => {
                 !name.is_empty()
                     && name.len() <= 255
                     && !name.starts_with('.')

@@ -6,8 +6,8 @@ mod args;
 mod commands;
 mod explore;
 mod instance;
-mod latest;
 mod pg;
+mod serve;
 
 use clap::Parser;
 
