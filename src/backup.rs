@@ -701,6 +701,7 @@ impl Job<'_> {
     fn save_batch(&self, batch: &Batch, level: i32) -> Result<Vec<Id>> {
         // Every file and stream passes here batch by batch: the one place a SIGINT stops a backup.
         crate::interrupt::check()?;
+        self.progress.check_cancel()?;
         batch
             .cuts
             .par_iter()

@@ -100,6 +100,8 @@ pub(crate) fn restore_files(
     let mut bytes = 0u64;
     let mut pos = (0usize, 0usize);
     while pos.0 < jobs.len() {
+        // A job's cancellation stops the restore between batches (its files so far stay; see `restore`).
+        progress.check_cancel()?;
         let batch = plan_batch(repo, &mut files, &mut pos, overwrite);
         fetcher.fetch(&batch.blobs, &|i, got| {
             let loc = &batch.blobs[i];

@@ -71,6 +71,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The snapshot as `snapshots --json` and the HTTP API show it, with its id.
+    pub fn to_json(&self, id: &crate::Id) -> serde_json::Value {
+        serde_json::json!({
+            "id": id.to_hex(),
+            "time": self.time.to_rfc3339(),
+            "host": self.host,
+            "instance": self.instance,
+            "tags": self.tags,
+            "paths": self.paths,
+            "stream_names": self.stream_names(),
+            "streams": self.streams,
+            "partial": self.partial,
+            "parent": self.parent,
+            "tree": self.tree.map(|t| t.to_hex()),
+            "summary": self.summary,
+            "metadata": self.metadata,
+        })
+    }
+
     /// Names of the streams.
     pub fn stream_names(&self) -> Vec<String> {
         self.streams.iter().map(|s| s.name.clone()).collect()

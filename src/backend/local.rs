@@ -123,6 +123,7 @@ impl Backend for LocalBackend {
             (self.kind_dir(ObjectKind::Snapshot), Duration::ZERO),
             (self.kind_dir(ObjectKind::Pack), Duration::ZERO),
             (self.kind_dir(ObjectKind::Instance), Duration::ZERO),
+            (self.kind_dir(ObjectKind::Token), Duration::ZERO),
             (self.kind_dir(ObjectKind::Index), Duration::ZERO),
             (self.kind_dir(ObjectKind::Run), Duration::ZERO),
             (self.kind_dir(ObjectKind::Wal), Duration::ZERO),

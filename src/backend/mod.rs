@@ -51,11 +51,13 @@ pub enum ObjectKind {
     Key,
     /// Archived WAL files (format-spec "WAL objects"), named `<instance>.<WAL file name>`.
     Wal,
+    /// API tokens of `cairn serve` (format-spec "API tokens"), named `<token name>.json`.
+    Token,
 }
 
 impl ObjectKind {
     /// Every kind, for listings and tests.
-    pub const ALL: [ObjectKind; 9] = [
+    pub const ALL: [ObjectKind; 10] = [
         ObjectKind::Config,
         ObjectKind::Pack,
         ObjectKind::Snapshot,
@@ -65,6 +67,7 @@ impl ObjectKind {
         ObjectKind::Run,
         ObjectKind::Key,
         ObjectKind::Wal,
+        ObjectKind::Token,
     ];
 
     /// The directory (key prefix) of this kind, relative to the repository root; empty for the config.
@@ -79,6 +82,7 @@ impl ObjectKind {
             ObjectKind::Run => "runs",
             ObjectKind::Key => "keys",
             ObjectKind::Wal => "wal",
+            ObjectKind::Token => "tokens",
         }
     }
 
@@ -117,7 +121,7 @@ impl ObjectKind {
                 name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             }
             ObjectKind::Lock => safe,
-            ObjectKind::Instance | ObjectKind::Wal => {
+            ObjectKind::Instance | ObjectKind::Wal | ObjectKind::Token => {
                 !name.is_empty()
                     && name.len() <= 255
                     && !name.starts_with('.')

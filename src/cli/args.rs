@@ -145,6 +145,13 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         tick_seconds: u64,
     },
+    /// Serve the HTTP API and the web dashboard, and run instance schedules, until SIGTERM/SIGINT.
+    Serve(super::serve::ServeArgs),
+    /// API tokens of `cairn serve`: add (printed once), list, remove.
+    Token {
+        #[command(subcommand)]
+        action: super::serve::TokenAction,
+    },
     /// Per-instance statistics and totals, exact from the index (see README "Statistics").
     Stats {
         #[arg(long)]
@@ -310,6 +317,8 @@ impl Command {
             | Command::Repair { .. }
             | Command::RunDue { .. }
             | Command::Daemon { .. }
+            | Command::Serve(_)
+            | Command::Token { .. }
             | Command::Health { .. }
             | Command::Schedule { .. }
             | Command::Mount { .. }

@@ -18,8 +18,9 @@ use serde_json::json;
 use super::args::{
     BackupArgs, CheckArgs, Cli, Command, ForgetArgs, InitArgs, RepairWhat, RestoreArgs,
 };
-use super::{instance, latest, pg};
+use super::{instance, pg};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
+use cairn::latest;
 
 /// Global options every command sees.
 pub struct Ctx {
@@ -210,6 +211,8 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             max_jobs,
             tick_seconds,
         } => instance::daemon(ctx, max_jobs, tick_seconds),
+        Command::Serve(a) => super::serve::serve(ctx, a),
+        Command::Token { action } => super::serve::token(ctx, action),
         Command::Log { instance: i } => instance::log(ctx, i.as_deref()),
         Command::Stats {
             instance: i,
@@ -420,21 +423,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
 }
 
 fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
-    json!({
-        "id": id.to_hex(),
-        "time": s.time.to_rfc3339(),
-        "host": s.host,
-        "instance": s.instance,
-        "tags": s.tags,
-        "paths": s.paths,
-        "stream_names": s.stream_names(),
-        "streams": s.streams,
-        "partial": s.partial,
-        "parent": s.parent,
-        "tree": s.tree.map(|t| t.to_hex()),
-        "summary": s.summary,
-        "metadata": s.metadata,
-    })
+    s.to_json(id)
 }
 
 fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {

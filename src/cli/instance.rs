@@ -4,7 +4,7 @@
 //! each of the instance's paths into what that path resolves to now, after checking that this is what the
 //! snapshot backed up (see [`plan_in_place`]); any mismatch fails before anything is changed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::json;
@@ -12,28 +12,18 @@ use serde_json::json;
 use cairn::backup::{MetadataHook, StreamSource};
 use cairn::instance::{self, InstanceConfig};
 use cairn::progress::Progress;
-use cairn::restore::{self, RestoreOptions};
 use cairn::runner::{self, DbStream};
 use cairn::schedule::{Priority, Retention};
-use cairn::snapshot::Snapshot;
-use cairn::tree::{Node, NodeKind};
-use cairn::{Error, Id, Repository, Result};
+use cairn::{Error, Repository, Result};
 
 use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
 use super::commands::{human_bytes, parse_time, snapshot_time, Ctx};
-use super::latest;
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
-/// The database half of an instance backup: a pg_dump stream from an exported snapshot.
+/// The database half of an instance backup (see [`cairn::instance_restore::db_stream`]).
 fn db_stream(
 ) -> impl Fn(&InstanceConfig) -> Result<Option<(StreamSource, MetadataHook)>> + Send + Sync {
-    |cfg: &InstanceConfig| match &cfg.pg {
-        None => Ok(None),
-        Some(db) => {
-            let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref())?;
-            cairn::postgres::dump_source(&conn, db).map(Some)
-        }
-    }
+    cairn::instance_restore::db_stream
 }
 
 /// Applies the given settings over `cfg`; a new priority resets schedule and retention to its presets first.
@@ -314,321 +304,65 @@ fn restore_instance(
     at: Option<String>,
     to: RestoreTo,
 ) -> Result<i32> {
-    let RestoreTo {
-        target,
-        pg_target,
-        in_place,
-        overwrite,
-        delete,
-        replace,
-        owner_acl,
-        pg_conn,
-    } = to;
-    let _lock = cairn::lock::acquire_reader_on(repo, "restore")?;
-    let mut cfg = instance::load(repo, name)?;
-    // --pg-conn serves the whole restore: the safety dump of an in-place restore and the restore itself.
-    if let Some(c) = pg_conn {
-        cfg.pg_conn = Some(c);
-        cfg.check_stored_conn()?;
-    }
-    // Without an id, the newest snapshot (at or before --at) that holds what is restored: a newer one holding
-    // only the database must not turn `--target DIR` into a restore of nothing.
-    let files = target.is_some() || (in_place && !cfg.paths.is_empty());
-    let database = pg_target.is_some() || (in_place && cfg.pg.is_some());
-    let (id, snap) = match (snapshot, at) {
-        (Some(s), _) => repo.resolve_snapshot(&s, Some(name))?,
-        (None, Some(at)) => {
-            let at = parse_time(&at)?;
-            let mut found = None;
-            for (id, s) in repo.snapshots()?.into_iter().rev() {
-                if s.instance.as_deref() == Some(name)
-                    && s.time <= at
-                    && latest::holds_for_restore(repo, &s, files, &[], database)?
-                {
-                    found = Some((id, s));
-                    break;
-                }
-            }
-            found.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "instance {name} has no snapshot at or before {at} holding what is restored"
-                ))
-            })?
-        }
-        (None, None) => latest::for_restore(repo, "latest", Some(name), files, &[], database)?,
+    let req = cairn::instance_restore::RestoreRequest {
+        snapshot,
+        at: at.as_deref().map(parse_time).transpose()?,
+        target: to.target,
+        pg_target: to.pg_target,
+        in_place: to.in_place,
+        overwrite: to.overwrite,
+        delete: to.delete,
+        replace: to.replace,
+        owner_acl: to.owner_acl,
+        pg_conn: to.pg_conn,
     };
-    if snap.instance.as_deref() != Some(name) {
-        return Err(Error::Invalid(format!(
-            "snapshot {} does not belong to instance {name}",
-            id.short()
-        )));
-    }
-    if target.is_none() && pg_target.is_none() && !in_place {
-        return Err(Error::Invalid(
-            "give --target DIR, --pg-target DB, or --in-place".into(),
-        ));
-    }
-    if delete && target.is_none() && !in_place {
-        return Err(Error::Usage(
-            "--delete needs --target DIR or --in-place".into(),
-        ));
-    }
-    if owner_acl && pg_target.is_none() && !in_place {
-        return Err(Error::Usage(
-            "--owner-acl needs --pg-target DB or --in-place".into(),
-        ));
-    }
-    // Checked before the safety snapshot: a refusal changes nothing at all.
-    let in_place_files = if in_place {
-        plan_in_place(repo, &id, &snap, &cfg)?
-    } else {
-        Vec::new()
-    };
-    let mut safety_hint = String::new();
-    if in_place {
-        let db = db_stream();
-        let safety = runner::backup_instance_tagged(
-            repo,
-            &cfg,
-            None,
-            &db,
-            Progress::hidden(),
-            vec![cairn::gc::SAFETY_TAG.into()],
-        )?;
-        eprintln!(
-            "cairn: safety snapshot {} of {name} taken before restoring in place",
-            safety.snapshot_id.to_hex()
-        );
-        safety_hint = format!(
-            "; to return to the state before this restore run: cairn instance restore {name} {} --in-place",
-            safety.snapshot_id.short()
-        );
-    }
-    let with_hint = |e: Error| e.with_note(&safety_hint);
-    let mut out = json!({"snapshot_id": id.to_hex()});
-    if let (Some(dir), Some(_)) = (&target, snap.tree) {
-        let opts = RestoreOptions {
-            target: dir.clone(),
-            include: Vec::new(),
-            overwrite,
-            progress: Progress::hidden(),
-        };
-        let summary = restore::restore(repo, &snap, &opts)?;
-        out["files"] = json!(summary.files);
-        out["bytes"] = json!(summary.bytes);
-        if let (true, Some(root)) = (delete, snap.tree) {
-            let n = cairn::delete_absent::delete_absent(repo, &root, dir)?;
-            out["deleted"] = json!(n);
-            if !ctx.json && !ctx.quiet {
-                println!(
-                    "removed {n} entries of {} absent from the snapshot",
-                    dir.display()
-                );
+    // No bar (as before); the safety-snapshot line still reaches stderr.
+    let progress = Progress::new("restore", None, true);
+    let out = cairn::instance_restore::restore_instance(repo, name, req.clone(), &progress)?;
+    if ctx.json {
+        let mut v = json!({"snapshot_id": out.snapshot_id});
+        for (k, val) in [
+            ("files", out.files),
+            ("bytes", out.bytes),
+            ("deleted", out.deleted),
+        ] {
+            if let Some(n) = val {
+                v[k] = json!(n);
             }
         }
-        if !ctx.json && !ctx.quiet {
+        if let Some(db) = &out.database {
+            v["database"] = json!(db);
+        }
+        ctx.print_json(&v)?;
+        return Ok(EXIT_OK);
+    }
+    if ctx.quiet {
+        return Ok(EXIT_OK);
+    }
+    let short = &out.snapshot_id[..8];
+    for dir in &out.restored_to {
+        if req.in_place {
             println!(
-                "restored the files of snapshot {} of {name} to {}",
-                id.short(),
+                "restored snapshot {short} of {name} in place into {}",
+                dir.display()
+            );
+        } else {
+            println!(
+                "restored the files of snapshot {short} of {name} to {}",
                 dir.display()
             );
         }
     }
-    let (mut files, mut bytes, mut deleted) = (0, 0, 0);
-    for t in &in_place_files {
-        let summary = restore_in_place(repo, &snap, t).map_err(with_hint)?;
-        files += summary.files;
-        bytes += summary.bytes;
-        if let (true, NodeKind::Dir { subtree }) = (delete, &t.entry.kind) {
-            deleted +=
-                cairn::delete_absent::delete_absent(repo, subtree, &t.dest).map_err(with_hint)?;
-        }
-        if !ctx.json && !ctx.quiet {
-            println!(
-                "restored {} of snapshot {} of {name} in place into {}",
-                t.named.display(),
-                id.short(),
-                t.dest.display()
-            );
-        }
+    if let Some(n) = out.deleted {
+        println!("removed {n} entries absent from the snapshot");
     }
-    if in_place && !in_place_files.is_empty() {
-        out["files"] = json!(files);
-        out["bytes"] = json!(bytes);
-        if delete {
-            out["deleted"] = json!(deleted);
-            if !ctx.json && !ctx.quiet {
-                println!("removed {deleted} entries absent from the snapshot");
-            }
-        }
-    }
-    let db_to = pg_target.or(if in_place { cfg.pg.clone() } else { None });
-    if let Some(db) = db_to {
-        let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref()).map_err(with_hint)?;
-        let opts = cairn::postgres::PgRestoreOptions {
-            database: db.clone(),
-            replace: in_place || replace,
-            owner_acl,
-            instance: Some(name.to_string()),
-        };
-        let report = cairn::postgres::restore_database(repo, &snap, &conn, &opts, &mut |_| {})
-            .map_err(with_hint)?;
-        out["database"] = json!(report);
-        if !ctx.json && !ctx.quiet {
-            println!(
-                "restored the database of snapshot {} of {name} into {db} ({} tables verified)",
-                id.short(),
-                report.tables_verified
-            );
-        }
-    }
-    if ctx.json {
-        ctx.print_json(&out)?;
+    if let Some(db) = &out.database {
+        println!(
+            "restored the database of snapshot {short} of {name} into {} ({} tables verified)",
+            db.database, db.tables_verified
+        );
     }
     Ok(EXIT_OK)
-}
-
-/// One of the instance's paths in an in-place restore: the snapshot's entry for it and where it goes.
-struct InPlaceTarget {
-    /// The path as the instance names it.
-    named: PathBuf,
-    /// The snapshot's root-tree entry holding it.
-    entry: Node,
-    /// What `named` resolves to now (checked to be what was backed up).
-    dest: PathBuf,
-}
-
-/// Maps each of the instance's paths to the snapshot entry that holds it and to the directory it resolves
-/// to now. An entry matches when the snapshot recorded the path as the instance names it and it resolves
-/// to what it resolved to at backup time, or (snapshots taken before paths were recorded as named) when the
-/// snapshot recorded the very path it resolves to now. Anything else is refused.
-fn plan_in_place(
-    repo: &Repository,
-    id: &Id,
-    snap: &Snapshot,
-    cfg: &InstanceConfig,
-) -> Result<Vec<InPlaceTarget>> {
-    let refuse = |msg: String| Error::Invalid(format!("{msg}; nothing was changed"));
-    let root = match snap.tree {
-        Some(t) => repo.read_tree(&t)?,
-        None if cfg.paths.is_empty() => return Ok(Vec::new()),
-        None => return Err(refuse(format!("snapshot {} holds no files", id.short()))),
-    };
-    let resolved_at_backup = |recorded: &str| -> String {
-        snap.metadata
-            .as_ref()
-            .and_then(|m| m.get(cairn::backup::RESOLVED_PATHS_KEY))
-            .and_then(|m| m.get(recorded))
-            .and_then(|v| v.as_str())
-            .unwrap_or(recorded)
-            .to_string()
-    };
-    let mut out = Vec::new();
-    for named in &cfg.paths {
-        let dest = resolve_now(named).map_err(|e| refuse(e.to_string()))?;
-        let (named_s, dest_s) = (named.to_string_lossy(), dest.to_string_lossy());
-        let recorded = match snap.paths.iter().find(|p| **p == named_s) {
-            Some(p) if resolved_at_backup(p) != dest_s => {
-                return Err(refuse(format!(
-                    "{} now resolves to {}, but snapshot {} backed it up from {} (the link was changed?): \
-                     point it back, or restore with --target DIR",
-                    named.display(),
-                    dest.display(),
-                    id.short(),
-                    resolved_at_backup(p)
-                )))
-            }
-            Some(p) => p,
-            None => snap
-                .paths
-                .iter()
-                .find(|p| resolved_at_backup(p) == dest_s)
-                .ok_or_else(|| {
-                    refuse(format!(
-                        "snapshot {} holds no files for {} (resolving to {}); it holds: {}",
-                        id.short(),
-                        named.display(),
-                        dest.display(),
-                        snap.paths.join(", ")
-                    ))
-                })?,
-        };
-        let name = Path::new(recorded)
-            .file_name()
-            .map(|n| n.as_encoded_bytes().to_vec())
-            .unwrap_or_else(|| b"root".to_vec());
-        let entry = root.get(&name).cloned().ok_or_else(|| {
-            Error::corrupt(
-                format!("snapshot {}", id.short()),
-                format!("no root entry for its path {recorded}"),
-            )
-        })?;
-        out.push(InPlaceTarget {
-            named: named.clone(),
-            entry,
-            dest,
-        });
-    }
-    Ok(out)
-}
-
-/// What `path` resolves to now: the canonical path when it exists, the canonical parent joined with its
-/// name when it does not exist at all (it will be created); a symlink that leads nowhere is an error.
-fn resolve_now(path: &Path) -> Result<PathBuf> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => path.canonicalize().map_err(|e| {
-            Error::Invalid(format!(
-                "{}: does not resolve to an existing directory (a dangling symlink?): {e}",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let parent = path.parent().and_then(|p| p.canonicalize().ok());
-            Ok(match (parent, path.file_name()) {
-                (Some(p), Some(n)) => p.join(n),
-                _ => path.to_path_buf(),
-            })
-        }
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Restores one planned path: a directory's contents go into `dest` itself (whatever its name), anything
-/// else replaces `dest` when the names agree.
-fn restore_in_place(
-    repo: &Repository,
-    snap: &Snapshot,
-    t: &InPlaceTarget,
-) -> Result<restore::RestoreSummary> {
-    let (sub, target, include) = match &t.entry.kind {
-        NodeKind::Dir { subtree } => (Some(*subtree), t.dest.clone(), Vec::new()),
-        _ if t.dest.file_name().map(|n| n.as_encoded_bytes()) == Some(&t.entry.name[..]) => {
-            let parent = t.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-            let name = String::from_utf8_lossy(&t.entry.name).into_owned();
-            (snap.tree, parent, vec![name])
-        }
-        _ => {
-            return Err(Error::Invalid(format!(
-                "{} resolves to {}, whose name differs from the backed-up file's: restore it with --target DIR",
-                t.named.display(),
-                t.dest.display()
-            )))
-        }
-    };
-    let view = Snapshot {
-        tree: sub,
-        ..snap.clone()
-    };
-    restore::restore(
-        repo,
-        &view,
-        &RestoreOptions {
-            target,
-            include,
-            overwrite: true,
-            progress: Progress::hidden(),
-        },
-    )
 }
 
 /// A time for people: RFC 3339 to the second.

@@ -9,10 +9,10 @@ mod docs;
 mod explore;
 mod instance;
 mod keys;
-mod latest;
 mod logging;
 mod mount;
 mod pg;
+mod serve;
 mod wal;
 
 use clap::Parser;

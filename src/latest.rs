@@ -5,16 +5,16 @@
 //! "Does not hold it" is only ever a path or stream that is not there; any other failure while looking
 //! (an unreadable tree, a damaged blob) stops the command instead of quietly picking an older snapshot.
 
-use cairn::export::ExportFormat;
-use cairn::snapshot::Snapshot;
-use cairn::{Error, Id, Repository, Result};
+use crate::export::ExportFormat;
+use crate::snapshot::Snapshot;
+use crate::{Error, Id, Repository, Result};
 
 /// True if the snapshot's file tree has `path`; false if it has no tree or not that path.
 fn tree_holds(repo: &Repository, snap: &Snapshot, path: &str) -> Result<bool> {
     let Some(root) = snap.tree else {
         return Ok(false);
     };
-    match cairn::restore::find_node(repo, &root, path) {
+    match crate::restore::find_node(repo, &root, path) {
         Ok(_) => Ok(true),
         // find_node's own "no such path / not a directory in the snapshot"; a blob missing from the index
         // is damage, not absence, and is reported.

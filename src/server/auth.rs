@@ -1,0 +1,128 @@
+//! Who is calling: bearer tokens checked against the repository's token hashes (see [`crate::tokens`]),
+//! roles enforced per route, and the audit record of every mutating call in the run log.
+//!
+//! No valid token: 401. A valid token whose role is below the route's: 403 (and, for a mutating route, a
+//! `denied` entry in the run log). The token set is read from the repository at most every
+//! [`RELOAD_AFTER`], so `cairn token remove` takes effect within seconds without a restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+
+use super::errors::{ApiError, ApiResult};
+use crate::instance::RunRecord;
+use crate::repo::Repository;
+use crate::tokens::{Role, TokenSet};
+
+/// How long a read token set is trusted.
+pub const RELOAD_AFTER: Duration = Duration::from_secs(2);
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token: String,
+    pub role: Role,
+}
+
+/// The token set, re-read when stale.
+pub struct Auth {
+    repo: Arc<Repository>,
+    cache: Mutex<Option<(Instant, Arc<TokenSet>)>>,
+}
+
+impl Auth {
+    pub fn new(repo: Arc<Repository>) -> Auth {
+        Auth {
+            repo,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The current token set (read on the blocking pool when stale).
+    async fn tokens(&self) -> ApiResult<Arc<TokenSet>> {
+        if let Some((at, set)) = &*self.cache.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < RELOAD_AFTER {
+                return Ok(set.clone());
+            }
+        }
+        let repo = self.repo.clone();
+        let set = Arc::new(super::blocking(move || TokenSet::load(&repo)).await?);
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), set.clone()));
+        Ok(set)
+    }
+
+    /// The caller, if its bearer token is valid and its role at least `need`. A mutating route (`action`
+    /// given) that is refused for the role is recorded as denied.
+    pub async fn require(
+        &self,
+        headers: &HeaderMap,
+        need: Role,
+        action: Option<(&str, Option<&str>)>,
+    ) -> ApiResult<Caller> {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let unauthorized = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid API token is required (Authorization: Bearer TOKEN; see `cairn token add`)",
+            )
+        };
+        let presented = presented.ok_or_else(unauthorized)?;
+        let tokens = self.tokens().await?;
+        let record = tokens.verify(presented).ok_or_else(unauthorized)?;
+        let caller = Caller {
+            token: record.name.clone(),
+            role: record.role,
+        };
+        if caller.role < need {
+            let msg = format!(
+                "token {} has role {}; this needs {}",
+                caller.token,
+                caller.role.as_str(),
+                need.as_str()
+            );
+            if let Some((what, instance)) = action {
+                self.audit(&caller, what, instance, "denied", Some(msg.clone()))
+                    .await;
+            }
+            return Err(ApiError::new(StatusCode::FORBIDDEN, msg));
+        }
+        Ok(caller)
+    }
+
+    /// Records a mutating call in the run log: kind `api:<action>:<token>`, the instance it targets, its
+    /// result (`ok`, `accepted` for a job started, `failed`, `denied`). A failure to record is printed, not
+    /// fatal to the call (the repository may be full; the call itself already said so).
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        action: &str,
+        instance: Option<&str>,
+        status: &str,
+        detail: Option<String>,
+    ) {
+        let now = Utc::now();
+        let record = RunRecord {
+            instance: instance.map(str::to_string),
+            kind: format!("api:{action}:{}", caller.token),
+            start: now,
+            end: Some(now),
+            status: status.to_string(),
+            bytes: None,
+            snapshot_id: None,
+            error: detail,
+        };
+        let repo = self.repo.clone();
+        if let Err(e) = super::blocking(move || crate::instance::record_run(&repo, &record)).await {
+            eprintln!(
+                "cairn serve: warning: could not record an API call: {}",
+                e.message
+            );
+        }
+    }
+}
