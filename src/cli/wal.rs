@@ -92,12 +92,16 @@ fn password_option(encrypted: bool, apply: bool) -> Result<String> {
     let sources = cairn::crypto::password::configured_sources();
     if let Some(f) = sources.file {
         let f = std::path::absolute(&f).map_err(|e| Error::io(&f, e))?;
-        return Ok(format!(" --password-file {}", shell_quote(&f.display().to_string())));
+        return Ok(format!(
+            " --password-file {}",
+            shell_quote(&f.display().to_string())
+        ));
     }
     if let Some(c) = sources.command {
         return Ok(format!(" --password-command {}", shell_quote(&c)));
     }
-    let why = "the repository is encrypted and PostgreSQL's archiver has no password: give wal-setup \
+    let why =
+        "the repository is encrypted and PostgreSQL's archiver has no password: give wal-setup \
                --password-file FILE (readable by the server's OS user) so archive_command names it";
     if apply {
         return Err(Error::Invalid(why.into()));
