@@ -15,7 +15,7 @@
 //! the repository's footprint), `blob_bytes` (stored size of every indexed blob) and `unreferenced_bytes`
 //! (stored size of blobs no snapshot needs, which `prune` can reclaim).
 //!
-//! The walk keeps the ids it has seen in memory (32 bytes per blob and tree); a referenced blob the index
+//! The walk (the one walk, [`crate::walk`]) keeps the ids it has seen in memory (32 bytes per blob and tree); a referenced blob the index
 //! does not list is counted in `missing_blobs` (run `cairn check`) rather than guessed.
 
 use std::collections::HashSet;
@@ -27,7 +27,8 @@ use crate::hashing::Id;
 use crate::pack::BlobKind;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::NodeKind;
+use crate::tree::{Node, NodeKind};
+use crate::walk;
 
 /// What a set of snapshots holds and needs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,45 +69,66 @@ pub fn usage<'a>(
         u.logical_bytes += s.summary.bytes_total;
         roots.extend(s.tree.into_iter().chain(s.stream_tree));
     }
-    let mut seen: HashSet<Id> = HashSet::new();
-    let mut data_stored = 0u64;
-    let mut count = |id: &Id, u: &mut Usage| -> Result<bool> {
-        if !seen.insert(*id) {
-            return Ok(false);
-        }
-        match repo.with_reader(|r| r.lookup(id))? {
-            Some(loc) => {
-                u.blob_count += 1;
-                u.stored_bytes += u64::from(loc.entry.stored_len);
-                if loc.entry.kind != BlobKind::Tree {
-                    u.unique_bytes += u64::from(loc.entry.raw_len);
-                    data_stored += u64::from(loc.entry.stored_len);
-                }
-            }
-            None => u.missing_blobs += 1,
-        }
-        Ok(true)
+    let mut tally = Tally {
+        repo,
+        seen: HashSet::new(),
+        data_stored: 0,
+        u,
     };
-    let mut stack = roots;
-    while let Some(t) = stack.pop() {
-        if !count(&t, &mut u)? {
-            continue;
-        }
-        for node in repo.read_tree(&t)?.nodes {
-            match node.kind {
-                NodeKind::Dir { subtree } => stack.push(subtree),
-                NodeKind::File { chunks, .. } => {
-                    for c in &chunks {
-                        count(c, &mut u)?;
-                    }
-                }
-                _ => {}
-            }
-        }
+    for root in roots {
+        walk::walk(repo, &root, &mut tally)?;
     }
+    let (mut u, data_stored) = (tally.u, tally.data_stored);
     u.dedup_ratio = ratio(u.logical_bytes, u.unique_bytes);
     u.compression_ratio = ratio(u.unique_bytes, data_stored);
     Ok(u)
+}
+
+/// Counts each blob the walk meets once (trees before they are read, so a shared subtree is walked once).
+struct Tally<'r> {
+    repo: &'r Repository,
+    seen: HashSet<Id>,
+    data_stored: u64,
+    u: Usage,
+}
+
+impl Tally<'_> {
+    /// Counts `id` if it is new; whether it was.
+    fn count(&mut self, id: &Id) -> Result<bool> {
+        if !self.seen.insert(*id) {
+            return Ok(false);
+        }
+        match self.repo.with_reader(|r| r.lookup(id))? {
+            Some(loc) => {
+                self.u.blob_count += 1;
+                self.u.stored_bytes += u64::from(loc.entry.stored_len);
+                if loc.entry.kind != BlobKind::Tree {
+                    self.u.unique_bytes += u64::from(loc.entry.raw_len);
+                    self.data_stored += u64::from(loc.entry.stored_len);
+                }
+            }
+            None => self.u.missing_blobs += 1,
+        }
+        Ok(true)
+    }
+}
+
+impl walk::Visitor for Tally<'_> {
+    fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
+        Ok(if self.count(id)? {
+            walk::Step::Descend
+        } else {
+            walk::Step::Skip
+        })
+    }
+    fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            for c in chunks {
+                self.count(c)?;
+            }
+        }
+        Ok(walk::Step::Descend)
+    }
 }
 
 /// Totals over every snapshot, with the index's pack and blob sums.
