@@ -255,7 +255,7 @@ fn a_flipped_bit_in_any_encrypted_object_is_reported_as_corruption() {
             "instance configuration",
             |repo| flip(&only_file(&repo.join("instances")), 30),
             &["instance", "list"],
-            "instances/shop.json",
+            "instances/shop.",
         ),
     ];
     for (what, damage, args, says) in kinds {
@@ -289,12 +289,21 @@ fn an_instance_configuration_written_without_the_key_is_refused_and_its_hooks_ne
     let planted = dir.path().join("hook-ran");
     cfg["pre_hook"] = serde_json::json!(format!("touch {}", planted.display()));
     cfg["schedule"] = serde_json::json!("* * * * *");
-    let object = repo.join("instances/shop.json");
+    // Planted as the newest revision (format-spec 8.2: a higher generation wins), in the clear.
+    let real = only_file(&repo.join("instances"));
+    let name = real.file_name().unwrap().to_str().unwrap().to_string();
+    let mut parts: Vec<&str> = name.split('.').collect();
+    let newer = format!("{:0width$}", 9, width = parts[1].len());
+    parts[1] = &newer;
+    let object = repo.join("instances").join(parts.join("."));
     fs::write(&object, serde_json::to_vec(&cfg).unwrap()).unwrap();
     let _ = fs::remove_dir_all(index_file(&repo).parent().unwrap());
-    let (code, out, err) = run(cairn(&repo).args(["instance", "backup", "shop"]));
+    // Reported as corruption, naming it ...
+    let (code, out, err) = run(cairn(&repo).args(["instance", "list"]));
     assert_ne!(code, 0, "{out}{err}");
     assert!(format!("{out}{err}").contains("corrupt"), "{out}{err}");
+    // ... and never used: backups run with the last configuration written with the key.
+    let _ = run(cairn(&repo).args(["instance", "backup", "shop"]));
     let _ = run(cairn(&repo).arg("run-due"));
     assert!(!planted.exists(), "the planted hook ran");
 }

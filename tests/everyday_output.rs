@@ -58,9 +58,20 @@ fn every_command_prints_exactly_one_json_document_with_json() {
         vec!["forget", "--keep-last", "5", "--dry-run"],
         vec!["repair", "index"],
         vec!["repair", "snapshots"],
+        vec!["key", "list"],
+        vec!["wal-list"],
+        vec!["token", "add", "panel", "--role", "viewer"],
+        vec!["token", "list"],
+        vec!["token", "remove", "panel"],
     ] {
         one_doc(r, &args, 0);
     }
+    // A copy into a repository sharing this one's keys, and a second one that finds nothing to copy.
+    let r3 = tmp.join("repo3");
+    one_doc(&r3, &["init", "--from-repo", r.to_str().unwrap()], 0);
+    let copied = one_doc(&r3, &["copy", "--from-repo", r.to_str().unwrap()], 0);
+    assert!(copied.is_object());
+    one_doc(&r3, &["copy", "--from-repo", r.to_str().unwrap()], 0);
     let target = tmp.join("restored");
     one_doc(
         r,
