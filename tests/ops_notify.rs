@@ -104,7 +104,9 @@ fn notify_and_ping_url_report_success_partial_and_failure_and_health_warns_on_pa
     let notes = dir.path().join("notes");
     let (url, seen) = ping_server();
     let check = format!("{url}/ping/3f1c-uuid");
-    ok(as_nobody(&repo).arg("init"));
+    // Plaintext: these entries run without a password source (the password in scheduler entries is
+    // issue 13's, still open).
+    ok(as_nobody(&repo).args(["init", "--insecure-no-encryption"]));
     ok(as_nobody(&repo).args([
         "instance",
         "add",

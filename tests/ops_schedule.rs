@@ -79,7 +79,9 @@ fn nobody_cairn(s: &Setup) -> Command {
 
 /// An instance due every second, in a repository owned by the unprivileged user.
 fn due_instance(s: &Setup) {
-    ok(nobody_cairn(s).arg("init"));
+    // Plaintext: these entries run without a password source (the password in scheduler entries is
+    // issue 13's, still open).
+    ok(nobody_cairn(s).args(["init", "--insecure-no-encryption"]));
     ok(nobody_cairn(s)
         .args([
             "instance",

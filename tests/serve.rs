@@ -241,7 +241,7 @@ fn serve_api_flow_backup_download_restore_forget() {
         &t.operator,
     );
     assert_eq!(code, 200);
-    let export = std::process::Command::new(cairn_bin())
+    let export = harness::with_password(&mut std::process::Command::new(cairn_bin()))
         .env("CAIRN_REPO", &repo)
         .args(["export", &snap_id, "--format", "tar"])
         .output()

@@ -217,7 +217,7 @@ fn run_log_rows_of_an_old_index_are_written_out_on_the_first_write_local() {
     let src = dir.path().join("files");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a.txt"), b"hello").unwrap();
-    host.ok(&["init"]);
+    host.ok(&["init", "--insecure-no-encryption"]); // what the old cairn made: plaintext
     host.ok(&["instance", "add", "shop", "--path", src.to_str().unwrap()]);
     host.ok(&["instance", "backup", "shop"]);
     // Make it what the old cairn left: no run objects, no record of them, the config under its old name.
