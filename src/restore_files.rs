@@ -58,6 +58,7 @@ fn batch_limits(repo: &Repository) -> (usize, usize) {
 
 /// How many descriptors this process may hold, after raising the soft limit towards `wanted` (never past the
 /// hard limit). Unknown: the common default of 1024.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every target
 fn open_files_allowed(wanted: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
