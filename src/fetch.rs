@@ -193,6 +193,8 @@ mod tests {
             gap: 100,
             max_run: 1000,
             parallel: 1,
+            batch_files: 1,
+            batch_chunks: 1,
         };
         let locs = vec![
             loc(1, 400, 100), // gap 100 after 100..300: merged

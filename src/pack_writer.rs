@@ -125,9 +125,16 @@ impl<'r> PackWriter<'r> {
     ) -> Result<T> {
         // A full pack costs only its open file and write buffer while it waits (a local repository), so a few
         // may queue behind an fsync instead of stalling the saver that filled them; an object store's pack is
-        // buffered in memory until sent, so with many connections fewer wait.
+        // buffered in memory until sent, so none waits: the saver that filled it hands it straight to a free
+        // upload thread, and at most `connections + 1` packs are in memory (4 sending and 1 queued besides the
+        // one filling took a backup to S3 past 180 MB peak RSS).
         let threads = repo.connections().max(1);
-        let (tx, rx) = crossbeam_channel::bounded(SEAL_QUEUE.saturating_sub(threads - 1).max(1));
+        let queue = if repo.backend().local_root().is_some() {
+            SEAL_QUEUE.saturating_sub(threads - 1).max(1)
+        } else {
+            0
+        };
+        let (tx, rx) = crossbeam_channel::bounded(queue);
         // Read once: damage is rare and the set small, so the hot dedup lookup stays one indexed query.
         let unusable = repo
             .index()

@@ -1,7 +1,8 @@
 //! The batch writer of a file restore: regular files created, filled from the repository and given their
 //! metadata, a batch of files at a time (see [`restore_files`]).
 //!
-//! A batch gathers up to [`BATCH_CHUNKS`] chunk references of up to [`BATCH_FILES`] files; its distinct blobs
+//! A batch gathers up to [`BATCH_CHUNKS`] chunk references of up to [`BATCH_FILES`] files (an object store's
+//! [`ReadPlan`](crate::backend::ReadPlan) asks for more, within the limit of open files); its distinct blobs
 //! are read pack by pack in merged runs ([`crate::fetch`]) and each is written, at its offset, into every file
 //! that needs it (`pwrite` from the worker that verified it). A file is created once (private, mode 0600), kept
 //! open until its last chunk is written, then gets its owner, mode, extended attributes and times through the
@@ -40,6 +41,45 @@ pub(crate) struct FileJob<'a> {
 /// files cost a few ranged reads, not one per file.
 pub(crate) const BATCH_CHUNKS: usize = 8192;
 pub(crate) const BATCH_FILES: usize = 256;
+
+/// Descriptors left for everything but a batch's files (the repository, the index, the fetchers' sockets).
+const SPARE_FDS: u64 = 128;
+
+/// The size of a batch for `repo`: what its backend's read plan asks for, with no more files than the
+/// process may open. The soft limit on open files is raised towards the hard one when the plan wants more.
+fn batch_limits(repo: &Repository) -> (usize, usize) {
+    let plan = repo.backend().read_plan();
+    let files = open_files_allowed(plan.batch_files as u64 + SPARE_FDS).saturating_sub(SPARE_FDS);
+    (
+        (files as usize).clamp(16, plan.batch_files.max(16)),
+        plan.batch_chunks.max(1),
+    )
+}
+
+/// How many descriptors this process may hold, after raising the soft limit towards `wanted` (never past the
+/// hard limit). Unknown: the common default of 1024.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every target
+fn open_files_allowed(wanted: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if (lim.rlim_cur as u64) < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: (wanted as libc::rlim_t).min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; lowering nothing, raising the soft limit within the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    lim.rlim_cur as u64
+}
 
 /// What a batch reads: each distinct blob once, with every place it goes.
 #[derive(Default)]
@@ -89,6 +129,7 @@ pub(crate) fn restore_files(
     progress: &Progress,
 ) -> Result<u64> {
     let fetcher = crate::fetch::Fetcher::new(repo)?;
+    let limits = batch_limits(repo);
     let mut files = Files {
         jobs,
         open: jobs.iter().map(|_| None).collect(),
@@ -102,7 +143,7 @@ pub(crate) fn restore_files(
     while pos.0 < jobs.len() {
         // A job's cancellation stops the restore between batches (its files so far stay; see `restore`).
         progress.check_cancel()?;
-        let batch = plan_batch(repo, &mut files, &mut pos, overwrite);
+        let batch = plan_batch(repo, &mut files, &mut pos, limits, overwrite);
         fetcher.fetch(&batch.blobs, &|i, got| {
             let loc = &batch.blobs[i];
             match got {
@@ -146,10 +187,11 @@ fn plan_batch(
     repo: &Repository,
     files: &mut Files,
     pos: &mut (usize, usize),
+    limits: (usize, usize),
     overwrite: bool,
 ) -> Batch {
     let jobs = files.jobs;
-    let segments = next_segments(jobs, pos);
+    let segments = next_segments(jobs, pos, limits);
     let opened: Vec<(usize, Result<File>)> = segments
         .par_iter()
         .filter(|seg| seg.first == 0)
@@ -218,18 +260,22 @@ struct Segment {
     last: bool,
 }
 
-/// The segments of the next batch (at most [`BATCH_CHUNKS`] chunk references and [`BATCH_FILES`] files
-/// started), advancing `pos` past them.
-fn next_segments(jobs: &[FileJob], pos: &mut (usize, usize)) -> Vec<Segment> {
+/// The segments of the next batch (at most `max_chunks` chunk references and `max_files` files started, see
+/// [`batch_limits`]), advancing `pos` past them.
+fn next_segments(
+    jobs: &[FileJob],
+    pos: &mut (usize, usize),
+    (max_files, max_chunks): (usize, usize),
+) -> Vec<Segment> {
     let mut out = Vec::new();
     let (mut refs, mut opened) = (0usize, 0usize);
-    while pos.0 < jobs.len() && refs < BATCH_CHUNKS && opened < BATCH_FILES {
+    while pos.0 < jobs.len() && refs < max_chunks && opened < max_files {
         let (f, c) = *pos;
         let job = &jobs[f];
         if c == 0 {
             opened += 1;
         }
-        let take = (job.chunks.len() - c).min(BATCH_CHUNKS - refs);
+        let take = (job.chunks.len() - c).min(max_chunks - refs);
         refs += take.max(1);
         let last = c + take == job.chunks.len();
         out.push(Segment {
