@@ -423,21 +423,7 @@ impl<'a> TarSink<'a> {
         self.t
             .append_data(&mut h, Self::path(name), std::io::empty())
             .map_err(archive_err)?;
-        let mut exact = Exact {
-            out: self.t.get_mut(),
-            left: size,
-        };
-        content(&mut exact)?;
-        if exact.left != 0 {
-            return Err(Error::corrupt(
-                "export",
-                format!(
-                    "{}: {} bytes short of the recorded size {size}",
-                    shown(name),
-                    exact.left
-                ),
-            ));
-        }
+        Exact::fill(self.t.get_mut(), name, size, content)?;
         let pad = (512 - size % 512) % 512;
         self.t
             .get_mut()
@@ -511,6 +497,25 @@ impl Sink for TarSink<'_> {
 struct Exact<'a> {
     out: &'a mut dyn Write,
     left: u64,
+}
+
+impl Exact<'_> {
+    /// Writes `content` into `out`, which must be exactly `size` bytes (a tar header or zip entry announced it).
+    fn fill(out: &mut dyn Write, name: &[u8], size: u64, content: &mut Content) -> Result<()> {
+        let mut exact = Exact { out, left: size };
+        content(&mut exact)?;
+        if exact.left != 0 {
+            return Err(Error::corrupt(
+                "export",
+                format!(
+                    "{}: {} bytes short of the recorded size {size}",
+                    shown(name),
+                    exact.left
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Write for Exact<'_> {
@@ -593,21 +598,7 @@ impl Sink for ZipSink<'_> {
     fn file(&mut self, name: &[u8], meta: &Meta, size: u64, content: &mut Content) -> Result<()> {
         let opts = Self::options(meta).large_file(size >= u64::from(u32::MAX));
         self.z.start_file(Self::name(name), opts).map_err(zip_err)?;
-        let mut exact = Exact {
-            out: &mut self.z,
-            left: size,
-        };
-        content(&mut exact)?;
-        if exact.left != 0 {
-            return Err(Error::corrupt(
-                "export",
-                format!(
-                    "{}: {} bytes short of the recorded size {size}",
-                    shown(name),
-                    exact.left
-                ),
-            ));
-        }
+        Exact::fill(&mut self.z, name, size, content)?;
         Ok(())
     }
 
