@@ -269,7 +269,9 @@ fn check_index_objects(repo: &Repository, r: &mut CheckReport) -> Result<()> {
         };
         match crate::index_object::IndexObject::load(backend, &id) {
             Ok(_) => {}
-            Err(e) if e.is_damage() => r.errors.push(format!("index object {id}: {e}")),
+            Err(e) if e.is_damage() => r.errors.push(format!(
+                "index object {id}: {e} (its packs are read from their trailers; `prune` or `repair index` replaces it)"
+            )),
             Err(e) => r.read_errors.push(format!("index object {id}: {e}")),
         }
     }

@@ -314,7 +314,7 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         .collect();
     let (written, deleted) = index_sync::rewrite_without(repo, &dropping, &cover)?;
     r.index_objects_written += written;
-    r.index_objects_deleted += deleted;
+    r.index_objects_deleted += deleted + index_sync::delete_damaged(repo)?;
     for id in &dropping {
         repo.index().remove_pack(id)?;
         repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;

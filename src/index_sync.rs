@@ -377,6 +377,30 @@ pub fn delete_superseded(repo: &Repository) -> Result<u64> {
     Ok(dead.len() as u64)
 }
 
+/// Deletes the index objects that do not decode, match their name or authenticate (a write torn by a crash
+/// on a store without atomic puts, or damage). The cache never merged them, so the packs they listed are
+/// uncovered: the caller has covered the needed ones with durable objects first. Runs under the exclusive
+/// lock, so an unseen object is not one another host is writing now. Returns how many went.
+pub fn delete_damaged(repo: &Repository) -> Result<u64> {
+    let backend = repo.backend().as_ref();
+    let seen = seen(&repo.index())?;
+    let mut deleted = 0;
+    for (name, _) in backend.list(ObjectKind::Index)? {
+        let Some(id) = Id::from_hex(&name).filter(|id| !seen.contains_key(id)) else {
+            continue;
+        };
+        match IndexObject::load(backend, &id) {
+            Err(e) if e.is_damage() => {
+                backend.delete(ObjectKind::Index, &name)?;
+                deleted += 1;
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+    }
+    Ok(deleted)
+}
+
 /// Replaces the index objects that list any pack of `dropping` (packs about to be deleted) by objects
 /// listing their other packs plus `cover` (packs still needed that no object lists), then deletes the
 /// replaced objects. Everything written is durable before anything is deleted; the caller deletes the packs
