@@ -3,52 +3,13 @@
 //! `cairn` process with its own `XDG_CACHE_HOME`, as two machines sharing one repository would be.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
-use crate::harness::cairn_bin;
+use crate::harness::{cairn_bin, store};
 
 /// moto accepts any key pair; this secret must never appear in any output.
 pub const SECRET: &str = "s3cr3t-copy-tests-91c2";
-
-/// The shared test server's endpoint (`http://127.0.0.1:PORT`).
-pub fn endpoint() -> &'static str {
-    static EP: OnceLock<String> = OnceLock::new();
-    EP.get_or_init(|| {
-        if let Ok(ep) = std::env::var("CAIRN_TEST_S3_ENDPOINT") {
-            return ep;
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-setup");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        stdout
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("CAIRN_TEST_S3_ENDPOINT="))
-            .unwrap_or_else(|| panic!("s3-setup printed no endpoint: {stdout}"))
-            .to_string()
-    })
-}
-
-fn unique() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Where a test repository lives.
 #[derive(Debug, Clone)]
@@ -65,18 +26,8 @@ impl Place {
 
     /// A fresh bucket on the test server; the repository is a prefix inside it (not created).
     pub fn s3(tag: &str) -> Place {
-        let ep = endpoint();
-        let bucket = format!("cp-{tag}-{}", unique());
-        let host = ep.trim_start_matches("http://");
-        let mut s = TcpStream::connect(host).expect("connect to the S3 test server");
-        write!(
-            s,
-            "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+        let bucket = format!("cp-{tag}-{}-{}", std::process::id(), store::unique());
+        store::create_bucket(store::s3_endpoint(), &bucket);
         Place::S3(format!("s3://{bucket}/repo"))
     }
 
@@ -110,12 +61,15 @@ impl Place {
     }
 }
 
-/// The S3 test server's settings for a command (harmless for a local repository).
+/// The S3 test server's settings for a command (harmless for a local repository). Unlike
+/// `harness::store::s3_env` it names the endpoint through cairn's own `CAIRN_S3_ENDPOINT` /
+/// `CAIRN_S3_PATH_STYLE` and a secret of its own, so these tests cover that path and can check the secret
+/// never shows.
 pub fn s3_env(c: &mut Command) {
     c.env("AWS_ACCESS_KEY_ID", "cairn-test")
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .env("AWS_REGION", "us-east-1")
-        .env("CAIRN_S3_ENDPOINT", endpoint())
+        .env("CAIRN_S3_ENDPOINT", store::s3_endpoint())
         .env("CAIRN_S3_PATH_STYLE", "true")
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("AWS_SESSION_TOKEN");
