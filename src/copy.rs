@@ -1,19 +1,24 @@
 //! `cairn copy`: snapshots from one repository into another (restic's `copy`), deduplicating against the
 //! target, so that a local repository can be replicated to object storage (or back).
 //!
-//! A snapshot keeps its id: its object's bytes are copied as they are. Its data is copied blob by blob
-//! through the normal read path of the source ([`Repository::read_blob`]: decompressed and verified against
+//! Between repositories that share their keys (both plaintext, or made with `init --from-repo`) a snapshot
+//! keeps its id: its object's bytes are copied as they are. Its data is copied blob by blob through the
+//! normal read path of the source ([`Repository::read_blob`]: decrypted, decompressed and verified against
 //! its id) and the normal pack writer of the target ([`PackWriter`]: compressed at the target's levels,
-//! re-verified, packed, indexed, listed by an index object), never as raw pack bytes, so repositories with
-//! different settings (and, later, different keys) exchange data correctly. Only blobs the target lacks are
-//! read from the source at all.
+//! sealed, packed, indexed, listed by an index object), never as raw pack bytes, so repositories with
+//! different settings exchange data correctly. Only blobs the target lacks are read from the source at all.
+//!
+//! Between repositories with different keys the ids of one mean nothing in the other: [`rewrite`] re-chunks
+//! the content into the target and saves the snapshot anew under a new id, recording the id it was first
+//! taken under (metadata `original`). Which snapshots the target holds already is decided by that origin
+//! (a snapshot's `original`, else its own id) in both cases, so a copy back and forth copies nothing twice.
 //!
 //! Order and crash safety follow the target's write ordering (format-spec section 10): for each snapshot,
 //! every data chunk is saved before the trees naming it, subtrees before their parents, and the writer is
 //! flushed (packs durable, indexed, listed) before the snapshot object is written. A copy stopped at any
 //! point leaves at worst packs no snapshot uses yet; running it again copies what is missing (the durable
-//! blobs deduplicate) and writes the snapshots. Snapshots already in the target are skipped, so a second
-//! run copies nothing.
+//! blobs deduplicate) and writes the snapshots. Snapshots already in the target (by origin) are skipped, so
+//! a second run copies nothing.
 //!
 //! Locks: the source takes a reader's shared lock (no prune deletes a pack under the copy), the target the
 //! shared lock a backup takes.
@@ -37,6 +42,8 @@ use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind, Tree};
 use crate::walk;
 
+mod rewrite;
+
 /// What to copy.
 #[derive(Debug, Clone, Default)]
 pub struct CopyOptions {
@@ -49,7 +56,10 @@ pub struct CopyOptions {
 /// One snapshot copied.
 #[derive(Debug, Clone, Serialize)]
 pub struct CopiedSnapshot {
+    /// The snapshot's id in the source.
     pub id: String,
+    /// Its id in the target: the same, unless the keys differ and it was rewritten.
+    pub target_id: String,
     pub time: String,
     pub instance: Option<String>,
     /// Blobs stored in the target for this snapshot.
@@ -76,27 +86,54 @@ pub struct CopyReport {
 /// [`CopyOptions::instances`] the instance configurations.
 pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<CopyReport> {
     dst.require_writable()?;
-    if !crate::crypto::same_keys(src.crypto(), dst.crypto()) {
-        return Err(Error::Invalid(
-            "the two repositories have different keys, so their blob ids differ: create the target with \
-             `cairn init --from-repo SOURCE` (it shares the source's keys) to copy into it"
-                .into(),
-        ));
-    }
+    let rewrite = !crate::crypto::same_keys(src.crypto(), dst.crypto());
     let _src_lock = lock::acquire_reader_on(src, "copy (source)")?;
     let _dst_lock = lock::acquire_on(dst, false, "copy")?;
     let wanted = select(src, &opts.snapshots)?;
     let present: HashSet<Id> = dst.snapshot_objects()?.into_iter().collect();
+    // The target's snapshots by origin: what it holds of the source, copied as is or rewritten.
+    let mut held: HashMap<Id, Id> = dst
+        .snapshots()?
+        .iter()
+        .map(|(id, s)| (origin(id, s), *id))
+        .collect();
+    // The source's snapshots' origins, to find a rewritten snapshot's parent in the target.
+    let src_origins: HashMap<String, Id> = if rewrite {
+        src.snapshots()?
+            .iter()
+            .map(|(id, s)| (id.to_hex(), origin(id, s)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut report = CopyReport::default();
     // Trees this run completed in the target (their data is durable there): not walked again.
     let mut complete: HashSet<Id> = HashSet::new();
+    let mut rewritten = rewrite::Rewritten::default();
+    let pool = copy_pool(src)?;
     for (id, snap) in wanted {
-        if present.contains(&id) {
+        if present.contains(&id) || held.contains_key(&origin(&id, &snap)) {
             report.already_present.push(id.to_hex());
             continue;
         }
         crate::interrupt::check()?;
-        let one = copy_snapshot(src, dst, &id, &snap, &mut complete)?;
+        let one = if rewrite {
+            let parent = snap
+                .parent
+                .as_ref()
+                .and_then(|p| src_origins.get(p))
+                .and_then(|o| held.get(o))
+                .copied();
+            let out = rewrite::snapshot(src, dst, &id, &snap, parent, &mut rewritten, &pool)?;
+            (
+                copied_snapshot(&id, out.id, &snap, out.blobs_copied, out.blobs_present),
+                out.bytes_stored,
+            )
+        } else {
+            copy_snapshot(src, dst, &id, &snap, &mut complete, &pool)?
+        };
+        let target = Id::from_hex(&one.0.target_id).unwrap_or(id);
+        held.insert(origin(&id, &snap), target);
         report.blobs_copied += one.0.blobs_copied;
         report.blobs_present += one.0.blobs_present;
         report.bytes_stored += one.1;
@@ -106,6 +143,44 @@ pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<Co
         copy_instances(src, dst, &mut report)?;
     }
     Ok(report)
+}
+
+/// The id a snapshot was first taken under: its metadata's `original` (set when a copy rewrote it), else
+/// its own id.
+fn origin(id: &Id, snap: &Snapshot) -> Id {
+    snap.metadata
+        .as_ref()
+        .and_then(|m| m.get("original"))
+        .and_then(|v| v.as_str())
+        .and_then(Id::from_hex)
+        .unwrap_or(*id)
+}
+
+/// Threads that read from the source in parallel (an object store answers many requests at once); the
+/// target's writer compresses and seals in the same threads and writes sealed packs on its own.
+fn copy_pool(src: &Repository) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(src.backend().read_plan().parallel.clamp(1, 16))
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start copy threads: {e}")))
+}
+
+/// The report of one snapshot copied.
+fn copied_snapshot(
+    id: &Id,
+    target: Id,
+    snap: &Snapshot,
+    blobs_copied: u64,
+    blobs_present: u64,
+) -> CopiedSnapshot {
+    CopiedSnapshot {
+        id: id.to_hex(),
+        target_id: target.to_hex(),
+        time: snap.time.to_rfc3339(),
+        instance: snap.instance.clone(),
+        blobs_copied,
+        blobs_present,
+    }
 }
 
 /// The snapshots named by `specs` (every snapshot when empty), oldest first, each once.
@@ -214,6 +289,7 @@ fn copy_snapshot(
     id: &Id,
     snap: &Snapshot,
     complete: &mut HashSet<Id>,
+    pool: &rayon::ThreadPool,
 ) -> Result<(CopiedSnapshot, u64)> {
     let bytes = snapshot_bytes(src, id)?;
     let mut needed = Needed::default();
@@ -227,12 +303,6 @@ fn copy_snapshot(
         }
     }
     let present = AtomicU64::new(0);
-    // Reads from the source run in parallel (an object store answers many requests at once); the target's
-    // writer compresses in the same threads and uploads sealed packs on its own.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(src.backend().read_plan().parallel.clamp(1, 16))
-        .build()
-        .map_err(|e| Error::Invalid(format!("cannot start copy threads: {e}")))?;
     let (copied, stored) = PackWriter::scope(dst, |w| {
         pool.install(|| {
             needed.chunks.par_iter().try_for_each(|(c, level)| {
@@ -263,13 +333,7 @@ fn copy_snapshot(
     dst.save_snapshot_encoded(snap, &bytes)?;
     complete.extend(needed.trees.iter().map(|(t, _)| *t));
     Ok((
-        CopiedSnapshot {
-            id: id.to_hex(),
-            time: snap.time.to_rfc3339(),
-            instance: snap.instance.clone(),
-            blobs_copied: copied,
-            blobs_present: present.load(Ordering::Relaxed),
-        },
+        copied_snapshot(id, *id, snap, copied, present.load(Ordering::Relaxed)),
         stored,
     ))
 }

@@ -1,9 +1,11 @@
 //! `cairn schedule crontab|systemd`: scheduler entries that run `cairn run-due` every five minutes.
 //!
 //! What an entry carries: the absolute path of the cairn binary, the repository (an absolute path, or the
-//! `s3://` URL with `--s3-endpoint` / `--s3-path-style` when they were given), and nothing secret (S3
-//! credentials come from the usual AWS files or the unit's own `EnvironmentFile=`, PostgreSQL passwords from
-//! `~/.pgpass`). Each syntax is quoted by its own rules, so any path a user can create round-trips:
+//! `s3://` URL with `--s3-endpoint` / `--s3-path-style` when they were given), where the password of an
+//! encrypted repository comes from ([`PasswordSource`]: a file or a command, never the password itself), and
+//! nothing secret (S3 credentials come from the usual AWS files or the unit's own `EnvironmentFile=`,
+//! PostgreSQL passwords from `~/.pgpass`). Each syntax is quoted by its own rules, so any path a user can
+//! create round-trips:
 //! - crontab: POSIX shell single quotes (`'` becomes `'\''`), and `%` written as `'\%'` (outside the
 //!   quotes, escaped): cron turns an unescaped `%` into a newline before the shell sees the line and removes
 //!   the backslash of `\%`, and a backslash just before the `%` (a path holding `\%`) would otherwise be
@@ -14,6 +16,14 @@
 //!
 //! A control character (a newline above all) cannot be written into either safely: such a path is refused,
 //! as is one that is not UTF-8.
+//!
+//! Passwords ([`password_source`]): an entry for an encrypted repository names the file or command that
+//! `schedule` was given (`--password-file`, `--password-command` or their variables); without one it is
+//! refused ([`Error::Password`], exit code 12), since cron and systemd have no terminal to ask on and
+//! `CAIRN_PASSWORD` must not be written into an entry. The crontab line passes `--password-file FILE` (or
+//! `--password-command CMD`); the systemd service loads the file as a credential (`LoadCredential=`, read by
+//! the service manager, so the file may be readable by root alone) and passes
+//! `--password-file ${CREDENTIALS_DIRECTORY}/cairn-password`, or sets `CAIRN_PASSWORD_COMMAND`.
 //!
 //! The crontab entry works for any user: its log goes to `$XDG_STATE_HOME/cairn/run-due.log` (default
 //! `~/.local/state/cairn/`), which `run-due --log-file` keeps bounded (see [`crate::log_file`]), never to
@@ -34,7 +44,21 @@ pub struct EntrySpec {
     pub exe: PathBuf,
     /// The repository (a local path is made absolute by [`EntrySpec::new`]).
     pub repo: RepoUrl,
+    /// Where `run-due` takes the repository password from (an encrypted repository).
+    pub password: Option<PasswordSource>,
 }
+
+/// Where a scheduled run takes the repository password from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// The first line of this file (absolute).
+    File(PathBuf),
+    /// The first line this command prints (run with `sh -c`).
+    Command(String),
+}
+
+/// The credential name of the password file in a systemd service (`LoadCredential=`).
+const CREDENTIAL: &str = "cairn-password";
 
 /// One file of a systemd entry: where it is installed and what it holds.
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +81,22 @@ impl EntrySpec {
             }
             s3 => s3,
         };
-        Ok(EntrySpec { exe, repo })
+        Ok(EntrySpec {
+            exe,
+            repo,
+            password: None,
+        })
+    }
+
+    /// The global options that name the password source (`--password-file F`, `--password-command C`).
+    fn password_args(&self) -> Result<Vec<String>> {
+        Ok(match &self.password {
+            None => Vec::new(),
+            Some(PasswordSource::File(f)) => vec!["--password-file".into(), text(f)?],
+            Some(PasswordSource::Command(c)) => {
+                vec!["--password-command".into(), checked(c)?.to_string()]
+            }
+        })
     }
 
     /// The global options that name the repository: `--repo`, and for S3 the endpoint options given.
@@ -119,6 +158,7 @@ pub fn default_log_file() -> Result<PathBuf> {
 pub fn crontab(spec: &EntrySpec, log_file: &Path) -> Result<String> {
     let mut words = vec![text(&spec.exe)?];
     words.extend(spec.repo_args()?);
+    words.extend(spec.password_args()?);
     words.extend([
         "run-due".to_string(),
         "--log-file".to_string(),
@@ -128,7 +168,8 @@ pub fn crontab(spec: &EntrySpec, log_file: &Path) -> Result<String> {
     Ok(format!(
         "# cairn: back up every due instance (install with `crontab -e` as the user owning the repository).\n\
          # Log: {} (moved to .1 when it reaches {} KiB: two files at most).\n\
-         # S3 credentials come from ~/.aws/credentials or the environment, never from this line.\n\
+         # S3 credentials come from ~/.aws/credentials or the environment, never from this line;\n\
+         # the repository password (if encrypted) from the file or command it names, never the line itself.\n\
          */5 * * * * {}\n",
         log_file.display(),
         crate::log_file::MAX_BYTES / 1024,
@@ -174,8 +215,24 @@ pub fn systemd_units(spec: &EntrySpec, scope: SystemdScope) -> Result<Vec<UnitFi
             systemd_quote(&format!("{k}={v}"), false)
         ));
     }
-    let exec = [text(&spec.exe)?, "run-due".into()];
-    let exec: Vec<String> = exec.iter().map(|w| systemd_quote(w, true)).collect();
+    let mut exec = vec![systemd_quote(&text(&spec.exe)?, true)];
+    match &spec.password {
+        None => {}
+        Some(PasswordSource::File(f)) => {
+            service.push_str(&format!(
+                "LoadCredential={CREDENTIAL}:{}\n",
+                credential_path(f)?
+            ));
+            // Not quoted for `$`: systemd expands the variable it sets for the service.
+            exec.push(systemd_quote("--password-file", true));
+            exec.push(format!("\"${{CREDENTIALS_DIRECTORY}}/{CREDENTIAL}\""));
+        }
+        Some(PasswordSource::Command(c)) => service.push_str(&format!(
+            "Environment={}\n",
+            systemd_quote(&format!("CAIRN_PASSWORD_COMMAND={}", checked(c)?), false)
+        )),
+    }
+    exec.push(systemd_quote("run-due", true));
     service.push_str(&format!("ExecStart={}\n", exec.join(" ")));
     let enable = match scope {
         SystemdScope::System { .. } => "systemctl enable --now cairn-run-due.timer",
@@ -222,6 +279,76 @@ fn systemd_quote(value: &str, exec: bool) -> String {
     }
     out.push('"');
     out
+}
+
+/// The path of a `LoadCredential=` setting: systemd takes the rest of the line as it is (no quotes), expands
+/// specifiers (so `%` is doubled), strips surrounding white space and wants an absolute, normalised path
+/// (no `.` or `..` component, no `//`); a path it would read differently is refused.
+fn credential_path(p: &Path) -> Result<String> {
+    let s = text(p)?;
+    let normal = s.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+    }) && !s.ends_with(char::is_whitespace);
+    if !normal {
+        return Err(Error::Invalid(format!(
+            "{s:?}: a systemd credential must be an absolute path without `.`, `..`, `//`, a final `/` or \
+             trailing white space"
+        )));
+    }
+    Ok(s.replace('%', "%%"))
+}
+
+/// The password source a scheduled run of the repository at `url` needs, from what this run was given
+/// (`sources`: `--password-file`, `--password-command` or their variables; a relative file made absolute).
+///
+/// A plaintext repository needs none. An encrypted one without a file or command is refused with
+/// [`Error::Password`]: `CAIRN_PASSWORD` and the terminal are not there when cron or systemd run the entry,
+/// and the password itself is never written into it. A repository that cannot be read now (not created
+/// yet, or unreachable) gets the given source if there is one, and otherwise a warning on stderr.
+pub fn password_source(
+    url: &RepoUrl,
+    sources: crate::crypto::password::Sources,
+) -> Result<Option<PasswordSource>> {
+    if sources.file.is_some() && sources.command.is_some() {
+        return Err(Error::Usage(
+            "give the password by a file or by a command, not both".into(),
+        ));
+    }
+    let given = match (sources.file, sources.command) {
+        (Some(f), _) => {
+            let f = std::path::absolute(&f).map_err(|e| Error::io(&f, e))?;
+            if let Err(e) = std::fs::metadata(&f) {
+                // Only a file that is surely absent is refused: one the generating user may not read (a
+                // credential readable by root alone) is the service manager's to read.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    return Err(Error::Password(format!(
+                        "the password file {} does not exist",
+                        f.display()
+                    )));
+                }
+            }
+            Some(PasswordSource::File(f))
+        }
+        (None, Some(c)) => Some(PasswordSource::Command(c)),
+        (None, None) => None,
+    };
+    match (crate::repo::connect(url).map(|(_, c)| c.is_encrypted()), given) {
+        (Ok(false), _) => Ok(None),
+        (Ok(true), None) => Err(Error::Password(
+            "the repository is encrypted and a scheduled run has no terminal to ask on: give schedule \
+             --password-file FILE or --password-command CMD (the entry names it, never the password)"
+                .into(),
+        )),
+        (_, Some(given)) => Ok(Some(given)),
+        (Err(e), None) => {
+            eprintln!(
+                "cairn: warning: cannot tell whether the repository is encrypted ({e}); if it is, give \
+                 schedule --password-file FILE or --password-command CMD"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// A path as UTF-8 text without control characters.

@@ -321,20 +321,224 @@ fn copy_reports_one_clear_error_for_a_bad_source_or_an_unknown_snapshot() {
     assert!(snapshot_ids(&to, &cache).is_empty());
 }
 
-/// Two repositories with their own keys name the same content differently: copy refuses with one line and
-/// writes nothing, and names the way out (`init --from-repo`).
+/// One repository of the tests below: where it is, and the password options its commands need.
+struct Repo {
+    place: Place,
+    password_file: Option<PathBuf>,
+    cache: PathBuf,
+}
+
+impl Repo {
+    fn cairn(&self) -> Command {
+        let mut c = self.place.cairn(&self.cache);
+        if let Some(f) = &self.password_file {
+            c.arg("--password-file").arg(f);
+        }
+        c
+    }
+
+    fn snapshots(&self) -> Vec<Value> {
+        json(&ok(self.cairn().args(["--json", "snapshots"])))
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn backup(&self, src: &Path) -> String {
+        json(&ok(self.cairn().args([
+            "--json",
+            "backup",
+            src.to_str().unwrap(),
+        ])))["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn backup_stream(&self, name: &str, data: &[u8]) -> String {
+        let mut child = self
+            .cairn()
+            .args(["--json", "backup", "--stdin", "--stdin-name", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(data).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        json(&String::from_utf8_lossy(&out.stdout))["snapshot_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `copy --json` from `from` into this repository, with the source's password file if it has one.
+    fn copy_from(&self, from: &Repo) -> Value {
+        let mut c = self.cairn();
+        c.args(["--json", "copy", "--from-repo", &from.place.url()]);
+        if let Some(f) = &from.password_file {
+            c.arg("--from-password-file").arg(f);
+        }
+        json(&ok(&mut c))
+    }
+
+    /// Restores snapshot `id` and compares it with `src`, and the latest stream with `stream`.
+    fn assert_restores(&self, id: &str, src: &Path, stream: &[u8]) {
+        let t = self
+            .cache
+            .parent()
+            .unwrap()
+            .join(format!("restored-{}", &id[..8]));
+        let _ = fs::remove_dir_all(&t);
+        ok(self
+            .cairn()
+            .args(["restore", id, "--target", t.to_str().unwrap()]));
+        assert_same_tree(src, &t.join(src.file_name().unwrap()));
+        let out = self
+            .cairn()
+            .args(["dump", "latest", "shop.dump"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == stream, "stream bytes differ");
+        let (code, out, err) = run(self.cairn().args(["check", "--read-data"]));
+        assert_eq!(code, 0, "{out}{err}");
+    }
+}
+
+/// A tree snapshot, a second one after a change (sharing most content) and a stream snapshot in `from`;
+/// returns the tree's source directory, the stream's bytes and the three snapshot ids, oldest first.
+fn three_snapshots(from: &Repo, dir: &Path) -> (PathBuf, Vec<u8>, Vec<String>) {
+    let src = dir.join("data");
+    build_rich_tree(&src, 30);
+    let first = from.backup(&src);
+    fs::write(src.join("store/new-file"), pseudo_random(300_000, 99)).unwrap();
+    let second = from.backup(&src);
+    let stream = stream_bytes();
+    let third = from.backup_stream("shop.dump", &stream);
+    (src, stream, vec![first, second, third])
+}
+
+/// Copies from `from` into `to` (whose keys differ) and checks the outcome: every snapshot copied under a
+/// new id that records the source id as `original`, the target reads clean, the latest tree and the stream
+/// restore byte for byte from the target, and a second copy adds nothing. Returns the target's ids.
+fn copy_rewrites_and_restores(from: &Repo, to: &Repo, dir: &Path) -> Vec<String> {
+    let (src, stream, ids) = three_snapshots(from, dir);
+    let r = to.copy_from(from);
+    let copied = r["copied"].as_array().unwrap();
+    let got: Vec<&str> = copied.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(got, ids, "{r}");
+    assert!(r["blobs_copied"].as_u64().unwrap() > 20, "{r}");
+    let targets: Vec<String> = copied
+        .iter()
+        .map(|c| c["target_id"].as_str().unwrap().to_string())
+        .collect();
+    for (t, id) in targets.iter().zip(&ids) {
+        assert_ne!(t, id, "a rewritten snapshot gets a new id: {r}");
+    }
+    // The second tree snapshot shares most of its content with the first: little is stored for it.
+    let blobs = |i: usize| copied[i]["blobs_copied"].as_u64().unwrap();
+    assert!(blobs(1) < blobs(0) / 4, "{r}");
+    let mut originals: Vec<String> = to
+        .snapshots()
+        .iter()
+        .map(|s| s["metadata"]["original"].as_str().unwrap().to_string())
+        .collect();
+    originals.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(originals, want);
+    to.assert_restores(&targets[1], &src, &stream);
+
+    // Idempotent: nothing copied, nothing stored.
+    let r = to.copy_from(from);
+    assert_eq!(r["copied"], serde_json::json!([]), "{r}");
+    assert_eq!(r["already_present"].as_array().unwrap().len(), 3, "{r}");
+    assert_eq!(r["bytes_stored"], 0, "{r}");
+    assert_eq!(to.snapshots().len(), 3);
+    targets
+}
+
+/// Two independently initialised encrypted repositories (other master keys, chunker seeds and passwords):
+/// copy re-chunks the content through the target's chunker and keys, and the target restores it byte for
+/// byte. The source's password comes from `--from-password-file`; a wrong one exits 12 and copies nothing.
 #[test]
-fn copy_between_repositories_with_different_keys_is_refused_with_the_way_out() {
+fn copy_between_independently_keyed_repositories_rechunks_and_restores_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let from = Place::local(dir.path(), "from");
-    let to = Place::local(dir.path(), "to");
-    ok(from.cairn(&cache).arg("init"));
-    ok(to.cairn(&cache).arg("init"));
-    backup_stdin(&from, &cache, "s", &stream_bytes());
-    let (code, _, err) = run(to.cairn(&cache).args(["copy", "--from-repo", &from.url()]));
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("init --from-repo"), "{err}");
+    let pw = dir.path().join("source-password");
+    fs::write(&pw, "another password for the source\n").unwrap();
+    let from = Repo {
+        place: Place::local(dir.path(), "from"),
+        password_file: Some(pw),
+        cache: cache.clone(),
+    };
+    let to = Repo {
+        place: Place::local(dir.path(), "to"),
+        password_file: None,
+        cache,
+    };
+    ok(from.cairn().arg("init"));
+    ok(to.cairn().arg("init"));
+
+    let wrong = dir.path().join("wrong");
+    fs::write(&wrong, "not it").unwrap();
+    let mut c = to.cairn();
+    c.args([
+        "copy",
+        "--from-repo",
+        &from.place.url(),
+        "--from-password-file",
+    ])
+    .arg(&wrong);
+    let err = fails(&mut c, 12);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(snapshot_ids(&to, &cache).is_empty());
+    assert!(to.snapshots().is_empty());
+
+    copy_rewrites_and_restores(&from, &to, dir.path());
+}
+
+/// Plaintext → encrypted → a new plaintext repository: each copy rewrites (plain ids against keyed ones),
+/// each target restores the same bytes, and a snapshot that came back keeps its origin, so copying the
+/// first repository into the last adds nothing.
+#[test]
+fn copy_from_plaintext_to_encrypted_and_back_restores_the_same_bytes_and_copies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let repo = |name: &str| Repo {
+        place: Place::local(dir.path(), name),
+        password_file: None,
+        cache: cache.clone(),
+    };
+    let (plain, enc, back) = (repo("plain"), repo("enc"), repo("back"));
+    ok(plain.cairn().args(["init", "--insecure-no-encryption"]));
+    ok(enc.cairn().arg("init"));
+    ok(back.cairn().args(["init", "--insecure-no-encryption"]));
+    copy_rewrites_and_restores(&plain, &enc, dir.path());
+
+    let r = back.copy_from(&enc);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 3, "{r}");
+    // Each snapshot that came back names its first repository's id as its origin.
+    let mut want: Vec<String> = plain
+        .snapshots()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    let mut originals: Vec<String> = back
+        .snapshots()
+        .iter()
+        .map(|s| s["metadata"]["original"].as_str().unwrap().to_string())
+        .collect();
+    originals.sort();
+    assert_eq!(originals, want);
+    let second = back.snapshots()[1]["id"].as_str().unwrap().to_string();
+    back.assert_restores(&second, &dir.path().join("data"), &stream_bytes());
+    let r = back.copy_from(&plain);
+    assert_eq!(r["copied"], serde_json::json!([]), "{r}");
+    assert_eq!(r["already_present"].as_array().unwrap().len(), 3, "{r}");
 }

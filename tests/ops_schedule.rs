@@ -79,8 +79,7 @@ fn nobody_cairn(s: &Setup) -> Command {
 
 /// An instance due every second, in a repository owned by the unprivileged user.
 fn due_instance(s: &Setup) {
-    // Plaintext: these entries run without a password source (the password in scheduler entries is
-    // issue 13's, still open).
+    // Plaintext: these entries run without a password source (encrypted repositories: the tests below).
     ok(nobody_cairn(s).args(["init", "--insecure-no-encryption"]));
     ok(nobody_cairn(s)
         .args([
@@ -353,4 +352,237 @@ fn schedule_entries_carry_the_s3_repository_and_flags_but_no_secret() {
         );
         assert!(err.contains("control character"), "{err}");
     }
+}
+
+/// The password file of an encrypted repository, owned by the unprivileged user (0600), with a name that
+/// needs quoting in both formats; and the repository itself, with a due instance.
+fn encrypted_due_instance(s: &Setup) -> PathBuf {
+    let pw = s.home.join("pass word 'sq' $X %p");
+    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    Command::new("chown")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(&pw)
+        .status()
+        .unwrap();
+    ok(nobody_cairn(s)
+        .env("CAIRN_KDF_MEMORY_KIB", "1024")
+        .env("CAIRN_KDF_ITERATIONS", "1")
+        .arg("--password-file")
+        .arg(&pw)
+        .arg("init"));
+    ok(nobody_cairn(s)
+        .arg("--password-file")
+        .arg(&pw)
+        .args([
+            "instance",
+            "add",
+            "web",
+            "--schedule",
+            "* * * * * *",
+            "--keep-last",
+            "10",
+            "--path",
+        ])
+        .arg(&s.src));
+    pw
+}
+
+/// Runs a crontab entry's command as cron would (the unprivileged user, only HOME and PATH, `sh -c`).
+fn run_cron_entry(s: &Setup, crontab: &str) -> (i32, String, String) {
+    run(as_nobody(&s.home).args(["sh", "-c", &cron_command(crontab)]))
+}
+
+#[test]
+fn schedule_entries_of_an_encrypted_repository_name_the_password_file_or_command_and_run() {
+    let Some(s) = setup() else { return };
+    let pw = encrypted_due_instance(&s);
+    let pw_text = pw.to_str().unwrap();
+
+    // No file or command: refused in one line with exit 12, whatever else holds the password (the entry
+    // must never carry the password itself).
+    for kind in ["crontab", "systemd"] {
+        for env in [None, Some(PASSWORD)] {
+            let mut c = nobody_cairn(&s);
+            if let Some(p) = env {
+                c.env("CAIRN_PASSWORD", p);
+            }
+            let (code, out, err) = run(c.args(["schedule", kind]));
+            assert_eq!(code, 12, "{kind}: {out}{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(err.contains("--password-file"), "{err}");
+            assert!(!out.contains(PASSWORD), "{out}");
+        }
+    }
+    // A file that does not exist is refused too, before anything is printed.
+    let (code, out, err) = run(nobody_cairn(&s)
+        .args(["schedule", "crontab", "--password-file"])
+        .arg(s.home.join("missing")));
+    assert_eq!((code, out.as_str()), (12, ""), "{err}");
+
+    // crontab, with the file given on the command line or by CAIRN_PASSWORD_FILE (this run's source is
+    // the default): the line names the file, not the password, and run as cron runs it, backs up.
+    std::thread::sleep(Duration::from_millis(1100));
+    let crontab = ok(nobody_cairn(&s)
+        .args(["schedule", "crontab", "--password-file"])
+        .arg(&pw));
+    assert!(!crontab.contains(PASSWORD), "{crontab}");
+    // As `sh -c` gets it: shell quotes, each `%` outside them.
+    let quoted = pw_text.replace('\'', r"'\''").replace('%', "'%'");
+    assert!(
+        cron_command(&crontab).contains(&format!("'--password-file' '{quoted}'")),
+        "{crontab}"
+    );
+    assert_eq!(
+        ok(nobody_cairn(&s)
+            .env("CAIRN_PASSWORD_FILE", &pw)
+            .args(["schedule", "crontab"])),
+        crontab
+    );
+    let (code, out, err) = run_cron_entry(&s, &crontab);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(snapshot_count(&s.repo), 1, "the entry did not back up");
+
+    // A password command works the same way.
+    std::thread::sleep(Duration::from_millis(1100));
+    let cmd = format!("cat '{}'", pw_text.replace('\'', r"'\''"));
+    let crontab = ok(nobody_cairn(&s).args(["schedule", "crontab", "--password-command", &cmd]));
+    assert!(crontab.contains("'--password-command'"), "{crontab}");
+    let (code, out, err) = run_cron_entry(&s, &crontab);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(snapshot_count(&s.repo), 2);
+
+    // When the file the entry names is gone, the run fails with exit 12 and one line, and backs up nothing.
+    let crontab_file = ok(nobody_cairn(&s)
+        .args(["schedule", "crontab", "--password-file"])
+        .arg(&pw));
+    let moved = s.home.join("moved");
+    fs::rename(&pw, &moved).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, out, err) = run_cron_entry(&s, &crontab_file);
+    let log = fs::read_to_string(s.home.join(".local/state/cairn/run-due.log")).unwrap_or_default();
+    fs::rename(&moved, &pw).unwrap();
+    assert_eq!(code, 12, "run without its password file: {out}{err}{log}");
+    let said = format!("{err}{log}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("cannot read the password file")),
+        "{said}"
+    );
+    assert_eq!(snapshot_count(&s.repo), 2);
+}
+
+/// Checks a unit with `systemd-analyze verify` (skipped with a note when the tool is missing).
+fn verify_units(doc: &serde_json::Value) {
+    let unit_dir = tempfile::tempdir().unwrap();
+    for f in doc["files"].as_array().unwrap() {
+        let name = Path::new(f["path"].as_str().unwrap()).file_name().unwrap();
+        fs::write(unit_dir.path().join(name), f["content"].as_str().unwrap()).unwrap();
+    }
+    match Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(unit_dir.path().join("cairn-run-due.service"))
+        .output()
+    {
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "systemd-analyze: {err}");
+            assert!(
+                !err.contains("cairn-run-due"),
+                "systemd-analyze complains: {err}"
+            );
+        }
+        Err(e) => eprintln!("systemd-analyze not run ({e}); checking the unit by hand only"),
+    }
+}
+
+#[test]
+fn schedule_systemd_of_an_encrypted_repository_loads_the_password_file_as_a_credential() {
+    let Some(s) = setup() else { return };
+    let pw = encrypted_due_instance(&s);
+    let doc: serde_json::Value = serde_json::from_str(&ok(nobody_cairn(&s)
+        .args(["--json", "schedule", "systemd", "--password-file"])
+        .arg(&pw)))
+    .unwrap();
+    let (_, service) = service_of(&doc);
+    assert!(!service.contains(PASSWORD), "{service}");
+    verify_units(&doc);
+
+    // LoadCredential= takes the rest of the line as the path, with specifiers (`%%`) expanded.
+    let cred = service
+        .lines()
+        .find_map(|l| l.strip_prefix("LoadCredential=cairn-password:"))
+        .unwrap_or_else(|| panic!("no LoadCredential=: {service}"));
+    assert_eq!(cred.replace("%%", "%"), pw.to_str().unwrap());
+    let exec = service
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let words: Vec<String> = exec
+        .split(' ')
+        .map(|w| {
+            w.strip_prefix('"')
+                .and_then(|w| w.strip_suffix('"'))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        words[1..],
+        [
+            "--password-file",
+            "${CREDENTIALS_DIRECTORY}/cairn-password",
+            "run-due"
+        ]
+    );
+
+    // Run as systemd would: the credential copied into a directory of the service's own, the variable set.
+    let creds = s.home.join("creds");
+    fs::create_dir(&creds).unwrap();
+    fs::copy(&pw, creds.join("cairn-password")).unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(&creds)
+        .status()
+        .unwrap();
+    let argv: Vec<String> = words
+        .iter()
+        .map(|w| w.replace("${CREDENTIALS_DIRECTORY}", creds.to_str().unwrap()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(as_nobody(&s.home)
+        .args(&argv)
+        .env("CAIRN_REPO", &s.repo)
+        .env("CREDENTIALS_DIRECTORY", &creds));
+    assert_eq!(snapshot_count(&s.repo), 1);
+
+    // A password command goes into the environment (the command, never its output).
+    let cmd = "cat /etc/cairn/password";
+    let doc: serde_json::Value = serde_json::from_str(&ok(nobody_cairn(&s).args([
+        "--json",
+        "schedule",
+        "systemd",
+        "--user",
+        "--password-command",
+        cmd,
+    ])))
+    .unwrap();
+    let (_, service) = service_of(&doc);
+    assert!(
+        service.contains(&format!("Environment=\"CAIRN_PASSWORD_COMMAND={cmd}\"")),
+        "{service}"
+    );
+    assert!(!service.contains("LoadCredential"), "{service}");
+    verify_units(&doc);
+
+    // A plaintext repository's units name no password source, even when this run has one.
+    let plain = s.home.join("plain");
+    ok(cairn(&plain).args(["init", "--insecure-no-encryption"]));
+    let units = ok(cairn(&plain)
+        .args(["schedule", "systemd", "--password-file"])
+        .arg(&pw));
+    assert!(
+        !units.contains("LoadCredential") && !units.contains("password"),
+        "{units}"
+    );
 }

@@ -4,6 +4,8 @@
 #
 #   benches/e2e/run.sh            # everything: corpus (cached), 3 runs of each measurement, the table
 #   REPS=1 benches/e2e/run.sh     # a quicker, noisier look
+#   benches/e2e/run.sh encryption # first backup + restore of the file store: cairn encrypted, cairn
+#                                 # plaintext (--insecure-no-encryption) and restic, side by side (REPS=1)
 #
 # Data (corpora, repositories, logs, results) lives in $CAIRN_BENCH_DATA (default /work/bench-data), outside
 # any git tree. The corpus is generated once and reused while its generators are unchanged. Runs as root
@@ -22,10 +24,12 @@ SMALL=$CORPUS/small
 REPOS=$DATA/repos
 RESULTS=$DATA/results
 LOGS=$DATA/logs
-CAIRN=$TOP/target/release/cairn
+CAIRN=${CARGO_TARGET_DIR:-$TOP/target}/release/cairn
 TOOLS=(cairn restic borg)
 
 export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$DATA/cache/restic
+# cairn encrypts by default: its password, and the index cache of an encrypted repository, like restic's.
+export CAIRN_PASSWORD=bench XDG_CACHE_HOME=$DATA/cache/xdg
 export BORG_PASSPHRASE='' BORG_BASE_DIR=$DATA/cache/borg BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
 export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 pg() { runuser -u postgres -- "$@"; }
@@ -38,6 +42,9 @@ step() {
   local what=$1 tool=$2 repo=$3 arg=${4:-}
   case "$what/$tool" in
     init/cairn) "$CAIRN" --repo "$repo" --quiet init ;;
+    init/cairnplain) "$CAIRN" --repo "$repo" --quiet init --insecure-no-encryption ;;
+    # cairnplain is cairn on a plaintext repository: every other step is cairn's.
+    */cairnplain) step "$what" cairn "$repo" "${@:4}" ;;
     init/restic) restic -r "$repo" --quiet init ;;
     init/borg) borg init -e none "$repo" ;;
     # A tree: $arg is the path, $5 a unique archive name for borg.
@@ -306,6 +313,68 @@ main() {
   echo "== results ($((SECONDS - started)) s in all)"
   python3 "$HERE/report.py" "$RESULTS" | tee "$RESULTS/table.md"
 }
+
+# `run.sh encryption`: what encryption costs. The first backup of the file store and its restore, by cairn
+# into an encrypted repository (the default), into a plaintext one, and by restic (which encrypts), one
+# after the other in each run; a table of wall time, CPU and peak RSS with the ratios the targets are about.
+encryption_main() {
+  REPS=${REPS_ENCRYPTION:-1}
+  RESULTS=$DATA/results-encryption
+  local tools=(cairn cairnplain restic) run tool repo target
+  setup_tools
+  mkdir -p "$CORPUS" "$RESULTS" "$LOGS"
+  make_files
+  set_day 1
+  rm -rf "$REPOS" "$DATA/cache" "$DATA/restore"
+  : >"$RESULTS/raw.tsv"
+  : >"$RESULTS/bytes.tsv"
+  echo "cairn: $("$CAIRN" --version) ($(git -C "$TOP" rev-parse --short HEAD)); restic $(restic version | cut -d' ' -f2)"
+  echo "file store: $(find "$FS" -type f | wc -l) files, $(du -sb "$FS" | cut -f1) bytes; $(nproc) CPUs"
+  for run in $(seq "$REPS"); do
+    for tool in "${tools[@]}"; do
+      repo=$(fresh_repo "$tool" enc)
+      settle
+      warm "$FS"
+      measure files1 "$tool" "$run" "$SELF" __step tree "$tool" "$repo" "$FS" files-1
+      stored files1 "$tool" "$repo"
+    done
+    for tool in "${tools[@]}"; do
+      target=$DATA/restore/$tool
+      rm -rf "$target"
+      settle
+      measure restore "$tool" "$run" "$SELF" __step restore "$tool" "$REPOS/$tool-enc" "$target"
+      local got=$target/filestore
+      [ "$tool" = restic ] && got=$target$FS
+      diff -rq "$FS" "$got" >/dev/null || { echo "restore by $tool differs from the source" >&2; exit 1; }
+      rm -rf "$target"
+    done
+  done
+  rm -rf "$REPOS" "$DATA/restore"
+  # Medians per scenario and tool; ratios of encrypted cairn to plaintext cairn and to restic.
+  python3 - "$RESULTS/raw.tsv" <<'PY' | tee "$RESULTS/table.md"
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+med = {}
+for scen, tool, _, wall, user, sys_, rss in rows:
+    med.setdefault((scen, tool), []).append((float(wall), float(user) + float(sys_), int(rss) / 1024))
+print("| step | cairn encrypted | cairn plaintext | restic | encrypted / plaintext | restic / encrypted |")
+print("|---|---|---|---|---|---|")
+for scen in ("files1", "restore"):
+    cell, walls = [], {}
+    for tool in ("cairn", "cairnplain", "restic"):
+        v = med[(scen, tool)]
+        w, c, m = (statistics.median(x[i] for x in v) for i in range(3))
+        walls[tool] = w
+        cell.append(f"{w:.2f} s ({c:.2f} s CPU, {m:.0f} MB)")
+    print(f"| {scen} | " + " | ".join(cell)
+          + f" | {walls['cairn'] / walls['cairnplain']:.2f}x | {walls['restic'] / walls['cairn']:.2f}x |")
+PY
+}
+
+if [ "${1:-}" = encryption ]; then
+  encryption_main
+  exit 0
+fi
 
 # `run.sh __corpus`: only the corpus (for benches/e2e/s3.sh, which shares it).
 if [ "${1:-}" = __corpus ]; then

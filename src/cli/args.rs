@@ -713,6 +713,12 @@ pub struct CopyArgs {
     /// to both repositories).
     #[arg(long, value_name = "REPO", env = "CAIRN_FROM_REPO")]
     pub from_repo: PathBuf,
+    /// Read the source repository's password from the first line of FILE (default: the target's source).
+    #[arg(long, value_name = "FILE", env = "CAIRN_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run CMD with `sh -c` for the source repository's password (default: the target's source).
+    #[arg(long, value_name = "CMD", env = "CAIRN_FROM_PASSWORD_COMMAND")]
+    pub from_password_command: Option<String>,
     /// Copy the instance configurations too.
     #[arg(long)]
     pub instances: bool,

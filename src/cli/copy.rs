@@ -1,6 +1,7 @@
 //! `cairn copy`: the command line of [`cairn::copy`].
 
 use cairn::copy::{self, CopyOptions, CopyReport};
+use cairn::crypto::password;
 use cairn::{Repository, Result};
 
 use super::args::CopyArgs;
@@ -10,7 +11,13 @@ use super::EXIT_OK;
 /// Opens both repositories (the source as named by `--from-repo`, the target as `--repo`), copies, reports.
 pub fn copy_cmd(ctx: &Ctx, a: CopyArgs) -> Result<i32> {
     cairn::interrupt::install()?;
-    let src = Repository::open(ctx.other_repo_url(&a.from_repo)?)?;
+    let from = ctx.other_repo_url(&a.from_repo)?;
+    let src = match (a.from_password_file, a.from_password_command) {
+        (None, None) => Repository::open(from)?,
+        (file, command) => password::with_sources(password::Sources { file, command }, || {
+            Repository::open(from)
+        })?,
+    };
     let dst = ctx.open()?;
     let report = copy::copy(
         &src,
@@ -30,9 +37,15 @@ pub fn copy_cmd(ctx: &Ctx, a: CopyArgs) -> Result<i32> {
 
 fn print_report(r: &CopyReport, from: &str, to: &str) {
     for s in &r.copied {
+        // A snapshot rewritten for other keys has another id in the target.
+        let renamed = if s.target_id == s.id {
+            String::new()
+        } else {
+            format!(" as {}", s.target_id.get(..8).unwrap_or_default())
+        };
         println!(
-            "copied snapshot {} ({}{}): {} blobs copied, {} already there",
-            &s.id[..8],
+            "copied snapshot {}{renamed} ({}{}): {} blobs copied, {} already there",
+            s.id.get(..8).unwrap_or_default(),
             s.time,
             s.instance
                 .as_deref()

@@ -623,7 +623,9 @@ pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
     let (repo, _) = ctx.repo_url()?;
     let exe = std::env::current_exe()
         .map_err(|e| Error::Invalid(format!("cannot tell where the cairn binary is: {e}")))?;
-    let spec = EntrySpec::new(exe, repo)?;
+    let mut spec = EntrySpec::new(exe, repo)?;
+    spec.password =
+        entries::password_source(&spec.repo, cairn::crypto::password::configured_sources())?;
     let doc = match kind {
         ScheduleKind::Crontab { log_file } => {
             let log = match log_file {

@@ -31,6 +31,18 @@ pub fn set_sources(s: Sources) {
     *CACHED.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
+/// Runs `f` (which opens another repository, e.g. the source of `cairn copy`) with the password taken from
+/// `s` instead, then restores this process's sources and the password it read.
+pub fn with_sources<T>(s: Sources, f: impl FnOnce() -> T) -> T {
+    let saved_sources = SOURCES.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let saved_password = CACHED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    set_sources(s);
+    let out = f();
+    *SOURCES.lock().unwrap_or_else(|p| p.into_inner()) = saved_sources;
+    *CACHED.lock().unwrap_or_else(|p| p.into_inner()) = saved_password;
+    out
+}
+
 /// The file or command this process takes its password from, if any (what a command line that another
 /// program runs later, such as PostgreSQL's archive_command, must name too).
 pub fn configured_sources() -> Sources {
