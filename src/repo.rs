@@ -118,13 +118,6 @@ pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
     if let (Some(root), false) = (local, config.is_encrypted()) {
         return Ok(root.join(INDEX_FILE));
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or_else(|| {
-            Error::Invalid("no cache directory for the index: set XDG_CACHE_HOME or HOME".into())
-        })?;
     if !config
         .repository_id
         .bytes()
@@ -143,9 +136,60 @@ pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
         }
         None => config.repository_id.clone(),
     };
-    let dir = cache.join("cairn").join(name);
-    fsutil::ensure_dir(&dir)?;
-    Ok(dir.join(INDEX_FILE))
+    Ok(cache_dir(&Path::new("cairn").join(name))?.join(INDEX_FILE))
+}
+
+/// `sub` under the user's cache directory, created: `$XDG_CACHE_HOME`, else `$HOME/.cache`, else (unset,
+/// or a directory this process may not write) `.cache` in the effective user's home directory from the
+/// password database.
+///
+/// The fallback is for programs run by a server in an environment that is not its OS user's: a PostgreSQL
+/// started by root with root's environment runs `archive_command` as postgres with `HOME=/root`, and
+/// `wal-push` must still find a cache of its own.
+pub fn cache_dir(sub: &Path) -> Result<PathBuf> {
+    let from_env = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        });
+    let own_home = || {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.dir.join(".cache"))
+    };
+    let first_err = match from_env {
+        Some(root) => match writable_dir(&root.join(sub)) {
+            Ok(dir) => return Ok(dir),
+            Err(e) if is_permission_denied(&e) => e,
+            Err(e) => return Err(e),
+        },
+        None => {
+            Error::Invalid("no cache directory for the index: set XDG_CACHE_HOME or HOME".into())
+        }
+    };
+    match own_home().map(|root| writable_dir(&root.join(sub))) {
+        Some(Ok(dir)) => Ok(dir),
+        _ => Err(first_err),
+    }
+}
+
+/// `dir`, created, if this process may write in it (one left by another user may exist and be closed).
+fn writable_dir(dir: &Path) -> Result<PathBuf> {
+    fsutil::ensure_dir(dir)?;
+    nix::unistd::access(
+        dir,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| Error::io(dir, std::io::Error::from(e)))?;
+    Ok(dir.to_path_buf())
+}
+
+fn is_permission_denied(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 impl Repository {
