@@ -533,3 +533,296 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
         ok(cairn(&repo).arg("prune"));
     }
 }
+
+/// `cairn` as root with the password in a file (as the restore_command the server runs will name it).
+fn cairn_root(repo: &Path) -> Command {
+    let mut c = cairn(repo);
+    c.env_remove("CAIRN_PASSWORD")
+        .env("CAIRN_PASSWORD_FILE", pg_password_file())
+        .env("TZ", "UTC");
+    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// `instance base-backup db --json`: the facts recorded, and the snapshot's summary.
+fn base_backup(repo: &Path) -> Value {
+    let out = ok(cairn_pg(repo).args(["--json", "instance", "base-backup", "db"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let bb = &v["basebackup"];
+    assert_eq!(bb["stream"], "base.tar", "{v}");
+    assert_eq!(bb["timeline"], 1, "{v}");
+    for k in ["start_lsn", "stop_lsn", "start_wal_file", "stop_wal_file"] {
+        assert!(bb[k].as_str().is_some_and(|s| !s.is_empty()), "{k}: {v}");
+    }
+    v
+}
+
+/// A data directory restored (and started) by `instance restore --pg-datadir --start`; stopped when dropped.
+struct Restored {
+    data: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+}
+
+impl Restored {
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+            ])
+            .args([
+                "-h",
+                &self.socket_dir.display().to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The batches the restored table holds, each with its row count.
+    fn batches(&self) -> Vec<(i32, i64)> {
+        self.sql("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch")
+            .lines()
+            .map(|l| {
+                let (b, n) = l.split_once('|').unwrap();
+                (b.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = as_postgres(pg_bin("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Restores instance `db` at `at` into a new data directory under the cluster's directory and starts it
+/// on a new port (cairn runs as root: it gives the directory to postgres and starts the server as postgres).
+fn restore_at(cluster: &Cluster, repo: &Path, at: &str, label: &str) -> Restored {
+    let data = cluster.root().join(format!("restored-{label}"));
+    let port = free_port();
+    let out = ok(cairn_root(repo)
+        .args([
+            "--json",
+            "instance",
+            "restore",
+            "db",
+            "--at",
+            at,
+            "--pg-datadir",
+        ])
+        .arg(&data)
+        .args(["--start", "--port", &port.to_string()]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["started"], true, "{v}");
+    Restored {
+        data,
+        socket_dir: cluster.root().to_path_buf(),
+        port,
+    }
+}
+
+/// The server's clock now, to the second, in UTC ("YYYY-MM-DD HH:MM:SS"): cairn reads --at in its local
+/// time zone, which the restore commands set to UTC.
+fn server_second(cluster: &Cluster) -> String {
+    cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+}
+
+/// Inserts batch `k` (its own transaction), archives it, and returns a time strictly between its commit
+/// and the next batch's (a pause on either side of a whole second).
+fn insert_batch(cluster: &Cluster, k: i32) -> String {
+    cluster.sql(&format!(
+        "INSERT INTO t (batch, id, pad) SELECT {k}, g, repeat(md5(g::text), 4) FROM generate_series(1, 2000) g"
+    ));
+    cluster.switch_and_wait();
+    std::thread::sleep(Duration::from_millis(1200));
+    let between = server_second(cluster);
+    std::thread::sleep(Duration::from_millis(1200));
+    between
+}
+
+fn expect(batches: std::ops::RangeInclusive<i32>) -> Vec<(i32, i64)> {
+    batches.map(|b| (b, 2000)).collect()
+}
+
+#[test]
+fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_latest_finds_all() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    let first = base_backup(&repo);
+    let mut between = vec![String::new()]; // between[k]: after batch k, before batch k+1
+    for k in 1..=3 {
+        between.push(insert_batch(&cluster, k));
+    }
+    {
+        let r = restore_at(&cluster, &repo, &between[2], "k2");
+        assert_eq!(r.batches(), expect(1..=2), "restored to {}", between[2]);
+        // Promoted: it takes writes.
+        r.sql("INSERT INTO t (batch, id) VALUES (99, 1)");
+    }
+    {
+        let r = restore_at(&cluster, &repo, "latest", "latest1");
+        assert_eq!(r.batches(), expect(1..=3));
+    }
+    // A second base backup of a mostly unchanged cluster stores little.
+    let second = base_backup(&repo);
+    let (read1, added1) = (
+        first["summary"]["bytes_read"].as_u64().unwrap(),
+        first["summary"]["bytes_added"].as_u64().unwrap(),
+    );
+    let (read2, added2) = (
+        second["summary"]["bytes_read"].as_u64().unwrap(),
+        second["summary"]["bytes_added"].as_u64().unwrap(),
+    );
+    eprintln!("base backup 1: read {read1} B, added {added1} B; base backup 2: read {read2} B, added {added2} B");
+    assert!(
+        added2 * 4 < added1,
+        "the second base backup added {added2} B, the first {added1} B"
+    );
+    for k in 4..=5 {
+        between.push(insert_batch(&cluster, k));
+    }
+    // Prune keeps the WAL both base backups need (and drops what is older than the oldest).
+    let before_prune = listed_files(&wal_list(&repo, "db"));
+    ok(cairn_pg(&repo).arg("prune"));
+    let after_prune = listed_files(&wal_list(&repo, "db"));
+    let start1 = first["basebackup"]["start_wal_file"].as_str().unwrap();
+    assert!(
+        after_prune
+            .iter()
+            .all(|f| f.as_str() >= start1 || f.ends_with(".history")),
+        "WAL older than the oldest base backup ({start1}) is pruned: {after_prune:?}"
+    );
+    assert!(
+        before_prune.iter().any(|f| f.as_str() < start1),
+        "there was older WAL to prune: {before_prune:?}"
+    );
+    ok(cairn_pg(&repo).arg("check"));
+    // stats shows the recovery window: from the first base backup to the newest segment.
+    let stats: Value = serde_json::from_str(&ok(cairn_pg(&repo).args([
+        "--json",
+        "stats",
+        "--instance",
+        "db",
+    ])))
+    .unwrap();
+    let w = &stats["instances"][0]["recovery_window"];
+    assert_eq!(w["base_backups"], 2, "{stats}");
+    assert_eq!(
+        w["from"].as_str().map(|s| s[..19].to_string()),
+        first["basebackup"]["stop_time"]
+            .as_str()
+            .map(|s| s[..19].to_string()),
+        "{stats}"
+    );
+    assert_eq!(
+        w["newest_segment"],
+        *after_prune.iter().filter(|f| f.len() == 24).max().unwrap(),
+        "{stats}"
+    );
+    {
+        // After the second base backup: served by it.
+        let r = restore_at(&cluster, &repo, &between[4], "k4");
+        assert_eq!(r.batches(), expect(1..=4));
+    }
+    {
+        // Before the second base backup: served by the first, through the WAL prune kept.
+        let r = restore_at(&cluster, &repo, &between[1], "k1");
+        assert_eq!(r.batches(), expect(1..=1));
+    }
+    {
+        let r = restore_at(&cluster, &repo, "latest", "latest2");
+        assert_eq!(r.batches(), expect(1..=5));
+    }
+}
+
+#[test]
+fn a_missing_wal_segment_makes_check_fail_naming_it_and_a_restore_past_it_stops_with_a_clear_error()
+{
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    base_backup(&repo);
+    let mut between = vec![String::new()];
+    for k in 1..=4 {
+        between.push(insert_batch(&cluster, k));
+    }
+    ok(cairn_pg(&repo).arg("check"));
+    // The segment holding batch 3 goes missing (each batch has its own segment).
+    let files = listed_files(&wal_list(&repo, "db"));
+    let segs: Vec<&String> = files.iter().filter(|f| f.len() == 24).collect();
+    let victim = segs[segs.len() - 2].clone();
+    fs::remove_file(repo.join("wal").join(format!("db.{victim}"))).unwrap();
+    let (code, out, _) = run(cairn_pg(&repo).arg("check"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&victim) && out.contains("missing"),
+        "check names the missing segment: {out}"
+    );
+    // Recovery to a time after batch 3 must read past it (to batch 4's commit): refused, naming it.
+    for at in ["latest", between[3].as_str()] {
+        let data = cluster.root().join("never");
+        let err = fails(
+            cairn_root(&repo)
+                .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
+                .arg(&data)
+                .arg("--start"),
+            1,
+        );
+        assert!(err.contains(&victim) && err.contains("missing"), "{err}");
+        assert!(!data.exists(), "nothing was written for a refused restore");
+    }
+    // A time before the gap still restores.
+    let r = restore_at(&cluster, &repo, &between[1], "before-gap");
+    assert_eq!(r.batches(), expect(1..=1));
+}
+
+#[test]
+fn a_command_run_with_another_users_home_keeps_its_cache_in_its_own_home() {
+    // A PostgreSQL started by root keeps root's environment: archive_command runs as postgres with
+    // HOME=/root, where postgres may not write. wal-push must still work (its cache goes to postgres's own
+    // home from the password database).
+    let (_cluster, repo) = archiving_cluster();
+    let seg = repo.with_file_name("000000010000000000000042");
+    fs::write(&seg, pseudo_random(1 << 20, 42)).unwrap();
+    chown_postgres(&seg);
+    let out = ok(cairn_pg(&repo)
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", "/root")
+        .args(["wal-push", "--instance", "db"])
+        .arg(&seg));
+    assert!(out.contains("archived"), "{out}");
+    let files = listed_files(&wal_list(&repo, "db"));
+    assert!(
+        files.contains(&"000000010000000000000042".to_string()),
+        "{files:?}"
+    );
+}

@@ -852,6 +852,13 @@ fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
                 r.snapshots_adopted
             );
         }
+        if r.wal_files_removed > 0 {
+            println!(
+                "{} {} archived WAL files older than every kept base backup",
+                if dry_run { "would remove" } else { "removed" },
+                r.wal_files_removed
+            );
+        }
         println!(
             "{}{} packs deleted, {} repacked ({} copied), {} stray packs removed: {} freed, {} -> {}",
             if dry_run { "dry run: " } else { "" },

@@ -111,6 +111,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             archive_timeout,
         } => return super::wal::wal_setup(ctx, &repo, &name, apply, archive_timeout),
         InstanceAction::List => return list(ctx, &repo),
+        InstanceAction::BaseBackup { name } => return super::wal::base_backup(ctx, &repo, &name),
         InstanceAction::Show { name } => {
             let cfg = instance::load(&repo, &name)?;
             if ctx.json {
@@ -158,7 +159,27 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             replace,
             owner_acl,
             pg_conn,
+            pg_datadir,
+            start,
+            port,
+            pg_bin,
+            os_user,
+            recovery_timeout,
         } => {
+            if let Some(datadir) = pg_datadir {
+                let req = super::wal::PitrArgs {
+                    at: at.unwrap_or_default(),
+                    datadir,
+                    files_to: target,
+                    overwrite,
+                    start,
+                    port,
+                    pg_bin,
+                    os_user,
+                    timeout: std::time::Duration::from_secs(recovery_timeout),
+                };
+                return super::wal::restore_pitr(ctx, &repo, &name, req);
+            }
             let to = RestoreTo {
                 target,
                 pg_target,
@@ -466,6 +487,9 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
         row["last_duration_seconds"] = json!(m.last_duration_seconds);
         row["last_bytes_added"] = json!(m.last_bytes_added);
         row["failures"] = json!(m.failures);
+        if let Some(w) = cairn::pitr::recovery_window(&repo, &st.name)? {
+            row["recovery_window"] = json!(w);
+        }
         rows.push(row);
         metrics.push(m);
     }
@@ -495,6 +519,15 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
             human_bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
             r["dedup_ratio"].as_f64().unwrap_or(0.0)
         );
+        if let Some(w) = r.get("recovery_window") {
+            println!(
+                "{:<20} recovery window {} to {} ({} base backups)",
+                "",
+                w["from"].as_str().unwrap_or("?"),
+                w["to"].as_str().unwrap_or("?"),
+                w["base_backups"]
+            );
+        }
     }
     let u = &totals.usage;
     println!(
