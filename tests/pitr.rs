@@ -826,3 +826,66 @@ fn a_command_run_with_another_users_home_keeps_its_cache_in_its_own_home() {
         "{files:?}"
     );
 }
+
+/// `health --json` and its exit code, with the instance's `wal` report.
+fn health(repo: &Path, wal_grace: &str) -> (i32, Value, String) {
+    let (code, out, err) =
+        run(cairn_pg(repo).args(["--json", "health", "--wal-grace-seconds", wal_grace]));
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    let db = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "db")
+        .cloned()
+        .unwrap();
+    (code, db, err)
+}
+
+#[test]
+fn health_reports_a_failing_archive_command_and_archiving_that_fell_behind() {
+    let (cluster, repo) = archiving_cluster();
+    let good = cluster.sql("SHOW archive_command");
+    cluster.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    cluster.switch_and_wait();
+    let (_, db, _) = health(&repo, "300");
+    assert_eq!(db["wal"]["status"], "ok", "{db}");
+    assert!(db["wal"]["newest_segment"].as_str().is_some(), "{db}");
+    // archive_command fails: health fails naming it.
+    cluster.sql("ALTER SYSTEM SET archive_command = 'false'");
+    cluster.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.sql("INSERT INTO t SELECT 1; SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "the archiver never failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, db, err) = health(&repo, "300");
+    assert_eq!(code, 1, "{db}");
+    assert_eq!(db["status"], "wal-failing", "{db}");
+    assert!(err.contains("archive_command is failing"), "{err}");
+    // An archive_command that hangs fails nothing, but the finished segments wait: behind.
+    cluster.sql("ALTER SYSTEM SET archive_command = 'sleep 8'");
+    cluster.sql("ALTER SYSTEM SET archive_timeout = '1s'");
+    cluster.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(3));
+    // The failed segment is retried with the slow command: later segments wait behind it.
+    cluster.sql("SELECT pg_stat_reset_shared('archiver')");
+    cluster.sql("INSERT INTO t SELECT 2; SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, db, err) = health(&repo, "0");
+    assert_eq!(code, 1, "{db}");
+    assert_eq!(db["status"], "wal-behind", "{db}\n{err}");
+    // Archiving again: healthy.
+    cluster.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        good.replace('\'', "''")
+    ));
+    cluster.sql("ALTER SYSTEM RESET archive_timeout");
+    cluster.sql("SELECT pg_reload_conf()");
+    // Once the slow command returned, the archiver archives what waits with the good one.
+    cluster.switch_and_wait();
+    let (_, db, _) = health(&repo, "0");
+    assert_eq!(db["wal"]["status"], "ok", "{db}");
+}

@@ -165,6 +165,9 @@ pub enum Command {
         /// Minutes past a missed slot before an instance counts as overdue.
         #[arg(long, default_value_t = 60)]
         grace_minutes: i64,
+        /// Seconds past archive_timeout a finished WAL segment may wait for archiving (instances with --wal).
+        #[arg(long, default_value_t = 300)]
+        wal_grace_seconds: i64,
     },
     /// Print ready-to-install scheduler entries that run `cairn run-due`.
     Schedule {

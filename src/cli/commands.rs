@@ -218,7 +218,10 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             instance: i,
             prometheus,
         } => instance::stats(ctx, i.as_deref(), prometheus),
-        Command::Health { grace_minutes } => instance::health(ctx, grace_minutes),
+        Command::Health {
+            grace_minutes,
+            wal_grace_seconds,
+        } => instance::health(ctx, grace_minutes, wal_grace_seconds),
         Command::Schedule { kind } => instance::schedule_cmd(ctx, kind),
         Command::ImportArchive {
             instance: i,

@@ -575,11 +575,12 @@ fn instance_metrics(
 
 /// `health`: exit 1 when an enabled instance failed its last run or is overdue, 3 when none did but the
 /// last backup of one was partial (a warning: its snapshot lacks files), 0 otherwise.
-pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
+pub fn health(ctx: &Ctx, grace_minutes: i64, wal_grace_seconds: i64) -> Result<i32> {
     let repo = ctx.open()?;
     let now = Utc::now();
     let grace = Duration::minutes(grace_minutes);
     let states = runner::schedule_states(&repo)?;
+    let wal_checks = super::wal::archiving_health(&repo, Duration::seconds(wal_grace_seconds))?;
     let runs = instance::runs(&repo, None)?;
     let last_backup_partial = |name: &str| {
         runs.iter()
@@ -596,14 +597,21 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
                 "failed"
             } else if s.is_overdue(now, grace) {
                 "overdue"
+            } else if let Some(w) = wal_checks.get(&s.name).filter(|w| w.status != "ok") {
+                w.status
             } else if last_backup_partial(&s.name) {
                 "partial"
             } else {
                 "ok"
             };
+            let wal = wal_checks.get(&s.name);
+            if let Some(problem) = wal.and_then(|w| w.problem.as_deref()) {
+                eprintln!("cairn: warning: instance {}: {problem}", s.name);
+            }
             json!({
                 "instance": s.name,
                 "status": status,
+                "wal": wal,
                 "last_snapshot": s.last_snapshot.map(human_time),
                 "next_due": s.next_due().map(human_time),
                 "future_snapshots": s.future_snapshots,
@@ -624,7 +632,10 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             .filter(|r| what.iter().any(|w| r["status"] == *w))
             .count()
     };
-    let (bad, warnings) = (count(&["failed", "overdue"]), count(&["partial"]));
+    let (bad, warnings) = (
+        count(&["failed", "overdue", "wal-failing", "wal-behind"]),
+        count(&["partial", "wal-unknown"]),
+    );
     if ctx.json {
         ctx.print_json(&json!({"healthy": bad == 0, "warnings": warnings, "instances": report}))?;
     } else if !ctx.quiet {
@@ -639,7 +650,7 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             "{}",
             match (bad, warnings) {
                 (0, 0) => "healthy".to_string(),
-                (0, w) => format!("healthy, with {w} warning(s): last backup partial"),
+                (0, w) => format!("healthy, with {w} warning(s): last backup partial, or WAL archiving not checked"),
                 _ => "UNHEALTHY".to_string(),
             }
         );

@@ -12,7 +12,7 @@ use serde_json::json;
 use cairn::instance::{self, InstanceConfig};
 use cairn::pitr::Target;
 use cairn::pitr_restore::PitrRequest;
-use cairn::postgres::basebackup::BaseBackupFacts;
+use cairn::postgres::basebackup::{ArchivingProblem, BaseBackupFacts};
 use cairn::wal::{self, PushOutcome};
 use cairn::{Error, Repository, Result};
 
@@ -343,4 +343,60 @@ pub fn restore_pitr(ctx: &Ctx, repo: &Repository, name: &str, a: PitrArgs) -> Re
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `health`'s view of one instance's WAL archiving.
+#[derive(Debug, serde::Serialize)]
+pub struct WalHealth {
+    /// ok, wal-failing, wal-behind, or wal-unknown (the server could not be asked).
+    pub status: &'static str,
+    pub problem: Option<String>,
+    /// The newest segment in the repository and when it was archived.
+    pub newest_segment: Option<String>,
+    pub newest_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Asks the server of every instance with `--wal` and a database how its archiver does (see
+/// [`cairn::postgres::basebackup::archiving_problem`]).
+pub fn archiving_health(
+    repo: &Repository,
+    grace: chrono::Duration,
+) -> Result<std::collections::BTreeMap<String, WalHealth>> {
+    let mut out = std::collections::BTreeMap::new();
+    for cfg in instance::list(repo)?
+        .into_iter()
+        .filter(|c| c.wal && !c.paused)
+    {
+        let Some(db) = cfg.pg.as_deref() else {
+            continue;
+        };
+        let newest = wal::list(repo, Some(&cfg.name))?
+            .into_iter()
+            .max_by_key(|o| o.time);
+        let asked = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref())
+            .and_then(|conn| cairn::postgres::basebackup::archiver_status(&conn, db));
+        let (status, problem) = match asked {
+            Ok(st) => match cairn::postgres::basebackup::archiving_problem(&st, grace) {
+                None => ("ok", None),
+                Some((ArchivingProblem::Failing, p)) => ("wal-failing", Some(p)),
+                Some((ArchivingProblem::Behind, p)) => ("wal-behind", Some(p)),
+            },
+            Err(e) => (
+                "wal-unknown",
+                Some(format!(
+                    "cannot ask the server how its WAL archiving does: {e}"
+                )),
+            ),
+        };
+        out.insert(
+            cfg.name.clone(),
+            WalHealth {
+                status,
+                problem,
+                newest_segment: newest.as_ref().map(|o| o.file.clone()),
+                newest_archived_at: newest.map(|o| o.time),
+            },
+        );
+    }
+    Ok(out)
 }

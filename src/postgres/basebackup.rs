@@ -288,6 +288,96 @@ pub fn source(conn: &PgConn, db: &str) -> Result<(StreamSource, MetadataHook)> {
     ))
 }
 
+/// The server's archiver as `health` sees it: `pg_stat_archiver`, and the finished segments still waiting
+/// to be archived (`.ready` files in `pg_wal/archive_status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchiverStatus {
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<DateTime<Utc>>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<DateTime<Utc>>,
+    pub failed_count: i64,
+    /// Finished segments not archived yet, and since when the oldest waits.
+    pub waiting_segments: i64,
+    pub oldest_waiting_since: Option<DateTime<Utc>>,
+    pub archive_timeout_s: f64,
+    pub now: DateTime<Utc>,
+}
+
+/// Reads the archiver's state (`pg_ls_archive_statusdir` needs a superuser or `pg_monitor`).
+pub fn archiver_status(conn: &PgConn, db: &str) -> Result<ArchiverStatus> {
+    let s = Session::open(conn, db)?;
+    let row = s.query_one(
+        "SELECT a.last_archived_wal, extract(epoch FROM a.last_archived_time)::float8,
+                a.last_failed_wal, extract(epoch FROM a.last_failed_time)::float8, a.failed_count,
+                w.n, extract(epoch FROM w.oldest)::float8,
+                extract(epoch FROM current_setting('archive_timeout')::interval)::float8,
+                extract(epoch FROM now())::float8
+         FROM pg_stat_archiver a,
+              (SELECT count(*) AS n, min(modification) AS oldest FROM pg_ls_archive_statusdir()
+               WHERE name LIKE '%.ready') w",
+        &[],
+    )?;
+    let time = |i: usize| -> Result<Option<DateTime<Utc>>> {
+        let secs: Option<f64> = col(&row, i)?;
+        Ok(secs.and_then(|s| DateTime::from_timestamp_millis((s * 1000.0) as i64)))
+    };
+    Ok(ArchiverStatus {
+        last_archived_wal: col(&row, 0)?,
+        last_archived_time: time(1)?,
+        last_failed_wal: col(&row, 2)?,
+        last_failed_time: time(3)?,
+        failed_count: col(&row, 4)?,
+        waiting_segments: col(&row, 5)?,
+        oldest_waiting_since: time(6)?,
+        archive_timeout_s: col(&row, 7)?,
+        now: time(8)?.unwrap_or_else(Utc::now),
+    })
+}
+
+/// What [`archiving_problem`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchivingProblem {
+    Failing,
+    Behind,
+}
+
+/// What is wrong with archiving, if anything: archive_command failing (its last failure is newer than its
+/// last success), or archiving stalled (a finished segment has waited longer than `archive_timeout` plus
+/// `grace`). An idle server archives nothing and is not stalled.
+pub fn archiving_problem(
+    st: &ArchiverStatus,
+    grace: chrono::Duration,
+) -> Option<(ArchivingProblem, String)> {
+    if let Some(failed) = st.last_failed_time {
+        if st.last_archived_time.is_none_or(|ok| failed > ok) {
+            return Some((ArchivingProblem::Failing, format!(
+                "archive_command is failing: {} failed at {} ({} failures since the statistics were reset); \
+                 the server's log has the command's error",
+                st.last_failed_wal.as_deref().unwrap_or("?"),
+                failed.format("%Y-%m-%d %H:%M:%S UTC"),
+                st.failed_count
+            )));
+        }
+    }
+    let limit = chrono::Duration::milliseconds((st.archive_timeout_s * 1000.0) as i64) + grace;
+    match st.oldest_waiting_since {
+        Some(since) if st.waiting_segments > 0 && st.now - since > limit => Some((ArchivingProblem::Behind, format!(
+            "WAL archiving is behind: {} finished segments wait, the oldest since {} (archive_timeout {} s + \
+             grace {} s); last archived {} at {}",
+            st.waiting_segments,
+            since.format("%Y-%m-%d %H:%M:%S UTC"),
+            st.archive_timeout_s,
+            grace.num_seconds(),
+            st.last_archived_wal.as_deref().unwrap_or("nothing"),
+            st.last_archived_time
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_else(|| "-".into())
+        ))),
+        _ => None,
+    }
+}
+
 /// How much of `backup_label` is kept (it is a few hundred bytes) and of the end of `backup_manifest`
 /// (its WAL ranges and checksum are its last lines).
 const LABEL_LIMIT: usize = 64 * 1024;
@@ -492,6 +582,49 @@ fn last_wal_range(tail: &[u8]) -> Option<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archiving_is_failing_or_behind_only_when_the_archiver_says_so() {
+        let t = |s: i64| DateTime::from_timestamp(s, 0);
+        let base = ArchiverStatus {
+            last_archived_wal: Some("000000010000000000000005".into()),
+            last_archived_time: t(1000),
+            last_failed_wal: None,
+            last_failed_time: None,
+            failed_count: 0,
+            waiting_segments: 0,
+            oldest_waiting_since: None,
+            archive_timeout_s: 60.0,
+            now: t(100_000).unwrap(),
+        };
+        let grace = chrono::Duration::seconds(300);
+        // Idle for a day: nothing waits, nothing wrong.
+        assert_eq!(archiving_problem(&base, grace), None);
+        // An old failure followed by successes is healed.
+        let healed = ArchiverStatus {
+            last_failed_time: t(900),
+            failed_count: 3,
+            ..base.clone()
+        };
+        assert_eq!(archiving_problem(&healed, grace), None);
+        let failing = ArchiverStatus {
+            last_failed_time: t(1100),
+            last_failed_wal: Some("000000010000000000000006".into()),
+            ..healed
+        };
+        assert!(archiving_problem(&failing, grace).is_some_and(|(k, p)| k
+            == ArchivingProblem::Failing
+            && p.contains("000000010000000000000006")));
+        // A segment waiting within archive_timeout + grace is fine; beyond it, behind.
+        let waiting = |since: i64| ArchiverStatus {
+            waiting_segments: 1,
+            oldest_waiting_since: t(since),
+            ..base.clone()
+        };
+        assert_eq!(archiving_problem(&waiting(100_000 - 300), grace), None);
+        assert!(archiving_problem(&waiting(100_000 - 400), grace)
+            .is_some_and(|(k, _)| k == ArchivingProblem::Behind));
+    }
 
     #[test]
     fn segment_names_follow_postgres() {
