@@ -56,6 +56,10 @@ pub struct PitrOutcome {
     pub port: Option<u16>,
     /// Where the server logs its recovery (with `start`).
     pub log: Option<PathBuf>,
+    /// Set when the archive holds no transaction that committed after the target: recovery replayed the
+    /// archive to its end (this LSN) and promoted there, which is the cluster as it was at the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_to_end: Option<String>,
 }
 
 /// Restores instance `name`'s cluster as `req` asks (see the module docs).
@@ -81,11 +85,20 @@ pub fn restore(repo: &Repository, name: &str, req: &PitrRequest) -> Result<PitrO
         started: false,
         port: req.port,
         log: None,
+        replayed_to_end: None,
     };
     if req.start {
         let bin = bin_dir(req.pg_bin.as_deref(), &bb.facts, &req.datadir);
         let log = req.datadir.join("cairn-recovery.log");
-        start_and_promote(&bin, &req.datadir, &log, owner.as_ref(), req.timeout)?;
+        match start_and_promote(&bin, &req.datadir, &log, owner.as_ref(), req.timeout) {
+            Err(e) if req.target != Target::Latest && ended_before_target(&log).is_some() => {
+                let end = ended_before_target(&log).unwrap_or_default();
+                stop_at_the_archives_end(&req.datadir, &end).map_err(|_| e)?;
+                start_and_promote(&bin, &req.datadir, &log, owner.as_ref(), req.timeout)?;
+                out.replayed_to_end = Some(end);
+            }
+            r => r?,
+        }
         out.started = true;
         out.log = Some(log);
     }
@@ -404,6 +417,39 @@ fn start_and_promote(
         std::thread::sleep(Duration::from_millis(200));
     }
     check_accepting(bin, dir, owner)
+}
+
+/// The LSN of the last record replayed, if the server stopped because its WAL (the whole archive) ended
+/// before a transaction committed after `recovery_target_time`: PostgreSQL learns that it reached a target
+/// time only from a later commit, so a target after the archive's last commit ends recovery with a FATAL
+/// error although every transaction it must keep was replayed.
+fn ended_before_target(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    if !text.contains("recovery ended before configured recovery target was reached") {
+        return None;
+    }
+    let after = text.rsplit("redo done at ").next()?;
+    let lsn = after.split_whitespace().next()?;
+    let valid = lsn.split_once('/').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()))
+    });
+    valid.then(|| lsn.to_string())
+}
+
+/// Replaces the time target by the LSN where the archive ended: the restarted recovery replays the same WAL
+/// (not segments archived since, whose commits are all after the target) and promotes.
+fn stop_at_the_archives_end(dir: &Path, lsn: &str) -> Result<()> {
+    let conf = format!(
+        "# cairn: no transaction in the archive committed after the target time: recover to the archive's end\n\
+         recovery_target_time = ''\nrecovery_target_lsn = {}\nrecovery_target_inclusive = on\n",
+        conf_quote(lsn)
+    );
+    let auto = dir.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new().append(true).open(&auto).at(&auto)?;
+    f.write_all(conf.as_bytes()).at(&auto)?;
+    f.sync_all().at(&auto)
 }
 
 /// Whether the postmaster of `dir` runs (its pid file names a live process).

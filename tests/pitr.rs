@@ -259,19 +259,26 @@ fn listed_files(list: &[Value]) -> Vec<String> {
 
 /// A cluster archiving to a fresh repository through instance `db` (set up by `wal-setup --apply`).
 fn archiving_cluster() -> (Cluster, PathBuf) {
+    archiving_cluster_with(&[])
+}
+
+/// [`archiving_cluster`] with more `instance add` arguments (a `--path` filestore).
+fn archiving_cluster_with(add_args: &[&str]) -> (Cluster, PathBuf) {
     let cluster = Cluster::create();
     let repo = cluster.root().join("repo");
     ok(cairn_pg(&repo).arg("init"));
-    ok(cairn_pg(&repo).args([
-        "instance",
-        "add",
-        "db",
-        "--pg",
-        "postgres",
-        "--pg-conn",
-        &cluster.conninfo(),
-        "--wal",
-    ]));
+    ok(cairn_pg(&repo)
+        .args([
+            "instance",
+            "add",
+            "db",
+            "--pg",
+            "postgres",
+            "--pg-conn",
+            &cluster.conninfo(),
+            "--wal",
+        ])
+        .args(add_args));
     let out = ok(cairn_pg(&repo).args(["instance", "wal-setup", "db", "--apply"]));
     assert!(
         out.contains("archive_mode") && out.contains("restart"),
@@ -486,17 +493,71 @@ fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings
     );
 }
 
+/// The files under `dir` (recursively): (finished objects with their sizes, names of `.tmp-*` files).
+fn objects_under(dir: &Path) -> (Vec<(PathBuf, u64)>, Vec<PathBuf>) {
+    let (mut done, mut tmp) = (Vec::new(), Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue; // a shard directory may appear or go between the listing and the read
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                tmp.push(e.path());
+            } else {
+                done.push((e.path(), md.len()));
+            }
+        }
+    }
+    (done, tmp)
+}
+
+/// Bytes of finished packs.
+fn pack_bytes(repo: &Path) -> u64 {
+    objects_under(&repo.join("packs"))
+        .0
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The points at which the kill lands: the first pack is being written, or two packs are finished (the
+/// first indexed, the second perhaps not yet) and the push goes on with the next.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    WritingAPack,
+    AfterTwoFinishedPacks,
+}
+
 #[test]
 fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    ok(cairn(&repo).arg("init"));
-    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
-    // A large segment (--wal-segsize allows up to 1 GiB) so that the kill lands while it is being stored.
+    // A large segment (--wal-segsize allows up to 1 GiB) in 4 MiB packs, so that a push writes many packs
+    // and the kill, sent as soon as the repository shows it started writing, lands in the middle.
     let seg = dir.path().join("000000010000000000000007");
-    let content = pseudo_random(64 << 20, 7);
+    let content = pseudo_random(96 << 20, 7);
     fs::write(&seg, &content).unwrap();
-    for delay_ms in [50, 200, 600] {
+    let new_repo = |name: &str| {
+        let repo = dir.path().join(name);
+        ok(cairn(&repo).arg("init"));
+        set_pack_size(&repo, 4 << 20);
+        ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+        repo
+    };
+    // What one uninterrupted push stores.
+    let reference = new_repo("reference");
+    let before = pack_bytes(&reference);
+    ok(cairn(&reference)
+        .args(["wal-push", "--instance", "db"])
+        .arg(&seg));
+    let once = pack_bytes(&reference) - before;
+    for point in [KillPoint::WritingAPack, KillPoint::AfterTwoFinishedPacks] {
+        let repo = new_repo(&format!("{point:?}"));
+        let packs = repo.join("packs");
+        let (packs_before, _) = objects_under(&packs);
         let mut child = cairn(&repo)
             .args(["wal-push", "--instance", "db"])
             .arg(&seg)
@@ -504,13 +565,27 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        // Whatever the kill interrupted, PostgreSQL runs the command again and it must succeed.
-        ok(cairn(&repo)
-            .args(["wal-push", "--instance", "db"])
-            .arg(&seg));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (done, tmp) = objects_under(&packs);
+            let reached = match point {
+                KillPoint::WritingAPack => !tmp.is_empty(),
+                KillPoint::AfterTwoFinishedPacks => done.len() > packs_before.len() + 1,
+            };
+            if reached {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{point:?}: wal-push ended before the kill"
+            );
+            assert!(Instant::now() < deadline, "{point:?}: never reached");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{point:?}: killed, not finished");
+        // The kill landed in the middle: nothing was archived yet.
         let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
             "wal-list",
             "--json",
@@ -518,19 +593,46 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
             "db",
         ])))
         .unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-        let back = dir.path().join("back");
+        assert_eq!(list.as_array().unwrap().len(), 0, "{point:?}: {list}");
+        // PostgreSQL runs the command again: it succeeds and stores the segment once.
+        let stored_by_the_killed = pack_bytes(&repo);
+        let out = ok(cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg));
+        assert!(out.starts_with("archived"), "{point:?}: {out}");
+        let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
+            "wal-list",
+            "--json",
+            "--instance",
+            "db",
+        ])))
+        .unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{point:?}: {list}");
+        // The packs the killed push finished and indexed are used, not stored again: at most the one pack
+        // the kill interrupted between its rename and its indexing is stored twice (prune removes it).
+        let total = pack_bytes(&repo);
+        eprintln!(
+            "{point:?}: one push stores {once} B; the killed push left {stored_by_the_killed} B, \
+             after the second {total} B"
+        );
+        assert!(
+            total <= once + (5 << 20),
+            "{point:?}: {total} B stored for a segment one push stores in {once} B"
+        );
+        let back = dir.path().join(format!("back-{point:?}"));
         ok(cairn(&repo)
             .args(["wal-fetch", "--instance", "db", "000000010000000000000007"])
             .arg(&back));
-        assert!(
-            fs::read(&back).unwrap() == content,
-            "killed after {delay_ms} ms"
-        );
+        assert!(fs::read(&back).unwrap() == content, "{point:?}");
+        // Pushed a third time: the same content, nothing written.
+        let out = ok(cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg));
+        assert!(out.contains("already archived"), "{point:?}: {out}");
         ok(cairn(&repo).arg("check"));
-        // The next round starts from nothing archived again.
-        fs::remove_file(repo.join("wal/db.000000010000000000000007")).unwrap();
+        // prune leaves only garbage of the killed push to remove, and the segment still fetches.
         ok(cairn(&repo).arg("prune"));
+        ok(cairn(&repo).args(["check", "--read-data"]));
     }
 }
 
@@ -888,4 +990,220 @@ fn health_reports_a_failing_archive_command_and_archiving_that_fell_behind() {
     cluster.switch_and_wait();
     let (_, db, _) = health(&repo, "0");
     assert_eq!(db["wal"]["status"], "ok", "{db}");
+}
+
+/// A filestore version: files (one large enough to be chunked) in a nested tree, owned by postgres (the
+/// archiver's user takes the base backups and reads it); `version` changes some files, adds one, removes
+/// one.
+fn write_filestore(dir: &Path, version: u64) {
+    fs::create_dir_all(dir.join("ab/cd")).unwrap();
+    fs::write(dir.join("ab/big.bin"), pseudo_random(3 << 20, 1)).unwrap();
+    fs::write(
+        dir.join("ab/cd/attachment"),
+        pseudo_random(200_000, 10 + version),
+    )
+    .unwrap();
+    fs::write(dir.join("version.txt"), format!("filestore v{version}\n")).unwrap();
+    fs::write(dir.join(format!("added-in-v{version}")), b"new").unwrap();
+    if version > 1 {
+        fs::remove_file(dir.join(format!("added-in-v{}", version - 1))).unwrap();
+    }
+    chown_postgres(dir);
+}
+
+/// A copy of `dir` with its metadata (what a restore of it must reproduce).
+fn copy_tree(dir: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn restore_at_a_time_restores_the_filestore_from_the_snapshot_at_or_before_it_byte_for_byte() {
+    let top = tempfile::tempdir().unwrap();
+    let filestore = top.path().join("filestore");
+    write_filestore(&filestore, 1);
+    let (cluster, repo) = archiving_cluster_with(&["--path", &filestore.display().to_string()]);
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    // Snapshot k holds filestore version k and the base backup taken with it.
+    let expected = top.path().join("expected");
+    fs::create_dir(&expected).unwrap();
+    let mut between = vec![String::new()];
+    for k in 1..=2u64 {
+        if k > 1 {
+            write_filestore(&filestore, k);
+        }
+        copy_tree(&filestore, &expected.join(format!("v{k}")));
+        base_backup(&repo);
+        between.push(insert_batch(&cluster, k as i32));
+    }
+    // A third version, backed up after the second restore time: not "at or before" it.
+    write_filestore(&filestore, 3);
+    base_backup(&repo);
+    for (k, at) in between.iter().enumerate().skip(1) {
+        let files = cluster.root().join(format!("files-{k}"));
+        let data = cluster.root().join(format!("restored-files-{k}"));
+        let port = free_port();
+        let out = ok(cairn_root(&repo)
+            .args(["--json", "instance", "restore", "db", "--at"])
+            .arg(at)
+            .arg("--pg-datadir")
+            .arg(&data)
+            .args(["--start", "--port", &port.to_string(), "--target"])
+            .arg(&files));
+        let r = Restored {
+            data,
+            socket_dir: cluster.root().to_path_buf(),
+            port,
+        };
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["started"], true, "{v}");
+        assert_eq!(
+            r.batches(),
+            expect(1..=k as i32),
+            "restored to {}",
+            between[k]
+        );
+        // Batch 2 is the last transaction ever: PostgreSQL cannot see the target time passed (it learns
+        // that from a later commit); cairn recovers to the archive's end, which is the same state.
+        assert_eq!(v["replayed_to_end"].is_string(), k == 2, "{v}");
+        assert_same_tree(&expected.join(format!("v{k}")), &files.join("filestore"));
+        assert_eq!(
+            fs::read_to_string(files.join("filestore/version.txt")).unwrap(),
+            format!("filestore v{k}\n")
+        );
+    }
+}
+
+/// `cairn --json wal-push`/`wal-fetch` with this password and cache directory: (exit code, key_cache).
+fn cached_run(repo: &Path, cache: &Path, password: &str, args: &[&str]) -> (i32, String) {
+    let (code, out, err) = run(cairn(repo)
+        .env("XDG_CACHE_HOME", cache)
+        .env("CAIRN_PASSWORD", password)
+        .arg("--json")
+        .args(args));
+    if code != 0 {
+        return (code, err);
+    }
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    (code, v["key_cache"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn wal_push_and_fetch_take_the_key_from_the_hosts_cache_only_with_the_same_password_and_a_kept_key()
+{
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cache = dir.path().join("cache");
+    // The key file gets the Argon2id parameters of real keys (64 MiB, 3 passes).
+    ok(cairn(&repo)
+        .env("CAIRN_KDF_MEMORY_KIB", "65536")
+        .env("CAIRN_KDF_ITERATIONS", "3")
+        .arg("init"));
+    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    let config: Value = serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
+    let cache_file = cache
+        .join("cairn/keys")
+        .join(config["repository_id"].as_str().unwrap());
+    let segs: Vec<PathBuf> = (1..=6)
+        .map(|i| {
+            let p = dir.path().join(format!("00000001000000000000000{i}"));
+            fs::write(&p, pseudo_random(1 << 20, i)).unwrap();
+            p
+        })
+        .collect();
+    let push = |seg: &Path, password: &str| {
+        cached_run(
+            &repo,
+            &cache,
+            password,
+            &["wal-push", "--instance", "db", seg.to_str().unwrap()],
+        )
+    };
+    // The first push derives the key and caches it, private to its user; the next ones take it from there.
+    let t = Instant::now();
+    assert_eq!(push(&segs[0], PASSWORD), (0, "miss".into()));
+    let derived = t.elapsed();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache_file), 0o600);
+    assert_eq!(mode(cache_file.parent().unwrap()), 0o700);
+    let t = Instant::now();
+    assert_eq!(push(&segs[1], PASSWORD), (0, "hit".into()));
+    let cached = t.elapsed();
+    eprintln!("wal-push deriving the key: {derived:?}; with the cached key: {cached:?}");
+    let back = dir.path().join("back");
+    let (code, used) = cached_run(
+        &repo,
+        &cache,
+        PASSWORD,
+        &[
+            "wal-fetch",
+            "--instance",
+            "db",
+            "000000010000000000000002",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, used.as_str()), (0, "hit"));
+    assert!(fs::read(&back).unwrap() == fs::read(&segs[1]).unwrap());
+    // The cached key never opens the repository for another password.
+    let (code, err) = push(&segs[2], "not the password");
+    assert_eq!(code, 12, "{err}");
+    assert!(err.contains("wrong password"), "{err}");
+    // Turned off: the key files are used and the cache is left alone.
+    let (code, out, _) = run(cairn(&repo)
+        .env("XDG_CACHE_HOME", &cache)
+        .env("CAIRN_KEY_CACHE", "off")
+        .args(["--json", "wal-push", "--instance", "db"])
+        .arg(&segs[2]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\"key_cache\": \"unused\"") || out.contains("\"key_cache\":\"unused\""),
+        "{out}"
+    );
+    // A cache file others may read is not trusted: ignored, and replaced by a private one.
+    fs::set_permissions(&cache_file, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(push(&segs[3], PASSWORD), (0, "miss".into()));
+    assert_eq!(mode(&cache_file), 0o600);
+    // Nor one of another user.
+    std::os::unix::fs::chown(&cache_file, Some(65534), None).unwrap();
+    assert_eq!(push(&segs[4], PASSWORD), (0, "miss".into()));
+    // A removed key stops opening the repository though the cache still holds the master key it gave.
+    let new_pw = dir.path().join("new-password");
+    fs::write(&new_pw, "a new passphrase\n").unwrap();
+    let keys = |pw: &str| -> Vec<Value> {
+        let out = ok(cairn(&repo)
+            .env("CAIRN_PASSWORD", pw)
+            .args(["key", "list", "--json"]));
+        serde_json::from_str::<Value>(&out).unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let original = keys(PASSWORD)[0]["id"].as_str().unwrap().to_string();
+    ok(cairn(&repo).args([
+        "key",
+        "add",
+        "--new-password-file",
+        new_pw.to_str().unwrap(),
+    ]));
+    ok(cairn(&repo)
+        .env("CAIRN_PASSWORD", "a new passphrase")
+        .args(["key", "remove", &original]));
+    let (code, err) = push(&segs[5], PASSWORD);
+    assert_eq!(
+        code, 12,
+        "the removed key's password still opened the repository: {err}"
+    );
+    assert_eq!(push(&segs[5], "a new passphrase"), (0, "miss".into()));
+    // Pushed again (already archived): the new password's key came from the cache.
+    assert_eq!(push(&segs[5], "a new passphrase"), (0, "hit".into()));
 }

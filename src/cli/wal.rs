@@ -31,13 +31,16 @@ fn wal_instance(repo: &Repository, name: &str) -> Result<InstanceConfig> {
 }
 
 pub fn wal_push(ctx: &Ctx, name: &str, path: &Path) -> Result<i32> {
+    // Run once per segment: the host's key cache spares each run the key derivation.
+    cairn::crypto::keycache::enable();
     let repo = ctx.open()?;
     wal_instance(&repo, name)?;
     cairn::interrupt::install()?;
     let outcome = wal::push(&repo, name, path)?;
     let stored = outcome == PushOutcome::Stored;
     if ctx.json {
-        ctx.print_json(&json!({"instance": name, "file": path.file_name().map(|f| f.to_string_lossy()), "stored": stored}))?;
+        ctx.print_json(&json!({"instance": name, "file": path.file_name().map(|f| f.to_string_lossy()), "stored": stored,
+                               "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;
     } else if !ctx.quiet {
         let verb = if stored {
             "archived"
@@ -50,10 +53,12 @@ pub fn wal_push(ctx: &Ctx, name: &str, path: &Path) -> Result<i32> {
 }
 
 pub fn wal_fetch(ctx: &Ctx, name: &str, file: &str, dest: &Path) -> Result<i32> {
+    cairn::crypto::keycache::enable();
     let repo = ctx.open()?;
     let size = wal::fetch(&repo, name, file, dest)?;
     if ctx.json {
-        ctx.print_json(&json!({"instance": name, "file": file, "size": size}))?;
+        ctx.print_json(&json!({"instance": name, "file": file, "size": size,
+                               "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;
     } else if !ctx.quiet {
         println!("restored {file} ({})", human_bytes(size));
     }
@@ -330,6 +335,13 @@ pub fn restore_pitr(ctx: &Ctx, repo: &Repository, name: &str, a: PitrArgs) -> Re
         println!(
             "start it with: pg_ctl start -D {} (it recovers to the target, then promotes)",
             out.datadir.display()
+        );
+    }
+    if let Some(lsn) = &out.replayed_to_end {
+        println!(
+            "no transaction in the archive committed after {}: recovery replayed the archive to its end ({lsn}), \
+             which is the cluster as it was then",
+            out.target
         );
     }
     println!("archive_mode is off in the restored cluster: turn archiving on with `cairn instance wal-setup` once it is kept");
