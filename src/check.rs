@@ -123,6 +123,8 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
     check_packs(repo, &mut r, &mut damaged_blobs)?;
     let snapshots = check_snapshot_files(repo, &mut r)?;
     check_trees(repo, &snapshots, &mut r, &mut damaged_blobs)?;
+    // Point-in-time recovery: the archived WAL must reach from each base backup to the newest segment.
+    r.errors.extend(crate::pitr::chain_errors(repo)?);
     let verified = if read_data != ReadData::None {
         read_packs(repo, read_data, progress, &mut r, &mut damaged_blobs)?
     } else {

@@ -212,6 +212,9 @@ pub struct PruneReport {
     pub bytes_after: u64,
     pub bytes_freed: u64,
     pub bytes_repacked: u64,
+    /// Archived WAL files older than every kept base backup of their instance (with `dry_run`: that would
+    /// be removed).
+    pub wal_files_removed: u64,
     pub dry_run: bool,
     pub duration_s: f64,
 }
@@ -252,6 +255,8 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
         index_sync::sync(repo, true)?;
         r.index_objects_deleted += index_sync::delete_superseded(repo)?;
     }
+    // WAL no kept base backup needs goes first, so that its data is garbage below.
+    r.wal_files_removed = crate::pitr::prune_wal(repo, opts.dry_run)?;
     let (roots, adopted) = roots(repo, !opts.dry_run)?;
     r.snapshots_adopted = adopted;
     r.blobs_used = mark(repo, roots)?;

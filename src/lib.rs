@@ -45,6 +45,8 @@ pub mod overview;
 pub mod pack;
 pub mod pack_writer;
 pub mod ping;
+pub mod pitr;
+pub mod pitr_restore;
 pub mod postgres;
 pub mod progress;
 pub mod repair;

@@ -47,6 +47,7 @@ use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::valid_name;
 
+pub mod basebackup;
 pub mod odoo;
 mod plain_sql;
 pub mod tls;

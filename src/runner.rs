@@ -180,10 +180,14 @@ fn take_snapshot(
     progress: Progress,
     tags: Vec<String>,
 ) -> Result<BackupResult> {
-    let (streams, finalize_metadata) = match db(cfg)? {
+    let (mut streams, mut finalize_metadata) = match db(cfg)? {
         Some((s, hook)) => (vec![s], vec![hook]),
         None => (Vec::new(), Vec::new()),
     };
+    if let Some((s, hook)) = base_backup_stream(cfg)? {
+        streams.push(s);
+        finalize_metadata.push(hook);
+    }
     backup::backup(
         repo,
         BackupOptions {
@@ -198,6 +202,35 @@ fn take_snapshot(
             ..BackupOptions::default()
         },
     )
+}
+
+/// The base backup half of a snapshot of an instance with point-in-time recovery on (`--wal`) and a
+/// database: its cluster's physical base backup ([`crate::postgres::basebackup`]).
+pub fn base_backup_stream(cfg: &InstanceConfig) -> Result<Option<(StreamSource, MetadataHook)>> {
+    match (&cfg.pg, cfg.wal) {
+        (Some(db), true) => {
+            let conn = crate::postgres::PgConn::new(cfg.pg_conn.as_deref())?;
+            crate::postgres::basebackup::source(&conn, db).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A snapshot of the instance holding its files and a base backup of its cluster, without a dump
+/// (`cairn instance base-backup`); a run like any backup (hooks, run log, notify, ping).
+pub fn base_backup_instance(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    progress: Progress,
+) -> Result<BackupResult> {
+    if !cfg.wal || cfg.pg.is_none() {
+        return Err(Error::Invalid(format!(
+            "instance {} takes no base backups: it needs a database (--pg) and point-in-time recovery on \
+             (--wal)",
+            cfg.name
+        )));
+    }
+    backup_instance_tagged(repo, cfg, None, &|_| Ok(None), progress, Vec::new())
 }
 
 /// Records a run that could not start because the instance's stored config was refused.

@@ -346,6 +346,15 @@ pub fn list(repo: &Repository, instance: Option<&str>) -> Result<Vec<WalObject>>
     Ok(out)
 }
 
+/// Removes a WAL object (prune's WAL retention, under the exclusive lock); its data is then garbage for the
+/// same prune.
+pub fn remove(repo: &Repository, obj: &WalObject) -> Result<()> {
+    match repo.backend().delete(ObjectKind::Wal, &obj.object_name()) {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The trees of every WAL object: roots for garbage collection. An undecodable object stops the caller
 /// (what it needs cannot be known).
 pub fn gc_roots(repo: &Repository) -> Result<Vec<Id>> {

@@ -259,19 +259,26 @@ fn listed_files(list: &[Value]) -> Vec<String> {
 
 /// A cluster archiving to a fresh repository through instance `db` (set up by `wal-setup --apply`).
 fn archiving_cluster() -> (Cluster, PathBuf) {
+    archiving_cluster_with(&[])
+}
+
+/// [`archiving_cluster`] with more `instance add` arguments (a `--path` filestore).
+fn archiving_cluster_with(add_args: &[&str]) -> (Cluster, PathBuf) {
     let cluster = Cluster::create();
     let repo = cluster.root().join("repo");
     ok(cairn_pg(&repo).arg("init"));
-    ok(cairn_pg(&repo).args([
-        "instance",
-        "add",
-        "db",
-        "--pg",
-        "postgres",
-        "--pg-conn",
-        &cluster.conninfo(),
-        "--wal",
-    ]));
+    ok(cairn_pg(&repo)
+        .args([
+            "instance",
+            "add",
+            "db",
+            "--pg",
+            "postgres",
+            "--pg-conn",
+            &cluster.conninfo(),
+            "--wal",
+        ])
+        .args(add_args));
     let out = ok(cairn_pg(&repo).args(["instance", "wal-setup", "db", "--apply"]));
     assert!(
         out.contains("archive_mode") && out.contains("restart"),
@@ -486,17 +493,71 @@ fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings
     );
 }
 
+/// The files under `dir` (recursively): (finished objects with their sizes, names of `.tmp-*` files).
+fn objects_under(dir: &Path) -> (Vec<(PathBuf, u64)>, Vec<PathBuf>) {
+    let (mut done, mut tmp) = (Vec::new(), Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue; // a shard directory may appear or go between the listing and the read
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                tmp.push(e.path());
+            } else {
+                done.push((e.path(), md.len()));
+            }
+        }
+    }
+    (done, tmp)
+}
+
+/// Bytes of finished packs.
+fn pack_bytes(repo: &Path) -> u64 {
+    objects_under(&repo.join("packs"))
+        .0
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The points at which the kill lands: the first pack is being written, or two packs are finished (the
+/// first indexed, the second perhaps not yet) and the push goes on with the next.
+#[derive(Debug, Clone, Copy)]
+enum KillPoint {
+    WritingAPack,
+    AfterTwoFinishedPacks,
+}
+
 #[test]
 fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    ok(cairn(&repo).arg("init"));
-    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
-    // A large segment (--wal-segsize allows up to 1 GiB) so that the kill lands while it is being stored.
+    // A large segment (--wal-segsize allows up to 1 GiB) in 4 MiB packs, so that a push writes many packs
+    // and the kill, sent as soon as the repository shows it started writing, lands in the middle.
     let seg = dir.path().join("000000010000000000000007");
-    let content = pseudo_random(64 << 20, 7);
+    let content = pseudo_random(96 << 20, 7);
     fs::write(&seg, &content).unwrap();
-    for delay_ms in [50, 200, 600] {
+    let new_repo = |name: &str| {
+        let repo = dir.path().join(name);
+        ok(cairn(&repo).arg("init"));
+        set_pack_size(&repo, 4 << 20);
+        ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+        repo
+    };
+    // What one uninterrupted push stores.
+    let reference = new_repo("reference");
+    let before = pack_bytes(&reference);
+    ok(cairn(&reference)
+        .args(["wal-push", "--instance", "db"])
+        .arg(&seg));
+    let once = pack_bytes(&reference) - before;
+    for point in [KillPoint::WritingAPack, KillPoint::AfterTwoFinishedPacks] {
+        let repo = new_repo(&format!("{point:?}"));
+        let packs = repo.join("packs");
+        let (packs_before, _) = objects_under(&packs);
         let mut child = cairn(&repo)
             .args(["wal-push", "--instance", "db"])
             .arg(&seg)
@@ -504,13 +565,27 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        // Whatever the kill interrupted, PostgreSQL runs the command again and it must succeed.
-        ok(cairn(&repo)
-            .args(["wal-push", "--instance", "db"])
-            .arg(&seg));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (done, tmp) = objects_under(&packs);
+            let reached = match point {
+                KillPoint::WritingAPack => !tmp.is_empty(),
+                KillPoint::AfterTwoFinishedPacks => done.len() > packs_before.len() + 1,
+            };
+            if reached {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{point:?}: wal-push ended before the kill"
+            );
+            assert!(Instant::now() < deadline, "{point:?}: never reached");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{point:?}: killed, not finished");
+        // The kill landed in the middle: nothing was archived yet.
         let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
             "wal-list",
             "--json",
@@ -518,18 +593,617 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
             "db",
         ])))
         .unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-        let back = dir.path().join("back");
+        assert_eq!(list.as_array().unwrap().len(), 0, "{point:?}: {list}");
+        // PostgreSQL runs the command again: it succeeds and stores the segment once.
+        let stored_by_the_killed = pack_bytes(&repo);
+        let out = ok(cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg));
+        assert!(out.starts_with("archived"), "{point:?}: {out}");
+        let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
+            "wal-list",
+            "--json",
+            "--instance",
+            "db",
+        ])))
+        .unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{point:?}: {list}");
+        // The packs the killed push finished and indexed are used, not stored again: at most the one pack
+        // the kill interrupted between its rename and its indexing is stored twice (prune removes it).
+        let total = pack_bytes(&repo);
+        eprintln!(
+            "{point:?}: one push stores {once} B; the killed push left {stored_by_the_killed} B, \
+             after the second {total} B"
+        );
+        assert!(
+            total <= once + (5 << 20),
+            "{point:?}: {total} B stored for a segment one push stores in {once} B"
+        );
+        let back = dir.path().join(format!("back-{point:?}"));
         ok(cairn(&repo)
             .args(["wal-fetch", "--instance", "db", "000000010000000000000007"])
             .arg(&back));
-        assert!(
-            fs::read(&back).unwrap() == content,
-            "killed after {delay_ms} ms"
-        );
+        assert!(fs::read(&back).unwrap() == content, "{point:?}");
+        // Pushed a third time: the same content, nothing written.
+        let out = ok(cairn(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(&seg));
+        assert!(out.contains("already archived"), "{point:?}: {out}");
         ok(cairn(&repo).arg("check"));
-        // The next round starts from nothing archived again.
-        fs::remove_file(repo.join("wal/db.000000010000000000000007")).unwrap();
+        // prune leaves only garbage of the killed push to remove, and the segment still fetches.
         ok(cairn(&repo).arg("prune"));
+        ok(cairn(&repo).args(["check", "--read-data"]));
     }
+}
+
+/// `cairn` as root with the password in a file (as the restore_command the server runs will name it).
+fn cairn_root(repo: &Path) -> Command {
+    let mut c = cairn(repo);
+    c.env_remove("CAIRN_PASSWORD")
+        .env("CAIRN_PASSWORD_FILE", pg_password_file())
+        .env("TZ", "UTC");
+    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"] {
+        c.env_remove(k);
+    }
+    c
+}
+
+/// `instance base-backup db --json`: the facts recorded, and the snapshot's summary.
+fn base_backup(repo: &Path) -> Value {
+    let out = ok(cairn_pg(repo).args(["--json", "instance", "base-backup", "db"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let bb = &v["basebackup"];
+    assert_eq!(bb["stream"], "base.tar", "{v}");
+    assert_eq!(bb["timeline"], 1, "{v}");
+    for k in ["start_lsn", "stop_lsn", "start_wal_file", "stop_wal_file"] {
+        assert!(bb[k].as_str().is_some_and(|s| !s.is_empty()), "{k}: {v}");
+    }
+    v
+}
+
+/// A data directory restored (and started) by `instance restore --pg-datadir --start`; stopped when dropped.
+struct Restored {
+    data: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+}
+
+impl Restored {
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+            ])
+            .args([
+                "-h",
+                &self.socket_dir.display().to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The batches the restored table holds, each with its row count.
+    fn batches(&self) -> Vec<(i32, i64)> {
+        self.sql("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch")
+            .lines()
+            .map(|l| {
+                let (b, n) = l.split_once('|').unwrap();
+                (b.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = as_postgres(pg_bin("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Restores instance `db` at `at` into a new data directory under the cluster's directory and starts it
+/// on a new port (cairn runs as root: it gives the directory to postgres and starts the server as postgres).
+fn restore_at(cluster: &Cluster, repo: &Path, at: &str, label: &str) -> Restored {
+    let data = cluster.root().join(format!("restored-{label}"));
+    let port = free_port();
+    let out = ok(cairn_root(repo)
+        .args([
+            "--json",
+            "instance",
+            "restore",
+            "db",
+            "--at",
+            at,
+            "--pg-datadir",
+        ])
+        .arg(&data)
+        .args(["--start", "--port", &port.to_string()]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["started"], true, "{v}");
+    Restored {
+        data,
+        socket_dir: cluster.root().to_path_buf(),
+        port,
+    }
+}
+
+/// The server's clock now, to the second, in UTC ("YYYY-MM-DD HH:MM:SS"): cairn reads --at in its local
+/// time zone, which the restore commands set to UTC.
+fn server_second(cluster: &Cluster) -> String {
+    cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+}
+
+/// Inserts batch `k` (its own transaction), archives it, and returns a time strictly between its commit
+/// and the next batch's (a pause on either side of a whole second).
+fn insert_batch(cluster: &Cluster, k: i32) -> String {
+    cluster.sql(&format!(
+        "INSERT INTO t (batch, id, pad) SELECT {k}, g, repeat(md5(g::text), 4) FROM generate_series(1, 2000) g"
+    ));
+    cluster.switch_and_wait();
+    std::thread::sleep(Duration::from_millis(1200));
+    let between = server_second(cluster);
+    std::thread::sleep(Duration::from_millis(1200));
+    between
+}
+
+fn expect(batches: std::ops::RangeInclusive<i32>) -> Vec<(i32, i64)> {
+    batches.map(|b| (b, 2000)).collect()
+}
+
+#[test]
+fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_latest_finds_all() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    let first = base_backup(&repo);
+    let mut between = vec![String::new()]; // between[k]: after batch k, before batch k+1
+    for k in 1..=3 {
+        between.push(insert_batch(&cluster, k));
+    }
+    {
+        let r = restore_at(&cluster, &repo, &between[2], "k2");
+        assert_eq!(r.batches(), expect(1..=2), "restored to {}", between[2]);
+        // Promoted: it takes writes.
+        r.sql("INSERT INTO t (batch, id) VALUES (99, 1)");
+    }
+    {
+        let r = restore_at(&cluster, &repo, "latest", "latest1");
+        assert_eq!(r.batches(), expect(1..=3));
+    }
+    // A second base backup of a mostly unchanged cluster stores little.
+    let second = base_backup(&repo);
+    let (read1, added1) = (
+        first["summary"]["bytes_read"].as_u64().unwrap(),
+        first["summary"]["bytes_added"].as_u64().unwrap(),
+    );
+    let (read2, added2) = (
+        second["summary"]["bytes_read"].as_u64().unwrap(),
+        second["summary"]["bytes_added"].as_u64().unwrap(),
+    );
+    eprintln!("base backup 1: read {read1} B, added {added1} B; base backup 2: read {read2} B, added {added2} B");
+    assert!(
+        added2 * 4 < added1,
+        "the second base backup added {added2} B, the first {added1} B"
+    );
+    for k in 4..=5 {
+        between.push(insert_batch(&cluster, k));
+    }
+    // Prune keeps the WAL both base backups need (and drops what is older than the oldest).
+    let before_prune = listed_files(&wal_list(&repo, "db"));
+    ok(cairn_pg(&repo).arg("prune"));
+    let after_prune = listed_files(&wal_list(&repo, "db"));
+    let start1 = first["basebackup"]["start_wal_file"].as_str().unwrap();
+    assert!(
+        after_prune
+            .iter()
+            .all(|f| f.as_str() >= start1 || f.ends_with(".history")),
+        "WAL older than the oldest base backup ({start1}) is pruned: {after_prune:?}"
+    );
+    assert!(
+        before_prune.iter().any(|f| f.as_str() < start1),
+        "there was older WAL to prune: {before_prune:?}"
+    );
+    ok(cairn_pg(&repo).arg("check"));
+    // stats shows the recovery window: from the first base backup to the newest segment.
+    let stats: Value = serde_json::from_str(&ok(cairn_pg(&repo).args([
+        "--json",
+        "stats",
+        "--instance",
+        "db",
+    ])))
+    .unwrap();
+    let w = &stats["instances"][0]["recovery_window"];
+    assert_eq!(w["base_backups"], 2, "{stats}");
+    assert_eq!(
+        w["from"].as_str().map(|s| s[..19].to_string()),
+        first["basebackup"]["stop_time"]
+            .as_str()
+            .map(|s| s[..19].to_string()),
+        "{stats}"
+    );
+    assert_eq!(
+        w["newest_segment"],
+        *after_prune.iter().filter(|f| f.len() == 24).max().unwrap(),
+        "{stats}"
+    );
+    {
+        // After the second base backup: served by it.
+        let r = restore_at(&cluster, &repo, &between[4], "k4");
+        assert_eq!(r.batches(), expect(1..=4));
+    }
+    {
+        // Before the second base backup: served by the first, through the WAL prune kept.
+        let r = restore_at(&cluster, &repo, &between[1], "k1");
+        assert_eq!(r.batches(), expect(1..=1));
+    }
+    {
+        let r = restore_at(&cluster, &repo, "latest", "latest2");
+        assert_eq!(r.batches(), expect(1..=5));
+    }
+}
+
+#[test]
+fn a_missing_wal_segment_makes_check_fail_naming_it_and_a_restore_past_it_stops_with_a_clear_error()
+{
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    base_backup(&repo);
+    let mut between = vec![String::new()];
+    for k in 1..=4 {
+        between.push(insert_batch(&cluster, k));
+    }
+    ok(cairn_pg(&repo).arg("check"));
+    // The segment holding batch 3 goes missing (each batch has its own segment).
+    let files = listed_files(&wal_list(&repo, "db"));
+    let segs: Vec<&String> = files.iter().filter(|f| f.len() == 24).collect();
+    let victim = segs[segs.len() - 2].clone();
+    fs::remove_file(repo.join("wal").join(format!("db.{victim}"))).unwrap();
+    let (code, out, _) = run(cairn_pg(&repo).arg("check"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&victim) && out.contains("missing"),
+        "check names the missing segment: {out}"
+    );
+    // Recovery to a time after batch 3 must read past it (to batch 4's commit): refused, naming it.
+    for at in ["latest", between[3].as_str()] {
+        let data = cluster.root().join("never");
+        let err = fails(
+            cairn_root(&repo)
+                .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
+                .arg(&data)
+                .arg("--start"),
+            1,
+        );
+        assert!(err.contains(&victim) && err.contains("missing"), "{err}");
+        assert!(!data.exists(), "nothing was written for a refused restore");
+    }
+    // A time before the gap still restores.
+    let r = restore_at(&cluster, &repo, &between[1], "before-gap");
+    assert_eq!(r.batches(), expect(1..=1));
+}
+
+#[test]
+fn a_command_run_with_another_users_home_keeps_its_cache_in_its_own_home() {
+    // A PostgreSQL started by root keeps root's environment: archive_command runs as postgres with
+    // HOME=/root, where postgres may not write. wal-push must still work (its cache goes to postgres's own
+    // home from the password database).
+    let (_cluster, repo) = archiving_cluster();
+    let seg = repo.with_file_name("000000010000000000000042");
+    fs::write(&seg, pseudo_random(1 << 20, 42)).unwrap();
+    chown_postgres(&seg);
+    let out = ok(cairn_pg(&repo)
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", "/root")
+        .args(["wal-push", "--instance", "db"])
+        .arg(&seg));
+    assert!(out.contains("archived"), "{out}");
+    let files = listed_files(&wal_list(&repo, "db"));
+    assert!(
+        files.contains(&"000000010000000000000042".to_string()),
+        "{files:?}"
+    );
+}
+
+/// `health --json` and its exit code, with the instance's `wal` report.
+fn health(repo: &Path, wal_grace: &str) -> (i32, Value, String) {
+    let (code, out, err) =
+        run(cairn_pg(repo).args(["--json", "health", "--wal-grace-seconds", wal_grace]));
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    let db = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "db")
+        .cloned()
+        .unwrap();
+    (code, db, err)
+}
+
+#[test]
+fn health_reports_a_failing_archive_command_and_archiving_that_fell_behind() {
+    let (cluster, repo) = archiving_cluster();
+    let good = cluster.sql("SHOW archive_command");
+    cluster.sql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    cluster.switch_and_wait();
+    let (_, db, _) = health(&repo, "300");
+    assert_eq!(db["wal"]["status"], "ok", "{db}");
+    assert!(db["wal"]["newest_segment"].as_str().is_some(), "{db}");
+    // archive_command fails: health fails naming it.
+    cluster.sql("ALTER SYSTEM SET archive_command = 'false'");
+    cluster.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.sql("INSERT INTO t SELECT 1; SELECT pg_switch_wal()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "the archiver never failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, db, err) = health(&repo, "300");
+    assert_eq!(code, 1, "{db}");
+    assert_eq!(db["status"], "wal-failing", "{db}");
+    assert!(err.contains("archive_command is failing"), "{err}");
+    // An archive_command that hangs fails nothing, but the finished segments wait: behind.
+    cluster.sql("ALTER SYSTEM SET archive_command = 'sleep 8'");
+    cluster.sql("ALTER SYSTEM SET archive_timeout = '1s'");
+    cluster.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(3));
+    // The failed segment is retried with the slow command: later segments wait behind it.
+    cluster.sql("SELECT pg_stat_reset_shared('archiver')");
+    cluster.sql("INSERT INTO t SELECT 2; SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, db, err) = health(&repo, "0");
+    assert_eq!(code, 1, "{db}");
+    assert_eq!(db["status"], "wal-behind", "{db}\n{err}");
+    // Archiving again: healthy.
+    cluster.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        good.replace('\'', "''")
+    ));
+    cluster.sql("ALTER SYSTEM RESET archive_timeout");
+    cluster.sql("SELECT pg_reload_conf()");
+    // Once the slow command returned, the archiver archives what waits with the good one.
+    cluster.switch_and_wait();
+    let (_, db, _) = health(&repo, "0");
+    assert_eq!(db["wal"]["status"], "ok", "{db}");
+}
+
+/// A filestore version: files (one large enough to be chunked) in a nested tree, owned by postgres (the
+/// archiver's user takes the base backups and reads it); `version` changes some files, adds one, removes
+/// one.
+fn write_filestore(dir: &Path, version: u64) {
+    fs::create_dir_all(dir.join("ab/cd")).unwrap();
+    fs::write(dir.join("ab/big.bin"), pseudo_random(3 << 20, 1)).unwrap();
+    fs::write(
+        dir.join("ab/cd/attachment"),
+        pseudo_random(200_000, 10 + version),
+    )
+    .unwrap();
+    fs::write(dir.join("version.txt"), format!("filestore v{version}\n")).unwrap();
+    fs::write(dir.join(format!("added-in-v{version}")), b"new").unwrap();
+    if version > 1 {
+        fs::remove_file(dir.join(format!("added-in-v{}", version - 1))).unwrap();
+    }
+    chown_postgres(dir);
+}
+
+/// A copy of `dir` with its metadata (what a restore of it must reproduce).
+fn copy_tree(dir: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn restore_at_a_time_restores_the_filestore_from_the_snapshot_at_or_before_it_byte_for_byte() {
+    let top = tempfile::tempdir().unwrap();
+    let filestore = top.path().join("filestore");
+    write_filestore(&filestore, 1);
+    let (cluster, repo) = archiving_cluster_with(&["--path", &filestore.display().to_string()]);
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    // Snapshot k holds filestore version k and the base backup taken with it.
+    let expected = top.path().join("expected");
+    fs::create_dir(&expected).unwrap();
+    let mut between = vec![String::new()];
+    for k in 1..=2u64 {
+        if k > 1 {
+            write_filestore(&filestore, k);
+        }
+        copy_tree(&filestore, &expected.join(format!("v{k}")));
+        base_backup(&repo);
+        between.push(insert_batch(&cluster, k as i32));
+    }
+    // A third version, backed up after the second restore time: not "at or before" it.
+    write_filestore(&filestore, 3);
+    base_backup(&repo);
+    for (k, at) in between.iter().enumerate().skip(1) {
+        let files = cluster.root().join(format!("files-{k}"));
+        let data = cluster.root().join(format!("restored-files-{k}"));
+        let port = free_port();
+        let out = ok(cairn_root(&repo)
+            .args(["--json", "instance", "restore", "db", "--at"])
+            .arg(at)
+            .arg("--pg-datadir")
+            .arg(&data)
+            .args(["--start", "--port", &port.to_string(), "--target"])
+            .arg(&files));
+        let r = Restored {
+            data,
+            socket_dir: cluster.root().to_path_buf(),
+            port,
+        };
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["started"], true, "{v}");
+        assert_eq!(
+            r.batches(),
+            expect(1..=k as i32),
+            "restored to {}",
+            between[k]
+        );
+        // Batch 2 is the last transaction ever: PostgreSQL cannot see the target time passed (it learns
+        // that from a later commit); cairn recovers to the archive's end, which is the same state.
+        assert_eq!(v["replayed_to_end"].is_string(), k == 2, "{v}");
+        assert_same_tree(&expected.join(format!("v{k}")), &files.join("filestore"));
+        assert_eq!(
+            fs::read_to_string(files.join("filestore/version.txt")).unwrap(),
+            format!("filestore v{k}\n")
+        );
+    }
+}
+
+/// `cairn --json wal-push`/`wal-fetch` with this password and cache directory: (exit code, key_cache).
+fn cached_run(repo: &Path, cache: &Path, password: &str, args: &[&str]) -> (i32, String) {
+    let (code, out, err) = run(cairn(repo)
+        .env("XDG_CACHE_HOME", cache)
+        .env("CAIRN_PASSWORD", password)
+        .arg("--json")
+        .args(args));
+    if code != 0 {
+        return (code, err);
+    }
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    (code, v["key_cache"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn wal_push_and_fetch_take_the_key_from_the_hosts_cache_only_with_the_same_password_and_a_kept_key()
+{
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cache = dir.path().join("cache");
+    // The key file gets the Argon2id parameters of real keys (64 MiB, 3 passes).
+    ok(cairn(&repo)
+        .env("CAIRN_KDF_MEMORY_KIB", "65536")
+        .env("CAIRN_KDF_ITERATIONS", "3")
+        .arg("init"));
+    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    let config: Value = serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
+    let cache_file = cache
+        .join("cairn/keys")
+        .join(config["repository_id"].as_str().unwrap());
+    let segs: Vec<PathBuf> = (1..=6)
+        .map(|i| {
+            let p = dir.path().join(format!("00000001000000000000000{i}"));
+            fs::write(&p, pseudo_random(1 << 20, i)).unwrap();
+            p
+        })
+        .collect();
+    let push = |seg: &Path, password: &str| {
+        cached_run(
+            &repo,
+            &cache,
+            password,
+            &["wal-push", "--instance", "db", seg.to_str().unwrap()],
+        )
+    };
+    // The first push derives the key and caches it, private to its user; the next ones take it from there.
+    let t = Instant::now();
+    assert_eq!(push(&segs[0], PASSWORD), (0, "miss".into()));
+    let derived = t.elapsed();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache_file), 0o600);
+    assert_eq!(mode(cache_file.parent().unwrap()), 0o700);
+    let t = Instant::now();
+    assert_eq!(push(&segs[1], PASSWORD), (0, "hit".into()));
+    let cached = t.elapsed();
+    eprintln!("wal-push deriving the key: {derived:?}; with the cached key: {cached:?}");
+    let back = dir.path().join("back");
+    let (code, used) = cached_run(
+        &repo,
+        &cache,
+        PASSWORD,
+        &[
+            "wal-fetch",
+            "--instance",
+            "db",
+            "000000010000000000000002",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((code, used.as_str()), (0, "hit"));
+    assert!(fs::read(&back).unwrap() == fs::read(&segs[1]).unwrap());
+    // The cached key never opens the repository for another password.
+    let (code, err) = push(&segs[2], "not the password");
+    assert_eq!(code, 12, "{err}");
+    assert!(err.contains("wrong password"), "{err}");
+    // Turned off: the key files are used and the cache is left alone.
+    let (code, out, _) = run(cairn(&repo)
+        .env("XDG_CACHE_HOME", &cache)
+        .env("CAIRN_KEY_CACHE", "off")
+        .args(["--json", "wal-push", "--instance", "db"])
+        .arg(&segs[2]));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\"key_cache\": \"unused\"") || out.contains("\"key_cache\":\"unused\""),
+        "{out}"
+    );
+    // A cache file others may read is not trusted: ignored, and replaced by a private one.
+    fs::set_permissions(&cache_file, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(push(&segs[3], PASSWORD), (0, "miss".into()));
+    assert_eq!(mode(&cache_file), 0o600);
+    // Nor one of another user.
+    std::os::unix::fs::chown(&cache_file, Some(65534), None).unwrap();
+    assert_eq!(push(&segs[4], PASSWORD), (0, "miss".into()));
+    // A removed key stops opening the repository though the cache still holds the master key it gave.
+    let new_pw = dir.path().join("new-password");
+    fs::write(&new_pw, "a new passphrase\n").unwrap();
+    let keys = |pw: &str| -> Vec<Value> {
+        let out = ok(cairn(&repo)
+            .env("CAIRN_PASSWORD", pw)
+            .args(["key", "list", "--json"]));
+        serde_json::from_str::<Value>(&out).unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let original = keys(PASSWORD)[0]["id"].as_str().unwrap().to_string();
+    ok(cairn(&repo).args([
+        "key",
+        "add",
+        "--new-password-file",
+        new_pw.to_str().unwrap(),
+    ]));
+    ok(cairn(&repo)
+        .env("CAIRN_PASSWORD", "a new passphrase")
+        .args(["key", "remove", &original]));
+    let (code, err) = push(&segs[5], PASSWORD);
+    assert_eq!(
+        code, 12,
+        "the removed key's password still opened the repository: {err}"
+    );
+    assert_eq!(push(&segs[5], "a new passphrase"), (0, "miss".into()));
+    // Pushed again (already archived): the new password's key came from the cache.
+    assert_eq!(push(&segs[5], "a new passphrase"), (0, "hit".into()));
 }

@@ -165,6 +165,9 @@ pub enum Command {
         /// Minutes past a missed slot before an instance counts as overdue.
         #[arg(long, default_value_t = 60)]
         grace_minutes: i64,
+        /// Seconds past archive_timeout a finished WAL segment may wait for archiving (instances with --wal).
+        #[arg(long, default_value_t = 300)]
+        wal_grace_seconds: i64,
     },
     /// Print ready-to-install scheduler entries that run `cairn run-due`.
     Schedule {
@@ -343,7 +346,8 @@ impl InstanceAction {
             | InstanceAction::Remove { name, .. }
             | InstanceAction::Backup { name, .. }
             | InstanceAction::WalSetup { name, .. }
-            | InstanceAction::Restore { name, .. } => Some(name),
+            | InstanceAction::Restore { name, .. }
+            | InstanceAction::BaseBackup { name } => Some(name),
             InstanceAction::List => None,
         }
     }
@@ -671,7 +675,29 @@ pub enum InstanceAction {
         /// libpq connection settings for the database restore (default: the instance's own).
         #[arg(long, value_name = "CONNINFO")]
         pg_conn: Option<String>,
+        /// Point-in-time recovery: build this PostgreSQL data directory from the newest base backup
+        /// finished before --at (a time, or `latest` for all archived WAL), replaying the WAL archive.
+        #[arg(long, value_name = "DIR", requires = "at", conflicts_with_all = ["snapshot", "pg_target", "in_place"])]
+        pg_datadir: Option<PathBuf>,
+        /// Start the restored server, wait until it reached --at and promoted, and check it accepts
+        /// connections.
+        #[arg(long, requires = "pg_datadir")]
+        start: bool,
+        /// The restored server's port.
+        #[arg(long, requires = "pg_datadir")]
+        port: Option<u16>,
+        /// Directory of pg_ctl, pg_controldata and pg_isready (default: the backed-up server's).
+        #[arg(long, value_name = "DIR", requires = "pg_datadir")]
+        pg_bin: Option<PathBuf>,
+        /// When run as root: the OS user that owns the data directory and runs the server (default postgres).
+        #[arg(long, value_name = "USER", requires = "pg_datadir")]
+        os_user: Option<String>,
+        /// Seconds to wait for recovery to reach --at and promote.
+        #[arg(long, default_value_t = 3600, requires = "start")]
+        recovery_timeout: u64,
     },
+    /// Take a base backup of the instance's cluster now (with its files, without a dump).
+    BaseBackup { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -218,7 +218,10 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             instance: i,
             prometheus,
         } => instance::stats(ctx, i.as_deref(), prometheus),
-        Command::Health { grace_minutes } => instance::health(ctx, grace_minutes),
+        Command::Health {
+            grace_minutes,
+            wal_grace_seconds,
+        } => instance::health(ctx, grace_minutes, wal_grace_seconds),
         Command::Schedule { kind } => instance::schedule_cmd(ctx, kind),
         Command::ImportArchive {
             instance: i,
@@ -850,6 +853,13 @@ fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
                 "{} {} snapshot files that had no index row (left by an interrupted backup); their data is kept",
                 if dry_run { "would index" } else { "indexed" },
                 r.snapshots_adopted
+            );
+        }
+        if r.wal_files_removed > 0 {
+            println!(
+                "{} {} archived WAL files older than every kept base backup",
+                if dry_run { "would remove" } else { "removed" },
+                r.wal_files_removed
             );
         }
         println!(

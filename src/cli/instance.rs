@@ -111,6 +111,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             archive_timeout,
         } => return super::wal::wal_setup(ctx, &repo, &name, apply, archive_timeout),
         InstanceAction::List => return list(ctx, &repo),
+        InstanceAction::BaseBackup { name } => return super::wal::base_backup(ctx, &repo, &name),
         InstanceAction::Show { name } => {
             let cfg = instance::load(&repo, &name)?;
             if ctx.json {
@@ -158,7 +159,27 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             replace,
             owner_acl,
             pg_conn,
+            pg_datadir,
+            start,
+            port,
+            pg_bin,
+            os_user,
+            recovery_timeout,
         } => {
+            if let Some(datadir) = pg_datadir {
+                let req = super::wal::PitrArgs {
+                    at: at.unwrap_or_default(),
+                    datadir,
+                    files_to: target,
+                    overwrite,
+                    start,
+                    port,
+                    pg_bin,
+                    os_user,
+                    timeout: std::time::Duration::from_secs(recovery_timeout),
+                };
+                return super::wal::restore_pitr(ctx, &repo, &name, req);
+            }
             let to = RestoreTo {
                 target,
                 pg_target,
@@ -466,6 +487,9 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
         row["last_duration_seconds"] = json!(m.last_duration_seconds);
         row["last_bytes_added"] = json!(m.last_bytes_added);
         row["failures"] = json!(m.failures);
+        if let Some(w) = cairn::pitr::recovery_window(&repo, &st.name)? {
+            row["recovery_window"] = json!(w);
+        }
         rows.push(row);
         metrics.push(m);
     }
@@ -495,6 +519,15 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
             human_bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
             r["dedup_ratio"].as_f64().unwrap_or(0.0)
         );
+        if let Some(w) = r.get("recovery_window") {
+            println!(
+                "{:<20} recovery window {} to {} ({} base backups)",
+                "",
+                w["from"].as_str().unwrap_or("?"),
+                w["to"].as_str().unwrap_or("?"),
+                w["base_backups"]
+            );
+        }
     }
     let u = &totals.usage;
     println!(
@@ -542,11 +575,12 @@ fn instance_metrics(
 
 /// `health`: exit 1 when an enabled instance failed its last run or is overdue, 3 when none did but the
 /// last backup of one was partial (a warning: its snapshot lacks files), 0 otherwise.
-pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
+pub fn health(ctx: &Ctx, grace_minutes: i64, wal_grace_seconds: i64) -> Result<i32> {
     let repo = ctx.open()?;
     let now = Utc::now();
     let grace = Duration::minutes(grace_minutes);
     let states = runner::schedule_states(&repo)?;
+    let wal_checks = super::wal::archiving_health(&repo, Duration::seconds(wal_grace_seconds))?;
     let runs = instance::runs(&repo, None)?;
     let last_backup_partial = |name: &str| {
         runs.iter()
@@ -563,14 +597,21 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
                 "failed"
             } else if s.is_overdue(now, grace) {
                 "overdue"
+            } else if let Some(w) = wal_checks.get(&s.name).filter(|w| w.status != "ok") {
+                w.status
             } else if last_backup_partial(&s.name) {
                 "partial"
             } else {
                 "ok"
             };
+            let wal = wal_checks.get(&s.name);
+            if let Some(problem) = wal.and_then(|w| w.problem.as_deref()) {
+                eprintln!("cairn: warning: instance {}: {problem}", s.name);
+            }
             json!({
                 "instance": s.name,
                 "status": status,
+                "wal": wal,
                 "last_snapshot": s.last_snapshot.map(human_time),
                 "next_due": s.next_due().map(human_time),
                 "future_snapshots": s.future_snapshots,
@@ -591,7 +632,10 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             .filter(|r| what.iter().any(|w| r["status"] == *w))
             .count()
     };
-    let (bad, warnings) = (count(&["failed", "overdue"]), count(&["partial"]));
+    let (bad, warnings) = (
+        count(&["failed", "overdue", "wal-failing", "wal-behind"]),
+        count(&["partial", "wal-unknown"]),
+    );
     if ctx.json {
         ctx.print_json(&json!({"healthy": bad == 0, "warnings": warnings, "instances": report}))?;
     } else if !ctx.quiet {
@@ -606,7 +650,7 @@ pub fn health(ctx: &Ctx, grace_minutes: i64) -> Result<i32> {
             "{}",
             match (bad, warnings) {
                 (0, 0) => "healthy".to_string(),
-                (0, w) => format!("healthy, with {w} warning(s): last backup partial"),
+                (0, w) => format!("healthy, with {w} warning(s): last backup partial, or WAL archiving not checked"),
                 _ => "UNHEALTHY".to_string(),
             }
         );

@@ -10,6 +10,9 @@ use std::path::Path;
 use serde_json::json;
 
 use cairn::instance::{self, InstanceConfig};
+use cairn::pitr::Target;
+use cairn::pitr_restore::PitrRequest;
+use cairn::postgres::basebackup::{ArchivingProblem, BaseBackupFacts};
 use cairn::wal::{self, PushOutcome};
 use cairn::{Error, Repository, Result};
 
@@ -28,13 +31,16 @@ fn wal_instance(repo: &Repository, name: &str) -> Result<InstanceConfig> {
 }
 
 pub fn wal_push(ctx: &Ctx, name: &str, path: &Path) -> Result<i32> {
+    // Run once per segment: the host's key cache spares each run the key derivation.
+    cairn::crypto::keycache::enable();
     let repo = ctx.open()?;
     wal_instance(&repo, name)?;
     cairn::interrupt::install()?;
     let outcome = wal::push(&repo, name, path)?;
     let stored = outcome == PushOutcome::Stored;
     if ctx.json {
-        ctx.print_json(&json!({"instance": name, "file": path.file_name().map(|f| f.to_string_lossy()), "stored": stored}))?;
+        ctx.print_json(&json!({"instance": name, "file": path.file_name().map(|f| f.to_string_lossy()), "stored": stored,
+                               "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;
     } else if !ctx.quiet {
         let verb = if stored {
             "archived"
@@ -47,10 +53,12 @@ pub fn wal_push(ctx: &Ctx, name: &str, path: &Path) -> Result<i32> {
 }
 
 pub fn wal_fetch(ctx: &Ctx, name: &str, file: &str, dest: &Path) -> Result<i32> {
+    cairn::crypto::keycache::enable();
     let repo = ctx.open()?;
     let size = wal::fetch(&repo, name, file, dest)?;
     if ctx.json {
-        ctx.print_json(&json!({"instance": name, "file": file, "size": size}))?;
+        ctx.print_json(&json!({"instance": name, "file": file, "size": size,
+                               "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;
     } else if !ctx.quiet {
         println!("restored {file} ({})", human_bytes(size));
     }
@@ -101,8 +109,8 @@ fn password_option(encrypted: bool, apply: bool) -> Result<String> {
         return Ok(format!(" --password-command {}", shell_quote(&c)));
     }
     let why =
-        "the repository is encrypted and PostgreSQL's archiver has no password: give wal-setup \
-               --password-file FILE (readable by the server's OS user) so archive_command names it";
+        "the repository is encrypted and PostgreSQL (which runs this command) has no password: give \
+               --password-file FILE (readable by the server's OS user) so the command names it";
     if apply {
         return Err(Error::Invalid(why.into()));
     }
@@ -123,6 +131,21 @@ fn settings(
     encrypted: bool,
     apply: bool,
 ) -> Result<Vec<(&'static str, String)>> {
+    let command = server_command(ctx, encrypted, apply)?;
+    Ok(vec![
+        ("archive_mode", "on".to_string()),
+        (
+            "archive_command",
+            format!("{command} --quiet wal-push --instance {name} %p"),
+        ),
+        ("archive_timeout", format!("{archive_timeout}s")),
+    ])
+}
+
+/// This binary with this repository's options, quoted for the shell PostgreSQL runs archive_command and
+/// restore_command with: the server's OS user must be able to run it, read the password file (or run the
+/// password command), write the repository (its lock files) and have a cache directory.
+fn server_command(ctx: &Ctx, encrypted: bool, strict: bool) -> Result<String> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Invalid(format!("cannot tell where this cairn binary is: {e}")))?;
     let (url, _) = ctx.repo_url()?;
@@ -144,15 +167,8 @@ fn settings(
     if ctx.s3_path_style() {
         command += " --s3-path-style";
     }
-    command += &password_option(encrypted, apply)?;
-    Ok(vec![
-        ("archive_mode", "on".to_string()),
-        (
-            "archive_command",
-            format!("{command} --quiet wal-push --instance {name} %p"),
-        ),
-        ("archive_timeout", format!("{archive_timeout}s")),
-    ])
+    command += &password_option(encrypted, strict)?;
+    Ok(command)
 }
 
 pub fn wal_setup(
@@ -199,4 +215,200 @@ pub fn wal_setup(
         ),
     }
     Ok(EXIT_OK)
+}
+
+/// `cairn instance base-backup NAME`: a snapshot with the instance's files and a base backup of its
+/// cluster.
+pub fn base_backup(ctx: &Ctx, repo: &Repository, name: &str) -> Result<i32> {
+    let cfg = wal_instance(repo, name)?;
+    cairn::interrupt::install()?;
+    let progress = cairn::progress::Progress::new("base backup", None, ctx.quiet || ctx.json);
+    let r = cairn::runner::base_backup_instance(repo, &cfg, progress)?;
+    let facts = BaseBackupFacts::of(&r.snapshot);
+    if ctx.json {
+        return ctx
+            .print_json(
+                &json!({"snapshot_id": r.snapshot_id.to_hex(), "summary": r.snapshot.summary,
+                                "basebackup": facts}),
+            )
+            .map(|_| EXIT_OK);
+    }
+    if !ctx.quiet {
+        let f = facts.as_ref();
+        println!(
+            "instance {name}: base backup {} saved (WAL {} to {}, timeline {}; {} read, {} added)",
+            r.snapshot_id.short(),
+            f.map_or("?", |f| f.start_lsn.as_str()),
+            f.map_or("?", |f| f.stop_lsn.as_str()),
+            f.map_or(0, |f| f.timeline),
+            human_bytes(r.snapshot.summary.bytes_read),
+            human_bytes(r.snapshot.summary.bytes_added)
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// `instance restore NAME --at T --pg-datadir DIR ...`.
+#[derive(Debug)]
+pub struct PitrArgs {
+    /// A time, or `latest`.
+    pub at: String,
+    pub datadir: std::path::PathBuf,
+    /// Restore the instance's files (from the snapshot at or before the same time) under this directory.
+    pub files_to: Option<std::path::PathBuf>,
+    pub overwrite: bool,
+    pub start: bool,
+    pub port: Option<u16>,
+    pub pg_bin: Option<std::path::PathBuf>,
+    pub os_user: Option<String>,
+    pub timeout: std::time::Duration,
+}
+
+pub fn restore_pitr(ctx: &Ctx, repo: &Repository, name: &str, a: PitrArgs) -> Result<i32> {
+    wal_instance(repo, name)?;
+    let (target, at) = match a.at.as_str() {
+        "latest" => (Target::Latest, None),
+        t => {
+            let at = super::commands::parse_time(t)?;
+            (Target::Time(at.with_timezone(&chrono::Utc)), Some(at))
+        }
+    };
+    let command = server_command(ctx, repo.crypto().is_encrypted(), true)?;
+    let req = PitrRequest {
+        target,
+        datadir: std::path::absolute(&a.datadir).map_err(|e| Error::io(&a.datadir, e))?,
+        restore_command: format!("{command} --quiet wal-fetch --instance {name} %f %p"),
+        start: a.start,
+        port: a.port,
+        pg_bin: a.pg_bin,
+        os_user: a.os_user,
+        timeout: a.timeout,
+    };
+    let out = cairn::pitr_restore::restore(repo, name, &req)?;
+    let files = match a.files_to {
+        Some(dir) => {
+            let files_req = cairn::instance_restore::RestoreRequest {
+                at,
+                target: Some(dir),
+                overwrite: a.overwrite,
+                ..Default::default()
+            };
+            let progress = cairn::progress::Progress::new("restore", None, true);
+            Some(cairn::instance_restore::restore_instance(
+                repo, name, files_req, &progress,
+            )?)
+        }
+        None => None,
+    };
+    if ctx.json {
+        let mut v = json!(out);
+        if let Some(f) = &files {
+            v["files"] = json!({"snapshot_id": f.snapshot_id, "restored_to": f.restored_to,
+                                "files": f.files, "bytes": f.bytes});
+        }
+        return ctx.print_json(&v).map(|_| EXIT_OK);
+    }
+    if ctx.quiet {
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "restored base backup {} of {name} into {} (replays WAL {} to {}, recovery target {})",
+        &out.snapshot_id[..8],
+        out.datadir.display(),
+        out.replay.first_segment,
+        out.replay.last_segment,
+        out.target
+    );
+    if out.started {
+        println!(
+            "the server recovered to {}, promoted and accepts connections{} (log: {})",
+            out.target,
+            out.port
+                .map(|p| format!(" on port {p}"))
+                .unwrap_or_default(),
+            out.log
+                .as_deref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "start it with: pg_ctl start -D {} (it recovers to the target, then promotes)",
+            out.datadir.display()
+        );
+    }
+    if let Some(lsn) = &out.replayed_to_end {
+        println!(
+            "no transaction in the archive committed after {}: recovery replayed the archive to its end ({lsn}), \
+             which is the cluster as it was then",
+            out.target
+        );
+    }
+    println!("archive_mode is off in the restored cluster: turn archiving on with `cairn instance wal-setup` once it is kept");
+    if let Some(f) = &files {
+        for d in &f.restored_to {
+            println!(
+                "restored the files of snapshot {} of {name} to {}",
+                &f.snapshot_id[..8],
+                d.display()
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `health`'s view of one instance's WAL archiving.
+#[derive(Debug, serde::Serialize)]
+pub struct WalHealth {
+    /// ok, wal-failing, wal-behind, or wal-unknown (the server could not be asked).
+    pub status: &'static str,
+    pub problem: Option<String>,
+    /// The newest segment in the repository and when it was archived.
+    pub newest_segment: Option<String>,
+    pub newest_archived_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Asks the server of every instance with `--wal` and a database how its archiver does (see
+/// [`cairn::postgres::basebackup::archiving_problem`]).
+pub fn archiving_health(
+    repo: &Repository,
+    grace: chrono::Duration,
+) -> Result<std::collections::BTreeMap<String, WalHealth>> {
+    let mut out = std::collections::BTreeMap::new();
+    for cfg in instance::list(repo)?
+        .into_iter()
+        .filter(|c| c.wal && !c.paused)
+    {
+        let Some(db) = cfg.pg.as_deref() else {
+            continue;
+        };
+        let newest = wal::list(repo, Some(&cfg.name))?
+            .into_iter()
+            .max_by_key(|o| o.time);
+        let asked = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref())
+            .and_then(|conn| cairn::postgres::basebackup::archiver_status(&conn, db));
+        let (status, problem) = match asked {
+            Ok(st) => match cairn::postgres::basebackup::archiving_problem(&st, grace) {
+                None => ("ok", None),
+                Some((ArchivingProblem::Failing, p)) => ("wal-failing", Some(p)),
+                Some((ArchivingProblem::Behind, p)) => ("wal-behind", Some(p)),
+            },
+            Err(e) => (
+                "wal-unknown",
+                Some(format!(
+                    "cannot ask the server how its WAL archiving does: {e}"
+                )),
+            ),
+        };
+        out.insert(
+            cfg.name.clone(),
+            WalHealth {
+                status,
+                problem,
+                newest_segment: newest.as_ref().map(|o| o.file.clone()),
+                newest_archived_at: newest.map(|o| o.time),
+            },
+        );
+    }
+    Ok(out)
 }

@@ -8,6 +8,7 @@
 //!   random 192-bit nonce each time. For a plaintext repository sealing and opening return the bytes as they
 //!   are, so callers have one code path.
 //! - [`keyfile`]: key files (`keys/<id>`), each wrapping the master key under a password (Argon2id).
+//! - [`keycache`]: the host's key cache of the commands PostgreSQL runs per WAL file (no Argon2id per file).
 //! - [`password`]: where a password comes from (file, command, environment, terminal prompt).
 //! - [`sealed`]: the backend wrapper that seals every whole repository object (snapshots, index objects,
 //!   instance configurations and any kind added later) on the way out and opens it on the way in. Packs are
@@ -18,6 +19,7 @@
 //! passed off as an instance configuration or a blob as a pack trailer; nothing opened is used before its tag
 //! verified. The master key never leaves memory unwrapped and is zeroed when dropped.
 
+pub mod keycache;
 pub mod keyfile;
 pub mod password;
 pub mod sealed;
@@ -254,7 +256,7 @@ pub fn open_keys(
         return Ok(c);
     }
     let password = password::password()?;
-    let crypto = keyfile::unlock(backend, password.as_bytes())?;
+    let crypto = keycache::unlock(backend, config, password.as_bytes())?;
     remember(&config.repository_id, &crypto);
     Ok(crypto)
 }
