@@ -322,6 +322,7 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
     );
     check_labels(&tab);
     screenshot(&tab, "overview.png");
+    check_size_history(&server, &admin);
 
     // The phone-sized overview: no sideways scrolling, each cell labelled with its column.
     viewport(&tab, Some((390, 844)));
@@ -497,8 +498,50 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
         "the safety snapshot on the timeline",
         30,
     );
+    // The instance page on a phone: no sideways scrolling either, the timeline still there.
+    viewport(&tab, Some((390, 844)));
+    wait_for(
+        &tab,
+        "getComputedStyle(document.querySelector('#snapshots td'), '::before').content.includes('Time')",
+        "the card layout of the snapshots",
+        10,
+    );
+    assert_eq!(
+        js(
+            &tab,
+            "document.documentElement.scrollWidth <= window.innerWidth && \
+             document.querySelector('#timeline svg').getBoundingClientRect().width <= window.innerWidth"
+        ),
+        true,
+        "the instance page scrolls sideways on a phone"
+    );
     drop(server);
     ok(cairn(&repo).arg("check"));
+}
+
+/// The chart's data, `GET /stats`'s `size_history`: one point per snapshot, oldest first, its stored bytes
+/// the running sum of what each snapshot added, its logical bytes the newest snapshot of each instance.
+fn check_size_history(server: &Server, token: &str) {
+    let stats = server.get("/stats", token);
+    let points = stats["size_history"].as_array().expect("size_history");
+    let snaps = server.get("/instances/shop/snapshots", token);
+    let crm = server.get("/instances/crm/snapshots", token);
+    let mut all: Vec<&Value> = snaps.as_array().unwrap().iter().collect();
+    all.extend(crm.as_array().unwrap());
+    all.sort_by_key(|s| chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap()).unwrap());
+    assert_eq!(points.len(), all.len(), "{stats}");
+    let (mut stored, mut newest) = (0, std::collections::BTreeMap::new());
+    for (p, s) in points.iter().zip(&all) {
+        assert_eq!(p["snapshot_id"], s["id"], "{stats}");
+        assert_eq!(p["instance"], s["instance"], "{stats}");
+        stored += s["summary"]["bytes_added"].as_u64().unwrap();
+        newest.insert(
+            s["instance"].as_str().unwrap().to_string(),
+            s["summary"]["bytes_total"].as_u64().unwrap(),
+        );
+        assert_eq!(p["stored_bytes"], stored, "{stats}");
+        assert_eq!(p["logical_bytes"], newest.values().sum::<u64>(), "{stats}");
+    }
 }
 
 /// Every form control and button shown has a name a screen reader can say, and can take the focus.
