@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use headless_chrome::protocol::cdp::Emulation;
+use headless_chrome::protocol::cdp::Page;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::Value;
@@ -106,6 +107,24 @@ fn launch() -> Browser {
         .build()
         .expect("launch options");
     Browser::new(opts).unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()))
+}
+
+/// Makes every page of the tab collect its uncaught script errors, unhandled promise rejections and
+/// content-security-policy violations in `window.__pageErrors` (injected by the protocol, so the page's own
+/// policy does not apply to it).
+fn record_page_errors(tab: &Tab) {
+    let source = "window.__pageErrors = [];\
+        addEventListener('error', (e) => __pageErrors.push('error: ' + e.message));\
+        addEventListener('unhandledrejection', (e) => __pageErrors.push('rejection: ' + e.reason));\
+        document.addEventListener('securitypolicyviolation', (e) =>\
+            __pageErrors.push('CSP: ' + e.violatedDirective + ' ' + e.blockedURI));";
+    tab.call_method(Page::AddScriptToEvaluateOnNewDocument {
+        source: source.to_string(),
+        world_name: None,
+        include_command_line_api: None,
+        run_immediately: None,
+    })
+    .expect("the error recorder");
 }
 
 /// Evaluates `expr` in the page; its value as JSON (the page answers `JSON.stringify(...)`).
@@ -259,6 +278,7 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
     let server = Server::start(&repo);
     let tab: Arc<Tab> = browser.new_tab().expect("a tab");
     tab.set_default_timeout(Duration::from_secs(60));
+    record_page_errors(&tab);
 
     // The token, typed and sent with the keyboard.
     tab.navigate_to(&server.base)
@@ -514,6 +534,11 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
         ),
         true,
         "the instance page scrolls sideways on a phone"
+    );
+    assert_eq!(
+        js(&tab, "window.__pageErrors"),
+        serde_json::json!([]),
+        "script errors or content-security-policy violations in the page"
     );
     drop(server);
     ok(cairn(&repo).arg("check"));
