@@ -409,7 +409,9 @@ async fn stats(State(st): St, headers: HeaderMap) -> ApiResult<Json<Value>> {
                 "snapshot_count": o.snapshots.len(),
                 "logical_bytes": o.snapshots.iter().map(|(_, s)| s.summary.bytes_total).sum::<u64>(),
                 "stored_bytes": pack_bytes,
-            }
+            },
+            // The dashboard's chart of repository size over time.
+            "size_history": o.size_history(),
         }))
     })
     .await?;
