@@ -117,6 +117,30 @@ impl Overview {
         })
     }
 
+    /// The repository's size over time, one point per kept snapshot, oldest first: `stored_bytes` adds up
+    /// the stored bytes the kept snapshots so far added (data that a forgotten snapshot added and a kept one
+    /// still uses is not counted, so the curve is a lower bound), `logical_bytes` sums the size of each
+    /// instance's newest snapshot at that time.
+    pub fn size_history(&self) -> Vec<Value> {
+        let mut kept: Vec<&(Id, Snapshot)> = self.snapshots.iter().collect();
+        kept.sort_by_key(|(_, s)| s.time);
+        let mut stored = 0u64;
+        let mut newest: std::collections::BTreeMap<Option<&str>, u64> = Default::default();
+        kept.iter()
+            .map(|(id, s)| {
+                stored += s.summary.bytes_added;
+                newest.insert(s.instance.as_deref(), s.summary.bytes_total);
+                json!({
+                    "time": time(s.time.with_timezone(&Utc)),
+                    "snapshot_id": id.to_hex(),
+                    "instance": s.instance,
+                    "stored_bytes": stored,
+                    "logical_bytes": newest.values().sum::<u64>(),
+                })
+            })
+            .collect()
+    }
+
     /// Whether every instance is ok or paused.
     pub fn healthy(&self, now: DateTime<Utc>) -> bool {
         let grace = Duration::minutes(DEFAULT_GRACE_MINUTES);

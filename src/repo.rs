@@ -114,10 +114,18 @@ fn load_config(backend: &dyn Backend) -> Result<Config> {
 /// the clear, so it never lives inside the repository: even a local one keeps it in the cache directory,
 /// under the repository id and a hash of its place (two copies of one repository get two caches).
 pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
-    let local = backend.local_root();
-    if let (Some(root), false) = (local, config.is_encrypted()) {
+    if let (Some(root), false) = (backend.local_root(), config.is_encrypted()) {
         return Ok(root.join(INDEX_FILE));
     }
+    Ok(repo_cache_dir(backend, config)?.join(INDEX_FILE))
+}
+
+/// This host's cache directory of the repository at `backend` (created if missing): under [`cache_dir`],
+/// `cairn/` then the repository id, and for a local repository a hash of its place (two copies of one
+/// repository get two caches). It holds the index of a repository in object storage or an encrypted one,
+/// and what else this host keeps about the repository (`cairn serve`'s job records).
+pub fn repo_cache_dir(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
+    let local = backend.local_root();
     if !config
         .repository_id
         .bytes()
@@ -136,7 +144,7 @@ pub fn index_path(backend: &dyn Backend, config: &Config) -> Result<PathBuf> {
         }
         None => config.repository_id.clone(),
     };
-    Ok(cache_dir(&Path::new("cairn").join(name))?.join(INDEX_FILE))
+    cache_dir(&Path::new("cairn").join(name))
 }
 
 /// `sub` under the user's cache directory, created: `$XDG_CACHE_HOME`, else `$HOME/.cache`, else (unset,
@@ -383,6 +391,11 @@ impl Repository {
     /// The directory of a local repository (a backup skips it).
     pub fn local_root(&self) -> Option<&Path> {
         self.backend.local_root()
+    }
+
+    /// This host's cache directory of the repository (see [`repo_cache_dir`]).
+    pub fn cache_dir(&self) -> Result<PathBuf> {
+        repo_cache_dir(self.backend.as_ref(), &self.config)
     }
 
     /// The index database file.

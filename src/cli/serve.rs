@@ -1,6 +1,7 @@
 //! `serve` and `token`: the HTTP server's command line (the server itself is `cairn::server`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -16,10 +17,17 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default; 127.0.0.1:0 picks a free port, printed on stderr).
     #[arg(long, default_value = "127.0.0.1:8640")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate (chain, leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Do not run the instance schedules (API and dashboard only).
     #[arg(long)]
     pub no_schedule: bool,
-    /// Allow plain HTTP on a non-loopback address (tokens then cross the network in clear).
+    /// Allow plain HTTP on a non-loopback address (tokens then cross the network in clear); not needed
+    /// with --tls-cert.
     #[arg(long)]
     pub insecure_http: bool,
     /// Largest upload accepted by `POST /instances/{name}/import`, in MiB.
@@ -51,6 +59,10 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> Result<i32> {
     let opts = cairn::server::ServeOptions {
         repo,
         listen: a.listen,
+        tls: a
+            .tls_cert
+            .zip(a.tls_key)
+            .map(|(cert, key)| cairn::server::tls::TlsFiles { cert, key }),
         schedule: !a.no_schedule,
         insecure_http: a.insecure_http,
         upload_limit: a.max_upload_mib.saturating_mul(1 << 20),

@@ -1,13 +1,16 @@
 //! Jobs: the server's long operations (backups, restores, imports, checks), run on tokio's blocking pool
 //! and observed through their [`Progress`](crate::progress::Progress).
 //!
-//! A job is queued, then running, then completed, failed or cancelled. Its counters are atomics written by
+//! A job is queued, then running, then completed, failed or cancelled; a job whose server died under it
+//! (killed, crashed, power lost) is listed by the next server as interrupted. Its counters are atomics written by
 //! the operation's worker threads (through [`Observer`]) and read by `GET /jobs/{id}`. Cancelling sets a
 //! flag that the operation checks between units of work; a cancelled operation unwinds like a failed one
 //! (no snapshot written). At most one restore or import per instance runs at a time, and no backup of an
 //! instance runs beside its restore: [`JobTable::submit`] refuses the second (409).
 //!
-//! Jobs live in memory: a restarted server starts with an empty list.
+//! Jobs live in memory and, when this server owns the host's job records ([`super::job_store`]), are
+//! recorded when they start and when they end, so a restarted server lists the jobs of the ones before it,
+//! and those that were queued or running when it died as interrupted.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,8 +19,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use super::job_store::{self, JobStore};
 use crate::progress::{Observer, Progress};
-use crate::Error;
+use crate::{Error, Result};
 
 /// A job's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,6 +32,8 @@ pub enum Status {
     Completed,
     Failed,
     Cancelled,
+    /// The server stopped (killed, crashed) while the job was queued or running.
+    Interrupted,
 }
 
 impl Status {
@@ -38,10 +44,27 @@ impl Status {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
+            Status::Interrupted => "interrupted",
         }
     }
     fn finished(self) -> bool {
-        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+        matches!(
+            self,
+            Status::Completed | Status::Failed | Status::Cancelled | Status::Interrupted
+        )
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Running,
+            Status::Completed,
+            Status::Failed,
+            Status::Cancelled,
+            Status::Interrupted,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -125,6 +148,49 @@ impl Job {
         })
     }
 
+    /// A job as [`Job::to_json`] recorded it, `None` if the record lacks what every job has.
+    fn from_record(v: &serde_json::Value) -> Option<Job> {
+        let time = |k: &str| {
+            v[k].as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        let count = |k: &str| AtomicU64::new(v[k].as_u64().unwrap_or(0));
+        Some(Job {
+            id: text("id")?,
+            kind: text("kind")?,
+            instance: text("instance"),
+            created_at: time("created_at")?,
+            bytes_done: count("bytes_done"),
+            bytes_total: count("bytes_total"),
+            files_done: count("files_done"),
+            rows_verified: count("rows_verified"),
+            cancel: AtomicBool::new(false),
+            fields: Mutex::new(Fields {
+                status: Status::parse(v["status"].as_str()?)?,
+                current_step: text("current_step").unwrap_or_default(),
+                started_at: time("started_at"),
+                finished_at: time("finished_at"),
+                snapshot_id: text("snapshot_id"),
+                safety_snapshot_id: text("safety_snapshot_id"),
+                error: text("error"),
+                detail: Some(v["detail"].clone()).filter(|d| !d.is_null()),
+            }),
+        })
+    }
+
+    /// Marks a recorded job that never finished as interrupted (its server died under it).
+    fn interrupt(&self) {
+        let mut f = self.fields();
+        f.status = Status::Interrupted;
+        f.finished_at = Some(Utc::now());
+        f.error = Some(format!(
+            "interrupted: the server stopped (killed or crashed) during `{}`, before the job finished",
+            f.current_step
+        ));
+    }
+
     /// Sets the bytes the job is expected to process (an estimate until the operation knows better).
     pub fn expect_bytes(&self, n: u64) {
         self.bytes_total.store(n, Ordering::Relaxed);
@@ -201,13 +267,15 @@ impl Observer for Job {
 /// Kinds that replace an instance's data: never two at once for one instance, nor beside its backup.
 const EXCLUSIVE_KINDS: [&str; 2] = ["restore", "import"];
 
-/// Every job of this server, oldest first.
+/// Every job of this server (and, from the records, of the servers before it), oldest first.
 #[derive(Default)]
 pub struct JobTable {
     jobs: Mutex<Vec<Arc<Job>>>,
     next: AtomicU64,
     /// Set at shutdown: no new job starts.
     closed: AtomicBool,
+    /// Where jobs are recorded (none: this server keeps them in memory only).
+    store: Option<Arc<JobStore>>,
 }
 
 /// Why a job was not started.
@@ -218,7 +286,49 @@ pub enum Refusal {
     Closed,
 }
 
+/// Writes a job's record; a failure is printed, not fatal to the job (the record is this host's cache).
+fn persist(store: &Option<Arc<JobStore>>, job: &Job) {
+    if let Some(store) = store {
+        if let Err(e) = store.save(&job.to_json()) {
+            eprintln!("cairn serve: warning: job {} not recorded: {e}", job.id);
+        }
+    }
+}
+
 impl JobTable {
+    /// The table of a server that owns `store`: the recorded jobs, those left unfinished by a server that
+    /// died marked interrupted (and so recorded), at most [`job_store::KEEP`] of them; new ids continue
+    /// after the highest recorded one. Blocking (file I/O): called before the server runs.
+    pub fn with_store(store: JobStore) -> Result<JobTable> {
+        let mut jobs = Vec::new();
+        let mut highest = 0;
+        let records = store.load()?;
+        let surplus = records.len().saturating_sub(job_store::KEEP);
+        for (i, record) in records.iter().enumerate() {
+            let id = record["id"].as_str().unwrap_or_default();
+            highest = highest.max(job_store::number_of(id).unwrap_or(0));
+            if i < surplus {
+                store.remove(id)?;
+                continue;
+            }
+            let Some(job) = Job::from_record(record) else {
+                eprintln!("cairn serve: warning: job record {id} skipped: fields missing");
+                continue;
+            };
+            if !job.status().finished() {
+                job.interrupt();
+                store.save(&job.to_json())?;
+            }
+            jobs.push(Arc::new(job));
+        }
+        Ok(JobTable {
+            jobs: Mutex::new(jobs),
+            next: AtomicU64::new(highest),
+            closed: AtomicBool::new(false),
+            store: Some(Arc::new(store)),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<Job>>> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -272,15 +382,20 @@ impl JobTable {
             job
         };
         let running = job.clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            if !running.start() {
-                return;
+            // Recorded as running before any work: if the server dies from here on, the next one says so.
+            let started = running.start();
+            persist(&store, &running);
+            if !started {
+                return; // cancelled while queued
             }
             let progress = Progress::observed(running.clone());
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&running, progress)))
                     .unwrap_or_else(|_| Err(Error::Command("the job panicked".into())));
             running.finish(result);
+            persist(&store, &running);
         });
         Ok(job)
     }

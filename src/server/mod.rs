@@ -2,20 +2,24 @@
 //! instance schedules of `daemon`, in one process on the same library as the CLI.
 //!
 //! Layout: [`routes`] maps requests to library calls, [`auth`] checks tokens and roles and records mutating
-//! calls, [`jobs`] runs long operations with progress and cancellation, [`errors`] turns failures into
-//! HTTP answers, [`dashboard`] serves the embedded web page.
+//! calls, [`jobs`] runs long operations with progress and cancellation, [`job_store`] keeps their records
+//! across restarts, [`errors`] turns failures into HTTP answers, [`dashboard`] serves the embedded web
+//! page, [`tls`] reads the certificate and key of HTTPS.
 //!
 //! Invariants: blocking library work (SQLite, file I/O, hashing) runs on tokio's blocking pool through
 //! [`blocking`] or as a job, never on the runtime's worker threads, so one slow backup never delays a
-//! request. The server listens on loopback unless told otherwise; a non-loopback address is refused without
-//! `--insecure-http`, because tokens would cross the network in clear (TLS is not built in yet). SIGTERM or
-//! SIGINT stops accepting requests and new jobs, and waits (at most [`SHUTDOWN_GRACE`]) for running jobs.
+//! request. The server listens on loopback unless told otherwise; with `--tls-cert`/`--tls-key` it speaks
+//! HTTPS only ([`tls`]); a non-loopback address without TLS is refused unless `--insecure-http`, because
+//! tokens would cross the network in clear. SIGTERM or SIGINT stops accepting requests and new jobs, and
+//! waits (at most [`SHUTDOWN_GRACE`]) for running jobs.
 
 pub mod auth;
 pub mod dashboard;
 pub mod errors;
+pub mod job_store;
 pub mod jobs;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +43,8 @@ pub const DEFAULT_UPLOAD_LIMIT: u64 = 4 << 30;
 pub struct ServeOptions {
     pub repo: RepoUrl,
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key (else plain HTTP).
+    pub tls: Option<tls::TlsFiles>,
     /// Run the instance schedules (as `daemon` does).
     pub schedule: bool,
     /// Allow a non-loopback address without TLS.
@@ -69,65 +75,118 @@ where
     }
 }
 
-/// Refuses to listen where tokens would travel in clear over a network.
-pub fn check_listen(addr: &SocketAddr, insecure_http: bool) -> Result<()> {
-    if addr.ip().is_loopback() || insecure_http {
+/// Refuses to listen where tokens would travel in clear over a network: plain HTTP on a non-loopback
+/// address, unless the operator insists.
+pub fn check_listen(addr: &SocketAddr, tls: bool, insecure_http: bool) -> Result<()> {
+    if tls || addr.ip().is_loopback() || insecure_http {
         return Ok(());
     }
     Err(Error::Usage(format!(
         "refusing to serve plain HTTP on {addr}, which is not a loopback address: API tokens would cross the \
-         network in clear. Listen on 127.0.0.1 behind a TLS proxy, or pass --insecure-http"
+         network in clear. Give --tls-cert and --tls-key, listen on 127.0.0.1 behind a TLS proxy, or pass \
+         --insecure-http"
     )))
+}
+
+/// The job table: with this host's records of the repository's jobs when this server can own them, else
+/// in memory only (said on stderr; the server runs either way).
+fn job_table(repo: &Repository) -> jobs::JobTable {
+    let table = job_store::JobStore::open(repo).and_then(|store| match store {
+        Some(store) => jobs::JobTable::with_store(store).map(Some),
+        None => Ok(None),
+    });
+    match table {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!(
+                "cairn serve: warning: another cairn serve on this host keeps the job records of this \
+                 repository; this server's jobs are kept in memory only"
+            );
+            jobs::JobTable::default()
+        }
+        Err(e) => {
+            eprintln!(
+                "cairn serve: warning: job records unavailable ({e}); jobs are kept in memory only"
+            );
+            jobs::JobTable::default()
+        }
+    }
 }
 
 /// Runs the server until SIGTERM/SIGINT.
 pub fn run(opts: ServeOptions) -> Result<()> {
-    check_listen(&opts.listen, opts.insecure_http)?;
+    check_listen(&opts.listen, opts.tls.is_some(), opts.insecure_http)?;
+    // Before anything else: a bad certificate or key stops the command at once.
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(tls::TlsFiles::server_config)
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Error::Command(format!("server runtime: {e}")))?;
-    let result = rt.block_on(serve(opts));
+    let result = rt.block_on(serve(opts, tls));
     // Jobs still running after the grace period are abandoned with the process.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn serve(opts: ServeOptions) -> Result<()> {
+async fn serve(opts: ServeOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Result<()> {
     let url = opts.repo.clone();
-    let repo = tokio::task::spawn_blocking(move || Repository::open(&url))
-        .await
-        .map_err(|e| Error::Command(format!("opening the repository: {e}")))??;
-    let repo = Arc::new(repo);
+    let (repo, jobs) = tokio::task::spawn_blocking(move || {
+        let repo = Repository::open(&url)?;
+        let jobs = job_table(&repo);
+        Ok::<_, Error>((Arc::new(repo), jobs))
+    })
+    .await
+    .map_err(|e| Error::Command(format!("opening the repository: {e}")))??;
     let state = Arc::new(AppState {
         auth: auth::Auth::new(repo.clone()),
         repo,
-        jobs: Arc::new(jobs::JobTable::default()),
+        jobs: Arc::new(jobs),
         upload_limit: opts.upload_limit,
     });
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
+    // Bound here (not by the server) so that the address, with the port a `:0` got, is printed before the
+    // first request can arrive.
+    let listener = std::net::TcpListener::bind(opts.listen)
         .map_err(|e| Error::io(opts.listen.to_string(), e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io(opts.listen.to_string(), e))?;
-    eprintln!("cairn serve: listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("cairn serve: listening on {scheme}://{addr}");
     if opts.schedule {
         tokio::spawn(routes::schedule_loop(state.clone(), opts.tick));
     }
     let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
-    let stop = async move {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
-    };
-    axum::serve(listener, routes::router(state.clone()))
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| Error::Command(format!("server: {e}")))?;
+        // Requests under way get the grace period too; a download still streaming after it is cut.
+        stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let app = routes::router(state.clone()).into_make_service();
+    let server_error = |e: std::io::Error| Error::Command(format!("server: {e}"));
+    let listening = axum_server::from_tcp(listener).map_err(server_error)?;
+    match tls {
+        Some(config) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            listening
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(config))
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+        None => listening.handle(handle).serve(app).await,
+    }
+    .map_err(server_error)?;
     state.jobs.close();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     let running = state.jobs.unfinished();

@@ -409,7 +409,9 @@ async fn stats(State(st): St, headers: HeaderMap) -> ApiResult<Json<Value>> {
                 "snapshot_count": o.snapshots.len(),
                 "logical_bytes": o.snapshots.iter().map(|(_, s)| s.summary.bytes_total).sum::<u64>(),
                 "stored_bytes": pack_bytes,
-            }
+            },
+            // The dashboard's chart of repository size over time.
+            "size_history": o.size_history(),
         }))
     })
     .await?;
@@ -792,13 +794,19 @@ struct DownloadQuery {
 }
 
 /// A `Write` that hands its bytes to the response body; a client that went away makes it fail, which
-/// stops the export (and its temporary files go with it).
+/// stops the export (its read lock and open files go with it). So does a client that stays connected but
+/// takes nothing for [`STALLED_AFTER`]: it would otherwise hold the lock and a blocking thread forever.
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
     buf: Vec<u8>,
+    /// The runtime, to wait for room in the channel with a deadline (from a blocking-pool thread).
+    rt: tokio::runtime::Handle,
 }
 
 const CHUNK: usize = 256 * 1024;
+
+/// A download whose client has taken nothing for this long is abandoned.
+const STALLED_AFTER: Duration = Duration::from_secs(300);
 
 impl ChannelWriter {
     fn send(&mut self) -> std::io::Result<()> {
@@ -806,9 +814,20 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        let sent = self
+            .rt
+            .block_on(tokio::time::timeout(STALLED_AFTER, self.tx.send(Ok(chunk))));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            )),
+        }
     }
 }
 
@@ -850,23 +869,33 @@ async fn download(
     let r2 = repo.clone();
     let (id, snap) = blocking(move || crate::latest::for_export(&r2, &id, None, format)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<std::result::Result<(), String>>();
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
-            tx: tx.clone(),
+            tx,
             buf: Vec::with_capacity(CHUNK),
+            rt,
         };
         let r = crate::lock::acquire_reader_on(&repo, "export").and_then(|_lock| {
             crate::export::export(&repo, &snap, &opts, &mut out)?;
             out.flush().map_err(|e| Error::io("download", e))
         });
-        if let Err(e) = r {
-            // An error item makes the server cut the response: the client sees a broken download, never a
-            // complete-looking one.
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-        }
+        let _ = done_tx.send(r.map_err(|e| e.to_string()));
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let stream = futures_util::stream::unfold((rx, Some(done_rx)), |(mut rx, done)| async move {
+        if let Some(item) = rx.recv().await {
+            return Some((item, (rx, done)));
+        }
+        // The export has ended. Unless it ended well, an error item makes the server cut the response: the
+        // client sees a broken download, never a complete-looking one (told through this separate channel,
+        // so that it arrives even when the data channel is full).
+        let failure = match done?.await {
+            Ok(Ok(())) => return None,
+            Ok(Err(m)) => m,
+            Err(_) => "the export stopped".to_string(),
+        };
+        Some((Err(std::io::Error::other(failure)), (rx, None)))
     });
     let disposition = format!("attachment; filename=\"{}.{ext}\"", id.short());
     Ok((
