@@ -39,6 +39,10 @@ fn every_command_prints_exactly_one_json_document_with_json() {
     let b = one_doc(r, &["backup", s, "--time", "2026-01-01 10:00"], 0);
     let id = b["snapshot_id"].as_str().unwrap().to_string();
     one_doc(r, &["backup", s], 0);
+    // Schedule entries of an encrypted repository name a password file (never the password).
+    let pw = tmp.join("password");
+    std::fs::write(&pw, harness::PASSWORD).unwrap();
+    let pw = pw.to_str().unwrap();
     for args in [
         vec!["snapshots"],
         vec!["show", "latest"],
@@ -51,8 +55,8 @@ fn every_command_prints_exactly_one_json_document_with_json() {
         vec!["stats"],
         vec!["log"],
         vec!["health"],
-        vec!["schedule", "crontab"],
-        vec!["schedule", "systemd"],
+        vec!["schedule", "crontab", "--password-file", pw],
+        vec!["schedule", "systemd", "--password-file", pw],
         vec!["unlock"],
         vec!["prune", "--dry-run"],
         vec!["forget", "--keep-last", "5", "--dry-run"],
