@@ -184,9 +184,21 @@ fn failing_pre_hook_aborts_is_logged_and_notified() {
 
 #[test]
 fn scheduler_entries_are_printed() {
-    let (_dir, repo) = new_repo();
-    assert!(ok(cairn(&repo).args(["schedule", "crontab"])).contains("run-due"));
-    assert!(ok(cairn(&repo).args(["schedule", "systemd"])).contains("OnCalendar"));
+    let (dir, repo) = new_repo();
+    // The repository is encrypted: an entry names where its password comes from (never the password).
+    let pw = dir.path().join("password");
+    fs::write(&pw, harness::PASSWORD).unwrap();
+    let pw = pw.to_str().unwrap();
+    let crontab = ok(cairn(&repo).args(["schedule", "crontab", "--password-file", pw]));
+    assert!(
+        crontab.contains("run-due") && crontab.contains(pw),
+        "{crontab}"
+    );
+    assert!(!crontab.contains(harness::PASSWORD), "{crontab}");
+    assert!(
+        ok(cairn(&repo).args(["schedule", "systemd", "--password-file", pw]))
+            .contains("OnCalendar")
+    );
 }
 
 fn sh(cmd: &str) {
