@@ -30,8 +30,13 @@ struct Server {
 
 impl Server {
     fn start(repo: &Path) -> Server {
+        Server::start_on(repo, "127.0.0.1:0")
+    }
+
+    /// Starts the server on `listen` (`127.0.0.1:0`: a free port).
+    fn start_on(repo: &Path, listen: &str) -> Server {
         let mut child = cairn(repo)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-schedule"])
+            .args(["serve", "--listen", listen, "--no-schedule"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -594,4 +599,119 @@ fn check_labels(tab: &Tab) {
         js(tab, &format!("{shown}.length")).as_u64().unwrap() > 0,
         "no controls shown"
     );
+}
+
+/// The dashboard follows a job whose server is killed (-9) and started again on the same address: while
+/// nothing answers it keeps asking (saying so), then shows the job as the next server lists it,
+/// `interrupted`, and stops asking.
+#[test]
+fn serve_dashboard_following_a_job_shows_it_interrupted_after_a_server_restart() {
+    let browser = launch();
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("files");
+    build_rich_tree(&src, 10);
+    ok(cairn(&repo)
+        .args(["instance", "add", "shop", "--priority", "manual", "--path"])
+        .arg(&src));
+    // The backup stays in its pre-hook long enough for the server to be killed under it.
+    ok(cairn(&repo).args(["instance", "set", "shop", "--pre-hook", "sleep 20"]));
+    let admin = ok(cairn(&repo).args(["token", "add", "web", "--role", "admin"]))
+        .trim()
+        .to_string();
+    let mut server = Server::start(&repo);
+    let tab: Arc<Tab> = browser.new_tab().expect("a tab");
+    tab.set_default_timeout(Duration::from_secs(60));
+    record_page_errors(&tab);
+    tab.navigate_to(&format!("{}/#/instance/shop", server.base))
+        .and_then(|t| t.wait_until_navigated())
+        .expect("the dashboard loads");
+    click(&tab, "#token");
+    tab.type_str(&admin)
+        .and_then(|t| t.press_key("Enter"))
+        .unwrap();
+    wait_for(
+        &tab,
+        "document.getElementById('inst-name').textContent === 'shop'",
+        "the instance page",
+        30,
+    );
+    // Counts the page's requests for a job (evaluated through the protocol: the page's policy allows it).
+    js(
+        &tab,
+        "(() => { window.__jobPolls = 0; const f = window.fetch; \
+         window.fetch = (u, o) => { if (String(u).includes('/api/v1/jobs/')) __jobPolls++; return f(u, o); }; \
+         return true; })()",
+    );
+    click(&tab, "#backup-now");
+    wait_for(
+        &tab,
+        "document.getElementById('job').dataset.status === 'running'",
+        "the backup job running",
+        30,
+    );
+    let jobs = server.get("/jobs?instance=shop", &admin);
+    let id = jobs[0]["id"].as_str().expect("the job's id").to_string();
+    assert_eq!(jobs[0]["status"], "running", "{jobs}");
+
+    // kill -9: the page keeps asking and says that nothing answers.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    wait_for(
+        &tab,
+        "document.getElementById('job-text').textContent.includes('has not answered since')",
+        "the page saying the server does not answer",
+        30,
+    );
+    assert_eq!(
+        js(&tab, "document.getElementById('backup-now').disabled"),
+        true,
+        "the page stopped following the job while the server was down"
+    );
+
+    // The next server on the same address lists the job interrupted; the page shows it and stops asking.
+    let listen = server.base.trim_start_matches("http://").to_string();
+    let server = Server::start_on(&repo, &listen);
+    assert_eq!(server.base, format!("http://{listen}"));
+    wait_for(
+        &tab,
+        "document.getElementById('job').dataset.status === 'interrupted'",
+        "the job shown interrupted",
+        60,
+    );
+    let banner = text_of(&tab, "#banner");
+    assert!(
+        banner.starts_with("backup of shop interrupted: the server stopped"),
+        "{banner}"
+    );
+    assert_eq!(
+        js(&tab, "document.getElementById('banner').className"),
+        "bad"
+    );
+    assert!(text_of(&tab, "#job-label").starts_with("backup interrupted"));
+    assert!(!text_of(&tab, "#job-text").contains("has not answered"));
+    assert_eq!(
+        js(&tab, "document.getElementById('backup-now').disabled"),
+        false
+    );
+    let polls = js(&tab, "window.__jobPolls");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        js(&tab, "window.__jobPolls"),
+        polls,
+        "the page still polls the job"
+    );
+    let job = server.get(&format!("/jobs/{id}"), &admin);
+    assert_eq!(job["status"], "interrupted", "{job}");
+    assert_eq!(
+        server.get("/instances/shop/snapshots", &admin),
+        serde_json::json!([]),
+        "the interrupted backup wrote a snapshot"
+    );
+    assert_eq!(
+        js(&tab, "window.__pageErrors"),
+        serde_json::json!([]),
+        "script errors or content-security-policy violations in the page"
+    );
+    drop(server);
+    ok(cairn(&repo).arg("check"));
 }

@@ -30,6 +30,8 @@ pub struct Caller {
 pub struct Auth {
     repo: Arc<Repository>,
     cache: Mutex<Option<(Instant, Arc<TokenSet>)>>,
+    /// Held while the token set is read again: one read for all the requests that found it stale.
+    reload: tokio::sync::Mutex<()>,
 }
 
 impl Auth {
@@ -37,15 +39,27 @@ impl Auth {
         Auth {
             repo,
             cache: Mutex::new(None),
+            reload: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The current token set (read on the blocking pool when stale).
+    /// The token set if it is fresh.
+    fn fresh(&self) -> Option<Arc<TokenSet>> {
+        match &*self.cache.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((at, set)) if at.elapsed() < RELOAD_AFTER => Some(set.clone()),
+            _ => None,
+        }
+    }
+
+    /// The current token set (read on the blocking pool when stale, by one request while the others
+    /// wait for it: a busy server would otherwise read the tokens once per request every few seconds).
     async fn tokens(&self) -> ApiResult<Arc<TokenSet>> {
-        if let Some((at, set)) = &*self.cache.lock().unwrap_or_else(|p| p.into_inner()) {
-            if at.elapsed() < RELOAD_AFTER {
-                return Ok(set.clone());
-            }
+        if let Some(set) = self.fresh() {
+            return Ok(set);
+        }
+        let _reading = self.reload.lock().await;
+        if let Some(set) = self.fresh() {
+            return Ok(set);
         }
         let repo = self.repo.clone();
         let set = Arc::new(super::blocking(move || TokenSet::load(&repo)).await?);

@@ -276,6 +276,8 @@ pub struct JobTable {
     closed: AtomicBool,
     /// Where jobs are recorded (none: this server keeps them in memory only).
     store: Option<Arc<JobStore>>,
+    /// Bumped when a job ends (what it changed is shown anew; see [`super::overview_cache`]).
+    changes: Arc<AtomicU64>,
 }
 
 /// Why a job was not started.
@@ -326,7 +328,14 @@ impl JobTable {
             next: AtomicU64::new(highest),
             closed: AtomicBool::new(false),
             store: Some(Arc::new(store)),
+            changes: Arc::default(),
         })
+    }
+
+    /// Bumps `changes` whenever a job ends.
+    pub fn notifying(mut self, changes: Arc<AtomicU64>) -> JobTable {
+        self.changes = changes;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<Job>>> {
@@ -383,6 +392,7 @@ impl JobTable {
         };
         let running = job.clone();
         let store = self.store.clone();
+        let changes = self.changes.clone();
         tokio::task::spawn_blocking(move || {
             // Recorded as running before any work: if the server dies from here on, the next one says so.
             let started = running.start();
@@ -394,6 +404,8 @@ impl JobTable {
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&running, progress)))
                     .unwrap_or_else(|_| Err(Error::Command("the job panicked".into())));
+            // Before the job reads as ended: whoever sees it ended and asks for the overview gets a new one.
+            changes.fetch_add(1, Ordering::SeqCst);
             running.finish(result);
             persist(&store, &running);
         });

@@ -3,7 +3,8 @@
 //!
 //! Layout: [`routes`] maps requests to library calls, [`auth`] checks tokens and roles and records mutating
 //! calls, [`jobs`] runs long operations with progress and cancellation, [`job_store`] keeps their records
-//! across restarts, [`errors`] turns failures into HTTP answers, [`dashboard`] serves the embedded web
+//! across restarts, [`overview_cache`] shares one read of the instance overview among the requests of the
+//! same second, [`errors`] turns failures into HTTP answers, [`dashboard`] serves the embedded web
 //! page, [`tls`] reads the certificate and key of HTTPS.
 //!
 //! Invariants: blocking library work (SQLite, file I/O, hashing) runs on tokio's blocking pool through
@@ -18,6 +19,7 @@ pub mod dashboard;
 pub mod errors;
 pub mod job_store;
 pub mod jobs;
+pub mod overview_cache;
 pub mod routes;
 pub mod tls;
 
@@ -60,6 +62,8 @@ pub struct AppState {
     pub repo: Arc<Repository>,
     pub auth: auth::Auth,
     pub jobs: Arc<jobs::JobTable>,
+    /// The instance overview shared by the routes that show it.
+    pub overview: overview_cache::OverviewCache,
     pub upload_limit: u64,
 }
 
@@ -142,10 +146,13 @@ async fn serve(opts: ServeOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Re
     })
     .await
     .map_err(|e| Error::Command(format!("opening the repository: {e}")))??;
+    // Bumped by every change the server makes (jobs ending included): the shared overview is read again.
+    let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let state = Arc::new(AppState {
         auth: auth::Auth::new(repo.clone()),
         repo,
-        jobs: Arc::new(jobs),
+        jobs: Arc::new(jobs.notifying(changes.clone())),
+        overview: overview_cache::OverviewCache::new(changes),
         upload_limit: opts.upload_limit,
     });
     // Bound here (not by the server) so that the address, with the port a `:0` got, is printed before the

@@ -108,6 +108,8 @@ async fn audited<T>(
     st.auth
         .audit(caller, action, instance, status, detail)
         .await;
+    // Whatever it did (even failing half-way) may show in the overview: read anew before the answer goes.
+    st.overview.invalidate();
     r
 }
 
@@ -119,9 +121,7 @@ fn checked_name(name: &str) -> ApiResult<()> {
 
 /// `GET /health`: no token; only whether every instance is fine.
 async fn health(State(st): St) -> Response {
-    let repo = st.repo.clone();
-    let healthy = blocking(move || Ok(Overview::read(&repo)?.healthy(Utc::now()))).await;
-    match healthy {
+    match st.overview.get(&st.repo).await.map(|o| o.healthy) {
         Ok(true) => Json(json!({"status": "ok"})).into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,9 +144,8 @@ async fn openapi(State(st): St, headers: HeaderMap) -> ApiResult<Response> {
 
 async fn list_instances(State(st): St, headers: HeaderMap) -> ApiResult<Json<Value>> {
     st.auth.require(&headers, Role::Viewer, None).await?;
-    let repo = st.repo.clone();
-    let v = blocking(move || Ok(Overview::read(&repo)?.instances(Utc::now()))).await?;
-    Ok(Json(json!(v)))
+    let o = st.overview.get(&st.repo).await?;
+    Ok(Json(json!(o.instances)))
 }
 
 async fn show_instance(
@@ -156,16 +155,17 @@ async fn show_instance(
 ) -> ApiResult<Json<Value>> {
     st.auth.require(&headers, Role::Viewer, None).await?;
     checked_name(&name)?;
+    let o = st.overview.get(&st.repo).await?;
+    if let Some(v) = o.instances.iter().find(|v| v["instance"] == json!(name)) {
+        return Ok(Json(v.clone()));
+    }
+    // Not in the overview: loading it says why (none of that name, or a revision that cannot be read).
     let repo = st.repo.clone();
-    let v = blocking(move || {
+    blocking(move || {
         instance::load(&repo, &name)?;
-        let all = Overview::read(&repo)?.instances(Utc::now());
-        all.into_iter()
-            .find(|v| v["instance"] == json!(name))
-            .ok_or_else(|| Error::NotFound(format!("no instance named {name:?}")))
+        Err(Error::NotFound(format!("no instance named {name:?}")))
     })
-    .await?;
-    Ok(Json(v))
+    .await
 }
 
 /// Fields the API may not set: identity, and shell commands the server would run.

@@ -4,6 +4,8 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
+// A job in one of these states never changes again (interrupted: its server died under it, and the next
+// server on the repository lists it so).
 const FINAL = ["completed", "failed", "cancelled", "interrupted"];
 let token = sessionStorage.getItem("cairn-token") || "";
 let current = null; // the instance shown
@@ -16,13 +18,19 @@ let following = null; // id of the job whose progress is shown
 async function api(method, path, body) {
   const opts = { method, headers: { Authorization: "Bearer " + token } };
   if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
-  const r = await fetch("/api/v1" + path, opts);
+  let r;
+  try { r = await fetch("/api/v1" + path, opts); }
+  catch (e) { throw unreachable("the server does not answer (" + e.message + ")"); }
+  // A proxy in front of a server that is down or restarting.
+  if ([502, 503, 504].includes(r.status)) throw unreachable("the server does not answer (" + r.status + ")");
   if (r.status === 401) { logout(); throw new Error("the token was refused"); }
   const data = await r.json().catch(() => ({}));
   if (r.status === 403) throw new Error("your token's role may not do this: " + (data.error || "forbidden"));
   if (!r.ok) throw new Error(data.error || r.statusText);
   return data;
 }
+// An error that may pass (the server stopped, is restarting, or the network dropped): worth asking again.
+function unreachable(msg) { const e = new Error(msg); e.unreachable = true; return e; }
 const enc = encodeURIComponent;
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -208,7 +216,7 @@ function busy(on) {
   for (const b of document.querySelectorAll("button.restore")) b.disabled = on;
 }
 
-function showJob(job) {
+function showJob(job, lost) {
   const pct = job.progress_percent;
   if (pct == null) $("job-bar").removeAttribute("value"); else $("job-bar").value = pct;
   text($("job-label"), `${job.kind} ${job.status}` + (pct == null ? "" : ` ${Math.round(pct)}%`));
@@ -216,23 +224,31 @@ function showJob(job) {
   if (job.rows_verified) parts.push(`${job.rows_verified} rows verified`);
   if (job.safety_snapshot_id) parts.push(`safety snapshot ${job.safety_snapshot_id.slice(0, 10)}`);
   if (job.error) parts.push(job.error);
+  if (lost) parts.push(`the server has not answered since ${lost.toLocaleTimeString()}; still asking`);
   text($("job-text"), parts.filter(Boolean).join(" · "));
   $("job").dataset.status = job.status;
 }
 
-// Polls the job until it ends, showing its step and counters; then reloads the page's data.
+// Polls the job until it ends, showing its step and counters; then reloads the page's data. While the server
+// does not answer (restarting, or killed and started again) it keeps asking, more slowly: the next server
+// answers for the same job id, with the job `interrupted` if the old one died under it.
 async function follow(job) {
   following = job.id;
   $("job").hidden = false; busy(true);
   banner(`${job.kind} of ${job.instance || "the repository"} started`, true);
+  let lost = null; // since when the server has not answered
   try {
     for (;;) {
-      showJob(job);
+      showJob(job, lost);
       if (FINAL.includes(job.status)) break;
-      await new Promise((r) => setTimeout(r, 400));
-      job = await api("GET", "/jobs/" + job.id);
+      await new Promise((r) => setTimeout(r, lost ? 2000 : 400));
+      try { job = await api("GET", "/jobs/" + job.id); lost = null; }
+      catch (e) { if (!e.unreachable) throw e; lost = lost || new Date(); }
     }
-    banner(`${job.kind} of ${job.instance || "the repository"} ${job.status}` + (job.error ? ": " + job.error : ""),
+    // The error of an interrupted job already starts with "interrupted: ".
+    const prefix = job.status + ": ", err = job.error || "";
+    const why = err.startsWith(prefix) ? err.slice(prefix.length) : err;
+    banner(`${job.kind} of ${job.instance || "the repository"} ${job.status}` + (why ? ": " + why : ""),
       job.status === "completed");
   } finally {
     following = null; busy(false);
