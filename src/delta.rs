@@ -12,16 +12,17 @@
 //!
 //! Invariants:
 //! - A base is always a blob that was indexed before the delta was written (a chunk of a finished snapshot),
-//!   never the delta itself, and the chain from a delta down to a non-delta blob holds at most [`MAX_DEPTH`]
-//!   deltas (the delta included); a chunk whose base already sits at the maximum depth is stored plain. So
-//!   a read decodes at most `MAX_DEPTH` deltas plus one plain blob, and a reader refuses a longer (or
-//!   cyclic, from a hostile repository) chain as corruption instead of following it.
+//!   never the delta itself. Readers accept chains of at most [`MAX_DEPTH`] deltas from a blob down to the
+//!   plain blob it ends in, and refuse a longer (or cyclic, from a hostile repository) chain as corruption
+//!   instead of following it; this writer makes chains of at most [`WRITE_DEPTH`]: a candidate base already
+//!   that deep is replaced by the blob on its chain one level lower (the plain chunk, at depth 1). Storing
+//!   such a chunk plain instead, as a first version did with depth 4, made the day on which chains filled
+//!   up store its changed chunks whole (BENCHMARKS.md, "A week of dumps"), and every level costs a read and a
+//!   decode on restore and on the next backup.
 //! - A delta is damaged when its base is: a base that is missing, not indexed or does not verify makes the
 //!   delta fail to decode with a damage error ([`Error::is_damage`]) naming the base; other read errors of
 //!   the base (permissions, I/O) pass through unchanged, so nothing is recorded as damage on their account.
-//! - Base choice is by position: the parent chunk after the last chunk of the new stream that the parent also
-//!   has (advancing by one for every new chunk since). Measured against trying the neighbouring chunks as well
-//!   in BENCHMARKS.md.
+//! - Base choice is by byte position (see [`StreamDeltas`]); content similarity was not measured yet.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,8 +40,13 @@ use crate::pack_writer::{Encoded, PackWriter};
 use crate::repo::Repository;
 use crate::tree::NodeKind;
 
-/// Most deltas on the way from a blob down to the plain blob its chain ends in (the blob itself included).
+/// Most deltas on the way from a blob down to the plain blob its chain ends in (the blob itself included):
+/// what readers accept (format-spec section 5.1).
 pub const MAX_DEPTH: usize = 4;
+
+/// The deepest chain this writer makes (at most [`MAX_DEPTH`]): a candidate base whose chain is already
+/// this deep is replaced by the blob on its chain one level lower, down to the plain chunk it ends in.
+pub const WRITE_DEPTH: usize = 1;
 
 /// First bytes of a zstd structured dictionary: a base starting with them would be read by zstd as such a
 /// dictionary instead of as raw content, so a writer never chooses it (nor a base shorter than 8 bytes, which
@@ -221,12 +227,12 @@ fn cache() -> std::sync::MutexGuard<'static, BaseCache> {
     CACHE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How many deltas lie on the chain from `base` down to a plain blob (0: `base` is plain); `None` if the
-/// chain leaves the index, reaches `new` or is already [`MAX_DEPTH`] deep, so that a delta on it would be
-/// too deep.
-fn base_depth(index: &Index, base: &Id, new: &Id) -> Result<Option<usize>> {
-    let mut cur = *base;
-    for depth in 0..MAX_DEPTH {
+/// The chain from `base` down to the plain blob it ends in (`[base]` when `base` is plain); `None` if it
+/// leaves the index, reaches `new` or is longer than [`MAX_DEPTH`] allows.
+fn chain_of(index: &Index, base: &Id, new: &Id) -> Result<Option<Vec<Id>>> {
+    let mut chain = vec![*base];
+    for _ in 0..MAX_DEPTH {
+        let cur = chain[chain.len() - 1];
         if cur == *new {
             return Ok(None);
         }
@@ -234,12 +240,18 @@ fn base_depth(index: &Index, base: &Id, new: &Id) -> Result<Option<usize>> {
             return Ok(None);
         };
         match (loc.entry.kind, loc.entry.base) {
-            (BlobKind::DeltaData, Some(next)) => cur = next,
+            (BlobKind::DeltaData, Some(next)) => chain.push(next),
             (BlobKind::DeltaData, None) => return Ok(None),
-            _ => return Ok(Some(depth)),
+            _ => return Ok(Some(chain)),
         }
     }
     Ok(None)
+}
+
+/// The base a new delta gets for the candidate whose chain is `chain` (see [`chain_of`]): the candidate
+/// itself while the new delta stays within [`WRITE_DEPTH`], else the blob on its chain just low enough.
+fn pick_base(chain: &[Id]) -> Id {
+    chain[chain.len().saturating_sub(WRITE_DEPTH)]
 }
 
 /// What is wrong with the chain below the delta blob `id`, if anything: a base that is not indexed, a chain
@@ -459,7 +471,7 @@ fn encode_chunk(
 ) -> Result<Encoded> {
     let (compression, plain) = pack::encode_blob(raw, level)?;
     if let Some(base) = base {
-        if let Some(delta) = try_delta(writer, id, raw, base, level, plain.len())? {
+        if let Some((delta, base)) = try_delta(writer, id, raw, base, level, plain.len())? {
             return Ok(Encoded {
                 kind: BlobKind::DeltaData,
                 compression: Compression::Zstd,
@@ -476,21 +488,22 @@ fn encode_chunk(
     })
 }
 
-/// The delta of `raw` against `base` if it is allowed and shorter than `plain_len`, verified to decode.
+/// The delta of `raw` against `candidate` (or the blob on its chain [`pick_base`] takes) and that base, if
+/// allowed and shorter than `plain_len`, verified to decode.
 fn try_delta(
     writer: &PackWriter,
     id: &Id,
     raw: &[u8],
-    base: Id,
+    candidate: Id,
     level: i32,
     plain_len: usize,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<(Vec<u8>, Id)>> {
     let repo = writer.repo();
-    if writer.needs_fresh_copy(&[base]) {
+    let Some(chain) = repo.with_reader(|r| chain_of(r, &candidate, id))? else {
         return Ok(None);
-    }
-    let depth = repo.with_reader(|r| base_depth(r, &base, id))?;
-    if depth.is_none_or(|d| d >= MAX_DEPTH) {
+    };
+    let base = pick_base(&chain);
+    if writer.needs_fresh_copy(&[base]) {
         return Ok(None);
     }
     // Any failure to read the base (damage or not) just means no delta: the chunk is stored whole.
@@ -506,7 +519,7 @@ fn try_delta(
     }
     // A compressor or memory fault must not reach the disk (format-spec section 5).
     match decompress(&delta, &base_raw, raw.len()) {
-        Ok(back) if back == raw => Ok(Some(delta)),
+        Ok(back) if back == raw => Ok(Some((delta, base))),
         _ => Err(Error::corrupt(
             "zstd delta",
             "compressed delta did not decompress to its input",
