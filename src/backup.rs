@@ -240,7 +240,7 @@ fn run(
         };
         Some(job.save_root(&sources, parent_root.as_ref())?)
     };
-    let (stream_tree, streams) = job.save_streams(opts.streams)?;
+    let (stream_tree, streams) = job.save_streams(opts.streams, opts.instance.as_deref())?;
     job.writer.flush()?;
     let mut metadata = opts.metadata;
     for hook in opts.finalize_metadata {
@@ -715,14 +715,18 @@ impl Job<'_> {
     }
 
     /// Saves every stream as a file node of one tree; a stream's `finish` failing cancels the backup.
-    fn save_streams(&self, streams: Vec<StreamSource>) -> Result<(Option<Id>, Vec<StreamInfo>)> {
+    fn save_streams(
+        &self,
+        streams: Vec<StreamSource>,
+        instance: Option<&str>,
+    ) -> Result<(Option<Id>, Vec<StreamInfo>)> {
         if streams.is_empty() {
             return Ok((None, Vec::new()));
         }
         let mut nodes = Vec::new();
         let mut infos = Vec::new();
         for s in streams {
-            let (size, chunks) = self.save_stream(&s.name, s.reader)?;
+            let (size, chunks) = self.save_stream(&s.name, s.reader, instance)?;
             (s.finish)()?;
             infos.push(StreamInfo {
                 name: s.name.clone(),
@@ -743,9 +747,17 @@ impl Job<'_> {
         Ok((Some(self.save_tree(nodes)?), infos))
     }
 
-    /// Reads a stream on its own thread (so reading overlaps hashing and compression) and saves its chunks.
-    fn save_stream(&self, name: &str, reader: Box<dyn Read + Send>) -> Result<(u64, Vec<Id>)> {
+    /// Reads a stream on its own thread (so reading overlaps hashing and compression) and saves its chunks,
+    /// new ones as deltas against the same stream of the instance's previous snapshot where that is smaller
+    /// ([`crate::delta`]).
+    fn save_stream(
+        &self,
+        name: &str,
+        reader: Box<dyn Read + Send>,
+        instance: Option<&str>,
+    ) -> Result<(u64, Vec<Id>)> {
         let params = self.repo.config().chunker_streams;
+        let mut deltas = crate::delta::StreamDeltas::for_stream(self.repo, instance, name)?;
         let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Batch>>(2);
         std::thread::scope(|scope| {
             scope.spawn(move || {
@@ -772,7 +784,16 @@ impl Job<'_> {
                     batch.map_err(|e| Error::Command(format!("reading stream {name}: {e}")))?;
                 let len: u64 = batch.cuts.iter().map(|c| c.1 as u64).sum();
                 size += len;
-                chunks.extend(self.save_batch(&batch, self.repo.config().stream_level())?);
+                let level = self.repo.config().stream_level();
+                let ids = match deltas.as_mut() {
+                    Some(d) => {
+                        crate::interrupt::check()?;
+                        self.progress.check_cancel()?;
+                        d.save_batch(self.writer, &batch, level)?
+                    }
+                    None => self.save_batch(&batch, level)?,
+                };
+                chunks.extend(ids);
                 self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
                 self.counters.bytes_total.fetch_add(len, Ordering::Relaxed);
                 self.progress.bytes(len);

@@ -131,6 +131,7 @@ pub fn check(repo: &Repository, read_data: ReadData, progress: &Progress) -> Res
         HashSet::new()
     };
     progress.finish();
+    damage_through_bases(repo, &mut r, &mut damaged_blobs)?;
     record_damage(repo, &mut r, &mut damaged_blobs, &verified)?;
     add_hints(repo, &mut r, !damaged_blobs.is_empty())?;
     if !damaged_blobs.is_empty() {
@@ -185,6 +186,27 @@ fn record_damage(
                 format!("recorded damaged on {}: {}", d.found, d.reason),
             )
         });
+    }
+    Ok(())
+}
+
+/// A delta blob whose base (directly or down its chain) is damaged cannot be decoded: it is damaged too, at
+/// its own copy, so that the streams needing it are named and the next backup stores it again.
+fn damage_through_bases(
+    repo: &Repository,
+    r: &mut CheckReport,
+    damaged: &mut Damage,
+) -> Result<()> {
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    let bad: HashSet<Id> = damaged.keys().copied().collect();
+    let deps = crate::delta::dependents(&repo.index(), &bad)?;
+    for (blob, (pack, base)) in deps {
+        r.errors.push(format!(
+            "blob {blob} is a delta whose base {base} is damaged"
+        ));
+        damaged.insert(blob, (pack, format!("its delta base {base} is damaged")));
     }
     Ok(())
 }
@@ -363,11 +385,23 @@ impl walk::Visitor for TreeCheck<'_> {
     fn entry(&mut self, _: Place, node: &Node) -> Result<Step> {
         if let NodeKind::File { chunks, .. } = &node.kind {
             for c in chunks {
-                if self.seen_chunks.insert(*c) && !self.repo.index().contains(c)? {
+                if !self.seen_chunks.insert(*c) {
+                    continue;
+                }
+                let loc = self.repo.index().lookup(c)?;
+                let Some(loc) = loc else {
                     self.r
                         .errors
                         .push(format!("chunk {c} is referenced but not indexed"));
                     self.damaged.insert(*c, (NO_PACK, "not indexed".into()));
+                    continue;
+                };
+                if loc.entry.kind == crate::pack::BlobKind::DeltaData {
+                    let problem = crate::delta::chain_problem(&self.repo.index(), c)?;
+                    if let Some(problem) = problem {
+                        self.r.errors.push(format!("chunk {c}: {problem}"));
+                        self.damaged.insert(*c, (loc.pack, problem));
+                    }
                 }
             }
         }

@@ -379,6 +379,8 @@ fn mark(repo: &Repository, roots: Vec<Id>) -> Result<u64> {
         walk::walk(repo, root, &mut marker)?;
     }
     let idx = repo.index();
+    // A delta blob keeps its base alive, transitively (format-spec section 5.1).
+    crate::delta::mark_bases(&idx)?;
     let missing: i64 = idx.raw().query_row(
         "SELECT count(*) FROM temp.used u WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = u.id)",
         [],

@@ -20,6 +20,7 @@ pub mod copy;
 pub mod crypto;
 pub mod daemon;
 pub mod delete_absent;
+pub mod delta;
 pub mod diff;
 pub mod error;
 pub mod exclude;

@@ -60,8 +60,8 @@ pub enum BlobKind {
     Data = 0,
     /// An encoded tree object.
     Tree = 1,
-    /// Reserved: a chunk stored as a zstd delta against the chunk named by `base`. Not written by format v1;
-    /// readers report it as unsupported rather than misreading it.
+    /// A chunk stored as a zstd delta against the chunk named by `base` (format-spec section 5.1; decoded by
+    /// [`crate::delta`], which needs the repository to find the base).
     DeltaData = 2,
 }
 
@@ -205,6 +205,19 @@ impl<W: std::io::Write> PackBuilder<W> {
         compression: Compression,
         stored: &[u8],
     ) -> std::io::Result<()> {
+        self.add_with_base(kind, id, raw_len, compression, None, stored)
+    }
+
+    /// [`add`](Self::add) with the base a delta blob (kind 2, section 5.1) needs; `None` for other kinds.
+    pub fn add_with_base(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        raw_len: u32,
+        compression: Compression,
+        base: Option<Id>,
+        stored: &[u8],
+    ) -> std::io::Result<()> {
         let entry = BlobEntry {
             kind,
             compression,
@@ -212,7 +225,7 @@ impl<W: std::io::Write> PackBuilder<W> {
             raw_len,
             offset: self.len,
             id,
-            base: None,
+            base,
         };
         self.write(stored)?;
         self.entries.push(entry);
@@ -438,13 +451,14 @@ pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Cow<'_, [u8]>
     Ok((Compression::Zstd, Cow::Owned(compressed)))
 }
 
-/// Opens (in an encrypted repository), decodes and verifies stored blob bytes against the blob's id.
+/// Opens (in an encrypted repository), decodes and verifies stored blob bytes against the blob's id. A delta
+/// blob needs its base: [`crate::delta::decode_blob`] (through [`crate::repo::Repository::decode_stored`]).
 pub fn decode_blob(entry: &BlobEntry, stored: &[u8], crypto: &Crypto) -> Result<Vec<u8>> {
     let what = || format!("blob {}", entry.id);
     if entry.kind == BlobKind::DeltaData {
         return Err(Error::corrupt(
             what(),
-            "delta blobs are not supported by format v1 readers",
+            "a delta blob cannot be decoded without its base",
         ));
     }
     let stored = crypto.open(&what(), crypto::AAD_BLOB, stored)?;

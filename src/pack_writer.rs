@@ -49,6 +49,16 @@ pub struct SaveStats {
     pub packs_written: AtomicU64,
 }
 
+/// A blob encoded by a caller's own encoder, for [`PackWriter::save_encoded`].
+pub struct Encoded {
+    pub kind: BlobKind,
+    pub compression: Compression,
+    /// The stored bytes before sealing.
+    pub stored: Vec<u8>,
+    /// The base of a delta blob (kind 2).
+    pub base: Option<Id>,
+}
+
 /// Full packs that may wait for the I/O thread.
 const SEAL_QUEUE: usize = 4;
 
@@ -187,8 +197,43 @@ impl<'r> PackWriter<'r> {
             entry.id,
             entry.raw_len,
             entry.compression,
+            entry.base,
             stored,
         )?;
+        Ok(true)
+    }
+
+    /// The repository this writer saves into.
+    pub fn repo(&self) -> &'r Repository {
+        self.repo
+    }
+
+    /// Stores a blob of `raw_len` raw bytes encoded by `encode` (an encoder of its own, e.g. delta chunks:
+    /// [`crate::delta`]) unless the repository or this writer already has `id`. `encode` runs only for a new
+    /// blob, outside every lock; `data_kind` is the kind counted in the statistics.
+    pub fn save_encoded(
+        &self,
+        data_kind: BlobKind,
+        id: Id,
+        raw_len: u32,
+        encode: impl FnOnce() -> Result<Encoded>,
+    ) -> Result<bool> {
+        if !self.claim(&id)? {
+            return Ok(false);
+        }
+        let e = encode()?;
+        let stored = self
+            .repo
+            .crypto()
+            .seal(crate::crypto::AAD_BLOB, &e.stored)?;
+        self.stats.blobs_new.fetch_add(1, Ordering::Relaxed);
+        if data_kind == BlobKind::Data {
+            self.stats.data_blobs_new.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats
+            .bytes_stored
+            .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        self.append(e.kind, id, raw_len, e.compression, e.base, &stored)?;
         Ok(true)
     }
 
@@ -220,7 +265,7 @@ impl<'r> PackWriter<'r> {
         self.stats
             .bytes_stored
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
-        self.append(kind, id, raw.len() as u32, compression, &stored)?;
+        self.append(kind, id, raw.len() as u32, compression, None, &stored)?;
         Ok(true)
     }
 
@@ -231,6 +276,7 @@ impl<'r> PackWriter<'r> {
         id: Id,
         raw_len: u32,
         compression: Compression,
+        base: Option<Id>,
         stored: &[u8],
     ) -> Result<()> {
         if self.failed.load(Ordering::Relaxed) {
@@ -242,7 +288,10 @@ impl<'r> PackWriter<'r> {
                 Some(p) => p,
                 None => cur.insert(OpenPack::create(self.repo)?),
             };
-            if let Err(e) = pack.builder.add(kind, id, raw_len, compression, stored) {
+            if let Err(e) = pack
+                .builder
+                .add_with_base(kind, id, raw_len, compression, base, stored)
+            {
                 // The pack's offsets are now unknown: it is dropped (its temporary file with it), and so is
                 // everything this writer would save after it.
                 let e = Error::io(pack.place.clone(), e);

@@ -478,7 +478,12 @@ impl Repository {
 
     /// Decompresses and verifies a blob's stored bytes, read by the caller (restore reads runs of blobs).
     pub fn decode_stored(&self, loc: &Location, stored: &[u8]) -> Result<Vec<u8>> {
-        pack::decode_blob(&loc.entry, stored, &self.crypto).map_err(|e| match e {
+        let decoded = if loc.entry.kind == BlobKind::DeltaData {
+            crate::delta::decode(self, loc, stored)
+        } else {
+            pack::decode_blob(&loc.entry, stored, &self.crypto)
+        };
+        decoded.map_err(|e| match e {
             Error::Corrupt { what, detail } => Error::Corrupt {
                 what: format!("{what} in pack {}", loc.pack.short()),
                 detail,

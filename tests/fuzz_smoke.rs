@@ -433,3 +433,42 @@ fn archive_import_never_stores_a_host_file() {
         archive_check::check_import_in(&base, &|outside| hostile_import(seed, outside));
     }
 }
+
+#[test]
+fn delta_decoder_never_panics_nor_overallocates() {
+    use cairn::pack::{BlobEntry, Compression};
+    let mut rng = Rng(0xde17a);
+    let base: Vec<u8> = (0..3000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+    let mut raw = base.clone();
+    raw[5000..5012].copy_from_slice(b"hello, cairn");
+    let valid = cairn::delta::compress(&raw, &base, 1).unwrap();
+    for i in 0..ROUNDS {
+        let stored = if i % 4 == 0 {
+            rng.bytes(300)
+        } else {
+            rng.mutate(&valid)
+        };
+        let b = if i % 3 == 0 {
+            rng.mutate(&base)
+        } else {
+            base.clone()
+        };
+        // Declared lengths from tiny to the largest accepted (and one beyond): only the output is bounded.
+        let raw_len = [raw.len() as u32, 1, 0, cairn::pack::MAX_BLOB_LEN, u32::MAX][rng.below(5)];
+        let entry = BlobEntry {
+            kind: BlobKind::DeltaData,
+            compression: Compression::Zstd,
+            stored_len: stored.len() as u32,
+            raw_len,
+            offset: 8,
+            id: Id::of(&raw),
+            base: Some(Id::of(&b)),
+        };
+        if let Ok(out) = cairn::delta::decode_blob(&entry, &stored, &Crypto::plaintext(), &b) {
+            assert_eq!(
+                out, raw,
+                "a decoded delta is always the exact content of its id"
+            );
+        }
+    }
+}
