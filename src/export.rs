@@ -218,13 +218,7 @@ fn write_odoo(
 
 /// The snapshot's database dump stream (custom `.dump` or plain `.sql`); exactly one is needed.
 fn dump_stream(snap: &Snapshot) -> Result<String> {
-    let dumps: Vec<&str> = snap
-        .streams
-        .iter()
-        .map(|s| s.name.as_str())
-        .filter(|n| n.ends_with(".dump") || n.ends_with(".sql"))
-        .collect();
-    match dumps.as_slice() {
+    match snap.dump_stream_names().as_slice() {
         [one] => Ok(one.to_string()),
         [] => Err(Error::Invalid(
             "an Odoo backup needs a snapshot holding a database dump (taken with --pg, or an imported \

@@ -25,9 +25,7 @@ fn tree_holds(repo: &Repository, snap: &Snapshot, path: &str) -> Result<bool> {
 
 /// True if the snapshot holds a database dump stream (what `--pg-target` and `odoo-zip` need).
 fn holds_dump(snap: &Snapshot) -> bool {
-    snap.streams
-        .iter()
-        .any(|s| s.name.ends_with(".dump") || s.name.ends_with(".sql"))
+    !snap.dump_stream_names().is_empty()
 }
 
 /// `restore`: a file tree (with every `--path`) when files are restored, a dump when a database is.

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::postgres::basebackup::{
-    parse_segment_file_name, segment_file_name, BaseBackupFacts, STREAM,
+    parse_lsn, parse_segment_file_name, segment_file_name, BaseBackupFacts, STREAM,
 };
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
@@ -94,20 +94,36 @@ pub fn pick_base_backup<'a>(
     })
 }
 
-/// The archived segments of an instance by (timeline, segment number).
+/// The archived segments of an instance by (timeline, segment number), and its timelines' histories.
 #[derive(Debug, Default)]
 pub struct Segments {
     pub seg_size: u64,
     pub by_pos: BTreeMap<(u32, u64), WalObject>,
+    /// Per timeline with an archived `.history` file: its ancestors, oldest first, each with the LSN where
+    /// the next timeline branched off it (PostgreSQL's history file, one `parent<TAB>LSN<TAB>reason` line
+    /// per ancestor).
+    pub histories: BTreeMap<u32, Vec<(u32, u64)>>,
 }
 
 impl Segments {
-    /// Every archived segment of `instance` (the segment size: the newest base backup's, else the default).
+    /// Every archived segment of `instance` and its timeline histories (the segment size: the newest base
+    /// backup's, else the default). The caller holds a lock.
     pub fn load(repo: &Repository, instance: &str, seg_size: u64) -> Result<Segments> {
-        Ok(Segments::from_objects(
-            wal::list(repo, Some(instance))?,
-            seg_size,
-        ))
+        let objects = wal::list(repo, Some(instance))?;
+        let mut histories = BTreeMap::new();
+        for o in objects.iter().filter(|o| o.file.ends_with(".history")) {
+            let text = wal::read(repo, o)?;
+            let history = parse_history(&String::from_utf8_lossy(&text)).map_err(|why| {
+                Error::corrupt(
+                    format!("timeline history {} of instance {instance}", o.file),
+                    why,
+                )
+            })?;
+            histories.insert(o.timeline(), history);
+        }
+        let mut segs = Segments::from_objects(objects, seg_size);
+        segs.histories = histories;
+        Ok(segs)
     }
 
     pub fn from_objects(objects: Vec<WalObject>, seg_size: u64) -> Segments {
@@ -115,7 +131,11 @@ impl Segments {
             .into_iter()
             .filter_map(|o| parse_segment_file_name(&o.file, seg_size).map(|p| (p, o)))
             .collect();
-        Segments { seg_size, by_pos }
+        Segments {
+            seg_size,
+            by_pos,
+            histories: BTreeMap::new(),
+        }
     }
 
     /// The newest archived segment (by archive time).
@@ -162,62 +182,176 @@ impl Segments {
     }
 }
 
-/// What a restore will replay: from the base backup's first segment to `last` (inclusive).
+/// What a restore will replay: from the base backup's first segment to `last` (inclusive), along the
+/// timelines from the base backup's to `timeline`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Replay {
     pub first_segment: String,
     pub last_segment: String,
     pub segments: u64,
+    /// The timeline recovery follows (written as `recovery_target_timeline`).
+    pub timeline: u32,
+}
+
+/// Parses a timeline history file: `parent<TAB>switch LSN<TAB>reason` lines (comments and blank lines
+/// skipped), oldest ancestor first.
+pub fn parse_history(text: &str) -> std::result::Result<Vec<(u32, u64)>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (fields.next(), fields.next()) else {
+            return Err(format!("line {line:?} has no timeline and LSN"));
+        };
+        let tli: u32 = tli
+            .parse()
+            .map_err(|_| format!("bad timeline in {line:?}"))?;
+        let lsn = parse_lsn(lsn).ok_or_else(|| format!("bad LSN in {line:?}"))?;
+        if out
+            .last()
+            .is_some_and(|(t, l): &(u32, u64)| *t >= tli || *l > lsn)
+        {
+            return Err(format!("line {line:?} is out of order"));
+        }
+        out.push((tli, lsn));
+    }
+    Ok(out)
+}
+
+/// One timeline's stretch of a replay: segments `from..=to` of timeline `tli`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stretch {
+    tli: u32,
+    from: u64,
+    to: u64,
+}
+
+impl Segments {
+    /// The timeline a recovery from `bb` follows: like PostgreSQL's `recovery_target_timeline = 'latest'`,
+    /// the newest timeline whose history passes through the base backup's timeline after the backup ended
+    /// (a timeline that branched off earlier cannot be reached from it).
+    fn target_timeline(&self, bb: &BaseBackup) -> u32 {
+        let (tli, stop) = (
+            bb.facts.timeline,
+            parse_lsn(&bb.facts.stop_lsn).unwrap_or(0),
+        );
+        self.histories
+            .iter()
+            .filter(|(t, h)| **t > tli && h.iter().any(|(p, end)| *p == tli && *end >= stop))
+            .map(|(t, _)| *t)
+            .max()
+            .unwrap_or(tli)
+    }
+
+    /// A timeline later than `tli` holding archived segments but no archived history file: recovery cannot
+    /// know where it branched off.
+    fn timeline_without_history(&self, tli: u32) -> Option<u32> {
+        self.by_pos
+            .keys()
+            .map(|(t, _)| *t)
+            .find(|t| *t > tli && !self.histories.contains_key(t))
+    }
+
+    /// The stretches a recovery from `bb` to timeline `target` reads, the last one ending at `last_to`
+    /// (PostgreSQL reads the segment holding a switch point from the newer timeline).
+    fn stretches(&self, bb: &BaseBackup, target: u32, first: u64, last_to: u64) -> Vec<Stretch> {
+        let history = self.histories.get(&target).map_or(&[][..], Vec::as_slice);
+        let mut out = Vec::new();
+        let mut from = first;
+        for (tli, end) in history.iter().skip_while(|(t, _)| *t != bb.facts.timeline) {
+            let switch_seg = end / self.seg_size.max(1);
+            if switch_seg > from {
+                out.push(Stretch {
+                    tli: *tli,
+                    from,
+                    to: switch_seg - 1,
+                });
+            }
+            from = from.max(switch_seg);
+        }
+        out.push(Stretch {
+            tli: target,
+            from,
+            to: last_to.max(from.saturating_sub(1)),
+        });
+        out.retain(|s| s.to >= s.from);
+        out
+    }
+
+    fn history_missing(&self, instance: &str, tli: u32) -> Error {
+        let file = format!("{tli:08X}.history");
+        Error::NotFound(format!(
+            "timeline {tli} of instance {instance} has archived segments but its history file {file} is not              archived, so recovery cannot tell where it branched off: push it from the server that created              the timeline (`cairn wal-push --instance {instance} DATADIR/pg_wal/{file}`)"
+        ))
+    }
 }
 
 /// Checks that the archive holds every segment a restore of `bb` to `target` replays, and says which.
 ///
-/// For a time, the chain must reach the first segment archived at or after the target (it holds the
-/// target or what follows it); for `latest`, the newest segment of the backup's timeline.
+/// Recovery follows the newest timeline reachable from the base backup (see `Segments::target_timeline`).
+/// For a time, the chain must reach the first segment along that path archived at or after the target (it
+/// holds the target or what follows it); for `latest`, the newest segment of that timeline.
 pub fn plan_replay(
     segs: &Segments,
     instance: &str,
     bb: &BaseBackup,
     target: Target,
 ) -> Result<Replay> {
-    let tli = bb.facts.timeline;
     let (Some(first), Some(stop)) = (bb.facts.start_segno(), bb.facts.stop_segno()) else {
         return Err(Error::corrupt(
             format!("base backup {}", bb.id.short()),
             "its LSNs do not parse",
         ));
     };
-    let newest = segs.last_of(tli).unwrap_or(0);
-    let last = match target {
-        Target::Latest => newest.max(stop),
-        Target::Time(t) => segs
-            .by_pos
-            .range((tli, stop)..=(tli, u64::MAX))
-            .find(|(_, o)| o.time >= t)
-            .map(|((_, s), _)| *s)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "the WAL archive of instance {instance} ends before {target}: its newest segment {} was \
-                     archived at {}; restore with --at latest for everything archived",
-                    segs.name(tli, newest),
-                    segs.by_pos
-                        .get(&(tli, newest))
-                        .map(|o| o.time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                        .unwrap_or_else(|| "(never)".into())
-                ))
-            })?,
-    };
-    if let Some(missing) = segs.first_missing(tli, first, last) {
-        return Err(Error::NotFound(format!(
-            "WAL segment {missing} of instance {instance} is missing from the archive: recovery from base \
-             backup {} to {target} would stop there (run `cairn check`)",
-            bb.id.short()
-        )));
+    let tli = segs.target_timeline(bb);
+    if let Some(orphan) = segs.timeline_without_history(tli) {
+        return Err(segs.history_missing(instance, orphan));
     }
+    let newest = segs.last_of(tli).unwrap_or(0);
+    let mut path = segs.stretches(bb, tli, first, newest.max(stop));
+    if let Target::Time(t) = target {
+        let hit = path.iter().enumerate().find_map(|(i, st)| {
+            let from = if st.tli == bb.facts.timeline {
+                st.from.max(stop)
+            } else {
+                st.from
+            };
+            segs.by_pos
+                .range((st.tli, from)..=(st.tli, st.to))
+                .find(|(_, o)| o.time >= t)
+                .map(|((_, s), _)| (i, *s))
+        });
+        let Some((i, last)) = hit else {
+            return Err(Error::NotFound(format!(
+                "the WAL archive of instance {instance} ends before {target}: its newest segment {} was \
+                 archived at {}; restore with --at latest for everything archived",
+                segs.name(tli, newest),
+                segs.by_pos
+                    .get(&(tli, newest))
+                    .map(|o| o.time.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_else(|| "(never)".into())
+            )));
+        };
+        path.truncate(i + 1);
+        path[i].to = last;
+    }
+    for st in &path {
+        if let Some(missing) = segs.first_missing(st.tli, st.from, st.to) {
+            return Err(Error::NotFound(format!(
+                "WAL segment {missing} of instance {instance} is missing from the archive: recovery from base \
+                 backup {} to {target} would stop there (run `cairn check`)",
+                bb.id.short()
+            )));
+        }
+    }
+    let (head, tail) = (path.first(), path.last());
     Ok(Replay {
-        first_segment: segs.name(tli, first),
-        last_segment: segs.name(tli, last),
-        segments: last - first + 1,
+        first_segment: head.map_or_else(|| segs.name(tli, first), |s| segs.name(s.tli, s.from)),
+        last_segment: tail.map_or_else(|| segs.name(tli, first), |s| segs.name(s.tli, s.to)),
+        segments: path.iter().map(|s| s.to - s.from + 1).sum(),
+        timeline: tli,
     })
 }
 
@@ -230,30 +364,38 @@ pub struct Gap {
 }
 
 /// The gaps of an instance's WAL chain between each base backup's first segment and the newest archived
-/// segment of its timeline (nothing without a base backup: there is no chain to check).
+/// segment of the timeline its recovery follows (nothing without a base backup: there is no chain to
+/// check). A timeline whose history file is missing is a gap named by that file.
 pub fn gaps(repo: &Repository, instance: &str) -> Result<Vec<Gap>> {
     let backups = base_backups(repo, instance)?;
     let Some(newest_bb) = backups.last() else {
         return Ok(Vec::new());
     };
     let segs = Segments::load(repo, instance, newest_bb.facts.wal_segment_size)?;
-    // Per timeline, from the oldest base backup's first segment: that covers every later one.
-    let mut from: BTreeMap<u32, u64> = BTreeMap::new();
-    for b in &backups {
-        if let Some(s) = b.facts.start_segno() {
-            let e = from.entry(b.facts.timeline).or_insert(s);
-            *e = (*e).min(s);
-        }
-    }
-    let mut out = Vec::new();
-    for (tli, first) in from {
-        let to = segs.last_of(tli).unwrap_or(first);
-        for (a, b) in segs.missing_ranges(tli, first, to) {
+    let mut out: Vec<Gap> = Vec::new();
+    let mut push = |first: String, last: String| {
+        if !out.iter().any(|g| g.first == first && g.last == last) {
             out.push(Gap {
                 instance: instance.to_string(),
-                first: a,
-                last: b,
+                first,
+                last,
             });
+        }
+    };
+    for bb in &backups {
+        let (Some(first), Some(stop)) = (bb.facts.start_segno(), bb.facts.stop_segno()) else {
+            continue;
+        };
+        let tli = segs.target_timeline(bb);
+        if let Some(orphan) = segs.timeline_without_history(tli) {
+            let file = format!("{orphan:08X}.history");
+            push(file.clone(), file);
+        }
+        let newest = segs.last_of(tli).unwrap_or(0);
+        for st in segs.stretches(bb, tli, first, newest.max(stop)) {
+            for (a, b) in segs.missing_ranges(st.tli, st.from, st.to) {
+                push(a, b);
+            }
         }
     }
     Ok(out)
@@ -307,6 +449,15 @@ pub fn chain_errors(repo: &Repository) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for instance in instances_with_base_backups(repo)? {
         for g in gaps(repo, &instance)? {
+            if g.first.ends_with(".history") {
+                out.push(format!(
+                    "instance {instance}: timeline history file {} is missing from the archive; point-in-time \
+                     recovery cannot follow that timeline (push it: `cairn wal-push --instance {instance} \
+                     DATADIR/pg_wal/{}`)",
+                    g.first, g.first
+                ));
+                continue;
+            }
             let what = if g.first == g.last {
                 format!("WAL segment {} is", g.first)
             } else {
@@ -390,6 +541,137 @@ mod tests {
             blake3: Id([0; 32]),
             tree: Id([0; 32]),
             time: DateTime::from_timestamp(secs, 0).unwrap(),
+        }
+    }
+
+    /// A base backup on timeline 1 of segments 3..=3 (16 MiB segments).
+    fn bb_on_timeline_1() -> BaseBackup {
+        let snapshot: Snapshot = serde_json::from_value(serde_json::json!(
+            {"version": 1, "time": "2026-11-20T10:00:00Z", "host": "h"}
+        ))
+        .unwrap();
+        let t = DateTime::from_timestamp(100, 0).unwrap();
+        BaseBackup {
+            id: Id([1; 32]),
+            snapshot,
+            facts: BaseBackupFacts {
+                stream: STREAM.into(),
+                server: "s".into(),
+                server_version: "15".into(),
+                server_version_num: 150000,
+                bin_dir: None,
+                wal_segment_size: DEFAULT_SEGMENT_SIZE,
+                timeline: 1,
+                start_lsn: "0/3000028".into(),
+                stop_lsn: "0/3000100".into(),
+                start_wal_file: segment_file_name(1, 3, DEFAULT_SEGMENT_SIZE),
+                stop_wal_file: segment_file_name(1, 3, DEFAULT_SEGMENT_SIZE),
+                start_time: t,
+                stop_time: t,
+                pg_basebackup_stderr: String::new(),
+            },
+        }
+    }
+
+    /// Segments `(timeline, segno, archive time)`, and history files `(timeline, text)`.
+    fn archive(segments: &[(u32, u64, i64)], histories: &[(u32, &str)]) -> Segments {
+        let seg = DEFAULT_SEGMENT_SIZE;
+        let mut segs = Segments::from_objects(
+            segments
+                .iter()
+                .map(|(t, s, at)| obj(&segment_file_name(*t, *s, seg), *at))
+                .collect(),
+            seg,
+        );
+        for (t, text) in histories {
+            segs.histories.insert(*t, parse_history(text).unwrap());
+        }
+        segs
+    }
+
+    /// Timeline 1: segments 2..=8 archived at 200+s; timeline 2 branched off in segment 5 (segments
+    /// 5..=7 at 300+s).
+    fn two_timelines() -> Vec<(u32, u64, i64)> {
+        let mut v: Vec<(u32, u64, i64)> = (2..=8).map(|s| (1, s, 200 + s as i64)).collect();
+        v.extend((5..=7).map(|s| (2, s, 300 + s as i64)));
+        v
+    }
+
+    const TL2: &str = "1\t0/5000200\tno recovery target specified\n";
+
+    fn at(secs: i64) -> Target {
+        Target::Time(DateTime::from_timestamp(secs, 0).unwrap())
+    }
+
+    #[test]
+    fn latest_follows_the_newest_timeline_branching_after_the_base_backup() {
+        let segs = archive(&two_timelines(), &[(2, TL2)]);
+        let r = plan_replay(&segs, "db", &bb_on_timeline_1(), Target::Latest).unwrap();
+        assert_eq!(r.timeline, 2);
+        assert_eq!(r.first_segment, "000000010000000000000003");
+        assert_eq!(r.last_segment, "000000020000000000000007");
+        // Timeline 1 up to the segment before the switch, then timeline 2 from the switch's segment.
+        assert_eq!(r.segments, 2 + 3);
+        // A time on timeline 2 ends there; a time before the switch ends on timeline 1.
+        let r = plan_replay(&segs, "db", &bb_on_timeline_1(), at(305)).unwrap();
+        assert_eq!(
+            (r.last_segment.as_str(), r.segments),
+            ("000000020000000000000005", 3)
+        );
+        let r = plan_replay(&segs, "db", &bb_on_timeline_1(), at(203)).unwrap();
+        assert_eq!(
+            (r.last_segment.as_str(), r.segments),
+            ("000000010000000000000003", 1)
+        );
+    }
+
+    #[test]
+    fn a_timeline_that_branched_before_the_base_backup_ended_is_not_followed() {
+        let segs = archive(&two_timelines(), &[(2, "1\t0/3000000\tearly\n")]);
+        let r = plan_replay(&segs, "db", &bb_on_timeline_1(), Target::Latest).unwrap();
+        assert_eq!(
+            (r.timeline, r.last_segment.as_str()),
+            (1, "000000010000000000000008")
+        );
+    }
+
+    #[test]
+    fn a_gap_on_the_later_timeline_or_a_missing_history_file_stops_the_plan_and_is_named_by_check()
+    {
+        let mut segments = two_timelines();
+        segments.retain(|s| *s != (2, 6, 306));
+        let segs = archive(&segments, &[(2, TL2)]);
+        let e = plan_replay(&segs, "db", &bb_on_timeline_1(), Target::Latest).unwrap_err();
+        assert!(e.to_string().contains("000000020000000000000006"), "{e}");
+        let bb = bb_on_timeline_1();
+        let path = segs.stretches(&bb, 2, 3, 7);
+        assert_eq!(
+            path,
+            vec![
+                Stretch {
+                    tli: 1,
+                    from: 3,
+                    to: 4
+                },
+                Stretch {
+                    tli: 2,
+                    from: 5,
+                    to: 7
+                }
+            ]
+        );
+        // Segments of timeline 2 without its history file: recovery could not follow them.
+        let segs = archive(&two_timelines(), &[]);
+        let e = plan_replay(&segs, "db", &bb_on_timeline_1(), Target::Latest).unwrap_err();
+        assert!(e.to_string().contains("00000002.history"), "{e}");
+    }
+
+    #[test]
+    fn history_files_parse_and_garbage_is_refused() {
+        let h = parse_history("1\t0/5000200\treason\n\n# comment\n2\t1/0\tmore\n").unwrap();
+        assert_eq!(h, vec![(1, 0x5000200), (2, 1 << 32)]);
+        for bad in ["x\t0/1\n", "1\tnot-an-lsn\n", "2\t0/5\n1\t0/6\n", "1\n"] {
+            assert!(parse_history(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -72,7 +72,7 @@ pub fn restore(repo: &Repository, name: &str, req: &PitrRequest) -> Result<PitrO
     let owner = os_owner(req.os_user.as_deref())?;
     prepare_datadir(&req.datadir)?;
     unpack(repo, &bb.snapshot, &req.datadir)?;
-    write_recovery_settings(&req.datadir, name, bb, req)?;
+    write_recovery_settings(&req.datadir, name, bb, &replay, req)?;
     if let Some((uid, gid, _)) = &owner {
         chown_tree(&req.datadir, *uid, *gid)?;
     }
@@ -242,6 +242,7 @@ fn write_recovery_settings(
     dir: &Path,
     name: &str,
     bb: &pitr::BaseBackup,
+    replay: &pitr::Replay,
     req: &PitrRequest,
 ) -> Result<()> {
     for (file, text) in [
@@ -268,6 +269,8 @@ fn write_recovery_settings(
         let pg_time = t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
         conf += &format!("recovery_target_time = {}\n", conf_quote(&pg_time));
     }
+    // Named rather than 'latest': the timeline the replay was planned (and its chain checked) along.
+    conf += &format!("recovery_target_timeline = '{}'\n", replay.timeline);
     conf += "recovery_target_action = 'promote'\n";
     // The restored server must not push a new timeline into the instance's archive.
     conf += "archive_mode = 'off'\n";

@@ -1030,13 +1030,7 @@ fn dump_stream_of(snap: &Snapshot, facts: Option<&PgFacts>) -> Result<String> {
     if let Some(f) = facts {
         return Ok(f.stream.clone());
     }
-    let dumps: Vec<&str> = snap
-        .streams
-        .iter()
-        .map(|s| s.name.as_str())
-        .filter(|n| n.ends_with(".dump") || n.ends_with(".sql"))
-        .collect();
-    match dumps.as_slice() {
+    match snap.dump_stream_names().as_slice() {
         [one] => Ok(one.to_string()),
         [] => Err(Error::NotFound(
             "the snapshot holds no database dump (no stream named *.dump)".into(),

@@ -71,6 +71,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The names of the streams holding a database dump (`*.dump`, `*.sql`), in stored order.
+    pub fn dump_stream_names(&self) -> Vec<&str> {
+        self.streams
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| n.ends_with(".dump") || n.ends_with(".sql"))
+            .collect()
+    }
+
     /// The snapshot as `snapshots --json` and the HTTP API show it, with its id.
     pub fn to_json(&self, id: &crate::Id) -> serde_json::Value {
         serde_json::json!({

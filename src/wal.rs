@@ -161,6 +161,20 @@ pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcom
     Ok(PushOutcome::Stored)
 }
 
+/// Archives `bytes` as the file `file` of `instance` (through a temporary file: [`push`] reads a path).
+pub fn push_content(
+    repo: &Repository,
+    instance: &str,
+    file: &str,
+    bytes: &[u8],
+) -> Result<PushOutcome> {
+    check_file_name(file)?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let path = dir.path().join(file);
+    std::fs::write(&path, bytes).at(&path)?;
+    push(repo, instance, &path)
+}
+
 /// An existing object for the same name: the same content is success, other content a refusal.
 fn compare_existing(existing: &WalObject, path: &Path) -> Result<PushOutcome> {
     let (size, hash) = hash_file(path)?;
@@ -265,6 +279,35 @@ pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Resu
     let _lock = lock::acquire_reader_on(repo, "wal-fetch")?;
     let obj = get(repo, instance, file)?
         .ok_or_else(|| Error::NotFound(format!("{file}: not archived for instance {instance}")))?;
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cairn-wal-")
+        .tempfile_in(&dir)
+        .at(&dir)?;
+    let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+    let written = write_verified(repo, &obj, &mut out)?;
+    let flushed = out.flush();
+    drop(out);
+    flushed.at(tmp.path())?;
+    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
+    Ok(written)
+}
+
+/// The content of an archived file, read whole (for `.history` files, which are small); the caller holds
+/// a lock.
+pub fn read(repo: &Repository, obj: &WalObject) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write_verified(repo, obj, &mut out)?;
+    Ok(out)
+}
+
+/// Writes the content of `obj` to `out`, checking its size and BLAKE3 against the object (a mismatch is
+/// corruption, reported after the bytes went out: callers write to a temporary place). Returns the size.
+fn write_verified(repo: &Repository, obj: &WalObject, out: &mut impl Write) -> Result<u64> {
+    let file = &obj.file;
     let tree = repo.read_tree(&obj.tree)?;
     let Some(Node {
         kind: NodeKind::File { chunks, size },
@@ -276,26 +319,15 @@ pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Resu
             format!("holds no file {file}"),
         ));
     };
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cairn-wal-")
-        .tempfile_in(&dir)
-        .at(&dir)?;
     let mut out = HashingWriter {
-        inner: std::io::BufWriter::new(tmp.as_file_mut()),
+        inner: out,
         hasher: blake3::Hasher::new(),
     };
     let written = crate::restore::write_chunks(repo, chunks, &mut out)?;
-    let flushed = out.flush();
     let hash = Id(*out.hasher.finalize().as_bytes());
-    drop(out);
-    flushed.at(tmp.path())?;
     if written != obj.size || *size != obj.size || hash != obj.blake3 {
         return Err(Error::corrupt(
-            format!("archived WAL file {file} of instance {instance}"),
+            format!("archived WAL file {file} of instance {}", obj.instance),
             format!(
                 "restored {written} bytes with BLAKE3 {}, recorded {} bytes with BLAKE3 {}",
                 hash.short(),
@@ -304,7 +336,6 @@ pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Resu
             ),
         ));
     }
-    tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
     Ok(written)
 }
 

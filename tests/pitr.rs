@@ -149,6 +149,10 @@ impl Cluster {
         self.pg_ctl(&["restart", "-w", "-t", "60", "-m", "fast"]);
     }
 
+    fn stop(&self) {
+        self.pg_ctl(&["stop", "-w", "-t", "60", "-m", "fast"]);
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(self.root().join("server.log")).unwrap_or_default()
     }
@@ -162,32 +166,16 @@ impl Cluster {
         )
     }
 
-    /// Runs SQL (each statement its own transaction); unaligned tuples-only output.
+    /// Runs one SQL command; unaligned tuples-only output.
     fn sql(&self, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-            ])
-            .args(["-h", &self.root().display().to_string(), "-U", "postgres"])
-            .args(["-p", &self.port.to_string(), "-c", sql])
-            .env_remove("PGPASSWORD")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql: {}\nSQL: {sql}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        pg::psql_on(self.root(), self.port, "postgres", sql)
     }
+}
+
+/// A running server the tests send SQL to: the cluster, or one restored from the repository.
+trait Server {
+    fn sql(&self, sql: &str) -> String;
+    fn log(&self) -> String;
 
     /// Switches to a new segment and waits until the archiver reports the old one archived; returns its
     /// name.
@@ -207,6 +195,15 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+impl Server for Cluster {
+    fn sql(&self, sql: &str) -> String {
+        Cluster::sql(self, sql)
+    }
+    fn log(&self) -> String {
+        Cluster::log(self)
     }
 }
 
@@ -670,33 +667,7 @@ struct Restored {
 
 impl Restored {
     fn sql(&self, sql: &str) -> String {
-        let out = Command::new(pg_bin("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-            ])
-            .args([
-                "-h",
-                &self.socket_dir.display().to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-c", sql])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        pg::psql_on(&self.socket_dir, self.port, "postgres", sql)
     }
 
     /// The batches the restored table holds, each with its row count.
@@ -708,6 +679,36 @@ impl Restored {
                 (b.parse().unwrap(), n.parse().unwrap())
             })
             .collect()
+    }
+}
+
+impl Server for Restored {
+    fn sql(&self, sql: &str) -> String {
+        Restored::sql(self, sql)
+    }
+    fn log(&self) -> String {
+        fs::read_to_string(self.data.join("cairn-recovery.log")).unwrap_or_default()
+    }
+}
+
+impl Restored {
+    /// Restarts the server (as postgres, logging where cairn started it).
+    fn restart(&self) {
+        let out = as_postgres(pg_bin("pg_ctl"))
+            .args(["restart", "-w", "-t", "60", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("cairn-recovery.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}\nlog: {}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
     }
 }
 
@@ -750,13 +751,13 @@ fn restore_at(cluster: &Cluster, repo: &Path, at: &str, label: &str) -> Restored
 
 /// The server's clock now, to the second, in UTC ("YYYY-MM-DD HH:MM:SS"): cairn reads --at in its local
 /// time zone, which the restore commands set to UTC.
-fn server_second(cluster: &Cluster) -> String {
+fn server_second(cluster: &impl Server) -> String {
     cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
 }
 
 /// Inserts batch `k` (its own transaction), archives it, and returns a time strictly between its commit
 /// and the next batch's (a pause on either side of a whole second).
-fn insert_batch(cluster: &Cluster, k: i32) -> String {
+fn insert_batch(cluster: &impl Server, k: i32) -> String {
     cluster.sql(&format!(
         "INSERT INTO t (batch, id, pad) SELECT {k}, g, repeat(md5(g::text), 4) FROM generate_series(1, 2000) g"
     ));
@@ -862,6 +863,58 @@ fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_lat
     {
         let r = restore_at(&cluster, &repo, "latest", "latest2");
         assert_eq!(r.batches(), expect(1..=5));
+    }
+}
+
+#[test]
+fn a_restored_server_put_in_the_old_ones_place_archives_a_new_timeline_that_later_restores_follow()
+{
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    base_backup(&repo);
+    let mut between = vec![String::new()];
+    for k in 1..=2 {
+        between.push(insert_batch(&cluster, k));
+    }
+    // Batch 2 was a mistake: the server restored to before it (promoted on timeline 2) takes the old
+    // one's place (its port), and is pointed at the instance's archive again.
+    let mut b = restore_at(&cluster, &repo, &between[1], "timeline2");
+    assert_eq!(b.batches(), expect(1..=1));
+    cluster.stop();
+    b.sql(&format!("ALTER SYSTEM SET port = {}", cluster.port));
+    b.restart();
+    b.port = cluster.port;
+    // It was promoted with archiving off, so its timeline history is not archived: restores cannot follow
+    // timeline 2 yet, and `wal-setup --apply` archives it.
+    let out = ok(cairn_pg(&repo).args(["instance", "wal-setup", "db", "--apply"]));
+    assert!(out.contains("00000002.history"), "{out}");
+    b.restart();
+    assert_eq!(b.sql("SHOW archive_mode"), "on");
+    for k in 3..=4 {
+        between.push(insert_batch(&b, k));
+    }
+    assert!(
+        listed_files(&wal_list(&repo, "db"))
+            .iter()
+            .any(|f| f.starts_with("00000002") && f.len() == 24),
+        "timeline 2's segments are archived"
+    );
+    ok(cairn_pg(&repo).arg("check"));
+    // Later restores follow timeline 2 from the same base backup: batch 2 (only on timeline 1) is gone.
+    {
+        let r = restore_at(&cluster, &repo, &between[3], "on-timeline2");
+        assert_eq!(r.batches(), vec![(1, 2000), (3, 2000)]);
+    }
+    {
+        let r = restore_at(&cluster, &repo, "latest", "latest-timeline2");
+        assert_eq!(r.batches(), vec![(1, 2000), (3, 2000), (4, 2000)]);
+    }
+    {
+        let r = restore_at(&cluster, &repo, &between[1], "before-the-switch");
+        assert_eq!(r.batches(), expect(1..=1));
     }
 }
 

@@ -2,159 +2,15 @@
 //! with an HTTP client and check what the repository and the file system hold afterwards.
 
 mod harness;
+mod serve_support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::*;
 use serde_json::{json, Value};
-
-/// A running `cairn serve`, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Server {
-    fn start(repo: &Path, extra: &[&str], tmpdir: Option<&Path>) -> Server {
-        let mut cmd = cairn(repo);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-schedule"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(t) = tmpdir {
-            cmd.env("TMPDIR", t);
-        }
-        let mut child = cmd.spawn().expect("start cairn serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cairn serve: listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server printed its address");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let s = Server { child, base, agent };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while s.get("/api/v1/health", None).0 == 0 {
-            assert!(Instant::now() < deadline, "the server never answered");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
-        match r {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let text = resp.body_mut().read_to_string().unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
-            }
-            Err(_) => (0, Value::Null),
-        }
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.agent.get(self.url(path));
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        Self::answer(req.call())
-    }
-
-    fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.agent.delete(self.url(path));
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        Self::answer(req.call())
-    }
-
-    fn send(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-        let url = self.url(path);
-        let mut req = match method {
-            "POST" => self.agent.post(url),
-            "PUT" => self.agent.put(url),
-            other => panic!("method {other}"),
-        };
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        Self::answer(req.send_json(body))
-    }
-
-    fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        self.send("POST", path, Some(token), body)
-    }
-
-    /// The raw bytes of a GET.
-    fn bytes(&self, path: &str, token: &str) -> (u16, Vec<u8>) {
-        let mut resp = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_vec()
-            .unwrap();
-        (status, body)
-    }
-
-    /// Follows a job until it finishes; returns its last state and the progress states seen on the way.
-    fn wait_job(&self, id: &str, token: &str) -> (Value, Vec<Value>) {
-        let deadline = Instant::now() + Duration::from_secs(240);
-        let mut seen = Vec::new();
-        loop {
-            let (code, job) = self.get(&format!("/api/v1/jobs/{id}"), Some(token));
-            assert_eq!(code, 200, "{job}");
-            let status = job["status"].as_str().unwrap_or_default().to_string();
-            seen.push(job.clone());
-            if ["completed", "failed", "cancelled"].contains(&status.as_str()) {
-                return (job, seen);
-            }
-            assert!(Instant::now() < deadline, "job {id} never finished: {job}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A token of `role`, made with the CLI.
-fn token(repo: &Path, name: &str, role: &str) -> String {
-    ok(cairn(repo).args(["token", "add", name, "--role", role]))
-        .trim()
-        .to_string()
-}
+use serve_support::{token, Server};
 
 struct Tokens {
     viewer: String,
@@ -182,7 +38,7 @@ fn serve_api_flow_backup_download_restore_forget() {
     let (dir, repo) = new_repo();
     let t = tokens(&repo);
     let src = tree(dir.path());
-    let s = Server::start(&repo, &[], None);
+    let s = Server::start(&repo, &[]);
 
     // Create the instance over the API (admin), with the CLI's field names.
     let (code, inst) = s.post(
@@ -217,7 +73,7 @@ fn serve_api_flow_backup_download_restore_forget() {
     let (code, job) = s.post("/api/v1/instances/app/backup", &t.operator, &json!({}));
     assert_eq!(code, 202, "{job}");
     assert!(["queued", "running"].contains(&job["status"].as_str().unwrap()));
-    let (done, _) = s.wait_job(job["id"].as_str().unwrap(), &t.viewer);
+    let (done, _) = s.follow_job(job["id"].as_str().unwrap(), &t.viewer);
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["kind"], "backup");
     assert_eq!(done["instance"], "app");
@@ -275,7 +131,7 @@ fn serve_api_flow_backup_download_restore_forget() {
         &json!({"snapshot": snap_id, "target": target, "confirm": true}),
     );
     assert_eq!(code, 202, "{job}");
-    let (done, _) = s.wait_job(job["id"].as_str().unwrap(), &t.viewer);
+    let (done, _) = s.follow_job(job["id"].as_str().unwrap(), &t.viewer);
     assert_eq!(done["status"], "completed", "{done}");
     assert_same_tree(&src, &target.join("files"));
 
@@ -287,7 +143,7 @@ fn serve_api_flow_backup_download_restore_forget() {
         &json!({"snapshot": snap_id, "in_place": true, "confirm": true}),
     );
     assert_eq!(code, 202, "{job}");
-    let (done, _) = s.wait_job(job["id"].as_str().unwrap(), &t.viewer);
+    let (done, _) = s.follow_job(job["id"].as_str().unwrap(), &t.viewer);
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
         fs::read(src.join("big.bin")).unwrap(),
@@ -362,7 +218,7 @@ fn serve_every_role_boundary_answers_401_or_403() {
         .as_str()
         .unwrap()
         .to_string();
-    let s = Server::start(&repo, &[], None);
+    let s = Server::start(&repo, &[]);
     let restore = json!({"confirm": false});
     let snap = format!("/api/v1/snapshots/{id}");
     let download = format!("/api/v1/snapshots/{id}/download?format=tar");
@@ -500,7 +356,7 @@ fn serve_cancel_a_running_backup_writes_no_snapshot() {
     let t = tokens(&repo);
     let src = tree(dir.path());
     slow_instance(&repo, &src);
-    let s = Server::start(&repo, &[], None);
+    let s = Server::start(&repo, &[]);
     let (code, job) = s.post("/api/v1/instances/app/backup", &t.operator, &json!({}));
     assert_eq!(code, 202, "{job}");
     let id = job["id"].as_str().unwrap();
@@ -513,7 +369,7 @@ fn serve_cancel_a_running_backup_writes_no_snapshot() {
     std::thread::sleep(Duration::from_millis(500));
     let (code, v) = s.delete(&format!("/api/v1/jobs/{id}"), Some(&t.operator));
     assert_eq!(code, 202, "{v}");
-    let (done, _) = s.wait_job(id, &t.viewer);
+    let (done, _) = s.follow_job(id, &t.viewer);
     assert_eq!(done["status"], "cancelled", "{done}");
     assert!(done["snapshot_id"].is_null());
     let (_, snaps) = s.get("/api/v1/instances/app/snapshots", Some(&t.viewer));
@@ -533,14 +389,14 @@ fn serve_second_restore_of_an_instance_while_one_runs_gets_409() {
     let src = tree(dir.path());
     slow_instance(&repo, &src);
     ok(cairn(&repo).args(["instance", "backup", "app"]));
-    let s = Server::start(&repo, &[], None);
+    let s = Server::start(&repo, &[]);
     let body = json!({"in_place": true, "confirm": true});
     let (code, first) = s.post("/api/v1/instances/app/restore", &t.admin, &body);
     assert_eq!(code, 202, "{first}");
     let (code, second) = s.post("/api/v1/instances/app/restore", &t.admin, &body);
     assert_eq!(code, 409, "{second}");
     // The first one is not disturbed, and reports its steps on the way.
-    let (done, seen) = s.wait_job(first["id"].as_str().unwrap(), &t.viewer);
+    let (done, seen) = s.follow_job(first["id"].as_str().unwrap(), &t.viewer);
     assert_eq!(done["status"], "completed", "{done}");
     assert!(
         seen.iter().any(|j| j["current_step"] == "safety snapshot"),
@@ -598,7 +454,7 @@ fn serve_upload_oversize_413_hostile_rejected_legacy_imported_with_its_time() {
         .arg(&src));
     let tmp = dir.path().join("tmp");
     fs::create_dir(&tmp).unwrap();
-    let s = Server::start(&repo, &["--max-upload-mib", "1"], Some(&tmp));
+    let s = Server::start_with(&repo, &["--max-upload-mib", "1"], None, &[("TMPDIR", &tmp)]);
 
     // Over the limit: 413, and the partial upload is gone.
     let big = pseudo_random(2 << 20, 3);
@@ -642,7 +498,7 @@ fn serve_upload_oversize_413_hostile_rejected_legacy_imported_with_its_time() {
     ] {
         let (code, job) = upload(&s, &t.admin, tar_gz(&members), "2020-01-02T03:04:05Z");
         assert_eq!(code, 202, "{job}");
-        let (done, _) = s.wait_job(job["id"].as_str().unwrap(), &t.viewer);
+        let (done, _) = s.follow_job(job["id"].as_str().unwrap(), &t.viewer);
         assert_eq!(done["status"], "failed", "{done}");
         assert!(
             done["error"].as_str().unwrap().contains("archive rejected"),
@@ -667,7 +523,7 @@ fn serve_upload_oversize_413_hostile_rejected_legacy_imported_with_its_time() {
     ]);
     let (code, job) = upload(&s, &t.admin, good, "2020-01-02T03:04:05Z");
     assert_eq!(code, 202, "{job}");
-    let (done, _) = s.wait_job(job["id"].as_str().unwrap(), &t.viewer);
+    let (done, _) = s.follow_job(job["id"].as_str().unwrap(), &t.viewer);
     assert_eq!(done["status"], "completed", "{done}");
     let (_, snaps) = s.get("/api/v1/instances/app/snapshots", Some(&t.viewer));
     assert_eq!(snaps[0]["id"], done["snapshot_id"]);
@@ -688,7 +544,7 @@ fn serve_refuses_plain_http_on_a_non_loopback_address() {
 #[test]
 fn serve_dashboard_is_served_without_a_token_and_holds_no_data() {
     let (_dir, repo) = new_repo();
-    let s = Server::start(&repo, &[], None);
+    let s = Server::start(&repo, &[]);
     let (code, page) = s.get("/", None);
     assert_eq!(code, 200);
     let page = page.as_str().unwrap().to_string();

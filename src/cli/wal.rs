@@ -181,12 +181,16 @@ pub fn wal_setup(
     let cfg = wal_instance(repo, name)?;
     let encrypted = repo.crypto().is_encrypted();
     let settings = settings(ctx, name, archive_timeout, encrypted, apply)?;
-    let restart = if apply {
+    let (restart, history) = if apply {
         let conn = cairn::postgres::PgConn::new(cfg.pg_conn.as_deref())?;
         let db = cfg.pg.as_deref().unwrap_or("postgres");
-        Some(cairn::postgres::alter_system(&conn, db, &settings)?)
+        let restart = cairn::postgres::alter_system(&conn, db, &settings)?;
+        (
+            Some(restart),
+            archive_timeline_history(repo, name, &conn, db)?,
+        )
     } else {
-        None
+        (None, None)
     };
     if ctx.json {
         let map: serde_json::Map<String, serde_json::Value> = settings
@@ -195,7 +199,7 @@ pub fn wal_setup(
             .collect();
         return ctx
             .print_json(&json!({"instance": name, "settings": map, "applied": apply,
-                                "restart_needed": restart}))
+                                "restart_needed": restart, "history_archived": history}))
             .map(|_| EXIT_OK);
     }
     if !apply {
@@ -214,7 +218,27 @@ pub fn wal_setup(
             "# changing archive_mode needs a server restart; the other settings a reload (pg_reload_conf())"
         ),
     }
+    if let Some(file) = history {
+        println!("archived {file}, the history of the server's timeline, for instance {name}");
+    }
     Ok(EXIT_OK)
+}
+
+/// Archives the server's timeline history file when the archive lacks it (a server restored and promoted
+/// with archiving off, then pointed at the instance): returns its name when it was archived now.
+fn archive_timeline_history(
+    repo: &Repository,
+    name: &str,
+    conn: &cairn::postgres::PgConn,
+    db: &str,
+) -> Result<Option<String>> {
+    let Some((file, bytes)) = cairn::postgres::basebackup::timeline_history(conn, db)? else {
+        return Ok(None);
+    };
+    match wal::push_content(repo, name, &file, &bytes)? {
+        PushOutcome::Stored => Ok(Some(file)),
+        PushOutcome::AlreadyStored => Ok(None),
+    }
 }
 
 /// `cairn instance base-backup NAME`: a snapshot with the instance's files and a base backup of its

@@ -335,6 +335,36 @@ pub fn archiver_status(conn: &PgConn, db: &str) -> Result<ArchiverStatus> {
     })
 }
 
+/// The history file of the server's current timeline (none on the first timeline or a standby): its name
+/// and content. A promoted server's history file is archived only when archiving was on at its promotion,
+/// and recovery cannot follow the timeline without it. `pg_read_binary_file` needs a superuser or
+/// `pg_read_server_files`, like `ALTER SYSTEM` needs a superuser.
+pub fn timeline_history(conn: &PgConn, db: &str) -> Result<Option<(String, Vec<u8>)>> {
+    let s = Session::open(conn, db)?;
+    // From the WAL file being written, not the last checkpoint: a just-promoted server's checkpoint may
+    // still name the old timeline. A standby writes no WAL of its own: nothing to archive.
+    let row = s.query_one(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN NULL
+                     ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+        &[],
+    )?;
+    let Some(hex): Option<String> = col(&row, 0)? else {
+        return Ok(None);
+    };
+    let tli = u32::from_str_radix(&hex, 16)
+        .map_err(|_| Error::Postgres(format!("the server's WAL file names timeline {hex:?}")))?;
+    if tli <= 1 {
+        return Ok(None);
+    }
+    let file = format!("{tli:08X}.history");
+    let row = s.query_one(
+        "SELECT pg_read_binary_file('pg_wal/' || $1)",
+        &[&file.as_str()],
+    )?;
+    let bytes: Vec<u8> = col(&row, 0)?;
+    Ok(Some((file, bytes)))
+}
+
 /// What [`archiving_problem`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchivingProblem {

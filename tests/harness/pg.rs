@@ -111,6 +111,38 @@ pub fn psql(db: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs one SQL command with psql as `user` on database `postgres` of the server listening in socket
+/// directory `host` on `port` (a cluster a test made itself, not the test server: none of its settings
+/// apply); returns unaligned, tuples-only output.
+pub fn psql_on(host: &std::path::Path, port: u16, user: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "postgres",
+        ])
+        .arg("-h")
+        .arg(host)
+        .args(["-U", user, "-p", &port.to_string(), "-c", sql])
+        .env_remove("PGPASSWORD")
+        .env_remove("PGDATABASE")
+        .env_remove("PGSERVICE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql on port {port}: {}\nSQL: {sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A database name no other test (or engineer sharing the server) uses.
 pub fn unique_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

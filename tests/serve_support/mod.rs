@@ -1,5 +1,5 @@
 //! A `cairn serve` started as a child process for the tests of the server's transport and robustness
-//! (tests/serve_tls.rs, tests/serve_resilience.rs, tests/serve_load.rs): it is started on a free loopback port
+//! (tests/serve.rs, tests/serve_tls.rs, tests/serve_resilience.rs, tests/serve_load.rs): it is started on a free loopback port
 //! (the address read from its stderr), spoken to over real HTTP or HTTPS, and killed when dropped.
 #![allow(dead_code)]
 
@@ -137,14 +137,68 @@ impl Server {
         )
     }
 
+    pub fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.agent.delete(self.url(path));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::answer(req.call())
+    }
+
+    /// A POST or PUT of a JSON body.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
+        let url = self.url(path);
+        let mut req = match method {
+            "POST" => self.agent.post(url),
+            "PUT" => self.agent.put(url),
+            other => panic!("method {other}"),
+        };
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::answer(req.send_json(body))
+    }
+
+    /// The raw bytes of a GET.
+    pub fn bytes(&self, path: &str, token: &str) -> (u16, Vec<u8>) {
+        let mut resp = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap();
+        (status, body)
+    }
+
     /// Follows a job until it is no longer queued or running.
     pub fn wait_job(&self, id: &str, token: &str) -> Value {
+        self.follow_job(id, token).0
+    }
+
+    /// Follows a job until it is no longer queued or running; returns its last state and the states seen on
+    /// the way.
+    pub fn follow_job(&self, id: &str, token: &str) -> (Value, Vec<Value>) {
         let deadline = Instant::now() + Duration::from_secs(240);
+        let mut seen = Vec::new();
         loop {
             let (code, job) = self.get(&format!("/api/v1/jobs/{id}"), Some(token));
             assert_eq!(code, 200, "{job}");
+            seen.push(job.clone());
             if !["queued", "running"].contains(&job["status"].as_str().unwrap_or_default()) {
-                return job;
+                return (job, seen);
             }
             assert!(Instant::now() < deadline, "job {id} never finished: {job}");
             std::thread::sleep(Duration::from_millis(50));
