@@ -551,6 +551,13 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
         .args(["wal-push", "--instance", "db"])
         .arg(&seg));
     let once = pack_bytes(&reference) - before;
+    // Packs close once they pass the target size, so one can exceed it by up to a chunk.
+    let largest_pack = objects_under(&reference.join("packs"))
+        .0
+        .iter()
+        .map(|(_, size)| *size)
+        .max()
+        .unwrap();
     for point in [KillPoint::WritingAPack, KillPoint::AfterTwoFinishedPacks] {
         let repo = new_repo(&format!("{point:?}"));
         let packs = repo.join("packs");
@@ -613,8 +620,9 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
              after the second {total} B"
         );
         assert!(
-            total <= once + (5 << 20),
-            "{point:?}: {total} B stored for a segment one push stores in {once} B"
+            total <= once + largest_pack,
+            "{point:?}: {total} B stored for a segment one push stores in {once} B (packs of up to \
+             {largest_pack} B)"
         );
         let back = dir.path().join(format!("back-{point:?}"));
         ok(cairn(&repo)
