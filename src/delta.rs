@@ -6,9 +6,11 @@
 //! edit rather than the chunk.
 //!
 //! This module owns the codec ([`compress`], [`decode_blob`]), the choice of bases while a stream is saved
-//! ([`StreamDeltas`]), the one resolution of bases on the read path ([`decode`], called by
-//! [`Repository::decode_stored`] for every delta blob, with a small bounded cache of base contents), and the
-//! relations that GC and check follow ([`dependents`], [`chain_problem`]).
+//! ([`StreamDeltas`], which reads a window's bases in merged runs through [`crate::fetch`]), the one
+//! resolution of bases on the read path ([`decode`], called by [`Repository::decode_stored`] for every delta
+//! blob, with a small bounded cache of base contents; [`decode_with_base`] when a batch read of many blobs
+//! has read the bases ahead), and the relations that GC and check follow ([`dependents`],
+//! [`chain_problem`]).
 //!
 //! Invariants:
 //! - A base is always a blob that was indexed before the delta was written (a chunk of a finished snapshot),
@@ -22,6 +24,10 @@
 //! - A delta is damaged when its base is: a base that is missing, not indexed or does not verify makes the
 //!   delta fail to decode with a damage error ([`Error::is_damage`]) naming the base; other read errors of
 //!   the base (permissions, I/O) pass through unchanged, so nothing is recorded as damage on their account.
+//! - A writer uses only bases verified against their ids (a delta made against wrong bytes would verify
+//!   against them and be stored undecodable). A reader may use a base read ahead unverified
+//!   ([`decode_unverified`]): the delta's result is checked against the delta's id, and a delta that fails
+//!   is decoded again through [`decode`], so its error names the damaged base as before.
 //! - Base choice is by byte position (see [`StreamDeltas`]); content similarity was not measured yet.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,6 +39,7 @@ use crate::backend::ObjectKind;
 use crate::chunking::Batch;
 use crate::crypto::{self, Crypto};
 use crate::error::{Error, Result};
+use crate::fetch::Fetcher;
 use crate::hashing::Id;
 use crate::index::{Index, Location};
 use crate::pack::{self, BlobEntry, BlobKind, Compression};
@@ -131,6 +138,42 @@ pub fn decode(repo: &Repository, loc: &Location, stored: &[u8]) -> Result<Vec<u8
         .ok_or_else(|| Error::corrupt(format!("blob {}", loc.entry.id), "delta without a base"))?;
     let base_raw = resolve(repo, &base, 1).map_err(|e| in_base_of(&loc.entry.id, &base, e))?;
     decode_blob(&loc.entry, stored, repo.crypto(), &base_raw)
+}
+
+/// [`decode`] with the base's raw bytes already read and verified by the caller (a batch of bases read
+/// ahead: [`crate::fetch`]). If the delta does not decode against them, it is decoded again on its own, so
+/// that its error is the one [`decode`] reports.
+pub fn decode_with_base(
+    repo: &Repository,
+    loc: &Location,
+    stored: &[u8],
+    base: &[u8],
+) -> Result<Vec<u8>> {
+    match decode_blob(&loc.entry, stored, repo.crypto(), base) {
+        Ok(raw) => Ok(raw),
+        Err(_) => repo.decode_stored(loc, stored),
+    }
+}
+
+/// The raw bytes of a plain (not delta) blob, opened and decompressed but not checked against its id, only
+/// its length: for a base read ahead whose delta's own bytes are then checked (see
+/// [`crate::fetch::Fetcher::read_bases`]). A blob as large as a dump chunk is hashed in about as long as it
+/// is decompressed, and a stream of deltas has about one base per chunk.
+pub fn decode_unverified(repo: &Repository, loc: &Location, stored: &[u8]) -> Result<Vec<u8>> {
+    let what = || format!("blob {}", loc.entry.id);
+    if loc.entry.kind == BlobKind::DeltaData || loc.entry.raw_len > pack::MAX_BLOB_LEN {
+        return Err(Error::corrupt(what(), "not a plain blob"));
+    }
+    let stored = repo.crypto().open(&what(), crypto::AAD_BLOB, stored)?;
+    let raw = match loc.entry.compression {
+        Compression::None => stored.into_owned(),
+        Compression::Zstd => decompress(&stored, &[], loc.entry.raw_len as usize)
+            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
+    };
+    if raw.len() != loc.entry.raw_len as usize {
+        return Err(Error::corrupt(what(), "wrong length"));
+    }
+    Ok(raw)
 }
 
 /// Damage of a base is damage of the delta too (named by both); other errors pass through unchanged.
@@ -430,6 +473,10 @@ impl StreamDeltas {
 
     /// Saves the chunks of `batch` (the next window of the stream) through `writer`, each new one as a delta
     /// against its base candidate when that is smaller; returns their ids in order.
+    ///
+    /// The bases of the whole window are read ahead in merged runs ([`crate::fetch`]): they are the
+    /// parent's chunks at the same place, in the parent's order, so a few reads replace a ranged read (and
+    /// a pack opened) per new chunk.
     pub fn save_batch(
         &mut self,
         writer: &PackWriter,
@@ -447,12 +494,25 @@ impl StreamDeltas {
             .zip(&batch.cuts)
             .map(|(id, &(_, len))| (*id, len as u32))
             .collect();
-        let bases = self.bases(&sized);
+        let candidates = self.bases(&sized);
+        let bases: Vec<Option<Id>> = candidates
+            .par_iter()
+            .zip(&ids)
+            .map(|(c, id)| match c {
+                Some(c) => Ok(repo
+                    .with_reader(|r| chain_of(r, c, id))?
+                    .map(|chain| pick_base(&chain))
+                    .filter(|b| !writer.needs_fresh_copy(&[*b]))),
+                None => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        let read = Fetcher::new(repo)?.read_bases(bases.iter().flatten().copied(), true);
         (0..ids.len()).into_par_iter().try_for_each(|i| {
             let (off, len) = batch.cuts[i];
             let raw = &batch.data[off..off + len];
             writer.save_encoded(BlobKind::Data, ids[i], raw.len() as u32, || {
-                encode_chunk(writer, &ids[i], raw, bases[i], level)
+                let base = bases[i].map(|b| (b, read.get(&b)));
+                encode_chunk(repo, raw, base, level)
             })?;
             Ok::<_, Error>(())
         })?;
@@ -460,66 +520,62 @@ impl StreamDeltas {
     }
 }
 
-/// Encodes a new stream chunk: compressed on its own, or as a delta against `base` when that is possible
-/// (base readable and verified, not recorded damaged, not too deep) and smaller.
+/// A delta at most this fraction of its chunk (1/n) is stored without compressing the chunk on its own to
+/// compare: a dump chunk compresses to about a third alone, the deltas of a day's changes to a tenth or
+/// less, and the comparison cost a second compression (and its check) of nearly every new chunk.
+const CLEARLY_SMALLER: usize = 8;
+
+/// Encodes a new stream chunk: as a delta against `base` (its id, and its raw bytes when read ahead) when
+/// that is possible (base readable and verified, usable) and smaller than the chunk compressed on its own
+/// (or clearly small, see [`CLEARLY_SMALLER`]), else compressed on its own.
 fn encode_chunk(
-    writer: &PackWriter,
-    id: &Id,
+    repo: &Repository,
     raw: &[u8],
-    base: Option<Id>,
+    base: Option<(Id, Option<&Vec<u8>>)>,
     level: i32,
 ) -> Result<Encoded> {
-    let (compression, plain) = pack::encode_blob(raw, level)?;
-    if let Some(base) = base {
-        if let Some((delta, base)) = try_delta(writer, id, raw, base, level, plain.len())? {
-            return Ok(Encoded {
-                kind: BlobKind::DeltaData,
-                compression: Compression::Zstd,
-                stored: delta,
-                base: Some(base),
-            });
+    let plain = |raw: &[u8]| -> Result<Encoded> {
+        let (compression, stored) = pack::encode_blob(raw, level)?;
+        Ok(Encoded {
+            kind: BlobKind::Data,
+            compression,
+            stored: stored.into_owned(),
+            base: None,
+        })
+    };
+    let Some((base, read_ahead)) = base else {
+        return plain(raw);
+    };
+    let resolved;
+    let base_raw: &[u8] = match read_ahead {
+        Some(b) => b,
+        // Any failure to read the base (damage or not) just means no delta: the chunk is stored whole.
+        None => match resolve(repo, &base, 1) {
+            Ok(b) => {
+                resolved = b;
+                &resolved
+            }
+            Err(_) => return plain(raw),
+        },
+    };
+    if !usable_base(base_raw) {
+        return plain(raw);
+    }
+    let delta = compress(raw, base_raw, level)?;
+    if delta.len() * CLEARLY_SMALLER > raw.len() {
+        let alone = plain(raw)?;
+        if alone.stored.len() <= delta.len() {
+            return Ok(alone);
         }
     }
-    Ok(Encoded {
-        kind: BlobKind::Data,
-        compression,
-        stored: plain.into_owned(),
-        base: None,
-    })
-}
-
-/// The delta of `raw` against `candidate` (or the blob on its chain [`pick_base`] takes) and that base, if
-/// allowed and shorter than `plain_len`, verified to decode.
-fn try_delta(
-    writer: &PackWriter,
-    id: &Id,
-    raw: &[u8],
-    candidate: Id,
-    level: i32,
-    plain_len: usize,
-) -> Result<Option<(Vec<u8>, Id)>> {
-    let repo = writer.repo();
-    let Some(chain) = repo.with_reader(|r| chain_of(r, &candidate, id))? else {
-        return Ok(None);
-    };
-    let base = pick_base(&chain);
-    if writer.needs_fresh_copy(&[base]) {
-        return Ok(None);
-    }
-    // Any failure to read the base (damage or not) just means no delta: the chunk is stored whole.
-    let Ok(base_raw) = resolve(repo, &base, 1) else {
-        return Ok(None);
-    };
-    if !usable_base(&base_raw) {
-        return Ok(None);
-    }
-    let delta = compress(raw, &base_raw, level)?;
-    if delta.len() >= plain_len {
-        return Ok(None);
-    }
     // A compressor or memory fault must not reach the disk (format-spec section 5).
-    match decompress(&delta, &base_raw, raw.len()) {
-        Ok(back) if back == raw => Ok(Some((delta, base))),
+    match decompress(&delta, base_raw, raw.len()) {
+        Ok(back) if back == raw => Ok(Encoded {
+            kind: BlobKind::DeltaData,
+            compression: Compression::Zstd,
+            stored: delta,
+            base: Some(base),
+        }),
         _ => Err(Error::corrupt(
             "zstd delta",
             "compressed delta did not decompress to its input",

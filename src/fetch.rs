@@ -9,10 +9,19 @@
 //! Each pack is opened once per call ([`crate::backend::Backend::open_reader`]) and all its runs are read
 //! through that reader.
 //!
+//! The bases of the delta blobs asked for (format-spec section 5.1) are read first, the same way, in one
+//! batch ([`Fetcher::read_bases`]): a stream's deltas have their bases in the parent's packs, in the
+//! parent's order, so a window of deltas has its bases in a few merged runs instead of a ranged read (and an
+//! open of another pack) per delta. A base that cannot be read ahead is resolved by the delta on its own
+//! ([`crate::delta::decode`]), which reports the error as the single read path does.
+//!
 //! Invariants: every blob asked for is reported exactly once, with its verified bytes or its error. A run
 //! that cannot be read whole (a truncated or missing pack, an outage) is read again blob by blob, so an error
 //! concerns exactly the blob it is reported for and a blob readable on its own is never reported damaged.
 //! The caller decides what an error means (restore records damage, names the file).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -20,6 +29,7 @@ use crate::backend::{ObjectKind, RangeReader, ReadPlan};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index::Location;
+use crate::pack::BlobKind;
 use crate::repo::Repository;
 
 /// One ranged read of a pack: `start..end` covers the blobs `blobs` (indices into the caller's list).
@@ -64,6 +74,10 @@ pub fn plan_runs(locs: &[Location], plan: ReadPlan) -> Vec<Run> {
     runs
 }
 
+/// Raw bytes of the bases of a batch of delta blobs, by id (checked against their ids or not: see
+/// [`Fetcher::read_bases`]).
+pub type Bases = HashMap<Id, Vec<u8>>;
+
 /// Reads blobs with merged, parallel ranged reads (see the module docs).
 pub struct Fetcher<'r> {
     repo: &'r Repository,
@@ -93,13 +107,62 @@ impl<'r> Fetcher<'r> {
     /// Reads every blob of `locs` and hands each to `on_blob(index, bytes or error)`, from any thread, in
     /// no particular order, exactly once.
     pub fn fetch(&self, locs: &[Location], on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync)) {
+        let bases = self.read_bases(
+            locs.iter().filter_map(|l| match l.entry.kind {
+                BlobKind::DeltaData => l.entry.base,
+                _ => None,
+            }),
+            false,
+        );
+        self.fetch_with(locs, &bases, true, on_blob);
+    }
+
+    /// The raw bytes of every blob of `ids` that can be read (duplicates read once), in merged runs. Those
+    /// that cannot are left out: whoever needs one reads it alone and reports the error.
+    ///
+    /// With `verified` false a plain blob's bytes are not checked against its id (only its length): for
+    /// bases of deltas being read, whose own decoded bytes are checked against their ids, so a wrong base
+    /// can only make a delta fail, never pass, and the failing delta is then read again on its own
+    /// ([`crate::delta::decode_with_base`]). A writer's bases must be `verified`: a delta made against
+    /// wrong bytes would verify against them and be stored undecodable.
+    pub fn read_bases(&self, ids: impl Iterator<Item = Id>, verified: bool) -> Bases {
+        let ids: Vec<Id> = ids.collect::<HashSet<Id>>().into_iter().collect();
+        if ids.is_empty() {
+            return Bases::new();
+        }
+        let locs: Vec<Location> = ids
+            .par_iter()
+            .filter_map(|id| self.repo.with_reader(|r| r.lookup(id)).ok().flatten())
+            .collect();
+        let got = Mutex::new(Bases::with_capacity(locs.len()));
+        // Bases are plain chunks (cairn writes chains of depth 1); one that is a delta itself is resolved
+        // through the single read path by `decode_stored`.
+        self.fetch_with(&locs, &Bases::new(), verified, &|i, r| {
+            if let Ok(raw) = r {
+                got.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(locs[i].entry.id, raw);
+            }
+        });
+        got.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`fetch`](Self::fetch) with the bases of the deltas among `locs` already read (those in `bases`);
+    /// plain blobs checked against their ids unless `verify` is false (see [`read_bases`](Self::read_bases)).
+    fn fetch_with(
+        &self,
+        locs: &[Location],
+        bases: &Bases,
+        verify: bool,
+        on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync),
+    ) {
         let runs = plan_runs(locs, self.plan);
         // `plan_runs` keeps a pack's runs together: each pack is opened once, however many runs it has.
         let packs: Vec<&[Run]> = runs.chunk_by(|a, b| a.pack == b.pack).collect();
         let work = || {
             packs
                 .par_iter()
-                .for_each(|runs| self.read_pack(locs, runs, on_blob))
+                .for_each(|runs| self.read_pack(locs, bases, verify, runs, on_blob))
         };
         match &self.pool {
             Some(pool) => pool.install(work),
@@ -111,6 +174,8 @@ impl<'r> Fetcher<'r> {
     fn read_pack(
         &self,
         locs: &[Location],
+        bases: &Bases,
+        verify: bool,
         runs: &[Run],
         on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync),
     ) {
@@ -124,7 +189,7 @@ impl<'r> Fetcher<'r> {
         {
             Ok(reader) => runs
                 .par_iter()
-                .for_each(|run| self.read_run(&*reader, locs, run, on_blob)),
+                .for_each(|run| self.read_run(&*reader, locs, bases, verify, run, on_blob)),
             // Say precisely which blobs cannot be read (a missing pack, a permission): each on its own.
             Err(_) => runs
                 .par_iter()
@@ -137,6 +202,8 @@ impl<'r> Fetcher<'r> {
         &self,
         reader: &dyn RangeReader,
         locs: &[Location],
+        bases: &Bases,
+        verify: bool,
         run: &Run,
         on_blob: &(dyn Fn(usize, Result<Vec<u8>>) + Sync),
     ) {
@@ -149,7 +216,7 @@ impl<'r> Fetcher<'r> {
                 on_blob(
                     i,
                     match stored {
-                        Some(s) => self.repo.decode_stored(loc, s),
+                        Some(s) => self.decode(loc, s, bases, verify),
                         None => Err(Error::corrupt(
                             format!("pack {}", run.pack.short()),
                             "short ranged read",
@@ -163,6 +230,25 @@ impl<'r> Fetcher<'r> {
                 .blobs
                 .par_iter()
                 .for_each(|&i| on_blob(i, self.repo.read_located(&locs[i]))),
+        }
+    }
+
+    /// Decodes one blob's stored bytes, a delta with its base from `bases` when that holds it.
+    fn decode(
+        &self,
+        loc: &Location,
+        stored: &[u8],
+        bases: &Bases,
+        verify: bool,
+    ) -> Result<Vec<u8>> {
+        if !verify && loc.entry.kind != BlobKind::DeltaData {
+            return crate::delta::decode_unverified(self.repo, loc, stored);
+        }
+        match loc.entry.base.and_then(|b| bases.get(&b)) {
+            Some(base) if loc.entry.kind == BlobKind::DeltaData => {
+                crate::delta::decode_with_base(self.repo, loc, stored, base)
+            }
+            _ => self.repo.decode_stored(loc, stored),
         }
     }
 }

@@ -300,3 +300,84 @@ fn kill_9_during_a_prune_that_repacks_bases_leaves_every_kept_snapshot_restorabl
         assert!(dump_out(&repo, id) == *want, "snapshot {id} differs");
     }
 }
+
+#[test]
+fn a_damaged_base_read_ahead_fails_the_dump_naming_it_and_never_writes_wrong_bytes() {
+    // `dump` reads the bases of a window's deltas ahead without hashing them (each delta's own result is
+    // hashed): a base whose stored bytes were changed must still fail the dump, naming the base, whether the
+    // change breaks its zstd frame or decompresses to other bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, day2, base) = two_days(dir.path());
+    let want = dump_out(&repo, &day2);
+    assert!(
+        want == dump(20_000, 2, 12),
+        "day 2 reads back byte for byte"
+    );
+    let (pack, offset, len) = place_of(&repo, &base);
+    let clean = fs::read(&pack).unwrap();
+    for at in [
+        12,
+        u64::from(len) / 3,
+        u64::from(len) / 2,
+        u64::from(len) - 6,
+    ] {
+        let mut bytes = clean.clone();
+        bytes[(offset + at) as usize] ^= 0x04;
+        fs::write(&pack, &bytes).unwrap();
+        let out = cairn(&repo)
+            .args(["dump", &day2, "db.dump"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "byte {at} of the base flipped: dump succeeded"
+        );
+        assert!(err.contains("cairn: error:"), "{err}");
+        assert!(
+            err.contains(&base.to_hex()),
+            "byte {at}: the base is not named: {err}"
+        );
+        assert!(
+            out.stdout.len() < want.len() && want.starts_with(&out.stdout),
+            "byte {at}: the dump wrote {} bytes, not a strict prefix of the stream",
+            out.stdout.len()
+        );
+    }
+    fs::write(&pack, &clean).unwrap();
+    assert!(dump_out(&repo, &day2) == want);
+}
+
+#[test]
+fn a_new_repository_cuts_streams_at_32_kib_and_stores_the_next_day_as_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = local_repo(dir.path(), true);
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("config")).unwrap()).unwrap();
+    assert_eq!(
+        config["chunker_streams"],
+        serde_json::json!({"min_size": 8192, "avg_size": 32768, "max_size": 131072}),
+        "stream chunk bounds of a new repository"
+    );
+    let day1 = dump(60_000, 1, 30);
+    let first = backup_stream(&repo, &day1, &day_time(1));
+    let chunks = first["chunks_new"].as_u64().unwrap();
+    let avg = day1.len() as u64 / chunks;
+    assert!(
+        (16 << 10..64 << 10).contains(&avg),
+        "average stream chunk {avg} bytes ({chunks} chunks)"
+    );
+    let day2 = dump(60_000, 2, 30);
+    let second = backup_stream(&repo, &day2, &day_time(2));
+    assert!(
+        deltas(&repo).len() as u64 * 2 > second["chunks_new"].as_u64().unwrap(),
+        "most new chunks of day 2 are deltas"
+    );
+    assert!(
+        second["bytes_added"].as_u64().unwrap() * 10 < first["bytes_added"].as_u64().unwrap(),
+        "day 2 adds a tenth of day 1 at most: {} vs {}",
+        second["bytes_added"],
+        first["bytes_added"]
+    );
+    assert!(dump_out(&repo, "latest") == day2);
+}
