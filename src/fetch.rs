@@ -15,6 +15,11 @@
 //! open of another pack) per delta. A base that cannot be read ahead is resolved by the delta on its own
 //! ([`crate::delta::decode`]), which reports the error as the single read path does.
 //!
+//! Trees ([`prefetch_trees`]) are read a level of the snapshot at a time with a plan of their own
+//! ([`TREE_PLAN`]): many small reads in flight and no gap read through, so a walk over an object store pays
+//! one round trip per level instead of one per directory (257 directories took 5.2 s one after the other
+//! against a loopback S3 server, 20 ms a request).
+//!
 //! Invariants: every blob asked for is reported exactly once, with its verified bytes or its error. A run
 //! that cannot be read whole (a truncated or missing pack, an outage) is read again blob by blob, so an error
 //! concerns exactly the blob it is reported for and a blob readable on its own is never reported damaged.
@@ -31,6 +36,7 @@ use crate::hashing::Id;
 use crate::index::Location;
 use crate::pack::BlobKind;
 use crate::repo::Repository;
+use crate::tree::{Node, NodeKind, Tree};
 
 /// One ranged read of a pack: `start..end` covers the blobs `blobs` (indices into the caller's list).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +95,11 @@ pub struct Fetcher<'r> {
 
 impl<'r> Fetcher<'r> {
     pub fn new(repo: &'r Repository) -> Result<Fetcher<'r>> {
-        let plan = repo.backend().read_plan();
+        Fetcher::with_plan(repo, repo.backend().read_plan())
+    }
+
+    /// A fetcher that reads under `plan` instead of the backend's own.
+    pub fn with_plan(repo: &'r Repository, plan: ReadPlan) -> Result<Fetcher<'r>> {
         let parallel = plan.parallel.max(1);
         let pool = if parallel == rayon::current_num_threads() {
             None
@@ -253,10 +263,161 @@ impl<'r> Fetcher<'r> {
     }
 }
 
+/// How trees are read by [`prefetch_trees`]: a tree is a few KiB, so many are in flight (memory stays at
+/// `parallel` runs of at most 1 MiB) and only trees stored side by side share a read.
+pub const TREE_PLAN: ReadPlan = ReadPlan {
+    gap: 64 << 10,
+    max_run: 1 << 20,
+    parallel: 16,
+    batch_files: 1,
+    batch_chunks: 1,
+};
+
+/// Reads the trees below `root` (the root included) a level at a time, each level with merged, parallel
+/// ranged reads ([`TREE_PLAN`]), and returns the ones read and verified. `descend(path, node)` says whether
+/// the walk that follows enters the directory `node` at `path` (names joined by `/`, as in
+/// [`crate::walk::Place`]): only those subtrees are read.
+///
+/// Best effort by design: a tree that cannot be read, is not in the index or does not decode is left out,
+/// and the walk that follows reads it on its own and reports it exactly as it would have without this
+/// (damage recorded, path named). The result is a cache for that walk, never a judgement.
+pub fn prefetch_trees(
+    repo: &Repository,
+    root: &Id,
+    descend: &dyn Fn(&[u8], &Node) -> bool,
+) -> Result<HashMap<Id, Tree>> {
+    let fetcher = Fetcher::with_plan(repo, TREE_PLAN)?;
+    let mut trees: HashMap<Id, Tree> = HashMap::new();
+    // (tree, its path) of the level being read; a subtree met at two paths is read once, entered twice.
+    let mut level: Vec<(Id, Vec<u8>)> = vec![(*root, Vec::new())];
+    let mut tried: HashSet<Id> = HashSet::new();
+    while !level.is_empty() {
+        let wanted: Vec<Id> = level
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| tried.insert(*id))
+            .collect();
+        read_trees(repo, &fetcher, &wanted, &mut trees);
+        level = next_level(&trees, &level, descend);
+    }
+    Ok(trees)
+}
+
+/// Reads the trees `ids` into `trees` (those that can be read and decode; see [`prefetch_trees`]).
+fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut HashMap<Id, Tree>) {
+    let located: Vec<Location> = ids
+        .iter()
+        .filter_map(|id| repo.with_reader(|r| r.lookup(id)).ok().flatten())
+        .filter(|loc| loc.entry.kind == BlobKind::Tree)
+        .collect();
+    let got = Mutex::new(Vec::with_capacity(located.len()));
+    fetcher.fetch(&located, &|i, bytes| {
+        if let Ok(tree) = bytes.and_then(|b| Tree::decode(&b)) {
+            got.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((located[i].entry.id, tree));
+        }
+    });
+    trees.extend(got.into_inner().unwrap_or_else(|p| p.into_inner()));
+}
+
+/// The subtrees the walk enters below the trees of `level` that were read.
+fn next_level(
+    trees: &HashMap<Id, Tree>,
+    level: &[(Id, Vec<u8>)],
+    descend: &dyn Fn(&[u8], &Node) -> bool,
+) -> Vec<(Id, Vec<u8>)> {
+    let mut next = Vec::new();
+    for (id, path) in level {
+        let Some(tree) = trees.get(id) else { continue };
+        for node in &tree.nodes {
+            let NodeKind::Dir { subtree } = &node.kind else {
+                continue;
+            };
+            let mut child = path.clone();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(&node.name);
+            if descend(&child, node) {
+                next.push((*subtree, child));
+            }
+        }
+    }
+    next
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::pack::{BlobEntry, BlobKind, Compression};
+    use crate::pack_writer::PackWriter;
+    use crate::tree::Meta;
+
+    fn node(name: &str, kind: NodeKind) -> Node {
+        Node {
+            name: name.as_bytes().to_vec(),
+            kind,
+            meta: Meta::default(),
+        }
+    }
+
+    fn file(name: &str) -> Node {
+        let chunks = vec![Id::of(name.as_bytes())];
+        node(name, NodeKind::File { size: 1, chunks })
+    }
+
+    fn dir(name: &str, subtree: Id) -> Node {
+        node(name, NodeKind::Dir { subtree })
+    }
+
+    #[test]
+    fn trees_are_prefetched_level_by_level_only_where_the_walk_descends_and_unreadable_ones_are_left_out(
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init(tmp.path().join("repo"), Config::new_default()).unwrap();
+        let missing = Id::of(b"a tree that was never stored");
+        // root: a/{deep/{f}, gone (missing)}, b/{deep/{f}} (the same subtree as a/deep), skip/{inner/{}}
+        let ids = PackWriter::scope(&repo, |w| {
+            let save = |nodes: Vec<Node>| -> Result<Id> {
+                let (bytes, _) = Tree::new(nodes)?.encode()?;
+                Ok(w.save(BlobKind::Tree, &bytes)?.0)
+            };
+            let deep = save(vec![file("f")])?;
+            let a = save(vec![dir("deep", deep), dir("gone", missing)])?;
+            let b = save(vec![dir("deep", deep), file("g")])?;
+            let inner = save(vec![])?;
+            let skip = save(vec![dir("inner", inner)])?;
+            let root = save(vec![dir("a", a), dir("b", b), dir("skip", skip)])?;
+            Ok(vec![root, a, b, deep, skip, inner])
+        })
+        .unwrap();
+        let (root, a, b, deep, skip, inner) = (ids[0], ids[1], ids[2], ids[3], ids[4], ids[5]);
+        let asked = Mutex::new(Vec::new());
+        let descend = |path: &[u8], _: &Node| {
+            asked
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(path).into_owned());
+            !path.starts_with(b"skip")
+        };
+        let trees = prefetch_trees(&repo, &root, &descend).unwrap();
+        let mut got: Vec<Id> = trees.keys().copied().collect();
+        got.sort();
+        let mut want = vec![root, a, b, deep];
+        want.sort();
+        assert_eq!(
+            got, want,
+            "skip and inner not read, the missing tree left out"
+        );
+        assert!(!trees.contains_key(&skip) && !trees.contains_key(&inner));
+        assert_eq!(trees[&deep].nodes[0].name, b"f");
+        // Every directory entry is asked about once per path it is met at, the shared subtree at both.
+        let mut asked = asked.into_inner().unwrap();
+        asked.sort();
+        assert_eq!(asked, ["a", "a/deep", "a/gone", "b", "b/deep", "skip"]);
+    }
 
     fn loc(pack: u8, offset: u64, len: u32) -> Location {
         Location {

@@ -150,6 +150,8 @@ fn components(p: &str) -> Vec<Vec<u8>> {
 }
 
 /// Walks the tree depth-first, keeping entries selected by `include` (and the directories leading to them).
+/// The trees the walk enters are read first, a level at a time ([`crate::fetch::prefetch_trees`]): over an
+/// object store one round trip per directory, one after the other, cost more than the restore's data.
 fn collect(
     repo: &Repository,
     tree: &Id,
@@ -162,20 +164,7 @@ fn collect(
     }
     impl walk::Visitor for Collect<'_> {
         fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
-            let here: Vec<&[u8]> = at.path.split(|&b| b == b'/').collect();
-            let depth = here.len();
-            // Selected fully if some include is a prefix of this path; traversed if this path is a prefix of one.
-            let selected = self.include.is_empty()
-                || self
-                    .include
-                    .iter()
-                    .any(|inc| inc.len() <= depth && here[..inc.len()] == inc[..]);
-            let on_the_way = self
-                .include
-                .iter()
-                .any(|inc| inc.len() > depth && inc[..depth] == here[..]);
-            let is_dir = matches!(node.kind, NodeKind::Dir { .. });
-            if !(selected || on_the_way && is_dir) {
+            if !kept(self.include, at.path, node) {
                 return Ok(Step::Skip);
             }
             self.out.push(Item {
@@ -185,7 +174,28 @@ fn collect(
             Ok(Step::Descend)
         }
     }
-    walk::walk(&damage_recording(repo), tree, &mut Collect { include, out })
+    let descend = |path: &[u8], node: &Node| kept(include, path, node);
+    let trees = crate::fetch::prefetch_trees(repo, tree, &descend)?;
+    let source = FnSource(|id: &Id| match trees.get(id) {
+        Some(t) => Ok(t.clone()),
+        None => read_tree(repo, id),
+    });
+    walk::walk(&source, tree, &mut Collect { include, out })
+}
+
+/// Whether the entry `node` at `path` is restored: selected fully if some include is a prefix of its path,
+/// or a directory on the way to one (every entry when `include` is empty).
+fn kept(include: &[Vec<Vec<u8>>], path: &[u8], node: &Node) -> bool {
+    let here: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    let depth = here.len();
+    let selected = include.is_empty()
+        || include
+            .iter()
+            .any(|inc| inc.len() <= depth && here[..inc.len()] == inc[..]);
+    let on_the_way = include
+        .iter()
+        .any(|inc| inc.len() > depth && inc[..depth] == here[..]);
+    selected || on_the_way && matches!(node.kind, NodeKind::Dir { .. })
 }
 
 /// The repository as a tree source that records the damaged trees it meets (see [`read_tree`]).

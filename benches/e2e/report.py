@@ -160,6 +160,9 @@ def s3_report(results):
         ratio = r[0] / c[0]
         out.append(f"| | restic | {r[0]:.2f} | {r[1]:.2f} | {r[2]:.0f} | {ratio:.2f}x | {r[1] / c[1]:.2f}x | "
                    f"{'met' if ratio >= 2 else '**missed**'} |")
+    peak = max((v[2] for (_, tool), v in med.items() if tool == "cairn"), default=float("nan"))
+    out.append(f"| cairn peak RSS < 150 MB (largest of any step and run) | | | | {peak:.0f} | | | "
+               f"{'met' if peak < 150 else '**missed**'} |")
     n = max(len(v) for v in runs.values())
     out.append(f"\nWall and CPU: medians of {n} runs; peak RSS: the largest of any run.")
     return "\n".join(out)
