@@ -43,6 +43,19 @@ fn aead(c: &mut Criterion) {
                 })
             },
         );
+        let ours = cairn::crypto::xchacha::XChaCha::new(&key);
+        g.bench_with_input(
+            BenchmarkId::new("xchacha20poly1305 cairn (aws-lc-rs)", name),
+            &data,
+            |b, d| {
+                let mut buf = d.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(d);
+                    ours.seal_in_place_detached(&[1; 24], b"aad", &mut buf)
+                        .unwrap()
+                })
+            },
+        );
         g.bench_with_input(BenchmarkId::new("aes256gcm", name), &data, |b, d| {
             let mut buf = d.clone();
             b.iter(|| {

@@ -23,16 +23,16 @@ pub mod keycache;
 pub mod keyfile;
 pub mod password;
 pub mod sealed;
+pub mod xchacha;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use xchacha::XChaCha;
 
 /// Length of a nonce (XChaCha20-Poly1305).
 pub const NONCE_LEN: usize = 24;
@@ -65,7 +65,7 @@ pub fn object_aad(key: &str) -> Vec<u8> {
 struct Keys {
     master: Zeroizing<[u8; KEY_LEN]>,
     id_key: Zeroizing<[u8; KEY_LEN]>,
-    aead: XChaCha20Poly1305,
+    aead: XChaCha,
     chunker_seed: u64,
 }
 
@@ -103,7 +103,7 @@ impl Crypto {
             keys: Some(Arc::new(Keys {
                 master: Zeroizing::new(*master),
                 id_key,
-                aead: XChaCha20Poly1305::new(Key::from_slice(&aead_key[..])),
+                aead: XChaCha::new(&aead_key),
                 chunker_seed: u64::from_le_bytes(seed),
             })),
             key_id: None,
@@ -172,15 +172,7 @@ impl Crypto {
         let Some(keys) = &self.keys else {
             return Ok(plain.to_vec());
         };
-        let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
-        out.extend_from_slice(nonce);
-        out.extend_from_slice(plain);
-        let tag = keys
-            .aead
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut out[NONCE_LEN..])
-            .map_err(|_| Error::Invalid("encryption failed (message too long)".into()))?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        seal_with(&keys.aead, aad, plain, nonce)
     }
 
     /// The plaintext of a sealed string, if it authenticates under `aad`; the bytes unchanged when
@@ -203,26 +195,33 @@ impl Crypto {
     }
 }
 
+/// `nonce | ciphertext | tag` of `plain` under `aead`.
+fn seal_with(aead: &XChaCha, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(plain);
+    let tag = aead
+        .seal_in_place_detached(nonce, aad, &mut out[NONCE_LEN..])
+        .map_err(|_| Error::Invalid("encryption failed (message too long)".into()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
 /// Opens `nonce | ciphertext | tag` with `aead`.
-fn open_with(aead: &XChaCha20Poly1305, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+fn open_with(aead: &XChaCha, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     if sealed.len() < OVERHEAD {
         return Err(Error::corrupt(what, "encrypted object too short"));
     }
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut plain = body.to_vec();
-    aead.decrypt_in_place_detached(
-        XNonce::from_slice(nonce),
-        aad,
-        &mut plain,
-        Tag::from_slice(tag),
-    )
-    .map_err(|_| {
-        Error::corrupt(
-            what,
-            "does not authenticate (damaged, or not written with this repository's key)",
-        )
-    })?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&sealed[..NONCE_LEN]);
+    let mut plain = sealed.to_vec();
+    aead.open_within(&nonce, aad, &mut plain, NONCE_LEN)
+        .map_err(|_| {
+            Error::corrupt(
+                what,
+                "does not authenticate (damaged, or not written with this repository's key)",
+            )
+        })?;
     Ok(plain)
 }
 
@@ -326,24 +325,11 @@ fn seal_under_with_nonce(
     plain: &[u8],
     nonce: &[u8; NONCE_LEN],
 ) -> Result<Vec<u8>> {
-    let aead = XChaCha20Poly1305::new(Key::from_slice(key));
-    let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
-    out.extend_from_slice(nonce);
-    out.extend_from_slice(plain);
-    let tag = aead
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut out[NONCE_LEN..])
-        .map_err(|_| Error::Invalid("encryption failed".into()))?;
-    out.extend_from_slice(&tag);
-    Ok(out)
+    seal_with(&XChaCha::new(key), aad, plain, nonce)
 }
 
 fn open_under(key: &[u8; KEY_LEN], what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    open_with(
-        &XChaCha20Poly1305::new(Key::from_slice(key)),
-        what,
-        aad,
-        sealed,
-    )
+    open_with(&XChaCha::new(key), what, aad, sealed)
 }
 
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha-03) as the format uses it: HChaCha20 of the key and the
+//! nonce's first 16 bytes gives a subkey, and ChaCha20-Poly1305 (RFC 8439) under that subkey, with the nonce
+//! `0000 || nonce[16..24]`, seals. The bulk work is aws-lc-rs's (assembly for the machine it runs on);
+//! HChaCha20 is RustCrypto's. The output is the same as `chacha20poly1305::XChaCha20Poly1305`'s, which
+//! the unit tests check, so the choice of implementation is no part of the format.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use chacha20::cipher::consts::U10;
+use chacha20::cipher::generic_array::GenericArray;
+use zeroize::Zeroizing;
+
+use super::{NONCE_LEN, TAG_LEN};
+
+/// An XChaCha20-Poly1305 key.
+pub struct XChaCha {
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// Sealing failed (a message too long for ChaCha20's counter) or opening did not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AeadError;
+
+impl XChaCha {
+    pub fn new(key: &[u8; 32]) -> XChaCha {
+        XChaCha {
+            key: Zeroizing::new(*key),
+        }
+    }
+
+    /// The ChaCha20-Poly1305 key and nonce that `nonce` selects.
+    fn inner(&self, nonce: &[u8; NONCE_LEN]) -> Result<(LessSafeKey, Nonce), AeadError> {
+        let mut subkey = Zeroizing::new([0u8; 32]);
+        subkey.copy_from_slice(&chacha20::hchacha::<U10>(
+            GenericArray::from_slice(&self.key[..]),
+            GenericArray::from_slice(&nonce[..16]),
+        ));
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &subkey[..]).map_err(|_| AeadError)?;
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&nonce[16..]);
+        Ok((LessSafeKey::new(key), Nonce::assume_unique_for_key(n)))
+    }
+
+    /// Encrypts `buf` in place and returns the tag.
+    pub fn seal_in_place_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
+        let (key, n) = self.inner(nonce)?;
+        let tag = key
+            .seal_in_place_separate_tag(n, Aad::from(aad), buf)
+            .map_err(|_| AeadError)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Checks and decrypts `buf[from..]` (ciphertext followed by the tag) and leaves the plaintext at the
+    /// start of `buf`, truncated to it.
+    pub fn open_within(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        from: usize,
+    ) -> Result<(), AeadError> {
+        let (key, n) = self.inner(nonce)?;
+        let len = key
+            .open_within(n, Aad::from(aad), buf, from..)
+            .map_err(|_| AeadError)?
+            .len();
+        buf.truncate(len);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+    #[test]
+    fn seals_exactly_like_the_reference_implementation_and_opens_its_output() {
+        let key = [0x42u8; 32];
+        let ours = XChaCha::new(&key);
+        let reference = XChaCha20Poly1305::new((&key).into());
+        for (len, seed) in [
+            (0usize, 1u8),
+            (1, 2),
+            (63, 3),
+            (64, 4),
+            (65, 5),
+            (8 << 10, 6),
+            (1 << 20, 7),
+        ] {
+            let plain: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                .collect();
+            let nonce = [seed; NONCE_LEN];
+            let mut sealed = plain.clone();
+            let tag = ours
+                .seal_in_place_detached(&nonce, b"aad", &mut sealed)
+                .unwrap();
+            sealed.extend_from_slice(&tag);
+            let expected = reference
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: &plain,
+                        aad: b"aad",
+                    },
+                )
+                .unwrap();
+            assert_eq!(sealed, expected, "{len} bytes");
+            // Opened where it lies after a 3-byte prefix, as objects are read (nonce first).
+            let mut opened = [&[9u8, 9, 9][..], &expected].concat();
+            ours.open_within(&nonce, b"aad", &mut opened, 3).unwrap();
+            assert_eq!(opened, plain);
+            for bad in [0, sealed.len() / 2, sealed.len() - 1] {
+                let mut flipped = sealed.clone();
+                flipped[bad] ^= 1;
+                assert_eq!(
+                    ours.open_within(&nonce, b"aad", &mut flipped, 0),
+                    Err(AeadError)
+                );
+            }
+            let mut other_aad = sealed.clone();
+            assert_eq!(
+                ours.open_within(&nonce, b"aae", &mut other_aad, 0),
+                Err(AeadError)
+            );
+        }
+    }
+}
