@@ -123,22 +123,7 @@ impl Cluster {
     }
 
     fn pg_ctl(&self, args: &[&str]) {
-        let out = as_postgres(pg_bin("pg_ctl"))
-            .args(args)
-            .arg("-D")
-            .arg(self.data())
-            .arg("-l")
-            .arg(self.root().join("server.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl {args:?}: {}\nlog: {}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
+        pg_ctl(&self.data(), &self.root().join("server.log"), args);
     }
 
     fn start(&self) {
@@ -216,6 +201,26 @@ impl Drop for Cluster {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Runs `pg_ctl ARGS -D data -l log` as postgres; a failure shows pg_ctl's error and the server's log.
+fn pg_ctl(data: &Path, log: &Path, args: &[&str]) {
+    let out = as_postgres(pg_bin("pg_ctl"))
+        .args(args)
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_ctl {args:?}: {}\nlog: {}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 fn chown_postgres(p: &Path) {
@@ -702,20 +707,10 @@ impl Server for Restored {
 impl Restored {
     /// Restarts the server (as postgres, logging where cairn started it).
     fn restart(&self) {
-        let out = as_postgres(pg_bin("pg_ctl"))
-            .args(["restart", "-w", "-t", "60", "-m", "fast", "-D"])
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.data.join("cairn-recovery.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl restart: {}\nlog: {}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
+        pg_ctl(
+            &self.data,
+            &self.data.join("cairn-recovery.log"),
+            &["restart", "-w", "-t", "60", "-m", "fast"],
         );
     }
 }
