@@ -9,7 +9,6 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use cairn::delta::{MAX_DEPTH, WRITE_DEPTH};
 use cairn::hashing::Id;
@@ -272,19 +271,7 @@ fn kill_9_during_a_prune_that_repacks_bases_leaves_every_kept_snapshot_restorabl
     assert!(!deltas(&repo).is_empty());
     ok(cairn(&repo).args(["forget", "--keep-last", "2"]));
     for delay_ms in [1u64, 5, 10, 20, 40, 60, 90, 130, 200, 300] {
-        let mut child = cairn(&repo)
-            .args(["prune", "--quiet", "--max-unused", "0"])
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        ok(cairn(&repo).arg("unlock"));
-        let (code, out, err) = run(cairn(&repo).arg("check"));
-        assert_eq!(
-            code, 0,
-            "check after prune killed at {delay_ms} ms:\n{out}\n{err}"
-        );
+        kill_prune_then_check(&repo, delay_ms);
         for (id, want) in snapshot_ids(&repo).iter().zip(&days[4..]) {
             assert!(
                 dump_out(&repo, id) == *want,

@@ -364,3 +364,21 @@ pub fn two_pack_repo() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
     (dir, repo, src, victim_pack)
 }
+
+/// Starts `prune --max-unused 0` on `repo`, kills it with SIGKILL after `delay_ms`, removes the lock it left
+/// and asserts that `check` still passes: what a prune killed at any point must leave behind.
+pub fn kill_prune_then_check(repo: &Path, delay_ms: u64) {
+    let mut child = cairn(repo)
+        .args(["prune", "--quiet", "--max-unused", "0"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let _ = child.wait();
+    ok(cairn(repo).arg("unlock"));
+    let (code, out, err) = run(cairn(repo).arg("check"));
+    assert_eq!(
+        code, 0,
+        "check after prune killed at {delay_ms} ms:\n{out}\n{err}"
+    );
+}

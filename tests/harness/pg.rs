@@ -76,24 +76,17 @@ pub fn with_pg(mut cmd: Command) -> Command {
     cmd
 }
 
+/// psql without ~/.psqlrc, quiet, unaligned tuples only, stopping at the first error.
+const PSQL_FLAGS: [&str; 6] = ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
+
 /// Runs SQL with psql in `db`, stopping at the first error; returns unaligned, tuples-only output (of every
 /// statement, one line per row).
 pub fn psql(db: &str, sql: &str) -> String {
     use std::io::Write;
     // On stdin rather than with -c, so that each statement is its own transaction (VACUUM needs that).
     let mut child = with_pg(Command::new("psql"))
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            db,
-            "-f",
-            "-",
-        ])
+        .args(PSQL_FLAGS)
+        .args(["-d", db, "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -116,16 +109,8 @@ pub fn psql(db: &str, sql: &str) -> String {
 /// apply); returns unaligned, tuples-only output.
 pub fn psql_on(host: &std::path::Path, port: u16, user: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            "postgres",
-        ])
+        .args(PSQL_FLAGS)
+        .args(["-d", "postgres"])
         .arg("-h")
         .arg(host)
         .args(["-U", user, "-p", &port.to_string(), "-c", sql])
