@@ -129,14 +129,15 @@ pub fn apply(policy: &KeepPolicy, snapshots: &[Candidate]) -> Vec<Decision> {
     for (name, count, bucket) in calendar_rules(policy) {
         let Some(n) = count else { continue };
         let mut used = 0;
-        let mut last_bucket = None;
+        // Every bucket already kept, not only the last one: snapshots taken in different time zones can
+        // come back to a bucket out of time order (Sept 30 22:00 UTC is October at +02:00), and a month
+        // keeps one snapshot, its newest.
+        let mut kept = std::collections::HashSet::new();
         for (i, s) in order.iter().enumerate() {
             if used >= n {
                 break;
             }
-            let b = bucket(&s.time);
-            if last_bucket != Some(b) {
-                last_bucket = Some(b);
+            if kept.insert(bucket(&s.time)) {
                 used += 1;
                 reasons[i].push(name.into());
             }
