@@ -335,7 +335,11 @@ fn record_resolved(
 
 /// Sets `key` in the snapshot metadata, making it an object first (a non-object value is kept under
 /// `previous`).
-fn set_metadata(metadata: &mut Option<serde_json::Value>, key: &str, value: serde_json::Value) {
+pub(crate) fn set_metadata(
+    metadata: &mut Option<serde_json::Value>,
+    key: &str,
+    value: serde_json::Value,
+) {
     let m = metadata.get_or_insert_with(|| serde_json::json!({}));
     if !m.is_object() {
         *m = serde_json::json!({ "previous": m.take() });

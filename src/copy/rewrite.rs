@@ -192,11 +192,11 @@ fn mapped(root: Option<Id>, done: &Rewritten) -> Result<Option<Id>> {
 /// Records in the metadata the id the snapshot was first taken under (a non-object value is kept under
 /// `previous`, as backups do).
 fn set_original(metadata: &mut Option<serde_json::Value>, original: &Id) {
-    let m = metadata.get_or_insert_with(|| serde_json::json!({}));
-    if !m.is_object() {
-        *m = serde_json::json!({ "previous": m.take() });
-    }
-    m["original"] = serde_json::Value::String(original.to_hex());
+    crate::backup::set_metadata(
+        metadata,
+        "original",
+        serde_json::Value::String(original.to_hex()),
+    );
 }
 
 /// Walks the source tree `root`, reading and verifying every tree not rewritten yet.

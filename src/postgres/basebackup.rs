@@ -272,11 +272,7 @@ pub fn source(conn: &PgConn, db: &str) -> Result<(StreamSource, MetadataHook)> {
             return;
         };
         let value = serde_json::to_value(&facts).unwrap_or(serde_json::Value::Null);
-        let m = meta.get_or_insert_with(|| serde_json::json!({}));
-        if !m.is_object() {
-            *m = serde_json::json!({ "previous": m.take() });
-        }
-        m[METADATA_KEY] = value;
+        crate::backup::set_metadata(meta, METADATA_KEY, value);
     });
     Ok((
         StreamSource {

@@ -113,11 +113,7 @@ pub fn dump_source(conn: &PgConn, db: &str) -> Result<(StreamSource, MetadataHoo
     let hook: MetadataHook = Box::new(move |meta: &mut Option<serde_json::Value>| {
         let facts = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let value = serde_json::to_value(&facts).unwrap_or(serde_json::Value::Null);
-        let m = meta.get_or_insert_with(|| serde_json::json!({}));
-        if !m.is_object() {
-            *m = serde_json::json!({ "previous": m.take() });
-        }
-        m[METADATA_KEY] = value;
+        crate::backup::set_metadata(meta, METADATA_KEY, value);
     });
     Ok((
         StreamSource {
