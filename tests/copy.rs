@@ -46,8 +46,13 @@ fn snapshot_ids(p: &Place, cache: &Path) -> Vec<String> {
 }
 
 fn backup_stdin(p: &Place, cache: &Path, name: &str, data: &[u8]) -> String {
-    let mut child = p
-        .cairn(cache)
+    backup_stdin_by(p.cairn(cache), name, data)
+}
+
+/// `backup --stdin` of `data` as stream `name` by `cmd` (a repository and password of the caller's choice);
+/// returns the snapshot id.
+fn backup_stdin_by(mut cmd: Command, name: &str, data: &[u8]) -> String {
+    let mut child = cmd
         .args(["--json", "backup", "--stdin", "--stdin-name", name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -70,19 +75,25 @@ fn stream_bytes() -> Vec<u8> {
 
 /// Restores `id` from `p` and compares the tree with `src` and the stream with `stream`.
 fn assert_restores(p: &Place, cache: &Path, tree_id: &str, src: &Path, stream: (&str, &[u8])) {
+    assert_restores_by(&|| p.cairn(cache), cache, tree_id, src, stream);
+}
+
+/// [`assert_restores`] with the commands `cairn()` makes; restores beside `cache`.
+fn assert_restores_by(
+    cairn: &dyn Fn() -> Command,
+    cache: &Path,
+    tree_id: &str,
+    src: &Path,
+    stream: (&str, &[u8]),
+) {
     let t = cache
         .parent()
         .unwrap()
         .join(format!("restored-{}", &tree_id[..8]));
     let _ = fs::remove_dir_all(&t);
-    ok(p.cairn(cache)
-        .args(["restore", tree_id, "--target", t.to_str().unwrap()]));
+    ok(cairn().args(["restore", tree_id, "--target", t.to_str().unwrap()]));
     assert_same_tree(src, &t.join(src.file_name().unwrap()));
-    let out = p
-        .cairn(cache)
-        .args(["dump", "latest", stream.0])
-        .output()
-        .unwrap();
+    let out = cairn().args(["dump", "latest", stream.0]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -356,20 +367,7 @@ impl Repo {
     }
 
     fn backup_stream(&self, name: &str, data: &[u8]) -> String {
-        let mut child = self
-            .cairn()
-            .args(["--json", "backup", "--stdin", "--stdin-name", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(data).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        json(&String::from_utf8_lossy(&out.stdout))["snapshot_id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        backup_stdin_by(self.cairn(), name, data)
     }
 
     /// `copy --json` from `from` into this repository, with the source's password file if it has one.
@@ -384,27 +382,13 @@ impl Repo {
 
     /// Restores snapshot `id` and compares it with `src`, and the latest stream with `stream`.
     fn assert_restores(&self, id: &str, src: &Path, stream: &[u8]) {
-        let t = self
-            .cache
-            .parent()
-            .unwrap()
-            .join(format!("restored-{}", &id[..8]));
-        let _ = fs::remove_dir_all(&t);
-        ok(self
-            .cairn()
-            .args(["restore", id, "--target", t.to_str().unwrap()]));
-        assert_same_tree(src, &t.join(src.file_name().unwrap()));
-        let out = self
-            .cairn()
-            .args(["dump", "latest", "shop.dump"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        assert_restores_by(
+            &|| self.cairn(),
+            &self.cache,
+            id,
+            src,
+            ("shop.dump", stream),
         );
-        assert!(out.stdout == stream, "stream bytes differ");
         let (code, out, err) = run(self.cairn().args(["check", "--read-data"]));
         assert_eq!(code, 0, "{out}{err}");
     }

@@ -245,7 +245,12 @@ fn free_port() -> u16 {
 
 /// The archived files of `instance`, as `wal-list --json` reports them.
 fn wal_list(repo: &Path, instance: &str) -> Vec<Value> {
-    let out = ok(cairn_pg(repo).args(["wal-list", "--json", "--instance", instance]));
+    wal_list_by(cairn_pg(repo), instance)
+}
+
+/// [`wal_list`] run by `cairn` (a repository and user of the caller's choice).
+fn wal_list_by(mut cmd: Command, instance: &str) -> Vec<Value> {
+    let out = ok(cmd.args(["wal-list", "--json", "--instance", instance]));
     serde_json::from_str::<Value>(&out)
         .unwrap()
         .as_array()
@@ -595,28 +600,16 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
         let status = child.wait().unwrap();
         assert!(!status.success(), "{point:?}: killed, not finished");
         // The kill landed in the middle: nothing was archived yet.
-        let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
-            "wal-list",
-            "--json",
-            "--instance",
-            "db",
-        ])))
-        .unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 0, "{point:?}: {list}");
+        let list = wal_list_by(cairn(&repo), "db");
+        assert_eq!(list.len(), 0, "{point:?}: {list:?}");
         // PostgreSQL runs the command again: it succeeds and stores the segment once.
         let stored_by_the_killed = pack_bytes(&repo);
         let out = ok(cairn(&repo)
             .args(["wal-push", "--instance", "db"])
             .arg(&seg));
         assert!(out.starts_with("archived"), "{point:?}: {out}");
-        let list: Value = serde_json::from_str(&ok(cairn(&repo).args([
-            "wal-list",
-            "--json",
-            "--instance",
-            "db",
-        ])))
-        .unwrap();
-        assert_eq!(list.as_array().unwrap().len(), 1, "{point:?}: {list}");
+        let list = wal_list_by(cairn(&repo), "db");
+        assert_eq!(list.len(), 1, "{point:?}: {list:?}");
         // The packs the killed push finished and indexed are used, not stored again: at most the one pack
         // the kill interrupted between its rename and its indexing is stored twice (prune removes it).
         let total = pack_bytes(&repo);

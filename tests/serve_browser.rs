@@ -114,6 +114,15 @@ fn launch() -> Browser {
     Browser::new(opts).unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()))
 }
 
+/// No script error, unhandled rejection or content-security-policy violation was recorded on the page.
+fn assert_no_page_errors(tab: &Tab) {
+    assert_eq!(
+        js(tab, "window.__pageErrors"),
+        serde_json::json!([]),
+        "script errors or content-security-policy violations in the page"
+    );
+}
+
 /// Makes every page of the tab collect its uncaught script errors, unhandled promise rejections and
 /// content-security-policy violations in `window.__pageErrors` (injected by the protocol, so the page's own
 /// policy does not apply to it).
@@ -540,11 +549,7 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
         true,
         "the instance page scrolls sideways on a phone"
     );
-    assert_eq!(
-        js(&tab, "window.__pageErrors"),
-        serde_json::json!([]),
-        "script errors or content-security-policy violations in the page"
-    );
+    assert_no_page_errors(&tab);
     drop(server);
     ok(cairn(&repo).arg("check"));
 }
@@ -707,11 +712,7 @@ fn serve_dashboard_following_a_job_shows_it_interrupted_after_a_server_restart()
         serde_json::json!([]),
         "the interrupted backup wrote a snapshot"
     );
-    assert_eq!(
-        js(&tab, "window.__pageErrors"),
-        serde_json::json!([]),
-        "script errors or content-security-policy violations in the page"
-    );
+    assert_no_page_errors(&tab);
     drop(server);
     ok(cairn(&repo).arg("check"));
 }
