@@ -197,9 +197,13 @@ impl<'r> Fetcher<'r> {
             .backend()
             .open_reader(ObjectKind::Pack, &pack.to_hex())
         {
-            Ok(reader) => runs
-                .par_iter()
-                .for_each(|run| self.read_run(&*reader, locs, bases, verify, run, on_blob)),
+            Ok(reader) => {
+                let ranges: Vec<(u64, u64)> =
+                    runs.iter().map(|r| (r.start, r.end - r.start)).collect();
+                reader.will_need(&ranges);
+                runs.par_iter()
+                    .for_each(|run| self.read_run(&*reader, locs, bases, verify, run, on_blob))
+            }
             // Say precisely which blobs cannot be read (a missing pack, a permission): each on its own.
             Err(_) => runs
                 .par_iter()

@@ -4,9 +4,10 @@
 //! A batch gathers up to [`BATCH_CHUNKS`] chunk references of up to [`BATCH_FILES`] files (an object store's
 //! [`ReadPlan`](crate::backend::ReadPlan) asks for more, within the limit of open files); its distinct blobs
 //! are read pack by pack in merged runs ([`crate::fetch`]) and each is written, at its offset, into every file
-//! that needs it (`pwrite` from the worker that verified it). A file is created once (private, mode 0600), kept
-//! open until its last chunk is written, then gets its owner, mode, extended attributes and times through the
-//! open descriptor, and its write-out to disk is started (see [`start_writeback`]).
+//! that needs it (`pwrite` from the worker that verified it). A file is created once (private, mode 0600) and
+//! kept open until its last chunk is written; its write-out to disk starts as soon as the batch's last chunk
+//! of it is written (see [`start_writeback`]), and at the end of the batch it gets its owner, mode, extended
+//! attributes and times through the open descriptor.
 //!
 //! Invariants: every file is attempted; a file is complete and exact or removed (never left half-written under
 //! its name), and the first failure in tree order is the one returned. An existing file is replaced only when
@@ -16,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rayon::prelude::*;
 
@@ -100,6 +101,9 @@ struct Files<'a> {
     open: Vec<Option<File>>,
     located: Vec<u64>,
     failed: Vec<AtomicBool>,
+    /// Chunk references of the current batch not yet written, per file: at zero the file's share of the
+    /// batch is on its way to disk (see [`start_writeback`]) without waiting for the rest of the batch.
+    pending: Vec<AtomicU32>,
     /// The first error met by each failed file (a blob shared by several failing files names the first).
     errors: std::sync::Mutex<Vec<(usize, Error)>>,
 }
@@ -135,6 +139,7 @@ pub(crate) fn restore_files(
         open: jobs.iter().map(|_| None).collect(),
         located: vec![0; jobs.len()],
         failed: jobs.iter().map(|_| AtomicBool::new(false)).collect(),
+        pending: jobs.iter().map(|_| AtomicU32::new(0)).collect(),
         errors: std::sync::Mutex::new(Vec::new()),
     };
     let lost = std::sync::Mutex::new(HashSet::new());
@@ -155,6 +160,8 @@ pub(crate) fn restore_files(
                         };
                         if let Err(e) = file.write_all_at(&data, at) {
                             files.fail(f, Some(Error::io(&jobs[f].path, e)));
+                        } else if files.pending[f].fetch_sub(1, Ordering::AcqRel) == 1 {
+                            start_writeback(file);
                         }
                     }
                 }
@@ -168,9 +175,6 @@ pub(crate) fn restore_files(
             }
         });
         bytes += finish_files(&mut files, &batch.finishing, progress);
-        if let Some(file) = batch.partial.and_then(|f| files.open[f].as_ref()) {
-            start_writeback(file);
-        }
     }
     let mut errors = files.errors.into_inner().unwrap_or_else(|p| p.into_inner());
     errors.sort_by_key(|(f, _)| *f);
@@ -242,6 +246,7 @@ fn plan_batch(
                 batch.blobs.len() - 1
             });
             batch.dests[i].push((f, at));
+            *files.pending[f].get_mut() += 1;
         }
         if seg.last {
             batch.finishing.push(f);
@@ -321,9 +326,6 @@ fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> 
             } else {
                 apply_file_meta(&file, &job.path, &job.node.meta)
             };
-            if done.is_ok() {
-                start_writeback(&file);
-            }
             drop(file);
             match done {
                 Ok(()) => {
@@ -344,9 +346,10 @@ fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> 
 ///
 /// Why: the kernel starts writing dirty pages back only past `dirty_background_ratio` of memory (10%: over
 /// 2 GB on a 24 GB machine) or after 30 s, so a restore of a few GB otherwise leaves every byte for the
-/// caller's `sync` (or for whatever runs next), with the disk idle meanwhile. Started as each file is complete,
-/// the write-out overlaps reading and decoding the rest, and a file's blocks are allocated once its size is
-/// known. When the device queue is full this waits for it, which paces the restore to the disk.
+/// caller's `sync` (or for whatever runs next), with the disk idle meanwhile. Started as soon as a file's
+/// chunks of a batch are written, the write-out overlaps reading and decoding the rest (not the end of the
+/// batch: an object store's batch is thousands of files, often a whole restore), and a file's blocks are
+/// allocated once its size is known. When the device queue is full this waits for it, which paces the restore to the disk.
 ///
 /// Best effort: it changes when bytes reach the disk, never what is written; an error here (a file system
 /// without writeback, EIO) is met again by whoever syncs, so it is not reported.

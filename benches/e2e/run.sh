@@ -15,6 +15,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 SELF="$HERE/run.sh"
+# shellcheck source=benches/e2e/fresh_fs.sh
+. "$HERE/fresh_fs.sh"
 DATA=${CAIRN_BENCH_DATA:-/work/bench-data}
 REPS=${REPS:-3}
 DB=${CAIRN_BENCH_DB:-cairn_bench_e2e}
@@ -219,7 +221,8 @@ main() {
   make_files
   make_dumps
   set_day 1
-  rm -rf "$REPOS" "$DATA/cache" "$DATA/restore" "$DATA/cp"
+  drop_fs "$DATA/restore" && drop_fs "$DATA/cp"
+  rm -rf "$REPOS" "$DATA/cache"
   : >"$RESULTS/raw.tsv"
   : >"$RESULTS/bytes.tsv"
   machine | tee "$RESULTS/machine.txt"
@@ -250,11 +253,10 @@ main() {
 
   echo "== restore of the file store (day 2), $REPS runs"
   set_day 2
-  local target
+  local target=$DATA/restore/out
   for run in $(seq "$REPS"); do
     for tool in "${TOOLS[@]}"; do
-      target=$DATA/restore/$tool
-      rm -rf "$target"
+      fresh_fs "$DATA/restore"
       measure restore "$tool" "$run" "$SELF" __step restore "$tool" "$REPOS/$tool-main" "$target"
       if [ "$run" = 1 ]; then # the restored tree must equal the source
         local got=$target/filestore
@@ -263,7 +265,7 @@ main() {
       fi
     done
   done
-  rm -rf "$DATA/restore"
+  drop_fs "$DATA/restore"
 
   echo "== the day 2 dump written out of each repository, $REPS runs"
   local out=$DATA/dump.out
@@ -302,12 +304,12 @@ main() {
     measure pg_dump pg_dump "$run" sh -c "runuser -u postgres -- pg_dump --format=custom --compress=0 $DB >/dev/null"
   done
   for run in $(seq "$REPS"); do
-    rm -rf "$DATA/cp"
+    fresh_fs "$DATA/cp"
     settle
     warm "$FS"
-    measure cp-sync cp "$run" sh -c "cp -a '$FS' '$DATA/cp' && sync"
+    measure cp-sync cp "$run" sh -c "cp -a '$FS' '$DATA/cp/out' && sync"
   done
-  rm -rf "$DATA/cp"
+  drop_fs "$DATA/cp"
   set_day 1
 
   echo "== results ($((SECONDS - started)) s in all)"
@@ -325,7 +327,8 @@ encryption_main() {
   mkdir -p "$CORPUS" "$RESULTS" "$LOGS"
   make_files
   set_day 1
-  rm -rf "$REPOS" "$DATA/cache" "$DATA/restore"
+  drop_fs "$DATA/restore"
+  rm -rf "$REPOS" "$DATA/cache"
   : >"$RESULTS/raw.tsv"
   : >"$RESULTS/bytes.tsv"
   echo "cairn: $("$CAIRN" --version) ($(git -C "$TOP" rev-parse --short HEAD)); restic $(restic version | cut -d' ' -f2)"
@@ -339,17 +342,17 @@ encryption_main() {
       stored files1 "$tool" "$repo"
     done
     for tool in "${tools[@]}"; do
-      target=$DATA/restore/$tool
-      rm -rf "$target"
+      target=$DATA/restore/out
+      fresh_fs "$DATA/restore"
       settle
       measure restore "$tool" "$run" "$SELF" __step restore "$tool" "$REPOS/$tool-enc" "$target"
       local got=$target/filestore
       [ "$tool" = restic ] && got=$target$FS
       diff -rq "$FS" "$got" >/dev/null || { echo "restore by $tool differs from the source" >&2; exit 1; }
-      rm -rf "$target"
     done
   done
-  rm -rf "$REPOS" "$DATA/restore"
+  drop_fs "$DATA/restore"
+  rm -rf "$REPOS"
   # Medians per scenario and tool; ratios of encrypted cairn to plaintext cairn and to restic.
   python3 - "$RESULTS/raw.tsv" <<'PY' | tee "$RESULTS/table.md"
 import statistics, sys

@@ -20,6 +20,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 SELF="$HERE/s3.sh"
+# shellcheck source=benches/e2e/fresh_fs.sh
+. "$HERE/fresh_fs.sh"
 DATA=${CAIRN_BENCH_DATA:-/work/bench-data}
 REPS=${REPS:-3}
 PORT=${CAIRN_BENCH_S3_PORT:-9580}
@@ -167,14 +169,14 @@ main() {
       "$SELF" __step init "$tool" "$repo" >"$LOGS/init-$tool-$run.log" 2>&1
       measure files "$tool" "$run" "$SELF" __step tree "$tool" "$repo"
       measure stream "$tool" "$run" "$SELF" __step stream "$tool" "$repo"
-      rm -rf "$out"
-      measure restore "$tool" "$run" "$SELF" __step restore "$tool" "$repo" "$out"
+      fresh_fs "$out"
+      measure restore "$tool" "$run" "$SELF" __step restore "$tool" "$repo" "$out/tree"
       if [ "$run" = 1 ]; then
-        local got=$out/filestore
-        [ "$tool" = cairn ] || got=$out$FS
+        local got=$out/tree/filestore
+        [ "$tool" = cairn ] || got=$out/tree$FS
         diff -rq "$FS" "$got" >/dev/null || { echo "restore by $tool differs from the source" >&2; exit 1; }
       fi
-      rm -rf "$out"
+      drop_fs "$out"
       measure dump "$tool" "$run" "$SELF" __step dump "$tool" "$repo" "$out"
       [ "$run" != 1 ] || cmp -s "$DUMP" "$out" || { echo "dump by $tool differs" >&2; exit 1; }
       rm -f "$out"

@@ -235,6 +235,28 @@ impl RangeReader for FileReader {
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         read_range(&self.file, &self.path, offset, len)
     }
+
+    fn will_need(&self, ranges: &[(u64, u64)]) {
+        #[cfg(target_os = "linux")]
+        for &(offset, len) in ranges {
+            use std::os::fd::AsRawFd;
+            let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+                continue;
+            };
+            // SAFETY: the descriptor is open (owned by `self.file`) for the whole call; the advice only
+            // starts reads into the page cache.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    offset,
+                    len,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = ranges;
+    }
 }
 
 /// The sub-directories of `dir` (none when `dir` is missing).

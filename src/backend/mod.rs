@@ -234,6 +234,11 @@ impl ReadPlan {
 pub trait RangeReader: Send + Sync {
     /// Reads `len` bytes at `offset`; an object shorter than that is an `UnexpectedEof` I/O error.
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// Says that the ranges `(offset, len)` will be read soon, so a reader that can fetch ahead without
+    /// holding the bytes itself does (a local file: the kernel reads them into its page cache while earlier
+    /// ones are decoded). Only a hint: the default does nothing, and errors are left to the reads.
+    fn will_need(&self, _ranges: &[(u64, u64)]) {}
 }
 
 /// The default [`RangeReader`]: one ranged read of the backend per call.
