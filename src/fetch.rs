@@ -16,7 +16,7 @@
 //! ([`crate::delta::decode`]), which reports the error as the single read path does.
 //!
 //! Trees ([`prefetch_trees`]) are read a level of the snapshot at a time with a plan of their own
-//! ([`TREE_PLAN`]): many small reads in flight and no gap read through, so a walk over an object store pays
+//! ([`tree_plan`]): many small reads in flight and no gap read through, so a walk over an object store pays
 //! one round trip per level instead of one per directory (257 directories took 5.2 s one after the other
 //! against a loopback S3 server, 20 ms a request).
 //!
@@ -267,18 +267,22 @@ impl<'r> Fetcher<'r> {
     }
 }
 
-/// How trees are read by [`prefetch_trees`]: a tree is a few KiB, so many are in flight (memory stays at
-/// `parallel` runs of at most 1 MiB) and only trees stored side by side share a read.
-pub const TREE_PLAN: ReadPlan = ReadPlan {
-    gap: 64 << 10,
-    max_run: 1 << 20,
-    parallel: 16,
-    batch_files: 1,
-    batch_chunks: 1,
-};
+/// How trees are read by [`prefetch_trees`] from a backend that reads blobs under `plan`: a tree is a few
+/// KiB, so the backend's `small_parallel` are in flight (memory stays at that many runs of at most 256 KiB,
+/// unless one tree is larger) and only trees stored side by side share a read.
+pub fn tree_plan(plan: ReadPlan) -> ReadPlan {
+    ReadPlan {
+        gap: 64 << 10,
+        max_run: 256 << 10,
+        parallel: plan.small_parallel.max(1),
+        small_parallel: plan.small_parallel.max(1),
+        batch_files: 1,
+        batch_chunks: 1,
+    }
+}
 
 /// Reads the trees below `root` (the root included) a level at a time, each level with merged, parallel
-/// ranged reads ([`TREE_PLAN`]), and returns the ones read and verified. `descend(path, node)` says whether
+/// ranged reads ([`tree_plan`]), and returns the ones read and verified. `descend(path, node)` says whether
 /// the walk that follows enters the directory `node` at `path` (names joined by `/`, as in
 /// [`crate::walk::Place`]): only those subtrees are read.
 ///
@@ -290,7 +294,7 @@ pub fn prefetch_trees(
     root: &Id,
     descend: &dyn Fn(&[u8], &Node) -> bool,
 ) -> Result<HashMap<Id, Tree>> {
-    let fetcher = Fetcher::with_plan(repo, TREE_PLAN)?;
+    let fetcher = Fetcher::with_plan(repo, tree_plan(repo.backend().read_plan()))?;
     let mut trees: HashMap<Id, Tree> = HashMap::new();
     // (tree, its path) of the level being read; a subtree met at two paths is read once, entered twice.
     let mut level: Vec<(Id, Vec<u8>)> = vec![(*root, Vec::new())];
@@ -444,6 +448,7 @@ mod tests {
             gap: 100,
             max_run: 1000,
             parallel: 1,
+            small_parallel: 1,
             batch_files: 1,
             batch_chunks: 1,
         };

@@ -166,6 +166,7 @@ impl Backend for LocalBackend {
             gap: LOCAL_MERGE_GAP,
             max_run: 1 << 20,
             parallel: 2 * rayon::current_num_threads(),
+            small_parallel: 2 * rayon::current_num_threads(),
             // A pack read twice costs a second system call, not a round trip: small batches keep few files
             // open.
             batch_files: crate::restore_files::BATCH_FILES,
