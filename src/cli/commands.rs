@@ -1,26 +1,22 @@
-//! One function per subcommand: validate arguments, call the library, print the result.
+//! Dispatch: the global options every command sees ([`Ctx`]), the run log, `init`, and helpers shared by
+//! several command groups ([`snapshot_time`], [`parse_time`], [`human_bytes`]). Each command's front end
+//! lives in the module named for its group: `backup`, `snapshots` (`snapshots`, `show`, `ls`), `restore`
+//! (`restore`, `dump`), `maintenance` (`check`, `forget`, `prune`, `repair`, `unlock`), `archive`
+//! (`import-archive`, `export`), `copy`, `explore`, `instance`, `keys`, `wal`, ...
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use cairn::backend::RepoUrl;
-use cairn::backup::{self, BackupOptions, ParentChoice, StreamSource};
-use cairn::check::{self, ReadData};
 use cairn::config::Config;
-use cairn::progress::Progress;
-use cairn::restore::{self, RestoreOptions};
-use cairn::snapshot::Snapshot;
-use cairn::tree::NodeKind;
-use cairn::{Error, Id, Repository, Result};
+use cairn::{Error, Repository, Result};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
 
-use super::args::{
-    BackupArgs, CheckArgs, Cli, Command, ForgetArgs, InitArgs, RepairWhat, RestoreArgs,
-};
-use super::{instance, pg};
-use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
-use cairn::latest;
+use super::args::{Cli, Command, InitArgs, RepairWhat};
+use super::instance;
+use super::EXIT_OK;
+use super::{archive, backup, maintenance, restore, snapshots};
 
 /// Global options every command sees.
 pub struct Ctx {
@@ -174,34 +170,36 @@ fn log_run(
 fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
     match command {
         Command::Init(a) => init(ctx, a),
-        Command::Backup(a) => backup_cmd(ctx, a),
-        Command::Snapshots { instance } => snapshots(ctx, instance.as_deref()),
-        Command::Show { snapshot, instance } => show(ctx, &snapshot, instance.as_deref()),
+        Command::Backup(a) => backup::backup_cmd(ctx, a),
+        Command::Snapshots { instance } => snapshots::snapshots(ctx, instance.as_deref()),
+        Command::Show { snapshot, instance } => {
+            snapshots::show(ctx, &snapshot, instance.as_deref())
+        }
         Command::Ls {
             snapshot,
             path,
             instance,
-        } => ls(ctx, &snapshot, path.as_deref(), instance.as_deref()),
-        Command::Restore(a) => restore_cmd(ctx, a),
+        } => snapshots::ls(ctx, &snapshot, path.as_deref(), instance.as_deref()),
+        Command::Restore(a) => restore::restore_cmd(ctx, a),
         Command::Dump {
             snapshot,
             name,
             instance,
-        } => dump(ctx, &snapshot, &name, instance.as_deref()),
-        Command::Check(a) => check_cmd(ctx, a),
+        } => restore::dump(ctx, &snapshot, &name, instance.as_deref()),
+        Command::Check(a) => maintenance::check_cmd(ctx, a),
         Command::Copy(a) => super::copy::copy_cmd(ctx, a),
         Command::Repair {
             what: RepairWhat::Index,
-        } => repair_index(ctx),
+        } => maintenance::repair_index(ctx),
         Command::Repair {
             what: RepairWhat::Snapshots { forget_damaged },
-        } => repair_snapshots(ctx, forget_damaged),
-        Command::Forget(a) => forget(ctx, a),
+        } => maintenance::repair_snapshots(ctx, forget_damaged),
+        Command::Forget(a) => maintenance::forget(ctx, a),
         Command::Prune {
             max_unused,
             dry_run,
-        } => prune(ctx, max_unused, dry_run).map(|_| EXIT_OK),
-        Command::Unlock { remove_all } => unlock(ctx, remove_all),
+        } => maintenance::prune(ctx, max_unused, dry_run).map(|_| EXIT_OK),
+        Command::Unlock { remove_all } => maintenance::unlock(ctx, remove_all),
         Command::Completions { shell } => super::docs::completions(shell),
         Command::Man { dir } => super::docs::man(ctx, dir),
         Command::Key { action } => super::keys::key(ctx, action),
@@ -228,7 +226,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             time,
             force_time,
             file,
-        } => import_archive(ctx, i, &time, force_time, &file),
+        } => archive::import_archive(ctx, i, &time, force_time, &file),
         Command::Export {
             snapshot,
             format,
@@ -240,7 +238,7 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
                 format: format.parse()?,
                 filestore,
             };
-            export(ctx, &snapshot, &opts, i.as_deref(), output.as_deref())
+            archive::export(ctx, &snapshot, &opts, i.as_deref(), output.as_deref())
         }
         Command::Diff {
             snapshot1,
@@ -293,107 +291,6 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-/// Opens the repository for a backup, creating the default one (only) on first use.
-fn open_for_backup(ctx: &Ctx) -> Result<Repository> {
-    let (path, named) = ctx.repo_url()?;
-    if !named && !Repository::exists(&path)? {
-        eprintln!("cairn: creating the default repository at {path}");
-        // Encrypted like every repository `init` makes: the password comes from the usual sources (a
-        // missing one is exit code 12, before anything is created).
-        let config = Config::new_default().encrypted();
-        return Ok(ctx.configure(Repository::init(&path, config)?));
-    }
-    Ok(ctx.configure(Repository::open(&path)?))
-}
-
-fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
-    cairn::interrupt::install()?;
-    let mut streams = Vec::new();
-    if let Some(name) = &a.stdin_name {
-        if a.stdin_from_command {
-            streams.push(StreamSource::from_command(name, &a.command)?);
-        } else if a.stdin {
-            streams.push(StreamSource::from_stdin(name));
-        } else {
-            return Err(Error::Invalid(
-                "--stdin-name needs --stdin or --stdin-from-command".into(),
-            ));
-        }
-    } else if !a.command.is_empty() {
-        return Err(Error::Invalid(
-            "a command after `--` needs --stdin-from-command".into(),
-        ));
-    }
-    if a.paths.is_empty() && streams.is_empty() && a.pg.is_none() {
-        return Err(Error::Invalid(
-            "nothing to back up: give paths, --pg, --stdin or --stdin-from-command".into(),
-        ));
-    }
-    let time = snapshot_time(a.time.as_deref(), a.force_time)?;
-    let repo = open_for_backup(ctx)?;
-    let mut finalize_metadata = Vec::new();
-    if !a.excludes.exclude_files.is_empty() && a.paths.is_empty() {
-        return Err(Error::Invalid(
-            "--exclude-file needs paths to back up".into(),
-        ));
-    }
-    if let Some((stream, hook)) = pg::dump_source(&a)? {
-        streams.push(stream);
-        finalize_metadata.push(hook);
-    }
-    let parent = match &a.parent {
-        Some(p) => ParentChoice::Id(repo.resolve_snapshot(p, a.instance.as_deref())?.0),
-        None => ParentChoice::Auto,
-    };
-    let result = backup::backup(
-        &repo,
-        BackupOptions {
-            paths: a.paths,
-            streams,
-            instance: a.instance,
-            tags: a.tags,
-            parent,
-            force: a.force,
-            time,
-            metadata: None,
-            finalize_metadata,
-            progress: Progress::new("backup", None, ctx.quiet || ctx.json),
-            excludes: a.excludes.options(),
-            ..BackupOptions::default()
-        },
-    )?;
-    let s = &result.snapshot;
-    if ctx.json {
-        let mut v = serde_json::to_value(&s.summary).map_err(|e| Error::Invalid(e.to_string()))?;
-        v["snapshot_id"] = json!(result.snapshot_id.to_hex());
-        v["partial"] = json!(s.partial);
-        v["warnings"] = json!(result.warnings);
-        v["excluded"] = json!(result.excluded);
-        ctx.print_json(&v)?;
-    } else if !ctx.quiet {
-        let m = &s.summary;
-        println!(
-            "snapshot {} saved: {} new, {} changed, {} unmodified files; {} read, {} added in {} new chunks ({:.1}s)",
-            result.snapshot_id.short(),
-            m.files_new,
-            m.files_changed,
-            m.files_unmodified,
-            human_bytes(m.bytes_read),
-            human_bytes(m.bytes_added),
-            m.chunks_new,
-            m.duration_s
-        );
-    }
-    if s.partial {
-        eprintln!(
-            "cairn: snapshot {} is partial: some files could not be read (see above)",
-            result.snapshot_id.short()
-        );
-        return Ok(EXIT_PARTIAL);
-    }
-    Ok(EXIT_OK)
-}
-
 /// A `--time` for a new snapshot: parsed, and refused when dated in the future unless `force`.
 pub fn snapshot_time(time: Option<&str>, force: bool) -> Result<Option<DateTime<FixedOffset>>> {
     let Some(t) = time.map(parse_time).transpose()? else {
@@ -423,628 +320,6 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     Err(Error::Invalid(format!(
         "cannot parse time {s:?} (want RFC 3339 or \"YYYY-MM-DD HH:MM\")"
     )))
-}
-
-fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
-    s.to_json(id)
-}
-
-fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let list: Vec<_> = repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| instance.is_none() || s.instance.as_deref() == instance)
-        .collect();
-    if ctx.json {
-        ctx.print_json(&serde_json::Value::Array(
-            list.iter().map(|(id, s)| snapshot_json(id, s)).collect(),
-        ))?;
-        return Ok(EXIT_OK);
-    }
-    println!(
-        "{:<10} {:<25} {:<12} {:>10}  PATHS / STREAMS",
-        "ID", "TIME", "INSTANCE", "SIZE"
-    );
-    for (id, s) in &list {
-        let mut what: Vec<String> = s.paths.clone();
-        what.extend(s.streams.iter().map(|st| format!("[{}]", st.name)));
-        println!(
-            "{:<10} {:<25} {:<12} {:>10}  {}{}",
-            id.short(),
-            s.time.format("%Y-%m-%d %H:%M:%S %:z"),
-            s.instance.as_deref().unwrap_or("-"),
-            human_bytes(s.summary.bytes_total),
-            what.join(" "),
-            if s.partial { " (partial)" } else { "" }
-        );
-    }
-    println!("{} snapshots", list.len());
-    Ok(EXIT_OK)
-}
-
-fn show(ctx: &Ctx, spec: &str, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let (id, s) = repo.resolve_snapshot(spec, instance)?;
-    if ctx.json {
-        ctx.print_json(&snapshot_json(&id, &s))?;
-    } else {
-        print_snapshot(&id, &s);
-    }
-    Ok(EXIT_OK)
-}
-
-/// `show` for people: one field a line, then the streams, then the recorded metadata.
-fn print_snapshot(id: &Id, s: &Snapshot) {
-    let m = &s.summary;
-    println!("snapshot {}", id.to_hex());
-    println!("time      {}", s.time.format("%Y-%m-%d %H:%M:%S %:z"));
-    println!("host      {}", s.host);
-    println!("instance  {}", s.instance.as_deref().unwrap_or("-"));
-    println!(
-        "tags      {}",
-        if s.tags.is_empty() {
-            "-".into()
-        } else {
-            s.tags.join(", ")
-        }
-    );
-    println!(
-        "paths     {}",
-        if s.paths.is_empty() {
-            "-".into()
-        } else {
-            s.paths.join(" ")
-        }
-    );
-    println!("parent    {}", s.parent.as_deref().unwrap_or("-"));
-    if s.partial {
-        println!("partial   yes: some files could not be read");
-    }
-    for st in &s.streams {
-        println!("stream    {}", st.name);
-    }
-    println!(
-        "summary   {} new, {} changed, {} unmodified files; {} total, {} added",
-        m.files_new,
-        m.files_changed,
-        m.files_unmodified,
-        human_bytes(m.bytes_total),
-        human_bytes(m.bytes_added)
-    );
-    if let Some(meta) = &s.metadata {
-        println!(
-            "metadata  {}",
-            serde_json::to_string_pretty(meta).unwrap_or_default()
-        );
-    }
-}
-
-fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "ls")?;
-    let (_, snap) = match path {
-        Some(p) if !p.trim_matches('/').is_empty() => latest::for_name(&repo, spec, instance, p)?,
-        _ => repo.resolve_snapshot(spec, instance)?,
-    };
-    // Streams first (all of them, or the one PATH names), then the file tree (none if PATH is a stream).
-    let streams: Vec<_> = snap
-        .streams
-        .iter()
-        .filter(|s| path.is_none_or(|p| p == s.name))
-        .collect();
-    let entries = match (path, snap.tree) {
-        (Some(_), _) if !streams.is_empty() => Vec::new(),
-        (None, None) => Vec::new(),
-        _ => restore::list(&repo, &snap, path.unwrap_or(""))?,
-    };
-    let mut out = std::io::stdout().lock();
-    if ctx.json {
-        let streams = streams
-            .iter()
-            .map(|s| json!({"path": s.name, "type": "stream", "size": s.size}));
-        let v: Vec<_> = streams
-            .chain(entries.iter()
-            .map(|(p, n)| {
-                let (kind, size) = match &n.kind {
-                    NodeKind::File { size, .. } => ("file", *size),
-                    NodeKind::Dir { .. } => ("dir", 0),
-                    NodeKind::Symlink { .. } => ("symlink", 0),
-                    _ => ("special", 0),
-                };
-                json!({"path": p, "type": kind, "size": size, "mode": n.meta.mode, "mtime": n.meta.mtime})
-            }))
-            .collect();
-        ctx.print_json(&serde_json::Value::Array(v))?;
-        return Ok(EXIT_OK);
-    }
-    for s in streams {
-        writeln!(out, "s {:>4} {:>12} [{}]", "-", s.size, s.name)
-            .map_err(|e| Error::io("stdout", e))?;
-    }
-    for (p, n) in entries {
-        let (kind, size) = match &n.kind {
-            NodeKind::File { size, .. } => ('-', *size),
-            NodeKind::Dir { .. } => ('d', 0),
-            NodeKind::Symlink { .. } => ('l', 0),
-            NodeKind::Fifo => ('p', 0),
-            NodeKind::CharDevice { .. } => ('c', 0),
-            NodeKind::BlockDevice { .. } => ('b', 0),
-        };
-        writeln!(out, "{kind} {:o} {:>12} {p}", n.meta.mode & 0o7777, size)
-            .map_err(|e| Error::io("stdout", e))?;
-    }
-    Ok(EXIT_OK)
-}
-
-fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
-    // A refused connection string is a usage problem: say so before looking for a snapshot.
-    if a.pg_target.is_some() {
-        cairn::postgres::PgConn::new(a.pg_conn.as_deref())?;
-    }
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "restore")?;
-    let (id, snap) = latest::for_restore(
-        &repo,
-        &a.snapshot,
-        a.instance.as_deref(),
-        a.target.is_some(),
-        &a.paths,
-        a.pg_target.is_some(),
-    )?;
-    let database = match &a.pg_target {
-        Some(_) => Some(pg::restore(ctx, &repo, &snap, &a)?),
-        None => None,
-    };
-    let Some(target) = a.target else {
-        if let Some(report) = database {
-            pg::print_report(ctx, &id, &report)?;
-        }
-        return Ok(EXIT_OK);
-    };
-    let total = snap.summary.bytes_total;
-    let summary = restore::restore(
-        &repo,
-        &snap,
-        &RestoreOptions {
-            target: target.clone(),
-            include: a.paths,
-            overwrite: a.overwrite,
-            progress: Progress::new("restore", Some(total), ctx.quiet || ctx.json),
-        },
-    )?;
-    for w in &summary.warnings {
-        eprintln!("cairn: warning: {w}");
-    }
-    if ctx.json {
-        let mut v = serde_json::to_value(&summary).map_err(|e| Error::Invalid(e.to_string()))?;
-        v["snapshot_id"] = json!(id.to_hex());
-        if let Some(report) = &database {
-            v["database"] =
-                serde_json::to_value(report).map_err(|e| Error::Invalid(e.to_string()))?;
-        }
-        ctx.print_json(&v)?;
-    } else if !ctx.quiet {
-        if let Some(report) = &database {
-            pg::print_report(ctx, &id, report)?;
-        }
-        println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} links, {}",
-            id.short(),
-            target.display(),
-            summary.files,
-            summary.dirs,
-            summary.links,
-            human_bytes(summary.bytes)
-        );
-    }
-    Ok(EXIT_OK)
-}
-
-fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "dump")?;
-    let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    restore::dump(&repo, &snap, name, &mut out)?;
-    Ok(EXIT_OK)
-}
-
-fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "check")?;
-    let read_data = match (a.read_data, a.read_data_subset) {
-        (true, _) => ReadData::All,
-        (false, Some(s)) => s.parse()?,
-        (false, None) => ReadData::None,
-    };
-    let progress = Progress::new("check", None, ctx.quiet || ctx.json);
-    let report = check::check(&repo, read_data, &progress)?;
-    if ctx.json {
-        let mut v = serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?;
-        v["clean"] = json!(report.is_clean());
-        ctx.print_json(&v)?;
-    } else if !(ctx.quiet && report.is_clean()) {
-        for w in &report.warnings {
-            eprintln!("warning: {w}");
-        }
-        for e in &report.errors {
-            println!("error: {e}");
-        }
-        for e in &report.read_errors {
-            println!("error (not damage): {e}");
-        }
-        for d in &report.damaged {
-            println!(
-                "damaged blob {} in pack {}: {}",
-                &d.blob[..16],
-                &d.pack[..16],
-                d.error
-            );
-            for a in &d.affected {
-                println!("  needed by {a}");
-            }
-        }
-        println!(
-            "checked {} packs, {} snapshots, {} trees; read {} packs ({} blobs): {}",
-            report.packs,
-            report.snapshots,
-            report.trees,
-            report.packs_read,
-            report.blobs_read,
-            if report.is_clean() {
-                "no errors"
-            } else if !report.damaged.is_empty() {
-                "DAMAGE FOUND"
-            } else if !report.errors.is_empty() {
-                "ERRORS FOUND"
-            } else {
-                "READ ERRORS (not damage)"
-            }
-        );
-        for h in &report.hints {
-            println!("hint: {h}");
-        }
-    }
-    Ok(if report.is_clean() {
-        EXIT_OK
-    } else {
-        EXIT_ERROR
-    })
-}
-
-fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
-    if !a.snapshots.is_empty() {
-        return forget_named(ctx, a);
-    }
-    let policy = a.keep.retention().policy(a.keep_tags)?;
-    let repo = ctx.open()?;
-    let opts = cairn::gc::ForgetOptions {
-        policy,
-        instance: a.instance,
-        tags: a.tags,
-        dry_run: a.dry_run,
-        include_safety: a.include_safety,
-    };
-    let groups = cairn::gc::forget(&repo, &opts)?;
-    let removed: usize = groups
-        .iter()
-        .map(|g| g.decisions.iter().filter(|d| !d.keep).count())
-        .sum();
-    // One document with --json: the prune report goes inside it (text shows the decisions before pruning).
-    let prune_now = a.prune && !a.dry_run;
-    if ctx.json {
-        let pruned = prune_now
-            .then(|| prune_report(ctx, 5.0, false))
-            .transpose()?;
-        ctx.print_json(
-            &json!({"dry_run": a.dry_run, "removed": removed, "groups": groups, "prune": pruned}),
-        )?;
-        return Ok(EXIT_OK);
-    }
-    if !ctx.quiet {
-        for g in &groups {
-            println!("group {}", g.group);
-            for d in &g.decisions {
-                let verdict = if d.keep {
-                    "keep  "
-                } else if a.dry_run {
-                    "would remove"
-                } else {
-                    "remove"
-                };
-                println!("  {verdict} {} {}", &d.id[..12], d.reasons.join(","));
-            }
-        }
-        println!(
-            "{removed} snapshots {}",
-            if a.dry_run {
-                "would be removed"
-            } else {
-                "removed"
-            }
-        );
-    }
-    if prune_now {
-        print_prune(ctx, &prune_report(ctx, 5.0, false)?, false);
-    }
-    Ok(EXIT_OK)
-}
-
-/// `forget ID...`: removes exactly the named snapshots (safety snapshots too).
-fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
-    let repo = ctx.open()?;
-    let mut ids = Vec::new();
-    for spec in &a.snapshots {
-        if spec == "latest" {
-            return Err(Error::Usage(
-                "forget takes snapshot ids, not `latest`".into(),
-            ));
-        }
-        ids.push(repo.resolve_snapshot(spec, a.instance.as_deref())?.0);
-    }
-    cairn::gc::forget_ids(&repo, &ids, a.dry_run)?;
-    let pruned = if a.prune && !a.dry_run {
-        Some(prune_report(ctx, 5.0, false)?)
-    } else {
-        None
-    };
-    let hex: Vec<String> = ids.iter().map(|i| i.to_hex()).collect();
-    if ctx.json {
-        ctx.print_json(
-            &json!({"dry_run": a.dry_run, "removed": hex.len(), "snapshots": hex, "prune": pruned}),
-        )?;
-    } else if !ctx.quiet {
-        let verb = if a.dry_run { "would remove" } else { "remove" };
-        for id in &hex {
-            println!("  {verb} {}", &id[..12]);
-        }
-        println!(
-            "{} snapshots {}",
-            hex.len(),
-            if a.dry_run {
-                "would be removed"
-            } else {
-                "removed"
-            }
-        );
-    }
-    if let Some(r) = &pruned {
-        print_prune(ctx, r, false);
-    }
-    Ok(EXIT_OK)
-}
-
-fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
-    let r = prune_report(ctx, max_unused, dry_run)?;
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)
-    } else {
-        print_prune(ctx, &r, dry_run);
-        Ok(())
-    }
-}
-
-fn prune_report(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<cairn::gc::PruneReport> {
-    if !(0.0..=100.0).contains(&max_unused) {
-        return Err(Error::Invalid(
-            "--max-unused must be a percentage between 0 and 100".into(),
-        ));
-    }
-    let repo = ctx.open()?;
-    cairn::gc::prune(
-        &repo,
-        cairn::gc::PruneOptions {
-            max_unused_percent: max_unused,
-            dry_run,
-        },
-    )
-}
-
-/// The prune report for people (nothing with `--quiet` or `--json`).
-fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
-    if ctx.json || ctx.quiet {
-        return;
-    }
-    {
-        if r.snapshots_adopted > 0 {
-            println!(
-                "{} {} snapshot files that had no index row (left by an interrupted backup); their data is kept",
-                if dry_run { "would index" } else { "indexed" },
-                r.snapshots_adopted
-            );
-        }
-        if r.wal_files_removed > 0 {
-            println!(
-                "{} {} archived WAL files older than every kept base backup",
-                if dry_run { "would remove" } else { "removed" },
-                r.wal_files_removed
-            );
-        }
-        println!(
-            "{}{} packs deleted, {} repacked ({} copied), {} stray packs removed: {} freed, {} -> {}",
-            if dry_run { "dry run: " } else { "" },
-            r.packs_deleted,
-            r.packs_repacked,
-            human_bytes(r.bytes_repacked),
-            r.unindexed_removed,
-            human_bytes(r.bytes_freed),
-            human_bytes(r.bytes_before),
-            human_bytes(r.bytes_after)
-        );
-    }
-}
-
-fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
-    let repo = ctx.open()?;
-    repo.require_writable()?;
-    let repaired = cairn::repair::repair_snapshots(&repo, forget_damaged)?;
-    if ctx.json {
-        ctx.print_json(&json!(repaired))?;
-    } else if !ctx.quiet {
-        for r in &repaired {
-            match &r.new_id {
-                Some(new) => println!(
-                    "snapshot {} rewritten as {} without: {}",
-                    &r.old_id[..8],
-                    &new[..8],
-                    r.dropped.join(", ")
-                ),
-                None => println!(
-                    "snapshot {} forgotten (damaged: {})",
-                    &r.old_id[..8],
-                    r.dropped.join(", ")
-                ),
-            }
-        }
-        println!("{} snapshots repaired", repaired.len());
-        if !repaired.is_empty() {
-            println!("hint: {}", cairn::restore::HEAL_HINT);
-        }
-    }
-    Ok(EXIT_OK)
-}
-
-fn repair_index(ctx: &Ctx) -> Result<i32> {
-    let (path, _) = ctx.repo_url()?;
-    let report = cairn::repair::repair_index(&path)?;
-    // Instance configs live in the index too; their durable copies are files.
-    cairn::instance::reload_from_files(&Repository::open(&path)?)?;
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?)?;
-    } else {
-        for s in &report.skipped {
-            eprintln!("cairn: skipped {s}");
-        }
-        for w in &report.warnings {
-            eprintln!("cairn: warning: {w}");
-        }
-        if !ctx.quiet {
-            println!(
-                "index rebuilt: {} packs, {} blobs, {} snapshots",
-                report.packs, report.blobs, report.snapshots
-            );
-        }
-    }
-    Ok(if report.skipped.is_empty() {
-        EXIT_OK
-    } else {
-        EXIT_ERROR
-    })
-}
-
-fn import_archive(
-    ctx: &Ctx,
-    instance: Option<String>,
-    time: &str,
-    force_time: bool,
-    file: &std::path::Path,
-) -> Result<i32> {
-    let time = snapshot_time(Some(time), force_time)?
-        .ok_or_else(|| Error::Invalid("--time is missing".into()))?;
-    let repo = open_for_backup(ctx)?;
-    let report = cairn::archive::import_archive(&repo, file, instance, time)?;
-    let r = &report.backup;
-    for s in &report.skipped {
-        eprintln!("cairn: warning: {s}");
-    }
-    if ctx.json {
-        ctx.print_json(&json!({
-            "snapshot_id": r.snapshot_id.to_hex(),
-            "summary": r.snapshot.summary,
-            "skipped": report.skipped,
-            "partial": r.snapshot.partial || !report.skipped.is_empty(),
-        }))?;
-    } else if !ctx.quiet {
-        println!(
-            "imported {} as snapshot {}",
-            file.display(),
-            r.snapshot_id.short()
-        );
-    }
-    if !report.skipped.is_empty() || r.snapshot.partial {
-        eprintln!(
-            "cairn: snapshot {} is partial: it does not hold everything in {} (see above)",
-            r.snapshot_id.short(),
-            file.display()
-        );
-        return Ok(EXIT_PARTIAL);
-    }
-    Ok(EXIT_OK)
-}
-
-fn export(
-    ctx: &Ctx,
-    spec: &str,
-    opts: &cairn::export::ExportOptions,
-    instance: Option<&str>,
-    output: Option<&std::path::Path>,
-) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "export")?;
-    let (_, snap) = latest::for_export(&repo, spec, instance, opts.format)?;
-    let report = match output {
-        None => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            let report = cairn::export::export(&repo, &snap, opts, &mut out)?;
-            out.flush().map_err(|e| Error::io("stdout", e))?;
-            report
-        }
-        Some(path) => export_to_file(&repo, &snap, opts, path)?,
-    };
-    if !report.skipped.is_empty() {
-        for s in &report.skipped {
-            eprintln!("cairn: warning: {s}");
-        }
-        eprintln!(
-            "cairn: export is partial: {} entries left out (see above)",
-            report.skipped.len()
-        );
-        return Ok(EXIT_PARTIAL);
-    }
-    Ok(EXIT_OK)
-}
-
-/// Exports into a temporary file beside `path`, renamed to `path` once complete: a failed export leaves
-/// no truncated archive that looks like a good one.
-fn export_to_file(
-    repo: &Repository,
-    snap: &cairn::snapshot::Snapshot,
-    opts: &cairn::export::ExportOptions,
-    path: &std::path::Path,
-) -> Result<cairn::export::ExportReport> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".cairn-export-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-    let report = cairn::export::export(repo, snap, opts, &mut out)?;
-    out.flush().map_err(|e| Error::io(path, e))?;
-    drop(out);
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(report)
-}
-
-fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
-    let (path, _) = ctx.repo_url()?;
-    let (backend, _) = cairn::repo::connect(&path)?;
-    let removed = cairn::lock::unlock(backend.as_ref(), all)?;
-    if ctx.json {
-        ctx.print_json(&json!({ "removed": removed }))?;
-    } else if !ctx.quiet {
-        for r in &removed {
-            println!("removed {r}");
-        }
-        println!("{} locks removed", removed.len());
-    }
-    Ok(EXIT_OK)
 }
 
 /// Bytes in binary units, for people.

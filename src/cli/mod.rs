@@ -2,7 +2,9 @@
 //! `--json` (then exactly one JSON document on stdout). Every error becomes one line on stderr and an exit
 //! code ([`exit_code`]); the codes are documented in README ("Exit codes") and kept stable for scripts.
 
+mod archive;
 mod args;
+mod backup;
 mod commands;
 mod copy;
 mod docs;
@@ -10,9 +12,12 @@ mod explore;
 mod instance;
 mod keys;
 mod logging;
+mod maintenance;
 mod mount;
 mod pg;
+mod restore;
 mod serve;
+mod snapshots;
 mod wal;
 
 use clap::Parser;
