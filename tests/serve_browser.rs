@@ -7,11 +7,10 @@
 //! fails, saying so: it never passes without having looked at the page.
 
 mod harness;
+mod serve_support;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,59 +20,7 @@ use headless_chrome::protocol::cdp::Page;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::Value;
-
-/// A running `cairn serve`, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(repo: &Path) -> Server {
-        Server::start_on(repo, "127.0.0.1:0")
-    }
-
-    /// Starts the server on `listen` (`127.0.0.1:0`: a free port).
-    fn start_on(repo: &Path, listen: &str) -> Server {
-        let mut child = cairn(repo)
-            .args(["serve", "--listen", listen, "--no-schedule"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start cairn serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cairn serve: listening on ") {
-                    let _ = tx.send(addr.to_string());
-                } else {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server printed its address");
-        Server { child, base }
-    }
-
-    /// A GET of the API, as JSON.
-    fn get(&self, path: &str, token: &str) -> Value {
-        let mut resp = ureq::get(format!("{}/api/v1{path}", self.base))
-            .header("Authorization", format!("Bearer {token}"))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serve_support::{token, Server};
 
 /// The Chromium to drive: `$CHROME`, else the first of Debian's names on PATH. None is a failure.
 fn chromium() -> PathBuf {
@@ -286,10 +233,8 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
     let browser = launch();
     let (dir, repo) = new_repo();
     let src = setup(dir.path(), &repo);
-    let admin = ok(cairn(&repo).args(["token", "add", "web", "--role", "admin"]))
-        .trim()
-        .to_string();
-    let server = Server::start(&repo);
+    let admin = token(&repo, "web", "admin");
+    let server = Server::start(&repo, &[]);
     let tab: Arc<Tab> = browser.new_tab().expect("a tab");
     tab.set_default_timeout(Duration::from_secs(60));
     record_page_errors(&tab);
@@ -418,10 +363,10 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
         120,
     );
     assert!(text_of(&tab, "#banner").contains("backup of shop completed"));
-    let jobs = server.get("/jobs?instance=shop", &admin);
+    let jobs = server.get_ok("/api/v1/jobs?instance=shop", &admin);
     assert_eq!(jobs[0]["kind"], "backup", "{jobs}");
     assert_eq!(jobs[0]["status"], "completed", "{jobs}");
-    let snaps = server.get("/instances/shop/snapshots", &admin);
+    let snaps = server.get_ok("/api/v1/instances/shop/snapshots", &admin);
     assert_eq!(snaps.as_array().unwrap().len(), 4, "{snaps}");
     let oldest = snaps[0]["id"].as_str().unwrap().to_string();
 
@@ -445,7 +390,7 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         server
-            .get("/jobs?instance=shop", &admin)
+            .get_ok("/api/v1/jobs?instance=shop", &admin)
             .as_array()
             .unwrap()
             .len(),
@@ -514,7 +459,7 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
         pseudo_random(2 << 20, 1),
         "the three-week-old orders.db is back"
     );
-    let jobs = server.get("/jobs?instance=shop&kind=restore", &admin);
+    let jobs = server.get_ok("/api/v1/jobs?instance=shop&kind=restore", &admin);
     let restore = jobs
         .as_array()
         .unwrap()
@@ -524,7 +469,7 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
     assert_eq!(restore["status"], "completed", "{restore}");
     assert_eq!(restore["snapshot_id"], oldest.as_str(), "{restore}");
     let safety = restore["safety_snapshot_id"].as_str().expect("a safety id");
-    let safety_snap = server.get(&format!("/snapshots/{safety}"), &admin);
+    let safety_snap = server.get_ok(&format!("/api/v1/snapshots/{safety}"), &admin);
     assert_eq!(safety_snap["tags"], serde_json::json!(["safety"]));
     wait_for(
         &tab,
@@ -557,10 +502,10 @@ fn serve_dashboard_in_chromium_backs_up_and_restores_with_screenshots() {
 /// The chart's data, `GET /stats`'s `size_history`: one point per snapshot, oldest first, its stored bytes
 /// the running sum of what each snapshot added, its logical bytes the newest snapshot of each instance.
 fn check_size_history(server: &Server, token: &str) {
-    let stats = server.get("/stats", token);
+    let stats = server.get_ok("/api/v1/stats", token);
     let points = stats["size_history"].as_array().expect("size_history");
-    let snaps = server.get("/instances/shop/snapshots", token);
-    let crm = server.get("/instances/crm/snapshots", token);
+    let snaps = server.get_ok("/api/v1/instances/shop/snapshots", token);
+    let crm = server.get_ok("/api/v1/instances/crm/snapshots", token);
     let mut all: Vec<&Value> = snaps.as_array().unwrap().iter().collect();
     all.extend(crm.as_array().unwrap());
     all.sort_by_key(|s| chrono::DateTime::parse_from_rfc3339(s["time"].as_str().unwrap()).unwrap());
@@ -620,10 +565,8 @@ fn serve_dashboard_following_a_job_shows_it_interrupted_after_a_server_restart()
         .arg(&src));
     // The backup stays in its pre-hook long enough for the server to be killed under it.
     ok(cairn(&repo).args(["instance", "set", "shop", "--pre-hook", "sleep 20"]));
-    let admin = ok(cairn(&repo).args(["token", "add", "web", "--role", "admin"]))
-        .trim()
-        .to_string();
-    let mut server = Server::start(&repo);
+    let admin = token(&repo, "web", "admin");
+    let mut server = Server::start(&repo, &[]);
     let tab: Arc<Tab> = browser.new_tab().expect("a tab");
     tab.set_default_timeout(Duration::from_secs(60));
     record_page_errors(&tab);
@@ -654,13 +597,12 @@ fn serve_dashboard_following_a_job_shows_it_interrupted_after_a_server_restart()
         "the backup job running",
         30,
     );
-    let jobs = server.get("/jobs?instance=shop", &admin);
+    let jobs = server.get_ok("/api/v1/jobs?instance=shop", &admin);
     let id = jobs[0]["id"].as_str().expect("the job's id").to_string();
     assert_eq!(jobs[0]["status"], "running", "{jobs}");
 
     // kill -9: the page keeps asking and says that nothing answers.
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill9();
     wait_for(
         &tab,
         "document.getElementById('job-text').textContent.includes('has not answered since')",
@@ -675,7 +617,7 @@ fn serve_dashboard_following_a_job_shows_it_interrupted_after_a_server_restart()
 
     // The next server on the same address lists the job interrupted; the page shows it and stops asking.
     let listen = server.base.trim_start_matches("http://").to_string();
-    let server = Server::start_on(&repo, &listen);
+    let server = Server::start(&repo, &["--listen", &listen]);
     assert_eq!(server.base, format!("http://{listen}"));
     wait_for(
         &tab,
@@ -705,10 +647,10 @@ fn serve_dashboard_following_a_job_shows_it_interrupted_after_a_server_restart()
         polls,
         "the page still polls the job"
     );
-    let job = server.get(&format!("/jobs/{id}"), &admin);
+    let job = server.get_ok(&format!("/api/v1/jobs/{id}"), &admin);
     assert_eq!(job["status"], "interrupted", "{job}");
     assert_eq!(
-        server.get("/instances/shop/snapshots", &admin),
+        server.get_ok("/api/v1/instances/shop/snapshots", &admin),
         serde_json::json!([]),
         "the interrupted backup wrote a snapshot"
     );

@@ -1,6 +1,8 @@
 //! A `cairn serve` started as a child process for the tests of the server's transport and robustness
-//! (tests/serve.rs, tests/serve_tls.rs, tests/serve_resilience.rs, tests/serve_load.rs): it is started on a free loopback port
-//! (the address read from its stderr), spoken to over real HTTP or HTTPS, and killed when dropped.
+//! (tests/serve.rs, tests/serve_tls.rs, tests/serve_resilience.rs, tests/serve_load.rs) and of its dashboard
+//! (tests/serve_browser.rs): it is started on a free loopback port (or the `--listen` given, e.g. a restart on the
+//! address of a killed server; the address read from its stderr), spoken to over real HTTP or HTTPS, and killed
+//! when dropped.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -126,6 +128,13 @@ impl Server {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
         Self::answer(req.call())
+    }
+
+    /// The JSON (or text) body of a GET with `token` that must answer 200.
+    pub fn get_ok(&self, path: &str, token: &str) -> Value {
+        let (code, body) = self.get(path, Some(token));
+        assert_eq!(code, 200, "GET {path}: {body}");
+        body
     }
 
     pub fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
