@@ -50,6 +50,20 @@ pub fn drop_cached(file: &File) {
     }
 }
 
+/// Asks the kernel to start reading `len` bytes of a file at `offset` into its page cache, without waiting:
+/// a reader that knows which ranges it needs next gets them read while it decodes earlier ones. Advice
+/// only: a failure (or a range past the end) changes nothing and is ignored; the reads report errors.
+pub fn read_ahead(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open for the call's duration.
+    unsafe {
+        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
+    }
+}
+
 /// Mode of the directories cairn creates in a repository.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 /// Mode of the files cairn creates in a repository.

@@ -238,25 +238,9 @@ impl RangeReader for FileReader {
     }
 
     fn will_need(&self, ranges: &[(u64, u64)]) {
-        #[cfg(target_os = "linux")]
         for &(offset, len) in ranges {
-            use std::os::fd::AsRawFd;
-            let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-                continue;
-            };
-            // SAFETY: the descriptor is open (owned by `self.file`) for the whole call; the advice only
-            // starts reads into the page cache.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    offset,
-                    len,
-                    libc::POSIX_FADV_WILLNEED,
-                );
-            }
+            fsutil::read_ahead(&self.file, offset, len);
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = ranges;
     }
 }
 
