@@ -18,12 +18,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use rayon::prelude::*;
+use rusqlite::params;
 use serde::Serialize;
 
 use crate::backend::ObjectKind;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index::DamageRecord;
+use crate::marks::Marks;
 use crate::pack;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -340,8 +342,8 @@ fn check_trees(
         repo,
         r,
         damaged,
-        seen_trees: HashSet::new(),
-        seen_chunks: HashSet::new(),
+        seen_trees: Marks::new(repo, "check_trees")?,
+        seen_chunks: Marks::new(repo, "check_chunks")?,
     };
     for root in snapshots
         .iter()
@@ -349,8 +351,71 @@ fn check_trees(
     {
         walk::walk(repo, &root, &mut v)?;
     }
-    v.r.trees = v.seen_trees.len() as u64;
-    Ok(())
+    v.r.trees = v.seen_trees.len()?;
+    let chunks = v.seen_chunks.in_table()?;
+    check_chunks(repo, chunks, v.r, v.damaged)
+}
+
+/// Checks the chunks in `temp.<table>` with two queries, not a lookup per chunk: each is indexed, and a
+/// delta's chain of bases is indexed and not too long. Rows are read a page at a time (in id order), so
+/// neither the chunks nor the deltas among them are held in memory.
+fn check_chunks(
+    repo: &Repository,
+    table: &str,
+    r: &mut CheckReport,
+    damaged: &mut Damage,
+) -> Result<()> {
+    let unindexed = format!(
+        "SELECT s.id, NULL FROM temp.{table} s LEFT JOIN blobs b ON b.id = s.id
+         LEFT JOIN packs p ON p.pack_no = b.pack_no WHERE p.id IS NULL AND s.id > ?1 ORDER BY s.id LIMIT 1000"
+    );
+    for_each_row(repo, &unindexed, |c, _| {
+        r.errors
+            .push(format!("chunk {c} is referenced but not indexed"));
+        damaged.insert(c, (NO_PACK, "not indexed".into()));
+        Ok(())
+    })?;
+    let deltas = format!(
+        "SELECT s.id, p.id FROM temp.{table} s JOIN blobs b ON b.id = s.id
+         JOIN packs p ON p.pack_no = b.pack_no WHERE b.kind = 2 AND s.id > ?1 ORDER BY s.id LIMIT 1000"
+    );
+    for_each_row(repo, &deltas, |c, pack| {
+        if let Some(problem) = crate::delta::chain_problem(&repo.index(), &c)? {
+            r.errors.push(format!("chunk {c}: {problem}"));
+            damaged.insert(c, (pack.unwrap_or(NO_PACK), problem));
+        }
+        Ok(())
+    })
+}
+
+/// Runs `sql` (rows of an id and an optional pack id, after the id `?1`, at most a page of them) page after
+/// page, handing each row to `f` with the index unlocked.
+fn for_each_row(
+    repo: &Repository,
+    sql: &str,
+    mut f: impl FnMut(Id, Option<Id>) -> Result<()>,
+) -> Result<()> {
+    let bad = || Error::corrupt("index", "blob id");
+    let mut after: Vec<u8> = Vec::new();
+    loop {
+        let page: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+            let idx = repo.index();
+            let mut st = idx.raw().prepare_cached(sql)?;
+            let rows = st.query_map(params![after], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        after = last.clone();
+        for (id, pack) in page {
+            let id = Id::from_slice(&id).ok_or_else(bad)?;
+            let pack = pack
+                .map(|p| Id::from_slice(&p).ok_or_else(bad))
+                .transpose()?;
+            f(id, pack)?;
+        }
+    }
 }
 
 /// The structural walk of [`check_trees`]: each tree once, however many snapshots share it.
@@ -358,13 +423,13 @@ struct TreeCheck<'a> {
     repo: &'a Repository,
     r: &'a mut CheckReport,
     damaged: &'a mut Damage,
-    seen_trees: HashSet<Id>,
-    seen_chunks: HashSet<Id>,
+    seen_trees: Marks<'a>,
+    seen_chunks: Marks<'a>,
 }
 
 impl walk::Visitor for TreeCheck<'_> {
     fn before_tree(&mut self, id: &Id, _: Place) -> Result<Step> {
-        Ok(if self.seen_trees.insert(*id) {
+        Ok(if self.seen_trees.insert(id)? {
             Step::Descend
         } else {
             Step::Skip
@@ -385,24 +450,7 @@ impl walk::Visitor for TreeCheck<'_> {
     fn entry(&mut self, _: Place, node: &Node) -> Result<Step> {
         if let NodeKind::File { chunks, .. } = &node.kind {
             for c in chunks {
-                if !self.seen_chunks.insert(*c) {
-                    continue;
-                }
-                let loc = self.repo.index().lookup(c)?;
-                let Some(loc) = loc else {
-                    self.r
-                        .errors
-                        .push(format!("chunk {c} is referenced but not indexed"));
-                    self.damaged.insert(*c, (NO_PACK, "not indexed".into()));
-                    continue;
-                };
-                if loc.entry.kind == crate::pack::BlobKind::DeltaData {
-                    let problem = crate::delta::chain_problem(&self.repo.index(), c)?;
-                    if let Some(problem) = problem {
-                        self.r.errors.push(format!("chunk {c}: {problem}"));
-                        self.damaged.insert(*c, (loc.pack, problem));
-                    }
-                }
+                self.seen_chunks.insert(c)?;
             }
         }
         Ok(Step::Descend)

@@ -10,8 +10,8 @@
 //! decodes and matches its name, and keeps its data. A snapshot file that does not decode stops prune, since
 //! what it references cannot be known. Rows whose file is missing are roots too (`check` reports them).
 //!
-//! Prune marks every blob reachable from the roots in an on-disk SQLite temporary table (memory
-//! stays flat however many chunks there are), then: deletes packs with nothing reachable; repacks packs whose
+//! Prune marks every blob reachable from the roots in a set that moves from memory into a SQLite temporary
+//! table kept in a file as it grows ([`crate::marks`]: memory stays flat however many chunks there are), then: deletes packs with nothing reachable; repacks packs whose
 //! unreachable share exceeds `max_unused` by copying the reachable blobs' stored bytes (verified first) into
 //! new packs; and removes pack files the index does not know (left by interrupted backups) and temporary
 //! files. Ordering: new packs are durable and their index rows committed before an old pack leaves the index,
@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index_sync;
 use crate::lock;
+use crate::marks::Marks;
 use crate::pack;
 use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
@@ -259,7 +260,8 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     r.wal_files_removed = crate::pitr::prune_wal(repo, opts.dry_run)?;
     let (roots, adopted) = roots(repo, !opts.dry_run)?;
     r.snapshots_adopted = adopted;
-    r.blobs_used = mark(repo, roots)?;
+    let (_used, blobs_used) = mark(repo, roots)?;
+    r.blobs_used = blobs_used;
     let usage = pack_usage(repo)?;
     let on_disk = repo.pack_files()?;
     r.packs_total = usage.len() as u64;
@@ -367,17 +369,17 @@ fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
     Ok((roots, adopted))
 }
 
-/// Marks every blob reachable from `roots` in `temp.used`; returns how many. A referenced blob that is
-/// not indexed, or a tree that does not decode, stops prune: deciding what is garbage in a damaged
-/// repository could delete the only copy of something.
-fn mark(repo: &Repository, roots: Vec<Id>) -> Result<u64> {
-    repo.index().raw().execute_batch(
-        "DROP TABLE IF EXISTS temp.used; CREATE TEMP TABLE used (id BLOB PRIMARY KEY) WITHOUT ROWID;",
-    )?;
-    let mut marker = Marker { repo };
+/// Marks every blob reachable from `roots` in `temp.used` (the set lives as long as the returned value; the
+/// pack usage and the repack read it by that name); returns it with its size. A referenced blob that is not
+/// indexed, or a tree that does not decode, stops prune: deciding what is garbage in a damaged repository
+/// could delete the only copy of something.
+fn mark(repo: &Repository, roots: Vec<Id>) -> Result<(Marks<'_>, u64)> {
+    let mut marker = Marker(Marks::new(repo, "used")?);
     for root in &roots {
         walk::walk(repo, root, &mut marker)?;
     }
+    let mut used = marker.0;
+    used.in_table()?;
     let idx = repo.index();
     // A delta blob keeps its base alive, transitively (format-spec section 5.1).
     crate::delta::mark_bases(&idx)?;
@@ -386,35 +388,22 @@ fn mark(repo: &Repository, roots: Vec<Id>) -> Result<u64> {
         [],
         |r| r.get(0),
     )?;
+    drop(idx);
     if missing > 0 {
         return Err(refuse(&format!(
             "{missing} referenced blobs are not indexed"
         )));
     }
-    Ok(idx
-        .raw()
-        .query_row("SELECT count(*) FROM temp.used", [], |r| r.get::<_, i64>(0))? as u64)
+    let count = used.len()?;
+    Ok((used, count))
 }
 
-/// Marks what it visits in `temp.used`; a tree already marked is not read again (its blobs are marked).
-struct Marker<'r> {
-    repo: &'r Repository,
-}
-
-impl Marker<'_> {
-    /// Marks `id`; false if it was marked already.
-    fn insert(&self, id: &Id) -> Result<bool> {
-        let idx = self.repo.index();
-        let mut st = idx
-            .raw()
-            .prepare_cached("INSERT OR IGNORE INTO temp.used(id) VALUES (?1)")?;
-        Ok(st.execute(params![&id.0[..]])? == 1)
-    }
-}
+/// Marks what it visits; a tree already marked is not read again (its blobs are marked).
+struct Marker<'r>(Marks<'r>);
 
 impl walk::Visitor for Marker<'_> {
     fn before_tree(&mut self, id: &Id, _: walk::Place) -> Result<Step> {
-        Ok(if self.insert(id)? {
+        Ok(if self.0.insert(id)? {
             Step::Descend
         } else {
             Step::Skip
@@ -426,7 +415,7 @@ impl walk::Visitor for Marker<'_> {
     fn entry(&mut self, _: walk::Place, node: &Node) -> Result<Step> {
         if let NodeKind::File { chunks, .. } = &node.kind {
             for c in chunks {
-                self.insert(c)?;
+                self.0.insert(c)?;
             }
         }
         Ok(Step::Descend)

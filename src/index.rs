@@ -274,6 +274,13 @@ fn with_os_cause(conn: &Connection, path: &Path, e: rusqlite::Error) -> Error {
 }
 
 /// `path` as the path of an SQLite `file:` URI: bytes other than unreserved ones and `/` percent-encoded.
+/// Temporary tables and the sorts of large queries go to a file, not memory (the bundled SQLite is built
+/// with `SQLITE_TEMP_STORE=2`, memory by default): prune's, check's and stats' sets of ids
+/// ([`crate::marks`]) grow with the repository, and the process's memory must not.
+fn temp_in_file(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "temp_store", "FILE")
+}
+
 fn uri_path(path: &Path) -> String {
     let mut out = String::new();
     for &b in path.as_os_str().as_bytes() {
@@ -347,6 +354,7 @@ impl Index {
 
     fn set_up(conn: &Connection) -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(120))?;
+        temp_in_file(conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // `IF NOT EXISTS` statements write nothing when the tables exist; the version row is written once.
@@ -406,6 +414,7 @@ impl Index {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(120))?;
+        temp_in_file(&conn)?;
         // The first statement is what really opens the files (and fails if the -shm cannot be had).
         check_schema_version(&conn).map_err(|e| match e {
             Error::Index(e) => with_os_cause(&conn, path, e),

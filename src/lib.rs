@@ -40,6 +40,7 @@ pub mod interrupt;
 pub mod latest;
 pub mod lock;
 pub mod log_file;
+pub mod marks;
 pub mod mount;
 pub mod object_io;
 pub mod overview;

@@ -15,15 +15,16 @@
 //! the repository's footprint), `blob_bytes` (stored size of every indexed blob) and `unreferenced_bytes`
 //! (stored size of blobs no snapshot needs, which `prune` can reclaim).
 //!
-//! The walk (the one walk, [`crate::walk`]) keeps the ids it has seen in memory (32 bytes per blob and tree); a referenced blob the index
-//! does not list is counted in `missing_blobs` (run `cairn check`) rather than guessed.
+//! The walk (the one walk, [`crate::walk`]) keeps the ids it has seen in a set that moves into a SQLite
+//! temporary table as it grows ([`crate::marks`]), so memory does not grow with the repository; a referenced blob the index does not
+//! list is counted in `missing_blobs` (run `cairn check`) rather than guessed.
 
-use std::collections::HashSet;
-
+use rusqlite::params;
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::hashing::Id;
+use crate::marks::Marks;
 use crate::pack::BlobKind;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
@@ -69,53 +70,56 @@ pub fn usage<'a>(
         u.logical_bytes += s.summary.bytes_total;
         roots.extend(s.tree.into_iter().chain(s.stream_tree));
     }
-    let mut tally = Tally {
-        repo,
-        seen: HashSet::new(),
-        data_stored: 0,
-        u,
-    };
+    let mut seen = Tally(Marks::new(repo, "stats_seen")?);
     for root in roots {
-        walk::walk(repo, &root, &mut tally)?;
+        walk::walk(repo, &root, &mut seen)?;
     }
-    let (mut u, data_stored) = (tally.u, tally.data_stored);
+    let data_stored = add_sizes(repo, &mut seen.0, &mut u)?;
     u.dedup_ratio = ratio(u.logical_bytes, u.unique_bytes);
     u.compression_ratio = ratio(u.unique_bytes, data_stored);
     Ok(u)
 }
 
-/// Counts each blob the walk meets once (trees before they are read, so a shared subtree is walked once).
-struct Tally<'r> {
-    repo: &'r Repository,
-    seen: HashSet<Id>,
-    data_stored: u64,
-    u: Usage,
+/// Adds the sizes of the blobs in `seen` to `u` (one query over the set, not a lookup per blob); returns
+/// the stored size of the data chunks among them. A blob without an index row naming a pack is missing.
+fn add_sizes(repo: &Repository, seen: &mut Marks, u: &mut Usage) -> Result<u64> {
+    let table = seen.in_table()?;
+    let sums = repo.index().raw().query_row(
+        &format!(
+            "SELECT count(p.id),
+                    coalesce(sum(CASE WHEN p.id IS NOT NULL THEN b.stored_len END), 0),
+                    coalesce(sum(CASE WHEN p.id IS NOT NULL AND b.kind != ?1 THEN b.raw_len END), 0),
+                    coalesce(sum(CASE WHEN p.id IS NOT NULL AND b.kind != ?1 THEN b.stored_len END), 0),
+                    count(*)
+             FROM temp.{table} s
+             LEFT JOIN blobs b ON b.id = s.id
+             LEFT JOIN packs p ON p.pack_no = b.pack_no"
+        ),
+        params![BlobKind::Tree as u8],
+        |r| {
+            Ok([
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ])
+        },
+    )?;
+    let [found, stored, unique, data_stored, all] = sums.map(|n| n.max(0) as u64);
+    u.blob_count += found;
+    u.stored_bytes += stored;
+    u.unique_bytes += unique;
+    u.missing_blobs += all - found;
+    Ok(data_stored)
 }
 
-impl Tally<'_> {
-    /// Counts `id` if it is new; whether it was.
-    fn count(&mut self, id: &Id) -> Result<bool> {
-        if !self.seen.insert(*id) {
-            return Ok(false);
-        }
-        match self.repo.with_reader(|r| r.lookup(id))? {
-            Some(loc) => {
-                self.u.blob_count += 1;
-                self.u.stored_bytes += u64::from(loc.entry.stored_len);
-                if loc.entry.kind != BlobKind::Tree {
-                    self.u.unique_bytes += u64::from(loc.entry.raw_len);
-                    self.data_stored += u64::from(loc.entry.stored_len);
-                }
-            }
-            None => self.u.missing_blobs += 1,
-        }
-        Ok(true)
-    }
-}
+/// Collects each blob the walk meets once (trees before they are read, so a shared subtree is walked once).
+struct Tally<'r>(Marks<'r>);
 
 impl walk::Visitor for Tally<'_> {
     fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
-        Ok(if self.count(id)? {
+        Ok(if self.0.insert(id)? {
             walk::Step::Descend
         } else {
             walk::Step::Skip
@@ -124,7 +128,7 @@ impl walk::Visitor for Tally<'_> {
     fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
         if let NodeKind::File { chunks, .. } = &node.kind {
             for c in chunks {
-                self.count(c)?;
+                self.0.insert(c)?;
             }
         }
         Ok(walk::Step::Descend)

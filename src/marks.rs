@@ -1,0 +1,202 @@
+//! Sets of ids that grow with the repository: the blobs and trees a walk over every snapshot has met
+//! (prune's mark, `check`'s structural walk, `stats`).
+//!
+//! What it owns: a set kept in memory while it is small ([`IN_MEMORY`] ids, a few MB), then moved into
+//! a table of the index connection's temporary database, which the index keeps in a file (`PRAGMA
+//! temp_store = FILE`, set on every connection in [`crate::index`]). So a walk over a small repository runs
+//! at hash-set speed, and one over ten million blobs costs SQLite's bounded page cache, not 50 bytes or more
+//! per id of the process's memory: memory does not grow with the repository.
+//!
+//! Invariants: a set starts empty (an older table of the same name is dropped) and its table is dropped
+//! when the value is; once moved, the set lives only in `temp.<table>` (which other SQL may join against
+//! after [`Marks::in_table`]). The index lock is held only for one statement, or one transaction while the
+//! set moves, so lookups on the same connection may run between inserts. Read-only and immutable index
+//! connections can hold temporary tables too (SQLite writes them to its own temporary file), so `check` and
+//! `stats` work on a repository this process cannot write.
+
+use std::collections::HashSet;
+
+use rusqlite::params;
+
+use crate::error::Result;
+use crate::hashing::Id;
+use crate::repo::Repository;
+
+/// Ids a set keeps in memory before it moves into its table (32-byte ids plus the hash set's overhead:
+/// about 3 MB, and the sorted copy made while it moves). Below it a walk runs at hash-set speed; above it
+/// each id costs a B-tree insert (a few microseconds), as prune's marks always did.
+pub const IN_MEMORY: usize = 1 << 16;
+
+/// A set of ids: in memory while small, then in the table `temp.<table>`.
+pub struct Marks<'r> {
+    repo: &'r Repository,
+    table: &'static str,
+    /// The set while it is in memory; `None` once it has moved into the table.
+    memory: Option<HashSet<Id>>,
+    /// Ids kept in memory at most (a parameter for tests).
+    limit: usize,
+}
+
+impl<'r> Marks<'r> {
+    /// An empty set whose table (once it needs one) is `temp.<table>`.
+    pub fn new(repo: &'r Repository, table: &'static str) -> Result<Marks<'r>> {
+        Self::with_limit(repo, table, IN_MEMORY)
+    }
+
+    fn with_limit(repo: &'r Repository, table: &'static str, limit: usize) -> Result<Marks<'r>> {
+        repo.index().raw().execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.{table}; \
+             CREATE TEMP TABLE {table} (id BLOB PRIMARY KEY) WITHOUT ROWID;"
+        ))?;
+        Ok(Marks {
+            repo,
+            table,
+            memory: Some(HashSet::new()),
+            limit,
+        })
+    }
+
+    /// Adds `id`; true if it was not in the set.
+    pub fn insert(&mut self, id: &Id) -> Result<bool> {
+        if let Some(memory) = &mut self.memory {
+            let new = memory.insert(*id);
+            if memory.len() > self.limit {
+                self.move_to_table()?;
+            }
+            return Ok(new);
+        }
+        let idx = self.repo.index();
+        let mut st = idx.raw().prepare_cached(&format!(
+            "INSERT OR IGNORE INTO temp.{}(id) VALUES (?1)",
+            self.table
+        ))?;
+        Ok(st.execute(params![&id.0[..]])? == 1)
+    }
+
+    /// How many ids the set holds.
+    pub fn len(&self) -> Result<u64> {
+        if let Some(memory) = &self.memory {
+            return Ok(memory.len() as u64);
+        }
+        let n: i64 = self.repo.index().raw().query_row(
+            &format!("SELECT count(*) FROM temp.{}", self.table),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Moves the set into its table (if it is not there yet), for SQL that joins against `temp.<table>`.
+    pub fn in_table(&mut self) -> Result<&'static str> {
+        self.move_to_table()?;
+        Ok(self.table)
+    }
+
+    /// Writes the in-memory ids into the table in one transaction (in id order: appends to the B-tree).
+    fn move_to_table(&mut self) -> Result<()> {
+        let Some(memory) = self.memory.take() else {
+            return Ok(());
+        };
+        let mut ids: Vec<Id> = memory.into_iter().collect();
+        ids.sort_unstable_by_key(|id| id.0);
+        let idx = self.repo.index();
+        // A savepoint, not BEGIN: it nests in a transaction the caller may hold on this connection.
+        idx.raw().execute_batch("SAVEPOINT marks")?;
+        let written = (|| -> Result<()> {
+            let mut st = idx.raw().prepare_cached(&format!(
+                "INSERT OR IGNORE INTO temp.{}(id) VALUES (?1)",
+                self.table
+            ))?;
+            for id in &ids {
+                st.execute(params![&id.0[..]])?;
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => idx.raw().execute_batch("RELEASE marks")?,
+            Err(e) => {
+                let _ = idx.raw().execute_batch("ROLLBACK TO marks; RELEASE marks");
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Marks<'_> {
+    fn drop(&mut self) {
+        // Best effort: the table lives only as long as the connection anyway.
+        let _ = self
+            .repo
+            .index()
+            .raw()
+            .execute_batch(&format!("DROP TABLE IF EXISTS temp.{}", self.table));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_set_moves_from_memory_into_a_temporary_file_keeps_its_answers_and_goes_with_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
+        let temp_store: i64 = repo
+            .index()
+            .raw()
+            .query_row("PRAGMA temp_store", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            temp_store, 1,
+            "temporary tables must be kept in a file, not in memory"
+        );
+        let tables = |repo: &Repository| -> i64 {
+            repo.index()
+                .raw()
+                .query_row(
+                    "SELECT count(*) FROM sqlite_temp_master WHERE name = 'seen'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let rows = |repo: &Repository| -> i64 {
+            repo.index()
+                .raw()
+                .query_row("SELECT count(*) FROM temp.seen", [], |r| r.get(0))
+                .unwrap()
+        };
+        let ids: Vec<Id> = (0..100u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        // Ten ids in memory at most: the set moves into its table on the eleventh and keeps its answers.
+        let mut marks = Marks::with_limit(&repo, "seen", 10).unwrap();
+        assert!(marks.is_empty().unwrap());
+        for (n, id) in ids.iter().enumerate() {
+            assert!(marks.insert(id).unwrap(), "id {n} is new");
+            assert!(!marks.insert(id).unwrap(), "id {n} was just added");
+            assert!(
+                !marks.insert(&ids[n / 2]).unwrap(),
+                "id {} was added before",
+                n / 2
+            );
+            assert_eq!(marks.len().unwrap(), n as u64 + 1);
+            assert_eq!(rows(&repo), if n < 10 { 0 } else { n as i64 + 1 });
+        }
+        assert_eq!(tables(&repo), 1);
+        drop(marks);
+        assert_eq!(tables(&repo), 0);
+        // A new set of the same name starts empty; `in_table` moves a small one for SQL to join against.
+        let mut again = Marks::new(&repo, "seen").unwrap();
+        assert!(again.insert(&ids[0]).unwrap());
+        assert_eq!(again.in_table().unwrap(), "seen");
+        assert_eq!(rows(&repo), 1);
+        assert!(!again.insert(&ids[0]).unwrap());
+        assert_eq!(again.len().unwrap(), 1);
+    }
+}
