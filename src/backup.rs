@@ -17,10 +17,12 @@
 //! in the metadata under [`RESOLVED_PATHS_KEY`], so that an in-place restore can check that the path still
 //! leads to what was backed up.
 //!
+//! Submodules: [`sources`] resolves and names the source paths, [`stream_source`] is what a stream is read
+//! from (stdin, a command, a database dump).
+//!
 //! Change detection: a file whose size, mtime, ctime and inode equal those recorded in the parent snapshot is
 //! not read; its chunk list is reused (unless `force`).
 
-use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
@@ -36,7 +38,7 @@ use rayon::prelude::*;
 
 use crate::chunking::{Batch, ChunkReader};
 use crate::config::ChunkerParams;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::exclude::{ExcludeOptions, ExcludedReport, Filter, Place};
 use crate::hashing::Id;
 use crate::lock;
@@ -47,78 +49,13 @@ use crate::repo::Repository;
 use crate::snapshot::{Snapshot, StreamInfo, Summary, SNAPSHOT_VERSION};
 use crate::tree::{valid_name, Meta, Node, NodeKind, Tree};
 
-/// A stream to store, e.g. a database dump from a child process.
-pub struct StreamSource {
-    pub name: String,
-    pub reader: Box<dyn Read + Send>,
-    /// Called once the reader reached its end; an error cancels the snapshot (e.g. the producer exited
-    /// non-zero, so what was read may be truncated).
-    pub finish: Box<dyn FnOnce() -> Result<()> + Send>,
-}
+mod sources;
+mod stream_source;
 
-/// Kills and reaps a child process unless it was waited for: a backup that fails early must not leave its
-/// producer running.
-pub(crate) struct ChildGuard(pub(crate) Option<std::process::Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl StreamSource {
-    /// A stream read from a child's standard output. The child's non-zero exit (or death by a signal) makes
-    /// the backup fail with no snapshot: its output may be truncated.
-    pub fn from_command(name: &str, argv: &[String]) -> Result<StreamSource> {
-        let (prog, args) = argv.split_first().ok_or_else(|| {
-            Error::Invalid("--stdin-from-command needs a command after `--`".into())
-        })?;
-        let mut child = std::process::Command::new(prog)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Command(format!("cannot run {prog}: {e}")))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Command(format!("{prog}: no stdout pipe")))?;
-        let mut guard = ChildGuard(Some(child));
-        let prog = prog.clone();
-        Ok(StreamSource {
-            name: name.to_string(),
-            reader: Box::new(stdout),
-            finish: Box::new(move || {
-                let mut child = guard
-                    .0
-                    .take()
-                    .ok_or_else(|| Error::Command("child already reaped".into()))?;
-                let status = child
-                    .wait()
-                    .map_err(|e| Error::Command(format!("{prog}: {e}")))?;
-                if status.success() {
-                    Ok(())
-                } else {
-                    Err(Error::Command(format!(
-                        "{prog} failed ({status}); no snapshot written"
-                    )))
-                }
-            }),
-        })
-    }
-
-    /// A stream read from standard input.
-    pub fn from_stdin(name: &str) -> StreamSource {
-        StreamSource {
-            name: name.to_string(),
-            reader: Box::new(std::io::stdin()),
-            finish: Box::new(|| Ok(())),
-        }
-    }
-}
+pub(crate) use sources::set_metadata;
+use sources::{literal_sources, record_excludes, record_resolved, resolve_sources};
+pub(crate) use stream_source::ChildGuard;
+pub use stream_source::StreamSource;
 
 /// Which snapshot to compare files against.
 #[derive(Debug, Clone, Default)]
@@ -269,114 +206,6 @@ fn run(
         warnings: job.warnings.into_inner().unwrap_or_else(|p| p.into_inner()),
         excluded: job.excluded.into_inner().unwrap_or_else(|p| p.into_inner()),
     })
-}
-
-/// A source to read: its resolved path and its root-tree name.
-type Source = (PathBuf, Vec<u8>);
-
-/// The sources to read (root-tree names must be distinct) and the paths to record (as given; see the
-/// module docs).
-fn resolve_sources(paths: &[PathBuf]) -> Result<(Vec<Source>, Vec<String>)> {
-    let mut seen = BTreeSet::new();
-    let mut sources = Vec::new();
-    let mut recorded = Vec::new();
-    for p in paths {
-        let resolved = p.canonicalize().at(p)?;
-        let named = named_path(p, &resolved);
-        let name = named
-            .file_name()
-            .map(|n| n.as_bytes().to_vec())
-            .unwrap_or_else(|| b"root".to_vec());
-        if !seen.insert(name.clone()) {
-            return Err(Error::Invalid(format!(
-                "two source paths end in the same name {:?}; back them up separately",
-                String::from_utf8_lossy(&name)
-            )));
-        }
-        recorded.push(named.to_string_lossy().into_owned());
-        sources.push((resolved, name));
-    }
-    Ok((sources, recorded))
-}
-
-/// `p` made absolute without resolving symlinks; the resolved path when `p` has a `..` (which only the
-/// file system can interpret) or no last component.
-fn named_path(p: &Path, resolved: &Path) -> PathBuf {
-    match std::path::absolute(p) {
-        Ok(abs)
-            if abs.file_name().is_some()
-                && !abs
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir) =>
-        {
-            abs
-        }
-        _ => resolved.to_path_buf(),
-    }
-}
-
-/// Adds the recorded paths that differ from what they resolved to to the metadata.
-fn record_resolved(
-    metadata: &mut Option<serde_json::Value>,
-    sources: &[Source],
-    recorded: &[String],
-) {
-    let differing: serde_json::Map<String, serde_json::Value> = sources
-        .iter()
-        .zip(recorded)
-        .map(|((resolved, _), named)| (named.clone(), resolved.to_string_lossy().into_owned()))
-        .filter(|(named, resolved)| named != resolved)
-        .map(|(named, resolved)| (named, resolved.into()))
-        .collect();
-    if !differing.is_empty() {
-        set_metadata(metadata, RESOLVED_PATHS_KEY, differing.into());
-    }
-}
-
-/// Sets `key` in the snapshot metadata, making it an object first (a non-object value is kept under
-/// `previous`).
-pub(crate) fn set_metadata(
-    metadata: &mut Option<serde_json::Value>,
-    key: &str,
-    value: serde_json::Value,
-) {
-    let m = metadata.get_or_insert_with(|| serde_json::json!({}));
-    if !m.is_object() {
-        *m = serde_json::json!({ "previous": m.take() });
-    }
-    m[key] = value;
-}
-
-/// Source paths whose parent directory is resolved but whose last component is kept as is, with their
-/// root-tree names; names must be distinct.
-fn literal_sources(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for p in paths {
-        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-            return Err(Error::Invalid(format!(
-                "{}: not a named entry",
-                p.display()
-            )));
-        };
-        let abs = parent.canonicalize().at(parent)?.join(name);
-        if !seen.insert(name.as_bytes().to_vec()) {
-            return Err(Error::Invalid(format!(
-                "two source paths end in the same name {:?}",
-                name
-            )));
-        }
-        out.push((abs, name.as_bytes().to_vec()));
-    }
-    Ok(out)
-}
-
-/// Records the exclude options in the metadata, so that a snapshot says what it leaves out.
-fn record_excludes(metadata: &mut Option<serde_json::Value>, excludes: &ExcludeOptions) {
-    if !excludes.is_empty() {
-        let value = serde_json::to_value(excludes).unwrap_or_default();
-        set_metadata(metadata, "excludes", value);
-    }
 }
 
 fn find_parent(

@@ -9,7 +9,7 @@
 //! The one exception is `damaged_blobs`, the record of stored copies that failed verification: no pack says
 //! a copy of itself is bad, so `repair index` carries these rows over from the old index (format-spec, "Index").
 //! A blob whose indexed copy is recorded damaged is not usable for deduplication, and indexing a new copy of it
-//! moves its row to that copy.
+//! moves its row to that copy. Those records are kept by [`damage`], the snapshot rows by [`snapshots`].
 //!
 //! Opening: [`Index::open`] writes nothing to an index that is already set up, so a full disk can still open
 //! it; [`Index::open_read_only`] serves repositories that cannot be written here (see [`Access`]). The
@@ -22,11 +22,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::pack::{BlobEntry, BlobKind, Compression};
+
+mod damage;
+mod snapshots;
+
+pub use damage::DamageRecord;
 
 /// Version of the schema below; stored in `meta`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -151,28 +156,6 @@ fn record_pack(
 const LOOKUP_SQL: &str = "SELECT (SELECT p.id FROM packs p WHERE p.pack_no = b.pack_no),
     b.kind, b.compression, b.offset, b.stored_len, b.raw_len, b.base
     FROM blobs b WHERE b.id = ?1";
-
-/// A stored copy of a blob that failed verification: the copy in `pack` is damaged (format-spec, "Index").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DamageRecord {
-    pub blob: Id,
-    pub pack: Id,
-    /// RFC 3339 time it was found.
-    pub found: String,
-    pub reason: String,
-}
-
-impl DamageRecord {
-    /// A record found now.
-    pub fn now(blob: Id, pack: Id, reason: impl Into<String>) -> DamageRecord {
-        DamageRecord {
-            blob,
-            pack,
-            found: chrono::Utc::now().to_rfc3339(),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,28 +293,6 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
         )),
         None => Err(Error::corrupt("index", "no schema version recorded")),
     }
-}
-
-/// Inserts or replaces the row of a snapshot.
-fn insert_snapshot(conn: &Connection, snap: &crate::snapshot::Snapshot, id: &str) -> Result<()> {
-    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
-    conn.execute(
-        "INSERT OR REPLACE INTO snapshots(id, time, host, instance, tags, paths, stream_names, tree, partial, json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            id,
-            snap.time.to_rfc3339(),
-            snap.host,
-            snap.instance,
-            json(&snap.tags),
-            json(&snap.paths),
-            json(&snap.stream_names()),
-            snap.tree.map(|t| t.to_hex()),
-            snap.partial,
-            serde_json::to_string(snap).map_err(|e| Error::corrupt("snapshot", e))?,
-        ],
-    )?;
-    Ok(())
 }
 
 impl Index {
@@ -586,166 +547,6 @@ impl Index {
         )?;
         tx.commit()?;
         Ok(())
-    }
-
-    /// Records damaged copies (a copy already recorded keeps its first record).
-    pub fn record_damage(&self, records: &[DamageRecord]) -> Result<()> {
-        if records.is_empty() {
-            // Nothing to write: a read-only index must not fail here.
-            return Ok(());
-        }
-        let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO damaged_blobs(blob, pack, found, reason) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for r in records {
-                st.execute(params![&r.blob.0[..], &r.pack.0[..], r.found, r.reason])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Removes records that a full read proved wrong (the copy verifies).
-    pub fn clear_damage(&self, records: &[DamageRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut st =
-                tx.prepare_cached("DELETE FROM damaged_blobs WHERE blob = ?1 AND pack = ?2")?;
-            for r in records {
-                st.execute(params![&r.blob.0[..], &r.pack.0[..]])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Every damage record.
-    pub fn damage_records(&self) -> Result<Vec<DamageRecord>> {
-        self.query_damage("SELECT blob, pack, found, reason FROM damaged_blobs ORDER BY blob, pack")
-    }
-
-    /// Damage records of copies that are still the indexed location of their blob: the blob is unusable
-    /// (for reading and for deduplication) until a new copy is stored or the snapshots needing it repaired.
-    pub fn damage_in_use(&self) -> Result<Vec<DamageRecord>> {
-        self.query_damage(
-            "SELECT d.blob, d.pack, d.found, d.reason FROM damaged_blobs d
-             WHERE d.pack = (SELECT p.id FROM packs p
-                             WHERE p.pack_no = (SELECT b.pack_no FROM blobs b WHERE b.id = d.blob))
-             ORDER BY d.blob",
-        )
-    }
-
-    /// Indexed packs holding a damaged copy that is no longer indexed (a good copy superseded it, or nothing
-    /// needs the blob): `prune` rewrites them without it.
-    pub fn packs_with_superseded_damage(&self) -> Result<std::collections::HashSet<Id>> {
-        let rows = self.query_damage(
-            "SELECT d.blob, d.pack, d.found, d.reason FROM damaged_blobs d
-             WHERE EXISTS (SELECT 1 FROM packs p WHERE p.id = d.pack)
-               AND d.pack IS NOT (SELECT p.id FROM packs p
-                                  WHERE p.pack_no = (SELECT b.pack_no FROM blobs b WHERE b.id = d.blob))",
-        )?;
-        Ok(rows.into_iter().map(|r| r.pack).collect())
-    }
-
-    /// Runs a query of damage records; none when the index predates the table and was opened read-only.
-    fn query_damage(&self, sql: &str) -> Result<Vec<DamageRecord>> {
-        let mut exists = self.conn.prepare_cached(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'damaged_blobs'",
-        )?;
-        if !exists.exists([])? {
-            return Ok(Vec::new());
-        }
-        let mut st = self.conn.prepare_cached(sql)?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (blob, pack, found, reason) = row?;
-            let id = |b: &[u8]| {
-                Id::from_slice(b).ok_or_else(|| Error::corrupt("index", "damaged blob id"))
-            };
-            Ok(DamageRecord {
-                blob: id(&blob)?,
-                pack: id(&pack)?,
-                found,
-                reason,
-            })
-        })
-        .collect()
-    }
-
-    /// Records a snapshot row (a cache of the snapshot file).
-    pub fn add_snapshot(&self, snap: &crate::snapshot::Snapshot, id: &str) -> Result<()> {
-        insert_snapshot(&self.conn, snap, id)
-    }
-
-    /// Records a snapshot row in a transaction that commits only once `write_object` (which writes the
-    /// snapshot file durably) has succeeded: readers of the index never see a row before its file is durable,
-    /// and a row that cannot be inserted means the file is never written (format-spec, "Write ordering").
-    pub fn add_snapshot_with(
-        &mut self,
-        snap: &crate::snapshot::Snapshot,
-        id: &str,
-        write_object: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        insert_snapshot(&tx, snap, id)?;
-        write_object()?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// True if the snapshot has a row.
-    pub fn has_snapshot(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT 1 FROM snapshots WHERE id = ?1")?
-            .exists(params![id])?)
-    }
-
-    /// Removes a snapshot row.
-    pub fn remove_snapshot(&self, id: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM snapshots WHERE id = ?1", params![id])?;
-        Ok(())
-    }
-
-    /// Every snapshot, oldest first, as (id, snapshot).
-    pub fn snapshots(&self) -> Result<Vec<(String, crate::snapshot::Snapshot)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, json FROM snapshots ORDER BY time, id")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|r| {
-            let (id, json) = r?;
-            let snap = serde_json::from_str(&json)
-                .map_err(|e| Error::corrupt(format!("snapshot row {id}"), e))?;
-            Ok((id, snap))
-        })
-        .collect()
-    }
-
-    /// Snapshot ids starting with `prefix`.
-    pub fn snapshot_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id FROM snapshots WHERE substr(id, 1, length(?1)) = ?1 LIMIT 10")?;
-        let ids = st
-            .query_map(params![prefix], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(ids)
     }
 
     /// Deletes every row (used by `repair index` before a rebuild into a fresh file).
