@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peak memory of the commands that visit every blob a repository's snapshots reference (`check`, `stats`,
-# `prune`), as the number of blobs grows (BENCHMARKS.md, "Walks over every blob: memory"). A plaintext
+# `prune`, `copy` into an empty repository that shares the keys), as the number of blobs grows (BENCHMARKS.md, "Walks over every blob: memory"). A plaintext
 # repository whose stream chunker is set to FastCDC's smallest sizes (64 / 256 / 1024 bytes) takes
 # snapshots of 8 MiB of random bytes each from stdin (about 27,000 chunks per snapshot), so the blob count
 # grows with the number of snapshots while each snapshot, and its chunk list, stays the same size. Usage:
@@ -40,6 +40,10 @@ PY
     echo "  check:           $(rss "$bin" --repo "$repo" --quiet check)"
     echo "  stats:           $(rss "$bin" --repo "$repo" --quiet stats)"
     echo "  prune --dry-run: $(rss "$bin" --repo "$repo" --quiet prune --dry-run)"
+    rm -rf "$repo-copy"
+    "$bin" --repo "$repo-copy" --quiet init --from-repo "$repo"
+    echo "  copy:            $(rss "$bin" --repo "$repo-copy" --quiet copy --from-repo "$repo")"
+    rm -rf "$repo-copy"
   done
   rm -rf "$repo"
 done

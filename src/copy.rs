@@ -20,6 +20,11 @@
 //! blobs deduplicate) and writes the snapshots. Snapshots already in the target (by origin) are skipped, so
 //! a second run copies nothing.
 //!
+//! Memory: the walk saves what it finds in bounded batches ([`PENDING_CHUNKS`], [`PENDING_TREE_BYTES`]),
+//! and the set of trees a run has walked is a [`Marks`] set (moved to disk as it grows), so a copy's memory
+//! grows neither with the number of snapshots copied nor with the number of files in one (a single file's
+//! chunk list is held whole, as its tree holds it).
+//!
 //! Locks: the source takes a reader's shared lock (no prune deletes a pack under the copy), the target the
 //! shared lock a backup takes.
 
@@ -35,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::instance_store::State;
 use crate::lock;
+use crate::marks::Marks;
 use crate::pack::BlobKind;
 use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
@@ -107,8 +113,8 @@ pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<Co
         HashMap::new()
     };
     let mut report = CopyReport::default();
-    // Trees this run completed in the target (their data is durable there): not walked again.
-    let mut complete: HashSet<Id> = HashSet::new();
+    // Trees this run has walked (moved to the target's index connection as the set grows).
+    let mut seen = Marks::new(dst, "copy_seen")?;
     let mut rewritten = rewrite::Rewritten::default();
     let pool = copy_pool(src)?;
     for (id, snap) in wanted {
@@ -130,7 +136,7 @@ pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<Co
                 out.bytes_stored,
             )
         } else {
-            copy_snapshot(src, dst, &id, &snap, &mut complete, &pool)?
+            copy_snapshot(src, dst, &id, &snap, &mut seen, &pool)?
         };
         let target = Id::from_hex(&one.0.target_id).unwrap_or(id);
         held.insert(origin(&id, &snap), target);
@@ -209,103 +215,116 @@ fn snapshot_bytes(src: &Repository, id: &Id) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// What one snapshot's walk found: its trees in the order they must be saved (children first), with their
-/// bytes, and its data chunks with the zstd level they are stored at.
-#[derive(Default)]
-struct Needed {
-    trees: Vec<(Id, Vec<u8>)>,
-    chunks: Vec<(Id, i32)>,
-    seen: HashSet<Id>,
-}
+/// Data chunks and tree bytes the walk holds before saving them, at most: memory stays bounded whatever the
+/// size of a snapshot.
+const PENDING_CHUNKS: usize = 4096;
+const PENDING_TREE_BYTES: usize = 8 << 20;
 
-/// Collects what the walk of one root needs copied: trees after their children (as [`walk::Visitor::tree_done`]
-/// gives them), each data chunk once.
-struct Collect<'a> {
-    level: i32,
-    complete: &'a HashSet<Id>,
-    out: &'a mut Needed,
-    /// The stored bytes of trees read but not yet done (the copy keeps a tree's bytes as they are).
-    raw: &'a RefCell<HashMap<Id, Vec<u8>>>,
-}
-
-impl walk::Visitor for Collect<'_> {
-    fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
-        let new = !self.complete.contains(id) && self.out.seen.insert(*id);
-        Ok(if new {
-            walk::Step::Descend
-        } else {
-            walk::Step::Skip
-        })
-    }
-    fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
-        if let NodeKind::File { chunks, .. } = &node.kind {
-            for c in chunks {
-                if self.out.seen.insert(*c) {
-                    self.out.chunks.push((*c, self.level));
-                }
-            }
-        }
-        Ok(walk::Step::Descend)
-    }
-    fn tree_done(&mut self, id: &Id, _at: walk::Place) -> Result<()> {
-        let raw = self.raw.borrow_mut().remove(id);
-        let raw = raw.ok_or_else(|| Error::Invalid(format!("copy: tree {id} was not read")))?;
-        self.out.trees.push((*id, raw));
-        Ok(())
-    }
-}
-
-/// Walks the tree `root` of the source (reading and verifying every tree) through the one tree walk.
-fn collect(
-    src: &Repository,
-    root: Id,
-    level: i32,
-    complete: &HashSet<Id>,
-    out: &mut Needed,
-) -> Result<()> {
-    let raw = RefCell::new(HashMap::new());
-    let source = walk::FnSource(|id: &Id| {
-        let bytes = src.read_blob(id)?;
-        let tree = Tree::decode(&bytes).map_err(|e| match e {
-            Error::Corrupt { detail, .. } => Error::corrupt(format!("tree {id}"), detail),
-            other => other,
-        })?;
-        raw.borrow_mut().insert(*id, bytes);
-        Ok(tree)
-    });
-    let mut visitor = Collect {
-        level,
-        complete,
-        out,
-        raw: &raw,
-    };
-    walk::walk(&source, &root, &mut visitor)
-}
-
-/// Copies one snapshot's missing blobs, then its object; returns what it did and the bytes stored.
+/// Copies one snapshot's missing blobs, then its object; returns what it did and the bytes stored. `seen`
+/// holds every tree this run has walked (with everything below it): those of earlier snapshots are durable
+/// in the target (their snapshot was saved, or the run would have ended), those of this one are saved
+/// before it is. Chunks are not kept in a set: the writer knows which ones the target has.
 fn copy_snapshot(
     src: &Repository,
     dst: &Repository,
     id: &Id,
     snap: &Snapshot,
-    complete: &mut HashSet<Id>,
+    seen: &mut Marks,
     pool: &rayon::ThreadPool,
 ) -> Result<(CopiedSnapshot, u64)> {
     let bytes = snapshot_bytes(src, id)?;
-    let mut needed = Needed::default();
     let levels = [
         (snap.tree, dst.config().compression_level),
         (snap.stream_tree, dst.config().stream_level()),
     ];
-    for (root, level) in levels {
-        if let Some(root) = root {
-            collect(src, root, level, complete, &mut needed)?;
-        }
-    }
     let present = AtomicU64::new(0);
     let (copied, stored) = PackWriter::scope(dst, |w| {
-        pool.install(|| {
-            needed.chunks.par_iter().try_for_each(|(c, level)| {
+        let mut copier = Copier {
+            src,
+            dst,
+            w,
+            pool,
+            present: &present,
+            pending: Pending::default(),
+        };
+        for (root, level) in levels {
+            if let Some(root) = root {
+                copier.walk(root, level, seen)?;
+            }
+        }
+        copier.save_pending()?;
+        w.flush()?;
+        Ok((
+            w.stats.blobs_new.load(Ordering::Relaxed),
+            w.stats.bytes_stored.load(Ordering::Relaxed),
+        ))
+    })?;
+    dst.save_snapshot_encoded(snap, &bytes)?;
+    Ok((
+        copied_snapshot(id, *id, snap, copied, present.load(Ordering::Relaxed)),
+        stored,
+    ))
+}
+
+/// What the walk found to copy and has not saved yet: data chunks with the zstd level they are stored at,
+/// and trees with their bytes in the order they must be saved (children first, as
+/// [`walk::Visitor::tree_done`] gives them).
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<(Id, i32)>,
+    /// The chunks above, each once per batch (a chunk met again in a later batch is found saved by the
+    /// writer and counted present).
+    chunk_ids: HashSet<Id>,
+    trees: Vec<(Id, Vec<u8>)>,
+    tree_bytes: usize,
+}
+
+/// Saves what one snapshot's walk finds into the target, a bounded batch at a time.
+struct Copier<'a> {
+    src: &'a Repository,
+    dst: &'a Repository,
+    w: &'a PackWriter<'a>,
+    pool: &'a rayon::ThreadPool,
+    present: &'a AtomicU64,
+    pending: Pending,
+}
+
+impl Copier<'_> {
+    /// Walks the tree `root` of the source (reading and verifying every tree) through the one tree walk,
+    /// saving what the target lacks as it goes.
+    fn walk(&mut self, root: Id, level: i32, seen: &mut Marks) -> Result<()> {
+        let raw = RefCell::new(HashMap::new());
+        let src = self.src;
+        let source = walk::FnSource(|id: &Id| {
+            let bytes = src.read_blob(id)?;
+            let tree = Tree::decode(&bytes).map_err(|e| match e {
+                Error::Corrupt { detail, .. } => Error::corrupt(format!("tree {id}"), detail),
+                other => other,
+            })?;
+            raw.borrow_mut().insert(*id, bytes);
+            Ok(tree)
+        });
+        let mut visitor = Collect {
+            level,
+            seen,
+            copier: self,
+            raw: &raw,
+        };
+        walk::walk(&source, &root, &mut visitor)
+    }
+
+    fn is_full(&self) -> bool {
+        self.pending.chunks.len() >= PENDING_CHUNKS || self.pending.tree_bytes >= PENDING_TREE_BYTES
+    }
+
+    /// Saves the pending chunks the target lacks (read in parallel), then the pending trees in their order:
+    /// every tree after everything it names (format-spec section 10, rule 3), since every chunk and subtree
+    /// a tree names was found, and so is saved, before it.
+    fn save_pending(&mut self) -> Result<()> {
+        let Pending { chunks, trees, .. } = std::mem::take(&mut self.pending);
+        let (w, src, present) = (self.w, self.src, self.present);
+        self.pool.install(|| {
+            chunks.par_iter().try_for_each(|(c, level)| {
                 crate::interrupt::check()?;
                 if !w.lacks(c)? {
                     present.fetch_add(1, Ordering::Relaxed);
@@ -316,26 +335,60 @@ fn copy_snapshot(
                     .map(|_| ())
             })
         })?;
-        // Children before parents: a tree is saved only after everything it names (section 10, rule 3).
-        for (t, raw) in &needed.trees {
+        for (t, raw) in &trees {
             if w.lacks(t)? {
-                w.save_at_level(BlobKind::Tree, *t, raw, dst.config().compression_level)?;
+                w.save_at_level(BlobKind::Tree, *t, raw, self.dst.config().compression_level)?;
             } else {
                 present.fetch_add(1, Ordering::Relaxed);
             }
         }
-        w.flush()?;
-        Ok((
-            w.stats.blobs_new.load(Ordering::Relaxed),
-            w.stats.bytes_stored.load(Ordering::Relaxed),
-        ))
-    })?;
-    dst.save_snapshot_encoded(snap, &bytes)?;
-    complete.extend(needed.trees.iter().map(|(t, _)| *t));
-    Ok((
-        copied_snapshot(id, *id, snap, copied, present.load(Ordering::Relaxed)),
-        stored,
-    ))
+        Ok(())
+    }
+}
+
+/// The walk of one root: each tree this run has not met yet, and each data chunk its files name, go to the
+/// copier's pending batch, trees after their children.
+struct Collect<'a, 'c, 'm> {
+    level: i32,
+    seen: &'a mut Marks<'m>,
+    copier: &'a mut Copier<'c>,
+    /// The stored bytes of trees read but not yet done (the copy keeps a tree's bytes as they are): the
+    /// trees on the path from the root to where the walk is.
+    raw: &'a RefCell<HashMap<Id, Vec<u8>>>,
+}
+
+impl walk::Visitor for Collect<'_, '_, '_> {
+    fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
+        Ok(if self.seen.insert(id)? {
+            walk::Step::Descend
+        } else {
+            walk::Step::Skip
+        })
+    }
+    fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            for c in chunks {
+                if self.copier.pending.chunk_ids.insert(*c) {
+                    self.copier.pending.chunks.push((*c, self.level));
+                    if self.copier.is_full() {
+                        self.copier.save_pending()?;
+                    }
+                }
+            }
+        }
+        Ok(walk::Step::Descend)
+    }
+    fn tree_done(&mut self, id: &Id, _at: walk::Place) -> Result<()> {
+        let raw = self.raw.borrow_mut().remove(id);
+        let raw = raw.ok_or_else(|| Error::Invalid(format!("copy: tree {id} was not read")))?;
+        let pending = &mut self.copier.pending;
+        pending.tree_bytes += raw.len();
+        pending.trees.push((*id, raw));
+        if self.copier.is_full() {
+            self.copier.save_pending()?;
+        }
+        Ok(())
+    }
 }
 
 /// Copies every instance configuration of the source that the target does not hold as it is (removed

@@ -287,6 +287,66 @@ fn copy_killed_midway_leaves_the_target_consistent_and_a_rerun_completes_it() {
     assert_same_tree(&src, &t.join("big"));
 }
 
+/// A snapshot of more data chunks and trees than the copy holds at once (it saves them in batches as its
+/// walk goes, so memory stays bounded): 5,000 small distinct files in 50 directories of 100, then a second
+/// snapshot that changes one file in ten. Both copies restore byte for byte from the target, the target
+/// reads clean, and the second copy stores only the changed files and the trees above them.
+#[test]
+fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let from = Place::local(dir.path(), "from");
+    let to = Place::local(dir.path(), "to");
+    ok(from.cairn(&cache).arg("init"));
+    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
+    let src = dir.path().join("many");
+    for d in 0..50u64 {
+        let sub = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..100u64 {
+            fs::write(
+                sub.join(format!("f{f:03}")),
+                pseudo_random(200, d * 1000 + f),
+            )
+            .unwrap();
+        }
+    }
+    let first = json(&ok(from.cairn(&cache).args([
+        "--json",
+        "backup",
+        src.to_str().unwrap(),
+    ])))["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = copy_json(&to, &from, &cache, &[]);
+    // 5,000 chunks and 52 trees (50 directories, `many` and the root), more than one batch of 4,096 chunks.
+    assert_eq!(r["blobs_copied"].as_u64().unwrap(), 5052, "{r}");
+    let restored = dir.path().join("restored-1");
+    ok(to
+        .cairn(&cache)
+        .args(["restore", &first, "--target", restored.to_str().unwrap()]));
+    assert_same_tree(&src, &restored.join("many"));
+
+    for d in 0..50u64 {
+        for f in (0..100u64).step_by(10) {
+            let path = src.join(format!("d{d:02}/f{f:03}"));
+            fs::write(path, pseudo_random(300, 500_000 + d * 1000 + f)).unwrap();
+        }
+    }
+    ok(from.cairn(&cache).args(["backup", src.to_str().unwrap()]));
+    let r = copy_json(&to, &from, &cache, &[]);
+    // 500 new chunks, 50 changed directories, `many` and the root.
+    assert_eq!(r["copied"][0]["blobs_copied"].as_u64().unwrap(), 552, "{r}");
+    assert_eq!(snapshot_ids(&to, &cache), snapshot_ids(&from, &cache));
+    read_data_clean(&to, &cache);
+    let restored = dir.path().join("restored-2");
+    ok(to
+        .cairn(&cache)
+        .args(["restore", "latest", "--target", restored.to_str().unwrap()]));
+    assert_same_tree(&src, &restored.join("many"));
+}
+
 /// A source that is no repository or not a supported URL, or a snapshot the source lacks: one error line,
 /// a non-zero exit, and the target unchanged.
 #[test]
