@@ -429,11 +429,7 @@ struct TreeCheck<'a> {
 
 impl walk::Visitor for TreeCheck<'_> {
     fn before_tree(&mut self, id: &Id, _: Place) -> Result<Step> {
-        Ok(if self.seen_trees.insert(id)? {
-            Step::Descend
-        } else {
-            Step::Skip
-        })
+        self.seen_trees.descend_once(id)
     }
 
     fn tree_error(&mut self, t: &Id, _: Place, e: Error) -> Result<()> {

@@ -359,11 +359,7 @@ struct Collect<'a, 'c, 'm> {
 
 impl walk::Visitor for Collect<'_, '_, '_> {
     fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
-        Ok(if self.seen.insert(id)? {
-            walk::Step::Descend
-        } else {
-            walk::Step::Skip
-        })
+        self.seen.descend_once(id)
     }
     fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
         if let NodeKind::File { chunks, .. } = &node.kind {

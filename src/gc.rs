@@ -34,14 +34,13 @@ use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index_sync;
 use crate::lock;
-use crate::marks::Marks;
+use crate::marks::{MarkAll, Marks};
 use crate::pack;
 use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
 use crate::retention::{self, Candidate, Decision, KeepPolicy};
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind};
-use crate::walk::{self, Step};
+use crate::walk;
 
 /// The tag of a safety snapshot, taken before a restore overwrites a database (`--replace`) or an instance's
 /// files (`--in-place`). A retention policy never removes one unless `include_safety`; naming it by id does.
@@ -374,11 +373,14 @@ fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
 /// indexed, or a tree that does not decode, stops prune: deciding what is garbage in a damaged repository
 /// could delete the only copy of something.
 fn mark(repo: &Repository, roots: Vec<Id>) -> Result<(Marks<'_>, u64)> {
-    let mut marker = Marker(Marks::new(repo, "used")?);
+    let mut marker = MarkAll {
+        marks: Marks::new(repo, "used")?,
+        on_tree_error: |id, e| refuse(&format!("tree {id}: {e}")),
+    };
     for root in &roots {
         walk::walk(repo, root, &mut marker)?;
     }
-    let mut used = marker.0;
+    let mut used = marker.marks;
     used.in_table()?;
     let idx = repo.index();
     // A delta blob keeps its base alive, transitively (format-spec section 5.1).
@@ -396,30 +398,6 @@ fn mark(repo: &Repository, roots: Vec<Id>) -> Result<(Marks<'_>, u64)> {
     }
     let count = used.len()?;
     Ok((used, count))
-}
-
-/// Marks what it visits; a tree already marked is not read again (its blobs are marked).
-struct Marker<'r>(Marks<'r>);
-
-impl walk::Visitor for Marker<'_> {
-    fn before_tree(&mut self, id: &Id, _: walk::Place) -> Result<Step> {
-        Ok(if self.0.insert(id)? {
-            Step::Descend
-        } else {
-            Step::Skip
-        })
-    }
-    fn tree_error(&mut self, id: &Id, _: walk::Place, e: Error) -> Result<()> {
-        Err(refuse(&format!("tree {id}: {e}")))
-    }
-    fn entry(&mut self, _: walk::Place, node: &Node) -> Result<Step> {
-        if let NodeKind::File { chunks, .. } = &node.kind {
-            for c in chunks {
-                self.0.insert(c)?;
-            }
-        }
-        Ok(Step::Descend)
-    }
 }
 
 fn refuse(why: &str) -> Error {

@@ -18,9 +18,11 @@ use std::collections::HashSet;
 
 use rusqlite::params;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::repo::Repository;
+use crate::tree::{Node, NodeKind};
+use crate::walk::{self, Step};
 
 /// Ids a set keeps in memory before it moves into its table (32-byte ids plus the hash set's overhead:
 /// about 3 MB, and the sorted copy made while it moves). Below it a walk runs at hash-set speed; above it
@@ -91,6 +93,16 @@ impl<'r> Marks<'r> {
         Ok(self.len()? == 0)
     }
 
+    /// For a walk's [`walk::Visitor::before_tree`]: marks tree `id`, and enters it only the first time (the
+    /// same id is the same subtree, everything below it marked already).
+    pub fn descend_once(&mut self, id: &Id) -> Result<Step> {
+        Ok(if self.insert(id)? {
+            Step::Descend
+        } else {
+            Step::Skip
+        })
+    }
+
     /// Moves the set into its table (if it is not there yet), for SQL that joins against `temp.<table>`.
     pub fn in_table(&mut self) -> Result<&'static str> {
         self.move_to_table()?;
@@ -136,6 +148,30 @@ impl Drop for Marks<'_> {
             .index()
             .raw()
             .execute_batch(&format!("DROP TABLE IF EXISTS temp.{}", self.table));
+    }
+}
+
+/// A walk that marks every tree and data chunk it meets, entering each tree once (prune's mark, `stats`).
+/// A tree that cannot be read stops the walk with the error `on_tree_error` makes of it.
+pub struct MarkAll<'r> {
+    pub marks: Marks<'r>,
+    pub on_tree_error: fn(&Id, Error) -> Error,
+}
+
+impl walk::Visitor for MarkAll<'_> {
+    fn before_tree(&mut self, id: &Id, _: walk::Place) -> Result<Step> {
+        self.marks.descend_once(id)
+    }
+    fn tree_error(&mut self, id: &Id, _: walk::Place, e: Error) -> Result<()> {
+        Err((self.on_tree_error)(id, e))
+    }
+    fn entry(&mut self, _: walk::Place, node: &Node) -> Result<Step> {
+        if let NodeKind::File { chunks, .. } = &node.kind {
+            for c in chunks {
+                self.marks.insert(c)?;
+            }
+        }
+        Ok(Step::Descend)
     }
 }
 

@@ -24,11 +24,10 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::hashing::Id;
-use crate::marks::Marks;
+use crate::marks::{MarkAll, Marks};
 use crate::pack::BlobKind;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind};
 use crate::walk;
 
 /// What a set of snapshots holds and needs.
@@ -70,11 +69,15 @@ pub fn usage<'a>(
         u.logical_bytes += s.summary.bytes_total;
         roots.extend(s.tree.into_iter().chain(s.stream_tree));
     }
-    let mut seen = Tally(Marks::new(repo, "stats_seen")?);
+    // Each blob once: trees before they are read, so a shared subtree is walked once.
+    let mut seen = MarkAll {
+        marks: Marks::new(repo, "stats_seen")?,
+        on_tree_error: |_, e| e,
+    };
     for root in roots {
         walk::walk(repo, &root, &mut seen)?;
     }
-    let data_stored = add_sizes(repo, &mut seen.0, &mut u)?;
+    let data_stored = add_sizes(repo, &mut seen.marks, &mut u)?;
     u.dedup_ratio = ratio(u.logical_bytes, u.unique_bytes);
     u.compression_ratio = ratio(u.unique_bytes, data_stored);
     Ok(u)
@@ -112,27 +115,6 @@ fn add_sizes(repo: &Repository, seen: &mut Marks, u: &mut Usage) -> Result<u64> 
     u.unique_bytes += unique;
     u.missing_blobs += all - found;
     Ok(data_stored)
-}
-
-/// Collects each blob the walk meets once (trees before they are read, so a shared subtree is walked once).
-struct Tally<'r>(Marks<'r>);
-
-impl walk::Visitor for Tally<'_> {
-    fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
-        Ok(if self.0.insert(id)? {
-            walk::Step::Descend
-        } else {
-            walk::Step::Skip
-        })
-    }
-    fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
-        if let NodeKind::File { chunks, .. } = &node.kind {
-            for c in chunks {
-                self.0.insert(c)?;
-            }
-        }
-        Ok(walk::Step::Descend)
-    }
 }
 
 /// Totals over every snapshot, with the index's pack and blob sums.

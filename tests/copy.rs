@@ -201,6 +201,17 @@ fn copy_local_to_s3_and_back_restores_identical_bytes_and_is_idempotent() {
     );
 }
 
+/// A local repository `from` and a local `to` sharing its keys (so a copy deduplicates and keeps ids), with
+/// the cache directory both use.
+fn source_and_target(dir: &Path) -> (PathBuf, Place, Place) {
+    let cache = dir.join("cache");
+    let from = Place::local(dir, "from");
+    let to = Place::local(dir, "to");
+    ok(from.cairn(&cache).arg("init"));
+    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
+    (cache, from, to)
+}
+
 /// Sets a local repository's pack size to 1 MiB (before anything is written), so a copy writes many packs.
 fn small_packs(repo: &Path) {
     let cfg_path = repo.join("config");
@@ -224,11 +235,7 @@ fn pack_count(repo: &Path) -> usize {
 #[test]
 fn copy_killed_midway_leaves_the_target_consistent_and_a_rerun_completes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let from = Place::local(dir.path(), "from");
-    let to = Place::local(dir.path(), "to");
-    ok(from.cairn(&cache).arg("init"));
-    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
+    let (cache, from, to) = source_and_target(dir.path());
     let Place::Local(to_path) = &to else {
         unreachable!()
     };
@@ -294,11 +301,7 @@ fn copy_killed_midway_leaves_the_target_consistent_and_a_rerun_completes_it() {
 #[test]
 fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let from = Place::local(dir.path(), "from");
-    let to = Place::local(dir.path(), "to");
-    ok(from.cairn(&cache).arg("init"));
-    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
+    let (cache, from, to) = source_and_target(dir.path());
     let src = dir.path().join("many");
     for d in 0..50u64 {
         let sub = src.join(format!("d{d:02}"));
@@ -352,11 +355,7 @@ fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
 #[test]
 fn copy_reports_one_clear_error_for_a_bad_source_or_an_unknown_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let from = Place::local(dir.path(), "from");
-    let to = Place::local(dir.path(), "to");
-    ok(from.cairn(&cache).arg("init"));
-    ok(to.cairn(&cache).args(["init", "--from-repo", &from.url()]));
+    let (cache, from, to) = source_and_target(dir.path());
     let src = dir.path().join("data");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("a"), b"a").unwrap();
