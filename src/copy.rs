@@ -115,7 +115,7 @@ pub fn copy(src: &Repository, dst: &Repository, opts: &CopyOptions) -> Result<Co
     let mut report = CopyReport::default();
     // Trees this run has walked (moved to the target's index connection as the set grows).
     let mut seen = Marks::new(dst, "copy_seen")?;
-    let mut rewritten = rewrite::Rewritten::default();
+    let mut rewritten = rewrite::Rewritten::new(dst)?;
     let pool = copy_pool(src)?;
     for (id, snap) in wanted {
         if present.contains(&id) || held.contains_key(&origin(&id, &snap)) {

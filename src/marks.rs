@@ -1,5 +1,6 @@
-//! Sets of ids that grow with the repository: the blobs and trees a walk over every snapshot has met
-//! (prune's mark, `check`'s structural walk, `stats`).
+//! Sets of ids, and maps from ids to bytes, that grow with the repository: the blobs and trees a walk over
+//! every snapshot has met (prune's mark, `check`'s structural walk, `stats`, `copy`), and what a copy between
+//! repositories with different keys has rewritten ([`IdMap`]).
 //!
 //! What it owns: a set kept in memory while it is small ([`IN_MEMORY`] ids, a few MB), then moved into
 //! a table of the index connection's temporary database, which the index keeps in a file (`PRAGMA
@@ -14,9 +15,9 @@
 //! connections can hold temporary tables too (SQLite writes them to its own temporary file), so `check` and
 //! `stats` work on a repository this process cannot write.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
 use crate::error::{Error, Result};
 use crate::hashing::Id;
@@ -117,9 +118,7 @@ impl<'r> Marks<'r> {
         let mut ids: Vec<Id> = memory.into_iter().collect();
         ids.sort_unstable_by_key(|id| id.0);
         let idx = self.repo.index();
-        // A savepoint, not BEGIN: it nests in a transaction the caller may hold on this connection.
-        idx.raw().execute_batch("SAVEPOINT marks")?;
-        let written = (|| -> Result<()> {
+        in_savepoint(&idx, || {
             let mut st = idx.raw().prepare_cached(&format!(
                 "INSERT OR IGNORE INTO temp.{}(id) VALUES (?1)",
                 self.table
@@ -128,26 +127,145 @@ impl<'r> Marks<'r> {
                 st.execute(params![&id.0[..]])?;
             }
             Ok(())
-        })();
-        match written {
-            Ok(()) => idx.raw().execute_batch("RELEASE marks")?,
-            Err(e) => {
-                let _ = idx.raw().execute_batch("ROLLBACK TO marks; RELEASE marks");
-                return Err(e);
-            }
-        }
-        Ok(())
+        })
     }
 }
 
 impl Drop for Marks<'_> {
     fn drop(&mut self) {
-        // Best effort: the table lives only as long as the connection anyway.
-        let _ = self
-            .repo
-            .index()
+        drop_table(self.repo, self.table);
+    }
+}
+
+/// Drops `temp.<table>`; best effort: the table lives only as long as the connection anyway.
+fn drop_table(repo: &Repository, table: &str) {
+    let _ = repo
+        .index()
+        .raw()
+        .execute_batch(&format!("DROP TABLE IF EXISTS temp.{table}"));
+}
+
+/// A map from ids to bytes: in memory while small ([`IN_MEMORY`] entries and at most [`MAP_BYTES_IN_MEMORY`]
+/// bytes of values), then in the table `temp.<table>` of the index connection's temporary database, like
+/// [`Marks`].
+pub struct IdMap<'r> {
+    repo: &'r Repository,
+    table: &'static str,
+    /// The map while it is in memory, with its values' total size; `None` once it has moved to the table.
+    memory: Option<(HashMap<Id, Vec<u8>>, usize)>,
+    /// Entries and bytes of values kept in memory at most (parameters for tests).
+    limits: (usize, usize),
+}
+
+/// Bytes of values an [`IdMap`] keeps in memory at most.
+pub const MAP_BYTES_IN_MEMORY: usize = 4 << 20;
+
+impl<'r> IdMap<'r> {
+    /// An empty map whose table (once it needs one) is `temp.<table>`.
+    pub fn new(repo: &'r Repository, table: &'static str) -> Result<IdMap<'r>> {
+        Self::with_limits(repo, table, (IN_MEMORY, MAP_BYTES_IN_MEMORY))
+    }
+
+    fn with_limits(
+        repo: &'r Repository,
+        table: &'static str,
+        limits: (usize, usize),
+    ) -> Result<IdMap<'r>> {
+        repo.index().raw().execute_batch(&format!(
+            "DROP TABLE IF EXISTS temp.{table}; \
+             CREATE TEMP TABLE {table} (id BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;"
+        ))?;
+        Ok(IdMap {
+            repo,
+            table,
+            memory: Some((HashMap::new(), 0)),
+            limits,
+        })
+    }
+
+    /// Sets the value of `id` (replacing any).
+    pub fn insert(&mut self, id: Id, value: Vec<u8>) -> Result<()> {
+        if let Some((map, bytes)) = &mut self.memory {
+            *bytes += value.len();
+            if let Some(old) = map.insert(id, value) {
+                *bytes -= old.len();
+            }
+            if map.len() > self.limits.0 || *bytes > self.limits.1 {
+                self.move_to_table()?;
+            }
+            return Ok(());
+        }
+        let idx = self.repo.index();
+        let mut st = idx.raw().prepare_cached(&format!(
+            "INSERT OR REPLACE INTO temp.{}(id, value) VALUES (?1, ?2)",
+            self.table
+        ))?;
+        st.execute(params![&id.0[..], value])?;
+        Ok(())
+    }
+
+    /// The value of `id`, if it has one.
+    pub fn get(&self, id: &Id) -> Result<Option<Vec<u8>>> {
+        if let Some((map, _)) = &self.memory {
+            return Ok(map.get(id).cloned());
+        }
+        let idx = self.repo.index();
+        let mut st = idx.raw().prepare_cached(&format!(
+            "SELECT value FROM temp.{} WHERE id = ?1",
+            self.table
+        ))?;
+        Ok(st.query_row(params![&id.0[..]], |r| r.get(0)).optional()?)
+    }
+
+    /// Whether `id` has a value.
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        if let Some((map, _)) = &self.memory {
+            return Ok(map.contains_key(id));
+        }
+        let idx = self.repo.index();
+        let mut st = idx
             .raw()
-            .execute_batch(&format!("DROP TABLE IF EXISTS temp.{}", self.table));
+            .prepare_cached(&format!("SELECT 1 FROM temp.{} WHERE id = ?1", self.table))?;
+        Ok(st.exists(params![&id.0[..]])?)
+    }
+
+    /// Writes the in-memory entries into the table in one savepoint, in id order.
+    fn move_to_table(&mut self) -> Result<()> {
+        let Some((map, _)) = self.memory.take() else {
+            return Ok(());
+        };
+        let mut entries: Vec<(Id, Vec<u8>)> = map.into_iter().collect();
+        entries.sort_unstable_by_key(|(id, _)| id.0);
+        let idx = self.repo.index();
+        in_savepoint(&idx, || {
+            let mut st = idx.raw().prepare_cached(&format!(
+                "INSERT OR REPLACE INTO temp.{}(id, value) VALUES (?1, ?2)",
+                self.table
+            ))?;
+            for (id, value) in &entries {
+                st.execute(params![&id.0[..], value])?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for IdMap<'_> {
+    fn drop(&mut self) {
+        drop_table(self.repo, self.table);
+    }
+}
+
+/// Runs `f` inside a savepoint of the index connection (a savepoint, not BEGIN: it nests in a transaction
+/// the caller may hold), released when `f` succeeds and rolled back when it fails.
+fn in_savepoint(idx: &crate::index::Index, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    idx.raw().execute_batch("SAVEPOINT marks")?;
+    match f() {
+        Ok(()) => Ok(idx.raw().execute_batch("RELEASE marks")?),
+        Err(e) => {
+            let _ = idx.raw().execute_batch("ROLLBACK TO marks; RELEASE marks");
+            Err(e)
+        }
     }
 }
 
@@ -234,5 +352,36 @@ mod tests {
         assert_eq!(rows(&repo), 1);
         assert!(!again.insert(&ids[0]).unwrap());
         assert_eq!(again.len().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_map_moves_into_its_table_at_either_limit_and_keeps_its_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
+        let ids: Vec<Id> = (0..50u32).map(|i| Id::of(&i.to_le_bytes())).collect();
+        let value = |n: usize| vec![n as u8; n % 7 + 1];
+        // By entries (ten), then by bytes (twenty bytes of values).
+        for limits in [(10, usize::MAX), (usize::MAX, 20)] {
+            let mut map = IdMap::with_limits(&repo, "test_map", limits).unwrap();
+            for (n, id) in ids.iter().enumerate() {
+                assert!(!map.contains(id).unwrap());
+                map.insert(*id, value(n)).unwrap();
+                // Replacing keeps one entry, with the new value.
+                map.insert(*id, value(n + 1)).unwrap();
+                map.insert(*id, value(n)).unwrap();
+                for (m, earlier) in ids[..=n].iter().enumerate() {
+                    assert_eq!(
+                        map.get(earlier).unwrap(),
+                        Some(value(m)),
+                        "{limits:?} {n} {m}"
+                    );
+                }
+                assert_eq!(map.get(&Id::of(b"absent")).unwrap(), None);
+            }
+            assert!(
+                map.memory.is_none(),
+                "{limits:?}: the map moved into its table"
+            );
+        }
     }
 }

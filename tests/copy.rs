@@ -294,15 +294,9 @@ fn copy_killed_midway_leaves_the_target_consistent_and_a_rerun_completes_it() {
     assert_same_tree(&src, &t.join("big"));
 }
 
-/// A snapshot of more data chunks and trees than the copy holds at once (it saves them in batches as its
-/// walk goes, so memory stays bounded): 5,000 small distinct files in 50 directories of 100, then a second
-/// snapshot that changes one file in ten. Both copies restore byte for byte from the target, the target
-/// reads clean, and the second copy stores only the changed files and the trees above them.
-#[test]
-fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cache, from, to) = source_and_target(dir.path());
-    let src = dir.path().join("many");
+/// 5,000 small distinct files in 50 directories of 100 below `src`: more files, chunks and tree nodes than
+/// a copy holds at once.
+fn many_files(src: &Path) {
     for d in 0..50u64 {
         let sub = src.join(format!("d{d:02}"));
         fs::create_dir_all(&sub).unwrap();
@@ -314,6 +308,28 @@ fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
             .unwrap();
         }
     }
+}
+
+/// Rewrites one file in ten of [`many_files`] with new content.
+fn change_one_in_ten(src: &Path) {
+    for d in 0..50u64 {
+        for f in (0..100u64).step_by(10) {
+            let path = src.join(format!("d{d:02}/f{f:03}"));
+            fs::write(path, pseudo_random(300, 500_000 + d * 1000 + f)).unwrap();
+        }
+    }
+}
+
+/// A snapshot of more data chunks and trees than the copy holds at once (it saves them in batches as its
+/// walk goes, so memory stays bounded): 5,000 small distinct files in 50 directories of 100, then a second
+/// snapshot that changes one file in ten. Both copies restore byte for byte from the target, the target
+/// reads clean, and the second copy stores only the changed files and the trees above them.
+#[test]
+fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, from, to) = source_and_target(dir.path());
+    let src = dir.path().join("many");
+    many_files(&src);
     let first = json(&ok(from.cairn(&cache).args([
         "--json",
         "backup",
@@ -331,12 +347,7 @@ fn copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
         .args(["restore", &first, "--target", restored.to_str().unwrap()]));
     assert_same_tree(&src, &restored.join("many"));
 
-    for d in 0..50u64 {
-        for f in (0..100u64).step_by(10) {
-            let path = src.join(format!("d{d:02}/f{f:03}"));
-            fs::write(path, pseudo_random(300, 500_000 + d * 1000 + f)).unwrap();
-        }
-    }
+    change_one_in_ten(&src);
     ok(from.cairn(&cache).args(["backup", src.to_str().unwrap()]));
     let r = copy_json(&to, &from, &cache, &[]);
     // 500 new chunks, 50 changed directories, `many` and the root.
@@ -584,4 +595,47 @@ fn copy_from_plaintext_to_encrypted_and_back_restores_the_same_bytes_and_copies_
     let r = back.copy_from(&plain);
     assert_eq!(r["copied"], serde_json::json!([]), "{r}");
     assert_eq!(r["already_present"].as_array().unwrap().len(), 3, "{r}");
+}
+
+/// The rewriting copy (other keys) of snapshots with more files and tree nodes than it holds at once: it
+/// rewrites them a batch at a time, and a later snapshot reuses what the run and the earlier one wrote.
+/// Both restore byte for byte from the target; the second stores exactly its changed files and trees.
+#[test]
+fn rewriting_copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let repo = |name: &str| Repo {
+        place: Place::local(dir.path(), name),
+        password_file: None,
+        cache: cache.clone(),
+    };
+    let (plain, enc) = (repo("plain"), repo("enc"));
+    ok(plain.cairn().args(["init", "--insecure-no-encryption"]));
+    ok(enc.cairn().arg("init"));
+    let src = dir.path().join("many");
+    many_files(&src);
+    plain.backup(&src);
+    let r = enc.copy_from(&plain);
+    // 5,000 files of one chunk each, and 52 trees (50 directories, `many` and the root).
+    assert_eq!(r["blobs_copied"].as_u64().unwrap(), 5052, "{r}");
+    let first = r["copied"][0]["target_id"].as_str().unwrap().to_string();
+    let restored = dir.path().join("restored-1");
+    ok(enc
+        .cairn()
+        .args(["restore", &first, "--target", restored.to_str().unwrap()]));
+    assert_same_tree(&src, &restored.join("many"));
+
+    change_one_in_ten(&src);
+    plain.backup(&src);
+    let r = enc.copy_from(&plain);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["blobs_copied"].as_u64().unwrap(), 552, "{r}");
+    let second = r["copied"][0]["target_id"].as_str().unwrap().to_string();
+    let restored = dir.path().join("restored-2");
+    ok(enc
+        .cairn()
+        .args(["restore", &second, "--target", restored.to_str().unwrap()]));
+    assert_same_tree(&src, &restored.join("many"));
+    let (code, out, err) = run(enc.cairn().args(["check", "--read-data"]));
+    assert_eq!(code, 0, "{out}{err}");
 }

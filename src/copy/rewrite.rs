@@ -12,13 +12,14 @@
 //! Within one run, a tree or a file content (a chunk list) is rewritten once: unchanged subtrees of later
 //! snapshots map to the trees already written, and hard links or identical files to the same chunks. The
 //! write ordering is the plain copy's (format-spec section 10): data before the trees naming it, subtrees
-//! before parents, the writer flushed before the snapshot object.
+//! before parents, the writer flushed before the snapshot object. The walk rewrites what it finds in
+//! bounded batches, and what the run has rewritten is kept in [`IdMap`]s, so memory grows neither with a
+//! snapshot's size nor with the number copied.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -26,6 +27,7 @@ use crate::chunking::ChunkReader;
 use crate::config::ChunkerParams;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use crate::marks::IdMap;
 use crate::pack::BlobKind;
 use crate::pack_writer::PackWriter;
 use crate::repo::Repository;
@@ -41,36 +43,122 @@ enum Content {
 }
 
 /// What this run has rewritten so far (durable in the target once the snapshot that wrote it is saved;
-/// a failure ends the whole copy, so nothing here outlives a failed write).
-#[derive(Default)]
-pub struct Rewritten {
+/// a failure ends the whole copy, so nothing here outlives a failed write). Both maps live in the target's
+/// index connection once they grow ([`IdMap`]): a copy's memory does not grow with what it has copied.
+pub struct Rewritten<'r> {
     /// Source tree id → target tree id.
-    trees: HashMap<Id, Id>,
-    /// Source chunk list → target chunk list, per kind of content.
-    files: HashMap<(Content, Vec<Id>), Vec<Id>>,
+    trees: IdMap<'r>,
+    /// [`file_key`] of a source file content → the target's chunk list (ids concatenated).
+    files: IdMap<'r>,
 }
 
-/// What one root's walk found to rewrite: trees after their children, and file contents not yet rewritten.
+impl<'r> Rewritten<'r> {
+    pub fn new(dst: &'r Repository) -> Result<Rewritten<'r>> {
+        Ok(Rewritten {
+            trees: IdMap::new(dst, "copy_rewritten_trees")?,
+            files: IdMap::new(dst, "copy_rewritten_files")?,
+        })
+    }
+
+    /// The target's id of source tree `id`.
+    fn tree(&self, id: &Id) -> Result<Id> {
+        self.trees
+            .get(id)?
+            .and_then(|b| Id::from_slice(&b))
+            .ok_or_else(|| Error::Invalid(format!("copy: tree {id} was not rewritten")))
+    }
+
+    /// The target's chunk list of a source file content.
+    fn file(&self, content: Content, chunks: &[Id]) -> Result<Vec<Id>> {
+        let bytes = self
+            .files
+            .get(&file_key(content, chunks))?
+            .ok_or_else(|| Error::Invalid("copy: a file's content was not rewritten".into()))?;
+        bytes
+            .chunks(32)
+            .map(|c| Id::from_slice(c).ok_or_else(|| Error::Invalid("copy: a chunk list".into())))
+            .collect()
+    }
+}
+
+/// Names a source file content: its kind and chunk list (hashed, so a key is 32 bytes whatever the length).
+fn file_key(content: Content, chunks: &[Id]) -> Id {
+    let mut h = blake3::Hasher::new();
+    h.update(&[content as u8]);
+    for c in chunks {
+        h.update(&c.0);
+    }
+    Id(*h.finalize().as_bytes())
+}
+
+/// Files and trees a walk holds before rewriting them, at most (file references, chunk references of those
+/// files, tree nodes).
+const PENDING_FILES: usize = 1024;
+const PENDING_CHUNK_REFS: usize = 65_536;
+const PENDING_NODES: usize = 65_536;
+
+/// What the walk found to rewrite and has not yet: file contents, and trees after their children.
 #[derive(Default)]
 struct Plan {
-    trees: Vec<(Id, Tree)>,
     files: Vec<(Vec<Id>, u64)>,
+    file_keys: HashSet<Id>,
+    chunk_refs: usize,
+    trees: Vec<(Id, Tree)>,
+    tree_ids: HashSet<Id>,
+    nodes: usize,
 }
 
-/// Gathers a [`Plan`] through the one tree walk.
-struct Gather<'a> {
+/// The walk of one root: gathers what is not rewritten yet into a bounded [`Plan`] and rewrites it whenever
+/// the plan is full, and at the end.
+struct Gather<'a, 'w, 'r> {
     content: Content,
-    done: &'a Rewritten,
-    plan: &'a mut Plan,
-    seen_trees: HashSet<Id>,
-    seen_files: HashSet<Vec<Id>>,
-    /// Trees read but not yet done.
+    rw: &'a Writer<'a, 'w>,
+    pool: &'a rayon::ThreadPool,
+    done: &'a mut Rewritten<'r>,
+    plan: Plan,
+    /// Trees read but not yet done: those on the path from the root to where the walk is.
     open: HashMap<Id, Tree>,
 }
 
-impl walk::Visitor for Gather<'_> {
+impl Gather<'_, '_, '_> {
+    fn is_full(&self) -> bool {
+        self.plan.files.len() >= PENDING_FILES
+            || self.plan.chunk_refs >= PENDING_CHUNK_REFS
+            || self.plan.nodes >= PENDING_NODES
+    }
+
+    /// Rewrites the plan's file contents (in parallel), then its trees in their order: every tree after
+    /// everything it names (format-spec section 10, rule 3), which the walk found before it.
+    fn rewrite(&mut self) -> Result<()> {
+        let Plan { files, trees, .. } = std::mem::take(&mut self.plan);
+        let (rw, content) = (self.rw, self.content);
+        let new: Vec<(Id, Vec<Id>)> = self.pool.install(|| {
+            files
+                .par_iter()
+                .map(|(chunks, size)| {
+                    Ok((
+                        file_key(content, chunks),
+                        rw.content(chunks, *size, content)?,
+                    ))
+                })
+                .collect::<Result<_>>()
+        })?;
+        for (key, ids) in new {
+            self.done
+                .files
+                .insert(key, ids.iter().flat_map(|i| i.0).collect())?;
+        }
+        for (old, tree) in &trees {
+            let new = rw.tree(tree, content, self.done)?;
+            self.done.trees.insert(*old, new.0.to_vec())?;
+        }
+        Ok(())
+    }
+}
+
+impl walk::Visitor for Gather<'_, '_, '_> {
     fn before_tree(&mut self, id: &Id, _at: walk::Place) -> Result<walk::Step> {
-        let new = !self.done.trees.contains_key(id) && self.seen_trees.insert(*id);
+        let new = !self.done.trees.contains(id)? && self.plan.tree_ids.insert(*id);
         Ok(if new {
             walk::Step::Descend
         } else {
@@ -83,9 +171,13 @@ impl walk::Visitor for Gather<'_> {
     }
     fn entry(&mut self, _at: walk::Place, node: &Node) -> Result<walk::Step> {
         if let NodeKind::File { size, chunks } = &node.kind {
-            let key = (self.content, chunks.clone());
-            if !self.done.files.contains_key(&key) && self.seen_files.insert(key.1) {
+            let key = file_key(self.content, chunks);
+            if !self.done.files.contains(&key)? && self.plan.file_keys.insert(key) {
+                self.plan.chunk_refs += chunks.len();
                 self.plan.files.push((chunks.clone(), *size));
+                if self.is_full() {
+                    self.rewrite()?;
+                }
             }
         }
         Ok(walk::Step::Descend)
@@ -95,7 +187,11 @@ impl walk::Visitor for Gather<'_> {
             .open
             .remove(id)
             .ok_or_else(|| Error::Invalid(format!("copy: tree {id} was not read")))?;
+        self.plan.nodes += tree.nodes.len();
         self.plan.trees.push((*id, tree));
+        if self.is_full() {
+            self.rewrite()?;
+        }
         Ok(())
     }
 }
@@ -124,12 +220,6 @@ pub fn snapshot(
         (snap.tree, Content::Files),
         (snap.stream_tree, Content::Streams),
     ];
-    let mut plans = Vec::new();
-    for (root, content) in roots {
-        if let Some(root) = root {
-            plans.push((root, content, gather(src, root, content, done)?));
-        }
-    }
     let saves = AtomicU64::new(0);
     let (copied, stored) = PackWriter::scope(dst, |w| {
         let rw = Writer {
@@ -138,24 +228,22 @@ pub fn snapshot(
             w,
             saves: &saves,
         };
-        for (_, content, plan) in &plans {
-            let files = Mutex::new(HashMap::new());
-            pool.install(|| {
-                plan.files.par_iter().try_for_each(|(chunks, size)| {
-                    let new = rw.content(chunks, *size, *content)?;
-                    files
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert((*content, chunks.clone()), new);
-                    Ok::<(), Error>(())
-                })
-            })?;
-            done.files
-                .extend(files.into_inner().unwrap_or_else(|p| p.into_inner()));
-            // Children before parents: a tree is saved only after everything it names (section 10, rule 3).
-            for (old, tree) in &plan.trees {
-                let new = rw.tree(tree, *content, done)?;
-                done.trees.insert(*old, new);
+        for (root, content) in roots {
+            if let Some(root) = root {
+                let mut gather = Gather {
+                    content,
+                    rw: &rw,
+                    pool,
+                    done: &mut *done,
+                    plan: Plan::default(),
+                    open: HashMap::new(),
+                };
+                walk::walk(
+                    &walk::FnSource(|id: &Id| src.read_tree(id)),
+                    &root,
+                    &mut gather,
+                )?;
+                gather.rewrite()?;
             }
         }
         w.flush()?;
@@ -165,8 +253,8 @@ pub fn snapshot(
         ))
     })?;
     let mut new = snap.clone();
-    new.tree = mapped(snap.tree, done)?;
-    new.stream_tree = mapped(snap.stream_tree, done)?;
+    new.tree = snap.tree.map(|t| done.tree(&t)).transpose()?;
+    new.stream_tree = snap.stream_tree.map(|t| done.tree(&t)).transpose()?;
     new.parent = parent.map(|p| p.to_hex());
     set_original(&mut new.metadata, &super::origin(id, snap));
     let new_id = dst.save_snapshot(&new)?;
@@ -178,17 +266,6 @@ pub fn snapshot(
     })
 }
 
-/// The target's id of a rewritten root.
-fn mapped(root: Option<Id>, done: &Rewritten) -> Result<Option<Id>> {
-    root.map(|r| {
-        done.trees
-            .get(&r)
-            .copied()
-            .ok_or_else(|| Error::Invalid(format!("copy: tree {r} was not rewritten")))
-    })
-    .transpose()
-}
-
 /// Records in the metadata the id the snapshot was first taken under (a non-object value is kept under
 /// `previous`, as backups do).
 fn set_original(metadata: &mut Option<serde_json::Value>, original: &Id) {
@@ -197,22 +274,6 @@ fn set_original(metadata: &mut Option<serde_json::Value>, original: &Id) {
         "original",
         serde_json::Value::String(original.to_hex()),
     );
-}
-
-/// Walks the source tree `root`, reading and verifying every tree not rewritten yet.
-fn gather(src: &Repository, root: Id, content: Content, done: &Rewritten) -> Result<Plan> {
-    let mut plan = Plan::default();
-    let source = walk::FnSource(|id: &Id| src.read_tree(id));
-    let mut visitor = Gather {
-        content,
-        done,
-        plan: &mut plan,
-        seen_trees: HashSet::new(),
-        seen_files: HashSet::new(),
-        open: HashMap::new(),
-    };
-    walk::walk(&source, &root, &mut visitor)?;
-    Ok(plan)
 }
 
 /// The target side of a rewrite.
@@ -297,18 +358,10 @@ impl Writer<'_, '_> {
                 let kind = match &n.kind {
                     NodeKind::File { size, chunks } => NodeKind::File {
                         size: *size,
-                        chunks: done
-                            .files
-                            .get(&(content, chunks.clone()))
-                            .cloned()
-                            .ok_or_else(|| {
-                                Error::Invalid("copy: a file's content was not rewritten".into())
-                            })?,
+                        chunks: done.file(content, chunks)?,
                     },
                     NodeKind::Dir { subtree } => NodeKind::Dir {
-                        subtree: done.trees.get(subtree).copied().ok_or_else(|| {
-                            Error::Invalid(format!("copy: tree {subtree} was not rewritten"))
-                        })?,
+                        subtree: done.tree(subtree)?,
                     },
                     other => other.clone(),
                 };
