@@ -188,6 +188,8 @@ impl walk::Visitor for Gather<'_, '_, '_> {
             .remove(id)
             .ok_or_else(|| Error::Invalid(format!("copy: tree {id} was not read")))?;
         self.plan.nodes += tree.nodes.len();
+        // Marked again: a batch rewritten inside this tree's walk cleared the mark its `before_tree` made.
+        self.plan.tree_ids.insert(*id);
         self.plan.trees.push((*id, tree));
         if self.is_full() {
             self.rewrite()?;
