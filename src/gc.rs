@@ -11,10 +11,10 @@
 //! what it references cannot be known. Rows whose file is missing are roots too (`check` reports them).
 //!
 //! Prune marks every blob reachable from the roots in a set that moves from memory into a SQLite temporary
-//! table kept in a file as it grows ([`crate::marks`]: memory stays flat however many chunks there are), then: deletes packs with nothing reachable; repacks packs whose
-//! unreachable share exceeds `max_unused` by copying the reachable blobs' stored bytes (verified first) into
-//! new packs; and removes pack files the index does not know (left by interrupted backups) and temporary
-//! files. Ordering: new packs are durable and their index rows committed before an old pack leaves the index,
+//! table kept in a file as it grows ([`crate::marks`]: memory stays flat however many chunks there are),
+//! then: deletes packs with nothing reachable; repacks packs whose unreachable share exceeds `max_unused` by
+//! copying the reachable blobs' stored bytes (verified first) into new packs; and removes pack files the
+//! index does not know (left by interrupted backups) and temporary files. Ordering: new packs are durable and their index rows committed before an old pack leaves the index,
 //! and a pack leaves the index (committed) before its file is deleted. A prune killed at any instant leaves
 //! only packs that are unindexed or wholly unused, which the next prune removes.
 //!

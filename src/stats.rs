@@ -16,8 +16,9 @@
 //! (stored size of blobs no snapshot needs, which `prune` can reclaim).
 //!
 //! The walk (the one walk, [`crate::walk`]) keeps the ids it has seen in a set that moves into a SQLite
-//! temporary table as it grows ([`crate::marks`]), so memory does not grow with the repository; a referenced blob the index does not
-//! list is counted in `missing_blobs` (run `cairn check`) rather than guessed.
+//! temporary table as it grows ([`crate::marks`]), so memory does not grow with the repository; the sizes
+//! are then summed by one query over that set. A referenced blob the index does not list is counted in
+//! `missing_blobs` (run `cairn check`) rather than guessed.
 
 use rusqlite::params;
 use serde::Serialize;
