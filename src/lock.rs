@@ -10,7 +10,8 @@
 //!
 //! A command working on an opened [`Repository`] locks it with [`acquire_on`] / [`acquire_reader_on`], which
 //! bring an object-store repository's index cache up to date again once the lock is held: the cache was
-//! read when the repository was opened, before the lock, and another host's prune may have deleted or moved
+//! read when the repository was opened, before the lock (or not at all: [`Repository::open_unsynced`], for
+//! commands that lock right after opening), and another host's prune may have deleted or moved
 //! packs (or forgotten snapshots) in between. Only under the lock is the cache's view safe to act on: a
 //! backup deduplicating against a deleted blob would write a snapshot naming data that is gone, a reader
 //! would take a moved pack for damage. (A local repository's cache is the one file every process shares.)

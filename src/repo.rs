@@ -264,6 +264,19 @@ impl Repository {
 
     /// Opens the repository stored in `backend`.
     pub fn open_with(backend: SharedBackend) -> Result<Repository> {
+        Repository::open_synced(backend, true)
+    }
+
+    /// Opens an existing repository without bringing an object store's cache up to date (a round of five
+    /// listings), for a command that takes its lock next ([`crate::lock::acquire_on`] or
+    /// [`crate::lock::acquire_reader_on`] do it under the lock) or that only writes an object and its cache
+    /// row (the run log). A local repository opens as with [`Repository::open`].
+    pub fn open_unsynced(url: impl Into<RepoUrl>) -> Result<Repository> {
+        Repository::open_synced(url.into().connect()?, false)
+    }
+
+    /// `sync`: whether an object store's cache is brought up to date at open.
+    fn open_synced(backend: SharedBackend, sync: bool) -> Result<Repository> {
         let config = load_config(backend.as_ref())?;
         // Keys first: a wrong password must stop the command before anything (even the cache) is written.
         let (backend, config, crypto) = unlock(backend, config)?;
@@ -306,7 +319,9 @@ impl Repository {
                 DEFAULT_CONNECTIONS_S3
             }),
         };
-        if !local || rebuild || new_cache {
+        if !local && !sync {
+            // The caller's lock brings the cache up to date, or the caller only writes.
+        } else if !local || rebuild || new_cache {
             repo.sync_cache()?;
         } else if repo.read_only.is_none() {
             // Index objects written by another host sharing this directory (cheap: one listing of

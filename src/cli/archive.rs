@@ -58,8 +58,7 @@ pub fn export(
     instance: Option<&str>,
     output: Option<&std::path::Path>,
 ) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "export")?;
+    let (repo, _lock) = ctx.open_reading("export")?;
     let (_, snap) = latest::for_export(&repo, spec, instance, opts.format)?;
     let report = match output {
         None => {

@@ -66,6 +66,17 @@ impl Ctx {
         Ok(self.configure(Repository::open(&self.repo_url()?.0)?))
     }
 
+    /// Opens the repository for a command that reads it under a shared lock, and takes that lock: an object
+    /// store's cache is brought up to date once, under the lock.
+    pub fn open_reading(
+        &self,
+        command: &str,
+    ) -> Result<(Repository, Option<cairn::lock::LockGuard>)> {
+        let repo = self.configure(Repository::open_unsynced(&self.repo_url()?.0)?);
+        let lock = cairn::lock::acquire_reader_on(&repo, command)?;
+        Ok((repo, lock))
+    }
+
     /// Applies the global options that tune an open repository (`--connections`).
     pub fn configure(&self, repo: Repository) -> Repository {
         if let Some(n) = self.connections {
@@ -144,7 +155,10 @@ fn log_run(
     start: chrono::DateTime<chrono::Utc>,
     result: &Result<i32>,
 ) {
-    let Ok(repo) = ctx.open() else { return };
+    // Recording writes an object and its cache row: nothing to bring up to date first.
+    let Ok(repo) = ctx.repo_url().and_then(|u| Repository::open_unsynced(&u.0)) else {
+        return;
+    };
     if repo.is_read_only() {
         return; // nothing can be recorded in a repository that cannot be written from here
     }

@@ -8,8 +8,7 @@ use super::commands::{human_bytes, Ctx};
 use super::EXIT_OK;
 
 pub fn diff(ctx: &Ctx, spec1: &str, spec2: &str, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "diff")?;
+    let (repo, _lock) = ctx.open_reading("diff")?;
     let (id1, a) = repo.resolve_snapshot(spec1, instance)?;
     let (id2, b) = repo.resolve_snapshot(spec2, instance)?;
     let report = diff::diff(&repo, &a, &b)?;
@@ -114,8 +113,7 @@ fn print_change(c: &Changed, stream: bool) {
 }
 
 pub fn find(ctx: &Ctx, pattern: &str, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "find")?;
+    let (repo, _lock) = ctx.open_reading("find")?;
     let report = cairn::find::find(&repo, pattern, instance)?;
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::Invalid(e.to_string()))?)?;

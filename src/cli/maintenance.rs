@@ -11,8 +11,7 @@ use super::commands::{human_bytes, Ctx};
 use super::{EXIT_ERROR, EXIT_OK};
 
 pub fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "check")?;
+    let (repo, _lock) = ctx.open_reading("check")?;
     let read_data = match (a.read_data, a.read_data_subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => s.parse()?,

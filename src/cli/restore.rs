@@ -17,8 +17,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     if a.pg_target.is_some() {
         cairn::postgres::PgConn::new(a.pg_conn.as_deref())?;
     }
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "restore")?;
+    let (repo, _lock) = ctx.open_reading("restore")?;
     let (id, snap) = latest::for_restore(
         &repo,
         &a.snapshot,
@@ -77,8 +76,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 }
 
 pub fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "dump")?;
+    let (repo, _lock) = ctx.open_reading("dump")?;
     let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());

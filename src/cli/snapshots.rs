@@ -108,8 +108,7 @@ fn print_snapshot(id: &Id, s: &Snapshot) {
 }
 
 pub fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
-    let repo = ctx.open()?;
-    let _lock = cairn::lock::acquire_reader_on(&repo, "ls")?;
+    let (repo, _lock) = ctx.open_reading("ls")?;
     let (_, snap) = match path {
         Some(p) if !p.trim_matches('/').is_empty() => latest::for_name(&repo, spec, instance, p)?,
         _ => repo.resolve_snapshot(spec, instance)?,
