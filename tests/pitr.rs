@@ -611,14 +611,16 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
         let list = wal_list_by(cairn(&repo), "db");
         assert_eq!(list.len(), 1, "{point:?}: {list:?}");
         // The packs the killed push finished and indexed are used, not stored again: at most the one pack
-        // the kill interrupted between its rename and its indexing is stored twice (prune removes it).
+        // the kill interrupted between its rename and its indexing is stored twice (prune removes it). The
+        // second push cuts its packs elsewhere than the first, so their framing (headers, trailers) may add a
+        // little: 1% of the segment's packs is allowed for that (a segment stored twice is 100%).
         let total = pack_bytes(&repo);
         eprintln!(
             "{point:?}: one push stores {once} B; the killed push left {stored_by_the_killed} B, \
              after the second {total} B"
         );
         assert!(
-            total <= once + largest_pack,
+            total <= once + largest_pack + once / 100,
             "{point:?}: {total} B stored for a segment one push stores in {once} B (packs of up to \
              {largest_pack} B)"
         );
