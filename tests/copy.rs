@@ -410,6 +410,15 @@ struct Repo {
 }
 
 impl Repo {
+    /// A local repository `name` below `dir`, opened with the default password and `cache`.
+    fn local(dir: &Path, cache: &Path, name: &str) -> Repo {
+        Repo {
+            place: Place::local(dir, name),
+            password_file: None,
+            cache: cache.to_path_buf(),
+        }
+    }
+
     fn cairn(&self) -> Command {
         let mut c = self.place.cairn(&self.cache);
         if let Some(f) = &self.password_file {
@@ -563,11 +572,7 @@ fn copy_between_independently_keyed_repositories_rechunks_and_restores_byte_for_
 fn copy_from_plaintext_to_encrypted_and_back_restores_the_same_bytes_and_copies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let repo = |name: &str| Repo {
-        place: Place::local(dir.path(), name),
-        password_file: None,
-        cache: cache.clone(),
-    };
+    let repo = |name: &str| Repo::local(dir.path(), &cache, name);
     let (plain, enc, back) = (repo("plain"), repo("enc"), repo("back"));
     ok(plain.cairn().args(["init", "--insecure-no-encryption"]));
     ok(enc.cairn().arg("init"));
@@ -604,11 +609,7 @@ fn copy_from_plaintext_to_encrypted_and_back_restores_the_same_bytes_and_copies_
 fn rewriting_copy_of_snapshots_larger_than_one_batch_restores_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let repo = |name: &str| Repo {
-        place: Place::local(dir.path(), name),
-        password_file: None,
-        cache: cache.clone(),
-    };
+    let repo = |name: &str| Repo::local(dir.path(), &cache, name);
     let (plain, enc) = (repo("plain"), repo("enc"));
     ok(plain.cairn().args(["init", "--insecure-no-encryption"]));
     ok(enc.cairn().arg("init"));
