@@ -36,6 +36,8 @@ pub struct Marks<'r> {
     table: &'static str,
     /// The set while it is in memory; `None` once it has moved into the table.
     memory: Option<HashSet<Id>>,
+    /// The statement adding an id to the table (made once: it runs per id once the set has moved).
+    insert_sql: String,
     /// Ids kept in memory at most (a parameter for tests).
     limit: usize,
 }
@@ -55,6 +57,7 @@ impl<'r> Marks<'r> {
             repo,
             table,
             memory: Some(HashSet::new()),
+            insert_sql: format!("INSERT OR IGNORE INTO temp.{table}(id) VALUES (?1)"),
             limit,
         })
     }
@@ -69,10 +72,7 @@ impl<'r> Marks<'r> {
             return Ok(new);
         }
         let idx = self.repo.index();
-        let mut st = idx.raw().prepare_cached(&format!(
-            "INSERT OR IGNORE INTO temp.{}(id) VALUES (?1)",
-            self.table
-        ))?;
+        let mut st = idx.raw().prepare_cached(&self.insert_sql)?;
         Ok(st.execute(params![&id.0[..]])? == 1)
     }
 
@@ -119,10 +119,7 @@ impl<'r> Marks<'r> {
         ids.sort_unstable_by_key(|id| id.0);
         let idx = self.repo.index();
         in_savepoint(&idx, || {
-            let mut st = idx.raw().prepare_cached(&format!(
-                "INSERT OR IGNORE INTO temp.{}(id) VALUES (?1)",
-                self.table
-            ))?;
+            let mut st = idx.raw().prepare_cached(&self.insert_sql)?;
             for id in &ids {
                 st.execute(params![&id.0[..]])?;
             }
@@ -155,6 +152,10 @@ pub struct IdMap<'r> {
     memory: Option<(HashMap<Id, Vec<u8>>, usize)>,
     /// Entries and bytes of values kept in memory at most (parameters for tests).
     limits: (usize, usize),
+    /// The statements setting and reading a value in the table (made once: they run per entry once the
+    /// map has moved).
+    insert_sql: String,
+    get_sql: String,
 }
 
 /// Bytes of values an [`IdMap`] keeps in memory at most.
@@ -180,6 +181,8 @@ impl<'r> IdMap<'r> {
             table,
             memory: Some((HashMap::new(), 0)),
             limits,
+            insert_sql: format!("INSERT OR REPLACE INTO temp.{table}(id, value) VALUES (?1, ?2)"),
+            get_sql: format!("SELECT value FROM temp.{table} WHERE id = ?1"),
         })
     }
 
@@ -196,10 +199,7 @@ impl<'r> IdMap<'r> {
             return Ok(());
         }
         let idx = self.repo.index();
-        let mut st = idx.raw().prepare_cached(&format!(
-            "INSERT OR REPLACE INTO temp.{}(id, value) VALUES (?1, ?2)",
-            self.table
-        ))?;
+        let mut st = idx.raw().prepare_cached(&self.insert_sql)?;
         st.execute(params![&id.0[..], value])?;
         Ok(())
     }
@@ -210,23 +210,16 @@ impl<'r> IdMap<'r> {
             return Ok(map.get(id).cloned());
         }
         let idx = self.repo.index();
-        let mut st = idx.raw().prepare_cached(&format!(
-            "SELECT value FROM temp.{} WHERE id = ?1",
-            self.table
-        ))?;
+        let mut st = idx.raw().prepare_cached(&self.get_sql)?;
         Ok(st.query_row(params![&id.0[..]], |r| r.get(0)).optional()?)
     }
 
     /// Whether `id` has a value.
     pub fn contains(&self, id: &Id) -> Result<bool> {
-        if let Some((map, _)) = &self.memory {
-            return Ok(map.contains_key(id));
+        match &self.memory {
+            Some((map, _)) => Ok(map.contains_key(id)),
+            None => Ok(self.get(id)?.is_some()),
         }
-        let idx = self.repo.index();
-        let mut st = idx
-            .raw()
-            .prepare_cached(&format!("SELECT 1 FROM temp.{} WHERE id = ?1", self.table))?;
-        Ok(st.exists(params![&id.0[..]])?)
     }
 
     /// Writes the in-memory entries into the table in one savepoint, in id order.
@@ -238,10 +231,7 @@ impl<'r> IdMap<'r> {
         entries.sort_unstable_by_key(|(id, _)| id.0);
         let idx = self.repo.index();
         in_savepoint(&idx, || {
-            let mut st = idx.raw().prepare_cached(&format!(
-                "INSERT OR REPLACE INTO temp.{}(id, value) VALUES (?1, ?2)",
-                self.table
-            ))?;
+            let mut st = idx.raw().prepare_cached(&self.insert_sql)?;
             for (id, value) in &entries {
                 st.execute(params![&id.0[..], value])?;
             }

@@ -224,28 +224,23 @@ impl PgConn {
     /// connection, password included, goes through the environment, never through arguments.
     pub fn child_env(&self, db: &str) -> Vec<(&'static str, OsString)> {
         let mut env: Vec<(&'static str, OsString)> = Vec::new();
-        let hosts = self.host_names();
-        if !hosts.is_empty() {
-            env.push(("PGHOST", hosts.join(",").into()));
-        }
-        let addrs: Vec<String> = self
-            .config
-            .get_hostaddrs()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
-        if !addrs.is_empty() {
-            env.push(("PGHOSTADDR", addrs.join(",").into()));
-        }
-        let ports: Vec<String> = self
-            .config
-            .get_ports()
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        if !ports.is_empty() {
-            env.push(("PGPORT", ports.join(",").into()));
-        }
+        // libpq takes a list per variable, comma-separated; an empty list is left unset.
+        let mut list = |name: &'static str, items: Vec<String>| {
+            if !items.is_empty() {
+                env.push((name, items.join(",").into()));
+            }
+        };
+        list("PGHOST", self.host_names());
+        let addrs = self.config.get_hostaddrs().iter().map(|a| a.to_string());
+        list("PGHOSTADDR", addrs.collect());
+        list(
+            "PGPORT",
+            self.config
+                .get_ports()
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        );
         env.push(("PGUSER", self.user().into()));
         env.push(("PGDATABASE", db.into()));
         if let Some(p) = self.password_for(db) {
