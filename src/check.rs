@@ -30,7 +30,7 @@ use crate::pack;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{Node, NodeKind, Tree};
 use crate::walk::{self, Place, Step};
 
 /// Which packs to read in full.
@@ -332,6 +332,15 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
 }
 
 /// Decodes every reachable tree once and checks that every chunk it names is indexed.
+/// The repository's trees as their packs hold them: a check never reads this host's tree cache.
+struct Uncached<'a>(&'a Repository);
+
+impl walk::TreeSource for Uncached<'_> {
+    fn read_tree(&self, id: &Id) -> Result<Tree> {
+        self.0.read_tree_uncached(id)
+    }
+}
+
 fn check_trees(
     repo: &Repository,
     snapshots: &[(Id, Snapshot)],
@@ -349,7 +358,7 @@ fn check_trees(
         .iter()
         .flat_map(|(_, s)| s.tree.into_iter().chain(s.stream_tree))
     {
-        walk::walk(repo, &root, &mut v)?;
+        walk::walk(&Uncached(repo), &root, &mut v)?;
     }
     v.r.trees = v.seen_trees.len()?;
     let chunks = v.seen_chunks.in_table()?;
@@ -597,7 +606,7 @@ fn affected_paths(
         for (root, prefix) in [(snap.tree, ""), (snap.stream_tree, "stream:")] {
             let Some(root) = root else { continue };
             v.prefix = prefix;
-            walk::walk(repo, &root, &mut v)?;
+            walk::walk(&Uncached(repo), &root, &mut v)?;
         }
     }
     Ok(v.out)

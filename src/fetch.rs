@@ -311,22 +311,46 @@ pub fn prefetch_trees(
     Ok(trees)
 }
 
-/// Reads the trees `ids` into `trees` (those that can be read and decode; see [`prefetch_trees`]).
+/// Reads the trees `ids` into `trees` (those that can be read and decode; see [`prefetch_trees`]): from this
+/// host's tree cache where it has them, the others from their packs, which are then kept in the cache.
 fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut HashMap<Id, Tree>) {
-    let located: Vec<Location> = ids
+    let caching = repo.caches_trees();
+    let mut missing = Vec::with_capacity(ids.len());
+    for id in ids {
+        match caching.then(|| repo.cached_tree(id)).flatten() {
+            Some(raw) => {
+                if let Ok(tree) = Tree::decode(&raw) {
+                    trees.insert(*id, tree);
+                }
+            }
+            None => missing.push(*id),
+        }
+    }
+    let located: Vec<Location> = missing
         .iter()
         .filter_map(|id| repo.with_reader(|r| r.lookup(id)).ok().flatten())
         .filter(|loc| loc.entry.kind == BlobKind::Tree)
         .collect();
     let got = Mutex::new(Vec::with_capacity(located.len()));
     fetcher.fetch(&located, &|i, bytes| {
-        if let Ok(tree) = bytes.and_then(|b| Tree::decode(&b)) {
+        let id = located[i].entry.id;
+        let Ok(raw) = bytes else { return };
+        let cached = caching
+            .then(|| repo.tree_for_cache(id, &raw).ok())
+            .flatten();
+        if let Ok(tree) = Tree::decode(&raw) {
             got.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((located[i].entry.id, tree));
+                .push((id, tree, cached));
         }
     });
-    trees.extend(got.into_inner().unwrap_or_else(|p| p.into_inner()));
+    let got = got.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut to_cache = Vec::new();
+    for (id, tree, cached) in got {
+        trees.insert(id, tree);
+        to_cache.extend(cached);
+    }
+    repo.cache_trees(&to_cache);
 }
 
 /// The subtrees the walk enters below the trees of `level` that were read.

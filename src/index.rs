@@ -30,8 +30,10 @@ use crate::pack::{BlobEntry, BlobKind, Compression};
 
 mod damage;
 mod snapshots;
+mod tree_cache;
 
 pub use damage::DamageRecord;
+pub use tree_cache::CachedTree;
 
 /// Version of the schema below; stored in `meta`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -320,6 +322,7 @@ impl Index {
         conn.pragma_update(None, "synchronous", "FULL")?;
         // `IF NOT EXISTS` statements write nothing when the tables exist; the version row is written once.
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(tree_cache::SCHEMA)?;
         let has_version = conn
             .prepare("SELECT 1 FROM meta WHERE key = 'schema_version'")?
             .exists([])?;
@@ -532,10 +535,11 @@ impl Index {
             .query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    /// Removes a pack, its blob rows and its damage records (the caller deletes the file only after this
+    /// Removes a pack, its blob rows, the cached copies of its trees and its damage records (the caller deletes the file only after this
     /// commits).
     pub fn remove_pack(&mut self, pack: &Id) -> Result<()> {
         let tx = self.conn.transaction()?;
+        tx.execute(tree_cache::FORGET_PACK_TREES, params![&pack.0[..]])?;
         tx.execute(
             "DELETE FROM blobs WHERE pack_no = (SELECT pack_no FROM packs WHERE id = ?1)",
             params![&pack.0[..]],

@@ -36,6 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::backend::{ObjectKind, ObjectWriter};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use crate::index::CachedTree;
 use crate::index_object::{self, IndexObject, PackListing};
 use crate::pack::{self, BlobEntry, BlobKind, Compression, PackBuilder};
 use crate::repo::Repository;
@@ -98,6 +99,8 @@ pub struct PackWriter<'r> {
     io_turn: Condvar,
     /// Packs made durable and indexed whose index object is not written yet.
     unlisted: Mutex<Vec<PackListing>>,
+    /// Trees saved whose copies go into this host's tree cache with the next pack indexed.
+    trees_to_cache: Mutex<Vec<CachedTree>>,
     /// Every pack this writer made durable and indexed.
     written: Mutex<HashSet<Id>>,
     /// Set when a pack could not be written: saving stops early instead of compressing data that cannot be
@@ -163,6 +166,7 @@ impl<'r> PackWriter<'r> {
             send_order: Mutex::new(()),
             io_turn: Condvar::new(),
             unlisted: Mutex::new(Vec::new()),
+            trees_to_cache: Mutex::new(Vec::new()),
             written: Mutex::new(HashSet::new()),
             failed: AtomicBool::new(false),
             first_failure: Mutex::new(None),
@@ -265,8 +269,26 @@ impl<'r> PackWriter<'r> {
         self.stats
             .bytes_stored
             .fetch_add(stored.len() as u64, Ordering::Relaxed);
+        if kind == BlobKind::Tree && self.repo.caches_trees() {
+            self.keep_tree(CachedTree {
+                id,
+                compression,
+                raw_len: raw.len() as u32,
+                stored: stored.to_vec(),
+            });
+        }
         self.append(kind, id, raw.len() as u32, compression, None, &stored)?;
         Ok(true)
+    }
+
+    /// Keeps a copy of a tree about to be saved for this host's tree cache, written when the next pack is
+    /// indexed ([`Self::index_pack`]): its own pack or one before it. A row ahead of its tree's index row,
+    /// or for a tree whose pack never makes it, is never read: a tree is looked up in the index first.
+    fn keep_tree(&self, tree: CachedTree) {
+        self.trees_to_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tree);
     }
 
     /// Appends an encoded blob to the current pack, writing the pack out once it is full.
@@ -466,6 +488,14 @@ impl<'r> PackWriter<'r> {
         } else {
             index.add_pack(p.id, p.size, &p.entries)?;
         }
+        let trees = std::mem::take(
+            &mut *self
+                .trees_to_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        // Best effort: a cache that cannot be written (a full disk) costs later walks a request per tree.
+        let _ = index.cache_trees(&trees);
         drop(index);
         self.stats.packs_written.fetch_add(1, Ordering::Relaxed);
         self.written

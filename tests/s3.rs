@@ -475,3 +475,112 @@ fn restore_from_s3_of_a_many_file_tree_is_byte_identical() {
     ]));
     assert_same_tree(&src, &t.join("data"));
 }
+
+/// The index cache file of the one repository whose cache is under `cache`.
+fn cache_index(cache: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(cache.join("cairn"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one repository cache: {dirs:?}");
+    dirs[0].join("index.sqlite")
+}
+
+fn tree_cache_rows(cache: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = rusqlite::Connection::open(cache_index(cache)).unwrap();
+    let mut st = db.prepare("SELECT id, stored FROM tree_cache").unwrap();
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    rows
+}
+
+#[test]
+fn walks_read_trees_from_the_hosts_tree_cache_check_reads_the_packs_and_a_bad_copy_is_refetched() {
+    let ep = endpoint();
+    let url = fresh_repo(ep, "trees");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let c = || s3cairn(ep, &url, &cache);
+    ok(c().arg("init"));
+    let src = dir.path().join("data");
+    build_rich_tree(&src, 30);
+    ok(c().args(["backup", src.to_str().unwrap()]));
+    let listing = ok(c().args(["ls", "latest"]));
+    assert!(listing.contains("nested"), "{listing}");
+    // The backup kept every tree it wrote, sealed like the repository's copy: no file name in the clear.
+    let rows = tree_cache_rows(&cache);
+    assert!(
+        rows.len() >= 4,
+        "trees cached by the backup: {}",
+        rows.len()
+    );
+    assert!(rows
+        .iter()
+        .all(|(_, stored)| !stored.windows(6).any(|w| w == b"nested")));
+
+    // Every pack in the bucket damaged: walks on this host still list the snapshot from the tree cache...
+    let packs = harness::store::obj_list(&PathBuf::from(format!("{url}/packs")));
+    assert!(!packs.is_empty());
+    let originals: Vec<(PathBuf, Vec<u8>)> = packs
+        .iter()
+        .map(|(p, _)| (p.clone(), harness::store::obj_read(p)))
+        .collect();
+    for (p, bytes) in &originals {
+        let flipped: Vec<u8> = bytes.iter().map(|b| b ^ 0x5a).collect();
+        harness::store::obj_write(p, &flipped);
+    }
+    assert_eq!(ok(c().args(["ls", "latest"])), listing);
+    // ...but `check` judges the repository, not this host's copies,
+    let (code, out, err) = run(c().arg("check"));
+    assert_ne!(code, 0, "check must read the damaged trees: {out}{err}");
+    // and another host (a fresh cache) cannot list it.
+    let other = dir.path().join("cache2");
+    let (code, _, err) = run(s3cairn(ep, &url, &other).args(["ls", "latest"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // The packs back, and every cached copy tampered with: detected, read again from the packs, replaced.
+    for (p, bytes) in &originals {
+        harness::store::obj_write(p, bytes);
+    }
+    let db = rusqlite::Connection::open(cache_index(&cache)).unwrap();
+    for (id, mut stored) in tree_cache_rows(&cache) {
+        *stored.last_mut().unwrap() ^= 1;
+        db.execute(
+            "UPDATE tree_cache SET stored = ?1 WHERE id = ?2",
+            rusqlite::params![stored, id],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let tampered = tree_cache_rows(&cache);
+    assert_eq!(ok(c().args(["ls", "latest"])), listing);
+    let t = dir.path().join("t");
+    ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+    let healed = tree_cache_rows(&cache);
+    assert_eq!(healed.len(), tampered.len());
+    assert!(
+        healed.iter().all(|row| !tampered.contains(row)),
+        "every tampered copy replaced"
+    );
+
+    // Prune drops the copies of trees it deletes with their packs.
+    std::fs::write(src.join("docs/nested/deeper/changed.txt"), b"new").unwrap();
+    ok(c().args(["backup", src.to_str().unwrap()]));
+    let before = tree_cache_rows(&cache).len();
+    ok(c().args(["forget", "--keep-last", "1"]));
+    ok(c().args(["prune", "--max-unused", "0"]));
+    let after = tree_cache_rows(&cache).len();
+    assert!(
+        after < before,
+        "prune left the copies of deleted trees: {before} -> {after}"
+    );
+    ok(c().args(["check", "--read-data"]));
+    let t = dir.path().join("t2");
+    ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
+    assert_same_tree(&src, &t.join("data"));
+}
