@@ -476,13 +476,17 @@ impl Repository {
 
     /// Reads a blob at a known location (one ranged read of its bytes).
     pub fn read_located(&self, loc: &Location) -> Result<Vec<u8>> {
-        let stored = self.backend.get_range(
+        self.decode_stored(loc, &self.read_stored(loc)?)
+    }
+
+    /// A blob's stored bytes, as its pack holds them (one ranged read).
+    fn read_stored(&self, loc: &Location) -> Result<Vec<u8>> {
+        self.backend.get_range(
             ObjectKind::Pack,
             &loc.pack.to_hex(),
             loc.entry.offset,
             u64::from(loc.entry.stored_len),
-        )?;
-        self.decode_stored(loc, &stored)
+        )
     }
 
     /// Reads, decompresses and verifies a blob from its pack, already open.
@@ -539,12 +543,7 @@ impl Repository {
         if !self.caches_trees() {
             return Tree::decode(&self.read_located(loc)?);
         }
-        let stored = self.backend.get_range(
-            ObjectKind::Pack,
-            &loc.pack.to_hex(),
-            loc.entry.offset,
-            u64::from(loc.entry.stored_len),
-        )?;
+        let stored = self.read_stored(loc)?;
         let raw = self.decode_stored(loc, &stored)?;
         self.cache_trees(&[CachedTree {
             id: loc.entry.id,
