@@ -239,36 +239,27 @@ fn check_packs(repo: &Repository, r: &mut CheckReport, damaged: &mut Damage) -> 
     let indexed = repo.index().packs()?;
     r.packs = indexed.len() as u64;
     let indexed_ids: HashSet<Id> = indexed.iter().map(|p| p.id).collect();
-    for p in &indexed {
-        let expected = repo.index().blobs_in_pack(&p.id)?;
-        let problem = match on_disk.get(&p.id) {
-            None => Some("is missing".to_string()),
-            Some(&len) if len != p.size => {
-                Some(format!("has {len} bytes, the index records {}", p.size))
+    // Each pack's trailer costs a few small reads: over an object store, round trips, so many packs are
+    // read at once (a request per pack one after the other made most of a check's wall).
+    let found = in_parallel(repo, || {
+        indexed
+            .par_iter()
+            .map(|p| pack_problem(repo, p, on_disk.get(&p.id).copied()))
+            .collect::<Vec<_>>()
+    })?;
+    for (p, found) in indexed.iter().zip(found) {
+        let problem = match found? {
+            PackFinding::Sound => continue,
+            PackFinding::Unreadable(e) => {
+                r.read_errors
+                    .push(format!("pack {} cannot be read: {e}", p.id));
+                continue;
             }
-            Some(&len) => {
-                match pack::read_trailer(repo.backend().as_ref(), &p.id, len, repo.crypto()) {
-                    Err(e) if !e.is_damage() => {
-                        r.read_errors
-                            .push(format!("pack {} cannot be read: {e}", p.id));
-                        None
-                    }
-                    Err(e) => Some(format!("trailer unreadable: {e}")),
-                    Ok(entries) => {
-                        let listed: HashSet<_> = entries.iter().collect();
-                        let missing = expected.iter().filter(|e| !listed.contains(e)).count();
-                        (missing > 0).then(|| {
-                            format!("trailer does not list {missing} blobs the index places in it")
-                        })
-                    }
-                }
-            }
+            PackFinding::Damaged(problem) => problem,
         };
-        if let Some(problem) = problem {
-            r.errors.push(format!("pack {} {problem}", p.id));
-            for e in expected {
-                damaged.insert(e.id, (p.id, format!("pack {problem}")));
-            }
+        r.errors.push(format!("pack {} {problem}", p.id));
+        for e in repo.index().blobs_in_pack(&p.id)? {
+            damaged.insert(e.id, (p.id, format!("pack {problem}")));
         }
     }
     check_index_objects(repo, r)?;
@@ -332,13 +323,72 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
 }
 
 /// Decodes every reachable tree once and checks that every chunk it names is indexed.
-/// The repository's trees as their packs hold them: a check never reads this host's tree cache.
-struct Uncached<'a>(&'a Repository);
+/// The repository's trees as their packs hold them: a check never trusts this host's tree cache, only
+/// the copies it has itself just read from their packs into it (`verified`, see
+/// [`crate::fetch::refresh_tree_cache`]).
+struct Uncached<'a> {
+    repo: &'a Repository,
+    verified: Option<&'a Marks<'a>>,
+}
 
 impl walk::TreeSource for Uncached<'_> {
     fn read_tree(&self, id: &Id) -> Result<Tree> {
-        self.0.read_tree_uncached(id)
+        match self.verified {
+            Some(v) if v.contains(id)? => self.repo.read_tree(id),
+            _ => self.repo.read_tree_uncached(id),
+        }
     }
+}
+
+/// What [`check_packs`] finds about one indexed pack.
+enum PackFinding {
+    Sound,
+    /// A read error that is not damage (permission, outage): reported, nothing recorded.
+    Unreadable(Error),
+    Damaged(String),
+}
+
+/// Checks pack `p`, `len` bytes in the repository (`None`: missing): its size and that its trailer lists
+/// every blob the index places in it.
+fn pack_problem(
+    repo: &Repository,
+    p: &crate::index::PackRow,
+    len: Option<u64>,
+) -> Result<PackFinding> {
+    let damaged = |s: String| Ok(PackFinding::Damaged(s));
+    let len = match len {
+        None => return damaged("is missing".to_string()),
+        Some(len) if len != p.size => {
+            return damaged(format!("has {len} bytes, the index records {}", p.size))
+        }
+        Some(len) => len,
+    };
+    match pack::read_trailer(repo.backend().as_ref(), &p.id, len, repo.crypto()) {
+        Err(e) if !e.is_damage() => Ok(PackFinding::Unreadable(e)),
+        Err(e) => damaged(format!("trailer unreadable: {e}")),
+        Ok(entries) => {
+            let listed: HashSet<_> = entries.iter().collect();
+            let expected = repo.with_reader(|r| r.blobs_in_pack(&p.id))?;
+            let missing = expected.iter().filter(|e| !listed.contains(e)).count();
+            if missing > 0 {
+                damaged(format!(
+                    "trailer does not list {missing} blobs the index places in it"
+                ))
+            } else {
+                Ok(PackFinding::Sound)
+            }
+        }
+    }
+}
+
+/// Runs `f` on a pool of as many threads as the backend wants small reads in flight.
+fn in_parallel<T: Send>(repo: &Repository, f: impl FnOnce() -> T + Send) -> Result<T> {
+    Ok(
+        match crate::fetch::reader_pool(repo.backend().read_plan().small_parallel)? {
+            Some(pool) => pool.install(f),
+            None => f(),
+        },
+    )
 }
 
 fn check_trees(
@@ -354,11 +404,25 @@ fn check_trees(
         seen_trees: Marks::new(repo, "check_trees")?,
         seen_chunks: Marks::new(repo, "check_chunks")?,
     };
-    for root in snapshots
+    let roots: Vec<Id> = snapshots
         .iter()
         .flat_map(|(_, s)| s.tree.into_iter().chain(s.stream_tree))
-    {
-        walk::walk(&Uncached(repo), &root, &mut v)?;
+        .collect();
+    // Over an object store, every tree is read from its pack first, a level at a time, instead of a
+    // request per directory during the walk.
+    let mut verified = Marks::new(repo, "check_trees_verified")?;
+    crate::fetch::refresh_tree_cache(
+        repo,
+        &roots,
+        &mut Marks::new(repo, "check_trees_read")?,
+        &mut verified,
+    )?;
+    let source = Uncached {
+        repo,
+        verified: Some(&verified),
+    };
+    for root in &roots {
+        walk::walk(&source, root, &mut v)?;
     }
     v.r.trees = v.seen_trees.len()?;
     let chunks = v.seen_chunks.in_table()?;
@@ -606,7 +670,14 @@ fn affected_paths(
         for (root, prefix) in [(snap.tree, ""), (snap.stream_tree, "stream:")] {
             let Some(root) = root else { continue };
             v.prefix = prefix;
-            walk::walk(&Uncached(repo), &root, &mut v)?;
+            walk::walk(
+                &Uncached {
+                    repo,
+                    verified: None,
+                },
+                &root,
+                &mut v,
+            )?;
         }
     }
     Ok(v.out)

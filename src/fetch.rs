@@ -34,6 +34,7 @@ use crate::backend::{ObjectKind, RangeReader, ReadPlan};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index::Location;
+use crate::marks::Marks;
 use crate::pack::BlobKind;
 use crate::repo::Repository;
 use crate::tree::{Node, NodeKind, Tree};
@@ -100,17 +101,7 @@ impl<'r> Fetcher<'r> {
 
     /// A fetcher that reads under `plan` instead of the backend's own.
     pub fn with_plan(repo: &'r Repository, plan: ReadPlan) -> Result<Fetcher<'r>> {
-        let parallel = plan.parallel.max(1);
-        let pool = if parallel == rayon::current_num_threads() {
-            None
-        } else {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(parallel)
-                .thread_name(|i| format!("cairn-fetch-{i}"))
-                .build()
-                .map_err(|e| Error::Invalid(format!("cannot start reader threads: {e}")))?;
-            Some(pool)
-        };
+        let pool = reader_pool(plan.parallel)?;
         Ok(Fetcher { repo, plan, pool })
     }
 
@@ -267,6 +258,21 @@ impl<'r> Fetcher<'r> {
     }
 }
 
+/// A pool of `threads` reader threads, or `None` when the global pool has that size already (an object
+/// store wants more requests in flight than there are cores).
+pub fn reader_pool(threads: usize) -> Result<Option<rayon::ThreadPool>> {
+    let threads = threads.max(1);
+    if threads == rayon::current_num_threads() {
+        return Ok(None);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cairn-fetch-{i}"))
+        .build()
+        .map(Some)
+        .map_err(|e| Error::Invalid(format!("cannot start reader threads: {e}")))
+}
+
 /// How trees are read by [`prefetch_trees`] from a backend that reads blobs under `plan`: a tree is a few
 /// KiB, so the backend's `small_parallel` are in flight (memory stays at that many runs of at most 256 KiB,
 /// unless one tree is larger) and only trees stored side by side share a read.
@@ -314,19 +320,32 @@ pub fn prefetch_trees(
 /// Reads the trees `ids` into `trees` (those that can be read and decode; see [`prefetch_trees`]): from this
 /// host's tree cache where it has them, the others from their packs, which are then kept in the cache.
 fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut HashMap<Id, Tree>) {
-    let caching = repo.caches_trees();
     let mut missing = Vec::with_capacity(ids.len());
     for id in ids {
-        match caching.then(|| repo.cached_tree(id)).flatten() {
-            Some(raw) => {
-                if let Ok(tree) = Tree::decode(&raw) {
-                    trees.insert(*id, tree);
-                }
+        let cached = repo.caches_trees().then(|| repo.cached_tree(id)).flatten();
+        match cached.map(|raw| Tree::decode(&raw)) {
+            Some(Ok(tree)) => {
+                trees.insert(*id, tree);
             }
+            Some(Err(_)) => {}
             None => missing.push(*id),
         }
     }
-    let located: Vec<Location> = missing
+    read_packed_trees(repo, fetcher, &missing, &mut |id, tree| {
+        trees.insert(id, tree);
+    });
+}
+
+/// Reads the trees `ids` from their packs, never from the tree cache, hands each that can be read and
+/// decodes to `on_tree`, and keeps a copy of each in the cache (when the repository has one).
+fn read_packed_trees(
+    repo: &Repository,
+    fetcher: &Fetcher,
+    ids: &[Id],
+    on_tree: &mut dyn FnMut(Id, Tree),
+) {
+    let caching = repo.caches_trees();
+    let located: Vec<Location> = ids
         .iter()
         .filter_map(|id| repo.with_reader(|r| r.lookup(id)).ok().flatten())
         .filter(|loc| loc.entry.kind == BlobKind::Tree)
@@ -347,10 +366,60 @@ fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut Hash
     let got = got.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut to_cache = Vec::new();
     for (id, tree, cached) in got {
-        trees.insert(id, tree);
+        on_tree(id, tree);
         to_cache.extend(cached);
     }
     repo.cache_trees(&to_cache);
+}
+
+/// How many trees [`refresh_tree_cache`] reads in one batch: bounds its memory (the decoded trees of a
+/// batch) whatever the size of a level.
+const REFRESH_BATCH: usize = 4096;
+
+/// Reads every tree below `roots` (the roots included) from its pack, a level at a time with merged,
+/// parallel reads ([`tree_plan`]), keeps each in this host's tree cache and marks it in `verified`. For
+/// `check` over an object store: its walk then reads the trees marked in `verified` (copies it has just
+/// verified from their packs) from the cache, in one round trip per level and batch instead of one per
+/// directory, and any other tree from its pack, reporting it as before. Trees are entered once (`tried`).
+/// Does nothing for a repository without a tree cache (a local one).
+///
+/// Memory: one level's tree ids (32 bytes a directory) and one batch of decoded trees; the sets are
+/// [`Marks`], which move to disk when large.
+pub fn refresh_tree_cache(
+    repo: &Repository,
+    roots: &[Id],
+    tried: &mut Marks,
+    verified: &mut Marks,
+) -> Result<()> {
+    if !repo.caches_trees() {
+        return Ok(());
+    }
+    let fetcher = Fetcher::with_plan(repo, tree_plan(repo.backend().read_plan()))?;
+    let mut level: Vec<Id> = roots.to_vec();
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for batch in level.chunks(REFRESH_BATCH) {
+            let mut wanted = Vec::with_capacity(batch.len());
+            for id in batch {
+                if tried.insert(id)? {
+                    wanted.push(*id);
+                }
+            }
+            let mut read = Vec::with_capacity(wanted.len());
+            read_packed_trees(repo, &fetcher, &wanted, &mut |id, tree| {
+                read.push(id);
+                next.extend(tree.nodes.iter().filter_map(|n| match &n.kind {
+                    NodeKind::Dir { subtree } => Some(*subtree),
+                    _ => None,
+                }));
+            });
+            for id in &read {
+                verified.insert(id)?;
+            }
+        }
+        level = next;
+    }
+    Ok(())
 }
 
 /// The subtrees the walk enters below the trees of `level` that were read.

@@ -38,6 +38,7 @@ pub struct Marks<'r> {
     memory: Option<HashSet<Id>>,
     /// The statement adding an id to the table (made once: it runs per id once the set has moved).
     insert_sql: String,
+    contains_sql: String,
     /// Ids kept in memory at most (a parameter for tests).
     limit: usize,
 }
@@ -58,6 +59,7 @@ impl<'r> Marks<'r> {
             table,
             memory: Some(HashSet::new()),
             insert_sql: format!("INSERT OR IGNORE INTO temp.{table}(id) VALUES (?1)"),
+            contains_sql: format!("SELECT 1 FROM temp.{table} WHERE id = ?1"),
             limit,
         })
     }
@@ -74,6 +76,16 @@ impl<'r> Marks<'r> {
         let idx = self.repo.index();
         let mut st = idx.raw().prepare_cached(&self.insert_sql)?;
         Ok(st.execute(params![&id.0[..]])? == 1)
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        if let Some(memory) = &self.memory {
+            return Ok(memory.contains(id));
+        }
+        let idx = self.repo.index();
+        let mut st = idx.raw().prepare_cached(&self.contains_sql)?;
+        Ok(st.exists(params![&id.0[..]])?)
     }
 
     /// How many ids the set holds.
