@@ -350,7 +350,7 @@ impl Job<'_> {
                 None => return Ok(None),
             }
         } else if ft.is_file() {
-            match self.save_file(path, &md, &meta, parent)? {
+            match self.save_file(path, &md, &mut meta, parent)? {
                 Some((size, chunks)) => NodeKind::File { size, chunks },
                 None => return Ok(None),
             }
@@ -465,11 +465,14 @@ impl Job<'_> {
         self.save_tree(nodes).map(Some)
     }
 
+    /// Reads a regular file (unless unchanged since the parent snapshot). `meta` is what `lstat` said; the
+    /// file read is opened without following a symlink and `meta` is replaced by what the open file itself
+    /// says, so the snapshot never records one file's owner and mode with another's content.
     fn save_file(
         &self,
         path: &Path,
         md: &Metadata,
-        meta: &Meta,
+        meta: &mut Meta,
         parent: Option<&Node>,
     ) -> Result<Option<(u64, Vec<Id>)>> {
         let c = &self.counters;
@@ -489,7 +492,14 @@ impl Job<'_> {
                 return Ok(Some((*size, chunks.clone())));
             }
         }
-        let read = File::open(path).and_then(|f| self.save_reader(f, md.len()));
+        let read = open_regular(path).and_then(|(f, opened)| {
+            let xattrs = std::mem::take(&mut meta.xattrs);
+            *meta = Meta {
+                xattrs,
+                ..meta_of(&opened)
+            };
+            self.save_reader(f, opened.len())
+        });
         match read {
             Ok(Ok((size, chunks))) => {
                 let counter = if parent.is_some() {
@@ -636,6 +646,35 @@ impl Job<'_> {
     }
 }
 
+/// Opens the regular file at `path` for reading, never through a symlink, and says what it opened.
+///
+/// Between the `lstat` that found a regular file and this open, the entry may have been replaced (by
+/// whoever can write its directory): by a symlink to a file its writer may not read (a backup running as
+/// root would store that file's content under the writer's file, and a restore hand it to them), or by a
+/// FIFO (whose open would wait forever). So the last component is not followed (`ELOOP`), a FIFO opens
+/// without waiting, and anything but a regular file is refused; the caller records the metadata of the
+/// file actually opened.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<(File, Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                std::io::Error::other("replaced by a symlink while the backup ran (not followed)")
+            }
+            _ => e,
+        })?;
+    let md = file.metadata()?;
+    if !md.file_type().is_file() {
+        return Err(std::io::Error::other(
+            "no longer a regular file (replaced while the backup ran)",
+        ));
+    }
+    Ok((file, md))
+}
+
 /// The size, mtime, ctime and inode all match: the file is taken to be unchanged (as restic and borg do).
 fn unchanged(old: &Meta, new: &Meta, old_size: u64, new_size: u64) -> bool {
     old_size == new_size
@@ -670,4 +709,49 @@ fn read_dir_names(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
     }
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_file_replaced_after_its_lstat_is_never_read_through_a_symlink_nor_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, b"not the writer's").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, b"mine").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        let seen = fs::symlink_metadata(&f).unwrap();
+        assert!(seen.is_file());
+
+        // Swapped for a symlink after the lstat: refused, never read through.
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&secret, &f).unwrap();
+        let e = open_regular(&f).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+
+        // Swapped for a FIFO: refused at once (a plain open would wait for a writer forever).
+        fs::remove_file(&f).unwrap();
+        let c = std::ffi::CString::new(f.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_regular(&f).is_err());
+
+        // Swapped for another regular file: read, and described by its own metadata, not the lstat's.
+        fs::remove_file(&f).unwrap();
+        fs::write(&f, b"another file").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+        let (mut file, opened) = open_regular(&f).unwrap();
+        let mut content = Vec::new();
+        file.read_to_end(&mut content).unwrap();
+        assert_eq!(content, b"another file");
+        let now = fs::symlink_metadata(&f).unwrap();
+        assert_eq!((opened.ino(), opened.mode()), (now.ino(), now.mode()));
+        assert_ne!(opened.mode(), seen.mode());
+        assert_eq!(meta_of(&opened).mode & 0o7777, 0o640);
+    }
 }

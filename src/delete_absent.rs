@@ -7,46 +7,53 @@
 //! directory is descended only when the snapshot has a directory of that name and the entry on disk is a real
 //! directory. The first removal that fails stops the walk and is reported with its path.
 
-use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::repo::Repository;
+use crate::restore_at::{list_dir, lstat_at, remove_at, TargetDir};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::walk::{self, Place, Step};
 
 /// Removes every entry below `dest` that the tree `tree` does not hold; returns how many were removed (a
 /// removed directory counts once, whatever it held).
 pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
-    let mut v = DeleteAbsent { dest, removed: 0 };
+    let mut v = DeleteAbsent {
+        dest: TargetDir::open(dest)?,
+        removed: 0,
+    };
     walk::walk(repo, tree, &mut v)?;
     Ok(v.removed)
 }
 
 /// The walk of the snapshot's tree: each directory of it is compared with the directory on disk at the same
-/// path, which is entered only when it is a real directory there.
-struct DeleteAbsent<'a> {
-    dest: &'a Path,
+/// path, which is entered only when it is a real directory there. Directories are opened from `dest`'s
+/// descriptor without following symlinks and entries removed through their directory's descriptor
+/// ([`crate::restore_at`]), so a directory swapped for a symlink during the walk is never entered.
+struct DeleteAbsent {
+    dest: TargetDir,
     removed: u64,
 }
 
-impl walk::Visitor for DeleteAbsent<'_> {
+impl walk::Visitor for DeleteAbsent {
     fn tree(&mut self, _: &Id, at: Place, tree: &Tree) -> Result<()> {
-        let dir = self.dest.join(at.as_path());
-        for entry in fs::read_dir(&dir).at(&dir)? {
-            let entry = entry.at(&dir)?;
-            if tree.get(entry.file_name().as_bytes()).is_some() {
+        let shown = self.dest.display(at.as_path());
+        let dir = self
+            .dest
+            .dir(at.as_path())
+            .map_err(|e| Error::io(&shown, e))?;
+        for name in list_dir(dir.as_fd()).map_err(|e| Error::io(&shown, e))? {
+            if tree.get(name.as_bytes()).is_some() {
                 continue;
             }
-            let path = entry.path();
-            // `file_type` of a directory entry does not follow symlinks.
-            if entry.file_type().at(&path)?.is_dir() {
-                fs::remove_dir_all(&path).at(&path)?;
-            } else {
-                fs::remove_file(&path).at(&path)?;
-            }
+            remove_at(
+                dir.as_fd(),
+                &name,
+                &shown.join(std::ffi::OsStr::from_bytes(name.as_bytes())),
+            )?;
             self.removed += 1;
         }
         Ok(())
@@ -56,13 +63,26 @@ impl walk::Visitor for DeleteAbsent<'_> {
         if !matches!(node.kind, NodeKind::Dir { .. }) {
             return Ok(Step::Skip);
         }
-        let path = self.dest.join(at.as_path());
+        let path = self.dest.display(at.as_path());
         // Not followed: a symlink where the snapshot has a directory is left alone, never entered.
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.is_dir() => Ok(Step::Descend),
+        let (dir, name) = match self.dest.parent(at.as_path()) {
+            Ok(p) => p,
+            // The parent is not a real directory (any more): nothing to enter.
+            Err(e) if is_not_there(&e) => return Ok(Step::Skip),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        match lstat_at(dir.as_fd(), &name) {
+            Ok(Some(st)) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(Step::Descend),
             Ok(_) => Ok(Step::Skip),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Step::Skip),
-            Err(e) => Err(crate::error::Error::io(&path, e)),
+            Err(e) => Err(Error::io(&path, e)),
         }
     }
+}
+
+/// A path that leads nowhere, or through something that is not a directory.
+fn is_not_there(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+    )
 }

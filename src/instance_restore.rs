@@ -93,6 +93,9 @@ pub fn restore_instance(
     }
     let (id, snap) = pick_snapshot(repo, &cfg, &req)?;
     check_request(&req)?;
+    if req.delete && snap.partial {
+        return Err(partial_delete(&format!("snapshot {}", id.short())));
+    }
     // Checked before the safety snapshot: a refusal changes nothing at all.
     let in_place_files = if req.in_place {
         plan_in_place(repo, &id, &snap, &cfg)?
@@ -123,6 +126,13 @@ pub fn restore_instance(
             safety.snapshot_id.short()
         );
         out.safety_snapshot_id = Some(safety.snapshot_id.to_hex());
+        if req.delete && safety.snapshot.partial {
+            // Files the safety snapshot could not read would be removed with no copy anywhere.
+            return Err(partial_delete(&format!(
+                "the safety snapshot {} of the live files",
+                safety.snapshot_id.short()
+            )));
+        }
     }
     let with_hint = |e: Error| e.with_note(&safety_hint);
     if let (Some(dir), Some(root)) = (&req.target, snap.tree) {
@@ -224,6 +234,15 @@ fn pick_snapshot(
 }
 
 /// Refuses a request that names no destination, or options that apply to none of its destinations.
+/// `--delete` refused because `what` is partial: files that could not be read when it was taken are
+/// absent from it, so `--delete` would remove them, though they existed then and have no copy.
+fn partial_delete(what: &str) -> Error {
+    Error::Invalid(format!(
+        "{what} is partial (some files could not be read when it was taken): --delete would remove those \
+         files, which no snapshot holds; nothing was changed. Restore without --delete"
+    ))
+}
+
 fn check_request(req: &RestoreRequest) -> Result<()> {
     if req.target.is_none() && req.pg_target.is_none() && !req.in_place {
         return Err(Error::Invalid(

@@ -54,6 +54,7 @@ pub mod progress;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod restore_at;
 pub mod restore_files;
 pub mod retention;
 pub mod run_log;

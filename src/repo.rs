@@ -341,7 +341,7 @@ impl Repository {
 
     /// Brings a cached index up to date with the repository's objects: index objects it has not seen are
     /// read and merged, rows of those that are gone dropped, packs no index object lists are read from
-    /// their trailers (see [`crate::index_sync`]); likewise snapshots and instance configurations. Damaged packs and snapshots are left out (`check` reports them).
+    /// their trailers (see [`crate::index_sync`]); likewise snapshots and instance configurations. Damaged packs and snapshots are left out (`check` reports them; a damaged snapshot is also a warning, since `latest` then means an older one).
     pub fn sync_cache(&self) -> Result<()> {
         crate::index_sync::sync(self, true)?;
         self.sync_objects()
@@ -357,7 +357,21 @@ impl Repository {
         for id in objects.difference(&rows) {
             match self.load_snapshot(id) {
                 Ok(snap) => self.index().add_snapshot(&snap, &id.to_hex())?,
-                Err(e) if e.is_damage() => {}
+                // Left out, but said (once per process): otherwise `latest` would silently be an older
+                // snapshot (on a new host, after the cache was lost, on every open of an object store) and
+                // listings would hide it.
+                Err(e) if e.is_damage() => {
+                    static WARNED: Mutex<Vec<Id>> = Mutex::new(Vec::new());
+                    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+                    if !warned.contains(id) {
+                        warned.push(*id);
+                        tracing::warn!(
+                            snapshot = %id.to_hex(),
+                            error = %e,
+                            "a snapshot object cannot be read: listings and `latest` leave it out (run `cairn check`)"
+                        );
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

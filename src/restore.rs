@@ -1,8 +1,11 @@
 //! Restore and dump: reassemble files and streams from a snapshot, re-verifying every chunk against its id.
 //!
 //! Safety: every path written is `target` joined with tree-entry names that the tree decoder has already
-//! proven to be single, safe components; an existing directory on the way must be a real directory, not a
-//! symlink; existing files are replaced only with `overwrite` (and then unlinked first, never written through).
+//! proven to be single, safe components; every directory on the way is opened from the target's descriptor
+//! without following symlinks and every entry is made and given its metadata through its parent's (or its
+//! own) descriptor ([`crate::restore_at`]), so a directory swapped for a symlink while the restore runs
+//! fails the restore instead of leading it outside the target; existing files are replaced only with
+//! `overwrite` (and then unlinked first, never written through).
 //! A file whose chunk fails verification is removed and named in the error, never left silently wrong.
 //!
 //! Damage: an object that fails verification here (a hash mismatch, bad framing, a missing pack or blob; see
@@ -11,10 +14,9 @@
 //! are reported as they are and recorded nowhere.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,10 @@ use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::restore_at::{
+    fd_path, link_at, mknod_at, replace_existing_at, set_meta_at, set_times_at, symlink_at,
+    TargetDir,
+};
 use crate::restore_files::{restore_files, FileJob};
 use crate::snapshot::Snapshot;
 use crate::tree::{Meta, Node, NodeKind};
@@ -74,13 +80,15 @@ pub fn restore(
         )));
     }
     fs::create_dir_all(&opts.target).at(&opts.target)?;
+    // Everything below the target is reached through descriptors, never through a symlink (see
+    // [`crate::restore_at`]): the tree may be changed by someone else while the restore runs.
+    let target = TargetDir::open(&opts.target)?;
     let mut summary = RestoreSummary::default();
-    let target = &opts.target;
     for it in items
         .iter()
         .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
     {
-        make_dir(&target.join(&it.rel), opts.overwrite)?;
+        target.make_dir(&it.rel, opts.overwrite)?;
         summary.dirs += 1;
     }
     let (primaries, links) = split_hard_links(&items);
@@ -88,7 +96,8 @@ pub fn restore(
         .iter()
         .filter_map(|it| match &it.node.kind {
             NodeKind::File { chunks, size } => Some(FileJob {
-                path: target.join(&it.rel),
+                path: target.display(&it.rel),
+                rel: it.rel.clone(),
                 node: &it.node,
                 chunks,
                 size: *size,
@@ -96,49 +105,80 @@ pub fn restore(
             _ => None,
         })
         .collect();
-    let bytes = restore_files(repo, &jobs, opts.overwrite, &opts.progress)?;
+    let bytes = restore_files(repo, &target, &jobs, opts.overwrite, &opts.progress)?;
     summary.files = primaries.len() as u64;
     summary.bytes = bytes;
     for (it, first) in &links {
-        let path = target.join(&it.rel);
-        replace_existing(&path, opts.overwrite)?;
-        fs::hard_link(target.join(first), &path).at(&path)?;
+        let path = target.display(&it.rel);
+        let (dir, name) = target.parent(&it.rel).at(&path)?;
+        replace_existing_at(dir.as_fd(), &name, opts.overwrite, &path)?;
+        let (from_dir, from_name) = target.parent(first).at(&path)?;
+        link_at(from_dir.as_fd(), &from_name, dir.as_fd(), &name).at(&path)?;
         summary.links += 1;
     }
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
     for it in &items {
-        let path = target.join(&it.rel);
-        match &it.node.kind {
-            NodeKind::Symlink { target: t } => {
-                replace_existing(&path, opts.overwrite)?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(t), &path).at(&path)?;
-                apply_meta(&path, &it.node.meta, false)?;
+        let special = match &it.node.kind {
+            NodeKind::Symlink { .. } => None,
+            NodeKind::Fifo => Some((libc::S_IFIFO, 0)),
+            NodeKind::CharDevice { rdev } => Some((libc::S_IFCHR, *rdev)),
+            NodeKind::BlockDevice { rdev } => Some((libc::S_IFBLK, *rdev)),
+            _ => continue,
+        };
+        let path = target.display(&it.rel);
+        let (dir, name) = target.parent(&it.rel).at(&path)?;
+        let dir = dir.as_fd();
+        replace_existing_at(dir, &name, opts.overwrite, &path)?;
+        let meta = &it.node.meta;
+        match (&it.node.kind, special) {
+            (NodeKind::Symlink { target: t }, _) => {
+                symlink_at(dir, &name, t).at(&path)?;
+                set_meta_at(dir, &name, meta, true, as_root).at(&path)?;
+                crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
+                    .map_err(|e| name_path(e, &path))?;
+                set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
                 summary.special += 1;
             }
-            NodeKind::Fifo | NodeKind::CharDevice { .. } | NodeKind::BlockDevice { .. } => {
-                replace_existing(&path, opts.overwrite)?;
-                match make_special(&path, &it.node) {
-                    Ok(()) => {
-                        apply_meta(&path, &it.node.meta, true)?;
-                        summary.special += 1;
-                    }
-                    Err(e) => summary
-                        .warnings
-                        .push(format!("{}: not recreated: {e}", path.display())),
+            (_, Some((kind, rdev))) => match mknod_at(dir, &name, kind, meta.mode, rdev) {
+                Ok(()) => {
+                    set_meta_at(dir, &name, meta, false, as_root).at(&path)?;
+                    crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
+                        .map_err(|e| name_path(e, &path))?;
+                    set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
+                    summary.special += 1;
                 }
-            }
+                Err(e) => summary
+                    .warnings
+                    .push(format!("{}: not recreated: {e}", path.display())),
+            },
             _ => {}
         }
     }
-    // Directory times last, deepest first: creating entries inside a directory changes its mtime.
+    // Directory times last, deepest first: creating entries inside a directory changes its mtime. Each is
+    // opened (not followed) and given its metadata through its descriptor.
     for it in items
         .iter()
         .rev()
         .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
     {
-        apply_meta(&target.join(&it.rel), &it.node.meta, true)?;
+        let path = target.display(&it.rel);
+        let dir = target.open_dir(&it.rel)?;
+        apply_file_meta(&dir, &path, &it.node.meta)?;
     }
     opts.progress.finish();
     Ok(summary)
+}
+
+/// An attribute error about a `/proc/self/fd/...` path, said about the restored path instead.
+fn name_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Invalid(m) => match m.split_once(": cannot restore") {
+            Some((_, rest)) => Error::Invalid(format!("{}: cannot restore{rest}", path.display())),
+            None => Error::Invalid(m),
+        },
+        other => other,
+    }
 }
 
 /// Splits a path like `a/b/c` into components; `.` and empty components are dropped.
@@ -223,28 +263,6 @@ fn split_hard_links(items: &[Item]) -> (Vec<&Item>, Vec<(&Item, PathBuf)>) {
         primaries.push(it);
     }
     (primaries, links)
-}
-
-fn make_dir(path: &Path, overwrite: bool) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => Ok(()),
-        Ok(_) if overwrite => {
-            fs::remove_file(path).at(path)?;
-            fs::create_dir(path).at(path)
-        }
-        Ok(_) => Err(Error::Exists(path.to_path_buf())),
-        Err(_) => fs::create_dir(path).at(path),
-    }
-}
-
-/// Unlinks an existing non-directory at `path` when overwriting; refuses otherwise.
-pub(crate) fn replace_existing(path: &Path, overwrite: bool) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(_) if !overwrite => Err(Error::Exists(path.to_path_buf())),
-        Ok(md) if md.is_dir() => fs::remove_dir_all(path).at(path),
-        Ok(_) => fs::remove_file(path).at(path),
-    }
 }
 
 /// Records damage met reading a blob (and every blob of its pack when the pack is gone, once per pack).
@@ -411,34 +429,6 @@ pub(crate) fn damage_found(repo: &Repository, blob: &Id, pack: Option<&Id>, e: E
     }
 }
 
-fn make_special(path: &Path, node: &Node) -> std::io::Result<()> {
-    let c = cpath(path)?;
-    let (kind, rdev) = match node.kind {
-        NodeKind::Fifo => (libc::S_IFIFO, 0),
-        NodeKind::CharDevice { rdev } => (libc::S_IFCHR, rdev),
-        NodeKind::BlockDevice { rdev } => (libc::S_IFBLK, rdev),
-        _ => return Ok(()),
-    };
-    // SAFETY: `c` is a valid NUL-terminated path; mknod has no memory-safety preconditions beyond that.
-    let r = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            kind | (node.meta.mode & 0o7777),
-            rdev as libc::dev_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn cpath(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path contains NUL"))
-}
-
 /// Access and modification times for `futimens`/`utimensat`: both set to the recorded mtime.
 fn mtimes(meta: &Meta) -> [libc::timespec; 2] {
     let t = libc::timespec {
@@ -448,7 +438,8 @@ fn mtimes(meta: &Meta) -> [libc::timespec; 2] {
     [t, t]
 }
 
-/// Applies owner (when root), mode and mtime to a file still open, through its descriptor (no path lookups).
+/// Applies owner (when root), mode, extended attributes and mtime to a file or directory still open, through
+/// its descriptor (no path lookups).
 pub(crate) fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
@@ -460,37 +451,10 @@ pub(crate) fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<(
     file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
         .at(path)?;
     // After the mode, as in `apply_meta`: an access ACL carries the group bits' mask.
-    crate::xattrs::apply(path, &meta.xattrs, root)?;
+    crate::xattrs::apply_fd(file, path, &meta.xattrs, root)?;
     let times = mtimes(meta);
     // SAFETY: `fd` is an open descriptor owned by `file` and `times` points to two initialised timespecs.
     if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Applies owner (when root), mode and mtime. `follow` is false for symlinks, whose own times are set.
-fn apply_meta(path: &Path, meta: &Meta, follow: bool) -> Result<()> {
-    let c = cpath(path).at(path)?;
-    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        // SAFETY: `c` is a valid NUL-terminated path.
-        let r = unsafe { libc::fchownat(libc::AT_FDCWD, c.as_ptr(), meta.uid, meta.gid, flags) };
-        if r != 0 {
-            return Err(Error::io(path, std::io::Error::last_os_error()));
-        }
-    }
-    if follow {
-        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777)).at(path)?;
-    }
-    // After the mode: an access ACL carries the group bits' mask, which chmod would otherwise overwrite.
-    crate::xattrs::apply(path, &meta.xattrs, root)?;
-    let times = mtimes(meta);
-    // SAFETY: `c` is a valid path and `times` points to two initialised timespecs.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), flags) };
-    if r != 0 {
         return Err(Error::io(path, std::io::Error::last_os_error()));
     }
     Ok(())
@@ -655,13 +619,15 @@ mod tests {
                 };
                 FileJob {
                     path: dir.path().join(format!("file{i}")),
+                    rel: PathBuf::from(format!("file{i}")),
                     node: nd,
                     chunks,
                     size: *size,
                 }
             })
             .collect();
-        let total = restore_files(&repo, &jobs, false, &Progress::hidden()).unwrap();
+        let target = TargetDir::open(dir.path()).unwrap();
+        let total = restore_files(&repo, &target, &jobs, false, &Progress::hidden()).unwrap();
         assert_eq!(total, 4 * n);
         let long_expected: Vec<u8> = expected.repeat(3);
         assert!(

@@ -11,27 +11,35 @@
 //!
 //! Invariants: every file is attempted; a file is complete and exact or removed (never left half-written under
 //! its name), and the first failure in tree order is the one returned. An existing file is replaced only when
-//! overwriting, and then unlinked first, never written through.
+//! overwriting, and then unlinked first, never written through. Files are created in their directory's
+//! descriptor, opened from the target's without following symlinks ([`crate::restore_at`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rayon::prelude::*;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore::{apply_file_meta, blob_failed, damage_found, replace_existing};
+use crate::restore::{apply_file_meta, blob_failed, damage_found};
+use crate::restore_at::{create_file_at, remove_file_at, TargetDir};
 use crate::tree::Node;
 
 /// A regular file to write.
 pub(crate) struct FileJob<'a> {
+    /// For messages: the target joined with `rel`.
     pub path: PathBuf,
+    /// Below the target: where it is created (through descriptors, see [`crate::restore_at`]).
+    pub rel: PathBuf,
     pub node: &'a Node,
     pub chunks: &'a [Id],
     pub size: u64,
@@ -128,6 +136,7 @@ impl Files<'_> {
 /// that fails is removed, and the first failure (in tree order) is returned.
 pub(crate) fn restore_files(
     repo: &Repository,
+    target: &TargetDir,
     jobs: &[FileJob],
     overwrite: bool,
     progress: &Progress,
@@ -148,7 +157,7 @@ pub(crate) fn restore_files(
     while pos.0 < jobs.len() {
         // A job's cancellation stops the restore between batches (its files so far stay; see `restore`).
         progress.check_cancel()?;
-        let batch = plan_batch(repo, &mut files, &mut pos, limits, overwrite);
+        let batch = plan_batch(repo, target, &mut files, &mut pos, limits, overwrite);
         fetcher.fetch(&batch.blobs, &|i, got| {
             let loc = &batch.blobs[i];
             match got {
@@ -174,7 +183,7 @@ pub(crate) fn restore_files(
                 }
             }
         });
-        bytes += finish_files(&mut files, &batch.finishing, progress);
+        bytes += finish_files(target, &mut files, &batch.finishing, progress);
     }
     let mut errors = files.errors.into_inner().unwrap_or_else(|p| p.into_inner());
     errors.sort_by_key(|(f, _)| *f);
@@ -189,6 +198,7 @@ pub(crate) fn restore_files(
 /// them); only the bookkeeping that follows is sequential.
 fn plan_batch(
     repo: &Repository,
+    target: &TargetDir,
     files: &mut Files,
     pos: &mut (usize, usize),
     limits: (usize, usize),
@@ -196,10 +206,35 @@ fn plan_batch(
 ) -> Batch {
     let jobs = files.jobs;
     let segments = next_segments(jobs, pos, limits);
+    // The directories the new files go into, each opened once for the batch (not followed).
+    let parents: HashMap<&Path, std::io::Result<OwnedFd>> = segments
+        .iter()
+        .filter(|seg| seg.first == 0)
+        .map(|seg| parent_of(&jobs[seg.file].rel))
+        .collect::<HashSet<&Path>>()
+        .into_par_iter()
+        .map(|p| (p, target.dir(p)))
+        .collect();
     let opened: Vec<(usize, Result<File>)> = segments
         .par_iter()
         .filter(|seg| seg.first == 0)
-        .map(|seg| (seg.file, create_file(&jobs[seg.file].path, overwrite)))
+        .map(|seg| {
+            let job = &jobs[seg.file];
+            let made = match (&parents[parent_of(&job.rel)], job.rel.file_name()) {
+                (Ok(dir), Some(name)) => CString::new(name.as_bytes())
+                    .map_err(|_| Error::io(&job.path, std::io::Error::other("name contains NUL")))
+                    .and_then(|name| create_file_at(dir.as_fd(), &name, overwrite, &job.path)),
+                (Err(e), _) => Err(Error::io(
+                    &job.path,
+                    std::io::Error::new(e.kind(), e.to_string()),
+                )),
+                (_, None) => Err(Error::io(
+                    &job.path,
+                    std::io::Error::other("not a file name"),
+                )),
+            };
+            (seg.file, made)
+        })
         .collect();
     for (f, file) in opened {
         match file {
@@ -296,7 +331,12 @@ fn next_segments(
 
 /// Closes the files whose last chunk was written: a complete one gets its metadata, a failed one is removed.
 /// Returns the bytes of the complete ones.
-fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> u64 {
+fn finish_files(
+    target: &TargetDir,
+    files: &mut Files,
+    finishing: &[usize],
+    progress: &Progress,
+) -> u64 {
     let handles: Vec<(usize, Option<File>)> = finishing
         .iter()
         .map(|&f| (f, files.open[f].take()))
@@ -312,7 +352,7 @@ fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> 
             };
             if files.is_failed(f) {
                 drop(file);
-                let _ = fs::remove_file(&job.path);
+                remove_failed(target, &job.rel);
                 return 0;
             }
             let done = if files.located[f] != job.size {
@@ -333,7 +373,7 @@ fn finish_files(files: &mut Files, finishing: &[usize], progress: &Progress) -> 
                     job.size
                 }
                 Err(e) => {
-                    let _ = fs::remove_file(&job.path);
+                    remove_failed(target, &job.rel);
                     files.fail(f, Some(e));
                     0
                 }
@@ -367,22 +407,16 @@ fn start_writeback(file: &File) {
     let _ = file;
 }
 
-/// Creates a file to restore into: private until its metadata is applied; an existing one is replaced only
-/// when overwriting (unlinked, never written through).
-fn create_file(path: &Path, overwrite: bool) -> Result<File> {
-    let create = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-    };
-    match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            replace_existing(path, overwrite)?;
-            create().at(path)
-        }
-        other => other.at(path),
+/// The directory a file below the target goes into.
+fn parent_of(rel: &Path) -> &Path {
+    rel.parent().unwrap_or(Path::new(""))
+}
+
+/// Removes a file that failed (never left half-written under its name); best effort, through its directory's
+/// descriptor like everything a restore writes.
+fn remove_failed(target: &TargetDir, rel: &Path) {
+    if let Ok((dir, name)) = target.parent(rel) {
+        remove_file_at(dir.as_fd(), &name);
     }
 }
 

@@ -36,12 +36,32 @@ pub fn read(path: &Path) -> std::io::Result<Vec<Xattr>> {
 
 /// Writes `attrs` onto `path` (not following a symlink); see the module docs for what is skipped.
 pub fn apply(path: &Path, attrs: &[Xattr], as_root: bool) -> Result<()> {
+    apply_with(path, attrs, as_root, |name, value| {
+        xattr::set(path, name, value)
+    })
+}
+
+/// Writes `attrs` onto an open file or directory (through its descriptor, no path lookup); `path` names
+/// it in errors.
+pub fn apply_fd(file: &std::fs::File, path: &Path, attrs: &[Xattr], as_root: bool) -> Result<()> {
+    use xattr::FileExt;
+    apply_with(path, attrs, as_root, |name, value| {
+        file.set_xattr(name, value)
+    })
+}
+
+fn apply_with(
+    path: &Path,
+    attrs: &[Xattr],
+    as_root: bool,
+    set: impl Fn(&std::ffi::OsStr, &[u8]) -> std::io::Result<()>,
+) -> Result<()> {
     for x in attrs {
         if !as_root && !unprivileged(&x.name) {
             continue;
         }
         let name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&x.name);
-        xattr::set(path, name, &x.value).map_err(|e| {
+        set(name, &x.value).map_err(|e| {
             let why = if unsupported(&e) {
                 "the target file system does not support extended attributes".to_string()
             } else {

@@ -512,3 +512,54 @@ fn a_record_of_damage_that_check_read_data_disproves_is_dropped() {
     restore_to(&repo, "latest", &t);
     assert_same_tree(&src, &t.join("src"));
 }
+
+#[test]
+fn a_snapshot_object_that_cannot_be_read_is_named_when_latest_and_listings_leave_it_out() {
+    if local_only("truncates a snapshot file and uses a fresh index cache directory") {
+        return;
+    }
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"yesterday").unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let older = snapshot_ids(&repo);
+    fs::write(src.join("a"), b"today").unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let newest: Vec<String> = snapshot_ids(&repo)
+        .into_iter()
+        .filter(|id| !older.contains(id))
+        .collect();
+    assert_eq!((older.len(), newest.len()), (1, 1));
+    // The newest snapshot object rots; a new host (or a lost cache) opens the repository.
+    fs::write(repo.join("snapshots").join(&newest[0]), b"").unwrap();
+    let fresh = |c: &mut Command| {
+        c.env("XDG_CACHE_HOME", dir.path().join("fresh-cache"));
+    };
+
+    let target = dir.path().join("out");
+    let mut restore = cairn(&repo);
+    restore.args(["restore", "latest", "--target", target.to_str().unwrap()]);
+    fresh(&mut restore);
+    let (code, out, err) = run(&mut restore);
+    assert!(!err.contains("panicked"), "{err}");
+    // `latest` can only be the snapshot that is still readable (restored exactly), but never silently so.
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&older[0][..8]), "{out}");
+    assert_eq!(fs::read(target.join("src/a")).unwrap(), b"yesterday");
+    assert!(
+        err.contains(&newest[0]) && err.contains("cannot be read"),
+        "the damaged snapshot is named: {err}"
+    );
+    let mut list = cairn(&repo);
+    list.arg("snapshots");
+    fresh(&mut list);
+    let (code, _, err) = run(&mut list);
+    assert_eq!(code, 0);
+    assert!(err.contains(&newest[0]), "listings name it too: {err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("cannot be read")).count(),
+        1,
+        "once per command: {err}"
+    );
+}

@@ -754,3 +754,130 @@ fn a_failed_database_restore_says_postgres_once() {
     assert_eq!(err.matches("postgres:").count(), 1, "{err}");
     assert!(!target.exists());
 }
+
+/// `cairn` as `nobody` (root reads everything, and a partial snapshot needs a file its reader may not read),
+/// on `repo`, with a cache of its own.
+fn as_nobody(dir: &Path, repo: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        cairn_bin(),
+    ])
+    .args(args)
+    .env("CAIRN_REPO", repo)
+    .env_remove("XDG_DATA_HOME");
+    with_password(&mut c).env("XDG_CACHE_HOME", dir.join("nobody-cache"));
+    c
+}
+
+#[test]
+fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
+    if local_only("about unreadable source files; the repository's kind plays no part")
+        || unsafe { libc::geteuid() } != 0
+    {
+        return; // needs root to make a file that the restoring user may not read but may unlink
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let live = dir.path().join("live");
+    fs::create_dir_all(&live).unwrap();
+    // `nobody` may write the directory (so it may unlink anything in it) but not read `secret`.
+    fs::set_permissions(&live, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(live.join("readable"), b"fine").unwrap();
+    fs::write(live.join("secret"), b"exists, but no snapshot can hold it").unwrap();
+    fs::set_permissions(live.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    let repo = dir.path().join("repo");
+    ok(&mut as_nobody(dir.path(), &repo, &["init"]));
+    ok(&mut as_nobody(
+        dir.path(),
+        &repo,
+        &[
+            "instance",
+            "add",
+            "web",
+            "--path",
+            s(&live),
+            "--priority",
+            "manual",
+        ],
+    ));
+    let (code, _, err) = run(&mut as_nobody(
+        dir.path(),
+        &repo,
+        &["instance", "backup", "web"],
+    ));
+    assert_eq!(code, 3, "a partial snapshot: {err}");
+    fs::write(live.join("readable"), b"changed since").unwrap();
+
+    // Into a target holding the same unreadable file, and in place.
+    let target = dir.path().join("target");
+    fs::create_dir_all(&target).unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::copy(live.join("secret"), target.join("secret")).unwrap();
+    for how in [
+        vec!["--target", s(&target), "--overwrite"],
+        vec!["--in-place"],
+    ] {
+        let mut args = vec!["instance", "restore", "web", "--delete"];
+        args.extend(&how);
+        let (code, out, err) = run(&mut as_nobody(dir.path(), &repo, &args));
+        assert_eq!(code, 1, "{how:?} --delete is refused\n{out}\n{err}");
+        assert!(
+            err.contains("partial") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(live.join("secret").exists() && target.join("secret").exists());
+        assert_eq!(
+            fs::read(live.join("readable")).unwrap(),
+            b"changed since",
+            "nothing changed"
+        );
+    }
+    // Without --delete the readable files are restored exactly; the unreadable one is left alone.
+    ok(&mut as_nobody(
+        dir.path(),
+        &repo,
+        &["instance", "restore", "web", "--in-place"],
+    ));
+    assert_eq!(fs::read(live.join("readable")).unwrap(), b"fine");
+    assert_eq!(
+        fs::read(live.join("secret")).unwrap(),
+        b"exists, but no snapshot can hold it"
+    );
+
+    // A complete snapshot, then a file that `nobody` may not read appears: the safety snapshot of an
+    // in-place --delete cannot hold it, so the restore stops before removing it.
+    fs::set_permissions(live.join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = run(&mut as_nobody(
+        dir.path(),
+        &repo,
+        &["instance", "backup", "web", "--json"],
+    ));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let complete = json(&out)["snapshot_id"].as_str().unwrap().to_string();
+    fs::write(live.join("later"), b"new, unreadable to nobody").unwrap();
+    fs::set_permissions(live.join("later"), fs::Permissions::from_mode(0o000)).unwrap();
+    let (code, out, err) = run(&mut as_nobody(
+        dir.path(),
+        &repo,
+        &[
+            "instance",
+            "restore",
+            "web",
+            &complete,
+            "--in-place",
+            "--delete",
+        ],
+    ));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("safety snapshot") && err.contains("partial"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(live.join("later")).unwrap(),
+        b"new, unreadable to nobody"
+    );
+}

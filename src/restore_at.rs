@@ -1,0 +1,349 @@
+//! The file system operations of a restore, relative to directory descriptors: nothing below the target
+//! is ever reached through a symlink, however the tree changes while the restore runs.
+//!
+//! Why: a restore often writes into a tree that someone else can change at the same time (an in-place
+//! restore, as root, of a filestore its service user owns). Checking a path and then using it by name
+//! leaves a window in which a directory can be swapped for a symlink, and the restore would then create,
+//! unlink, chown or chmod whatever the symlink leads to (a root-owned file outside the target, say). So
+//! every directory below the target is opened component by component with `O_NOFOLLOW | O_DIRECTORY`
+//! from the target's own descriptor ([`TargetDir::dir`]), and every entry is made, replaced or given its
+//! metadata through its parent's descriptor (`*at` calls that never follow the last component) or
+//! through its own descriptor. A symlink where a directory must be fails the operation (`ENOTDIR`/`ELOOP`).
+//!
+//! The target directory itself is resolved by path once, when the restore starts: it is the caller's.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Flags of the directories walked through: never a symlink, no data access needed where the OS allows.
+#[cfg(target_os = "linux")]
+const WALK_FLAGS: libc::c_int =
+    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+#[cfg(not(target_os = "linux"))]
+const WALK_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// The directory a restore writes into, held open for the whole restore.
+pub(crate) struct TargetDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn cstr(name: &OsStr) -> std::io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| std::io::Error::other("name contains NUL"))
+}
+
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `openat(dir, name, flags)`.
+fn open_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> std::io::Result<OwnedFd> {
+    // SAFETY: `dir` is an open descriptor for the call and `name` a valid NUL-terminated string.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What an entry is, without following it; `None` when there is none.
+pub(crate) fn lstat_at(dir: BorrowedFd, name: &CStr) -> std::io::Result<Option<libc::stat>> {
+    // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor, NUL-terminated name, writable `st`.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    match check(r) {
+        Ok(()) => Ok(Some(st)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+impl TargetDir {
+    /// Opens the target directory (following the path as given: it is the caller's choice).
+    pub fn open(path: &Path) -> Result<TargetDir> {
+        let c = cstr(path.as_os_str()).map_err(|e| Error::io(path, e))?;
+        let flags = WALK_FLAGS & !libc::O_NOFOLLOW;
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(Error::io(path, std::io::Error::last_os_error()));
+        }
+        Ok(TargetDir {
+            // SAFETY: `fd` was just returned by open and is owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `rel` under the target, for messages.
+    pub fn display(&self, rel: &Path) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// The directory `rel` (relative, plain names) below the target, every component a real directory.
+    pub fn dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        let mut fd = self.fd.try_clone()?;
+        for c in rel.components() {
+            let Component::Normal(name) = c else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a plain relative path",
+                ));
+            };
+            fd = open_at(fd.as_fd(), &cstr(name)?, WALK_FLAGS, 0)?;
+        }
+        Ok(fd)
+    }
+
+    /// The parent directory of `rel` (see [`dir`](Self::dir)) and the last name of `rel`.
+    pub fn parent(&self, rel: &Path) -> std::io::Result<(OwnedFd, CString)> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no last name"))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        Ok((self.dir(parent)?, cstr(name)?))
+    }
+
+    /// Makes the directory `rel` (an existing real directory is kept; anything else there is replaced
+    /// when overwriting, refused otherwise).
+    pub fn make_dir(&self, rel: &Path, overwrite: bool) -> Result<()> {
+        let path = self.display(rel);
+        let (dir, name) = self.parent(rel).map_err(|e| Error::io(&path, e))?;
+        match lstat_at(dir.as_fd(), &name).map_err(|e| Error::io(&path, e))? {
+            Some(st) if is_dir(&st) => return Ok(()),
+            Some(_) if overwrite => unlink_at(dir.as_fd(), &name, false, &path)?,
+            Some(_) => return Err(Error::Exists(path)),
+            None => {}
+        }
+        // SAFETY: valid descriptor and NUL-terminated name.
+        check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) })
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Opens the directory `rel` itself for its metadata (not following it).
+    pub fn open_dir(&self, rel: &Path) -> Result<File> {
+        let path = self.display(rel);
+        let (dir, name) = self.parent(rel).map_err(|e| Error::io(&path, e))?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let fd = open_at(dir.as_fd(), &name, flags, 0).map_err(|e| Error::io(&path, e))?;
+        Ok(File::from(fd))
+    }
+}
+
+/// Creates a new regular file `name` in `dir` (mode 0600, never through a symlink); an existing entry is
+/// replaced only when overwriting (removed first, never written through).
+pub(crate) fn create_file_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    overwrite: bool,
+    path: &Path,
+) -> Result<File> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    match open_at(dir, name, flags, 0o600) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            replace_existing_at(dir, name, overwrite, path)?;
+            open_at(dir, name, flags, 0o600)
+        }
+        other => other,
+    }
+    .map(File::from)
+    .map_err(|e| Error::io(path, e))
+}
+
+/// Removes an existing entry `name` of `dir` (a directory with all it holds) when overwriting; refuses
+/// otherwise. Nothing is followed.
+pub(crate) fn replace_existing_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    overwrite: bool,
+    path: &Path,
+) -> Result<()> {
+    match lstat_at(dir, name).map_err(|e| Error::io(path, e))? {
+        None => Ok(()),
+        Some(_) if !overwrite => Err(Error::Exists(path.to_path_buf())),
+        Some(st) if is_dir(&st) => remove_tree_at(dir, name).map_err(|e| Error::io(path, e)),
+        Some(_) => unlink_at(dir, name, false, path),
+    }
+}
+
+fn unlink_at(dir: BorrowedFd, name: &CStr, is_dir: bool, path: &Path) -> Result<()> {
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid descriptor and NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Removes `name` of `dir` if it is still there (a failed file's leftovers); best effort.
+pub(crate) fn remove_file_at(dir: BorrowedFd, name: &CStr) {
+    // SAFETY: valid descriptor and NUL-terminated name.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+}
+
+/// Removes the directory `name` of `dir` and everything in it, never following a symlink.
+fn remove_tree_at(dir: BorrowedFd, name: &CStr) -> std::io::Result<()> {
+    // The directory is reached through the descriptor (see [`fd_path`]); the standard library's removal
+    // opens every level below with `O_NOFOLLOW` relative to its parent.
+    std::fs::remove_dir_all(fd_path(dir, name))
+}
+
+/// Removes the entry `name` of `dir` whatever it is (a directory with everything in it), never following it.
+pub(crate) fn remove_at(dir: BorrowedFd, name: &CStr, path: &Path) -> Result<()> {
+    match lstat_at(dir, name).map_err(|e| Error::io(path, e))? {
+        None => Ok(()),
+        Some(st) if is_dir(&st) => remove_tree_at(dir, name).map_err(|e| Error::io(path, e)),
+        Some(_) => unlink_at(dir, name, false, path),
+    }
+}
+
+/// The names in the directory `dir` (read through its descriptor, see [`fd_path`]), `.` and `..` left out.
+pub(crate) fn list_dir(dir: BorrowedFd) -> std::io::Result<Vec<CString>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(fd_dir_path(dir))? {
+        out.push(cstr(&e?.file_name())?);
+    }
+    Ok(out)
+}
+
+/// Creates the symlink `name` in `dir` pointing to `target` (bytes, not resolved).
+pub(crate) fn symlink_at(dir: BorrowedFd, name: &CStr, target: &[u8]) -> std::io::Result<()> {
+    let t =
+        CString::new(target).map_err(|_| std::io::Error::other("symlink target contains NUL"))?;
+    // SAFETY: valid descriptor and NUL-terminated strings.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+}
+
+/// Creates the special file `name` in `dir` (`kind` is `S_IFIFO`, `S_IFCHR` or `S_IFBLK`).
+pub(crate) fn mknod_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    kind: libc::mode_t,
+    mode: u32,
+    rdev: u64,
+) -> std::io::Result<()> {
+    // SAFETY: valid descriptor and NUL-terminated name; mknodat has no other preconditions.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            kind | (mode & 0o7777) as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
+}
+
+/// Makes `name` in `to_dir` a hard link to `from_name` in `from_dir` (the source is not followed).
+pub(crate) fn link_at(
+    from_dir: BorrowedFd,
+    from_name: &CStr,
+    to_dir: BorrowedFd,
+    name: &CStr,
+) -> std::io::Result<()> {
+    // SAFETY: valid descriptors and NUL-terminated names; flags 0 do not follow a symlink source.
+    check(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            from_name.as_ptr(),
+            to_dir.as_raw_fd(),
+            name.as_ptr(),
+            0,
+        )
+    })
+}
+
+/// Owner, mode (not for symlinks) and times of the entry `name` of `dir`, never following it: a
+/// symlink's own owner and times are set; anything else that turns out to be a symlink fails.
+pub(crate) fn set_meta_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    meta: &crate::tree::Meta,
+    symlink: bool,
+    as_root: bool,
+) -> std::io::Result<()> {
+    let fd = dir.as_raw_fd();
+    if as_root {
+        // SAFETY: valid descriptor and NUL-terminated name.
+        check(unsafe {
+            libc::fchownat(
+                fd,
+                name.as_ptr(),
+                meta.uid,
+                meta.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+    }
+    if !symlink {
+        // The C library refuses (EOPNOTSUPP) when the entry is a symlink, and otherwise changes the
+        // entry itself.
+        // SAFETY: valid descriptor and NUL-terminated name.
+        check(unsafe {
+            libc::fchmodat(
+                fd,
+                name.as_ptr(),
+                (meta.mode & 0o7777) as libc::mode_t,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Sets the recorded mtime (as access and modification time) of `name` in `dir`, not following it.
+pub(crate) fn set_times_at(
+    dir: BorrowedFd,
+    name: &CStr,
+    times: &[libc::timespec; 2],
+) -> std::io::Result<()> {
+    // SAFETY: valid descriptor, NUL-terminated name, two initialised timespecs.
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// The path of `name` in `dir` through the descriptor (for calls that take only paths, such as the `l*`
+/// attribute calls): the directory is not looked up again by name.
+pub(crate) fn fd_path(dir: BorrowedFd, name: &CStr) -> PathBuf {
+    fd_dir_path(dir).join(OsStr::from_bytes(name.to_bytes()))
+}
+
+/// The directory `dir` as a path that the kernel resolves through the descriptor itself.
+fn fd_dir_path(dir: BorrowedFd) -> PathBuf {
+    #[cfg(target_os = "linux")]
+    let base = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    #[cfg(not(target_os = "linux"))]
+    let base = format!("/dev/fd/{}", dir.as_raw_fd());
+    PathBuf::from(base)
+}
