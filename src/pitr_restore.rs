@@ -70,11 +70,11 @@ pub fn restore(repo: &Repository, name: &str, req: &PitrRequest) -> Result<PitrO
     let segs = Segments::load(repo, name, bb.facts.wal_segment_size)?;
     let replay = pitr::plan_replay(&segs, name, bb, req.target)?;
     let owner = os_owner(req.os_user.as_deref())?;
-    prepare_datadir(&req.datadir)?;
+    prepare_datadir(&req.datadir, owner.is_some())?;
     unpack(repo, &bb.snapshot, &req.datadir)?;
     write_recovery_settings(&req.datadir, name, bb, &replay, req)?;
     if let Some((uid, gid, _)) = &owner {
-        chown_tree(&req.datadir, *uid, *gid)?;
+        crate::restore_at::chown_tree_at(&req.datadir, *uid, *gid)?;
     }
     let mut out = PitrOutcome {
         snapshot_id: bb.id.to_hex(),
@@ -139,8 +139,21 @@ fn os_owner(os_user: Option<&str>) -> Result<Option<(u32, u32, PathBuf)>> {
     Ok(Some((user.uid.as_raw(), user.gid.as_raw(), user.dir)))
 }
 
-/// The data directory must be new or empty; it is created (mode 0700, as PostgreSQL requires).
-fn prepare_datadir(dir: &Path) -> Result<()> {
+/// The data directory must be new or empty; it is created (mode 0700, as PostgreSQL requires), and when
+/// cairn runs as root it is root's until the restore gives it away ([`crate::restore_at::chown_tree_at`]).
+fn prepare_datadir(dir: &Path, as_root: bool) -> Result<()> {
+    if as_root {
+        // Root's until the unpack is done (see `restore_at::chown_tree_at`): an existing directory its
+        // future owner could write would let that user plant entries (a symlink) while root unpacks.
+        // Owner and mode both before the check that it is empty: a mode that lets others write would
+        // let them in as well.
+        let taken = std::os::unix::fs::lchown(dir, Some(0), Some(0))
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)));
+        match taken {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir, e)),
+            _ => {}
+        }
+    }
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -287,19 +300,6 @@ fn write_recovery_settings(
     f.sync_all().at(&auto)?;
     let signal = dir.join("recovery.signal");
     fs::write(&signal, b"").at(&signal)
-}
-
-/// Gives every entry under `dir` (and `dir`) to `uid:gid`, without following symbolic links.
-fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).at(dir)?;
-    let meta = fs::symlink_metadata(dir).at(dir)?;
-    if meta.is_dir() {
-        for e in fs::read_dir(dir).at(dir)? {
-            let e = e.at(dir)?;
-            chown_tree(&e.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 /// The directory of pg_ctl: `given`, else the backed-up server's own, else the distribution's directory

@@ -347,3 +347,76 @@ fn fd_dir_path(dir: BorrowedFd) -> PathBuf {
     let base = format!("/dev/fd/{}", dir.as_raw_fd());
     PathBuf::from(base)
 }
+
+/// Gives the directory `path` and everything below it to `uid:gid` without following a symlink, bottom-up
+/// through descriptors: every directory keeps its owner (root, while a restore fills it) until everything
+/// below it is done and `path` itself goes last, so the new owner never holds a directory whose contents
+/// root is still changing (it could swap an entry for a symlink to a file outside).
+pub(crate) fn chown_tree_at(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    let top = TargetDir::open(path)?;
+    chown_below(top.fd.as_fd(), uid, gid).map_err(|e| Error::io(path, e))?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(|e| Error::io(path, e))
+}
+
+fn chown_below(dir: BorrowedFd, uid: u32, gid: u32) -> std::io::Result<()> {
+    for name in list_dir(dir)? {
+        let Some(st) = lstat_at(dir, &name)? else {
+            continue;
+        };
+        if is_dir(&st) {
+            let sub = open_at(dir, &name, WALK_FLAGS, 0)?;
+            chown_below(sub.as_fd(), uid, gid)?;
+        }
+        // SAFETY: valid descriptor and NUL-terminated name.
+        check(unsafe {
+            libc::fchownat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_tree_is_given_away_whole_and_its_symlinks_are_never_followed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chown to another user needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, b"root's").unwrap();
+        let top = tmp.path().join("data");
+        std::fs::create_dir_all(top.join("base/1")).unwrap();
+        std::fs::write(top.join("base/1/1259"), b"x").unwrap();
+        std::fs::write(top.join("PG_VERSION"), b"15").unwrap();
+        std::os::unix::fs::symlink(&outside, top.join("base/link")).unwrap();
+        chown_tree_at(&top, 1234, 1235).unwrap();
+        for p in [
+            "",
+            "base",
+            "base/1",
+            "base/1/1259",
+            "PG_VERSION",
+            "base/link",
+        ] {
+            let m = std::fs::symlink_metadata(top.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (1234, 1235), "{p}");
+        }
+        let m = std::fs::metadata(&outside).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (0, 0),
+            "the symlink's target is not touched"
+        );
+    }
+}
