@@ -142,33 +142,35 @@ fn os_owner(os_user: Option<&str>) -> Result<Option<(u32, u32, PathBuf)>> {
 /// The data directory must be new or empty; it is created (mode 0700, as PostgreSQL requires), and when
 /// cairn runs as root it is root's until the restore gives it away ([`crate::restore_at::chown_tree_at`]).
 fn prepare_datadir(dir: &Path, as_root: bool) -> Result<()> {
-    if as_root {
-        // Root's until the unpack is done (see `restore_at::chown_tree_at`): an existing directory its
-        // future owner could write would let that user plant entries (a symlink) while root unpacks.
-        // Owner and mode both before the check that it is empty: a mode that lets others write would
-        // let them in as well.
-        let taken = std::os::unix::fs::lchown(dir, Some(0), Some(0))
-            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)));
-        match taken {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir, e)),
-            _ => {}
-        }
-    }
     match fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Error::Invalid(format!(
-                    "{}: not empty; restore a data directory into a new or empty directory",
-                    dir.display()
-                )));
-            }
-        }
+        Ok(_) => ensure_empty(dir)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).at(dir)?;
         }
         Err(e) => return Err(Error::io(dir, e)),
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)
+    if as_root {
+        // Root's until the unpack is done (see `restore_at::chown_tree_at`): an existing directory its
+        // future owner could write would let that user plant entries (a symlink) while root unpacks. Taken
+        // only once it is known empty (a live data directory named by mistake is left alone), and checked
+        // again once nobody else can add to it.
+        std::os::unix::fs::lchown(dir, Some(0), Some(0)).at(dir)?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)?;
+    if as_root {
+        ensure_empty(dir)?;
+    }
+    Ok(())
+}
+
+fn ensure_empty(dir: &Path) -> Result<()> {
+    if fs::read_dir(dir).at(dir)?.next().is_some() {
+        return Err(Error::Invalid(format!(
+            "{}: not empty; restore a data directory into a new or empty directory",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Unpacks the base backup's tar into `dir` as it is read from the repository (no copy of the tar).
@@ -485,4 +487,44 @@ fn check_accepting(bin: &Path, dir: &Path, owner: Option<&(u32, u32, PathBuf)>) 
             "; the restored server promoted but does not accept connections on {host} port {port}"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn owner_and_mode(p: &Path) -> (u32, u32) {
+        let m = fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.mode() & 0o7777)
+    }
+
+    #[test]
+    fn as_root_an_empty_data_directory_becomes_roots_and_a_full_one_is_left_alone() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let empty = tmp.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        std::os::unix::fs::chown(&empty, Some(1234), Some(1234)).unwrap();
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o777)).unwrap();
+        prepare_datadir(&empty, true).unwrap();
+        assert_eq!(owner_and_mode(&empty), (0, 0o700));
+
+        // A live data directory named by mistake: refused, its owner and mode untouched.
+        let live = tmp.path().join("live");
+        fs::create_dir(&live).unwrap();
+        fs::write(live.join("PG_VERSION"), b"15").unwrap();
+        std::os::unix::fs::chown(&live, Some(1234), Some(1234)).unwrap();
+        fs::set_permissions(&live, fs::Permissions::from_mode(0o750)).unwrap();
+        let err = prepare_datadir(&live, true).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        assert_eq!(owner_and_mode(&live), (1234, 0o750));
+
+        let new = tmp.path().join("new/data");
+        prepare_datadir(&new, true).unwrap();
+        assert_eq!(owner_and_mode(&new), (0, 0o700));
+    }
 }
