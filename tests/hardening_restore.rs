@@ -90,21 +90,27 @@ fn restore_with(
     )
 }
 
+/// A repository holding a backup of [`source`], opened in this process, and a directory outside any
+/// restore target holding `y` ("precious"), a name the snapshot has too.
+fn backed_up_with_outside() -> (tempfile::TempDir, PathBuf, cairn::Repository, PathBuf) {
+    let (dir, repo) = new_repo();
+    let src = source(dir.path());
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let repo = open_repo(&repo);
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("y"), b"precious").unwrap();
+    (dir, src, repo, outside)
+}
+
 #[test]
 fn a_directory_swapped_for_a_symlink_during_restore_never_leads_it_outside_the_target() {
     if local_only("restores through the library in this process") {
         return;
     }
-    let (dir, repo) = new_repo();
-    let src = source(dir.path());
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let repo = open_repo(&repo);
-
     // Outside the target: a directory holding a file of the name the snapshot has in `b`, and a private
     // file that the empty directory `e` is swapped for.
-    let outside = dir.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    fs::write(outside.join("y"), b"precious").unwrap();
+    let (dir, src, repo, outside) = backed_up_with_outside();
     let victim = dir.path().join("victim");
     fs::write(&victim, b"secret").unwrap();
     fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
@@ -160,13 +166,7 @@ fn symlinks_planted_in_the_target_are_replaced_or_refused_never_followed() {
     if local_only("restores through the library in this process") {
         return;
     }
-    let (dir, repo) = new_repo();
-    let src = source(dir.path());
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let repo = open_repo(&repo);
-    let outside = dir.path().join("outside");
-    fs::create_dir_all(&outside).unwrap();
-    fs::write(outside.join("y"), b"precious").unwrap();
+    let (dir, src, repo, outside) = backed_up_with_outside();
     fs::write(outside.join("x"), b"precious too").unwrap();
     let outside_before = listing(&outside);
 
