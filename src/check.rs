@@ -322,7 +322,6 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
     Ok(good)
 }
 
-/// Decodes every reachable tree once and checks that every chunk it names is indexed.
 /// The repository's trees as their packs hold them: a check never trusts this host's tree cache, only
 /// the copies it has itself just read from their packs into it (`verified`, see
 /// [`crate::fetch::refresh_tree_cache`]).
@@ -391,6 +390,7 @@ fn in_parallel<T: Send>(repo: &Repository, f: impl FnOnce() -> T + Send) -> Resu
     )
 }
 
+/// Decodes every reachable tree once and checks that every chunk it names is indexed.
 fn check_trees(
     repo: &Repository,
     snapshots: &[(Id, Snapshot)],

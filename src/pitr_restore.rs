@@ -143,7 +143,11 @@ fn os_owner(os_user: Option<&str>) -> Result<Option<(u32, u32, PathBuf)>> {
 /// cairn runs as root it is root's until the restore gives it away ([`crate::restore_at::chown_tree_at`]).
 fn prepare_datadir(dir: &Path, as_root: bool) -> Result<()> {
     match fs::read_dir(dir) {
-        Ok(_) => ensure_empty(dir)?,
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(not_empty(dir));
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).at(dir)?;
         }
@@ -157,20 +161,17 @@ fn prepare_datadir(dir: &Path, as_root: bool) -> Result<()> {
         std::os::unix::fs::lchown(dir, Some(0), Some(0)).at(dir)?;
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)?;
-    if as_root {
-        ensure_empty(dir)?;
+    if as_root && fs::read_dir(dir).at(dir)?.next().is_some() {
+        return Err(not_empty(dir));
     }
     Ok(())
 }
 
-fn ensure_empty(dir: &Path) -> Result<()> {
-    if fs::read_dir(dir).at(dir)?.next().is_some() {
-        return Err(Error::Invalid(format!(
-            "{}: not empty; restore a data directory into a new or empty directory",
-            dir.display()
-        )));
-    }
-    Ok(())
+fn not_empty(dir: &Path) -> Error {
+    Error::Invalid(format!(
+        "{}: not empty; restore a data directory into a new or empty directory",
+        dir.display()
+    ))
 }
 
 /// Unpacks the base backup's tar into `dir` as it is read from the repository (no copy of the tar).

@@ -132,28 +132,22 @@ pub fn restore(
         replace_existing_at(dir, &name, opts.overwrite, &path)?;
         let meta = &it.node.meta;
         match (&it.node.kind, special) {
-            (NodeKind::Symlink { target: t }, _) => {
-                symlink_at(dir, &name, t).at(&path)?;
-                set_meta_at(dir, &name, meta, true, as_root).at(&path)?;
-                crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
-                    .map_err(|e| name_path(e, &path))?;
-                set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
-                summary.special += 1;
-            }
-            (_, Some((kind, rdev))) => match mknod_at(dir, &name, kind, meta.mode, rdev) {
-                Ok(()) => {
-                    set_meta_at(dir, &name, meta, false, as_root).at(&path)?;
-                    crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
-                        .map_err(|e| name_path(e, &path))?;
-                    set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
-                    summary.special += 1;
+            (NodeKind::Symlink { target: t }, _) => symlink_at(dir, &name, t).at(&path)?,
+            (_, Some((kind, rdev))) => {
+                if let Err(e) = mknod_at(dir, &name, kind, meta.mode, rdev) {
+                    summary
+                        .warnings
+                        .push(format!("{}: not recreated: {e}", path.display()));
+                    continue;
                 }
-                Err(e) => summary
-                    .warnings
-                    .push(format!("{}: not recreated: {e}", path.display())),
-            },
-            _ => {}
+            }
+            _ => continue,
         }
+        set_meta_at(dir, &name, meta, special.is_none(), as_root).at(&path)?;
+        crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
+            .map_err(|e| name_path(e, &path))?;
+        set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
+        summary.special += 1;
     }
     // Directory times last, deepest first: creating entries inside a directory changes its mtime. Each is
     // opened (not followed) and given its metadata through its descriptor.
