@@ -302,12 +302,23 @@ fn check_snapshot_files(repo: &Repository, r: &mut CheckReport) -> Result<Vec<(I
     let mut files = BTreeSet::new();
     for id in repo.snapshot_objects()? {
         files.insert(id);
+        let indexed = rows.contains(&id);
         match repo.load_snapshot(&id) {
             Ok(s) => good.push((id, s)),
+            Err(err) if err.is_damage() && !indexed => {
+                // `repair index` cannot add a row for what does not decode, and prune refuses while it exists.
+                r.errors.push(format!(
+                    "snapshot {id}: {err} (no index row: it cannot be read or listed)"
+                ));
+                r.hints.push(format!(
+                    "snapshot {id} is lost: `cairn forget {id}` removes it, so that prune can run"
+                ));
+                continue;
+            }
             Err(err) if err.is_damage() => r.errors.push(format!("snapshot {id}: {err}")),
             Err(err) => r.read_errors.push(format!("snapshot {id}: {err}")),
         }
-        if !rows.contains(&id) {
+        if !indexed {
             r.errors.push(format!(
                 "snapshot {id} has no index row (run `cairn repair index`)"
             ));

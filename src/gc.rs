@@ -176,6 +176,46 @@ pub fn forget_ids(repo: &Repository, ids: &[Id], dry_run: bool) -> Result<()> {
     Ok(())
 }
 
+/// The snapshot `forget ID` names when the usual resolution cannot load it (`spec`: hex id or unique
+/// prefix, among index rows and snapshot objects alike): an object that does not decode has no row (the
+/// index caches only what decodes) and prune refuses to run while it exists, and a row may outlive its
+/// object; naming either to `forget` is how it leaves. Returns the id and, when the object is damaged or
+/// missing, why; a read that fails for another reason (permission, outage) is an error, since the object
+/// may be intact. `None` when nothing matches.
+pub fn forgettable_snapshot(repo: &Repository, spec: &str) -> Result<Option<(Id, Option<Error>)>> {
+    let spec = spec.to_ascii_lowercase();
+    let mut matches: Vec<Id> = repo
+        .snapshot_objects()?
+        .into_iter()
+        .filter(|id| id.to_hex().starts_with(&spec))
+        .collect();
+    for hex in repo.index().snapshot_ids_with_prefix(&spec)? {
+        let id = Id::from_hex(&hex).ok_or_else(|| Error::corrupt("index", "snapshot id"))?;
+        if !matches.contains(&id) {
+            matches.push(id);
+        }
+    }
+    let id = match matches.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        many => {
+            return Err(Error::Ambiguous {
+                prefix: spec,
+                matches: many
+                    .iter()
+                    .map(|id| id.to_hex()[..12].to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    };
+    match repo.load_snapshot(&id) {
+        Ok(_) => Ok(Some((id, None))),
+        Err(e) if e.is_damage() => Ok(Some((id, Some(e)))),
+        Err(e) => Err(e),
+    }
+}
+
 /// Prune settings.
 #[derive(Debug, Clone, Copy)]
 pub struct PruneOptions {
@@ -349,8 +389,13 @@ fn roots(repo: &Repository, adopt: bool) -> Result<(Vec<Id>, u64)> {
             continue;
         }
         let snap = repo.load_snapshot(&id).map_err(|e| {
-            refuse(&format!(
-                "snapshot file {id} has no index row and cannot be read ({e}), so the data it needs is unknown"
+            let fix = if e.is_damage() {
+                format!("; if it is lost, `cairn forget {id}` removes it")
+            } else {
+                String::new()
+            };
+            Error::Invalid(format!(
+                "prune refused: snapshot file {id} has no index row and cannot be read ({e}), so the data it needs is unknown{fix}"
             ))
         })?;
         if adopt {

@@ -1,8 +1,9 @@
 //! Repository locks (format-spec/README.md, "Locks"): a JSON object per holder under `locks/`, recording pid,
 //! host, time and mode. Backups and readers (check, restore, dump, ls, export) take shared locks and may run
 //! together; prune and repair take an exclusive lock, so they never delete or move data under a reader. A lock
-//! is stale when its process is dead on this host or it was not refreshed for [`STALE_AFTER`]; stale locks are
-//! ignored and removed by `cairn unlock`.
+//! is stale when it was not refreshed for [`STALE_AFTER`], or when its process is dead and was one this
+//! process can see (same host name, kernel boot and pid namespace: [`pid_space`]); stale locks are ignored
+//! and removed by `cairn unlock`.
 //!
 //! Acquisition: write our lock object first, then look at the others; on a conflict, remove ours and fail.
 //! Two racing processes may both fail, but never both succeed. Lock objects are ordinary repository objects
@@ -41,6 +42,12 @@ pub struct LockInfo {
     pub time: DateTime<Utc>,
     pub exclusive: bool,
     pub command: String,
+    /// Which processes `pid` is a pid among: the kernel's boot id and the pid namespace of the holder
+    /// ([`pid_space`]). Containers often share a host name (or run with the host's), and a pid is only
+    /// meaningful within its namespace: without this a container's cairn would take a live lock of another
+    /// container for a dead one and prune under its backup. Absent in locks written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_space: Option<String>,
 }
 
 impl LockInfo {
@@ -53,7 +60,13 @@ impl LockInfo {
         if age > STALE_AFTER {
             return true;
         }
-        self.host == hostname() && !process_alive(self.pid)
+        self.host == hostname() && self.pid_is_ours() && !process_alive(self.pid)
+    }
+
+    /// Whether `pid` names a process this one can see: same kernel boot and pid namespace. A lock that does
+    /// not say (written by an older cairn) is judged by its age alone, the safe side.
+    fn pid_is_ours(&self) -> bool {
+        matches!((&self.pid_space, pid_space()), (Some(theirs), Some(ours)) if *theirs == ours)
     }
 
     fn describe(&self) -> String {
@@ -94,6 +107,7 @@ pub fn acquire(backend: &SharedBackend, exclusive: bool, command: &str) -> Resul
         time: Utc::now(),
         exclusive,
         command: command.to_string(),
+        pid_space: pid_space(),
     };
     let name = crate::config::random_hex(16);
     write_lock(backend.as_ref(), &name, &info)?;
@@ -202,6 +216,7 @@ pub fn read_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
                 time: DateTime::<Utc>::MIN_UTC,
                 exclusive: false,
                 command: "unreadable lock file".into(),
+                pid_space: None,
             });
         out.push((name, info));
     }
@@ -229,6 +244,19 @@ pub fn hostname() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// This process's pid space: `<boot id>/<pid namespace>` (e.g. `0f6c…/pid:[4026531836]`), `None` where
+/// `/proc` does not say. Two processes see each other's pids exactly when both parts are equal.
+pub fn pid_space() -> Option<String> {
+    static SPACE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SPACE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            Some(format!("{}/{}", boot.trim(), ns.to_string_lossy()))
+        })
+        .clone()
 }
 
 pub(crate) fn process_alive(pid: u32) -> bool {
@@ -290,9 +318,43 @@ mod tests {
             time: Utc::now(),
             exclusive: true,
             command: "prune".into(),
+            pid_space: pid_space(),
         };
+        assert!(
+            dead.pid_space.is_some(),
+            "/proc tells this host's pid space"
+        );
         write_lock(b.as_ref(), "dead", &dead).unwrap();
         let _shared = acquire(&b, false, "backup").expect("a dead holder does not block");
         assert_eq!(unlock(b.as_ref(), false).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_pid_of_another_pid_namespace_or_an_older_lock_is_judged_by_age_alone() {
+        let now = Utc::now();
+        let holder = |pid_space: Option<String>, age_min: i64| LockInfo {
+            pid: 999_999_999,
+            host: hostname(),
+            time: now - chrono::Duration::minutes(age_min),
+            exclusive: true,
+            command: "prune".into(),
+            pid_space,
+        };
+        // Another container with the same host name: its pid means nothing here.
+        let other = pid_space().map(|s| format!("{s}-other"));
+        assert!(!holder(other.clone(), 1).is_stale(now));
+        assert!(!holder(None, 1).is_stale(now));
+        assert!(holder(other, 31).is_stale(now));
+        assert!(holder(None, 31).is_stale(now));
+        assert!(holder(pid_space(), 1).is_stale(now));
+        // Written and read back, the field survives; an older lock without it still parses.
+        let json = serde_json::to_string(&holder(pid_space(), 1)).unwrap();
+        let back: LockInfo = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.pid_space, pid_space());
+        let old = r#"{"pid":1,"host":"h","time":"2026-12-01T00:00:00Z","exclusive":false,"command":"backup"}"#;
+        assert!(serde_json::from_str::<LockInfo>(old)
+            .unwrap()
+            .pid_space
+            .is_none());
     }
 }

@@ -563,3 +563,62 @@ fn a_snapshot_object_that_cannot_be_read_is_named_when_latest_and_listings_leave
         "once per command: {err}"
     );
 }
+
+#[test]
+fn a_lost_snapshot_object_blocks_prune_until_forget_names_it() {
+    if local_only("truncates a snapshot file and uses a fresh index cache directory") {
+        return;
+    }
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"kept").unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let kept = snapshot_ids(&repo);
+    fs::write(src.join("a"), b"lost").unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let lost = snapshot_ids(&repo)
+        .into_iter()
+        .find(|id| !kept.contains(id))
+        .unwrap();
+    fs::write(repo.join("snapshots").join(&lost), b"rot").unwrap();
+
+    // This host's cache still lists it: forget by a prefix removes the row and the object.
+    // Another host (a fresh cache) has no row for it, so what it needed is unknown: prune refuses and says
+    // how to get past it; check says so too.
+    for cache in ["", "fresh-cache"] {
+        let on_host = |args: &[&str]| {
+            let mut c = cairn(&repo);
+            c.args(args);
+            if !cache.is_empty() {
+                c.env("XDG_CACHE_HOME", dir.path().join(cache));
+            }
+            c
+        };
+        if !cache.is_empty() {
+            let err = fails(&mut on_host(&["prune"]), 1);
+            assert!(err.contains(&format!("cairn forget {lost}")), "{err}");
+            let (code, out, _) = run(&mut on_host(&["check"]));
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains(&format!("cairn forget {lost}")), "{out}");
+            // Forgetting something else does not touch it.
+            fails(&mut on_host(&["forget", "abcdef0123"]), 1);
+            assert!(repo.join("snapshots").join(&lost).exists());
+        }
+        let (code, out, err) = run(&mut on_host(&["forget", &lost[..10]]));
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(err.contains(&lost) && err.contains("damaged"), "{err}");
+        assert!(!repo.join("snapshots").join(&lost).exists());
+        assert!(repo.join("snapshots").join(&kept[0]).exists());
+        ok(&mut on_host(&["prune"]));
+        ok(&mut on_host(&["check", "--read-data"]));
+        let again = dir.path().join(format!("again{cache}"));
+        restore_to(&repo, &kept[0], &again);
+        assert_eq!(fs::read(again.join("src/a")).unwrap(), b"kept");
+        assert_eq!(snapshot_ids(&repo), kept);
+        // The second round rots the same snapshot again, for the host without a row.
+        if cache.is_empty() {
+            fs::write(repo.join("snapshots").join(&lost), b"rot").unwrap();
+        }
+    }
+}

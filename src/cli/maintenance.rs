@@ -130,6 +130,27 @@ pub fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
+/// The snapshot `forget ID` removes: as every command resolves it, else, when that fails on a missing or
+/// damaged snapshot object, the object or row named (the damage is named on stderr: what only that
+/// snapshot referenced is freed by the next prune).
+fn resolve_forgettable(repo: &Repository, spec: &str, instance: Option<&str>) -> Result<cairn::Id> {
+    let unresolved = match repo.resolve_snapshot(spec, instance) {
+        Ok((id, _)) => return Ok(id),
+        Err(e) if e.is_damage() => e,
+        Err(e) => return Err(e),
+    };
+    match cairn::gc::forgettable_snapshot(repo, spec)? {
+        None => Err(unresolved),
+        Some((id, None)) => Ok(id),
+        Some((id, Some(damage))) => {
+            eprintln!(
+                "warning: snapshot {id} cannot be read ({damage}); forgetting the damaged snapshot"
+            );
+            Ok(id)
+        }
+    }
+}
+
 /// `forget ID...`: removes exactly the named snapshots (safety snapshots too).
 fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     let repo = ctx.open()?;
@@ -140,7 +161,7 @@ fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
                 "forget takes snapshot ids, not `latest`".into(),
             ));
         }
-        ids.push(repo.resolve_snapshot(spec, a.instance.as_deref())?.0);
+        ids.push(resolve_forgettable(&repo, spec, a.instance.as_deref())?);
     }
     cairn::gc::forget_ids(&repo, &ids, a.dry_run)?;
     let pruned = if a.prune && !a.dry_run {
