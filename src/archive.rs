@@ -20,7 +20,7 @@
 //!   returned as one line each; the CLI prints them and exits 3. The list is also recorded in the snapshot
 //!   metadata (`skipped_members`). Names are kept byte for byte (zip names are taken raw).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -194,12 +194,9 @@ impl Extractor {
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)?;
             }
             Member::Fifo => {
-                let c = CString::new(path.as_os_str().as_bytes())
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-                // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-                if unsafe { libc::mkfifo(c.as_ptr(), (mode & 0o7777) as libc::mode_t) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                let mode =
+                    nix::sys::stat::Mode::from_bits_truncate((mode & 0o7777) as libc::mode_t);
+                nix::unistd::mkfifo(&path, mode)?;
             }
             Member::Unsupported(what) => return Ok(Err(format!("{what} not extracted"))),
             Member::HardLink(_) => {}

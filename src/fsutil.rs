@@ -11,6 +11,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use nix::fcntl::PosixFadviseAdvice;
+
 use crate::error::{IoContext, Result};
 
 /// Writes `data` to `path` atomically and durably (temp file, fsync, rename, fsync directory).
@@ -43,25 +45,17 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// and each new pack lands in pages never touched before, which on a virtual machine made the copy into
 /// the page cache up to ten times slower. Advice only: a failure changes nothing and is ignored.
 pub fn drop_cached(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open for the call's duration.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
+    let _ = nix::fcntl::posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
 /// Asks the kernel to start reading `len` bytes of a file at `offset` into its page cache, without waiting:
 /// a reader that knows which ranges it needs next gets them read while it decodes earlier ones. Advice
 /// only: a failure (or a range past the end) changes nothing and is ignored; the reads report errors.
 pub fn read_ahead(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };
-    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open for the call's duration.
-    unsafe {
-        libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED);
-    }
+    let _ = nix::fcntl::posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
 }
 
 /// Mode of the directories cairn creates in a repository.
@@ -91,8 +85,7 @@ pub fn set_mode_if_owned(path: &Path, f: impl FnOnce(u32) -> u32) {
     let Ok(md) = fs::symlink_metadata(path) else {
         return;
     };
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     let mode = md.permissions().mode() & 0o7777;
     let want = f(mode);
     if md.uid() == me && md.file_type().is_file() && want != mode {

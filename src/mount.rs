@@ -135,8 +135,10 @@ fn snapshot_name(snap: &Snapshot, id: &Id, taken: &mut HashMap<String, usize>) -
 impl SnapshotFs {
     /// Builds the fixed part of the view from `snapshots` (any order).
     pub fn new(repo: Repository, mut snapshots: Vec<(Id, Snapshot)>) -> SnapshotFs {
-        // SAFETY: geteuid/getegid have no preconditions.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
         let now = chrono::Utc::now();
         let mounted_at = Meta {
             mode: libc::S_IFDIR | 0o555,

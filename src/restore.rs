@@ -20,6 +20,8 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::sys::time::TimeSpec;
+
 use crate::error::{Error, IoContext, Result};
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
@@ -116,8 +118,7 @@ pub fn restore(
         link_at(from_dir.as_fd(), &from_name, dir.as_fd(), &name).at(&path)?;
         summary.links += 1;
     }
-    // SAFETY: geteuid has no preconditions.
-    let as_root = unsafe { libc::geteuid() } == 0;
+    let as_root = nix::unistd::geteuid().is_root();
     for it in &items {
         let special = match &it.node.kind {
             NodeKind::Symlink { .. } => None,
@@ -424,21 +425,14 @@ pub(crate) fn damage_found(repo: &Repository, blob: &Id, pack: Option<&Id>, e: E
 }
 
 /// Access and modification times for `futimens`/`utimensat`: both set to the recorded mtime.
-fn mtimes(meta: &Meta) -> [libc::timespec; 2] {
-    let t = libc::timespec {
-        tv_sec: meta.mtime as libc::time_t,
-        tv_nsec: meta.mtime_nsec as _,
-    };
-    [t, t]
+fn mtimes(meta: &Meta) -> TimeSpec {
+    TimeSpec::new(meta.mtime as libc::time_t, meta.mtime_nsec as _)
 }
 
 /// Applies owner (when root), mode, extended attributes and mtime to a file or directory still open, through
 /// its descriptor (no path lookups).
 pub(crate) fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     if root {
         std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)).at(path)?;
     }
@@ -446,12 +440,8 @@ pub(crate) fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<(
         .at(path)?;
     // After the mode, as in `apply_meta`: an access ACL carries the group bits' mask.
     crate::xattrs::apply_fd(file, path, &meta.xattrs, root)?;
-    let times = mtimes(meta);
-    // SAFETY: `fd` is an open descriptor owned by `file` and `times` points to two initialised timespecs.
-    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(())
+    let t = mtimes(meta);
+    nix::sys::stat::futimens(file, &t, &t).map_err(|e| Error::io(path, e.into()))
 }
 
 /// Finds the node at `path` (components separated by `/`) below the tree `root`.

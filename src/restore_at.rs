@@ -14,19 +14,28 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
 
 use crate::error::{Error, Result};
 
 /// Flags of the directories walked through: never a symlink, no data access needed where the OS allows.
 #[cfg(target_os = "linux")]
-const WALK_FLAGS: libc::c_int =
-    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+const WALK_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 #[cfg(not(target_os = "linux"))]
-const WALK_FLAGS: libc::c_int =
-    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+const WALK_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
 
 /// The directory a restore writes into, held open for the whole restore.
 pub(crate) struct TargetDir {
@@ -38,47 +47,22 @@ fn cstr(name: &OsStr) -> std::io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| std::io::Error::other("name contains NUL"))
 }
 
-fn check(r: libc::c_int) -> std::io::Result<()> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// `openat(dir, name, flags)`.
-fn open_at(
-    dir: BorrowedFd,
-    name: &CStr,
-    flags: libc::c_int,
-    mode: u32,
-) -> std::io::Result<OwnedFd> {
-    // SAFETY: `dir` is an open descriptor for the call and `name` a valid NUL-terminated string.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode as libc::c_uint) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// `openat(dir, name, flags, mode)`.
+fn open_at(dir: BorrowedFd, name: &CStr, flags: OFlag, mode: u32) -> std::io::Result<OwnedFd> {
+    Ok(nix::fcntl::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_bits_truncate(mode as libc::mode_t),
+    )?)
 }
 
 /// What an entry is, without following it; `None` when there is none.
 pub(crate) fn lstat_at(dir: BorrowedFd, name: &CStr) -> std::io::Result<Option<libc::stat>> {
-    // SAFETY: an all-zero `stat` is a valid value for fstatat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid descriptor, NUL-terminated name, writable `st`.
-    let r = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    match check(r) {
-        Ok(()) => Ok(Some(st)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -89,16 +73,14 @@ fn is_dir(st: &libc::stat) -> bool {
 impl TargetDir {
     /// Opens the target directory (following the path as given: it is the caller's choice).
     pub fn open(path: &Path) -> Result<TargetDir> {
-        let c = cstr(path.as_os_str()).map_err(|e| Error::io(path, e))?;
-        let flags = WALK_FLAGS & !libc::O_NOFOLLOW;
-        // SAFETY: `c` is a valid NUL-terminated path.
-        let fd = unsafe { libc::open(c.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(Error::io(path, std::io::Error::last_os_error()));
-        }
+        let fd = nix::fcntl::open(
+            path,
+            WALK_FLAGS.difference(OFlag::O_NOFOLLOW),
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(path, e.into()))?;
         Ok(TargetDir {
-            // SAFETY: `fd` was just returned by open and is owned by nobody else.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             path: path.to_path_buf(),
         })
     }
@@ -143,16 +125,15 @@ impl TargetDir {
             Some(_) => return Err(Error::Exists(path)),
             None => {}
         }
-        // SAFETY: valid descriptor and NUL-terminated name.
-        check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) })
-            .map_err(|e| Error::io(&path, e))
+        nix::sys::stat::mkdirat(&dir, name.as_c_str(), Mode::from_bits_truncate(0o777))
+            .map_err(|e| Error::io(&path, e.into()))
     }
 
     /// Opens the directory `rel` itself for its metadata (not following it).
     pub fn open_dir(&self, rel: &Path) -> Result<File> {
         let path = self.display(rel);
         let (dir, name) = self.parent(rel).map_err(|e| Error::io(&path, e))?;
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = open_at(dir.as_fd(), &name, flags, 0).map_err(|e| Error::io(&path, e))?;
         Ok(File::from(fd))
     }
@@ -166,7 +147,8 @@ pub(crate) fn create_file_at(
     overwrite: bool,
     path: &Path,
 ) -> Result<File> {
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     match open_at(dir, name, flags, 0o600) {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             replace_existing_at(dir, name, overwrite, path)?;
@@ -195,16 +177,17 @@ pub(crate) fn replace_existing_at(
 }
 
 fn unlink_at(dir: BorrowedFd, name: &CStr, is_dir: bool, path: &Path) -> Result<()> {
-    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: valid descriptor and NUL-terminated name.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
-        .map_err(|e| Error::io(path, e))
+    let flags = if is_dir {
+        nix::unistd::UnlinkatFlags::RemoveDir
+    } else {
+        nix::unistd::UnlinkatFlags::NoRemoveDir
+    };
+    nix::unistd::unlinkat(dir, name, flags).map_err(|e| Error::io(path, e.into()))
 }
 
 /// Removes `name` of `dir` if it is still there (a failed file's leftovers); best effort.
 pub(crate) fn remove_file_at(dir: BorrowedFd, name: &CStr) {
-    // SAFETY: valid descriptor and NUL-terminated name.
-    unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    let _ = nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
 }
 
 /// Removes the directory `name` of `dir` and everything in it, never following a symlink.
@@ -236,8 +219,7 @@ pub(crate) fn list_dir(dir: BorrowedFd) -> std::io::Result<Vec<CString>> {
 pub(crate) fn symlink_at(dir: BorrowedFd, name: &CStr, target: &[u8]) -> std::io::Result<()> {
     let t =
         CString::new(target).map_err(|_| std::io::Error::other("symlink target contains NUL"))?;
-    // SAFETY: valid descriptor and NUL-terminated strings.
-    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+    Ok(nix::unistd::symlinkat(t.as_c_str(), dir, name)?)
 }
 
 /// Creates the special file `name` in `dir` (`kind` is `S_IFIFO`, `S_IFCHR` or `S_IFBLK`).
@@ -248,15 +230,13 @@ pub(crate) fn mknod_at(
     mode: u32,
     rdev: u64,
 ) -> std::io::Result<()> {
-    // SAFETY: valid descriptor and NUL-terminated name; mknodat has no other preconditions.
-    check(unsafe {
-        libc::mknodat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            kind | (mode & 0o7777) as libc::mode_t,
-            rdev as libc::dev_t,
-        )
-    })
+    Ok(nix::sys::stat::mknodat(
+        dir,
+        name,
+        SFlag::from_bits_truncate(kind),
+        Mode::from_bits_truncate((mode & 0o7777) as libc::mode_t),
+        rdev as libc::dev_t,
+    )?)
 }
 
 /// Makes `name` in `to_dir` a hard link to `from_name` in `from_dir` (the source is not followed).
@@ -266,16 +246,14 @@ pub(crate) fn link_at(
     to_dir: BorrowedFd,
     name: &CStr,
 ) -> std::io::Result<()> {
-    // SAFETY: valid descriptors and NUL-terminated names; flags 0 do not follow a symlink source.
-    check(unsafe {
-        libc::linkat(
-            from_dir.as_raw_fd(),
-            from_name.as_ptr(),
-            to_dir.as_raw_fd(),
-            name.as_ptr(),
-            0,
-        )
-    })
+    // No AT_SYMLINK_FOLLOW: a symlink source is linked itself, not followed.
+    Ok(nix::unistd::linkat(
+        from_dir,
+        from_name,
+        to_dir,
+        name,
+        AtFlags::empty(),
+    )?)
 }
 
 /// Owner, mode (not for symlinks) and times of the entry `name` of `dir`, never following it: a
@@ -287,50 +265,42 @@ pub(crate) fn set_meta_at(
     symlink: bool,
     as_root: bool,
 ) -> std::io::Result<()> {
-    let fd = dir.as_raw_fd();
     if as_root {
-        // SAFETY: valid descriptor and NUL-terminated name.
-        check(unsafe {
-            libc::fchownat(
-                fd,
-                name.as_ptr(),
-                meta.uid,
-                meta.gid,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
+        chown_at(dir, name, meta.uid, meta.gid)?;
     }
     if !symlink {
         // The C library refuses (EOPNOTSUPP) when the entry is a symlink, and otherwise changes the
         // entry itself.
-        // SAFETY: valid descriptor and NUL-terminated name.
-        check(unsafe {
-            libc::fchmodat(
-                fd,
-                name.as_ptr(),
-                (meta.mode & 0o7777) as libc::mode_t,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
+        nix::sys::stat::fchmodat(
+            dir,
+            name,
+            Mode::from_bits_truncate((meta.mode & 0o7777) as libc::mode_t),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )?;
     }
     Ok(())
 }
 
+/// `fchownat` of `name` in `dir`, not following it.
+fn chown_at(dir: BorrowedFd, name: &CStr, uid: u32, gid: u32) -> std::io::Result<()> {
+    Ok(nix::unistd::fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
+}
+
 /// Sets the recorded mtime (as access and modification time) of `name` in `dir`, not following it.
-pub(crate) fn set_times_at(
-    dir: BorrowedFd,
-    name: &CStr,
-    times: &[libc::timespec; 2],
-) -> std::io::Result<()> {
-    // SAFETY: valid descriptor, NUL-terminated name, two initialised timespecs.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+pub(crate) fn set_times_at(dir: BorrowedFd, name: &CStr, time: &TimeSpec) -> std::io::Result<()> {
+    Ok(nix::sys::stat::utimensat(
+        dir,
+        name,
+        time,
+        time,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?)
 }
 
 /// The path of `name` in `dir` through the descriptor (for calls that take only paths, such as the `l*`
@@ -367,16 +337,7 @@ fn chown_below(dir: BorrowedFd, uid: u32, gid: u32) -> std::io::Result<()> {
             let sub = open_at(dir, &name, WALK_FLAGS, 0)?;
             chown_below(sub.as_fd(), uid, gid)?;
         }
-        // SAFETY: valid descriptor and NUL-terminated name.
-        check(unsafe {
-            libc::fchownat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                uid,
-                gid,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
+        chown_at(dir, &name, uid, gid)?;
     }
     Ok(())
 }

@@ -69,25 +69,18 @@ fn batch_limits(repo: &Repository) -> (usize, usize) {
 /// hard limit). Unknown: the common default of 1024.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every target
 fn open_files_allowed(wanted: u64) -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
-    }
-    if (lim.rlim_cur as u64) < wanted {
-        let raised = libc::rlimit {
-            rlim_cur: (wanted as libc::rlim_t).min(lim.rlim_max),
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit; lowering nothing, raising the soft limit within the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim = raised;
+    };
+    if (soft as u64) < wanted {
+        // Raising the soft limit within the hard one, lowering nothing.
+        let raised = (wanted as libc::rlim_t).min(hard);
+        if setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_ok() {
+            return raised as u64;
         }
     }
-    lim.rlim_cur as u64
+    soft as u64
 }
 
 /// What a batch reads: each distinct blob once, with every place it goes.

@@ -682,9 +682,8 @@ pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
             let scope = if user {
                 SystemdScope::User
             } else {
-                // SAFETY: geteuid has no preconditions and cannot fail.
                 SystemdScope::System {
-                    run_as: unsafe { libc::geteuid() },
+                    run_as: nix::unistd::geteuid().as_raw(),
                 }
             };
             let units = entries::systemd_units(&spec, scope)?;
