@@ -513,24 +513,31 @@ fn a_record_of_damage_that_check_read_data_disproves_is_dropped() {
     assert_same_tree(&src, &t.join("src"));
 }
 
+/// A repository with two backups of `src/a`, holding `first` then `second`: (dir, repo, older id, newer id).
+fn two_snapshots(first: &[u8], second: &[u8]) -> (tempfile::TempDir, PathBuf, String, String) {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), first).unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let older = snapshot_ids(&repo);
+    fs::write(src.join("a"), second).unwrap();
+    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    let newer: Vec<String> = snapshot_ids(&repo)
+        .into_iter()
+        .filter(|id| !older.contains(id))
+        .collect();
+    assert_eq!((older.len(), newer.len()), (1, 1));
+    (dir, repo, older[0].clone(), newer[0].clone())
+}
+
 #[test]
 fn a_snapshot_object_that_cannot_be_read_is_named_when_latest_and_listings_leave_it_out() {
     if local_only("truncates a snapshot file and uses a fresh index cache directory") {
         return;
     }
-    let (dir, repo) = new_repo();
-    let src = dir.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), b"yesterday").unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let older = snapshot_ids(&repo);
-    fs::write(src.join("a"), b"today").unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let newest: Vec<String> = snapshot_ids(&repo)
-        .into_iter()
-        .filter(|id| !older.contains(id))
-        .collect();
-    assert_eq!((older.len(), newest.len()), (1, 1));
+    let (dir, repo, older, newest) = two_snapshots(b"yesterday", b"today");
+    let (older, newest) = ([older], [newest]);
     // The newest snapshot object rots; a new host (or a lost cache) opens the repository.
     fs::write(repo.join("snapshots").join(&newest[0]), b"").unwrap();
     let fresh = |c: &mut Command| {
@@ -569,18 +576,8 @@ fn a_lost_snapshot_object_blocks_prune_until_forget_names_it() {
     if local_only("truncates a snapshot file and uses a fresh index cache directory") {
         return;
     }
-    let (dir, repo) = new_repo();
-    let src = dir.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), b"kept").unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let kept = snapshot_ids(&repo);
-    fs::write(src.join("a"), b"lost").unwrap();
-    ok(cairn(&repo).args(["backup", src.to_str().unwrap()]));
-    let lost = snapshot_ids(&repo)
-        .into_iter()
-        .find(|id| !kept.contains(id))
-        .unwrap();
+    let (dir, repo, kept, lost) = two_snapshots(b"kept", b"lost");
+    let kept = vec![kept];
     fs::write(repo.join("snapshots").join(&lost), b"rot").unwrap();
 
     // This host's cache still lists it: forget by a prefix removes the row and the object.
