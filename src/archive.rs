@@ -16,6 +16,9 @@
 //! - Symlink members are kept as symlinks, their target as text, never followed; a hard link member must
 //!   name an earlier member of the archive, reached the same way. The top-level entries are backed up as
 //!   named (`keep_root_symlinks`), so a top-level symlink is stored as a symlink too.
+//! - An extraction may be given a budget ([`import_archive_within`], the server's uploads): once the
+//!   members' data would pass it, the whole extraction fails (a decompression bomb, a sparse tar member
+//!   declaring terabytes) and its directory is deleted, before the disk under it fills.
 //! - Whatever is not kept (skipped members, a dump whose name is not UTF-8 and so cannot be a stream) is
 //!   returned as one line each; the CLI prints them and exits 3. The list is also recorded in the snapshot
 //!   metadata (`skipped_members`). Names are kept byte for byte (zip names are taken raw).
@@ -76,17 +79,23 @@ struct Extractor {
     skipped: Vec<String>,
     /// Directories made by members, with the mode and time to give them once their contents are in place.
     dirs: Vec<(Vec<Vec<u8>>, u32, Option<SystemTime>)>,
+    /// Bytes of member data still allowed (`None`: no budget).
+    budget: Option<u64>,
+    /// Set when the budget was passed: the extraction failed as a whole.
+    over_budget: bool,
 }
 
 /// Why a member is not kept.
 type Skip = String;
 
 impl Extractor {
-    fn new(root: &Path) -> Extractor {
+    fn new(root: &Path, budget: Option<u64>) -> Extractor {
         Extractor {
             root: root.to_path_buf(),
             skipped: Vec::new(),
             dirs: Vec::new(),
+            budget,
+            over_budget: false,
         }
     }
 
@@ -120,6 +129,15 @@ impl Extractor {
             Ok(Err(why)) => {
                 self.skip(name, why);
                 Ok(())
+            }
+            Err(e) if e.get_ref().is_some_and(|e| e.is::<OverBudget>()) => {
+                self.over_budget = true;
+                Err(Error::Invalid(format!(
+                    "the archive expands to more than {} bytes, the most this extraction may write \
+                     (stopped at member {:?}); refused as a decompression bomb",
+                    e.get_ref().and_then(|e| e.downcast_ref::<OverBudget>()).map_or(0, |b| b.0),
+                    shown(name)
+                )))
             }
             Err(e) if is_member_error(&e) => {
                 self.skip(name, e);
@@ -183,7 +201,7 @@ impl Extractor {
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)?;
-                copy_member(reader, &mut f)?;
+                copy_member(reader, &mut f, &mut self.budget)?;
                 f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
                 if let Some(t) = mtime {
                     // Best effort: a time the filesystem cannot hold keeps the extraction time.
@@ -369,9 +387,27 @@ impl std::fmt::Display for ReadFailed {
 
 impl std::error::Error for ReadFailed {}
 
-/// Copies a member's data, telling a damaged archive (wrapped in [`ReadFailed`]) from a failed write.
-fn copy_member(reader: &mut dyn Read, out: &mut File) -> std::io::Result<()> {
+/// The extraction passed its budget of this many bytes (not a member error: the import fails).
+#[derive(Debug)]
+struct OverBudget(u64);
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the extraction passed its budget of {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// Copies a member's data, telling a damaged archive (wrapped in [`ReadFailed`]) from a failed write, and
+/// taking what it writes from `budget` ([`OverBudget`] before writing past it).
+fn copy_member(
+    reader: &mut dyn Read,
+    out: &mut File,
+    budget: &mut Option<u64>,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
+    let limit = *budget;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -379,6 +415,11 @@ fn copy_member(reader: &mut dyn Read, out: &mut File) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(std::io::Error::other(ReadFailed(e))),
         };
+        if let (Some(left), Some(limit)) = (budget.as_mut(), limit) {
+            *left = left
+                .checked_sub(n as u64)
+                .ok_or_else(|| std::io::Error::other(OverBudget(limit)))?;
+        }
         out.write_all(&buf[..n])?;
     }
 }
@@ -386,6 +427,11 @@ fn copy_member(reader: &mut dyn Read, out: &mut File) -> std::io::Result<()> {
 /// Extracts a `.tar.gz`, `.tgz`, `.tar` or `.zip` (by content) into `dest`, which must be an empty directory
 /// private to this process. Returns the members it did not keep, one line each (see the module docs).
 pub fn extract(archive: &Path, dest: &Path) -> Result<Vec<String>> {
+    extract_within(archive, dest, None)
+}
+
+/// [`extract`], failing once the members' data would pass `budget` bytes.
+pub fn extract_within(archive: &Path, dest: &Path, budget: Option<u64>) -> Result<Vec<String>> {
     let mut f = File::open(archive).at(archive)?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).at(archive)?;
@@ -396,7 +442,7 @@ pub fn extract(archive: &Path, dest: &Path) -> Result<Vec<String>> {
             archive.display()
         ))
     };
-    let mut x = Extractor::new(dest);
+    let mut x = Extractor::new(dest, budget);
     let placed = match &magic[..n] {
         [0x50, 0x4b, 3, 4] => extract_zip(BufReader::new(f), &mut x),
         [0x1f, 0x8b, ..] => extract_tar(flate2::read::GzDecoder::new(BufReader::new(f)), &mut x),
@@ -404,6 +450,7 @@ pub fn extract(archive: &Path, dest: &Path) -> Result<Vec<String>> {
     };
     match placed {
         Ok(()) => x.finish(),
+        Err(e) if x.over_budget => Err(e),
         Err(Error::Io { source, .. })
             if source
                 .get_ref()
@@ -501,13 +548,24 @@ pub fn import_archive(
     instance: Option<String>,
     time: DateTime<FixedOffset>,
 ) -> Result<ImportReport> {
+    import_archive_within(repo, archive, instance, time, None)
+}
+
+/// [`import_archive`] of an archive whose extraction may write at most `budget` bytes of member data.
+pub fn import_archive_within(
+    repo: &Repository,
+    archive: &Path,
+    instance: Option<String>,
+    time: DateTime<FixedOffset>,
+    budget: Option<u64>,
+) -> Result<ImportReport> {
     let tmp = tempfile::Builder::new()
         .prefix("cairn-import-")
         .tempdir()
         .at(std::env::temp_dir())?;
     let root = tmp.path().join("archive");
     fs::create_dir(&root).at(&root)?;
-    let mut skipped = extract(archive, &root)?;
+    let mut skipped = extract_within(archive, &root, budget)?;
     let mut paths = Vec::new();
     let mut streams = Vec::new();
     let mut names: Vec<_> = fs::read_dir(&root)

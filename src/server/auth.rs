@@ -4,6 +4,10 @@
 //! No valid token: 401. A valid token whose role is below the route's: 403 (and, for a mutating route, a
 //! `denied` entry in the run log). The token set is read from the repository at most every
 //! [`RELOAD_AFTER`], so `cairn token remove` takes effect within seconds without a restart.
+//!
+//! The run log is shared and shown on terminals: what a request chose (a path's instance name, snapshot or
+//! job id, an error quoting them) is recorded only as plain, short text ([`plain`]), and an instance only
+//! under a name an instance may have, so no caller writes escapes, line breaks or kilobytes into it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,14 +126,16 @@ impl Auth {
     ) {
         let now = Utc::now();
         let record = RunRecord {
-            instance: instance.map(str::to_string),
-            kind: format!("api:{action}:{}", caller.token),
+            instance: instance
+                .filter(|i| crate::instance::validate_name(i).is_ok())
+                .map(str::to_string),
+            kind: format!("api:{}:{}", plain(action), caller.token),
             start: now,
             end: Some(now),
             status: status.to_string(),
             bytes: None,
             snapshot_id: None,
-            error: detail,
+            error: detail.as_deref().map(plain),
         };
         let repo = self.repo.clone();
         if let Err(e) = super::blocking(move || crate::instance::record_run(&repo, &record)).await {
@@ -138,5 +144,42 @@ impl Auth {
                 e.message
             );
         }
+    }
+}
+
+/// Longest text of a request recorded in the run log, in characters.
+const RECORDED_TEXT: usize = 200;
+
+/// `text` as the run log may hold it: control characters (and other non-printing ones) escaped, at most
+/// [`RECORDED_TEXT`] characters (cut with an ellipsis).
+fn plain(text: &str) -> String {
+    let escaped: String = text
+        .chars()
+        .flat_map(|c| {
+            let keep =
+                !c.is_control() && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}');
+            let shown: Vec<char> = if keep {
+                vec![c]
+            } else {
+                c.escape_unicode().collect()
+            };
+            shown
+        })
+        .collect();
+    match escaped.char_indices().nth(RECORDED_TEXT) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain;
+
+    #[test]
+    fn recorded_text_is_plain_and_short() {
+        assert_eq!(plain("forget ab12"), "forget ab12");
+        assert_eq!(plain("a\u{1b}[2J\nb"), "a\\u{1b}[2J\\u{a}b");
+        assert_eq!(plain(&"é".repeat(500)).chars().count(), 201);
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! Invariants: records are written whole (temporary file and rename, [`fsutil::write_durable`]); all writes
 //! of one job happen on that job's own blocking thread, in order; ids are `job-<n>` and the owner continues
-//! after the highest recorded `n`, so an id is never reused. At most [`KEEP`] records are kept, newest first.
+//! after the highest recorded `n` (a record whose `n` is not plain digits up to [`MAX_NUMBER`] is ignored),
+//! so an id is never reused. At most [`KEEP`] records are kept, newest first.
 //! A record that does not parse is skipped with a warning (it is this host's cache, not data).
 
 use std::fs::{File, OpenOptions};
@@ -66,9 +67,17 @@ fn try_flock(path: &Path) -> Result<Locked> {
     }
 }
 
-/// The number of a `job-<n>` id.
+/// Highest job number: far beyond what any server numbers, far below where counting on would overflow. A
+/// record claiming more (a tampered cache) is not a job record.
+pub const MAX_NUMBER: u64 = 1 << 48;
+
+/// The number of a `job-<n>` id: `n` in plain decimal digits (no sign), at most [`MAX_NUMBER`].
 pub fn number_of(id: &str) -> Option<u64> {
-    id.strip_prefix("job-")?.parse().ok()
+    let digits = id.strip_prefix("job-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n <= MAX_NUMBER)
 }
 
 impl JobStore {

@@ -5,7 +5,8 @@
 //! calls, [`jobs`] runs long operations with progress and cancellation, [`job_store`] keeps their records
 //! across restarts, [`overview_cache`] shares one read of the instance overview among the requests of the
 //! same second, [`errors`] turns failures into HTTP answers, [`dashboard`] serves the embedded web
-//! page, [`tls`] reads the certificate and key of HTTPS.
+//! page, [`tls`] reads the certificate and key of HTTPS, [`connections`] bounds what one connection may
+//! hold (time, and a share of the file descriptors).
 //!
 //! Invariants: blocking library work (SQLite, file I/O, hashing) runs on tokio's blocking pool through
 //! [`blocking`] or as a job, never on the runtime's worker threads, so one slow backup never delays a
@@ -15,6 +16,7 @@
 //! waits (at most [`SHUTDOWN_GRACE`]) for running jobs.
 
 pub mod auth;
+pub mod connections;
 pub mod dashboard;
 pub mod errors;
 pub mod job_store;
@@ -181,17 +183,31 @@ async fn serve(opts: ServeOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Re
     });
     let app = routes::router(state.clone()).into_make_service();
     let server_error = |e: std::io::Error| Error::Command(format!("server: {e}"));
-    let listening = axum_server::from_tcp(listener).map_err(server_error)?;
+    let mut listening = axum_server::from_tcp(listener).map_err(server_error)?;
+    listening
+        .http_builder()
+        .http1()
+        .header_read_timeout(connections::HEADER_READ_TIMEOUT);
+    let listening = listening.first_request_timeout(connections::FIRST_REQUEST_TIMEOUT);
+    let cap = connections::connection_cap();
     match tls {
         Some(config) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(config);
             listening
-                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(config))
+                .acceptor(connections::LimitedAcceptor::new(tls, cap))
                 .handle(handle)
                 .serve(app)
                 .await
         }
-        None => listening.handle(handle).serve(app).await,
+        None => {
+            let plain = axum_server::accept::DefaultAcceptor::new();
+            listening
+                .acceptor(connections::LimitedAcceptor::new(plain, cap))
+                .handle(handle)
+                .serve(app)
+                .await
+        }
     }
     .map_err(server_error)?;
     state.jobs.close();

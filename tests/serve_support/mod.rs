@@ -55,14 +55,23 @@ impl Server {
         env: &[(&str, &Path)],
     ) -> Server {
         let mut cmd = cairn(repo);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::start_command(cmd, extra, ca_pem)
+    }
+
+    /// Like [`Server::start_with`], from a prepared `cairn` command (e.g. with resource limits).
+    pub fn start_command(
+        mut cmd: std::process::Command,
+        extra: &[&str],
+        ca_pem: Option<&str>,
+    ) -> Server {
         cmd.args(["serve", "--no-schedule"]);
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("start cairn serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

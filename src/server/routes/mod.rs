@@ -2,6 +2,11 @@
 //! job), and answers JSON with the field names of the CLI's `--json` output. Every mutating route records
 //! its call in the run log (see [`super::auth`]).
 //!
+//! Authentication comes first: every route but `GET /api/v1/health` sits behind [`authenticate`], which
+//! answers 401 to a request without a valid token before anything of it (its path parameters, query or
+//! body) is looked at, so an anonymous client can neither make the server read a body nor learn from a 400
+//! or 404 what exists. The handlers then check the role their action needs.
+//!
 //! Roles: viewer reads; operator also backs up, checks, pauses, resumes, cancels jobs and downloads
 //! snapshots; admin also restores, deletes, changes configuration and uploads. Only `GET /api/v1/health`
 //! answers without a token, and says no more than ok or failing. Hooks and notify commands (shell commands
@@ -13,8 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -54,8 +61,8 @@ type St = State<Arc<AppState>>;
 
 /// Every route of the server.
 pub fn router(state: Arc<AppState>) -> Router {
+    let authenticated = || middleware::from_fn_with_state(state.clone(), authenticate);
     let api = Router::new()
-        .route("/health", get(health))
         .route("/openapi.json", get(openapi))
         .route("/instances", get(list_instances).post(create_instance))
         .route(
@@ -84,12 +91,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(show_job).delete(cancel_job))
         .route("/stats", get(stats))
         .route("/check", post(check))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route_layer(authenticated())
+        .route("/health", get(health));
     Router::new()
         .nest("/api/v1", api)
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics).route_layer(authenticated()))
         .merge(super::dashboard::routes())
         .with_state(state)
+}
+
+/// Lets through only requests with a valid token (of any role: the handler checks its own), their body
+/// bounded in time (see [`super::connections`]).
+async fn authenticate(State(st): St, req: Request, next: Next) -> Response {
+    if let Err(e) = st.auth.require(req.headers(), Role::Viewer, None).await {
+        return e.into_response();
+    }
+    let (parts, body) = req.into_parts();
+    next.run(Request::from_parts(
+        parts,
+        super::connections::idle_bounded(body),
+    ))
+    .await
 }
 
 /// A job started: 202 with the job as `GET /jobs/{id}` shows it.

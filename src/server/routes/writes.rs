@@ -112,6 +112,15 @@ impl RestoreBody {
                 "an in-place restore restores the files and the database together; restore one of them with target or pg_target",
             ));
         }
+        // A relative target would be resolved against the server's working directory, which the caller
+        // neither knows nor chose.
+        if let Some(t) = self.target.as_ref().filter(|t| !t.is_absolute()) {
+            return Err(ApiError::bad_request(format!(
+                "target {:?}: give an absolute path (a relative one would land under the server's working \
+                 directory)",
+                t.display().to_string()
+            )));
+        }
         let at = self
             .at
             .as_deref()
@@ -169,19 +178,68 @@ pub(super) async fn restore(
     .await
 }
 
-/// Streams the multipart field `archive` (or `file`) into a private temporary file, at most `limit`
-/// bytes (413 beyond, the partial file removed); returns it and the `time` field.
+/// Largest text field of an upload form (`time`).
+const TEXT_FIELD_MAX: usize = 1024;
+
+/// An upload archive may expand, when extracted, to this many times its size...
+const EXPANSION: u64 = 100;
+/// ...or to this many bytes if that is more (a small archive of a sparse database).
+const EXPANSION_FLOOR: u64 = 64 << 20;
+
+/// What the extraction of an upload of `size` bytes may write: beyond, it is a decompression bomb.
+fn extraction_budget(size: u64) -> u64 {
+    size.saturating_mul(EXPANSION).max(EXPANSION_FLOOR)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(e.status(), e.body_text())
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the upload is larger than the server's limit of {limit} bytes"),
+    )
+}
+
+/// A text field of the form, at most [`TEXT_FIELD_MAX`] bytes (413 beyond), counted into `total`.
+async fn small_text(
+    field: &mut axum::extract::multipart::Field<'_>,
+    total: &mut u64,
+    limit: u64,
+) -> ApiResult<String> {
+    let name = field.name().unwrap_or_default().to_string();
+    let mut text = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        *total += chunk.len() as u64;
+        if *total > limit {
+            return Err(too_large(limit));
+        }
+        if text.len() + chunk.len() > TEXT_FIELD_MAX {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the form field `{name}` is longer than {TEXT_FIELD_MAX} bytes"),
+            ));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text).map_err(|_| ApiError::bad_request(format!("`{name}` is not UTF-8")))
+}
+
+/// Streams the multipart field `archive` (or `file`) into a private temporary file; the whole form (every
+/// field, whatever its name) may hold at most `limit` bytes (413 beyond, the partial file removed). Returns
+/// the file and the `time` field.
 pub(super) async fn receive_upload(
     mut form: Multipart,
     limit: u64,
 ) -> ApiResult<(tempfile::TempPath, Option<String>)> {
-    let bad =
-        |e: axum::extract::multipart::MultipartError| ApiError::new(e.status(), e.body_text());
+    let bad = multipart_error;
     let mut time = None;
     let mut saved = None;
+    let mut total = 0u64;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         match field.name().unwrap_or_default() {
-            "time" => time = Some(field.text().await.map_err(bad)?),
+            "time" => time = Some(small_text(&mut field, &mut total, limit).await?),
             "archive" | "file" => {
                 let tmp = tokio::task::spawn_blocking(|| {
                     tempfile::Builder::new().prefix("cairn-upload-").tempfile()
@@ -191,16 +249,10 @@ pub(super) async fn receive_upload(
                 .map_err(|e| ApiError::internal(format!("temporary file: {e}")))?;
                 let (file, path) = tmp.into_parts();
                 let mut out = tokio::fs::File::from_std(file);
-                let mut size = 0u64;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    size += chunk.len() as u64;
-                    if size > limit {
-                        return Err(ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!(
-                                "the upload is larger than the server's limit of {limit} bytes"
-                            ),
-                        ));
+                    total += chunk.len() as u64;
+                    if total > limit {
+                        return Err(too_large(limit));
                     }
                     out.write_all(&chunk)
                         .await
@@ -211,7 +263,15 @@ pub(super) async fn receive_upload(
                     .map_err(|e| ApiError::internal(format!("writing the upload: {e}")))?;
                 saved = Some(path);
             }
-            _ => {}
+            // Read through (a form is one stream), and counted.
+            _ => {
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    total += chunk.len() as u64;
+                    if total > limit {
+                        return Err(too_large(limit));
+                    }
+                }
+            }
         }
     }
     let path = saved.ok_or_else(|| ApiError::bad_request("no `archive` file in the form"))?;
@@ -243,7 +303,16 @@ pub(super) async fn import(
         let job = jobs
             .submit("import", Some(&n), move |_job, progress| {
                 progress.step("importing");
-                let report = crate::archive::import_archive(&repo, &path, Some(n3), time)?;
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| Error::io(&path, e))?
+                    .len();
+                let report = crate::archive::import_archive_within(
+                    &repo,
+                    &path,
+                    Some(n3),
+                    time,
+                    Some(extraction_budget(size)),
+                )?;
                 drop(path); // the upload is deleted as soon as it is imported
                 let id = report.backup.snapshot_id;
                 if !report.skipped.is_empty() {
