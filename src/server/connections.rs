@@ -39,16 +39,8 @@ const CAP_RANGE: (usize, usize) = (16, 4096);
 /// Connections held at once: half the soft limit on open files (see the module docs).
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every target
 pub fn connection_cap() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur as u64
-    } else {
-        1024
-    };
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft as u64);
     usize::try_from(soft / 2)
         .unwrap_or(usize::MAX)
         .clamp(CAP_RANGE.0, CAP_RANGE.1)
