@@ -566,6 +566,23 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_of_more_than_one_page_is_read_whole_and_in_order() {
+        // The server pages at 1,000 keys; a listing that stopped after a page would hide packs from
+        // prune's accounting and from readers.
+        let b = test_backend("pages");
+        let mut want: Vec<(String, u64)> = (0..1_234u32)
+            .map(|i| (crate::hashing::Id::of(&i.to_le_bytes()).to_hex(), 1))
+            .collect();
+        for (name, _) in &want {
+            b.put(ObjectKind::Run, name, b"x").unwrap();
+        }
+        b.put(ObjectKind::Snapshot, &want[0].0, b"other kind")
+            .unwrap();
+        want.sort();
+        assert_eq!(b.list(ObjectKind::Run).unwrap(), want);
+    }
+
+    #[test]
     fn urls_parse_and_bad_ones_are_refused() {
         let l = S3Location::parse("s3://my-bucket/backups/odoo/").unwrap();
         assert_eq!(
