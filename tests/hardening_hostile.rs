@@ -619,8 +619,8 @@ fn s3_repo_with_a_snapshot() -> (tempfile::TempDir, PathBuf) {
 /// hang); returns what [`bounded`] checked.
 fn through(repo: &Path, endpoint: &str, args: &[&str], secs: u64) -> (i32, String, String) {
     // A fresh cache makes every command list and read again.
-    let cache = tempfile::tempdir().unwrap().keep();
-    through_with(repo, endpoint, &cache, args, secs)
+    let cache = tempfile::tempdir().unwrap();
+    through_with(repo, endpoint, cache.path(), args, secs)
 }
 
 /// [`through`] with the index cache in `cache`.
