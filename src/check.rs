@@ -3,8 +3,8 @@
 //! Structural checks (always): the index database is sound; every indexed pack exists with its recorded size
 //! and its trailer lists every blob the index places in it; every snapshot file decodes, matches its id and has
 //! an index row (and every row a file); every tree reachable from a snapshot decodes and every chunk it names
-//! is indexed. With read-data, the selected packs are read whole and every blob is decompressed and
-//! re-hashed, in parallel.
+//! is indexed. With read-data, the selected packs are read front to back (in pieces: memory does not grow
+//! with a pack's size) and every blob is decompressed and re-hashed, in parallel.
 //!
 //! Damage versus read errors: only verified damage ([`Error::is_damage`]: a hash mismatch, bad framing, a
 //! missing pack or object) is reported as damage, with the snapshots and paths that need it. An object that
@@ -584,46 +584,39 @@ fn read_packs(
     let results: Vec<(Id, PackVerdict)> = packs
         .par_iter()
         .map(|p| {
-            let expected = repo.index().blobs_in_pack(&p.id)?;
-            let bytes = match repo.backend().get(ObjectKind::Pack, &p.id.to_hex()) {
-                Ok(b) => {
-                    progress.bytes(b.len() as u64);
-                    b
-                }
+            let mut expected = repo.index().blobs_in_pack(&p.id)?;
+            expected.sort_by_key(|e| e.offset);
+            let reader = match repo.backend().open_reader(ObjectKind::Pack, &p.id.to_hex()) {
+                Ok(r) => r,
                 Err(e) if !e.is_damage() => return Ok((p.id, PackVerdict::Unreadable(e))),
-                Err(e) => {
-                    let bad = expected.iter().map(|b| (b.id, e.to_string())).collect();
-                    let verdict = PackVerdict::Read {
-                        blobs: 0,
-                        bad,
-                        mismatch: false,
-                    };
-                    return Ok((p.id, verdict));
-                }
+                Err(e) => return Ok((p.id, PackVerdict::lost(&expected, &e))),
             };
             let mut bad = Vec::new();
-            // The pack's content no longer matching its name says some bytes changed; the blobs say which.
-            let mismatch = Id::of(&bytes) != p.id;
-            for e in &expected {
-                let end = (e.offset + e.stored_len as u64) as usize;
-                let res = bytes
-                    .get(e.offset as usize..end)
-                    .ok_or_else(|| Error::corrupt("pack", "blob beyond end of file"))
-                    .and_then(|stored| {
-                        let loc = crate::index::Location {
-                            pack: p.id,
-                            entry: *e,
-                        };
-                        repo.decode_stored(&loc, stored)
-                    });
-                if let Err(err) = res {
+            let scanned = scan_pack(&*reader, p.size, &expected, progress, &mut |e, stored| {
+                let loc = crate::index::Location {
+                    pack: p.id,
+                    entry: *e,
+                };
+                if let Err(err) = stored.and_then(|stored| repo.decode_stored(&loc, stored)) {
                     bad.push((e.id, err.to_string()));
                 }
-            }
-            let verdict = PackVerdict::Read {
-                blobs: expected.len() as u64,
-                bad,
-                mismatch,
+            });
+            let verdict = match scanned {
+                // The pack's content no longer matching its name says some bytes changed; the blobs say
+                // which.
+                Ok(hash) => PackVerdict::Read {
+                    blobs: expected.len() as u64,
+                    bad,
+                    mismatch: hash != p.id,
+                },
+                Err(e) if !e.is_damage() => PackVerdict::Unreadable(e),
+                // Shorter than indexed: the blobs past the end were handed the error; the pack is not
+                // what its name says.
+                Err(_) => PackVerdict::Read {
+                    blobs: expected.len() as u64,
+                    bad,
+                    mismatch: true,
+                },
             };
             Ok((p.id, verdict))
         })
@@ -661,6 +654,79 @@ fn read_packs(
         }
     }
     Ok(read)
+}
+
+/// Bytes of a pack read at once by [`scan_pack`]: a default pack (16 MiB and its last blob) in one read.
+const SCAN_PIECE: u64 = 24 << 20;
+
+/// Reads the pack of `size` bytes from `reader` front to back in pieces, hashing all of it, and hands each
+/// of `blobs` (sorted by offset) its stored bytes, or the error that it lies past the end; returns the
+/// pack's hash. When a read fails, the blobs not handed yet get the error if it is damage (the pack ends
+/// early), and the error is returned. Holds one piece and the blob being cut out of it, never the whole pack: the size of a pack
+/// is whatever its writer made it (a sparse file of many GiB costs a hostile one nothing), and the
+/// largest blob a trailer may declare is bounded ([`pack::MAX_STORED_LEN`]).
+fn scan_pack(
+    reader: &dyn crate::backend::RangeReader,
+    size: u64,
+    blobs: &[pack::BlobEntry],
+    progress: &Progress,
+    on_blob: &mut dyn FnMut(&pack::BlobEntry, Result<&[u8]>),
+) -> Result<Id> {
+    let mut hasher = blake3::Hasher::new();
+    // The bytes of the pack from `start` to `read`.
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut start, mut read) = (0u64, 0u64);
+    let mut next = 0;
+    loop {
+        while let Some(e) = blobs.get(next) {
+            let end = e.offset.saturating_add(e.stored_len as u64);
+            if end > size || e.offset < start {
+                on_blob(e, Err(Error::corrupt("pack", "blob beyond end of file")));
+            } else if end <= read {
+                let at = (e.offset - start) as usize;
+                on_blob(e, Ok(&buf[at..at + e.stored_len as usize]));
+            } else {
+                break;
+            }
+            next += 1;
+        }
+        if read >= size {
+            return Ok(Id(*hasher.finalize().as_bytes()));
+        }
+        // Keep only what the next blob needs.
+        let keep = blobs.get(next).map_or(read, |e| e.offset.min(read));
+        buf.drain(..(keep - start) as usize);
+        start = keep;
+        let piece = match reader.read_at(read, SCAN_PIECE.min(size - read)) {
+            Ok(piece) => piece,
+            Err(err) => {
+                if err.is_damage() {
+                    for e in &blobs[next..] {
+                        on_blob(
+                            e,
+                            Err(Error::corrupt("pack", format!("cannot be read: {err}"))),
+                        );
+                    }
+                }
+                return Err(err);
+            }
+        };
+        progress.bytes(piece.len() as u64);
+        hasher.update(&piece);
+        buf.extend_from_slice(&piece);
+        read += piece.len() as u64;
+    }
+}
+
+impl PackVerdict {
+    /// The pack (or the part of it the blobs need) is gone: every blob is damaged, with why.
+    fn lost(expected: &[pack::BlobEntry], e: &Error) -> PackVerdict {
+        PackVerdict::Read {
+            blobs: 0,
+            bad: expected.iter().map(|b| (b.id, e.to_string())).collect(),
+            mismatch: false,
+        }
+    }
 }
 
 /// For each damaged blob, the `snapshot: path` entries that need it (trees included: a damaged tree makes

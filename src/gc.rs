@@ -490,8 +490,7 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<HashSet<Id>> {
     }
     PackWriter::repack_scope(repo, |writer| {
         for u in packs {
-            let bytes = repo.backend().get(ObjectKind::Pack, &u.id.to_hex())?;
-            let used: Vec<pack::BlobEntry> = {
+            let used: Vec<crate::index::Location> = {
                 let idx = repo.index();
                 let mut st = idx.raw().prepare_cached(
                     "SELECT b.id FROM blobs b JOIN packs p ON p.pack_no = b.pack_no JOIN temp.used u ON u.id = b.id WHERE p.id = ?1",
@@ -504,24 +503,37 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<HashSet<Id>> {
                     let id =
                         Id::from_slice(&id).ok_or_else(|| Error::corrupt("index", "blob id"))?;
                     if let Some(loc) = idx.lookup(&id)? {
-                        out.push(loc.entry);
+                        out.push(loc);
                     }
                 }
                 out
             };
-            for e in used {
-                let stored = bytes
-                    .get(e.offset as usize..(e.offset + e.stored_len as u64) as usize)
-                    .ok_or_else(|| {
-                        Error::corrupt(format!("pack {}", u.id), "blob beyond end of file")
-                    })?;
-                let loc = crate::index::Location {
-                    pack: u.id,
-                    entry: e,
-                };
-                repo.decode_stored(&loc, stored)
-                    .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
-                writer.save_stored(&e, stored)?;
+            // Ranged reads of the used blobs, merged as a restore merges them: never the whole pack at
+            // once (its size is whatever its writer made it), and one request for a default pack whose
+            // used blobs lie close together.
+            let reader = repo
+                .backend()
+                .open_reader(ObjectKind::Pack, &u.id.to_hex())?;
+            for run in crate::fetch::plan_runs(&used, repo.backend().read_plan()) {
+                let bytes =
+                    reader
+                        .read_at(run.start, run.end - run.start)
+                        .map_err(|err| match err {
+                            Error::Io { source, .. }
+                                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                            {
+                                Error::corrupt(format!("pack {}", u.id), "blob beyond end of file")
+                            }
+                            e => e,
+                        })?;
+                for &i in &run.blobs {
+                    let loc = &used[i];
+                    let at = (loc.entry.offset - run.start) as usize;
+                    let stored = &bytes[at..at + loc.entry.stored_len as usize];
+                    repo.decode_stored(loc, stored)
+                        .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
+                    writer.save_stored(&loc.entry, stored)?;
+                }
             }
         }
         writer.flush()?;

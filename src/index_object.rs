@@ -77,53 +77,45 @@ impl IndexObject {
 
     /// Decodes and validates an object's bytes (the caller has checked them against the name).
     pub fn decode(bytes: &[u8]) -> Result<IndexObject> {
-        let mut r = Reader { bytes, at: 0 };
-        if r.take(8)? != INDEX_MAGIC {
-            return Err(bad("unknown magic or version"));
-        }
-        let packs = r.u32()? as usize;
-        let superseded = r.u32()? as usize;
-        let mut out = IndexObject::default();
-        for _ in 0..superseded {
-            out.supersedes.push(r.id()?);
-        }
-        for _ in 0..packs {
-            let id = r.id()?;
-            let size = r.u64()?;
-            let count = r.u32()? as usize;
-            if r.u32()? != 0 {
-                return Err(bad("reserved bytes are not zero"));
-            }
-            let raw = r.take(count.checked_mul(ENTRY_LEN).ok_or_else(|| bad("size"))?)?;
-            let min = (pack::PACK_MAGIC.len() + pack::FOOTER_LEN + raw.len()) as u64;
-            if size < min {
-                return Err(bad("a pack's entries do not fit in its size"));
-            }
-            // The pack trailer's own checks: kinds, compression, every blob inside the pack's data area.
-            let entries = pack::parse_entries(raw, Id::of(raw), size)?;
-            out.packs.push(PackListing { id, size, entries });
-        }
-        if r.at != bytes.len() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(out)
+        decode_from(&mut Reader { bytes, at: 0 })
     }
 
     /// Reads the object `id` and checks it against its name.
+    ///
+    /// An object up to [`WHOLE_READ`] bytes (every object a writer splits at [`MAX_ENTRIES`]) is read with
+    /// one request. A larger one (an object listing one pack of very many blobs, or a sparse file of many
+    /// GiB that costs a hostile writer nothing) is read in pieces, hashed and decoded as it comes: what is
+    /// held grows with the entries that decode, and the first that cannot (zeros cannot) ends the read.
     pub fn load(backend: &dyn Backend, id: &Id) -> Result<IndexObject> {
-        let bytes = backend.get(ObjectKind::Index, &id.to_hex())?;
-        if Id::of(&bytes) != *id {
-            return Err(Error::corrupt(
-                format!("index object {}", id.short()),
-                "content does not match its name",
-            ));
-        }
-        IndexObject::decode(&bytes).map_err(|e| match e {
-            Error::Corrupt { detail, .. } => {
-                Error::corrupt(format!("index object {}", id.short()), detail)
-            }
+        let name = id.to_hex();
+        let what = || format!("index object {}", id.short());
+        let size = backend
+            .stat(ObjectKind::Index, &name)?
+            .ok_or_else(|| crate::backend::not_found(ObjectKind::Index.key(&name)))?;
+        let named = |e: Error| match e {
+            Error::Corrupt { detail, .. } => Error::corrupt(what(), detail),
             other => other,
-        })
+        };
+        if size <= WHOLE_READ {
+            let bytes = backend.get(ObjectKind::Index, &name)?;
+            if Id::of(&bytes) != *id {
+                return Err(Error::corrupt(what(), "content does not match its name"));
+            }
+            return IndexObject::decode(&bytes).map_err(named);
+        }
+        let mut pieces = Pieces {
+            reader: backend.open_reader(ObjectKind::Index, &name)?,
+            size,
+            read: 0,
+            buf: Vec::new(),
+            at: 0,
+            hasher: blake3::Hasher::new(),
+        };
+        let obj = decode_from(&mut pieces).map_err(named)?;
+        if Id(*pieces.hasher.finalize().as_bytes()) != *id {
+            return Err(Error::corrupt(what(), "content does not match its name"));
+        }
+        Ok(obj)
     }
 
     /// Writes the object durably; returns its id.
@@ -166,14 +158,83 @@ fn bad(detail: &str) -> Error {
     Error::corrupt("index object", detail)
 }
 
-/// Bounds-checked reads of little-endian fields.
+/// Objects up to this size are read whole by [`IndexObject::load`] (one of [`MAX_ENTRIES`] entries is
+/// about 5.8 MB).
+const WHOLE_READ: u64 = 16 << 20;
+
+/// Entries decoded at once: a pack's entries are taken in pieces of this many bytes, never all at once.
+const ENTRIES_PIECE: usize = (4 << 20) / ENTRY_LEN * ENTRY_LEN;
+
+/// Decodes and validates an object from `r`, which must then be exhausted.
+fn decode_from(r: &mut dyn Source) -> Result<IndexObject> {
+    if r.take(8)?.as_ref() != INDEX_MAGIC {
+        return Err(bad("unknown magic or version"));
+    }
+    let packs = u32_of(&r.take(4)?);
+    let superseded = u32_of(&r.take(4)?);
+    let mut out = IndexObject::default();
+    for _ in 0..superseded {
+        out.supersedes.push(id_of(&r.take(32)?)?);
+    }
+    for _ in 0..packs {
+        let header = r.take(PACK_HEADER_LEN)?;
+        let id = id_of(&header[..32])?;
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&header[32..40]);
+        let size = u64::from_le_bytes(size);
+        let count = u32_of(&header[40..44]) as u64;
+        if u32_of(&header[44..48]) != 0 {
+            return Err(bad("reserved bytes are not zero"));
+        }
+        let entries_len = count * ENTRY_LEN as u64;
+        if entries_len > r.remaining() {
+            return Err(bad("truncated"));
+        }
+        let min = (pack::PACK_MAGIC.len() + pack::FOOTER_LEN) as u64 + entries_len;
+        if size < min {
+            return Err(bad("a pack's entries do not fit in its size"));
+        }
+        // The pack trailer's own checks: kinds, compression, every blob inside the pack's data area.
+        let data_end = size - pack::FOOTER_LEN as u64 - entries_len;
+        let mut entries = Vec::new();
+        let mut left = entries_len as usize;
+        while left > 0 {
+            let piece = r.take(left.min(ENTRIES_PIECE))?;
+            entries.extend(pack::decode_entries(&piece, data_end)?);
+            left -= piece.len();
+        }
+        out.packs.push(PackListing { id, size, entries });
+    }
+    if r.remaining() != 0 {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(out)
+}
+
+fn u32_of(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn id_of(b: &[u8]) -> Result<Id> {
+    Id::from_slice(b).ok_or_else(|| bad("id"))
+}
+
+/// Where [`decode_from`] takes an object's bytes from, field by field.
+trait Source {
+    /// The next `n` bytes; too few left is an error ("truncated").
+    fn take(&mut self, n: usize) -> Result<std::borrow::Cow<'_, [u8]>>;
+    /// Bytes not taken yet.
+    fn remaining(&self) -> u64;
+}
+
+/// An object held whole.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+impl Source for Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<std::borrow::Cow<'_, [u8]>> {
         let end = self
             .at
             .checked_add(n)
@@ -181,19 +242,47 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| bad("truncated"))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
-        Ok(out)
+        Ok(std::borrow::Cow::Borrowed(out))
     }
-    fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.at) as u64
     }
-    fn u64(&mut self) -> Result<u64> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
+}
+
+/// An object read by ranges, [`ENTRIES_PIECE`] bytes at a time, and hashed as it is taken.
+struct Pieces<'a> {
+    reader: Box<dyn crate::backend::RangeReader + 'a>,
+    size: u64,
+    /// Bytes read from the object so far.
+    read: u64,
+    /// Bytes read and not yet taken start at `at`.
+    buf: Vec<u8>,
+    at: usize,
+    hasher: blake3::Hasher,
+}
+
+impl Source for Pieces<'_> {
+    fn take(&mut self, n: usize) -> Result<std::borrow::Cow<'_, [u8]>> {
+        if n as u64 > self.remaining() {
+            return Err(bad("truncated"));
+        }
+        if self.buf.len() - self.at < n {
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let want = (n - self.buf.len()).max(ENTRIES_PIECE) as u64;
+            let piece = self
+                .reader
+                .read_at(self.read, want.min(self.size - self.read))?;
+            self.read += piece.len() as u64;
+            self.buf.extend_from_slice(&piece);
+        }
+        let out = &self.buf[self.at..self.at + n];
+        self.hasher.update(out);
+        self.at += n;
+        Ok(std::borrow::Cow::Borrowed(out))
     }
-    fn id(&mut self) -> Result<Id> {
-        Id::from_slice(self.take(32)?).ok_or_else(|| bad("id"))
+    fn remaining(&self) -> u64 {
+        self.size - self.read + (self.buf.len() - self.at) as u64
     }
 }
 

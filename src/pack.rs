@@ -43,6 +43,10 @@ pub const FOOTER_LEN: usize = 48;
 /// Largest raw blob a reader accepts; bounds allocations on hostile input (chunks are at most 16 MiB, trees
 /// are split well below this).
 pub const MAX_BLOB_LEN: u32 = 256 * 1024 * 1024;
+/// Largest stored blob a reader accepts: a writer stores a blob compressed only when that is shorter than
+/// its raw bytes (a delta only when shorter still), so stored bytes are at most [`MAX_BLOB_LEN`] plus a
+/// sealed envelope's overhead; the 1 KiB margin is far above that. Bounds what a reader holds for one blob.
+pub const MAX_STORED_LEN: u32 = MAX_BLOB_LEN + 1024;
 
 const ENTRY_KIND: usize = 0;
 const ENTRY_COMPRESSION: usize = ENTRY_KIND + 1;
@@ -313,9 +317,7 @@ pub fn parse_trailer(
     if Id::of(stored) != expected {
         return Err(Error::corrupt("pack trailer", "checksum mismatch"));
     }
-    let data_end = file_len
-        .checked_sub(FOOTER_LEN as u64 + stored.len() as u64)
-        .ok_or_else(|| Error::corrupt("pack trailer", "larger than the pack"))?;
+    let data_end = data_end(file_len, stored.len() as u64)?;
     let entries = crypto.open("pack trailer", crypto::AAD_TRAILER, stored)?;
     if entries.len() % ENTRY_LEN != 0 {
         return Err(Error::corrupt(
@@ -323,6 +325,18 @@ pub fn parse_trailer(
             "not a whole number of entries",
         ));
     }
+    decode_entries(&entries, data_end)
+}
+
+/// Where the blobs of a pack of `file_len` bytes whose stored entries take `entries_len` bytes end.
+fn data_end(file_len: u64, entries_len: u64) -> Result<u64> {
+    file_len
+        .checked_sub(FOOTER_LEN as u64 + entries_len)
+        .ok_or_else(|| Error::corrupt("pack trailer", "larger than the pack"))
+}
+
+/// Decodes whole plaintext entries, each checked to lie within `[8, data_end)` and within the size bounds.
+pub(crate) fn decode_entries(entries: &[u8], data_end: u64) -> Result<Vec<BlobEntry>> {
     entries
         .chunks_exact(ENTRY_LEN)
         .map(|e| {
@@ -330,7 +344,7 @@ pub fn parse_trailer(
             let end = entry.offset.checked_add(entry.stored_len as u64);
             let in_range =
                 entry.offset >= PACK_MAGIC.len() as u64 && end.is_some_and(|end| end <= data_end);
-            if !in_range || entry.raw_len > MAX_BLOB_LEN {
+            if !in_range || entry.raw_len > MAX_BLOB_LEN || entry.stored_len > MAX_STORED_LEN {
                 return Err(Error::corrupt(
                     "pack trailer",
                     format!("blob {} out of range", entry.id.short()),
@@ -341,8 +355,17 @@ pub fn parse_trailer(
         .collect()
 }
 
+/// Bytes of a trailer read at once (a multiple of [`ENTRY_LEN`]): an honest trailer of a 16 MiB pack is a
+/// few kB and is read whole; only a larger one is read in pieces.
+const TRAILER_PIECE: u64 = (4 << 20) / ENTRY_LEN as u64 * ENTRY_LEN as u64;
+
 /// Reads and validates the trailer of the pack `id` of `len` bytes (its listed size) without reading its
-/// blobs: three ranged reads (magic, footer, entries).
+/// blobs: ranged reads of the magic, the footer and the entries.
+///
+/// The footer's entry count is untrusted: a sparse file of a few GiB costs its writer nothing and declares
+/// tens of millions of entries. So the entries are never read in one piece: a plaintext trailer is hashed
+/// and decoded a piece at a time, and the first entry that cannot be (zeros are out of range) stops the
+/// read; a sealed one is hashed a piece at a time first, and read whole only once its hash matches.
 pub fn read_trailer(
     backend: &dyn crate::backend::Backend,
     id: &Id,
@@ -359,8 +382,29 @@ pub fn read_trailer(
     let footer = reader.read_at(len - FOOTER_LEN as u64, FOOTER_LEN as u64)?;
     let (count, hash) = parse_footer(&footer, len, crypto)?;
     let entries_len = entries_len(count, crypto);
-    let entries = reader.read_at(len - FOOTER_LEN as u64 - entries_len, entries_len)?;
-    parse_trailer(&entries, hash, len, crypto)
+    let start = len - FOOTER_LEN as u64 - entries_len;
+    if entries_len <= TRAILER_PIECE {
+        return parse_trailer(&reader.read_at(start, entries_len)?, hash, len, crypto);
+    }
+    let data_end = data_end(len, entries_len)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at < entries_len {
+        let piece = reader.read_at(start + at, TRAILER_PIECE.min(entries_len - at))?;
+        hasher.update(&piece);
+        if !crypto.is_encrypted() {
+            entries.extend(decode_entries(&piece, data_end)?);
+        }
+        at += piece.len() as u64;
+    }
+    if Id(*hasher.finalize().as_bytes()) != hash {
+        return Err(Error::corrupt("pack trailer", "checksum mismatch"));
+    }
+    if crypto.is_encrypted() {
+        return parse_trailer(&reader.read_at(start, entries_len)?, hash, len, crypto);
+    }
+    Ok(entries)
 }
 
 /// Parses a whole pack held in memory (used by tests, fuzzing and repair).

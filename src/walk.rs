@@ -112,32 +112,36 @@ pub trait Visitor {
     }
 }
 
-/// One tree being visited.
+/// One tree being visited. Its path is not kept here but as the first `path_len` bytes of the walk's one
+/// path buffer: a copy per level would hold the sum of every level's path, quadratic in the depth (a
+/// hostile chain of 6,000 trees with 100-byte names made check hold 1.8 GB), where the buffer holds the
+/// deepest path once.
 struct Frame {
     id: Id,
     tree: Tree,
     next: usize,
-    path: Vec<u8>,
+    path_len: usize,
     depth: usize,
 }
 
 /// Walks the tree `root` and everything below it (see the module docs).
 pub fn walk(source: &dyn TreeSource, root: &Id, visitor: &mut dyn Visitor) -> Result<()> {
     let mut stack = Vec::new();
-    if let Some(f) = open(source, visitor, *root, Vec::new(), 0)? {
+    let mut path = Vec::new();
+    if let Some(f) = open(source, visitor, *root, &path, 0)? {
         stack.push(f);
     }
     while let Some(top) = stack.last_mut() {
+        path.truncate(top.path_len);
         let Some(node) = top.tree.nodes.get(top.next) else {
             let f = stack
                 .pop()
                 .ok_or_else(|| Error::Invalid("walk stack".into()))?;
-            visitor.tree_done(&f.id, place(&f.path, f.depth))?;
+            visitor.tree_done(&f.id, place(&path, f.depth))?;
             continue;
         };
         top.next += 1;
         let depth = top.depth + 1;
-        let mut path = top.path.clone();
         if !path.is_empty() {
             path.push(b'/');
         }
@@ -145,7 +149,7 @@ pub fn walk(source: &dyn TreeSource, root: &Id, visitor: &mut dyn Visitor) -> Re
         let step = visitor.entry(place(&path, depth), node)?;
         if let (NodeKind::Dir { subtree }, Step::Descend) = (&node.kind, step) {
             let subtree = *subtree;
-            if let Some(f) = open(source, visitor, subtree, path, depth)? {
+            if let Some(f) = open(source, visitor, subtree, &path, depth)? {
                 stack.push(f);
             }
         }
@@ -162,25 +166,25 @@ fn open(
     source: &dyn TreeSource,
     visitor: &mut dyn Visitor,
     id: Id,
-    path: Vec<u8>,
+    path: &[u8],
     depth: usize,
 ) -> Result<Option<Frame>> {
-    if visitor.before_tree(&id, place(&path, depth))? == Step::Skip {
+    if visitor.before_tree(&id, place(path, depth))? == Step::Skip {
         return Ok(None);
     }
     match source.read_tree(&id) {
         Ok(tree) => {
-            visitor.tree(&id, place(&path, depth), &tree)?;
+            visitor.tree(&id, place(path, depth), &tree)?;
             Ok(Some(Frame {
                 id,
                 tree,
                 next: 0,
-                path,
+                path_len: path.len(),
                 depth,
             }))
         }
         Err(e) => visitor
-            .tree_error(&id, place(&path, depth), e)
+            .tree_error(&id, place(path, depth), e)
             .map(|()| None),
     }
 }

@@ -84,9 +84,17 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
-        check_name(kind, name)?;
-        let path = self.path(kind, name);
-        fs::read(&path).at(&path)
+        use std::io::Read;
+        let (file, path) = self.open(kind, name)?;
+        let size = file.metadata().at(&path)?.len();
+        super::check_size(kind, &path.display().to_string(), size)?;
+        // Never more than the size checked, even if the file grows meanwhile.
+        let mut out = Vec::with_capacity(size as usize);
+        (&file)
+            .take(kind.max_size().unwrap_or(u64::MAX))
+            .read_to_end(&mut out)
+            .at(&path)?;
+        Ok(out)
     }
 
     fn get_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {

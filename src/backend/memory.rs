@@ -60,7 +60,13 @@ impl Backend for MemoryBackend {
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
-        Ok(self.object(kind, name)?.as_ref().clone())
+        let obj = self.object(kind, name)?;
+        super::check_size(
+            kind,
+            &format!("memory:{}", kind.key(name)),
+            obj.len() as u64,
+        )?;
+        Ok(obj.as_ref().clone())
     }
 
     fn get_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {

@@ -14,6 +14,8 @@
 //! - **Listings hold only finished objects**, with their sizes; names that are not valid for the kind (left by
 //!   other tools, or temporary files) are not listed.
 //! - **Delete is idempotent**: deleting a missing object succeeds.
+//! - **Bounded whole reads**: [`Backend::get`] refuses, as corrupt, an object larger than its kind allows
+//!   ([`ObjectKind::max_size`]) before holding it, so hostile content cannot exhaust a reader's memory.
 //!
 //! [`RepoUrl`] names where a repository lives (`/path`, `file:///path`, `s3://bucket/prefix`) and connects to it.
 
@@ -134,6 +136,45 @@ impl ObjectKind {
     }
 }
 
+impl ObjectKind {
+    /// The largest object of this kind that [`Backend::get`] reads whole; a larger one is refused before a
+    /// byte of it is read (format-spec section 2.1, "Size"). Every kind but packs and index objects is a
+    /// small JSON document whose honest size is a few kB (a snapshot's metadata, an instance's
+    /// configuration or a run's error text can grow to some MB): without a bound, a writer of the
+    /// repository could make every reader hold gigabytes for a lock file (one sparse file costs it
+    /// nothing). Packs are read by ranges and index objects grow with the packs they list: no bound here.
+    pub fn max_size(self) -> Option<u64> {
+        const MIB: u64 = 1 << 20;
+        match self {
+            ObjectKind::Pack | ObjectKind::Index => None,
+            ObjectKind::Config | ObjectKind::Lock | ObjectKind::Key | ObjectKind::Token => {
+                Some(MIB)
+            }
+            ObjectKind::Wal => Some(MIB),
+            ObjectKind::Instance | ObjectKind::Run => Some(16 * MIB),
+            ObjectKind::Snapshot => Some(64 * MIB),
+        }
+    }
+}
+
+/// Refuses an object of `size` bytes that its kind does not allow (see [`ObjectKind::max_size`]).
+pub(crate) fn check_size(kind: ObjectKind, location: &str, size: u64) -> Result<()> {
+    match kind.max_size() {
+        Some(max) if size > max => Err(too_large(kind, location, size)),
+        _ => Ok(()),
+    }
+}
+
+/// The error for an object larger than its kind allows: it is corrupt, like any object that cannot be what
+/// its kind says.
+pub(crate) fn too_large(kind: ObjectKind, location: &str, size: u64) -> Error {
+    let max = kind.max_size().unwrap_or(u64::MAX);
+    Error::corrupt(
+        location,
+        format!("{size} bytes or more, larger than any {kind:?} object may be ({max}); not read"),
+    )
+}
+
 /// Where a repository's objects live.
 pub trait Backend: Send + Sync {
     /// Where this is, for messages (never holds a secret).
@@ -146,7 +187,8 @@ pub trait Backend: Send + Sync {
     /// hash of its content).
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>>;
 
-    /// Reads a whole object.
+    /// Reads a whole object; one larger than its kind's [`ObjectKind::max_size`] is refused as corrupt
+    /// without reading it whole.
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>>;
 
     /// Reads `len` bytes at `offset`; an object shorter than that is an `UnexpectedEof` I/O error.
@@ -458,6 +500,18 @@ pub(crate) mod contract {
         streamed_writes_appear_whole_or_not_at_all(b);
         missing_is_not_found(b);
         bad_names_are_refused(b);
+        oversized_objects_are_refused(b);
+    }
+
+    fn oversized_objects_are_refused(b: &dyn Backend) {
+        let max = ObjectKind::Lock.max_size().unwrap() as usize;
+        b.put(ObjectKind::Lock, "big", &vec![b'x'; max + 1])
+            .unwrap();
+        let e = b.get(ObjectKind::Lock, "big").unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        b.put(ObjectKind::Lock, "big", &vec![b'x'; max]).unwrap();
+        assert_eq!(b.get(ObjectKind::Lock, "big").unwrap().len(), max);
+        b.delete(ObjectKind::Lock, "big").unwrap();
     }
 
     fn put_get_stat_list_delete(b: &dyn Backend) {

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 use super::{check_name, not_found, short_object, Backend, ObjectKind, ObjectWriter};
 use crate::error::{Error, Result};
@@ -78,11 +79,20 @@ pub struct S3Backend {
 struct Inner {
     loc: S3Location,
     store: Arc<dyn ObjectStore>,
+    /// The same client, for listings one page at a time ([`S3Backend::list`] bounds them).
+    lister: Arc<dyn PaginatedListStore>,
     rt: tokio::runtime::Handle,
 }
 
 /// What a pack's upload buffer reserves: the default pack size (16 MiB) plus the largest blob (4 MiB).
 const PACK_BUFFER: usize = 20 << 20;
+
+/// The most keys one listing may hold (valid names or not): 10 million packs of 16 MiB are 160 TB, and
+/// their names about a GB of memory. A server listing more is broken or hostile.
+const MAX_LISTED_KEYS: usize = 10_000_000;
+/// The most pages in a row that may bring no key while saying that more follow (S3 returns up to 1,000
+/// keys a page and says "truncated" only when more exist).
+const MAX_EMPTY_PAGES: usize = 100;
 
 /// How many times a transient failure is retried, and for how long at most, before it is an error.
 const MAX_RETRIES: usize = 6;
@@ -117,9 +127,9 @@ impl S3Backend {
             retry_timeout: RETRY_TIMEOUT,
             ..RetryConfig::default()
         };
-        let store = b.with_retry(retry).build().map_err(|e| {
+        let store = Arc::new(b.with_retry(retry).build().map_err(|e| {
             Error::Invalid(format!("s3://{}: {}", loc.bucket, redact(&e.to_string())))
-        })?;
+        })?);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cairn-s3")
@@ -129,7 +139,8 @@ impl S3Backend {
         Ok(S3Backend {
             inner: Arc::new(Inner {
                 loc,
-                store: Arc::new(store),
+                store: store.clone(),
+                lister: store,
                 rt: rt.handle().clone(),
             }),
             _rt: rt,
@@ -256,10 +267,29 @@ impl Backend for S3Backend {
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
         check_name(kind, name)?;
         let key = self.inner.key(kind, name);
-        let got = self
-            .inner
-            .run(&key, |s, k| async move { s.get(&k).await?.bytes().await })?;
-        Ok(Vec::from(got))
+        let Some(max) = kind.max_size() else {
+            let got = self
+                .inner
+                .run(&key, |s, k| async move { s.get(&k).await?.bytes().await })?;
+            return Ok(Vec::from(got));
+        };
+        // Read as it arrives and never past the kind's bound, whatever the server says the size is.
+        let got = self.inner.run(&key, move |s, k| async move {
+            let r = s.get(&k).await?;
+            if r.meta.size > max {
+                return Ok(Err(r.meta.size));
+            }
+            let mut body = r.into_stream();
+            let mut out = Vec::new();
+            while let Some(piece) = body.try_next().await? {
+                if out.len() as u64 + piece.len() as u64 > max {
+                    return Ok(Err(out.len() as u64 + piece.len() as u64));
+                }
+                out.extend_from_slice(&piece);
+            }
+            Ok(Ok(out))
+        })?;
+        got.map_err(|size| super::too_large(kind, &self.inner.url(&key), size))
     }
 
     fn get_range(&self, kind: ObjectKind, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -281,19 +311,25 @@ impl Backend for S3Backend {
             };
         }
         let end = offset.saturating_add(len);
-        let got = self.inner.run(
-            &key,
-            |s, k| async move { s.get_range(&k, offset..end).await },
-        );
+        let got = self.inner.run(&key, |s, k| async move {
+            let opts = GetOptions::default().with_range(Some(offset..end));
+            let r = s.get_opts(&k, opts).await?;
+            let size = r.meta.size;
+            Ok((size, r.bytes().await?))
+        });
         match got {
             // Taken over without a copy when the body arrived as one buffer: a run is up to 20 MiB.
-            Ok(b) if b.len() as u64 == len => Ok(Vec::from(b)),
-            Ok(b) => Err(short_object(
-                self.inner.url(&key),
-                offset + b.len() as u64,
-                offset,
-                len,
-            )),
+            Ok((_, b)) if b.len() as u64 == len => Ok(Vec::from(b)),
+            // Only an object that ends before the range is short (damage, on a pack).
+            Ok((size, _)) if size < end => Err(short_object(self.inner.url(&key), size, offset, len)),
+            // Any other length is the server's fault, and says nothing about the object: a read error.
+            Ok((size, b)) => Err(Error::Io {
+                path: self.inner.url(&key).into(),
+                source: std::io::Error::other(format!(
+                    "the server answered a read of {len} bytes at offset {offset} of a {size}-byte object with {} bytes",
+                    b.len()
+                )),
+            }),
             // A range past the end is refused by the server (416); say what was asked, like the others.
             Err(e) if !super::is_not_found(&e) => match self.stat(kind, name)? {
                 Some(size) if size < end => {
@@ -323,17 +359,18 @@ impl Backend for S3Backend {
                 .unwrap_or_default());
         }
         let prefix = self.inner.full(kind.dir());
-        let metas = self.inner.run(&prefix, |s, p| async move {
-            s.list(Some(&p)).try_collect::<Vec<_>>().await
-        })?;
-        let mut out: Vec<(String, u64)> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let name = m.location.filename()?.to_string();
-                (kind.valid_name(&name) && m.location == self.inner.key(kind, &name))
-                    .then_some((name, m.size))
-            })
-            .collect();
+        let mut out = Vec::new();
+        let mut pages = Pages::new(&self.inner, &prefix);
+        while let Some(metas) = pages.next_page()? {
+            for m in metas {
+                let Some(name) = m.location.filename() else {
+                    continue;
+                };
+                if kind.valid_name(name) && m.location == self.inner.key(kind, name) {
+                    out.push((name.to_string(), m.size));
+                }
+            }
+        }
         out.sort();
         Ok(out)
     }
@@ -348,6 +385,96 @@ impl Backend for S3Backend {
             Err(e) if !super::is_not_found(&e) => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// A listing read one page at a time and checked as it comes: S3 lists keys in ascending order and a
+/// continuation token leads to the keys after the page, so a page that repeats or goes back, a token
+/// given twice, page after page of nothing, or more keys than any repository holds mean a broken or
+/// hostile server. Each is an error (not damage: it says nothing about the objects) instead of a loop
+/// that never ends or a listing that fills memory.
+struct Pages<'a> {
+    inner: &'a Inner,
+    prefix: StorePath,
+    token: Option<String>,
+    started: bool,
+    tokens: std::collections::HashSet<String>,
+    last_key: Option<StorePath>,
+    keys: usize,
+    empty_pages: usize,
+}
+
+impl<'a> Pages<'a> {
+    fn new(inner: &'a Inner, prefix: &StorePath) -> Pages<'a> {
+        Pages {
+            inner,
+            prefix: prefix.clone(),
+            token: None,
+            started: false,
+            tokens: Default::default(),
+            last_key: None,
+            keys: 0,
+            empty_pages: 0,
+        }
+    }
+
+    fn broken(&self, why: String) -> Error {
+        Error::Io {
+            path: format!("{}/", self.inner.url(&self.prefix)).into(),
+            source: std::io::Error::other(format!("the server's listing is broken: {why}")),
+        }
+    }
+
+    /// The next page's objects, `None` after the last page.
+    fn next_page(&mut self) -> Result<Option<Vec<object_store::ObjectMeta>>> {
+        if self.started && self.token.is_none() {
+            return Ok(None);
+        }
+        self.started = true;
+        let opts = PaginatedListOptions {
+            page_token: self.token.take(),
+            ..Default::default()
+        };
+        let lister = self.inner.lister.clone();
+        let page = self.inner.run(&self.prefix, |_, p| async move {
+            // The prefix is a directory: `packs/` must not also list `packs-old/...`.
+            lister.list_paginated(Some(&format!("{p}/")), opts).await
+        })?;
+        let objects = page.result.objects;
+        for m in &objects {
+            if self
+                .last_key
+                .as_ref()
+                .is_some_and(|last| m.location <= *last)
+            {
+                return Err(self.broken(format!(
+                    "key {:?} comes again or out of order",
+                    m.location.as_ref()
+                )));
+            }
+            self.last_key = Some(m.location.clone());
+        }
+        self.keys += objects.len();
+        if self.keys > MAX_LISTED_KEYS {
+            return Err(self.broken(format!("more than {MAX_LISTED_KEYS} keys")));
+        }
+        self.empty_pages = if objects.is_empty() {
+            self.empty_pages + 1
+        } else {
+            0
+        };
+        if let Some(t) = page.page_token.filter(|t| !t.is_empty()) {
+            if self.empty_pages > MAX_EMPTY_PAGES {
+                return Err(self.broken(format!(
+                    "{MAX_EMPTY_PAGES} pages in a row held no key but said more follow"
+                )));
+            }
+            if !self.tokens.insert(t.clone()) {
+                return Err(self.broken("the same continuation token came twice".into()));
+            }
+            self.token = Some(t);
+        }
+        Ok(Some(objects))
     }
 }
 
@@ -436,6 +563,23 @@ mod tests {
     fn keeps_the_backend_contract_against_a_real_s3_server() {
         let b = test_backend("contract");
         crate::backend::contract::holds_for(&b);
+    }
+
+    #[test]
+    fn a_listing_of_more_than_one_page_is_read_whole_and_in_order() {
+        // The server pages at 1,000 keys; a listing that stopped after a page would hide packs from
+        // prune's accounting and from readers.
+        let b = test_backend("pages");
+        let mut want: Vec<(String, u64)> = (0..1_234u32)
+            .map(|i| (crate::hashing::Id::of(&i.to_le_bytes()).to_hex(), 1))
+            .collect();
+        for (name, _) in &want {
+            b.put(ObjectKind::Run, name, b"x").unwrap();
+        }
+        b.put(ObjectKind::Snapshot, &want[0].0, b"other kind")
+            .unwrap();
+        want.sort();
+        assert_eq!(b.list(ObjectKind::Run).unwrap(), want);
     }
 
     #[test]

@@ -1,0 +1,805 @@
+//! Hostile repository content and hostile servers: someone who can write the repository (a bucket shared with
+//! a compromised host) or a broken S3 endpoint tries to make cairn crash, exhaust memory or disk, or loop.
+//! Every test runs the real binary against objects crafted byte by byte here, and asserts a bounded peak RSS
+//! (`/usr/bin/time -f %M`) and a clean outcome (success, or one `cairn: error:` line and a non-zero exit).
+
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn::backend::local::LocalBackend;
+use cairn::backend::{Backend, ObjectKind};
+use cairn::index_object::{IndexObject, PackListing};
+use cairn::pack::{encode_blob, BlobKind, PackBuilder};
+use cairn::snapshot::{Snapshot, Summary, SNAPSHOT_VERSION};
+use cairn::tree::{Meta, Node, NodeKind, Tree};
+use cairn::Id;
+use harness::*;
+
+/// Runs `cmd` under `/usr/bin/time`; returns (exit code, stdout, stderr, peak RSS in MiB).
+fn run_measured(cmd: &Command) -> (i32, String, String, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let rss_file = dir.path().join("rss");
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .stdin(std::process::Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let (code, out, err) = run(&mut timed);
+    let rss_kib: u64 = fs::read_to_string(&rss_file)
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX);
+    (code, out, err, rss_kib / 1024)
+}
+
+/// Asserts that `cmd` ends cleanly (success, or one clear error line without a panic or a signal) within
+/// `max_mib` of peak RSS; returns (exit code, stdout, stderr).
+fn bounded(cmd: &Command, max_mib: u64) -> (i32, String, String) {
+    let (code, out, err, rss) = run_measured(cmd);
+    eprintln!("{cmd:?}: exit {code}, peak RSS {rss} MiB\nstdout: {out}\nstderr: {err}");
+    assert!(
+        rss <= max_mib,
+        "{cmd:?} peaked at {rss} MiB (limit {max_mib})\nstderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{cmd:?} crashed: {err}"
+    );
+    // A failure says why: one error line, or (check) its report.
+    assert!(
+        code == 0 || (code > 0 && (err.contains("cairn: error:") || !out.trim().is_empty())),
+        "{cmd:?}: exit {code} without a clear error\nstderr: {err}"
+    );
+    (code, out, err)
+}
+
+fn backend(repo: &Path) -> LocalBackend {
+    LocalBackend::new(repo.to_path_buf())
+}
+
+/// Writes a pack holding `blobs` (kind, raw bytes) and an index object listing it, as a writer of the
+/// repository could; returns the blobs' ids.
+fn put_blobs(repo: &Path, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<Id> {
+    let mut b = PackBuilder::new();
+    let mut ids = Vec::new();
+    for (kind, raw) in blobs {
+        let id = Id::of(raw);
+        let (c, stored) = encode_blob(raw, 3).unwrap();
+        b.add(*kind, id, raw.len() as u32, c, &stored).unwrap();
+        ids.push(id);
+    }
+    let (bytes, pack_id, entries) = b.seal().unwrap();
+    let be = backend(repo);
+    be.put(ObjectKind::Pack, &pack_id.to_hex(), &bytes).unwrap();
+    let obj = IndexObject {
+        packs: vec![PackListing {
+            id: pack_id,
+            size: bytes.len() as u64,
+            entries,
+        }],
+        supersedes: Vec::new(),
+    };
+    obj.save(&be).unwrap();
+    ids
+}
+
+/// Writes a snapshot of `tree`; returns its id.
+fn put_snapshot(repo: &Path, tree: Id) -> String {
+    let snap = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00+00:00").unwrap(),
+        host: "hostile".into(),
+        instance: None,
+        tags: Vec::new(),
+        paths: vec!["/src".into()],
+        tree: Some(tree),
+        streams: Vec::new(),
+        stream_tree: None,
+        parent: None,
+        partial: false,
+        summary: Summary::default(),
+        metadata: None,
+    };
+    let (bytes, id) = snap.encode().unwrap();
+    backend(repo)
+        .put(ObjectKind::Snapshot, &id.to_hex(), &bytes)
+        .unwrap();
+    id.to_hex()
+}
+
+fn dir_meta() -> Meta {
+    Meta {
+        mode: 0o040755,
+        nlink: 2,
+        ..Meta::default()
+    }
+}
+
+fn dir_node(name: &[u8], subtree: Id) -> Node {
+    Node {
+        name: name.to_vec(),
+        kind: NodeKind::Dir { subtree },
+        meta: dir_meta(),
+    }
+}
+
+fn encoded(tree: &Tree) -> Vec<u8> {
+    tree.encode().unwrap().0
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Deeply nested trees
+// ---------------------------------------------------------------------------------------------------------
+
+/// A chain of `depth` trees, each holding one directory named `name` whose subtree is the next; returns the
+/// root tree's id (the root holds `src`, the top of the chain).
+fn put_deep_chain(repo: &Path, depth: usize, name: &[u8]) -> Id {
+    let mut blobs = Vec::with_capacity(depth + 1);
+    let leaf = Tree::new(Vec::new()).unwrap();
+    let mut below = Id::of(&encoded(&leaf));
+    blobs.push((BlobKind::Tree, encoded(&leaf)));
+    for _ in 0..depth {
+        let t = Tree::new(vec![dir_node(name, below)]).unwrap();
+        let bytes = encoded(&t);
+        below = Id::of(&bytes);
+        blobs.push((BlobKind::Tree, bytes));
+    }
+    let root = Tree::new(vec![dir_node(b"src", below)]).unwrap();
+    let bytes = encoded(&root);
+    let root_id = Id::of(&bytes);
+    blobs.push((BlobKind::Tree, bytes));
+    put_blobs(repo, &blobs);
+    root_id
+}
+
+#[test]
+fn a_deeply_nested_tree_is_walked_in_memory_linear_in_its_depth() {
+    let (_dir, repo) = new_plaintext_repo();
+    // 6,000 levels of 100-byte names: a path of 600 kB at the bottom, 1.8 GB if every level of the walk kept
+    // its own copy of its path.
+    let root = put_deep_chain(&repo, 6_000, &[b'n'; 100]);
+    put_snapshot(&repo, root);
+    ok(cairn(&repo).args(["repair", "index"]));
+    for args in [&["check"][..], &["check", "--read-data"], &["prune"]] {
+        let mut cmd = cairn(&repo);
+        cmd.args(args);
+        let (code, _, err) = bounded(&cmd, 300);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Huge objects
+// ---------------------------------------------------------------------------------------------------------
+
+/// A sparse file of `len` bytes (no disk used) starting with `head`: what a writer of the repository can make
+/// for free, and what a reader that reads it whole holds in memory.
+fn sparse(path: &Path, len: u64, head: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = fs::File::create(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, head, 0).unwrap();
+    f.set_len(len).unwrap();
+}
+
+const HUGE: u64 = 3 << 30;
+
+fn hex_name(seed: &str) -> String {
+    Id::of(seed.as_bytes()).to_hex()
+}
+
+#[test]
+fn huge_lock_run_instance_and_snapshot_objects_are_refused_without_reading_them() {
+    let (dir, repo) = new_plaintext_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    ok(cairn(&repo).arg("backup").arg(&src));
+    // A lock, a run-log entry and an instance revision of 3 GiB: junk JSON that must not be read whole.
+    sparse(&repo.join("locks/huge"), HUGE, b"{\"pid\": 1");
+    sparse(&repo.join("runs").join(hex_name("run")), HUGE, b"{");
+    sparse(&repo.join("instances/huge.json"), HUGE, b"{");
+    for args in [&["check"][..], &["snapshots"]] {
+        let mut cmd = cairn(&repo);
+        cmd.args(args);
+        let (code, _, err) = bounded(&cmd, 200);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    // An instance whose newest revision cannot be read is reported as corrupt (nothing may run as if it
+    // did not exist), by name.
+    let mut list = cairn(&repo);
+    list.args(["instance", "list"]);
+    let (code, _, err) = bounded(&list, 200);
+    assert_ne!(code, 0);
+    assert!(err.contains("instances/huge.json"), "{err}");
+    // A snapshot object of 3 GiB cannot be decoded: prune refuses (it cannot know what the snapshot
+    // needs), cleanly and without reading it.
+    sparse(&repo.join("snapshots").join(hex_name("snap")), HUGE, b"{");
+    let mut prune = cairn(&repo);
+    prune.arg("prune");
+    let (code, _, err) = bounded(&prune, 200);
+    assert_ne!(
+        code, 0,
+        "prune went on past a snapshot it cannot read: {err}"
+    );
+    let mut check = cairn(&repo);
+    check.arg("check");
+    let (code, _, err) = bounded(&check, 200);
+    assert_ne!(
+        code, 0,
+        "check did not report the undecodable snapshot: {err}"
+    );
+}
+
+#[test]
+fn a_huge_key_file_or_config_is_refused_without_reading_it() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    ok(cairn(&repo).arg("backup").arg(&src));
+    // Named to sort first, so a reader trying key files in order meets it before the real one.
+    sparse(&repo.join("keys").join("0".repeat(64)), HUGE, b"{");
+    let mut ls = cairn(&repo);
+    ls.arg("snapshots");
+    let (code, _, err) = bounded(&ls, 200);
+    assert_eq!(code, 0, "{err}");
+    // A config of 3 GiB: nothing can be opened, and the error says so without reading it.
+    let (_dir2, plain) = new_plaintext_repo();
+    sparse(&plain.join("config"), HUGE, b"{");
+    let mut ls = cairn(&plain);
+    ls.arg("snapshots");
+    let (code, _, err) = bounded(&ls, 200);
+    assert_ne!(code, 0, "{err}");
+}
+
+#[test]
+fn a_huge_index_object_is_read_in_pieces_and_refused_at_its_first_bad_entry() {
+    let (dir, repo) = new_plaintext_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    ok(cairn(&repo).arg("backup").arg(&src));
+    // One pack declaring 30 million entries, all zeros (sparse): 2.6 GB that decode to nothing.
+    let mut head = b"CAIRNIX\x01".to_vec();
+    head.extend_from_slice(&1u32.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    head.extend_from_slice(&[9; 32]);
+    head.extend_from_slice(&(HUGE * 2).to_le_bytes());
+    head.extend_from_slice(&30_000_000u32.to_le_bytes());
+    head.extend_from_slice(&0u32.to_le_bytes());
+    let name = hex_name("index");
+    sparse(
+        &repo.join("index").join(&name),
+        16 + 48 + 30_000_000 * 88,
+        &head,
+    );
+    for args in [&["snapshots"][..], &["check"], &["prune"]] {
+        let mut cmd = cairn(&repo);
+        cmd.args(args);
+        bounded(&cmd, 200);
+    }
+    let target = dir.path().join("target");
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&target));
+    assert_eq!(fs::read(target.join("src/f")).unwrap(), b"hello");
+}
+
+/// A pack file of `len` bytes, sparse but for its magic and a footer declaring as many entries as fit.
+fn sparse_pack(repo: &Path, len: u64, name: &str) -> PathBuf {
+    let path = repo.join("packs").join(&name[..2]).join(name);
+    sparse(&path, len, b"CAIRNPK\x01");
+    let count = ((len - 56) / 88).min(u32::MAX as u64) as u32;
+    let mut footer = Vec::new();
+    footer.extend_from_slice(&count.to_le_bytes());
+    footer.extend_from_slice(&[0; 4]);
+    footer.extend_from_slice(&[7; 32]);
+    footer.extend_from_slice(b"CAIRNEND");
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &footer, len - 48).unwrap();
+    path
+}
+
+#[test]
+fn a_pack_trailer_declaring_billions_of_entries_is_refused_without_reading_them() {
+    let (dir, repo) = new_plaintext_repo();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    ok(cairn(&repo).arg("backup").arg(&src));
+    sparse_pack(&repo, HUGE, &hex_name("pack"));
+    for args in [&["check"][..], &["repair", "index"], &["prune"]] {
+        let mut cmd = cairn(&repo);
+        cmd.args(args);
+        bounded(&cmd, 200);
+    }
+    // The repository's own data is untouched.
+    let target = dir.path().join("target");
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&target));
+    assert_eq!(fs::read(target.join("src/f")).unwrap(), b"hello");
+}
+
+/// Writes a valid pack of `len` bytes holding `blobs` (kind, raw bytes) at its start, then a sparse hole up
+/// to its trailer, and an index object listing it: an honest-looking pack of many GiB that costs its writer
+/// no disk. Returns the blobs' ids.
+fn put_huge_pack(repo: &Path, len: u64, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<Id> {
+    let mut b = PackBuilder::new();
+    let mut ids = Vec::new();
+    for (kind, raw) in blobs {
+        let id = Id::of(raw);
+        let (c, stored) = encode_blob(raw, 3).unwrap();
+        b.add(*kind, id, raw.len() as u32, c, &stored).unwrap();
+        ids.push(id);
+    }
+    let (bytes, _, entries) = b.seal().unwrap();
+    let trailer_len = entries.len() * 88 + 48;
+    let data = &bytes[..bytes.len() - trailer_len];
+    let trailer = &bytes[bytes.len() - trailer_len..];
+    // The name cannot be the hash of the whole file (nobody hashes 3 GiB of zeros here): that is damage
+    // check reports, not a reason to read the file whole.
+    let name = hex_name(&format!("huge pack {len}"));
+    let path = repo.join("packs").join(&name[..2]).join(&name);
+    sparse(&path, len, data);
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, trailer, len - trailer_len as u64).unwrap();
+    let obj = IndexObject {
+        packs: vec![PackListing {
+            id: Id::from_hex(&name).unwrap(),
+            size: len,
+            entries,
+        }],
+        supersedes: Vec::new(),
+    };
+    obj.save(&backend(repo)).unwrap();
+    ids
+}
+
+#[test]
+fn a_pack_of_many_gib_is_read_in_pieces_by_check_and_prune() {
+    let (dir, repo) = new_plaintext_repo();
+    let content = b"kept by a snapshot".to_vec();
+    let file = Node {
+        name: b"f".to_vec(),
+        kind: NodeKind::File {
+            size: content.len() as u64,
+            chunks: vec![Id::of(&content)],
+        },
+        meta: Meta {
+            mode: 0o100644,
+            nlink: 1,
+            ..Meta::default()
+        },
+    };
+    let tree = Tree::new(vec![file]).unwrap();
+    let root = Tree::new(vec![dir_node(b"src", Id::of(&encoded(&tree)))]).unwrap();
+    put_huge_pack(
+        &repo,
+        HUGE,
+        &[
+            (BlobKind::Data, content.clone()),
+            (BlobKind::Data, b"garbage nobody needs".to_vec()),
+            (BlobKind::Tree, encoded(&tree)),
+            (BlobKind::Tree, encoded(&root)),
+        ],
+    );
+    put_snapshot(&repo, Id::of(&encoded(&root)));
+    ok(cairn(&repo).args(["repair", "index"]));
+    let mut check = cairn(&repo);
+    check.args(["check", "--read-data"]);
+    let (code, out, err) = bounded(&check, 300);
+    assert_ne!(
+        code, 0,
+        "the pack's name does not match its content: {out}{err}"
+    );
+    assert!(
+        format!("{out}{err}").contains("does not match its id"),
+        "{out}{err}"
+    );
+    // Prune repacks the blobs the snapshot needs (the pack is mostly unused) by ranged reads.
+    let mut prune = cairn(&repo);
+    prune.arg("prune");
+    let (code, _, err) = bounded(&prune, 300);
+    assert_eq!(code, 0, "{err}");
+    let target = dir.path().join("target");
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&target));
+    assert_eq!(fs::read(target.join("src/f")).unwrap(), content);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hostile S3 servers
+// ---------------------------------------------------------------------------------------------------------
+
+/// One HTTP request as the proxy saw it.
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP response: status, headers (without framing ones) and body.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+type Mutate = dyn Fn(&Request, Response) -> Response + Send + Sync;
+
+/// A real HTTP server on loopback that forwards every request to the S3 test server and hands the answer
+/// to `mutate` before sending it back: a broken or hostile endpoint in front of a real repository. Returns
+/// its endpoint URL. One request per connection (`Connection: close`), which every HTTP client handles.
+fn hostile_proxy(
+    mutate: impl Fn(&Request, Response) -> Response + Send + Sync + 'static,
+) -> String {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = s3_endpoint().trim_start_matches("http://").to_string();
+    let mutate: Arc<Mutate> = Arc::new(mutate);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (mutate, upstream) = (mutate.clone(), upstream.clone());
+            std::thread::spawn(move || {
+                let _ = proxy_one(conn, &upstream, &*mutate);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A request or status line and its headers.
+type Head = (String, Vec<(String, String)>);
+
+fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Option<Head>> {
+    let mut first = String::new();
+    if r.read_line(&mut first)? == 0 {
+        return Ok(None);
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok(Some((first.trim_end().to_string(), headers)))
+}
+
+fn read_body(
+    r: &mut impl std::io::BufRead,
+    headers: &[(String, String)],
+    to_eof: bool,
+) -> std::io::Result<Vec<u8>> {
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else if to_eof {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(body)
+}
+
+fn proxy_one(conn: std::net::TcpStream, upstream: &str, mutate: &Mutate) -> std::io::Result<()> {
+    use std::io::{BufReader, Write};
+    let mut client = BufReader::new(conn.try_clone()?);
+    let Some((line, headers)) = read_head(&mut client)? else {
+        return Ok(());
+    };
+    let body = read_body(&mut client, &headers, false)?;
+    let mut parts = line.split(' ');
+    let req = Request {
+        method: parts.next().unwrap_or("").to_string(),
+        target: parts.next().unwrap_or("").to_string(),
+        headers,
+    };
+    let mut up = std::net::TcpStream::connect(upstream)?;
+    let mut head = format!("{line}\r\n");
+    for (k, v) in &req.headers {
+        if !k.eq_ignore_ascii_case("connection") {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    up.write_all(head.as_bytes())?;
+    up.write_all(&body)?;
+    let mut upr = BufReader::new(up);
+    let (status_line, rheaders) = read_head(&mut upr)?.unwrap_or_default();
+    let rbody = if req.method == "HEAD" {
+        Vec::new()
+    } else {
+        read_body(&mut upr, &rheaders, true)?
+    };
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
+    let content_length = rheaders
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.clone());
+    let framing = ["content-length", "transfer-encoding", "connection"];
+    let resp = Response {
+        status,
+        headers: rheaders
+            .into_iter()
+            .filter(|(k, _)| !framing.iter().any(|f| k.eq_ignore_ascii_case(f)))
+            .collect(),
+        body: rbody,
+    };
+    let resp = mutate(&req, resp);
+    let mut out = conn;
+    let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
+    for (k, v) in &resp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    // A HEAD answer keeps the object's length; every other the body's.
+    let len = match (req.method.as_str(), content_length) {
+        ("HEAD", Some(n)) => n,
+        _ => resp.body.len().to_string(),
+    };
+    head.push_str(&format!(
+        "Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    ));
+    out.write_all(head.as_bytes())?;
+    if req.method != "HEAD" {
+        out.write_all(&resp.body)?;
+    }
+    out.flush()
+}
+
+/// A plaintext repository on the S3 test server with one snapshot of `src/f`; returns (temp dir, URL).
+fn s3_repo_with_a_snapshot() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = s3_repo_in(dir.path());
+    ok(cairn(&repo).args(["init", "--insecure-no-encryption"]));
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    ok(cairn(&repo).arg("backup").arg(&src));
+    (dir, repo)
+}
+
+/// `cairn ARGS` on `repo` through the server at `endpoint`, killed after `secs` (a loop is a failure, not a
+/// hang); returns what [`bounded`] checked.
+fn through(repo: &Path, endpoint: &str, args: &[&str], secs: u64) -> (i32, String, String) {
+    // A fresh cache makes every command list and read again.
+    let cache = tempfile::tempdir().unwrap();
+    through_with(repo, endpoint, cache.path(), args, secs)
+}
+
+/// [`through`] with the index cache in `cache`.
+fn through_with(
+    repo: &Path,
+    endpoint: &str,
+    cache: &Path,
+    args: &[&str],
+    secs: u64,
+) -> (i32, String, String) {
+    let mut cmd = cairn(repo);
+    cmd.args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("XDG_CACHE_HOME", cache);
+    let mut timed = Command::new("timeout");
+    timed
+        .arg(secs.to_string())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    let (code, out, err, rss) = run_measured(&timed);
+    assert_ne!(
+        code, 124,
+        "{args:?} was still running after {secs} s: {err}"
+    );
+    eprintln!("{args:?} through {endpoint}: exit {code}, peak RSS {rss} MiB\nstderr: {err}");
+    assert!(rss <= 300, "{args:?} peaked at {rss} MiB\nstderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} crashed: {err}");
+    assert!(
+        code == 0 || err.contains("cairn: error:"),
+        "{args:?}: exit {code} without a clear error\nstderr: {err}"
+    );
+    (code, out, err)
+}
+
+fn is_listing(req: &Request) -> bool {
+    req.method == "GET" && req.target.contains("list-type=2")
+}
+
+/// The listing `body` with its end replaced: truncated, continued by `token`.
+fn continued(body: &[u8], token: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body).replace(
+        "<IsTruncated>false</IsTruncated>",
+        "<IsTruncated>true</IsTruncated>",
+    );
+    let text = match text.find("<NextContinuationToken>") {
+        Some(_) => text,
+        None => text.replace(
+            "</ListBucketResult>",
+            &format!("<NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"),
+        ),
+    };
+    text.into_bytes()
+}
+
+/// A proxy's answer to listings of the packs: the first page the server gave, again and again, each time
+/// saying that more follow, with `token(n)` for the n-th page.
+fn replaying(
+    token: impl Fn(u64) -> String + Send + Sync + 'static,
+) -> impl Fn(&Request, Response) -> Response + Send + Sync + 'static {
+    let first: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+    let pages = std::sync::atomic::AtomicU64::new(0);
+    move |req, mut resp| {
+        if is_listing(req) && req.target.contains("packs") {
+            let mut first = first.lock().unwrap();
+            let page = first.get_or_insert_with(|| resp.body.clone()).clone();
+            let n = pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            resp.status = 200;
+            resp.body = continued(&page, &token(n));
+        }
+        resp
+    }
+}
+
+#[test]
+fn an_s3_listing_that_never_ends_is_an_error_not_a_loop() {
+    let (_dir, repo) = s3_repo_with_a_snapshot();
+    // The same page and continuation token forever (of the packs, which hold keys).
+    let same = hostile_proxy(replaying(|_| "again".to_string()));
+    let (code, _, err) = through(&repo, &same, &["check"], 60);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("listing is broken"), "{err}");
+    // A new token on every page, every page repeating the keys.
+    let fresh = hostile_proxy(replaying(|n| format!("t{n}")));
+    let (code, _, err) = through(&repo, &fresh, &["check"], 60);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("comes again or out of order"), "{err}");
+    // Empty pages with a new token forever.
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let empty = hostile_proxy(move |req, mut resp| {
+        if is_listing(req) {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>b</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated><NextContinuationToken>e{n}</NextContinuationToken></ListBucketResult>"
+            );
+            resp.body = body.into_bytes();
+        }
+        resp
+    });
+    let (code, _, err) = through(&repo, &empty, &["check"], 120);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("listing is broken"), "{err}");
+    // The repository is fine through an honest endpoint.
+    ok(cairn(&repo).arg("check"));
+}
+
+fn is_pack_range(req: &Request) -> bool {
+    req.method == "GET" && req.target.contains("/packs/") && req.header("range").is_some()
+}
+
+#[test]
+fn a_ranged_read_answered_with_the_wrong_length_is_a_read_error_not_damage() {
+    let (dir, repo) = s3_repo_with_a_snapshot();
+    let cache = dir.path().join("hostile-cache");
+    // Half the bytes asked for (the Content-Range header still says all of them), or twice as many.
+    let short = hostile_proxy(|req, mut resp| {
+        if is_pack_range(req) && resp.status == 206 {
+            let half = resp.body.len() / 2;
+            resp.body.truncate(half);
+        }
+        resp
+    });
+    let long = hostile_proxy(|req, mut resp| {
+        if is_pack_range(req) && resp.status == 206 {
+            let again = resp.body.clone();
+            resp.body.extend_from_slice(&again);
+        }
+        resp
+    });
+    // Ignoring the range: 200 with the whole object.
+    let whole = hostile_proxy(|req, mut resp| {
+        if is_pack_range(req) && resp.status == 206 {
+            resp.status = 200;
+            resp.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+        }
+        resp
+    });
+    for endpoint in [&short, &long, &whole] {
+        let target = dir.path().join(format!("target-{}", unique()));
+        let args = ["restore", "latest", "--target", target.to_str().unwrap()];
+        let (code, _, err) = through_with(&repo, endpoint, &cache, &args, 120);
+        assert_ne!(code, 0, "restore through a broken server succeeded: {err}");
+        assert!(
+            !err.contains("damaged"),
+            "a broken server's answer was taken for damage: {err}"
+        );
+    }
+    // Nothing was recorded as damaged (the next backup would store those blobs again, `repair snapshots`
+    // would drop them), and through an honest endpoint, with the same cache, the repository is intact.
+    let cfg: serde_json::Value = serde_json::from_slice(&obj_read(&repo.join("config"))).unwrap();
+    let index = cache
+        .join("cairn")
+        .join(cfg["repository_id"].as_str().unwrap())
+        .join("index.sqlite");
+    let db = rusqlite::Connection::open(&index).unwrap();
+    let damaged: i64 = db
+        .query_row("SELECT count(*) FROM damaged_blobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        damaged, 0,
+        "a broken server's answers were recorded as damage"
+    );
+    let (code, out, err) =
+        through_with(&repo, s3_endpoint(), &cache, &["check", "--read-data"], 120);
+    assert_eq!(code, 0, "{out}{err}");
+    let target = dir.path().join("target");
+    let (code, _, err) = through_with(
+        &repo,
+        s3_endpoint(),
+        &cache,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+        120,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read(target.join("src/f")).unwrap(), b"hello");
+}
