@@ -529,7 +529,11 @@ fn repack(repo: &Repository, packs: &[&PackUse]) -> Result<HashSet<Id>> {
                 for &i in &run.blobs {
                     let loc = &used[i];
                     let at = (loc.entry.offset - run.start) as usize;
-                    let stored = &bytes[at..at + loc.entry.stored_len as usize];
+                    let stored = bytes
+                        .get(at..at + loc.entry.stored_len as usize)
+                        .ok_or_else(|| {
+                            Error::corrupt(format!("pack {}", u.id), "short ranged read")
+                        })?;
                     repo.decode_stored(loc, stored)
                         .map_err(|err| refuse(&format!("pack {}: {err}", u.id)))?;
                     writer.save_stored(&loc.entry, stored)?;
