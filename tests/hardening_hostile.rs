@@ -803,3 +803,25 @@ fn a_ranged_read_answered_with_the_wrong_length_is_a_read_error_not_damage() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(fs::read(target.join("src/f")).unwrap(), b"hello");
 }
+
+#[test]
+fn run_log_entries_with_short_or_multibyte_snapshot_ids_are_printed_not_panicked_on() {
+    let (_dir, repo) = new_plaintext_repo();
+    for (i, id) in ["ab", "aéééééééé", "0123456789abcdef"].iter().enumerate() {
+        let obj = serde_json::json!({
+            "version": 1, "host": "elsewhere", "instance": null, "kind": "backup",
+            "start": format!("2026-12-0{}T03:00:00Z", i + 1), "end": null, "status": "ok",
+            "bytes": null, "snapshot_id": id, "error": null,
+        });
+        let bytes = serde_json::to_vec_pretty(&obj).unwrap();
+        backend(&repo)
+            .put(ObjectKind::Run, &Id::of(&bytes).to_hex(), &bytes)
+            .unwrap();
+    }
+    let (code, out, err) = run(cairn(&repo).arg("log"));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for shown in [" ab ", " aééééééé ", " 01234567 "] {
+        assert!(out.contains(shown), "{shown:?} in {out}");
+    }
+}

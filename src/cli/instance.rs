@@ -446,7 +446,11 @@ pub fn log(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
             r.instance.as_deref().unwrap_or("-"),
             r.kind,
             r.status,
-            r.snapshot_id.as_deref().map(|s| &s[..8]).unwrap_or("-"),
+            // A run object is repository content: its id may be anything, never sliced blindly.
+            r.snapshot_id
+                .as_deref()
+                .map(|s| s.char_indices().nth(8).map_or(s, |(end, _)| &s[..end]))
+                .unwrap_or("-"),
             r.error.unwrap_or_default()
         );
     }
