@@ -75,6 +75,18 @@ fn backend(repo: &Path) -> LocalBackend {
 /// Writes a pack holding `blobs` (kind, raw bytes) and an index object listing it, as a writer of the
 /// repository could; returns the blobs' ids.
 fn put_blobs(repo: &Path, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<Id> {
+    let (ids, bytes, pack_id, entries) = build_pack(blobs);
+    backend(repo)
+        .put(ObjectKind::Pack, &pack_id.to_hex(), &bytes)
+        .unwrap();
+    list_pack(repo, pack_id, bytes.len() as u64, entries);
+    ids
+}
+
+/// A sealed pack of `blobs` (kind, raw bytes): their ids, its bytes, id and trailer entries.
+fn build_pack(
+    blobs: &[(BlobKind, Vec<u8>)],
+) -> (Vec<Id>, Vec<u8>, Id, Vec<cairn::pack::BlobEntry>) {
     let mut b = PackBuilder::new();
     let mut ids = Vec::new();
     for (kind, raw) in blobs {
@@ -84,18 +96,16 @@ fn put_blobs(repo: &Path, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<Id> {
         ids.push(id);
     }
     let (bytes, pack_id, entries) = b.seal().unwrap();
-    let be = backend(repo);
-    be.put(ObjectKind::Pack, &pack_id.to_hex(), &bytes).unwrap();
+    (ids, bytes, pack_id, entries)
+}
+
+/// Writes an index object listing the pack `id` of `size` bytes holding `entries`.
+fn list_pack(repo: &Path, id: Id, size: u64, entries: Vec<cairn::pack::BlobEntry>) {
     let obj = IndexObject {
-        packs: vec![PackListing {
-            id: pack_id,
-            size: bytes.len() as u64,
-            entries,
-        }],
+        packs: vec![PackListing { id, size, entries }],
         supersedes: Vec::new(),
     };
-    obj.save(&be).unwrap();
-    ids
+    obj.save(&backend(repo)).unwrap();
 }
 
 /// Writes a snapshot of `tree`; returns its id.
@@ -340,15 +350,7 @@ fn a_pack_trailer_declaring_billions_of_entries_is_refused_without_reading_them(
 /// to its trailer, and an index object listing it: an honest-looking pack of many GiB that costs its writer
 /// no disk. Returns the blobs' ids.
 fn put_huge_pack(repo: &Path, len: u64, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<Id> {
-    let mut b = PackBuilder::new();
-    let mut ids = Vec::new();
-    for (kind, raw) in blobs {
-        let id = Id::of(raw);
-        let (c, stored) = encode_blob(raw, 3).unwrap();
-        b.add(*kind, id, raw.len() as u32, c, &stored).unwrap();
-        ids.push(id);
-    }
-    let (bytes, _, entries) = b.seal().unwrap();
+    let (ids, bytes, _, entries) = build_pack(blobs);
     let trailer_len = entries.len() * 88 + 48;
     let data = &bytes[..bytes.len() - trailer_len];
     let trailer = &bytes[bytes.len() - trailer_len..];
@@ -359,15 +361,7 @@ fn put_huge_pack(repo: &Path, len: u64, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<Id
     sparse(&path, len, data);
     let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, trailer, len - trailer_len as u64).unwrap();
-    let obj = IndexObject {
-        packs: vec![PackListing {
-            id: Id::from_hex(&name).unwrap(),
-            size: len,
-            entries,
-        }],
-        supersedes: Vec::new(),
-    };
-    obj.save(&backend(repo)).unwrap();
+    list_pack(repo, Id::from_hex(&name).unwrap(), len, entries);
     ids
 }
 

@@ -7,12 +7,25 @@ mod serve_support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::{json, Value};
 use serve_support::{token, Server};
+
+/// Adds the instance `app` (manual schedule, `extra` options) backing up a tree of `files` files under
+/// `dir/files`.
+fn add_app(dir: &Path, repo: &Path, files: usize, extra: &[&str]) -> PathBuf {
+    let src = dir.join("files");
+    build_rich_tree(&src, files);
+    ok(cairn(repo)
+        .args(["instance", "add", "app", "--priority", "manual"])
+        .args(extra)
+        .arg("--path")
+        .arg(&src));
+    src
+}
 
 /// Every `(method, path)` of the API, from its OpenAPI description, with `{name}` and `{id}` filled in,
 /// plus the routes the description does not list.
@@ -200,20 +213,7 @@ fn cairn_with_open_files(repo: &Path, n: u64) -> std::process::Command {
 fn serve_a_flood_of_connections_does_not_starve_a_running_backup_of_file_descriptors() {
     let (dir, repo) = new_repo();
     let operator = token(&repo, "ops", "operator");
-    let src = dir.path().join("files");
-    build_rich_tree(&src, 60);
-    ok(cairn(&repo)
-        .args([
-            "instance",
-            "add",
-            "app",
-            "--priority",
-            "manual",
-            "--pre-hook",
-            "sleep 3",
-            "--path",
-        ])
-        .arg(&src));
+    let src = add_app(dir.path(), &repo, 60, &["--pre-hook", "sleep 3"]);
     let s = Server::start_command(cairn_with_open_files(&repo, 256), &[], None);
     let (code, job) = s.post("/api/v1/instances/app/backup", &operator, &json!({}));
     assert_eq!(code, 202, "{job}");
@@ -289,11 +289,7 @@ fn zip_bomb(size: u64) -> Vec<u8> {
 fn serve_upload_that_expands_far_beyond_its_size_is_rejected_before_it_fills_the_disk() {
     let (dir, repo) = new_repo();
     let admin = token(&repo, "boss", "admin");
-    let src = dir.path().join("files");
-    build_rich_tree(&src, 3);
-    ok(cairn(&repo)
-        .args(["instance", "add", "app", "--priority", "manual", "--path"])
-        .arg(&src));
+    add_app(dir.path(), &repo, 3, &[]);
     let tmp = dir.path().join("tmp");
     fs::create_dir(&tmp).unwrap();
     let s = Server::start_with(&repo, &["--max-upload-mib", "1"], None, &[("TMPDIR", &tmp)]);
@@ -353,11 +349,7 @@ fn job_records(cache: &Path) -> std::path::PathBuf {
 fn serve_hostile_job_records_do_not_break_the_next_server() {
     let (dir, repo) = new_repo();
     let operator = token(&repo, "ops", "operator");
-    let src = dir.path().join("files");
-    build_rich_tree(&src, 3);
-    ok(cairn(&repo)
-        .args(["instance", "add", "app", "--priority", "manual", "--path"])
-        .arg(&src));
+    add_app(dir.path(), &repo, 3, &[]);
     let cache = dir.path().join("cache");
     let env = [("XDG_CACHE_HOME", cache.as_path())];
     drop(Server::start_with(&repo, &[], None, &env));
@@ -467,11 +459,7 @@ fn serve_api_calls_record_no_attacker_chosen_text_in_the_run_log() {
 fn serve_upload_form_fields_besides_the_archive_count_toward_the_limit() {
     let (dir, repo) = new_repo();
     let admin = token(&repo, "boss", "admin");
-    let src = dir.path().join("files");
-    build_rich_tree(&src, 3);
-    ok(cairn(&repo)
-        .args(["instance", "add", "app", "--priority", "manual", "--path"])
-        .arg(&src));
+    add_app(dir.path(), &repo, 3, &[]);
     let s = Server::start(&repo, &["--max-upload-mib", "1"]);
     let archive = gzip_bomb(10);
     let padded_time = format!("2020-01-02T03:04:05Z{}", " ".repeat(2 << 20));
@@ -514,11 +502,7 @@ fn serve_upload_form_fields_besides_the_archive_count_toward_the_limit() {
 fn serve_restore_refuses_a_relative_target_instead_of_writing_under_the_servers_directory() {
     let (dir, repo) = new_repo();
     let admin = token(&repo, "boss", "admin");
-    let src = dir.path().join("files");
-    build_rich_tree(&src, 3);
-    ok(cairn(&repo)
-        .args(["instance", "add", "app", "--priority", "manual", "--path"])
-        .arg(&src));
+    let src = add_app(dir.path(), &repo, 3, &[]);
     ok(cairn(&repo).args(["instance", "backup", "app"]));
     let cwd = dir.path().join("server-cwd");
     fs::create_dir(&cwd).unwrap();
