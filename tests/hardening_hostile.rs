@@ -298,16 +298,7 @@ fn a_huge_index_object_is_read_in_pieces_and_refused_at_its_first_bad_entry() {
         16 + 48 + 30_000_000 * 88,
         &head,
     );
-    for args in [&["snapshots"][..], &["check"], &["prune"]] {
-        let mut cmd = cairn(&repo);
-        cmd.args(args);
-        bounded(&cmd, 200);
-    }
-    let target = dir.path().join("target");
-    ok(cairn(&repo)
-        .args(["restore", "latest", "--target"])
-        .arg(&target));
-    assert_eq!(fs::read(target.join("src/f")).unwrap(), b"hello");
+    each_bounded_then_restores(dir.path(), &repo, &[&["snapshots"], &["check"], &["prune"]]);
 }
 
 /// A pack file of `len` bytes, sparse but for its magic and a footer declaring as many entries as fit.
@@ -333,14 +324,23 @@ fn a_pack_trailer_declaring_billions_of_entries_is_refused_without_reading_them(
     fs::write(src.join("f"), b"hello").unwrap();
     ok(cairn(&repo).arg("backup").arg(&src));
     sparse_pack(&repo, HUGE, &hex_name("pack"));
-    for args in [&["check"][..], &["repair", "index"], &["prune"]] {
-        let mut cmd = cairn(&repo);
-        cmd.args(args);
+    each_bounded_then_restores(
+        dir.path(),
+        &repo,
+        &[&["check"], &["repair", "index"], &["prune"]],
+    );
+}
+
+/// Runs each of `commands` within 200 MiB (see [`bounded`]), then checks that the repository's own data, a
+/// backup of `src/f` holding `hello`, still restores.
+fn each_bounded_then_restores(dir: &Path, repo: &Path, commands: &[&[&str]]) {
+    for args in commands {
+        let mut cmd = cairn(repo);
+        cmd.args(*args);
         bounded(&cmd, 200);
     }
-    // The repository's own data is untouched.
-    let target = dir.path().join("target");
-    ok(cairn(&repo)
+    let target = dir.join("target");
+    ok(cairn(repo)
         .args(["restore", "latest", "--target"])
         .arg(&target));
     assert_eq!(fs::read(target.join("src/f")).unwrap(), b"hello");
