@@ -205,16 +205,8 @@ fn unreadable_source_files_make_a_partial_snapshot_with_exit_3() {
     fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
     let repo = dir.path().join("repo");
     let as_nobody = |args: &[&str]| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            cairn_bin(),
-        ])
-        .args(args)
-        .env("CAIRN_REPO", &repo);
-        with_password(&mut c).env("XDG_CACHE_HOME", dir.path().join("nobody-cache"));
+        let mut c = cairn_as_nobody(&repo, &dir.path().join("nobody-cache"));
+        c.args(args);
         c
     };
     if unsafe { libc::geteuid() } != 0 {

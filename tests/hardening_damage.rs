@@ -41,22 +41,11 @@ fn snapshot_ids(repo: &Path) -> Vec<String> {
 /// The uid the permission tests run cairn as.
 const NOBODY: u32 = 65534;
 
-/// `cairn` run as an unprivileged user (root ignores `chmod 000`).
-fn cairn_as_nobody(repo: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-        "--clear-groups",
-        "--",
-        cairn_bin(),
-    ])
-    .env("CAIRN_REPO", repo)
-    .env("HOME", "/nonexistent");
-    with_password(&mut c)
-        // nobody's own index cache, beside the repository it was given.
-        .env("XDG_CACHE_HOME", repo.with_file_name("nobody-cache"))
-        .env_remove("XDG_DATA_HOME")
+/// `cairn` run as an unprivileged user (root ignores `chmod 000`), with its own index cache beside the
+/// repository it was given.
+fn nobody(repo: &Path) -> Command {
+    let mut c = cairn_as_nobody(repo, &repo.with_file_name("nobody-cache"));
+    c.env("HOME", "/nonexistent")
         .stdin(std::process::Stdio::null());
     c
 }
@@ -130,7 +119,7 @@ fn repair_snapshots_stops_on_a_permission_error_and_changes_nothing() {
         let pack_list = packs(&repo);
         chmod(&locked, 0o000);
         for forget in [false, true] {
-            let mut cmd = cairn_as_nobody(&repo);
+            let mut cmd = nobody(&repo);
             cmd.args(["repair", "snapshots"]);
             if forget {
                 cmd.arg("--forget-damaged");
@@ -149,7 +138,7 @@ fn repair_snapshots_stops_on_a_permission_error_and_changes_nothing() {
         // Readers hit the same error and record nothing.
         let t = dir.path().join("nobody-restore");
         let err = fails(
-            cairn_as_nobody(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]),
+            nobody(&repo).args(["restore", "latest", "--target", t.to_str().unwrap()]),
             1,
         );
         assert!(err.contains("Permission denied"), "{what}: {err}");
@@ -188,14 +177,14 @@ fn check_reports_a_permission_error_as_an_error_not_damage() {
     }
     chmod(&victim, 0o000);
     for args in [&["check"][..], &["check", "--read-data"]] {
-        let (code, out, err) = run(cairn_as_nobody(&repo).args(args));
+        let (code, out, err) = run(nobody(&repo).args(args));
         assert_eq!(code, 1, "{args:?}\n{out}\n{err}");
         assert!(out.contains("Permission denied"), "{args:?}: {out}");
         assert!(!out.contains("DAMAGE"), "{args:?}: {out}");
         assert!(!out.contains("damaged blob"), "{args:?}: {out}");
         assert!(!out.contains("repair snapshots"), "{args:?}: {out}");
         assert!(!out.contains("forget"), "{args:?}: {out}");
-        let (code, out, _) = run(cairn_as_nobody(&repo).args(args).arg("--json"));
+        let (code, out, _) = run(nobody(&repo).args(args).arg("--json"));
         assert_eq!(code, 1);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["damaged"].as_array().unwrap().len(), 0, "{out}");

@@ -680,12 +680,8 @@ fn error_messages_name_a_path_once_and_prefixes_once() {
         .unwrap();
     assert!(chown.success());
     fs::set_permissions(repo.join("snapshots"), fs::Permissions::from_mode(0o555)).unwrap();
-    let mut cmd = std::process::Command::new("setpriv");
-    with_password(&mut cmd).env("XDG_CACHE_HOME", dir.path().join("nobody-cache"));
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .args(["backup", s(&src)]);
+    let mut cmd = cairn_as_nobody(&repo, &dir.path().join("nobody-cache"));
+    cmd.args(["backup", s(&src)]);
     let (code, _, err) = run(&mut cmd);
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped the unprivileged half: not running as root, cannot switch user");
@@ -758,17 +754,8 @@ fn a_failed_database_restore_says_postgres_once() {
 /// `cairn` as `nobody` (root reads everything, and a partial snapshot needs a file its reader may not read),
 /// on `repo`, with a cache of its own.
 fn as_nobody(dir: &Path, repo: &Path, args: &[&str]) -> std::process::Command {
-    let mut c = std::process::Command::new("setpriv");
-    c.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        cairn_bin(),
-    ])
-    .args(args)
-    .env("CAIRN_REPO", repo)
-    .env_remove("XDG_DATA_HOME");
-    with_password(&mut c).env("XDG_CACHE_HOME", dir.join("nobody-cache"));
+    let mut c = cairn_as_nobody(repo, &dir.join("nobody-cache"));
+    c.args(args);
     c
 }
 

@@ -71,6 +71,23 @@ pub fn cairn(repo: &Path) -> Command {
     c
 }
 
+/// `cairn` on `repo` as the unprivileged user `nobody` (root ignores file modes), with the test password
+/// and `cache` as its cache directory.
+pub fn cairn_as_nobody(repo: &Path, cache: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        cairn_bin(),
+    ])
+    .env("CAIRN_REPO", repo)
+    .env_remove("XDG_DATA_HOME");
+    with_password(&mut c).env("XDG_CACHE_HOME", cache);
+    c
+}
+
 /// Runs and returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
