@@ -100,10 +100,45 @@ impl Kdf {
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; KEY_LEN]);
-        argon
-            .hash_password_into(password, &salt, &mut out[..])
-            .map_err(|e| Error::corrupt("key file", format!("Argon2id: {e}")))?;
+        let argon_error = |e| Error::corrupt("key file", format!("Argon2id: {e}"));
+        match BlockMemory::new(argon.params().block_count()) {
+            Some(mut memory) => argon
+                .hash_password_into_with_memory(password, &salt, &mut out[..], memory.blocks())
+                .map_err(argon_error)?,
+            None => argon
+                .hash_password_into(password, &salt, &mut out[..])
+                .map_err(argon_error)?,
+        }
         Ok(out)
+    }
+}
+
+/// Argon2's working memory in transparent huge pages where the kernel gives them: the derivation touches
+/// every one of its 64 MiB, and faulting them in 4 KiB at a time (16,000 faults) was a third of its cost in
+/// a fresh process (0.15 s -> 0.10 s wall per command here). Anonymous memory starts zeroed and goes back to
+/// the kernel, which clears it, when dropped.
+struct BlockMemory {
+    map: memmap2::MmapMut,
+    blocks: usize,
+}
+
+impl BlockMemory {
+    /// `None` when the kernel refuses the mapping: the derivation then allocates its memory itself.
+    fn new(blocks: usize) -> Option<BlockMemory> {
+        let len = blocks.checked_mul(std::mem::size_of::<argon2::Block>())?;
+        let map = memmap2::MmapOptions::new().len(len).map_anon().ok()?;
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage); // only a hint: 4 KiB pages work as well
+        Some(BlockMemory { map, blocks })
+    }
+
+    fn blocks(&mut self) -> &mut [argon2::Block] {
+        let ptr = self.map.as_mut_ptr();
+        debug_assert_eq!(ptr.align_offset(std::mem::align_of::<argon2::Block>()), 0);
+        // SAFETY: the mapping is page-aligned (more than a Block's 64-byte alignment), exactly `blocks`
+        // Blocks long, zero-filled (a valid Block: plain u64 words), and borrowed mutably for the slice's
+        // whole life.
+        unsafe { std::slice::from_raw_parts_mut(ptr.cast::<argon2::Block>(), self.blocks) }
     }
 }
 
