@@ -189,6 +189,60 @@ fn serve_idle_and_slow_connections_are_closed_so_they_cannot_pin_the_server() {
     assert_eq!(s.get("/api/v1/instances", Some(&viewer)).0, 200);
 }
 
+/// An HTTP/2 client (prior knowledge, in clear): the connection preface, empty settings and one complete
+/// `GET /` request (HPACK: `:method GET`, `:scheme http`, `:path /` from the static table, `:authority x`).
+fn http2_request() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, no parameters
+    let block = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    // HEADERS on stream 1 with END_STREAM | END_HEADERS.
+    out.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    out
+}
+
+#[test]
+fn serve_http2_is_refused_so_no_connection_escapes_the_timeouts() {
+    let (_dir, repo) = new_repo();
+    let viewer = token(&repo, "view", "viewer");
+    let s = Server::start(&repo, &[]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // hyper bounds neither the header read nor the idle time of an HTTP/2 connection: one that has made a
+    // request stays open as long as the client likes. The server must not speak HTTP/2 at all.
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.write_all(&http2_request()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let closed = loop {
+        if Instant::now() > deadline {
+            break false;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break true,
+        }
+    };
+    // An HTTP/2 server's first frame is its SETTINGS (type 4 on stream 0).
+    let spoke_h2 = answer.len() >= 9 && answer[3] == 0x04 && answer[5..9] == [0, 0, 0, 0];
+    assert!(
+        !spoke_h2,
+        "the server answered in HTTP/2: {:?}",
+        &answer[..answer.len().min(32)]
+    );
+    assert!(closed, "an HTTP/2 connection stays open after its request");
+    // HTTP/1.1 is still served.
+    assert_eq!(s.get("/api/v1/instances", Some(&viewer)).0, 200);
+}
+
 /// `cairn` limited to `n` open files, as a service manager might start it.
 fn cairn_with_open_files(repo: &Path, n: u64) -> std::process::Command {
     use std::os::unix::process::CommandExt;

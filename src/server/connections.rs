@@ -6,6 +6,7 @@
 //! - a connection must deliver its first request within [`FIRST_REQUEST_TIMEOUT`] of being accepted, and
 //!   every request head (the next one on a kept-alive connection included) within [`HEADER_READ_TIMEOUT`];
 //! - a request body that delivers nothing for [`BODY_IDLE_TIMEOUT`] is abandoned ([`idle_bounded`]);
+//! - HTTP/1.1 only (set where the server is built): hyper applies neither timeout to HTTP/2 connections;
 //! - at most [`connection_cap`] connections are held at once, half of the process's descriptor limit: a
 //!   connection beyond it is closed as soon as it is accepted, so the other half always remains for the
 //!   repository, the files a backup reads and the hooks it runs.

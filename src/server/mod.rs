@@ -183,7 +183,12 @@ async fn serve(opts: ServeOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Re
     });
     let app = routes::router(state.clone()).into_make_service();
     let server_error = |e: std::io::Error| Error::Command(format!("server: {e}"));
-    let mut listening = axum_server::from_tcp(listener).map_err(server_error)?;
+    // HTTP/1.1 only: hyper's HTTP/2 connections have neither the header-read nor an idle timeout, so a
+    // client that sent one request could keep its connection (and a descriptor) for ever. A panel and an
+    // API on one host lose nothing by it.
+    let mut listening = axum_server::from_tcp(listener)
+        .map_err(server_error)?
+        .http1_only();
     listening
         .http_builder()
         .http1()

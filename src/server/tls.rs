@@ -78,7 +78,8 @@ impl TlsFiles {
                     self.key.display()
                 ))
             })?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server speaks HTTP/1.1 only (see `serve` in mod.rs): offering h2 would make browsers choose it.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 }
