@@ -498,10 +498,22 @@ impl Job<'_> {
                 xattrs,
                 ..meta_of(&opened)
             };
-            self.save_reader(f, opened.len())
+            let saved = self.save_reader(&f, opened.len())?;
+            Ok((saved, changed_while_read(&f, &opened)))
         });
         match read {
-            Ok(Ok((size, chunks))) => {
+            Ok((Ok((size, chunks)), changed)) => {
+                if changed {
+                    // Stored as read (as tar and borg do), but the copy may mix old and new content: the
+                    // snapshot is partial and the file is named, so nobody mistakes it for a consistent one.
+                    self.warn(
+                        format!(
+                            "{}: changed while it was read; stored as read ({size} bytes), possibly part old and part new",
+                            path.display()
+                        ),
+                        true,
+                    );
+                }
                 let counter = if parent.is_some() {
                     &c.files_changed
                 } else {
@@ -512,7 +524,7 @@ impl Job<'_> {
                 self.progress.file_done(size);
                 Ok(Some((size, chunks)))
             }
-            Ok(Err(repo_err)) => Err(repo_err),
+            Ok((Err(repo_err), _)) => Err(repo_err),
             Err(e) => {
                 self.warn(format!("{}: {e}", path.display()), true);
                 Ok(None)
@@ -673,6 +685,28 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<(File, Metadata)> {
         ));
     }
     Ok((file, md))
+}
+
+/// Whether the open file `f` was written to (or truncated) between `before` (its metadata when opened) and
+/// now, when its content has been read: its size, mtime or ctime moved. A file whose size the kernel does
+/// not know (`/proc`, `/sys`: 0 or 4096 whatever they hold) is judged by the same fields, which stay put.
+fn changed_while_read(f: &File, before: &Metadata) -> bool {
+    let Ok(after) = f.metadata() else {
+        return false;
+    };
+    (
+        after.len(),
+        after.mtime(),
+        after.mtime_nsec(),
+        after.ctime(),
+        after.ctime_nsec(),
+    ) != (
+        before.len(),
+        before.mtime(),
+        before.mtime_nsec(),
+        before.ctime(),
+        before.ctime_nsec(),
+    )
 }
 
 /// The size, mtime, ctime and inode all match: the file is taken to be unchanged (as restic and borg do).

@@ -5,6 +5,7 @@
 mod harness;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -237,4 +238,53 @@ fn unreadable_source_files_make_a_partial_snapshot_with_exit_3() {
     ]));
     assert_eq!(fs::read(target.join("src/readable")).unwrap(), b"fine");
     assert!(!target.join("src/secret").exists());
+}
+
+#[test]
+fn a_file_written_while_it_is_read_is_named_and_makes_the_snapshot_partial() {
+    if local_only("about source files changing under a backup; the repository's kind plays no part")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let growing = src.join("growing.log");
+    let start: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(&growing, &start).unwrap();
+    fs::write(src.join("steady"), b"unchanged").unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).arg("init"));
+    // A log written to all along the backup: what is stored is neither the file at the start nor at the end.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), growing.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[b'x'; 4096]).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let (code, out, err) = run(cairn(&repo).args(["backup", "--json", src.to_str().unwrap()]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(code, 3, "stdout {out}\nstderr {err}");
+    assert!(
+        err.contains("growing.log") && err.contains("changed while it was read"),
+        "the changing file is not named: {err}"
+    );
+    assert!(!err.contains("steady"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["partial"], true);
+    // Once it is left alone the next backup reads it again (its recorded times are those before the
+    // writes) and stores it whole.
+    let (code, _, err) = run(cairn(&repo).args(["backup", src.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    let target = dir.path().join("t");
+    ok(cairn(&repo).args(["restore", "latest", "--target", target.to_str().unwrap()]));
+    assert_same_tree(&src, &target.join("src"));
 }
