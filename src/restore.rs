@@ -13,6 +13,10 @@
 //! `config` or `keys/` would be overwritten, or files that are not objects would join its directories);
 //! see [`repository_overlap`]. Checked before anything is written.
 //!
+//! `overwrite` replaces existing files, symlinks and empty directories, never a directory that holds
+//! something where the snapshot has a file, symlink or special file: that would delete a whole tree the
+//! user did not name. Such a restore is refused before anything is written.
+//!
 //! Damage: an object that fails verification here (a hash mismatch, bad framing, a missing pack or blob; see
 //! [`Error::is_damage`]) is recorded in the index as a damaged copy, so that the next backup stores it again
 //! instead of deduplicating against it, and the error says so. Other read errors (permission denied, EIO)
@@ -60,6 +64,32 @@ pub struct RestoreSummary {
     pub special: u64,
     pub bytes: u64,
     pub warnings: Vec<String>,
+}
+
+/// Refuses an overwriting restore that would replace a non-empty directory under `target` by an entry
+/// that is not a directory (see the module docs). A check before anything is written: the restore itself
+/// goes through descriptors, and a directory that appears later is still removed only by `--overwrite`.
+fn refuse_directories_in_the_way(target: &Path, items: &[Item]) -> Result<()> {
+    for it in items {
+        if matches!(it.node.kind, NodeKind::Dir { .. }) {
+            continue;
+        }
+        let path = target.join(&it.rel);
+        let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if is_dir && fs::read_dir(&path).map_or(true, |mut d| d.next().is_some()) {
+            return Err(Error::Invalid(format!(
+                "{} is a directory holding files where the snapshot has a {}: --overwrite replaces \
+                 files, not whole trees; move it away and restore again. Nothing was restored",
+                path.display(),
+                match it.node.kind {
+                    NodeKind::Symlink { .. } => "symlink",
+                    NodeKind::File { .. } => "file",
+                    _ => "special file",
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `path` made absolute and resolved through every symlink of its longest existing ancestor (the rest
@@ -149,6 +179,9 @@ pub fn restore(
         return Err(Error::Invalid(format!(
             "{why}; nothing was restored: choose a target outside the repository"
         )));
+    }
+    if opts.overwrite {
+        refuse_directories_in_the_way(&opts.target, &items)?;
     }
     fs::create_dir_all(&opts.target).at(&opts.target)?;
     // Everything below the target is reached through descriptors, never through a symlink (see

@@ -484,3 +484,58 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
     ));
     assert_eq!(fs::read(restored.join("live/doc")).unwrap(), b"v1");
 }
+
+#[test]
+fn restore_overwrite_never_deletes_a_directory_tree_in_the_way_of_a_file() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    let src = d.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("x"), b"the snapshot's x").unwrap();
+    fs::write(src.join("y"), b"the snapshot's y").unwrap();
+    std::os::unix::fs::symlink("x", src.join("link")).unwrap();
+    let id = backup_json(&repo, &[s(&src)])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for in_the_way in ["x", "link"] {
+        let target = d.join(format!("t-{in_the_way}"));
+        fs::create_dir_all(target.join("src").join(in_the_way).join("deep")).unwrap();
+        fs::write(
+            target.join("src").join(in_the_way).join("deep/precious"),
+            b"mine",
+        )
+        .unwrap();
+        fs::write(target.join("src/y"), b"theirs").unwrap();
+        let before = snapshot_tree(&target);
+        for overwrite in [true, false] {
+            let mut args = vec!["restore", id.as_str(), "--target", s(&target)];
+            if overwrite {
+                args.push("--overwrite");
+            }
+            let err = fails(cairn(&repo).args(&args), 1);
+            assert!(err.contains(in_the_way) || !overwrite, "{err}");
+            let deep = target.join("src").join(in_the_way).join("deep/precious");
+            assert_eq!(fs::read(deep).unwrap(), b"mine", "{args:?}");
+            assert_eq!(
+                fs::read(target.join("src/y")).unwrap(),
+                b"theirs",
+                "{args:?}"
+            );
+            if overwrite {
+                // Refused before anything is written.
+                assert_eq!(
+                    snapshot_tree(&target),
+                    before,
+                    "{args:?} changed the target"
+                );
+            }
+        }
+    }
+    // An empty directory in the way is replaced, as are files.
+    let target = d.join("t-empty");
+    fs::create_dir_all(target.join("src/x")).unwrap();
+    fs::write(target.join("src/y"), b"theirs").unwrap();
+    ok(cairn(&repo).args(["restore", &id, "--target", s(&target), "--overwrite"]));
+    assert_same_tree(&src, &target.join("src"));
+}
