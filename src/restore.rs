@@ -11,7 +11,8 @@
 //! The repository read from is never written to: a target that is (or is inside) a local repository is
 //! refused, and so is a target above it whose snapshot holds an entry at the repository's place (its
 //! `config` or `keys/` would be overwritten, or files that are not objects would join its directories);
-//! see [`repository_overlap`]. Checked before anything is written.
+//! see [`repository_overlap`]. Checked before anything is written, as is a target that resolves to `/`
+//! without being named `/` (a symlink to the root directory).
 //!
 //! `overwrite` replaces existing files, symlinks and empty directories, never a directory that holds
 //! something where the snapshot has a file, symlink or special file: that would delete a whole tree the
@@ -88,6 +89,23 @@ fn refuse_directories_in_the_way(target: &Path, items: &[Item]) -> Result<()> {
                 }
             )));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a target that resolves to `/` without being named `/`: a symlink (or `..`) to the root
+/// directory is a mistake, and `--overwrite` or `--delete` there would work on the whole system. Restoring
+/// into `/` is done by naming it.
+fn refuse_root_through_symlink(target: &Path) -> Result<()> {
+    let named_root = target
+        .components()
+        .all(|c| matches!(c, std::path::Component::RootDir));
+    if !named_root && resolve_target(target) == Path::new("/") {
+        return Err(Error::Invalid(format!(
+            "the target {} resolves to / (through a symlink or ..); nothing was restored: to restore \
+             into the root directory, name it: --target /",
+            target.display()
+        )));
     }
     Ok(())
 }
@@ -175,6 +193,7 @@ pub fn restore(
             opts.include
         )));
     }
+    refuse_root_through_symlink(&opts.target)?;
     if let Some(why) = repository_overlap(repo, &root, &opts.target)? {
         return Err(Error::Invalid(format!(
             "{why}; nothing was restored: choose a target outside the repository"

@@ -539,3 +539,31 @@ fn restore_overwrite_never_deletes_a_directory_tree_in_the_way_of_a_file() {
     ok(cairn(&repo).args(["restore", &id, "--target", s(&target), "--overwrite"]));
     assert_same_tree(&src, &target.join("src"));
 }
+
+#[test]
+fn restore_refuses_a_target_that_is_a_symlink_to_the_root_directory() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    // A root entry of a unique name, so that a restore into / (the defect) is seen and cleaned up.
+    let unique = format!("cairn-ops-test-{}", std::process::id());
+    let src = d.join(&unique);
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let id = backup_json(&repo, &[s(&src)])["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::os::unix::fs::symlink("/", d.join("to-root")).unwrap();
+    fs::create_dir_all(d.join("a")).unwrap();
+    let dotdot = format!("{}/a/../../../../../../../../../..", s(d));
+    for target in [s(&d.join("to-root")).to_string(), dotdot] {
+        let (code, out, err) =
+            run(cairn(&repo).args(["restore", &id, "--target", &target, "--overwrite"]));
+        let leaked = Path::new("/").join(&unique);
+        let wrote_to_root = leaked.exists();
+        let _ = fs::remove_dir_all(&leaked);
+        assert!(!wrote_to_root, "{target}: restored into /: {out}{err}");
+        assert_eq!(code, 1, "{target}: {out}{err}");
+        assert!(err.contains("resolves to /"), "{err}");
+    }
+}
