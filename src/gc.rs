@@ -84,7 +84,7 @@ struct GroupMembers {
     aside: Vec<(Candidate, &'static str)>,
 }
 
-/// Applies a retention policy per group (instance, else paths + stream names) and removes what it does not
+/// Applies a retention policy per group (instance, else host + paths + stream names) and removes what it does not
 /// keep. Refused before anything is removed: no rule at all, and a policy that would remove every snapshot
 /// of a group (`--keep-last 0`, or `--keep-tag` matching none) unless `allow_remove_all`, since a typo in a
 /// script must not empty a repository.
@@ -122,7 +122,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         if !opts.tags.iter().all(|t| s.tags.contains(t)) {
             continue;
         }
-        let key = retention::group_key(s.instance.as_deref(), &s.paths, &s.stream_names());
+        let key = retention::group_key(s.instance.as_deref(), &s.host, &s.paths, &s.stream_names());
         let cand = Candidate {
             id: id.to_hex(),
             time: s.time,

@@ -193,8 +193,15 @@ pub fn apply(policy: &KeepPolicy, snapshots: &[Candidate]) -> Vec<Decision> {
         .collect()
 }
 
-/// The group a snapshot belongs to: its instance, or else its sorted paths and stream names.
-pub fn group_key(instance: Option<&str>, paths: &[String], stream_names: &[String]) -> String {
+/// The group a snapshot belongs to: its instance (one configuration, whichever host runs it), or else its
+/// host with its sorted paths and stream names, as restic groups by host and paths: two hosts backing up
+/// the same path into a shared repository have two histories, and a policy applies to each.
+pub fn group_key(
+    instance: Option<&str>,
+    host: &str,
+    paths: &[String],
+    stream_names: &[String],
+) -> String {
     match instance {
         Some(i) => format!("instance:{i}"),
         None => {
@@ -203,7 +210,8 @@ pub fn group_key(instance: Option<&str>, paths: &[String], stream_names: &[Strin
             let mut s = stream_names.to_vec();
             s.sort();
             format!(
-                "paths:{}|streams:{}",
+                "host:{}|paths:{}|streams:{}",
+                serde_json::json!(host),
                 serde_json::json!(p),
                 serde_json::json!(s)
             )

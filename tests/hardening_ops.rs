@@ -567,3 +567,76 @@ fn restore_refuses_a_target_that_is_a_symlink_to_the_root_directory() {
         assert!(err.contains("resolves to /"), "{err}");
     }
 }
+
+/// `cairn` on `repo` run on the host `host` (a UTS namespace of its own, so its host name is `host`).
+fn on_host(repo: &Path, host: &str, args: &[&str]) -> std::process::Command {
+    let base = cairn(repo);
+    let mut c = std::process::Command::new("unshare");
+    c.args([
+        "--uts",
+        "sh",
+        "-c",
+        "hostname \"$0\" && exec \"$@\"",
+        host,
+        cairn_bin(),
+    ])
+    .args(args)
+    .stdin(std::process::Stdio::null());
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+#[test]
+fn retention_applies_per_host_to_the_same_paths_backed_up_from_two_hosts() {
+    let probe = run(&mut on_host(Path::new("/"), "probe", &["--version"])).0;
+    if unsafe { libc::geteuid() } != 0 || probe != 0 {
+        eprintln!("skipped: needs root to give a command a host name of its own (unshare --uts)");
+        return;
+    }
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("etc");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let mut by_host: Vec<(String, String)> = Vec::new();
+    for day in ["2026-01-01", "2026-01-02"] {
+        for (host, hour) in [("alpha", "10:00"), ("beta", "11:00")] {
+            let t = format!("{day} {hour}");
+            let out = ok(&mut on_host(
+                &repo,
+                host,
+                &["backup", "--json", "--time", &t, s(&src)],
+            ));
+            by_host.push((
+                host.into(),
+                json(&out)["snapshot_id"].as_str().unwrap().into(),
+            ));
+        }
+    }
+    for (policy, kept_per_host) in [(["--keep-daily", "7"], 2), (["--keep-last", "1"], 1)] {
+        let mut args = vec!["forget", "--dry-run", "--json"];
+        args.extend(policy);
+        let v = json(&ok(cairn(&repo).args(&args)));
+        let kept: Vec<String> = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["decisions"].as_array().unwrap().clone())
+            .filter(|d| d["keep"] == true)
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect();
+        for host in ["alpha", "beta"] {
+            let n = by_host
+                .iter()
+                .filter(|(h, id)| h == host && kept.contains(id))
+                .count();
+            assert_eq!(n, kept_per_host, "{policy:?} keeps {n} of {host}'s: {v}");
+        }
+    }
+    ok(cairn(&repo).args(["forget", "--keep-daily", "7"]));
+    assert_eq!(ids(&repo).len(), 4, "no host's history was forgotten");
+}
