@@ -84,8 +84,8 @@ struct GroupMembers {
     aside: Vec<(Candidate, &'static str)>,
 }
 
-/// Applies a retention policy per group (instance, else host + paths + stream names) and removes what it does not
-/// keep. Refused before anything is removed: no rule at all, and a policy that would remove every snapshot
+/// Applies a retention policy per group (instance, else host + paths + stream names) and removes what it
+/// does not keep. Refused before anything is removed: no rule at all, and a policy that would remove every snapshot
 /// of a group (`--keep-last 0`, or `--keep-tag` matching none) unless `allow_remove_all`, since a typo in a
 /// script must not empty a repository.
 ///
@@ -109,6 +109,34 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         repo.require_writable()?;
         Some(lock::acquire_on(repo, true, "forget")?)
     };
+    let groups = collect_groups(repo, opts)?;
+    let mut out = Vec::new();
+    for (group, members) in groups {
+        let mut decisions = retention::apply(&opts.policy, &members.judged);
+        keep_complete(&opts.policy, &members, &mut decisions);
+        if !opts.allow_remove_all && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
+            return Err(remove_all_refused(&opts.policy, &group));
+        }
+        with_aside(&mut decisions, &members.judged, members.aside);
+        out.push(ForgetGroup { group, decisions });
+    }
+    if !opts.dry_run {
+        for g in &out {
+            for d in g.decisions.iter().filter(|d| !d.keep) {
+                let id =
+                    Id::from_hex(&d.id).ok_or_else(|| Error::corrupt("index", "snapshot id"))?;
+                repo.remove_snapshot(&id)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The snapshots `opts` selects, in their groups, each judged or kept aside (see [`forget`]).
+fn collect_groups(
+    repo: &Repository,
+    opts: &ForgetOptions,
+) -> Result<BTreeMap<String, GroupMembers>> {
     let now = chrono::Utc::now();
     let mut groups: BTreeMap<String, GroupMembers> = BTreeMap::new();
     for (id, s) in repo.snapshots()? {
@@ -140,26 +168,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
             members.judged.push(cand);
         }
     }
-    let mut out = Vec::new();
-    for (group, members) in groups {
-        let mut decisions = retention::apply(&opts.policy, &members.judged);
-        keep_complete(&opts.policy, &members, &mut decisions);
-        if !opts.allow_remove_all && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
-            return Err(remove_all_refused(&opts.policy, &group));
-        }
-        with_aside(&mut decisions, &members.judged, members.aside);
-        out.push(ForgetGroup { group, decisions });
-    }
-    if !opts.dry_run {
-        for g in &out {
-            for d in g.decisions.iter().filter(|d| !d.keep) {
-                let id =
-                    Id::from_hex(&d.id).ok_or_else(|| Error::corrupt("index", "snapshot id"))?;
-                repo.remove_snapshot(&id)?;
-            }
-        }
-    }
-    Ok(out)
+    Ok(groups)
 }
 
 /// Keeps, besides what the policy keeps, what it keeps among the group's complete snapshots alone, with
