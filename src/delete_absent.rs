@@ -21,9 +21,16 @@ use crate::walk::{self, Place, Step};
 /// Removes every entry below `dest` that the tree `tree` does not hold; returns how many were removed (a
 /// removed directory counts once, whatever it held).
 pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
+    let repo_dir = repo.local_root().and_then(|r| r.canonicalize().ok());
+    let keep = repo_dir.and_then(|r| {
+        r.strip_prefix(crate::restore::resolve_target(dest))
+            .ok()
+            .map(Path::to_path_buf)
+    });
     let mut v = DeleteAbsent {
         dest: TargetDir::open(dest)?,
         removed: 0,
+        keep,
     };
     walk::walk(repo, tree, &mut v)?;
     Ok(v.removed)
@@ -36,6 +43,8 @@ pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
 struct DeleteAbsent {
     dest: TargetDir,
     removed: u64,
+    /// The repository's path relative to `dest`, when it lies below it: never removed.
+    keep: Option<std::path::PathBuf>,
 }
 
 impl walk::Visitor for DeleteAbsent {
@@ -47,6 +56,12 @@ impl walk::Visitor for DeleteAbsent {
             .map_err(|e| Error::io(&shown, e))?;
         for name in list_dir(dir.as_fd()).map_err(|e| Error::io(&shown, e))? {
             if tree.get(name.as_bytes()).is_some() {
+                continue;
+            }
+            let rel = at
+                .as_path()
+                .join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+            if self.keep.as_ref().is_some_and(|k| k.starts_with(&rel)) {
                 continue;
             }
             remove_at(

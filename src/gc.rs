@@ -49,6 +49,10 @@ pub const SAFETY_TAG: &str = "safety";
 /// The reason a safety snapshot is kept, as `forget` reports it.
 const SAFETY_REASON: &str = "safety (remove it by id, or with --include-safety)";
 
+/// The reason a snapshot dated in the future is kept, as `forget` reports it.
+const FUTURE_REASON: &str =
+    "dated in the future (a skewed clock?): not judged until then; remove it by id";
+
 /// Which snapshots `forget` considers and what it keeps.
 #[derive(Debug, Clone, Default)]
 pub struct ForgetOptions {
@@ -60,6 +64,8 @@ pub struct ForgetOptions {
     pub dry_run: bool,
     /// Apply the policy to safety snapshots too (otherwise they are kept and use no `--keep-*` slot).
     pub include_safety: bool,
+    /// Let the policy remove every snapshot of a group (`--unsafe-allow-remove-all`); refused otherwise.
+    pub allow_remove_all: bool,
 }
 
 /// The decisions for one group of snapshots.
@@ -69,13 +75,32 @@ pub struct ForgetGroup {
     pub decisions: Vec<Decision>,
 }
 
-/// Applies a retention policy per group (instance, else paths + stream names) and removes what it does not
-/// keep. Removing every snapshot of a group needs an explicit zero rule (e.g. `--keep-last 0`).
+/// The snapshots of one group: those the policy judges (and which of them are partial), and those kept
+/// aside with the reason why.
+#[derive(Default)]
+struct GroupMembers {
+    judged: Vec<Candidate>,
+    partial: HashSet<String>,
+    aside: Vec<(Candidate, &'static str)>,
+}
+
+/// Applies a retention policy per group (instance, else host + paths + stream names) and removes what it
+/// does not keep. Refused before anything is removed: no rule at all, and a policy that would remove every snapshot
+/// of a group (`--keep-last 0`, or `--keep-tag` matching none) unless `allow_remove_all`, since a typo in a
+/// script must not empty a repository.
+///
+/// Kept aside, using no `--keep-*` slot: safety snapshots (unless `include_safety`), and snapshots dated
+/// in the future ([`crate::schedule::is_future`]): one host's skewed clock or a `--force-time` typo must not
+/// take the slots of the real snapshots, nor anchor `--keep-within`, so that the newest real snapshot is
+/// never forgotten because of it.
+///
+/// Partial snapshots (files that could not be read) never push a complete one out: the policy is applied
+/// to the complete snapshots alone as well, and what either application keeps is kept. A run of failing
+/// reads then cannot leave only partial snapshots behind.
 pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup>> {
     if opts.policy.is_empty() {
         return Err(Error::Invalid(
-            "no retention rule given (e.g. --keep-daily 7); to remove everything say --keep-last 0"
-                .into(),
+            "no retention rule given (e.g. --keep-daily 7); nothing was removed".into(),
         ));
     }
     let _lock = if opts.dry_run {
@@ -84,52 +109,15 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
         repo.require_writable()?;
         Some(lock::acquire_on(repo, true, "forget")?)
     };
-    let mut groups: BTreeMap<String, Vec<(Id, Candidate)>> = BTreeMap::new();
-    let mut safety: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    for (id, s) in repo.snapshots()? {
-        if opts
-            .instance
-            .as_ref()
-            .is_some_and(|i| s.instance.as_ref() != Some(i))
-        {
-            continue;
-        }
-        if !opts.tags.iter().all(|t| s.tags.contains(t)) {
-            continue;
-        }
-        let key = retention::group_key(s.instance.as_deref(), &s.paths, &s.stream_names());
-        let cand = Candidate {
-            id: id.to_hex(),
-            time: s.time,
-            tags: s.tags.clone(),
-        };
-        if !opts.include_safety && s.tags.iter().any(|t| t == SAFETY_TAG) {
-            groups.entry(key.clone()).or_default();
-            safety.entry(key).or_default().push(cand);
-            continue;
-        }
-        groups.entry(key).or_default().push((id, cand));
-    }
-    let explicit_zero = [
-        opts.policy.last,
-        opts.policy.hourly,
-        opts.policy.daily,
-        opts.policy.weekly,
-        opts.policy.monthly,
-        opts.policy.yearly,
-    ]
-    .contains(&Some(0));
+    let groups = collect_groups(repo, opts)?;
     let mut out = Vec::new();
     for (group, members) in groups {
-        let cands: Vec<Candidate> = members.iter().map(|(_, c)| c.clone()).collect();
-        let mut decisions = retention::apply(&opts.policy, &cands);
-        if !explicit_zero && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
-            return Err(Error::Invalid(format!(
-                "the policy would remove every snapshot of group {group}; confirm with an explicit zero rule such as --keep-last 0"
-            )));
+        let mut decisions = retention::apply(&opts.policy, &members.judged);
+        keep_complete(&opts.policy, &members, &mut decisions);
+        if !opts.allow_remove_all && !decisions.is_empty() && decisions.iter().all(|d| !d.keep) {
+            return Err(remove_all_refused(&opts.policy, &group));
         }
-        let kept = safety.remove(&group).unwrap_or_default();
-        with_safety(&mut decisions, &cands, kept);
+        with_aside(&mut decisions, &members.judged, members.aside);
         out.push(ForgetGroup { group, decisions });
     }
     if !opts.dry_run {
@@ -144,19 +132,100 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<Vec<ForgetGroup
     Ok(out)
 }
 
-/// Adds the kept safety snapshots to a group's decisions, newest first like the rest.
-fn with_safety(decisions: &mut Vec<Decision>, cands: &[Candidate], safety: Vec<Candidate>) {
-    if safety.is_empty() {
+/// The snapshots `opts` selects, in their groups, each judged or kept aside (see [`forget`]).
+fn collect_groups(
+    repo: &Repository,
+    opts: &ForgetOptions,
+) -> Result<BTreeMap<String, GroupMembers>> {
+    let now = chrono::Utc::now();
+    let mut groups: BTreeMap<String, GroupMembers> = BTreeMap::new();
+    for (id, s) in repo.snapshots()? {
+        if opts
+            .instance
+            .as_ref()
+            .is_some_and(|i| s.instance.as_ref() != Some(i))
+        {
+            continue;
+        }
+        if !opts.tags.iter().all(|t| s.tags.contains(t)) {
+            continue;
+        }
+        let key = retention::group_key(s.instance.as_deref(), &s.host, &s.paths, &s.stream_names());
+        let cand = Candidate {
+            id: id.to_hex(),
+            time: s.time,
+            tags: s.tags.clone(),
+        };
+        let members = groups.entry(key).or_default();
+        if !opts.include_safety && s.tags.iter().any(|t| t == SAFETY_TAG) {
+            members.aside.push((cand, SAFETY_REASON));
+        } else if crate::schedule::is_future(s.time, now) {
+            members.aside.push((cand, FUTURE_REASON));
+        } else {
+            if s.partial {
+                members.partial.insert(cand.id.clone());
+            }
+            members.judged.push(cand);
+        }
+    }
+    Ok(groups)
+}
+
+/// Keeps, besides what the policy keeps, what it keeps among the group's complete snapshots alone, with
+/// the reasons marked `(complete)`.
+fn keep_complete(policy: &KeepPolicy, members: &GroupMembers, decisions: &mut [Decision]) {
+    if members.partial.is_empty() {
+        return;
+    }
+    let complete: Vec<Candidate> = members
+        .judged
+        .iter()
+        .filter(|c| !members.partial.contains(&c.id))
+        .cloned()
+        .collect();
+    let kept: std::collections::HashMap<String, Vec<String>> = retention::apply(policy, &complete)
+        .into_iter()
+        .filter(|d| d.keep)
+        .map(|d| (d.id, d.reasons))
+        .collect();
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        if let Some(reasons) = kept.get(&d.id) {
+            d.keep = true;
+            d.reasons = reasons.iter().map(|r| format!("{r} (complete)")).collect();
+        }
+    }
+}
+
+/// The refusal of a policy that would empty `group`.
+fn remove_all_refused(policy: &KeepPolicy, group: &str) -> Error {
+    let why = if policy.keeps_nothing() {
+        "the policy keeps no snapshot (every --keep-* rule is 0)".to_string()
+    } else {
+        format!("the policy would remove every snapshot of group {group}")
+    };
+    Error::Invalid(format!(
+        "{why}; nothing was removed. To remove them all, say so with --unsafe-allow-remove-all, or name \
+         them: cairn forget ID..."
+    ))
+}
+
+/// Adds the snapshots kept aside to a group's decisions, newest first like the rest.
+fn with_aside(
+    decisions: &mut Vec<Decision>,
+    judged: &[Candidate],
+    aside: Vec<(Candidate, &'static str)>,
+) {
+    if aside.is_empty() {
         return;
     }
     let mut time: std::collections::HashMap<String, _> =
-        cands.iter().map(|c| (c.id.clone(), c.time)).collect();
-    for c in safety {
+        judged.iter().map(|c| (c.id.clone(), c.time)).collect();
+    for (c, reason) in aside {
         time.insert(c.id.clone(), c.time);
         decisions.push(Decision {
             id: c.id,
             keep: true,
-            reasons: vec![SAFETY_REASON.into()],
+            reasons: vec![reason.into()],
         });
     }
     decisions.sort_by(|a, b| time[&b.id].cmp(&time[&a.id]).then_with(|| a.id.cmp(&b.id)));

@@ -87,6 +87,7 @@ impl InstanceConfig {
         if let Some(s) = &self.schedule {
             Schedule::parse(s)?.check_fires(Utc::now())?;
         }
+        self.retention.validate()?;
         for p in &self.paths {
             if !p.is_absolute() {
                 return Err(Error::Invalid(format!(

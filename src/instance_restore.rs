@@ -7,6 +7,11 @@
 //! restore, takes a safety snapshot (tagged [`crate::gc::SAFETY_TAG`]) of the live instance before anything
 //! is replaced. Any failure after the safety snapshot names it, with the command that returns to it.
 //!
+//! Invariant: an in-place restore replaces no live file that its safety snapshot does not hold. A safety
+//! snapshot that fails stops the restore; one that is partial (files it could not read) stops it when the
+//! restore would replace one of those files ([`unsaved_by_safety`]), or with `--delete`, before anything
+//! is written.
+//!
 //! Progress goes through the caller's [`Progress`] (steps, files, bytes); its cancellation stops the file
 //! restore between batches.
 
@@ -132,6 +137,12 @@ pub fn restore_instance(
                 "the safety snapshot {} of the live files",
                 safety.snapshot_id.short()
             )));
+        }
+        if safety.snapshot.partial {
+            let unsaved = unsaved_by_safety(repo, &safety.snapshot, &in_place_files, 5)?;
+            if !unsaved.is_empty() {
+                return Err(unsaved_overwrite(&safety.snapshot_id, &unsaved));
+            }
         }
     }
     let with_hint = |e: Error| e.with_note(&safety_hint);
@@ -327,10 +338,7 @@ fn plan_in_place(
                     ))
                 })?,
         };
-        let name = Path::new(recorded)
-            .file_name()
-            .map(|n| n.as_encoded_bytes().to_vec())
-            .unwrap_or_else(|| b"root".to_vec());
+        let name = root_entry_name(Path::new(recorded));
         let entry = root.get(&name).cloned().ok_or_else(|| {
             Error::corrupt(
                 format!("snapshot {}", id.short()),
@@ -344,6 +352,80 @@ fn plan_in_place(
         });
     }
     Ok(out)
+}
+
+/// The name of the snapshot root entry holding a backed-up path: its last component (`root` for `/`).
+fn root_entry_name(path: &Path) -> Vec<u8> {
+    path.file_name()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .unwrap_or_else(|| b"root".to_vec())
+}
+
+/// Up to `limit` live paths that the in-place restore of `targets` would replace although the (partial)
+/// safety snapshot `safety` holds nothing at that path: the files it could not read. Walks the restored
+/// entries beside the safety snapshot's (only where both are directories) and, for each restored entry the
+/// safety snapshot lacks, asks whether the live path exists; one whose existence cannot be checked (a
+/// directory it may not search) counts as existing.
+fn unsaved_by_safety(
+    repo: &Repository,
+    safety: &Snapshot,
+    targets: &[InPlaceTarget],
+    limit: usize,
+) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let saved_root = safety.tree.map(|t| repo.read_tree(&t)).transpose()?;
+    let mut found = Vec::new();
+    for t in targets {
+        let saved = saved_root
+            .as_ref()
+            .and_then(|r| r.get(&root_entry_name(&t.named)).cloned());
+        // Explicit stack: trees may be deep.
+        let mut stack = vec![(t.entry.clone(), saved, t.dest.clone())];
+        while let Some((restored, saved, live)) = stack.pop() {
+            if found.len() >= limit {
+                return Ok(found);
+            }
+            let Some(saved) = saved else {
+                if may_exist(&live) {
+                    found.push(live);
+                }
+                continue;
+            };
+            let (NodeKind::Dir { subtree }, NodeKind::Dir { subtree: saved_sub }) =
+                (&restored.kind, &saved.kind)
+            else {
+                continue;
+            };
+            let saved_tree = repo.read_tree(saved_sub)?;
+            for child in repo.read_tree(subtree)?.nodes {
+                let saved_child = saved_tree.get(&child.name).cloned();
+                let path = live.join(std::ffi::OsStr::from_bytes(&child.name));
+                stack.push((child, saved_child, path));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether something is at `path`, counting "cannot tell" (permission denied on the way) as yes.
+fn may_exist(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// The refusal of an in-place restore that would replace live files its safety snapshot could not read.
+fn unsaved_overwrite(safety: &Id, unsaved: &[PathBuf]) -> Error {
+    let named: Vec<String> = unsaved.iter().map(|p| p.display().to_string()).collect();
+    Error::Invalid(format!(
+        "the safety snapshot {} of the live files is partial: it could not read what this restore would \
+         replace ({}{}), which would then be lost with no copy anywhere; nothing was changed. Make them \
+         readable and restore again, or restore with --target DIR",
+        safety.short(),
+        named.join(", "),
+        if named.len() >= 5 { ", ..." } else { "" }
+    ))
 }
 
 /// What `path` resolves to now: the canonical path when it exists, the canonical parent joined with its

@@ -4,8 +4,12 @@
 //! daily, weekly (ISO weeks), monthly, yearly) with N keeps the newest snapshot of each of the N most recent
 //! buckets that hold a snapshot, buckets taken in the snapshot's own local time (its stored UTC offset).
 //! `within D` keeps every snapshot no older than the newest one minus D. `tags` keeps snapshots carrying any
-//! of the tags. A snapshot is kept if any rule keeps it. An empty policy keeps everything: deleting needs an
-//! explicit rule (`--keep-last 0` is one).
+//! of the tags. A snapshot is kept if any rule keeps it. An empty policy keeps everything; a policy that
+//! [keeps nothing](KeepPolicy::keeps_nothing) (`--keep-last 0`) removes everything, which `forget` refuses
+//! unless told otherwise (see [`crate::gc::forget`]).
+//!
+//! Time is taken as the snapshots give it: which snapshots to leave out because they are dated in the
+//! future (a skewed clock) is the caller's decision, since "now" is not an input here.
 
 use chrono::{DateTime, Datelike, FixedOffset, Months, Timelike};
 use serde::Serialize;
@@ -81,6 +85,20 @@ impl KeepPolicy {
     /// No rule at all.
     pub fn is_empty(&self) -> bool {
         *self == KeepPolicy::default()
+    }
+
+    /// Whether no rule can keep a snapshot: every count is zero (or absent), with neither `within` nor a
+    /// tag rule. Applied, such a policy removes every snapshot of every group (restic calls it "no policy").
+    pub fn keeps_nothing(&self) -> bool {
+        let counts = [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ];
+        self.within.is_none() && self.tags.is_empty() && counts.iter().all(|n| n.unwrap_or(0) == 0)
     }
 }
 
@@ -175,8 +193,15 @@ pub fn apply(policy: &KeepPolicy, snapshots: &[Candidate]) -> Vec<Decision> {
         .collect()
 }
 
-/// The group a snapshot belongs to: its instance, or else its sorted paths and stream names.
-pub fn group_key(instance: Option<&str>, paths: &[String], stream_names: &[String]) -> String {
+/// The group a snapshot belongs to: its instance (one configuration, whichever host runs it), or else its
+/// host with its sorted paths and stream names, as restic groups by host and paths: two hosts backing up
+/// the same path into a shared repository have two histories, and a policy applies to each.
+pub fn group_key(
+    instance: Option<&str>,
+    host: &str,
+    paths: &[String],
+    stream_names: &[String],
+) -> String {
     match instance {
         Some(i) => format!("instance:{i}"),
         None => {
@@ -185,7 +210,8 @@ pub fn group_key(instance: Option<&str>, paths: &[String], stream_names: &[Strin
             let mut s = stream_names.to_vec();
             s.sort();
             format!(
-                "paths:{}|streams:{}",
+                "host:{}|paths:{}|streams:{}",
+                serde_json::json!(host),
                 serde_json::json!(p),
                 serde_json::json!(s)
             )

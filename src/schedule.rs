@@ -125,6 +125,20 @@ impl Retention {
             tags: keep_tags,
         })
     }
+
+    /// Refuses rules that cannot be applied after a scheduled backup: a `within` that does not parse, and
+    /// rules that keep no snapshot (all zero), which would forget every snapshot, the new one included.
+    pub fn validate(&self) -> Result<()> {
+        let policy = self.policy(Vec::new())?;
+        if !policy.is_empty() && policy.keeps_nothing() {
+            return Err(Error::Invalid(
+                "retention keeps no snapshot (every --keep-* rule is 0): each scheduled run would forget \
+                 every backup, the new one included; give at least one rule above 0"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A validated cron schedule.

@@ -84,7 +84,7 @@ fn forget_keeps_safety_snapshots_unless_named_or_include_safety() {
     let left = ids(&repo);
     assert!(left.contains(safety), "safety snapshot removed by a policy");
     assert_eq!(left.len(), 2, "{left:?}");
-    ok(cairn(&repo).args(["forget", "--keep-last", "0"]));
+    ok(cairn(&repo).args(["forget", "--keep-last", "0", "--unsafe-allow-remove-all"]));
     assert_eq!(ids(&repo), std::slice::from_ref(safety));
     // By id: removed.
     ok(cairn(&repo).args(["forget", &safety[..8]]));

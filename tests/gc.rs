@@ -99,8 +99,14 @@ fn forget_and_prune_reclaim_space_and_keep_snapshots_restorable() {
         serde_json::from_str(&ok(cairn(&repo).args(["prune", "--json"]))).unwrap();
     assert_eq!(again["packs_deleted"], 0);
     assert_eq!(again["packs_repacked"], 0);
-    // Removing everything needs an explicit zero rule.
-    ok(cairn(&repo).args(["forget", "--keep-last", "0", "--prune"]));
+    // Removing everything needs saying so.
+    ok(cairn(&repo).args([
+        "forget",
+        "--keep-last",
+        "0",
+        "--unsafe-allow-remove-all",
+        "--prune",
+    ]));
     assert!(snapshots(&repo).is_empty());
     assert!(
         pack_bytes(&repo) < 1024,
@@ -109,13 +115,13 @@ fn forget_and_prune_reclaim_space_and_keep_snapshots_restorable() {
 }
 
 #[test]
-fn forget_refuses_to_empty_a_group_without_explicit_zero() {
+fn forget_refuses_to_empty_a_group_without_unsafe_allow_remove_all() {
     let (dir, repo) = new_repo();
     let src = dir.path().join("data");
     write_day(&src, 1);
     ok(cairn(&repo).args(["backup", "--tag", "x", src.to_str().unwrap()]));
     let err = fails(cairn(&repo).args(["forget", "--keep-tag", "nope"]), 1);
-    assert!(err.contains("keep-last 0"), "{err}");
+    assert!(err.contains("--unsafe-allow-remove-all"), "{err}");
     assert_eq!(snapshots(&repo).len(), 1);
 }
 

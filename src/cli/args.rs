@@ -516,6 +516,9 @@ pub struct ForgetArgs {
     /// Apply the policy to safety snapshots too (by default they are always kept).
     #[arg(long)]
     pub include_safety: bool,
+    /// Let the policy remove every snapshot of a group (`--keep-last 0`); refused without it.
+    #[arg(long)]
+    pub unsafe_allow_remove_all: bool,
     /// Run prune afterwards.
     #[arg(long)]
     pub prune: bool,

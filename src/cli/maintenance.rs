@@ -84,6 +84,7 @@ pub fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         tags: a.tags,
         dry_run: a.dry_run,
         include_safety: a.include_safety,
+        allow_remove_all: a.unsafe_allow_remove_all,
     };
     let groups = cairn::gc::forget(&repo, &opts)?;
     let removed: usize = groups
