@@ -13,7 +13,8 @@
 //!   key file it names still exists in the repository: a wrong password, a removed key (`key remove`,
 //!   `key passwd`) or a changed repository falls back to the key files, which decide as without a cache.
 //! - **Only the user's own, private file is read.** A cache file not owned by the effective user, readable or
-//!   writable by group or others, a symbolic link, or one that does not decode is ignored (and replaced).
+//!   writable by group or others, a symbolic link, anything but a regular file (a FIFO is never waited on),
+//!   or one that does not decode is ignored (and replaced).
 //! - **Best effort.** Nothing about the cache fails a command: an unreadable or unwritable cache only costs
 //!   the key derivation.
 
@@ -196,7 +197,8 @@ fn from_cache(
 fn read_private(path: &Path) -> Option<Zeroizing<Vec<u8>>> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        // Not a link, and never a blocking open: a FIFO planted in its place must not hang wal-push.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .ok()?;
     let md = f.metadata().ok()?;

@@ -306,6 +306,37 @@ pub fn unlock(backend: &dyn Backend, password: &[u8]) -> Result<Crypto> {
     }
 }
 
+/// Writes the first key file of a new repository (`init`); returns its id. The place must hold no key file:
+/// one left by an interrupted `init` (killed after its key file, before its config) wraps another master
+/// key, and a repository with two master keys opens with whichever key file a password opens first, so the
+/// first password would "open" it with a key that sealed nothing, and data written by this process would be
+/// unreadable to a process that picked the other key. Written first, checked after (as locks are): of two
+/// `init`s racing on one place both may fail, never both succeed.
+pub fn add_first(backend: &dyn Backend, crypto: &Crypto, password: &[u8]) -> Result<String> {
+    refuse_other_keys(backend, None)?;
+    let id = add(backend, crypto, password)?;
+    if let Err(e) = refuse_other_keys(backend, Some(&id)) {
+        let _ = backend.delete(ObjectKind::Key, &id);
+        return Err(e);
+    }
+    Ok(id)
+}
+
+/// Fails if the place holds a key file other than `ours`.
+fn refuse_other_keys(backend: &dyn Backend, ours: Option<&str>) -> Result<()> {
+    let others = list(backend)?
+        .iter()
+        .filter(|id| Some(id.as_str()) != ours)
+        .count();
+    if others == 0 {
+        return Ok(());
+    }
+    let at = backend.location();
+    Err(Error::Invalid(format!(
+        "{at} holds {others} key file(s) but no config: left by an interrupted `cairn init` (or the config of a repository was lost); init never adds a second master key. If nothing was ever stored there, remove {at}/keys/ and run init again"
+    )))
+}
+
 /// Writes a new key file wrapping `crypto`'s master key under `password`; returns its id.
 pub fn add(backend: &dyn Backend, crypto: &Crypto, password: &[u8]) -> Result<String> {
     let master = crypto

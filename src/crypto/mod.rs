@@ -273,7 +273,7 @@ pub fn create_keys(
 ) -> Result<Crypto> {
     let master = Crypto::random_master()?;
     let crypto = Crypto::from_master(&master);
-    let id = keyfile::add(backend, &crypto, password.as_bytes())?;
+    let id = keyfile::add_first(backend, &crypto, password.as_bytes())?;
     let crypto = crypto.with_key_id(id);
     remember(&config.repository_id, &crypto);
     Ok(crypto)
@@ -288,7 +288,7 @@ pub fn share_keys(
     password: &str,
     from: &Crypto,
 ) -> Result<Crypto> {
-    let id = keyfile::add(backend, from, password.as_bytes())?;
+    let id = keyfile::add_first(backend, from, password.as_bytes())?;
     let crypto = from.clone().with_key_id(id);
     remember(&config.repository_id, &crypto);
     Ok(crypto)

@@ -6,10 +6,15 @@
 //! The CLI sets the sources once ([`set_sources`]); the library asks for the password only when it opens an
 //! encrypted repository, so plaintext repositories never prompt. The password is read once per process
 //! and kept (zeroed on exit paths that drop it) so that a second open does not prompt again.
+//!
+//! Invariant: reading a password is bounded in time and size. A file or command gets `CAIRN_PASSWORD_TIMEOUT`
+//! seconds (default 60) and at most 64 KiB; a FIFO nobody writes to, a command that never exits or one that
+//! prints without end is a missing password (exit 12), never a hang or an exhausted memory.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
@@ -21,6 +26,12 @@ pub struct Sources {
     pub file: Option<PathBuf>,
     pub command: Option<String>,
 }
+
+/// The longest password a file or command may give (its first line): anything longer is not a password,
+/// and reading stops there (`yes` as a password command must not fill the memory).
+const MAX_PASSWORD_LEN: usize = 64 * 1024;
+/// How long a password file or command may take by default ([`timeout`]).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 static SOURCES: Mutex<Option<Sources>> = Mutex::new(None);
 static CACHED: Mutex<Option<Zeroizing<String>>> = Mutex::new(None);
@@ -123,44 +134,155 @@ fn non_empty(p: Zeroizing<String>, from: &str) -> Result<Zeroizing<String>> {
     Ok(p)
 }
 
-/// The first line of a file (a trailing newline is not part of the password).
+/// The first line of a file (a trailing newline is not part of the password). The file may be a pipe
+/// (`--password-file <(pass show x)`), so it is read in a helper thread and given [`timeout`] to answer: a
+/// FIFO nobody writes to must not hang the command. At most [`MAX_PASSWORD_LEN`] bytes are read.
 fn from_file(path: &Path) -> Result<Zeroizing<String>> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
-        Error::Password(format!(
-            "cannot read the password file {}: {e}",
-            path.display()
-        ))
-    })?);
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        Error::Password(format!("the password file {} is not UTF-8", path.display()))
+    let name = format!("the password file {}", path.display());
+    let owned = path.to_path_buf();
+    let read = within_timeout(&name, move || {
+        use std::io::Read;
+        let file = std::fs::File::open(&owned)?;
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_PASSWORD_LEN as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
     })?;
-    let line = text.split(['\n', '\r']).next().unwrap_or("");
-    non_empty(
-        Zeroizing::new(line.to_string()),
-        &path.display().to_string(),
-    )
+    let bytes = read.map_err(|e| Error::Password(format!("cannot read {name}: {e}")))?;
+    first_line(&bytes, &name, true)
 }
 
-/// The first line a command prints (run by `sh -c`; a failure is a missing password).
+/// The first line a command prints (run by `sh -c`; a failure is a missing password). The command gets
+/// [`timeout`] to print and exit and may print at most [`MAX_PASSWORD_LEN`] bytes: one that never ends or
+/// prints without end is killed, and the password is missing.
 fn from_command(cmd: &str) -> Result<Zeroizing<String>> {
-    let out = std::process::Command::new("sh")
+    let name = "the password command";
+    let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()
         .map_err(|e| Error::Password(format!("cannot run the password command: {e}")))?;
-    let stdout = Zeroizing::new(out.stdout);
-    if !out.status.success() {
+    let deadline = std::time::Instant::now() + timeout();
+    let stdout = child.stdout.take();
+    let read = within_timeout(name, move || {
+        use std::io::Read;
+        let mut bytes = Zeroizing::new(Vec::new());
+        if let Some(out) = stdout {
+            out.take(MAX_PASSWORD_LEN as u64 + 1)
+                .read_to_end(&mut bytes)?;
+        }
+        Ok(bytes)
+    });
+    let stop = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let bytes = match read {
+        Ok(Ok(bytes)) if bytes.len() <= MAX_PASSWORD_LEN => bytes,
+        Ok(Ok(_)) => {
+            stop(&mut child);
+            return Err(Error::Password(format!(
+                "the password command printed more than {MAX_PASSWORD_LEN} bytes (a password is one line)"
+            )));
+        }
+        Ok(Err(e)) => {
+            stop(&mut child);
+            return Err(Error::Password(format!(
+                "cannot read the password command's output: {e}"
+            )));
+        }
+        Err(e) => {
+            stop(&mut child);
+            return Err(e);
+        }
+    };
+    let status = wait_until(&mut child, deadline)?;
+    if !status.success() {
         return Err(Error::Password(format!(
-            "the password command failed ({})",
-            out.status
+            "the password command failed ({status})"
         )));
     }
-    let text = std::str::from_utf8(&stdout)
-        .map_err(|_| Error::Password("the password command printed non-UTF-8".into()))?;
-    let line = text.split(['\n', '\r']).next().unwrap_or("");
-    non_empty(Zeroizing::new(line.to_string()), "the password command")
+    first_line(&bytes, name, false)
+}
+
+/// Waits for `child` to exit until `deadline`, then kills it: a missing password.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: std::time::Instant,
+) -> Result<std::process::ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(timed_out("the password command"));
+            }
+            Err(e) => {
+                return Err(Error::Password(format!(
+                    "cannot wait for the password command: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// Runs `read` in a helper thread and waits [`timeout`] for it. A read still blocked then (a FIFO without a
+/// writer, a command that never closes its output) is left to end with the process, which fails at once.
+fn within_timeout<T: Send + 'static>(
+    what: &str,
+    read: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<std::io::Result<T>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("password-read".into())
+        .spawn(move || {
+            let _ = tx.send(read());
+        })
+        .map_err(|e| Error::Password(format!("cannot read {what}: {e}")))?;
+    rx.recv_timeout(timeout()).map_err(|_| timed_out(what))
+}
+
+fn timed_out(what: &str) -> Error {
+    Error::Password(format!(
+        "{what} gave no password within {} s (CAIRN_PASSWORD_TIMEOUT): a FIFO nobody writes to, or a command that does not end?",
+        timeout().as_secs()
+    ))
+}
+
+/// How long a password file or command may take: `CAIRN_PASSWORD_TIMEOUT` seconds, else 60 (room for a
+/// command that asks a human, e.g. a hardware token's PIN).
+fn timeout() -> Duration {
+    std::env::var("CAIRN_PASSWORD_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// The first line of `bytes` (a trailing CR/LF is not part of the password), which must be complete within
+/// [`MAX_PASSWORD_LEN`]; for a file (`rest_allowed`) anything after the first line is ignored.
+fn first_line(bytes: &[u8], from: &str, rest_allowed: bool) -> Result<Zeroizing<String>> {
+    let end = bytes.iter().position(|b| *b == b'\n' || *b == b'\r');
+    let too_long = match end {
+        Some(n) => n > MAX_PASSWORD_LEN || (!rest_allowed && bytes.len() > MAX_PASSWORD_LEN),
+        None => bytes.len() > MAX_PASSWORD_LEN,
+    };
+    if too_long {
+        return Err(Error::Password(format!(
+            "{from}: its first line is longer than {MAX_PASSWORD_LEN} bytes (a password is one line)"
+        )));
+    }
+    let line = &bytes[..end.unwrap_or(bytes.len())];
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Error::Password(format!("{from}: the password is not UTF-8")))?;
+    non_empty(Zeroizing::new(text.to_string()), from)
 }
 
 /// Asks on the terminal without echo; no terminal means no password.
