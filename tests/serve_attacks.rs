@@ -103,23 +103,28 @@ fn serve_every_api_route_refuses_a_caller_without_a_valid_token_before_reading_i
 
 /// Whether the server closes `conn` (EOF or reset) within `within`.
 fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
+    read_until_closed(conn, within).1
+}
+
+/// What the server sends on `conn` until it closes it (EOF or reset) or `within` passes, and whether it did.
+fn read_until_closed(conn: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
     conn.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let deadline = Instant::now() + within;
-    let mut buf = [0u8; 4096];
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
     while Instant::now() < deadline {
         match conn.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {} // an error answer (408/400) before closing is fine
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]), // e.g. an error answer (408/400) before closing
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return true,
+            Err(_) => return (got, true),
         }
     }
-    false
+    (got, false)
 }
 
 #[test]
@@ -211,26 +216,7 @@ fn serve_http2_is_refused_so_no_connection_escapes_the_timeouts() {
     // request stays open as long as the client likes. The server must not speak HTTP/2 at all.
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.write_all(&http2_request()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(25);
-    let closed = loop {
-        if Instant::now() > deadline {
-            break false;
-        }
-        match conn.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break true,
-        }
-    };
+    let (answer, closed) = read_until_closed(&mut conn, Duration::from_secs(25));
     // An HTTP/2 server's first frame is its SETTINGS (type 4 on stream 0).
     let spoke_h2 = answer.len() >= 9 && answer[3] == 0x04 && answer[5..9] == [0, 0, 0, 0];
     assert!(
