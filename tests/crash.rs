@@ -205,11 +205,7 @@ fn unreadable_source_files_make_a_partial_snapshot_with_exit_3() {
     fs::write(src.join("secret"), b"no").unwrap();
     fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
     let repo = dir.path().join("repo");
-    let as_nobody = |args: &[&str]| {
-        let mut c = cairn_as_nobody(&repo, &dir.path().join("nobody-cache"));
-        c.args(args);
-        c
-    };
+    let as_nobody = |args: &[&str]| cairn_as_nobody_in(dir.path(), &repo, args);
     if unsafe { libc::geteuid() } != 0 {
         // Not root: the file is unreadable to us as well.
         ok(cairn(&repo).arg("init"));

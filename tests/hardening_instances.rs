@@ -680,8 +680,7 @@ fn error_messages_name_a_path_once_and_prefixes_once() {
         .unwrap();
     assert!(chown.success());
     fs::set_permissions(repo.join("snapshots"), fs::Permissions::from_mode(0o555)).unwrap();
-    let mut cmd = cairn_as_nobody(&repo, &dir.path().join("nobody-cache"));
-    cmd.args(["backup", s(&src)]);
+    let mut cmd = cairn_as_nobody_in(dir.path(), &repo, &["backup", s(&src)]);
     let (code, _, err) = run(&mut cmd);
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped the unprivileged half: not running as root, cannot switch user");
@@ -751,14 +750,6 @@ fn a_failed_database_restore_says_postgres_once() {
     assert!(!target.exists());
 }
 
-/// `cairn` as `nobody` (root reads everything, and a partial snapshot needs a file its reader may not read),
-/// on `repo`, with a cache of its own.
-fn as_nobody(dir: &Path, repo: &Path, args: &[&str]) -> std::process::Command {
-    let mut c = cairn_as_nobody(repo, &dir.join("nobody-cache"));
-    c.args(args);
-    c
-}
-
 #[test]
 fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
     if local_only("about unreadable source files; the repository's kind plays no part")
@@ -776,8 +767,8 @@ fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
     fs::write(live.join("secret"), b"exists, but no snapshot can hold it").unwrap();
     fs::set_permissions(live.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
     let repo = dir.path().join("repo");
-    ok(&mut as_nobody(dir.path(), &repo, &["init"]));
-    ok(&mut as_nobody(
+    ok(&mut cairn_as_nobody_in(dir.path(), &repo, &["init"]));
+    ok(&mut cairn_as_nobody_in(
         dir.path(),
         &repo,
         &[
@@ -790,7 +781,7 @@ fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
             "manual",
         ],
     ));
-    let (code, _, err) = run(&mut as_nobody(
+    let (code, _, err) = run(&mut cairn_as_nobody_in(
         dir.path(),
         &repo,
         &["instance", "backup", "web"],
@@ -809,7 +800,7 @@ fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
     ] {
         let mut args = vec!["instance", "restore", "web", "--delete"];
         args.extend(&how);
-        let (code, out, err) = run(&mut as_nobody(dir.path(), &repo, &args));
+        let (code, out, err) = run(&mut cairn_as_nobody_in(dir.path(), &repo, &args));
         assert_eq!(code, 1, "{how:?} --delete is refused\n{out}\n{err}");
         assert!(
             err.contains("partial") && !err.contains("panicked"),
@@ -823,7 +814,7 @@ fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
         );
     }
     // Without --delete the readable files are restored exactly; the unreadable one is left alone.
-    ok(&mut as_nobody(
+    ok(&mut cairn_as_nobody_in(
         dir.path(),
         &repo,
         &["instance", "restore", "web", "--in-place"],
@@ -837,7 +828,7 @@ fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
     // A complete snapshot, then a file that `nobody` may not read appears: the safety snapshot of an
     // in-place --delete cannot hold it, so the restore stops before removing it.
     fs::set_permissions(live.join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, out, err) = run(&mut as_nobody(
+    let (code, out, err) = run(&mut cairn_as_nobody_in(
         dir.path(),
         &repo,
         &["instance", "backup", "web", "--json"],
@@ -846,7 +837,7 @@ fn restore_delete_from_a_partial_snapshot_is_refused_and_removes_nothing() {
     let complete = json(&out)["snapshot_id"].as_str().unwrap().to_string();
     fs::write(live.join("later"), b"new, unreadable to nobody").unwrap();
     fs::set_permissions(live.join("later"), fs::Permissions::from_mode(0o000)).unwrap();
-    let (code, out, err) = run(&mut as_nobody(
+    let (code, out, err) = run(&mut cairn_as_nobody_in(
         dir.path(),
         &repo,
         &[

@@ -37,15 +37,18 @@ fn run_within(cmd: &mut Command, limit: Duration) -> (i32, String, Duration) {
     }
 }
 
-/// The ids of the repository's key files, listed with `password`.
-fn key_ids(repo: &Path, password: &str) -> Vec<String> {
+/// The repository's key files as `key list --json` gives them, opened with `password`.
+fn listed_keys(repo: &Path, password: &str) -> Vec<serde_json::Value> {
     let out = ok(cairn(repo)
         .env("CAIRN_PASSWORD", password)
         .args(["key", "list", "--json"]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
+    let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["keys"].as_array_mut().map(std::mem::take).unwrap()
+}
+
+/// The ids of the repository's key files, listed with `password`.
+fn key_ids(repo: &Path, password: &str) -> Vec<String> {
+    listed_keys(repo, password)
         .iter()
         .map(|k| k["id"].as_str().unwrap().to_string())
         .collect()
@@ -405,13 +408,7 @@ fn concurrent_key_removes_and_passwd_never_leave_a_repository_without_a_key() {
 
 /// Whether key `id` is the one `password` opens.
 fn is_key_of(repo: &Path, id: &str, password: &str) -> bool {
-    let out = ok(cairn(repo)
-        .env("CAIRN_PASSWORD", password)
-        .args(["key", "list", "--json"]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["keys"]
-        .as_array()
-        .unwrap()
+    listed_keys(repo, password)
         .iter()
         .any(|k| k["id"] == id && k["current"] == true)
 }

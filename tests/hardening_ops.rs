@@ -217,14 +217,6 @@ fn an_instance_retention_that_keeps_nothing_is_refused() {
     assert_eq!(ids(&repo).len(), 2);
 }
 
-/// `cairn` as `nobody` (root reads everything; a partial safety snapshot needs a file its reader may not
-/// read), on `repo`, with a cache of its own.
-fn as_nobody(dir: &Path, repo: &Path, args: &[&str]) -> std::process::Command {
-    let mut c = cairn_as_nobody(repo, &dir.join("nobody-cache"));
-    c.args(args);
-    c
-}
-
 #[test]
 fn instance_restore_in_place_never_replaces_a_file_its_safety_snapshot_could_not_read() {
     use std::os::unix::fs::PermissionsExt;
@@ -251,7 +243,7 @@ fn instance_restore_in_place_never_replaces_a_file_its_safety_snapshot_could_not
         std::os::unix::fs::chown(live.join(p), Some(65534), Some(65534)).unwrap();
     }
     let repo = d.join("repo");
-    ok(&mut as_nobody(d, &repo, &["init"]));
+    ok(&mut cairn_as_nobody_in(d, &repo, &["init"]));
     let add = [
         "instance",
         "add",
@@ -261,8 +253,8 @@ fn instance_restore_in_place_never_replaces_a_file_its_safety_snapshot_could_not
         "--priority",
         "manual",
     ];
-    ok(&mut as_nobody(d, &repo, &add));
-    let v1 = json(&ok(&mut as_nobody(
+    ok(&mut cairn_as_nobody_in(d, &repo, &add));
+    let v1 = json(&ok(&mut cairn_as_nobody_in(
         d,
         &repo,
         &["instance", "backup", "web", "--json"],
@@ -278,7 +270,7 @@ fn instance_restore_in_place_never_replaces_a_file_its_safety_snapshot_could_not
         let path = live.join(unreadable);
         fs::write(&path, b"v2, the only copy").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o000)).unwrap();
-        let (code, out, err) = run(&mut as_nobody(
+        let (code, out, err) = run(&mut cairn_as_nobody_in(
             d,
             &repo,
             &["instance", "restore", "web", &v1, "--in-place"],
@@ -305,7 +297,7 @@ fn instance_restore_in_place_never_replaces_a_file_its_safety_snapshot_could_not
     // An unreadable file the restore does not replace (absent from the snapshot) does not stop it.
     fs::write(live.join("new"), b"not in the snapshot").unwrap();
     fs::set_permissions(live.join("new"), fs::Permissions::from_mode(0o000)).unwrap();
-    ok(&mut as_nobody(
+    ok(&mut cairn_as_nobody_in(
         d,
         &repo,
         &["instance", "restore", "web", &v1, "--in-place"],
@@ -402,7 +394,7 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
     fs::create_dir_all(&live).unwrap();
     fs::write(live.join("doc"), b"v1").unwrap();
     let repo = d.join("repo");
-    ok(&mut as_nobody(d, &repo, &["init"]));
+    ok(&mut cairn_as_nobody_in(d, &repo, &["init"]));
     let add = [
         "instance",
         "add",
@@ -414,8 +406,8 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
         "--keep-last",
         "1",
     ];
-    ok(&mut as_nobody(d, &repo, &add));
-    let complete = json(&ok(&mut as_nobody(
+    ok(&mut cairn_as_nobody_in(d, &repo, &add));
+    let complete = json(&ok(&mut cairn_as_nobody_in(
         d,
         &repo,
         &[
@@ -434,7 +426,7 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
     fs::set_permissions(live.join("doc"), fs::Permissions::from_mode(0o000)).unwrap();
     for hours in [4, 2] {
         let t = rfc3339(Utc::now() - Duration::hours(hours));
-        let (code, _, err) = run(&mut as_nobody(
+        let (code, _, err) = run(&mut cairn_as_nobody_in(
             d,
             &repo,
             &["instance", "backup", "web", "--time", &t],
@@ -448,7 +440,7 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
     ] {
         let mut args = vec!["forget", "--instance", "web", "--dry-run", "--json"];
         args.extend(policy);
-        let v = json(&ok(&mut as_nobody(d, &repo, &args)));
+        let v = json(&ok(&mut cairn_as_nobody_in(d, &repo, &args)));
         let kept: Vec<&str> = v["groups"][0]["decisions"]
             .as_array()
             .unwrap()
@@ -464,9 +456,13 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
         );
     }
     // The instance's own retention after a scheduled (partial) run keeps the complete snapshot too.
-    let (code, out, err) = run(&mut as_nobody(d, &repo, &["run-due", "--json"]));
+    let (code, out, err) = run(&mut cairn_as_nobody_in(d, &repo, &["run-due", "--json"]));
     assert!(code == 0 || code == 3, "{out}{err}");
-    let v = json(&ok(&mut as_nobody(d, &repo, &["snapshots", "--json"])));
+    let v = json(&ok(&mut cairn_as_nobody_in(
+        d,
+        &repo,
+        &["snapshots", "--json"],
+    )));
     let left: Vec<&str> = v
         .as_array()
         .unwrap()
@@ -477,7 +473,7 @@ fn retention_never_lets_partial_snapshots_push_out_the_last_complete_one() {
     assert_eq!(left.len(), 2, "{v}");
     fs::set_permissions(live.join("doc"), fs::Permissions::from_mode(0o644)).unwrap();
     let restored = d.join("restored");
-    ok(&mut as_nobody(
+    ok(&mut cairn_as_nobody_in(
         d,
         &repo,
         &["restore", &complete, "--target", s(&restored)],

@@ -88,6 +88,13 @@ pub fn cairn_as_nobody(repo: &Path, cache: &Path) -> Command {
     c
 }
 
+/// [`cairn_as_nobody`] running `args` on `repo`, with its cache in `dir/nobody-cache`.
+pub fn cairn_as_nobody_in(dir: &Path, repo: &Path, args: &[&str]) -> Command {
+    let mut c = cairn_as_nobody(repo, &dir.join("nobody-cache"));
+    c.args(args);
+    c
+}
+
 /// Runs and returns (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
