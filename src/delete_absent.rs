@@ -23,7 +23,7 @@ use crate::walk::{self, Place, Step};
 pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
     let repo_dir = repo.local_root().and_then(|r| r.canonicalize().ok());
     let keep = repo_dir.and_then(|r| {
-        r.strip_prefix(crate::restore::resolve_target(dest))
+        r.strip_prefix(crate::restore_target::resolve_target(dest))
             .ok()
             .map(Path::to_path_buf)
     });

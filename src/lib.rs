@@ -56,6 +56,7 @@ pub mod repo;
 pub mod restore;
 pub mod restore_at;
 pub mod restore_files;
+pub mod restore_target;
 pub mod retention;
 pub mod run_log;
 pub mod runner;
