@@ -153,6 +153,7 @@ pub fn restore_instance(
             target: dir.clone(),
             include: Vec::new(),
             overwrite: req.overwrite,
+            sparse: false,
             progress: progress.clone(),
         };
         let summary = restore::restore(repo, &snap, &opts)?;
@@ -483,6 +484,7 @@ fn restore_in_place(
             target,
             include,
             overwrite: true,
+            sparse: false,
             progress: progress.clone(),
         },
     )

@@ -34,7 +34,7 @@ use crate::restore_at::{
     fd_path, link_at, mknod_at, replace_existing_at, set_meta_at, set_times_at, symlink_at,
     TargetDir,
 };
-use crate::restore_files::{restore_files, FileJob};
+use crate::restore_files::{restore_files, FileJob, Writing};
 use crate::restore_target;
 use crate::snapshot::Snapshot;
 use crate::tree::{Meta, Node, NodeKind};
@@ -47,6 +47,8 @@ pub struct RestoreOptions {
     /// Only these paths (relative to the snapshot root, e.g. `filestore/ab`); everything when empty.
     pub include: Vec<String>,
     pub overwrite: bool,
+    /// Leave holes where the snapshot has chunks of zeros (see [`crate::restore_files`]).
+    pub sparse: bool,
     pub progress: Progress,
 }
 
@@ -121,7 +123,16 @@ pub fn restore(
             _ => None,
         })
         .collect();
-    let bytes = restore_files(repo, &target, &jobs, opts.overwrite, &opts.progress)?;
+    let bytes = restore_files(
+        repo,
+        &target,
+        &jobs,
+        Writing {
+            overwrite: opts.overwrite,
+            sparse: opts.sparse,
+        },
+        &opts.progress,
+    )?;
     summary.files = primaries.len() as u64;
     summary.bytes = bytes;
     for (it, first) in &links {
@@ -625,7 +636,14 @@ mod tests {
             })
             .collect();
         let target = TargetDir::open(dir.path()).unwrap();
-        let total = restore_files(&repo, &target, &jobs, false, &Progress::hidden()).unwrap();
+        let total = restore_files(
+            &repo,
+            &target,
+            &jobs,
+            Writing::default(),
+            &Progress::hidden(),
+        )
+        .unwrap();
         assert_eq!(total, 4 * n);
         let long_expected: Vec<u8> = expected.repeat(3);
         assert!(

@@ -85,6 +85,7 @@ fn restore_with(
             target: target.to_path_buf(),
             include: Vec::new(),
             overwrite,
+            sparse: false,
             progress: Progress::observed(observer),
         },
     )

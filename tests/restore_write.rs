@@ -127,3 +127,55 @@ fn restore_starts_writing_each_file_out_before_it_returns() {
         "the corpus spans several batches of files"
     );
 }
+
+/// Bytes a file takes on disk (its allocated blocks), not its length.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// `restore --sparse` leaves holes where a file has long runs of zeros (a disk image, a preallocated database
+/// file): a 96 MiB file with 2 MiB of data in it comes back with the same bytes, length and mtime in a few
+/// MiB of disk, including a hole at its end; without `--sparse` every byte is allocated, as before.
+#[test]
+fn sparse_restore_leaves_holes_and_restores_the_same_bytes() {
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("img");
+    fs::create_dir_all(&src).unwrap();
+    let disk = src.join("disk.img");
+    let file = File::create(&disk).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&pseudo_random(1 << 20, 7), 0).unwrap();
+    file.write_all_at(&pseudo_random(1 << 20, 8), 40 << 20)
+        .unwrap();
+    file.set_len(96 << 20).unwrap(); // ends in a 55 MiB hole
+    drop(file);
+    fs::write(src.join("zeros"), vec![0u8; 8 << 20]).unwrap(); // written zeros, no data at all
+    set_mtime(&disk, 1_700_000_000, 5);
+    ok(cairn(&repo).args(["backup"]).arg(&src));
+
+    let sparse = dir.path().join("sparse");
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--sparse", "--target"])
+        .arg(&sparse));
+    assert_same_tree(&src, &sparse.join("img"));
+    let restored = sparse.join("img/disk.img");
+    assert_eq!(fs::read(&restored).unwrap(), fs::read(&disk).unwrap());
+    if on_tmpfs(dir.path()) || allocated(&disk) > 8 << 20 {
+        eprintln!("skipped the allocation checks: this file system does not keep holes");
+        return;
+    }
+    assert!(
+        allocated(&restored) < 8 << 20,
+        "sparse restore allocated {} bytes for 2 MiB of data",
+        allocated(&restored)
+    );
+    assert!(allocated(&sparse.join("img/zeros")) < 1 << 20);
+
+    let dense = dir.path().join("dense");
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&dense));
+    assert_same_tree(&src, &dense.join("img"));
+    assert!(allocated(&dense.join("img/disk.img")) >= 96 << 20);
+}

@@ -444,6 +444,9 @@ pub struct RestoreArgs {
     /// Replace existing files.
     #[arg(long)]
     pub overwrite: bool,
+    /// Leave holes in restored files where the snapshot holds chunks of zeros (disk images, database files).
+    #[arg(long)]
+    pub sparse: bool,
     #[arg(long)]
     pub instance: Option<String>,
     /// Create this PostgreSQL database and restore the snapshot's dump into it (verifying row counts).

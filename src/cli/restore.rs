@@ -44,6 +44,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
             target: target.clone(),
             include: a.paths,
             overwrite: a.overwrite,
+            sparse: a.sparse,
             progress: Progress::new("restore", Some(total), ctx.quiet || ctx.json),
         },
     )?;
