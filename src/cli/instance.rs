@@ -128,6 +128,8 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             let time = snapshot_time(time.as_deref(), force_time)?;
             cairn::interrupt::install()?;
             let cfg = instance::load(&repo, &name)?;
+            // Not beside a scheduled run of the same instance (or another `instance backup`).
+            let _run = cairn::lock::acquire_instance(repo.backend(), &name, "instance backup")?;
             let db = db_stream();
             let r = runner::backup_instance(
                 &repo,
@@ -403,9 +405,10 @@ pub fn run_due(ctx: &Ctx, log_file: Option<&Path>) -> Result<i32> {
         ctx.print_json(&json!(outcomes))?;
     } else if !ctx.quiet {
         for o in &outcomes {
-            match (&o.snapshot_id, &o.error) {
-                (Some(id), _) => println!("{}: snapshot {}", o.instance, &id[..8]),
-                (_, Some(e)) => println!("{}: FAILED: {e}", o.instance),
+            match (&o.snapshot_id, &o.error, &o.skipped) {
+                (Some(id), _, _) => println!("{}: snapshot {}", o.instance, &id[..8]),
+                (_, Some(e), _) => println!("{}: FAILED: {e}", o.instance),
+                (_, _, Some(holder)) => println!("{}: skipped: {holder}", o.instance),
                 _ => {}
             }
         }
