@@ -335,3 +335,111 @@ fn a_live_run_lock_fails_the_servers_backup_now_and_restore_in_place_jobs_as_loc
     let done = srv.wait_job(job["id"].as_str().unwrap(), &operator);
     assert_eq!(done["status"], "completed", "{done}");
 }
+
+/// `instance show --json` of `name`.
+fn show(repo: &Path, name: &str) -> serde_json::Value {
+    json(&ok(cairn(repo).args(["instance", "show", name, "--json"])))
+}
+
+#[test]
+fn a_new_priority_keeps_a_custom_retention_and_schedule_and_says_so() {
+    let (dir, repo) = new_repo();
+    let data = dir.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    // Custom retention, medium's preset schedule.
+    ok(cairn(&repo).args([
+        "instance",
+        "add",
+        "shop",
+        "--path",
+        s(&data),
+        "--keep-daily",
+        "90",
+    ]));
+    let out = ok(cairn(&repo).args(["instance", "set", "shop", "--priority", "low"]));
+    let v = show(&repo, "shop");
+    assert_eq!(v["priority"], "low");
+    assert_eq!(
+        v["retention"],
+        json!({"daily": 90}),
+        "the custom retention was replaced by low's preset"
+    );
+    assert_eq!(
+        v["schedule"], "0 3 * * 0",
+        "the preset schedule follows the priority"
+    );
+    assert!(
+        out.contains("retention: kept") && out.contains("daily 90"),
+        "not told what was kept: {out}"
+    );
+    assert!(
+        out.contains("schedule: now low's preset") && out.contains("0 3 * * 0"),
+        "not told what changed: {out}"
+    );
+
+    // A custom schedule is kept too; a preset retention follows (JSON says which did what).
+    ok(cairn(&repo).args([
+        "instance",
+        "add",
+        "blog",
+        "--path",
+        s(&data),
+        "--schedule",
+        "30 4 * * *",
+    ]));
+    let v = json(&ok(cairn(&repo).args([
+        "instance",
+        "set",
+        "blog",
+        "--priority",
+        "high",
+        "--json",
+    ])));
+    assert_eq!(v["schedule"], "30 4 * * *", "{v}");
+    assert_eq!(
+        v["retention"],
+        json!({"daily": 30, "weekly": 8, "monthly": 6}),
+        "{v}"
+    );
+    assert_eq!(
+        v["priority_change"],
+        json!({"changed": ["retention"], "kept": ["schedule"]}),
+        "{v}"
+    );
+    // Settings given with the priority win, and are not reported as kept or changed.
+    let v = json(&ok(cairn(&repo).args([
+        "instance",
+        "set",
+        "blog",
+        "--priority",
+        "low",
+        "--keep-last",
+        "3",
+        "--json",
+    ])));
+    assert_eq!(v["retention"], json!({"last": 3}), "{v}");
+    assert_eq!(
+        v["priority_change"],
+        json!({"changed": [], "kept": ["schedule"]}),
+        "{v}"
+    );
+
+    // The server's PUT (the panel) does the same.
+    let admin = token(&repo, "boss", "admin");
+    let srv = Server::start(&repo, &[]);
+    let (code, v) = srv.send(
+        "PUT",
+        "/api/v1/instances/shop",
+        Some(&admin),
+        &json!({"priority": "high"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["retention"], json!({"daily": 90}), "{v}");
+    assert_eq!(v["schedule"], "0 2 * * *", "{v}");
+    assert_eq!(
+        v["priority_change"],
+        json!({"changed": ["schedule"], "kept": ["retention"]}),
+        "{v}"
+    );
+    assert_eq!(show(&repo, "shop")["retention"], json!({"daily": 90}));
+}
