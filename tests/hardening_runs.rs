@@ -106,7 +106,7 @@ fn two_concurrent_run_due_back_up_an_instance_once_and_instance_backup_is_refuse
         "the holder is not named: {due}"
     );
     assert!(
-        err.contains("skipped") && err.contains(&pid),
+        err.contains("backup skipped") && err.contains(&pid),
         "no log line naming the holder: {err}"
     );
     // People see it too.
@@ -442,4 +442,66 @@ fn a_new_priority_keeps_a_custom_retention_and_schedule_and_says_so() {
         "{v}"
     );
     assert_eq!(show(&repo, "shop")["retention"], json!({"daily": 90}));
+}
+
+#[test]
+fn the_daemon_skips_an_instance_run_elsewhere_and_runs_it_at_the_next_tick_after() {
+    let (dir, repo) = new_repo();
+    let data = dir.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), b"x").unwrap();
+    ok(cairn(&repo).args([
+        "instance",
+        "add",
+        "fast",
+        "--path",
+        s(&data),
+        "--schedule",
+        "*/2 * * * * *",
+    ]));
+    // Another process (this test, alive) is running the instance.
+    let held = repo.join("locks").join("held-run");
+    obj_write(
+        &held,
+        &lock_json(std::process::id(), Some("fast"), "run-due"),
+    );
+    let log = dir.path().join("daemon.log");
+    let mut daemon = cairn(&repo)
+        .args(["daemon", "--tick-seconds", "1"])
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let pid = std::process::id().to_string();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !done() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}; daemon log:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("no skip logged", &|| {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        text.contains("backup skipped") && text.contains(&pid)
+    });
+    assert!(
+        snapshots_of(&repo, "fast").is_empty(),
+        "backed up under another run's lock"
+    );
+    // The holder finishes: the instance runs within a few ticks (a skip is not a failure held back
+    // for minutes).
+    obj_delete(&held);
+    wait_for("not run after the lock went", &|| {
+        !snapshots_of(&repo, "fast").is_empty()
+    });
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    let runs = json(&ok(cairn(&repo).args(["log", "--json"])));
+    assert!(
+        runs.as_array().unwrap().iter().all(|r| r["status"] == "ok"),
+        "a skip was recorded as a failed run: {runs}"
+    );
 }
