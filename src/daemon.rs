@@ -1,7 +1,9 @@
 //! `cairn daemon`: runs instance schedules itself until stopped.
 //!
 //! Every tick it asks the scheduler which instances are due (highest priority first) and starts backups for
-//! them, at most `max_jobs` at a time and never two for the same instance. SIGTERM or SIGINT stops new work;
+//! them, at most `max_jobs` at a time and never two for the same instance (in this process by its own
+//! bookkeeping; across processes and hosts by the instance run lock, see [`runner::scheduled_run`]: an
+//! instance being run elsewhere is skipped and due again at the next tick). SIGTERM or SIGINT stops new work;
 //! running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
 //! daemon was down is due once at start (see `schedule`), not once per missed slot. An instance whose config
 //! is refused fails (logged, retried later) without stopping the daemon. Everything it reports goes through
@@ -19,7 +21,6 @@ use tokio::task::JoinSet;
 use crate::backup::{MetadataHook, StreamSource};
 use crate::error::{Error, Result};
 use crate::instance::{self, InstanceConfig};
-use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::runner;
 use crate::schedule;
@@ -36,6 +37,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(300);
 struct State {
     running: HashSet<String>,
     failed_at: HashMap<String, Instant>,
+}
+
+/// How a job ended: skipped (another run of the instance holds its run lock), or the backup's snapshot id.
+enum Ran {
+    Skipped,
+    Done(Result<String>),
 }
 
 /// Daemon settings.
@@ -61,7 +68,7 @@ async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
     let repo = Arc::new(Repository::open(&opts.repo)?);
     let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
-    let mut jobs: JoinSet<(String, Result<String>)> = JoinSet::new();
+    let mut jobs: JoinSet<(String, Ran)> = JoinSet::new();
     let mut state = State::default();
     tracing::info!(max_jobs = opts.max_jobs, "daemon started");
     loop {
@@ -88,7 +95,7 @@ fn start_due_jobs(
     repo: &Arc<Repository>,
     opts: &DaemonOptions,
     db: &SharedDb,
-    jobs: &mut JoinSet<(String, Result<String>)>,
+    jobs: &mut JoinSet<(String, Ran)>,
     state: &mut State,
 ) -> Result<()> {
     let states = runner::schedule_states(repo)?;
@@ -115,31 +122,28 @@ fn start_due_jobs(
         };
         let (repo, db) = (repo.clone(), db.clone());
         state.running.insert(name.clone());
-        tracing::info!(instance = %name, "backup started");
         jobs.spawn_blocking(move || {
-            let r = runner::backup_instance(&repo, &cfg, None, &*db, Progress::hidden());
-            runner::log_outcome(&name, &r);
-            if r.is_ok() {
-                if let Err(e) = runner::housekeeping(&repo, &cfg) {
-                    tracing::warn!(instance = %name, error = %e, "retention/prune skipped");
-                }
-            }
-            (name, r.map(|r| r.snapshot_id.to_hex()))
+            let done = match runner::scheduled_run(&repo, &cfg, &*db, "daemon") {
+                runner::ScheduledRun::Skipped(_) => Ran::Skipped,
+                runner::ScheduledRun::Done(r) => Ran::Done(r.map(|r| r.snapshot_id.to_hex())),
+            };
+            (name, done)
         });
     }
     Ok(())
 }
 
-fn report(
-    done: std::result::Result<(String, Result<String>), tokio::task::JoinError>,
-    state: &mut State,
-) {
+fn report(done: std::result::Result<(String, Ran), tokio::task::JoinError>, state: &mut State) {
     match done {
-        Ok((name, Ok(_))) => {
+        // Skipped (its run lock is held elsewhere): due again at the next tick, not held back as failed.
+        Ok((name, Ran::Skipped)) => {
+            state.running.remove(&name);
+        }
+        Ok((name, Ran::Done(Ok(_)))) => {
             state.failed_at.remove(&name);
             state.running.remove(&name);
         }
-        Ok((name, Err(_))) => {
+        Ok((name, Ran::Done(Err(_)))) => {
             state.failed_at.insert(name.clone(), Instant::now());
             state.running.remove(&name);
         }

@@ -59,7 +59,46 @@ pub struct InstanceConfig {
     pub wal: bool,
 }
 
+/// What moving an instance to another priority did to its schedule and retention
+/// ([`InstanceConfig::set_priority`]): each of `"schedule"` and `"retention"` is in `changed` (it was the old
+/// priority's preset and is now the new one's) or in `kept` (a custom setting, left as it was), or in
+/// neither (nothing to change: the same value either way).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct PriorityChange {
+    pub changed: Vec<&'static str>,
+    pub kept: Vec<&'static str>,
+}
+
 impl InstanceConfig {
+    /// Moves the instance to priority `p`. Its schedule and retention take the new priority's presets only
+    /// where they still equal the old priority's: a custom setting (`--keep-daily 90`, a cron expression of
+    /// one's own) is kept. Replacing it would silently shrink retention, and the next scheduled run would
+    /// forget the snapshots the operator had chosen to keep.
+    pub fn set_priority(&mut self, p: Priority) -> PriorityChange {
+        let old = self.priority;
+        let mut change = PriorityChange::default();
+        let new_schedule = p.default_schedule().map(str::to_string);
+        if self.schedule != new_schedule {
+            if self.schedule == old.default_schedule().map(str::to_string) {
+                self.schedule = new_schedule;
+                change.changed.push("schedule");
+            } else {
+                change.kept.push("schedule");
+            }
+        }
+        let new_retention = p.default_retention();
+        if self.retention != new_retention {
+            if self.retention == old.default_retention() {
+                self.retention = new_retention;
+                change.changed.push("retention");
+            } else {
+                change.kept.push("retention");
+            }
+        }
+        self.priority = p;
+        change
+    }
+
     /// A config with the priority's preset schedule and retention.
     pub fn new(name: &str, priority: Priority) -> InstanceConfig {
         InstanceConfig {
@@ -448,5 +487,32 @@ mod tests {
         );
         assert!(runs(&repo, Some("b")).unwrap().is_empty());
         assert_eq!(runs(&repo, None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_new_priority_replaces_only_the_old_priority_presets() {
+        let mut cfg = InstanceConfig::new("shop", Priority::Medium);
+        cfg.retention = Retention {
+            daily: Some(90),
+            ..Retention::default()
+        };
+        let change = cfg.set_priority(Priority::Low);
+        assert_eq!(cfg.priority, Priority::Low);
+        assert_eq!(cfg.retention.daily, Some(90));
+        assert_eq!(cfg.schedule.as_deref(), Priority::Low.default_schedule());
+        assert_eq!(
+            (change.changed, change.kept),
+            (vec!["schedule"], vec!["retention"])
+        );
+        // Presets all along: both follow; back to the same priority: nothing to change.
+        let mut cfg = InstanceConfig::new("blog", Priority::High);
+        let change = cfg.set_priority(Priority::Manual);
+        assert_eq!(cfg.schedule, None);
+        assert_eq!(cfg.retention, Priority::Manual.default_retention());
+        assert_eq!(change.changed, vec!["schedule", "retention"]);
+        assert_eq!(
+            cfg.set_priority(Priority::Manual),
+            PriorityChange::default()
+        );
     }
 }

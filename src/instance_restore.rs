@@ -12,6 +12,10 @@
 //! restore would replace one of those files ([`unsaved_by_safety`]), or with `--delete`, before anything
 //! is written.
 //!
+//! An in-place restore holds the instance's run lock ([`crate::lock::acquire_instance`]) throughout, so no
+//! scheduled backup or other restore of the instance runs in between; one held elsewhere fails it as
+//! [`Error::Locked`] before anything is done.
+//!
 //! Progress goes through the caller's [`Progress`] (steps, files, bytes); its cancellation stops the file
 //! restore between batches.
 
@@ -89,6 +93,18 @@ pub fn restore_instance(
     req: RestoreRequest,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
+    // An in-place restore is a run of the instance: its safety snapshot and the restore must not interleave
+    // with a scheduled backup of it (which would snapshot a half-restored instance), nor with another
+    // restore. Taken first: a busy instance fails before anything else is done.
+    let _run = if req.in_place {
+        Some(crate::lock::acquire_instance(
+            repo.backend(),
+            name,
+            "instance restore --in-place",
+        )?)
+    } else {
+        None
+    };
     let _lock = crate::lock::acquire_reader_on(repo, "restore")?;
     let mut cfg = instance::load(repo, name)?;
     // pg_conn serves the whole restore: the safety dump of an in-place restore and the restore itself.

@@ -5,6 +5,10 @@
 //! process can see (same host name, kernel boot and pid namespace: [`pid_space`]); stale locks are ignored
 //! and removed by `cairn unlock`.
 //!
+//! An instance run lock ([`acquire_instance`], a lock with `instance` set) is not a repository lock: it keeps
+//! two runs of one instance (backups, housekeeping, in-place restores) apart and conflicts with nothing else.
+//! Repository lock acquisition ignores it, so a run's own backup and prune lock under it as usual.
+//!
 //! Acquisition: write our lock object first, then look at the others; on a conflict, remove ours and fail.
 //! Two racing processes may both fail, but never both succeed. Lock objects are ordinary repository objects
 //! (written, listed and deleted through the [`Backend`]), so the rule holds wherever the repository lives.
@@ -48,6 +52,11 @@ pub struct LockInfo {
     /// container for a dead one and prune under its backup. Absent in locks written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_space: Option<String>,
+    /// Set on an instance run lock ([`acquire_instance`]): the instance whose run (backup, housekeeping,
+    /// in-place restore) the holder is doing. Such a lock conflicts only with another run lock of the same
+    /// instance, never with shared or exclusive repository locks. Absent in every other lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl LockInfo {
@@ -70,6 +79,15 @@ impl LockInfo {
     }
 
     fn describe(&self) -> String {
+        if let Some(instance) = &self.instance {
+            return format!(
+                "instance {instance} is being run by `{}` (pid {} on {}, since {})",
+                self.command,
+                self.pid,
+                self.host,
+                self.time.to_rfc3339()
+            );
+        }
         let mode = if self.exclusive {
             "exclusive"
         } else {
@@ -99,16 +117,33 @@ impl Drop for LockGuard {
     }
 }
 
-/// Takes a shared or exclusive lock on the repository stored in `backend`.
+/// Takes a shared or exclusive lock on the repository stored in `backend`. Instance run locks
+/// ([`acquire_instance`]) are not repository locks and never conflict with it.
 pub fn acquire(backend: &SharedBackend, exclusive: bool, command: &str) -> Result<LockGuard> {
-    let info = LockInfo {
+    take(backend, new_info(exclusive, command, None), |other| {
+        other.instance.is_none() && (exclusive || other.exclusive)
+    })
+}
+
+fn new_info(exclusive: bool, command: &str, instance: Option<&str>) -> LockInfo {
+    LockInfo {
         pid: std::process::id(),
         host: hostname(),
         time: Utc::now(),
         exclusive,
         command: command.to_string(),
         pid_space: pid_space(),
-    };
+        instance: instance.map(str::to_string),
+    }
+}
+
+/// The acquisition protocol (module docs): write `info`, then fail on any other live lock that
+/// `conflicts`, removing ours again (the guard's drop).
+fn take(
+    backend: &SharedBackend,
+    info: LockInfo,
+    conflicts: impl Fn(&LockInfo) -> bool,
+) -> Result<LockGuard> {
     let name = crate::config::random_hex(16);
     write_lock(backend.as_ref(), &name, &info)?;
     let guard = LockGuard {
@@ -121,7 +156,7 @@ pub fn acquire(backend: &SharedBackend, exclusive: bool, command: &str) -> Resul
         if other_name == name || other.is_stale(now) {
             continue;
         }
-        if exclusive || other.exclusive {
+        if conflicts(&other) {
             return Err(Error::Locked(other.describe()));
         }
     }
@@ -142,7 +177,9 @@ pub fn acquire_reader(backend: &SharedBackend, command: &str) -> Result<Option<L
             let now = Utc::now();
             let held = read_locks(backend.as_ref())?
                 .into_iter()
-                .find(|(_, other)| other.exclusive && !other.is_stale(now));
+                .find(|(_, other)| {
+                    other.exclusive && other.instance.is_none() && !other.is_stale(now)
+                });
             match held {
                 Some((_, other)) => Err(Error::Locked(other.describe())),
                 None => Ok(None),
@@ -217,6 +254,7 @@ pub fn read_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
                 exclusive: false,
                 command: "unreadable lock file".into(),
                 pid_space: None,
+                instance: None,
             });
         out.push((name, info));
     }
@@ -234,6 +272,24 @@ pub fn unlock(backend: &dyn Backend, all: bool) -> Result<Vec<String>> {
         }
     }
     Ok(removed)
+}
+
+/// Takes the run lock of instance `instance` (format-spec/README.md, "Locks"): held for the whole of one run
+/// of that instance (a scheduled backup with its housekeeping, `instance backup`, an in-place restore with
+/// its safety snapshot), so that no two processes, on this host or on any host sharing the repository, back
+/// up or restore one instance at the same time: two pg_dumps against one production database, two
+/// snapshots for one schedule slot, two retention passes racing. It conflicts only with a live run lock of
+/// the same instance ([`Error::Locked`], naming the holder); the run still takes the repository's shared and
+/// exclusive locks for its backup and prune as usual, and those ignore run locks, so the run's own prune is
+/// not blocked by the run lock it holds. The same staleness rules as every lock apply.
+pub fn acquire_instance(
+    backend: &SharedBackend,
+    instance: &str,
+    command: &str,
+) -> Result<LockGuard> {
+    take(backend, new_info(false, command, Some(instance)), |other| {
+        other.instance.as_deref() == Some(instance)
+    })
 }
 
 /// This machine's host name.
@@ -321,6 +377,7 @@ mod tests {
             exclusive: true,
             command: "prune".into(),
             pid_space: pid_space(),
+            instance: None,
         };
         assert!(
             dead.pid_space.is_some(),
@@ -341,6 +398,7 @@ mod tests {
             exclusive: true,
             command: "prune".into(),
             pid_space,
+            instance: None,
         };
         // Another container with the same host name: its pid means nothing here.
         let other = pid_space().map(|s| format!("{s}-other"));
@@ -358,5 +416,31 @@ mod tests {
             .unwrap()
             .pid_space
             .is_none());
+    }
+
+    #[test]
+    fn an_instance_run_lock_conflicts_only_with_a_run_lock_of_the_same_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = local(&dir);
+        let shop = acquire_instance(&b, "shop", "run-due").unwrap();
+        // The run's own backup (shared) and housekeeping prune (exclusive), and a reader, go on beside it.
+        drop(acquire(&b, false, "backup").unwrap());
+        drop(acquire(&b, true, "prune").unwrap());
+        assert!(acquire_reader(&b, "check").unwrap().is_some());
+        // Another instance runs; the same one does not, and the message names the holder.
+        let _blog = acquire_instance(&b, "blog", "daemon").unwrap();
+        match acquire_instance(&b, "shop", "instance backup") {
+            Err(Error::Locked(m)) => assert!(
+                m.contains("shop")
+                    && m.contains("run-due")
+                    && m.contains(&std::process::id().to_string()),
+                "{m}"
+            ),
+            other => panic!("not locked: {:?}", other.map(|_| ())),
+        }
+        // A failed attempt leaves no lock behind; releasing lets the next run in.
+        assert_eq!(read_locks(b.as_ref()).unwrap().len(), 2);
+        drop(shop);
+        drop(acquire_instance(&b, "shop", "instance backup").unwrap());
     }
 }

@@ -9,6 +9,11 @@
 //! failed backup (warnings and `run-due`'s events go through `tracing`). An instance whose stored config
 //! is refused (a password in its connection string) fails its run without stopping the others.
 //!
+//! A scheduled run ([`scheduled_run`]) holds the instance's run lock ([`crate::lock::acquire_instance`])
+//! for its backup and housekeeping: an instance whose run lock is held elsewhere (another `run-due`, a
+//! daemon, a server, `instance backup`, on this host or another sharing the repository) is skipped, not
+//! failed. Callers that back up or restore an instance outside a schedule take the same lock themselves.
+//!
 //! Scheduling trusts only snapshots not dated in the future (see `schedule`).
 
 use std::io::Write;
@@ -19,6 +24,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use crate::backup::{self, BackupOptions, BackupResult, MetadataHook, StreamSource};
 use crate::error::{Error, Result};
 use crate::instance::{self, InstanceConfig, RunRecord};
+use crate::lock;
 use crate::ping;
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -396,12 +402,59 @@ pub fn log_outcome(name: &str, r: &Result<BackupResult>) {
     }
 }
 
+/// How one instance's scheduled run ([`scheduled_run`]) ended.
+#[allow(clippy::large_enum_variant)] // one value per run, moved once: its size does not matter
+pub enum ScheduledRun {
+    /// Another process (here or on another host) holds the instance's run lock: nothing was done, and the
+    /// instance is due again at the next tick. Holds the holder's description (pid, host, command, since).
+    Skipped(String),
+    /// The backup's result (housekeeping's failure is a warning, logged).
+    Done(Result<BackupResult>),
+}
+
+/// One scheduled run of an instance (`run-due`, the daemon, the server's schedule): under the instance's
+/// run lock ([`lock::acquire_instance`]), its backup and then its housekeeping, so that no other scheduler
+/// or `instance backup` runs the same instance meanwhile. A run lock held elsewhere skips the instance
+/// with a log line naming the holder; that is not a failed run.
+pub fn scheduled_run(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    db: DbStream,
+    command: &str,
+) -> ScheduledRun {
+    let name = &cfg.name;
+    let _run = match lock::acquire_instance(repo.backend(), name, command) {
+        Ok(guard) => guard,
+        Err(Error::Locked(holder)) => {
+            tracing::warn!(instance = %name, holder = %holder, "backup skipped: another run of this instance is under way");
+            return ScheduledRun::Skipped(holder);
+        }
+        Err(e) => {
+            let r = Err(e);
+            log_outcome(name, &r);
+            return ScheduledRun::Done(r);
+        }
+    };
+    tracing::info!(instance = %name, "backup started");
+    let r = backup_instance(repo, cfg, None, db, Progress::hidden());
+    log_outcome(name, &r);
+    if r.is_ok() {
+        if let Err(e) = housekeeping(repo, cfg) {
+            tracing::warn!(instance = %name, error = %e, "retention/prune skipped");
+        }
+    }
+    ScheduledRun::Done(r)
+}
+
 /// Outcome of one instance in a `run-due` pass.
 #[derive(Debug, serde::Serialize)]
 pub struct DueOutcome {
     pub instance: String,
     pub snapshot_id: Option<String>,
     pub error: Option<String>,
+    /// Set when the instance was skipped because another run of it holds its run lock: who holds it. Not
+    /// a failure; the instance is tried again at the next run.
+    pub skipped: Option<String>,
 }
 
 /// Backs up every due instance once, highest priority first, one after the other.
@@ -418,22 +471,23 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
                     instance: name,
                     snapshot_id: None,
                     error: Some(e.to_string()),
+                    skipped: None,
                 });
                 continue;
             }
         };
-        tracing::info!(instance = %name, "backup started");
-        let r = backup_instance(repo, &cfg, None, db, Progress::hidden());
-        log_outcome(&name, &r);
-        if r.is_ok() {
-            if let Err(e) = housekeeping(repo, &cfg) {
-                tracing::warn!(instance = %name, error = %e, "retention/prune skipped");
-            }
-        }
+        let (r, skipped) = match scheduled_run(repo, &cfg, db, "run-due") {
+            ScheduledRun::Skipped(holder) => (None, Some(holder)),
+            ScheduledRun::Done(r) => (Some(r), None),
+        };
         out.push(DueOutcome {
             instance: name,
-            snapshot_id: r.as_ref().ok().map(|r| r.snapshot_id.to_hex()),
-            error: r.err().map(|e| e.to_string()),
+            snapshot_id: r
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .map(|r| r.snapshot_id.to_hex()),
+            error: r.and_then(|r| r.err()).map(|e| e.to_string()),
+            skipped,
         });
     }
     Ok(out)

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::json;
 
 use cairn::backup::{MetadataHook, StreamSource};
-use cairn::instance::{self, InstanceConfig};
+use cairn::instance::{self, InstanceConfig, PriorityChange};
 use cairn::progress::Progress;
 use cairn::runner::{self, DbStream};
 use cairn::schedule::{Priority, Retention};
@@ -26,21 +26,29 @@ fn db_stream(
     cairn::instance_restore::db_stream
 }
 
-/// Applies the given settings over `cfg`; a new priority resets schedule and retention to its presets first.
-fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
-    if let Some(p) = &s.priority {
-        let p: Priority = p.parse()?;
-        cfg.priority = p;
-        cfg.schedule = p.default_schedule().map(str::to_string);
-        cfg.retention = p.default_retention();
-    }
+/// Applies the given settings over `cfg`. A new priority first moves schedule and retention to its presets
+/// where they were the old priority's presets, keeping custom ones ([`InstanceConfig::set_priority`]); what
+/// it did is returned for the report, less what the same command sets explicitly.
+fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<Option<PriorityChange>> {
+    let mut change = match &s.priority {
+        Some(p) => Some(cfg.set_priority(p.parse::<Priority>()?)),
+        None => None,
+    };
+    let mut given_now = |what: &str| {
+        if let Some(c) = change.as_mut() {
+            c.changed.retain(|w| *w != what);
+            c.kept.retain(|w| *w != what);
+        }
+    };
     // Any --keep-* replaces the whole policy: mixing given rules with preset ones would surprise.
     let given = s.keep.retention();
     if given != Retention::default() {
         cfg.retention = given;
+        given_now("retention");
     }
     if s.schedule.is_some() {
         cfg.schedule = s.schedule;
+        given_now("schedule");
     }
     if s.pg.is_some() {
         cfg.pg = s.pg;
@@ -71,7 +79,7 @@ fn apply(cfg: &mut InstanceConfig, s: InstanceSettings) -> Result<()> {
     if cfg.ping_url.as_deref() == Some("") {
         cfg.ping_url = None;
     }
-    Ok(())
+    Ok(change)
 }
 
 pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
@@ -87,22 +95,22 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             let mut cfg = InstanceConfig::new(&name, Priority::Medium);
             apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
-            report_change(ctx, &cfg, "added")?;
+            report_change(ctx, &cfg, "added", None)?;
         }
         InstanceAction::Set { name, settings } => {
             // `load_for_update`: a stored connection string that is refused can be replaced here.
             let mut cfg = instance::load_for_update(&repo, &name)?;
-            apply(&mut cfg, settings)?;
+            let change = apply(&mut cfg, settings)?;
             instance::save(&repo, &cfg)?;
-            report_change(ctx, &cfg, "updated")?;
+            report_change(ctx, &cfg, "updated", change.as_ref())?;
         }
         InstanceAction::Pause { name } => {
             let cfg = set_paused(&repo, &name, true)?;
-            report_change(ctx, &cfg, "paused")?;
+            report_change(ctx, &cfg, "paused", None)?;
         }
         InstanceAction::Resume { name } => {
             let cfg = set_paused(&repo, &name, false)?;
-            report_change(ctx, &cfg, "resumed")?;
+            report_change(ctx, &cfg, "resumed", None)?;
         }
         InstanceAction::Remove { name, purge } => return remove(ctx, &repo, &name, purge),
         InstanceAction::WalSetup {
@@ -128,6 +136,8 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             let time = snapshot_time(time.as_deref(), force_time)?;
             cairn::interrupt::install()?;
             let cfg = instance::load(&repo, &name)?;
+            // Not beside a scheduled run of the same instance (or another `instance backup`).
+            let _run = cairn::lock::acquire_instance(repo.backend(), &name, "instance backup")?;
             let db = db_stream();
             let r = runner::backup_instance(
                 &repo,
@@ -210,17 +220,71 @@ fn config_json(cfg: &InstanceConfig) -> serde_json::Value {
     v
 }
 
-/// What `instance add/set/pause/resume` did: the new configuration with `--json`, one line otherwise.
-fn report_change(ctx: &Ctx, cfg: &InstanceConfig, verb: &str) -> Result<()> {
+/// What `instance add/set/pause/resume` did: the new configuration with `--json`, one line otherwise; after a
+/// new priority, also which of schedule and retention followed its presets and which were kept as custom
+/// (`priority_change` in JSON).
+fn report_change(
+    ctx: &Ctx,
+    cfg: &InstanceConfig,
+    verb: &str,
+    change: Option<&PriorityChange>,
+) -> Result<()> {
     if ctx.json {
         let mut v = config_json(cfg);
         v["action"] = json!(verb);
+        if let Some(c) = change {
+            v["priority_change"] = json!(c);
+        }
         return ctx.print_json(&v);
     }
-    if !ctx.quiet {
-        println!("{verb} instance {}", cfg.name);
+    if ctx.quiet {
+        return Ok(());
+    }
+    println!("{verb} instance {}", cfg.name);
+    let Some(change) = change else {
+        return Ok(());
+    };
+    let p = cfg.priority.as_str();
+    let describe = |what: &str| match what {
+        "schedule" => cfg
+            .schedule
+            .as_deref()
+            .unwrap_or("none (manual runs only)")
+            .to_string(),
+        _ => retention_text(&cfg.retention),
+    };
+    for what in &change.changed {
+        println!("{what}: now {p}'s preset, {}", describe(what));
+    }
+    for what in &change.kept {
+        println!(
+            "{what}: kept ({}, not a preset of the old priority); `cairn instance set` changes it",
+            describe(what)
+        );
     }
     Ok(())
+}
+
+/// A retention policy for people: `daily 90, weekly 4`, in the order of the `--keep-*` flags.
+fn retention_text(r: &Retention) -> String {
+    let counts = [
+        ("last", r.last),
+        ("hourly", r.hourly),
+        ("daily", r.daily),
+        ("weekly", r.weekly),
+        ("monthly", r.monthly),
+        ("yearly", r.yearly),
+    ];
+    let parts: Vec<String> = counts
+        .iter()
+        .filter_map(|(k, n)| n.map(|n| format!("{k} {n}")))
+        .chain(r.within.iter().map(|w| format!("within {w}")))
+        .collect();
+    if parts.is_empty() {
+        "keep everything".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// `instance show` for people.
@@ -403,9 +467,10 @@ pub fn run_due(ctx: &Ctx, log_file: Option<&Path>) -> Result<i32> {
         ctx.print_json(&json!(outcomes))?;
     } else if !ctx.quiet {
         for o in &outcomes {
-            match (&o.snapshot_id, &o.error) {
-                (Some(id), _) => println!("{}: snapshot {}", o.instance, &id[..8]),
-                (_, Some(e)) => println!("{}: FAILED: {e}", o.instance),
+            match (&o.snapshot_id, &o.error, &o.skipped) {
+                (Some(id), _, _) => println!("{}: snapshot {}", o.instance, &id[..8]),
+                (_, Some(e), _) => println!("{}: FAILED: {e}", o.instance),
+                (_, _, Some(holder)) => println!("{}: skipped: {holder}", o.instance),
                 _ => {}
             }
         }

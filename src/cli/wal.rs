@@ -246,6 +246,8 @@ fn archive_timeline_history(
 pub fn base_backup(ctx: &Ctx, repo: &Repository, name: &str) -> Result<i32> {
     let cfg = wal_instance(repo, name)?;
     cairn::interrupt::install()?;
+    // A base backup is a run of the instance like any backup: not beside a scheduled one.
+    let _run = cairn::lock::acquire_instance(repo.backend(), name, "instance base-backup")?;
     let progress = cairn::progress::Progress::new("base backup", None, ctx.quiet || ctx.json);
     let r = cairn::runner::base_backup_instance(repo, &cfg, progress)?;
     let facts = BaseBackupFacts::of(&r.snapshot);

@@ -2,6 +2,7 @@
 //! statistics, and the repository's.
 
 use super::*;
+use crate::instance::PriorityChange;
 
 pub(super) async fn list_instances(State(st): St, headers: HeaderMap) -> ApiResult<Json<Value>> {
     st.auth.require(&headers, Role::Viewer, None).await?;
@@ -32,18 +33,24 @@ pub(super) async fn show_instance(
 /// Fields the API may not set: identity, and shell commands the server would run.
 const FIXED_FIELDS: [&str; 5] = ["name", "created", "pre_hook", "post_hook", "notify"];
 
-/// `cfg` with the fields of `body` laid over it (a new priority first resets schedule and retention to its
-/// presets, as `instance set --priority` does).
-pub(super) fn overlay(cfg: &InstanceConfig, body: &Value) -> crate::Result<InstanceConfig> {
+/// `cfg` with the fields of `body` laid over it. A new priority first moves schedule and retention to its
+/// presets where they were the old priority's, keeping custom ones, as `instance set --priority` does
+/// ([`InstanceConfig::set_priority`]); what it did is returned, less the fields `body` sets itself.
+pub(super) fn overlay(
+    cfg: &InstanceConfig,
+    body: &Value,
+) -> crate::Result<(InstanceConfig, Option<PriorityChange>)> {
     let Value::Object(fields) = body else {
         return Err(Error::Invalid("the body must be a JSON object".into()));
     };
     let mut base = cfg.clone();
-    if let Some(p) = fields.get("priority").and_then(Value::as_str) {
-        let p: Priority = p.parse()?;
-        base.priority = p;
-        base.schedule = p.default_schedule().map(str::to_string);
-        base.retention = p.default_retention();
+    let mut change = match fields.get("priority").and_then(Value::as_str) {
+        Some(p) => Some(base.set_priority(p.parse::<Priority>()?)),
+        None => None,
+    };
+    if let Some(c) = change.as_mut() {
+        c.changed.retain(|w| !fields.contains_key(*w));
+        c.kept.retain(|w| !fields.contains_key(*w));
     }
     let mut v = serde_json::to_value(&base).map_err(|e| Error::Invalid(e.to_string()))?;
     for (k, val) in fields {
@@ -60,7 +67,8 @@ pub(super) fn overlay(cfg: &InstanceConfig, body: &Value) -> crate::Result<Insta
         }
         v[k] = val.clone();
     }
-    serde_json::from_value(v).map_err(|e| Error::Invalid(format!("instance: {e}")))
+    let cfg = serde_json::from_value(v).map_err(|e| Error::Invalid(format!("instance: {e}")))?;
+    Ok((cfg, change))
 }
 
 pub(super) async fn create_instance(
@@ -86,7 +94,7 @@ pub(super) async fn create_instance(
             if instance::load_for_update(&repo, &n).is_ok() {
                 return Err(Error::Invalid(format!("instance {n} exists (use PUT)")));
             }
-            let cfg = overlay(&InstanceConfig::new(&n, Priority::Medium), &body)?;
+            let (cfg, _) = overlay(&InstanceConfig::new(&n, Priority::Medium), &body)?;
             instance::save(&repo, &cfg)?;
             Ok(config_json(&cfg))
         })
@@ -110,9 +118,14 @@ pub(super) async fn update_instance(
     let n = name.clone();
     let v = audited(&st, &caller, "instance-set", Some(&name), async move {
         blocking(move || {
-            let cfg = overlay(&instance::load_for_update(&repo, &n)?, &body)?;
+            let (cfg, change) = overlay(&instance::load_for_update(&repo, &n)?, &body)?;
             instance::save(&repo, &cfg)?;
-            Ok(config_json(&cfg))
+            let mut v = config_json(&cfg);
+            if let Some(c) = change {
+                // Which of schedule and retention followed the new priority, which were kept as custom.
+                v["priority_change"] = json!(c);
+            }
+            Ok(v)
         })
         .await
     })

@@ -3,7 +3,10 @@
 
 use super::*;
 
-/// The backup of one instance as a job's work (also what the schedule starts).
+/// The backup of one instance as a job's work (also what the schedule starts, with `housekeeping`), under
+/// the instance's run lock. Held elsewhere, a backup-now job fails as locked, naming the holder; a
+/// scheduled one completes with `{"skipped": holder}` and no snapshot (as `daemon` skips it), so the
+/// schedule tries it again at its next tick instead of holding it back as failed.
 pub(super) fn backup_work(
     repo: Arc<Repository>,
     name: String,
@@ -17,6 +20,21 @@ pub(super) fn backup_work(
                 runner::record_refused(&repo, &name, &e)?;
                 return Err(e);
             }
+        };
+        let command = if housekeeping {
+            "serve (schedule)"
+        } else {
+            "serve (backup now)"
+        };
+        let _run = match crate::lock::acquire_instance(repo.backend(), &name, command) {
+            Err(Error::Locked(holder)) if housekeeping => {
+                eprintln!("cairn serve: {name}: scheduled backup skipped: {holder}");
+                return Ok(Outcome {
+                    detail: Some(json!({ "skipped": holder })),
+                    ..Outcome::default()
+                });
+            }
+            r => r?,
         };
         // The last snapshot's size is the best estimate of this one's, for a percentage.
         if let Some((_, s)) = repo
