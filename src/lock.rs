@@ -1,9 +1,12 @@
 //! Repository locks (format-spec/README.md, "Locks"): a JSON object per holder under `locks/`, recording pid,
 //! host, time and mode. Backups and readers (check, restore, dump, ls, export) take shared locks and may run
 //! together; prune and repair take an exclusive lock, so they never delete or move data under a reader. A lock
-//! is stale when it was not refreshed for [`STALE_AFTER`], or when its process is dead and was one this
-//! process can see (same host name, kernel boot and pid namespace: [`pid_space`]); stale locks are ignored
-//! and removed by `cairn unlock`.
+//! is stale when its time is more than [`STALE_AFTER`] away from ours (not refreshed for that long, or dated
+//! that far in the future by a host with a wrong clock), when its process is dead and was one this process
+//! can see (same host name, kernel boot and pid namespace: [`pid_space`]), or when it was written under an
+//! earlier boot of this host (same host name and pid namespace, a boot id this host recorded as its own and
+//! that is not the current one: `boot_ids`): that boot is over, so a lock left by a crash or a reboot does not
+//! block prune for half an hour. Stale locks are ignored and removed by `cairn unlock`.
 //!
 //! An instance run lock ([`acquire_instance`], a lock with `instance` set) is not a repository lock: it keeps
 //! two runs of one instance (backups, housekeeping, in-place restores) apart and conflicts with nothing else.
@@ -33,6 +36,8 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::repo::Repository;
 
+mod boot_ids;
+
 /// A lock not refreshed for this long is stale, whatever its pid.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Holders rewrite their lock file this often.
@@ -61,21 +66,46 @@ pub struct LockInfo {
 
 impl LockInfo {
     /// True if the holder is certainly gone.
+    ///
+    /// The age counts both ways: a lock dated more than [`STALE_AFTER`] in the future comes from a host whose
+    /// clock is wrong (or is garbage): clamped at zero it would block prune for ever, and a host whose clock
+    /// is as far behind already has its locks taken for stale by the others, so the rule is symmetric.
     pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        let age = now
+        let skew = now
             .signed_duration_since(self.time)
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        if age > STALE_AFTER {
+            .num_seconds()
+            .unsigned_abs();
+        if skew > STALE_AFTER.as_secs() {
             return true;
         }
-        self.host == hostname() && self.pid_is_ours() && !process_alive(self.pid)
+        self.host == hostname()
+            && ((self.pid_is_ours() && !process_alive(self.pid))
+                || self.written_in_an_earlier_boot())
     }
 
     /// Whether `pid` names a process this one can see: same kernel boot and pid namespace. A lock that does
     /// not say (written by an older cairn) is judged by its age alone, the safe side.
     fn pid_is_ours(&self) -> bool {
         matches!((&self.pid_space, pid_space()), (Some(theirs), Some(ours)) if *theirs == ours)
+    }
+
+    /// Whether the holder ran under an earlier boot of this host ([`boot_ids`]): same pid namespace, another
+    /// boot id that this host recorded as its own. That boot is over (a crash or a reboot), so every process
+    /// of it is dead, whatever the lock's age. (The caller has checked the host name.)
+    fn written_in_an_earlier_boot(&self) -> bool {
+        let (Some(theirs), Some(ours)) = (&self.pid_space, pid_space()) else {
+            return false;
+        };
+        let (Some((their_boot, their_ns)), Some((our_boot, our_ns))) =
+            (theirs.split_once('/'), ours.split_once('/'))
+        else {
+            return false;
+        };
+        their_ns == our_ns
+            && their_boot != our_boot
+            && boot_ids::earlier_boots(our_boot)
+                .iter()
+                .any(|b| b == their_boot)
     }
 
     fn describe(&self) -> String {
@@ -144,6 +174,8 @@ fn take(
     info: LockInfo,
     conflicts: impl Fn(&LockInfo) -> bool,
 ) -> Result<LockGuard> {
+    // Before our lock names this boot, so a later boot of this host knows the lock for a dead one.
+    boot_ids::record_current();
     let name = crate::config::random_hex(16);
     write_lock(backend.as_ref(), &name, &info)?;
     let guard = LockGuard {

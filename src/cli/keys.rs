@@ -1,7 +1,8 @@
 //! `cairn key list|add|remove|passwd`: the passwords of an encrypted repository, one key file each
 //! (format-spec/README.md, "Key files"). Every key file wraps the same master key, so adding or removing one
 //! never re-encrypts data. A repository always keeps at least one key, and the key whose password opened it
-//! is never removed by `remove` (use `passwd`, which adds the new key before removing the old one).
+//! is never removed by `remove` (use `passwd`, which adds the new key, and checks it reads back, before
+//! removing the old one).
 
 use cairn::crypto::{keyfile, password};
 use cairn::{Error, Repository, Result};
@@ -52,7 +53,8 @@ pub fn key(ctx: &Ctx, action: KeyAction) -> Result<i32> {
             let password = password::new_password(new_password_file.as_deref())?;
             let _lock = cairn::lock::acquire(repo.backend(), true, "key passwd")?;
             let id = keyfile::add(repo.backend().as_ref(), repo.crypto(), password.as_bytes())?;
-            // The new key is durable before the old one goes: a crash leaves both, never neither.
+            // The new key is durable, and read back and opened with the new password (`keyfile::add`),
+            // before the old one goes: a crash leaves both, never neither, and a torn new key none.
             if let Some(old) = repo.crypto().key_id() {
                 repo.backend()
                     .delete(cairn::backend::ObjectKind::Key, old)?;

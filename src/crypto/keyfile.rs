@@ -338,6 +338,12 @@ fn refuse_other_keys(backend: &dyn Backend, ours: Option<&str>) -> Result<()> {
 }
 
 /// Writes a new key file wrapping `crypto`'s master key under `password`; returns its id.
+///
+/// The file is read back from the repository and opened with `password` before this returns: callers
+/// remove the old key (`key passwd`) or report success (`key add`, `init`) on the strength of it, and a key
+/// file the store did not keep whole (a torn or altered write) would leave a password that opens nothing,
+/// found out only when the old key is gone. A file that does not read back is removed again and the error
+/// says so; nothing else has changed.
 pub fn add(backend: &dyn Backend, crypto: &Crypto, password: &[u8]) -> Result<String> {
     let master = crypto
         .master()
@@ -345,7 +351,34 @@ pub fn add(backend: &dyn Backend, crypto: &Crypto, password: &[u8]) -> Result<St
     let kf = KeyFile::create(master, password, Kdf::for_new_key()?)?;
     let (bytes, id) = kf.encode()?;
     backend.put(ObjectKind::Key, &id, &bytes)?;
+    if let Err(e) = read_back(backend, &id, master, password) {
+        let removed = match backend.delete(ObjectKind::Key, &id) {
+            Ok(()) => "it was removed again".to_string(),
+            Err(d) => format!("removing it failed too ({d}): remove keys/{id} by hand"),
+        };
+        return Err(Error::corrupt(
+            format!("new key file {}", &id[..12]),
+            format!("written, but it does not read back as written ({e}); {removed}, and no other key was changed"),
+        ));
+    }
     Ok(id)
+}
+
+/// Checks that the key file `id` as the repository now holds it opens with `password` to `master`.
+fn read_back(
+    backend: &dyn Backend,
+    id: &str,
+    master: &[u8; KEY_LEN],
+    password: &[u8],
+) -> Result<()> {
+    match load(backend, id)?.unwrap_key(password)? {
+        Some(key) if *key == *master => Ok(()),
+        Some(_) => Err(Error::corrupt("key file", "it wraps another master key")),
+        None => Err(Error::corrupt(
+            "key file",
+            "the new password does not open it",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +404,35 @@ mod tests {
         let back = KeyFile::decode(&bytes).unwrap();
         assert_eq!(*back.unwrap_key(b"secret").unwrap().unwrap(), master);
         assert!(back.unwrap_key(b"Secret").unwrap().is_none());
+    }
+
+    /// `key passwd` removes the old key once `add` returned: a new key file the store did not keep whole
+    /// must make `add` fail, and be gone, not leave a password that opens nothing. (Default key derivation
+    /// parameters: a few derivations, about a second.)
+    #[test]
+    fn a_new_key_file_that_does_not_read_back_is_removed_and_add_fails() {
+        use crate::backend::fault::{Fault, FaultyBackend};
+        use crate::backend::memory::MemoryBackend;
+        let faulty = FaultyBackend::new(std::sync::Arc::new(MemoryBackend::new()));
+        let crypto = Crypto::from_master(&[7u8; KEY_LEN]);
+        let first = add(&faulty, &crypto, b"old").unwrap();
+        assert_eq!(list(&faulty).unwrap(), vec![first.clone()]);
+        // The store hands back half of what was written (a torn write on a store that does not say so).
+        faulty.fail_read(1, Fault::Tear);
+        let err = add(&faulty, &crypto, b"new").unwrap_err();
+        assert!(
+            err.to_string().contains("does not read back") && err.to_string().contains("removed"),
+            "{err}"
+        );
+        assert_eq!(list(&faulty).unwrap(), vec![first.clone()]);
+        let opened = unlock(&faulty, b"old").unwrap();
+        assert_eq!(opened.key_id(), Some(first.as_str()));
+        // Read back whole, the new key opens the repository.
+        let second = add(&faulty, &crypto, b"new").unwrap();
+        assert_eq!(
+            unlock(&faulty, b"new").unwrap().key_id(),
+            Some(second.as_str())
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! Invariant: reading a password is bounded in time and size. A file or command gets `CAIRN_PASSWORD_TIMEOUT`
 //! seconds (default 60) and at most 64 KiB; a FIFO nobody writes to, a command that never exits or one that
-//! prints without end is a missing password (exit 12), never a hang or an exhausted memory.
+//! prints without end is a missing password (exit 12), never a hang or an exhausted memory. Unattended (no
+//! controlling terminal), a command is killed with every process it started (its own process group).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -155,9 +156,21 @@ fn from_file(path: &Path) -> Result<Zeroizing<String>> {
 /// The first line a command prints (run by `sh -c`; a failure is a missing password). The command gets
 /// [`timeout`] to print and exit and may print at most [`MAX_PASSWORD_LEN`] bytes: one that never ends or
 /// prints without end is killed, and the password is missing.
+///
+/// Unattended (no controlling terminal: the daemon, a timer, PostgreSQL's archive_command) it runs in a
+/// process group of its own and the whole group is killed: killing `sh` alone left its children
+/// (`sleep 1000; echo pw`, each stage of a pipeline) running for ever, holding our pipe. On a terminal it
+/// stays in our group, because a background group reading the terminal (a command asking for a PIN on
+/// /dev/tty) is stopped by SIGTTIN; there a person sees a stuck command, and Ctrl-C reaches all of it.
 fn from_command(cmd: &str) -> Result<Zeroizing<String>> {
+    use std::os::unix::process::CommandExt;
     let name = "the password command";
-    let mut child = std::process::Command::new("sh")
+    let own_group = !has_controlling_terminal();
+    let mut command = std::process::Command::new("sh");
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::null())
@@ -176,30 +189,26 @@ fn from_command(cmd: &str) -> Result<Zeroizing<String>> {
         }
         Ok(bytes)
     });
-    let stop = |child: &mut std::process::Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
     let bytes = match read {
         Ok(Ok(bytes)) if bytes.len() <= MAX_PASSWORD_LEN => bytes,
         Ok(Ok(_)) => {
-            stop(&mut child);
+            stop(&mut child, own_group);
             return Err(Error::Password(format!(
                 "the password command printed more than {MAX_PASSWORD_LEN} bytes (a password is one line)"
             )));
         }
         Ok(Err(e)) => {
-            stop(&mut child);
+            stop(&mut child, own_group);
             return Err(Error::Password(format!(
                 "cannot read the password command's output: {e}"
             )));
         }
         Err(e) => {
-            stop(&mut child);
+            stop(&mut child, own_group);
             return Err(e);
         }
     };
-    let status = wait_until(&mut child, deadline)?;
+    let status = wait_until(&mut child, deadline, own_group)?;
     if !status.success() {
         return Err(Error::Password(format!(
             "the password command failed ({status})"
@@ -212,6 +221,7 @@ fn from_command(cmd: &str) -> Result<Zeroizing<String>> {
 fn wait_until(
     child: &mut std::process::Child,
     deadline: std::time::Instant,
+    own_group: bool,
 ) -> Result<std::process::ExitStatus> {
     loop {
         match child.try_wait() {
@@ -220,8 +230,7 @@ fn wait_until(
                 std::thread::sleep(Duration::from_millis(10))
             }
             Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop(child, own_group);
                 return Err(timed_out("the password command"));
             }
             Err(e) => {
@@ -231,6 +240,25 @@ fn wait_until(
             }
         }
     }
+}
+
+/// Kills the password command: its whole process group if it leads one (`own_group`: `sh`'s pid is the
+/// group's id), then `sh`, and reaps it. The group is signalled before `sh` is reaped: until then its pid,
+/// the group's id, cannot be reused.
+fn stop(child: &mut std::process::Child, own_group: bool) {
+    if let (true, Ok(pgid)) = (own_group, i32::try_from(child.id())) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether this process has a controlling terminal (opening /dev/tty fails with ENXIO where it has none).
+fn has_controlling_terminal() -> bool {
+    std::fs::File::open("/dev/tty").is_ok()
 }
 
 /// Runs `read` in a helper thread and waits [`timeout`] for it. A read still blocked then (a FIFO without a

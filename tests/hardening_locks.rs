@@ -1,0 +1,241 @@
+//! Hardening of repository locks and of what a command leaves running, through the real binary: a lock whose
+//! holder is certainly gone (dated far in the future by a wrong clock, or written under an earlier boot of
+//! this host) must not block prune, and one that may be live must; a password command that is killed must
+//! not leave its children behind.
+//!
+//! Locks are written by hand into a local repository's `locks/` directory, as a crashed process leaves them.
+
+mod harness;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::*;
+
+/// A local encrypted repository in a fresh temp dir (locks are written by hand, so never an S3 one).
+fn local_repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).arg("init"));
+    (dir, repo)
+}
+
+/// Writes the lock object `name` as a crashed holder leaves it.
+fn put_lock(repo: &Path, name: &str, lock: &serde_json::Value) {
+    fs::create_dir_all(repo.join("locks")).unwrap();
+    fs::write(repo.join("locks").join(name), lock.to_string()).unwrap();
+}
+
+fn lock_names(repo: &Path) -> Vec<String> {
+    fs::read_dir(repo.join("locks"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn exclusive_lock(
+    host: &str,
+    time: chrono::DateTime<chrono::Utc>,
+    pid_space: Option<&str>,
+) -> serde_json::Value {
+    let mut lock = serde_json::json!({
+        "pid": std::process::id(),
+        "host": host,
+        "time": time.to_rfc3339(),
+        "exclusive": true,
+        "command": "prune",
+    });
+    if let Some(space) = pid_space {
+        lock["pid_space"] = space.into();
+    }
+    lock
+}
+
+fn this_host() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn current_boot() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// This machine's id as the boot record names it: `/etc/machine-id`, else D-Bus's copy, else `-`.
+fn machine_id() -> String {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn our_pid_namespace() -> String {
+    fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_lock_dated_far_in_the_future_is_stale_and_a_slightly_early_one_is_not() {
+    let (_dir, repo) = local_repo();
+    let now = chrono::Utc::now();
+    // A host whose clock runs 10 minutes ahead holds a live lock: it is respected.
+    put_lock(
+        &repo,
+        "skewed",
+        &exclusive_lock("other-host", now + chrono::Duration::minutes(10), None),
+    );
+    fails(cairn(&repo).arg("prune"), 11);
+    ok(cairn(&repo).arg("unlock"));
+    assert_eq!(lock_names(&repo), ["skewed"]);
+    fs::remove_file(repo.join("locks/skewed")).unwrap();
+
+    // One dated two hours (or years) ahead is a wrong clock or garbage: it blocked prune for ever.
+    for (name, ahead) in [
+        ("hours", chrono::Duration::hours(2)),
+        ("years", chrono::Duration::days(3650)),
+    ] {
+        put_lock(
+            &repo,
+            name,
+            &exclusive_lock("other-host", now + ahead, None),
+        );
+        ok(cairn(&repo).arg("prune"));
+        ok(cairn(&repo).arg("unlock"));
+        assert!(
+            lock_names(&repo).is_empty(),
+            "{name}: {:?}",
+            lock_names(&repo)
+        );
+    }
+}
+
+#[test]
+fn a_lock_of_an_earlier_boot_of_this_host_is_stale_and_one_of_an_unknown_boot_is_not() {
+    let (dir, repo) = local_repo();
+    let cache = dir.path().join("cache");
+    let with_cache = |args: &[&str]| {
+        let mut c = cairn(&repo);
+        c.env("XDG_CACHE_HOME", &cache).args(args);
+        c
+    };
+    // An earlier boot of this machine, recorded as that boot's cairn did (format-spec, "Locks").
+    let earlier = "0123abcd-0000-4000-8000-000000000001";
+    let record = cache.join("cairn/boot-ids");
+    fs::create_dir_all(record.parent().unwrap()).unwrap();
+    fs::write(&record, format!("{earlier} {}\n", machine_id())).unwrap();
+    fs::set_permissions(&record, fs::Permissions::from_mode(0o600)).unwrap();
+    let boot = current_boot();
+
+    let ns = our_pid_namespace();
+    let now = chrono::Utc::now();
+    // Fresh by its time (not stale by age), naming a pid that is alive now: of the earlier boot, it means
+    // nothing.
+    let from_earlier = format!("{earlier}/{ns}");
+    put_lock(
+        &repo,
+        "crashed",
+        &exclusive_lock(&this_host(), now, Some(&from_earlier)),
+    );
+    ok(&mut with_cache(&["prune"]));
+    ok(&mut with_cache(&["unlock"]));
+    assert!(lock_names(&repo).is_empty(), "{:?}", lock_names(&repo));
+    // The command that locked added the boot it ran under, after the earlier one.
+    let text = fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        text,
+        format!("{earlier} {m}\n{boot} {m}\n", m = machine_id()),
+        "the record after a locking command"
+    );
+
+    // Not stale: a boot this host never recorded (another machine's, perhaps live), the recorded boot under
+    // another host name or pid namespace, or a live process of this boot.
+    let unknown = format!("0123abcd-0000-4000-8000-000000000002/{ns}");
+    let other_ns = format!("{earlier}/pid:[1]");
+    let this_boot = format!("{boot}/{ns}");
+    for (name, host, space) in [
+        ("unknown-boot", this_host(), unknown.as_str()),
+        (
+            "other-host",
+            "other-host".to_string(),
+            from_earlier.as_str(),
+        ),
+        ("other-namespace", this_host(), other_ns.as_str()),
+        ("live", this_host(), this_boot.as_str()),
+    ] {
+        put_lock(&repo, name, &exclusive_lock(&host, now, Some(space)));
+        fails(&mut with_cache(&["prune"]), 11);
+        ok(&mut with_cache(&["unlock"]));
+        assert_eq!(lock_names(&repo), [name]);
+        fs::remove_file(repo.join("locks").join(name)).unwrap();
+    }
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet: it runs no more).
+fn gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_password_command_that_times_out_is_killed_with_its_children() {
+    let (dir, repo) = local_repo();
+    let pid_file = dir.path().join("sleep.pid");
+    let err_file = dir.path().join("stderr");
+    // No controlling terminal (setsid), as under the daemon or a timer: the command gets its own group.
+    let mut c = Command::new("setsid");
+    c.arg("-w")
+        .arg(cairn_bin())
+        .env("CAIRN_REPO", &repo)
+        .stdin(Stdio::null());
+    with_password(&mut c)
+        .env(
+            "CAIRN_PASSWORD_COMMAND",
+            format!("sleep 300 & echo $! > {}; wait", pid_file.display()),
+        )
+        .env("CAIRN_PASSWORD_TIMEOUT", "1")
+        .arg("snapshots")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err_file).unwrap());
+    let started = Instant::now();
+    let status = c.status().unwrap();
+    let err = fs::read_to_string(&err_file).unwrap();
+    assert_eq!(status.code(), Some(12), "{err}");
+    assert!(err.contains("CAIRN_PASSWORD_TIMEOUT"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left_running = !gone(pid);
+    if left_running {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(
+        !left_running,
+        "the password command's child {pid} is still running"
+    );
+}
