@@ -375,12 +375,7 @@ fn a_backup_whose_server_dies_midway_fails_with_a_clear_error_and_leaves_no_snap
 /// The index cache under `cache` (one repository per cache in these tests): (index objects merged and not
 /// superseded, index objects read in total, pack trailers read in total).
 fn cache_counts(cache: &Path) -> (usize, u64, u64) {
-    let dir = std::fs::read_dir(cache.join("cairn"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = cache_index(cache).parent().unwrap().to_path_buf();
     let idx = cairn::index::Index::open_read_only(&dir.join("index.sqlite")).unwrap();
     let live = cairn::index_sync::seen(&idx)
         .unwrap()
@@ -478,9 +473,11 @@ fn restore_from_s3_of_a_many_file_tree_is_byte_identical() {
 
 /// The index cache file of the one repository whose cache is under `cache`.
 fn cache_index(cache: &Path) -> PathBuf {
+    // Directories only: beside them lies the host's record of its boots (`boot-ids`, see src/lock).
     let dirs: Vec<PathBuf> = std::fs::read_dir(cache.join("cairn"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
         .collect();
     assert_eq!(dirs.len(), 1, "one repository cache: {dirs:?}");
     dirs[0].join("index.sqlite")
