@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use nix::fcntl::PosixFadviseAdvice;
@@ -27,6 +27,23 @@ pub fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| crate::Error::io(path, e.error))?;
     sync_dir(dir)
+}
+
+/// Opens a host-private state file (a cache entry, a record) for reading, or `None` unless it is a regular
+/// file of the effective user, of at most `max_len` bytes, with none of the bits of `forbidden_mode` set.
+/// Never follows a link and never blocks: a FIFO planted in its place must not hang the caller.
+pub fn open_own(path: &Path, forbidden_mode: u32, max_len: u64) -> Option<File> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let md = f.metadata().ok()?;
+    let own = md.is_file()
+        && md.uid() == nix::unistd::geteuid().as_raw()
+        && md.mode() & forbidden_mode == 0
+        && md.len() <= max_len;
+    own.then_some(f)
 }
 
 /// Fsyncs a directory so that a rename or unlink in it is durable.

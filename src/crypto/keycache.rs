@@ -19,7 +19,7 @@
 //!   the key derivation.
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -195,22 +195,9 @@ fn from_cache(
 
 /// The bytes of `path` if it is a regular file of the effective user that nobody else may read or write.
 fn read_private(path: &Path) -> Option<Zeroizing<Vec<u8>>> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        // Not a link, and never a blocking open: a FIFO planted in its place must not hang wal-push.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let md = f.metadata().ok()?;
-    if !md.is_file()
-        || md.uid() != nix::unistd::geteuid().as_raw()
-        || md.mode() & 0o077 != 0
-        || md.len() > MAX_LEN
-    {
-        return None;
-    }
+    let f = crate::fsutil::open_own(path, 0o077, MAX_LEN)?;
     let mut bytes = Zeroizing::new(Vec::new());
-    f.by_ref().take(MAX_LEN + 1).read_to_end(&mut bytes).ok()?;
+    f.take(MAX_LEN + 1).read_to_end(&mut bytes).ok()?;
     Some(bytes)
 }
 

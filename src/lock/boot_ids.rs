@@ -19,7 +19,6 @@
 //! with a bound; it is rewritten whole and atomically (temporary file, rename).
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Boots kept in the record: enough for years of reboots between two runs of a cairn command on a host that
@@ -83,22 +82,9 @@ fn read(path: &Path) -> Vec<(String, String)> {
 
 /// The text of `path` if it is a regular file of the effective user that no one else may write.
 fn read_own(path: &Path) -> Option<String> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        // Not a link, and never a blocking open: a FIFO in its place must not hang a lock.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let md = f.metadata().ok()?;
-    if !md.is_file()
-        || md.uid() != nix::unistd::geteuid().as_raw()
-        || md.mode() & 0o022 != 0
-        || md.len() > MAX_LEN
-    {
-        return None;
-    }
+    let f = crate::fsutil::open_own(path, 0o022, MAX_LEN)?;
     let mut text = String::new();
-    f.by_ref().take(MAX_LEN).read_to_string(&mut text).ok()?;
+    f.take(MAX_LEN).read_to_string(&mut text).ok()?;
     Some(text)
 }
 
