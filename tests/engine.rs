@@ -59,6 +59,27 @@ fn rich_tree_round_trips_byte_for_byte_with_metadata() {
     ok(cairn(&repo).arg("check"));
 }
 
+/// Regression: the walk recursed on rayon threads with 2 MiB stacks, and a tree 500 levels deep with a file
+/// in each directory aborted the backup (stack overflow, exit 134, no snapshot): anyone able to write below
+/// a backed-up path could stop every backup of it. 1,500 levels, three times that, must back up whole.
+#[test]
+fn a_tree_nested_1500_directories_deep_backs_up_and_restores() {
+    let (dir, repo) = new_plaintext_repo();
+    let src = dir.path().join("src");
+    let mut level = src.clone();
+    for i in 0..1500 {
+        level.push("d");
+        fs::create_dir_all(&level).unwrap();
+        fs::write(level.join("f"), i.to_string()).unwrap();
+    }
+    let out = backup_json(&repo, &[src.to_str().unwrap()]);
+    assert_eq!(out["partial"], false, "{out}");
+    assert_eq!(out["files_new"], 1500);
+    let target = dir.path().join("restored");
+    ok(cairn(&repo).args(["restore", "latest", "--target", target.to_str().unwrap()]));
+    assert_same_tree(&src, &target.join("src"));
+}
+
 #[test]
 fn changed_file_is_detected_and_only_its_chunks_are_new() {
     let (dir, repo) = new_repo();
