@@ -161,6 +161,9 @@ fn an_export_whose_reader_goes_away_mid_archive_says_nothing_and_adds_nothing() 
 
 #[test]
 fn an_export_failing_on_damage_mid_archive_appends_no_archive_end() {
+    if local_only("damages a pack file in place") {
+        return;
+    }
     let (_dir, repo, id) = repo_with_snapshot();
     // Damage the data of the big file: the export fails in the middle of its entry.
     let pack = packs(&repo)
