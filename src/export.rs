@@ -21,8 +21,10 @@
 //! - What the format cannot hold (zip: FIFOs, devices, non-UTF-8 names; Odoo layout: root entries that are
 //!   not the filestore) is left out and named in [`ExportReport::skipped`]; the CLI exits 3.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
 
 use chrono::{Datelike, Timelike};
 
@@ -97,19 +99,75 @@ pub fn export(
     opts: &ExportOptions,
     out: &mut dyn Write,
 ) -> Result<ExportReport> {
+    let shut = Rc::new(Cell::new(false));
+    let gate = Gate {
+        out,
+        shut: shut.clone(),
+    };
     let mut sink: Box<dyn Sink + '_> = if opts.format.is_zip() {
-        Box::new(ZipSink::new(out))
+        Box::new(ZipSink::new(gate))
     } else {
-        Box::new(TarSink::new(out))
+        Box::new(TarSink::new(gate))
     };
     let mut report = ExportReport::default();
-    if opts.format.is_odoo() {
-        write_odoo(repo, snap, opts, sink.as_mut(), &mut report)?;
+    let written = if opts.format.is_odoo() {
+        write_odoo(repo, snap, opts, sink.as_mut(), &mut report)
     } else {
-        write_raw(repo, snap, sink.as_mut(), &mut report)?;
+        write_raw(repo, snap, sink.as_mut(), &mut report)
+    };
+    if let Err(e) = written {
+        // The archive writer ends its archive when dropped unfinished: into the shut gate, not the output.
+        shut.set(true);
+        drop(sink);
+        return Err(e);
     }
     sink.finish()?;
+    if shut.get() {
+        // A write error that some writer on the way swallowed: the archive is not whole.
+        return Err(archive_err(std::io::Error::other(
+            "a write to the output failed during the export",
+        )));
+    }
     Ok(report)
+}
+
+/// The archive writer's output. Both `tar::Builder` and `zip::ZipWriter` end their archive in `Drop` when
+/// not finished (zip printing "ZipWriter drop failed: ..." on stderr when that fails): after a failed export
+/// that would append end blocks or a central directory to a truncated archive, making it look whole up to
+/// the failure, and print a second, debug-formatted error. So the gate is shut at the first write error and
+/// before a failed export drops its writer, and a shut gate swallows whatever comes after.
+struct Gate<'a> {
+    out: &'a mut dyn Write,
+    shut: Rc<Cell<bool>>,
+}
+
+impl Gate<'_> {
+    fn note<T>(&self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if r.as_ref()
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::Interrupted)
+        {
+            self.shut.set(true);
+        }
+        r
+    }
+}
+
+impl Write for Gate<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.shut.get() {
+            return Ok(buf.len());
+        }
+        let r = self.out.write(buf);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.shut.get() {
+            return Ok(());
+        }
+        let r = self.out.flush();
+        self.note(r)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -386,11 +444,11 @@ fn archive_err(e: std::io::Error) -> Error {
 
 /// A plain tar, GNU long names for long ones.
 struct TarSink<'a> {
-    t: tar::Builder<&'a mut dyn Write>,
+    t: tar::Builder<Gate<'a>>,
 }
 
 impl<'a> TarSink<'a> {
-    fn new(out: &'a mut dyn Write) -> TarSink<'a> {
+    fn new(out: Gate<'a>) -> TarSink<'a> {
         TarSink {
             t: tar::Builder::new(out),
         }
@@ -531,7 +589,7 @@ impl Write for Exact<'_> {
 
 /// A zip in streaming mode (data descriptors): the writer never seeks.
 struct ZipSink<'a> {
-    z: zip::ZipWriter<zip::write::StreamWriter<&'a mut dyn Write>>,
+    z: zip::ZipWriter<zip::write::StreamWriter<Gate<'a>>>,
 }
 
 fn zip_err(e: zip::result::ZipError) -> Error {
@@ -542,7 +600,7 @@ fn zip_err(e: zip::result::ZipError) -> Error {
 }
 
 impl<'a> ZipSink<'a> {
-    fn new(out: &'a mut dyn Write) -> ZipSink<'a> {
+    fn new(out: Gate<'a>) -> ZipSink<'a> {
         ZipSink {
             z: zip::ZipWriter::new_stream(out),
         }
@@ -628,7 +686,7 @@ impl Sink for ZipSink<'_> {
     }
 
     fn finish(self: Box<Self>) -> Result<()> {
-        let out = self.z.finish().map_err(zip_err)?.into_inner();
+        let mut out = self.z.finish().map_err(zip_err)?.into_inner();
         out.flush().map_err(archive_err)
     }
 }

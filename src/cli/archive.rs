@@ -34,7 +34,7 @@ pub fn import_archive(
             "partial": r.snapshot.partial || !report.skipped.is_empty(),
         }))?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
             "imported {} as snapshot {}",
             file.display(),
             r.snapshot_id.short()
@@ -62,8 +62,7 @@ pub fn export(
     let (_, snap) = latest::for_export(&repo, spec, instance, opts.format)?;
     let report = match output {
         None => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout);
             let report = cairn::export::export(&repo, &snap, opts, &mut out)?;
             out.flush().map_err(|e| Error::io("stdout", e))?;
             report

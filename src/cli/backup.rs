@@ -91,7 +91,7 @@ pub fn backup_cmd(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         ctx.print_json(&v)?;
     } else if !ctx.quiet {
         let m = &s.summary;
-        println!(
+        outln!(
             "snapshot {} saved: {} new, {} changed, {} unmodified files; {} read, {} added in {} new chunks ({:.1}s)",
             result.snapshot_id.short(),
             m.files_new,

@@ -4,7 +4,6 @@
 //! (`restore`, `dump`), `maintenance` (`check`, `forget`, `prune`, `repair`, `unlock`), `archive`
 //! (`import-archive`, `export`), `copy`, `explore`, `instance`, `keys`, `wal`, ...
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use cairn::backend::RepoUrl;
@@ -86,9 +85,10 @@ impl Ctx {
     }
 
     pub fn print_json(&self, v: &serde_json::Value) -> Result<()> {
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, v).map_err(|e| Error::Invalid(e.to_string()))?;
-        writeln!(out).map_err(|e| Error::io("stdout", e))
+        // Encoded whole first: an output error is then stdout's, never taken for an encoding error.
+        let mut text = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(e.to_string()))?;
+        text.push(b'\n');
+        super::out::bytes(&text)
     }
 }
 
@@ -297,7 +297,7 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
                     "encrypted": repo.crypto().is_encrypted()}),
         )?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
             "created repository {} at {path}",
             repo.config().repository_id,
         );

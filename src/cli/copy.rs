@@ -30,12 +30,12 @@ pub fn copy_cmd(ctx: &Ctx, a: CopyArgs) -> Result<i32> {
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report).unwrap_or_default())?;
     } else if !ctx.quiet {
-        print_report(&report, src.location(), dst.location());
+        print_report(&report, src.location(), dst.location())?;
     }
     Ok(EXIT_OK)
 }
 
-fn print_report(r: &CopyReport, from: &str, to: &str) {
+fn print_report(r: &CopyReport, from: &str, to: &str) -> Result<()> {
     for s in &r.copied {
         // A snapshot rewritten for other keys has another id in the target.
         let renamed = if s.target_id == s.id {
@@ -43,7 +43,7 @@ fn print_report(r: &CopyReport, from: &str, to: &str) {
         } else {
             format!(" as {}", s.target_id.get(..8).unwrap_or_default())
         };
-        println!(
+        outln!(
             "copied snapshot {}{renamed} ({}{}): {} blobs copied, {} already there",
             s.id.get(..8).unwrap_or_default(),
             s.time,
@@ -56,15 +56,15 @@ fn print_report(r: &CopyReport, from: &str, to: &str) {
         );
     }
     for name in &r.instances_copied {
-        println!("copied instance {name}");
+        outln!("copied instance {name}");
     }
     if r.copied.is_empty() {
-        println!(
+        outln!(
             "nothing to copy: {to} holds every snapshot asked for ({} already there)",
             r.already_present.len()
         );
     } else {
-        println!(
+        outln!(
             "{} snapshots copied from {from} to {to} ({} already there); {} blobs, {} bytes stored",
             r.copied.len(),
             r.already_present.len(),
@@ -72,4 +72,5 @@ fn print_report(r: &CopyReport, from: &str, to: &str) {
             r.bytes_stored
         );
     }
+    Ok(())
 }

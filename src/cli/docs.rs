@@ -17,8 +17,10 @@ use super::EXIT_OK;
 /// Prints the completion script for `shell` on stdout.
 pub fn completions(shell: clap_complete::Shell) -> Result<i32> {
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "cairn", &mut std::io::stdout());
-    Ok(EXIT_OK)
+    // Into memory first: clap_complete panics on a write error (a full or closed stdout).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "cairn", &mut script);
+    write_stdout(&script)
 }
 
 /// Prints `cairn.1`, or writes every page into `dir`.
@@ -39,7 +41,7 @@ pub fn man(ctx: &Ctx, dir: Option<PathBuf>) -> Result<i32> {
         ctx.print_json(&json!({ "files": files }))?;
     } else if !ctx.quiet {
         for f in &files {
-            println!("{}", f.display());
+            outln!("{}", f.display());
         }
     }
     Ok(EXIT_OK)
@@ -58,10 +60,6 @@ fn write_pages(cmd: clap::Command, dir: &Path, files: &mut Vec<PathBuf>) -> Resu
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<i32> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::io("stdout", e))?;
+    super::out::bytes(bytes)?;
     Ok(EXIT_OK)
 }

@@ -20,13 +20,13 @@ pub fn diff(ctx: &Ctx, spec1: &str, spec2: &str, instance: Option<&str>) -> Resu
         return Ok(EXIT_OK);
     }
     if !ctx.quiet {
-        println!("comparing snapshot {} with {}", id1.short(), id2.short());
+        outln!("comparing snapshot {} with {}", id1.short(), id2.short());
     }
-    print_report(&report);
+    print_report(&report)?;
     Ok(EXIT_OK)
 }
 
-fn print_report(r: &DiffReport) {
+fn print_report(r: &DiffReport) -> Result<()> {
     let entry = |sign: char, e: &Entry, stream: bool| {
         let path = if stream {
             format!("[{}]", e.path)
@@ -34,25 +34,25 @@ fn print_report(r: &DiffReport) {
             e.path.clone()
         };
         let slash = if e.kind == "dir" { "/" } else { "" };
-        println!("{sign}    {path}{slash}");
+        super::out::line(format_args!("{sign}    {path}{slash}"))
     };
     for e in &r.removed {
-        entry('-', e, false);
+        entry('-', e, false)?;
     }
     for e in &r.added {
-        entry('+', e, false);
+        entry('+', e, false)?;
     }
     for c in &r.changed {
-        print_change(c, false);
+        print_change(c, false)?;
     }
     for e in &r.streams_removed {
-        entry('-', e, true);
+        entry('-', e, true)?;
     }
     for e in &r.streams_added {
-        entry('+', e, true);
+        entry('+', e, true)?;
     }
     for c in &r.streams_changed {
-        print_change(c, true);
+        print_change(c, true)?;
     }
     if let Some(db) = &r.database {
         let name = db
@@ -61,14 +61,14 @@ fn print_report(r: &DiffReport) {
             .or(db.database_before.as_ref())
             .cloned()
             .unwrap_or_default();
-        println!(
+        outln!(
             "database {name}: {} of {} tables changed row count",
             db.tables.len(),
             db.tables_compared
         );
         for t in &db.tables {
             let n = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-            println!(
+            outln!(
                 "  {}.{}: {} -> {} ({:+})",
                 t.schema,
                 t.table,
@@ -79,7 +79,7 @@ fn print_report(r: &DiffReport) {
         }
     }
     let s = &r.stats;
-    println!(
+    outln!(
         "files: {} added, {} removed, {} changed; +{} -{}; {} identical subtrees skipped",
         s.added,
         s.removed,
@@ -88,10 +88,11 @@ fn print_report(r: &DiffReport) {
         human_bytes(s.bytes_removed),
         s.trees_skipped
     );
+    Ok(())
 }
 
 /// `M` content changed, `U` metadata only (as restic prints them).
-fn print_change(c: &Changed, stream: bool) {
+fn print_change(c: &Changed, stream: bool) -> Result<()> {
     let path = if stream {
         format!("[{}]", c.path)
     } else {
@@ -109,7 +110,8 @@ fn print_change(c: &Changed, stream: bool) {
         what.push(format!("{field} {before} -> {after}"));
     }
     let sign = if c.content { 'M' } else { 'U' };
-    println!("{sign}    {path}  ({})", what.join("; "));
+    outln!("{sign}    {path}  ({})", what.join("; "));
+    Ok(())
 }
 
 pub fn find(ctx: &Ctx, pattern: &str, instance: Option<&str>) -> Result<i32> {
@@ -120,18 +122,18 @@ pub fn find(ctx: &Ctx, pattern: &str, instance: Option<&str>) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     for s in &report.snapshots {
-        println!(
+        outln!(
             "snapshot {} {} {}",
             &s.snapshot_id[..8],
             s.time,
             s.instance.as_deref().unwrap_or("-")
         );
         for f in &s.matches {
-            println!("  {:>10}  {}  {}", human_bytes(f.size), f.mtime, f.path);
+            outln!("  {:>10}  {}  {}", human_bytes(f.size), f.mtime, f.path);
         }
     }
     if !ctx.quiet {
-        println!(
+        outln!(
             "{} of {} snapshots hold a match",
             report.snapshots.len(),
             report.snapshots_searched

@@ -125,7 +125,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             if ctx.json {
                 ctx.print_json(&config_json(&cfg))?;
             } else {
-                print_config(&cfg);
+                print_config(&cfg)?;
             }
         }
         InstanceAction::Backup {
@@ -149,7 +149,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             if ctx.json {
                 ctx.print_json(&json!({"snapshot_id": r.snapshot_id.to_hex(), "partial": r.snapshot.partial, "summary": r.snapshot.summary}))?;
             } else if !ctx.quiet {
-                println!("instance {name}: snapshot {} saved", r.snapshot_id.short());
+                outln!("instance {name}: snapshot {} saved", r.snapshot_id.short());
             }
             return Ok(if r.snapshot.partial {
                 EXIT_PARTIAL
@@ -240,7 +240,7 @@ fn report_change(
     if ctx.quiet {
         return Ok(());
     }
-    println!("{verb} instance {}", cfg.name);
+    outln!("{verb} instance {}", cfg.name);
     let Some(change) = change else {
         return Ok(());
     };
@@ -254,10 +254,10 @@ fn report_change(
         _ => retention_text(&cfg.retention),
     };
     for what in &change.changed {
-        println!("{what}: now {p}'s preset, {}", describe(what));
+        outln!("{what}: now {p}'s preset, {}", describe(what));
     }
     for what in &change.kept {
-        println!(
+        outln!(
             "{what}: kept ({}, not a preset of the old priority); `cairn instance set` changes it",
             describe(what)
         );
@@ -288,7 +288,7 @@ fn retention_text(r: &Retention) -> String {
 }
 
 /// `instance show` for people.
-fn print_config(cfg: &InstanceConfig) {
+fn print_config(cfg: &InstanceConfig) -> Result<()> {
     let v = serde_json::to_value(cfg.printable()).unwrap_or_default();
     if let serde_json::Value::Object(fields) = v {
         for (k, v) in fields {
@@ -297,9 +297,10 @@ fn print_config(cfg: &InstanceConfig) {
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            println!("{k:<12} {text}");
+            outln!("{k:<12} {text}");
         }
     }
+    Ok(())
 }
 
 /// `instance remove [--purge]`: the configuration goes; with `--purge`, its snapshots are forgotten too.
@@ -319,7 +320,7 @@ fn remove(ctx: &Ctx, repo: &Repository, name: &str, purge: bool) -> Result<i32> 
             &json!({"instance": name, "action": "removed", "snapshots_forgotten": forgotten}),
         )?;
     } else if !ctx.quiet {
-        println!(
+        outln!(
             "removed instance {name} ({} snapshots forgotten)",
             forgotten.len()
         );
@@ -345,14 +346,18 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
         ctx.print_json(&json!(v))?;
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "{:<20} {:<8} {:<14} {:<8} {:<25} SOURCES",
-        "NAME", "PRIORITY", "SCHEDULE", "STATE", "NEXT DUE"
+        "NAME",
+        "PRIORITY",
+        "SCHEDULE",
+        "STATE",
+        "NEXT DUE"
     );
     for (c, s) in cfgs.iter().zip(&states) {
         let mut sources: Vec<String> = c.pg.iter().map(|d| format!("pg:{d}")).collect();
         sources.extend(c.paths.iter().map(|p| p.display().to_string()));
-        println!(
+        outln!(
             "{:<20} {:<8} {:<14} {:<8} {:<25} {}",
             c.name,
             c.priority.as_str(),
@@ -427,24 +432,25 @@ fn restore_instance(
     let short = &out.snapshot_id[..8];
     for dir in &out.restored_to {
         if req.in_place {
-            println!(
+            outln!(
                 "restored snapshot {short} of {name} in place into {}",
                 dir.display()
             );
         } else {
-            println!(
+            outln!(
                 "restored the files of snapshot {short} of {name} to {}",
                 dir.display()
             );
         }
     }
     if let Some(n) = out.deleted {
-        println!("removed {n} entries absent from the snapshot");
+        outln!("removed {n} entries absent from the snapshot");
     }
     if let Some(db) = &out.database {
-        println!(
+        outln!(
             "restored the database of snapshot {short} of {name} into {} ({} tables verified)",
-            db.database, db.tables_verified
+            db.database,
+            db.tables_verified
         );
     }
     Ok(EXIT_OK)
@@ -468,13 +474,13 @@ pub fn run_due(ctx: &Ctx, log_file: Option<&Path>) -> Result<i32> {
     } else if !ctx.quiet {
         for o in &outcomes {
             match (&o.snapshot_id, &o.error, &o.skipped) {
-                (Some(id), _, _) => println!("{}: snapshot {}", o.instance, &id[..8]),
-                (_, Some(e), _) => println!("{}: FAILED: {e}", o.instance),
-                (_, _, Some(holder)) => println!("{}: skipped: {holder}", o.instance),
+                (Some(id), _, _) => outln!("{}: snapshot {}", o.instance, &id[..8]),
+                (_, Some(e), _) => outln!("{}: FAILED: {e}", o.instance),
+                (_, _, Some(holder)) => outln!("{}: skipped: {holder}", o.instance),
                 _ => {}
             }
         }
-        println!("{} instances due", outcomes.len());
+        outln!("{} instances due", outcomes.len());
     }
     Ok(if outcomes.iter().any(|o| o.error.is_some()) {
         EXIT_ERROR
@@ -505,7 +511,7 @@ pub fn log(ctx: &Ctx, inst: Option<&str>) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     for r in runs {
-        println!(
+        outln!(
             "{} {:<12} {:<8} {:<8} {} {}",
             human_time(r.start),
             r.instance.as_deref().unwrap_or("-"),
@@ -565,7 +571,7 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
     let totals = cairn::stats::totals(&repo, &snaps)?;
     if prometheus {
         let (url, _) = ctx.repo_url()?;
-        print!(
+        out!(
             "{}",
             cairn::stats::prometheus(&url.to_string(), &metrics, &totals)
         );
@@ -576,7 +582,7 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
         return Ok(EXIT_OK);
     }
     for r in &rows {
-        println!(
+        outln!(
             "{:<20} {:>4} snapshots, last {} ({}), next {}, {} logical, {} unique, {} stored, dedup {:.2}x",
             r["instance"].as_str().unwrap_or(""),
             r["snapshot_count"],
@@ -589,7 +595,7 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
             r["dedup_ratio"].as_f64().unwrap_or(0.0)
         );
         if let Some(w) = r.get("recovery_window") {
-            println!(
+            outln!(
                 "{:<20} recovery window {} to {} ({} base backups)",
                 "",
                 w["from"].as_str().unwrap_or("?"),
@@ -599,7 +605,7 @@ pub fn stats(ctx: &Ctx, inst: Option<&str>, prometheus: bool) -> Result<i32> {
         }
     }
     let u = &totals.usage;
-    println!(
+    outln!(
         "total: {} snapshots, {} logical, {} unique (dedup {:.2}x), {} stored in {} packs ({} unreferenced)",
         u.snapshot_count,
         human_bytes(u.logical_bytes),
@@ -709,13 +715,13 @@ pub fn health(ctx: &Ctx, grace_minutes: i64, wal_grace_seconds: i64) -> Result<i
         ctx.print_json(&json!({"healthy": bad == 0, "warnings": warnings, "instances": report}))?;
     } else if !ctx.quiet {
         for r in &report {
-            println!(
+            outln!(
                 "{:<20} {}",
                 r["instance"].as_str().unwrap_or(""),
                 r["status"].as_str().unwrap_or("")
             );
         }
-        println!(
+        outln!(
             "{}",
             match (bad, warnings) {
                 (0, 0) => "healthy".to_string(),
@@ -762,7 +768,7 @@ pub fn schedule_cmd(ctx: &Ctx, kind: ScheduleKind) -> Result<i32> {
     if ctx.json {
         ctx.print_json(&doc)?;
     } else {
-        print!("{}", doc["text"].as_str().unwrap_or_default());
+        out!("{}", doc["text"].as_str().unwrap_or_default());
     }
     Ok(EXIT_OK)
 }

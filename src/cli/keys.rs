@@ -82,7 +82,7 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
         ctx.print_json(&json!({ "keys": rows }))?;
         return Ok(EXIT_OK);
     }
-    println!(" {:<12} {:<25} HOST", "ID", "CREATED");
+    outln!(" {:<12} {:<25} HOST", "ID", "CREATED");
     for r in &rows {
         let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
         let mark = if r["current"] == json!(true) {
@@ -90,7 +90,7 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
         } else {
             " "
         };
-        println!(
+        outln!(
             "{mark}{:<12} {:<25} {}",
             &s("id")[..12.min(s("id").len())],
             s("created"),
@@ -119,7 +119,7 @@ fn report(ctx: &Ctx, what: &str, id: &str) -> Result<i32> {
     if ctx.json {
         ctx.print_json(&json!({ "action": what, "id": id }))?;
     } else if !ctx.quiet {
-        println!("{what} {id}");
+        outln!("{what} {id}");
     }
     Ok(EXIT_OK)
 }

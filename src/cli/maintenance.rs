@@ -28,23 +28,23 @@ pub fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
             eprintln!("warning: {w}");
         }
         for e in &report.errors {
-            println!("error: {e}");
+            outln!("error: {e}");
         }
         for e in &report.read_errors {
-            println!("error (not damage): {e}");
+            outln!("error (not damage): {e}");
         }
         for d in &report.damaged {
-            println!(
+            outln!(
                 "damaged blob {} in pack {}: {}",
                 &d.blob[..16],
                 &d.pack[..16],
                 d.error
             );
             for a in &d.affected {
-                println!("  needed by {a}");
+                outln!("  needed by {a}");
             }
         }
-        println!(
+        outln!(
             "checked {} packs, {} snapshots, {} trees; read {} packs ({} blobs): {}",
             report.packs,
             report.snapshots,
@@ -62,7 +62,7 @@ pub fn check_cmd(ctx: &Ctx, a: CheckArgs) -> Result<i32> {
             }
         );
         for h in &report.hints {
-            println!("hint: {h}");
+            outln!("hint: {h}");
         }
     }
     Ok(if report.is_clean() {
@@ -104,7 +104,7 @@ pub fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     }
     if !ctx.quiet {
         for g in &groups {
-            println!("group {}", g.group);
+            outln!("group {}", g.group);
             for d in &g.decisions {
                 let verdict = if d.keep {
                     "keep  "
@@ -113,10 +113,10 @@ pub fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
                 } else {
                     "remove"
                 };
-                println!("  {verdict} {} {}", &d.id[..12], d.reasons.join(","));
+                outln!("  {verdict} {} {}", &d.id[..12], d.reasons.join(","));
             }
         }
-        println!(
+        outln!(
             "{removed} snapshots {}",
             if a.dry_run {
                 "would be removed"
@@ -126,7 +126,7 @@ pub fn forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         );
     }
     if prune_now {
-        print_prune(ctx, &prune_report(ctx, 5.0, false)?, false);
+        print_prune(ctx, &prune_report(ctx, 5.0, false)?, false)?;
     }
     Ok(EXIT_OK)
 }
@@ -178,9 +178,9 @@ fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     } else if !ctx.quiet {
         let verb = if a.dry_run { "would remove" } else { "remove" };
         for id in &hex {
-            println!("  {verb} {}", &id[..12]);
+            outln!("  {verb} {}", &id[..12]);
         }
-        println!(
+        outln!(
             "{} snapshots {}",
             hex.len(),
             if a.dry_run {
@@ -191,7 +191,7 @@ fn forget_named(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
         );
     }
     if let Some(r) = &pruned {
-        print_prune(ctx, r, false);
+        print_prune(ctx, r, false)?;
     }
     Ok(EXIT_OK)
 }
@@ -201,7 +201,7 @@ pub fn prune(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<()> {
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&r).map_err(|e| Error::Invalid(e.to_string()))?)
     } else {
-        print_prune(ctx, &r, dry_run);
+        print_prune(ctx, &r, dry_run)?;
         Ok(())
     }
 }
@@ -223,26 +223,26 @@ fn prune_report(ctx: &Ctx, max_unused: f64, dry_run: bool) -> Result<cairn::gc::
 }
 
 /// The prune report for people (nothing with `--quiet` or `--json`).
-fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
+fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) -> Result<()> {
     if ctx.json || ctx.quiet {
-        return;
+        return Ok(());
     }
     {
         if r.snapshots_adopted > 0 {
-            println!(
+            outln!(
                 "{} {} snapshot files that had no index row (left by an interrupted backup); their data is kept",
                 if dry_run { "would index" } else { "indexed" },
                 r.snapshots_adopted
             );
         }
         if r.wal_files_removed > 0 {
-            println!(
+            outln!(
                 "{} {} archived WAL files older than every kept base backup",
                 if dry_run { "would remove" } else { "removed" },
                 r.wal_files_removed
             );
         }
-        println!(
+        outln!(
             "{}{} packs deleted, {} repacked ({} copied), {} stray packs removed: {} freed, {} -> {}",
             if dry_run { "dry run: " } else { "" },
             r.packs_deleted,
@@ -254,6 +254,7 @@ fn print_prune(ctx: &Ctx, r: &cairn::gc::PruneReport, dry_run: bool) {
             human_bytes(r.bytes_after)
         );
     }
+    Ok(())
 }
 
 pub fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
@@ -265,22 +266,22 @@ pub fn repair_snapshots(ctx: &Ctx, forget_damaged: bool) -> Result<i32> {
     } else if !ctx.quiet {
         for r in &repaired {
             match &r.new_id {
-                Some(new) => println!(
+                Some(new) => outln!(
                     "snapshot {} rewritten as {} without: {}",
                     &r.old_id[..8],
                     &new[..8],
                     r.dropped.join(", ")
                 ),
-                None => println!(
+                None => outln!(
                     "snapshot {} forgotten (damaged: {})",
                     &r.old_id[..8],
                     r.dropped.join(", ")
                 ),
             }
         }
-        println!("{} snapshots repaired", repaired.len());
+        outln!("{} snapshots repaired", repaired.len());
         if !repaired.is_empty() {
-            println!("hint: {}", cairn::restore::HEAL_HINT);
+            outln!("hint: {}", cairn::restore::HEAL_HINT);
         }
     }
     Ok(EXIT_OK)
@@ -301,9 +302,11 @@ pub fn repair_index(ctx: &Ctx) -> Result<i32> {
             eprintln!("cairn: warning: {w}");
         }
         if !ctx.quiet {
-            println!(
+            outln!(
                 "index rebuilt: {} packs, {} blobs, {} snapshots",
-                report.packs, report.blobs, report.snapshots
+                report.packs,
+                report.blobs,
+                report.snapshots
             );
         }
     }
@@ -322,9 +325,9 @@ pub fn unlock(ctx: &Ctx, all: bool) -> Result<i32> {
         ctx.print_json(&json!({ "removed": removed }))?;
     } else if !ctx.quiet {
         for r in &removed {
-            println!("removed {r}");
+            outln!("removed {r}");
         }
-        println!("{} locks removed", removed.len());
+        outln!("{} locks removed", removed.len());
     }
     Ok(EXIT_OK)
 }

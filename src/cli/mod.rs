@@ -1,6 +1,24 @@
 //! Command-line front end: clap arguments, validated into library options, and results printed as text or
 //! `--json` (then exactly one JSON document on stdout). Every error becomes one line on stderr and an exit
 //! code ([`exit_code`]); the codes are documented in README ("Exit codes") and kept stable for scripts.
+//!
+//! Command output goes through [`out`] (`outln!`, `out!`), never `println!`: a full or failing stdout is an
+//! error like any other (`println!` panics), and a reader that went away ends the process the way coreutils
+//! and restic end, killed by SIGPIPE with nothing on stderr.
+
+/// `println!` for command output: a write error returns from the enclosing function (see [`out`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cairn_cli::out::line(format_args!($($arg)*))?
+    };
+}
+
+/// `print!` for command output (flushed at once); a write error returns from the enclosing function.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cairn_cli::out::text(format_args!($($arg)*))?
+    };
+}
 
 mod archive;
 mod args;
@@ -46,6 +64,9 @@ pub fn run() -> i32 {
     logging::init(log_format, cli.quiet);
     match commands::dispatch(cli) {
         Ok(code) => code,
+        // Whatever error the closed pipe caused (the write that met it, or a later one), the reader has gone:
+        // end as a program that never handled SIGPIPE would (everything the command held is released by now).
+        Err(_) if out::reader_gone() => out::die_of_sigpipe(),
         Err(e) => {
             if log_format == args::LogFormat::Json {
                 tracing::error!(error = %e, "cairn: error: {e}");
@@ -72,5 +93,85 @@ fn exit_code(e: &cairn::Error) -> i32 {
         Error::Usage(_) => EXIT_USAGE,
         Error::Password(_) => EXIT_PASSWORD,
         _ => EXIT_ERROR,
+    }
+}
+
+/// Command output on stdout.
+///
+/// Rust ignores SIGPIPE, so a write to a pipe whose reader has gone fails with EPIPE instead of killing the
+/// process; `println!` turns that (and ENOSPC from `> /dev/full`) into a panic. Everything the commands
+/// print goes through [`Stdout`] instead: a write error is an [`Error::Io`](cairn::Error) naming stdout, and
+/// an EPIPE is remembered so that [`run`] ends the process by SIGPIPE, quietly, as `cat` or restic would
+/// (`set -o pipefail` then sees 141). SIGPIPE is not restored as a whole: cairn writes into pipes of its own
+/// children (pg_restore, hooks), whose early exit must be an error it reports, not its death.
+pub mod out {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use cairn::{Error, Result};
+
+    static READER_GONE: AtomicBool = AtomicBool::new(false);
+
+    /// The process's stdout (line-buffered, as `println!` writes it), recording a closed pipe.
+    pub struct Stdout;
+
+    impl Stdout {
+        fn note(e: std::io::Error) -> std::io::Error {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                READER_GONE.store(true, Ordering::SeqCst);
+            }
+            e
+        }
+    }
+
+    impl Write for Stdout {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::io::stdout().lock().write(buf).map_err(Self::note)
+        }
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            std::io::stdout().lock().write_all(buf).map_err(Self::note)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            std::io::stdout().lock().flush().map_err(Self::note)
+        }
+    }
+
+    /// A write error on stdout as the command's error.
+    pub fn error(e: std::io::Error) -> Error {
+        Error::io("stdout", e)
+    }
+
+    /// Writes `bytes` and flushes.
+    pub fn bytes(bytes: &[u8]) -> Result<()> {
+        Stdout
+            .write_all(bytes)
+            .and_then(|()| Stdout.flush())
+            .map_err(error)
+    }
+
+    /// One line (what `outln!` writes).
+    pub fn line(args: std::fmt::Arguments) -> Result<()> {
+        bytes(format!("{args}\n").as_bytes())
+    }
+
+    /// Text without a newline added (what `out!` writes).
+    pub fn text(args: std::fmt::Arguments) -> Result<()> {
+        bytes(args.to_string().as_bytes())
+    }
+
+    /// Whether a write to stdout met a closed pipe.
+    pub fn reader_gone() -> bool {
+        READER_GONE.load(Ordering::SeqCst)
+    }
+
+    /// Ends the process by SIGPIPE (exit status 141 should the signal be blocked).
+    pub fn die_of_sigpipe() -> ! {
+        // SAFETY: restoring the default disposition and raising a signal have no memory-safety conditions;
+        // nothing runs after them but the exit below.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+        std::process::exit(128 + libc::SIGPIPE)
     }
 }

@@ -46,8 +46,9 @@ pub fn restore(
         );
         if quiet {
             eprintln!("cairn: {line}");
-        } else if !json {
-            println!("{line}");
+        } else if !json && super::out::line(format_args!("{line}")).is_err() {
+            // Stdout failing must not stop the restore; the id must still reach the user.
+            eprintln!("cairn: {line}");
         }
     };
     postgres::restore_database(repo, snap, &conn, &opts, &mut on_safety)
@@ -74,7 +75,7 @@ pub fn print_report(ctx: &Ctx, id: &Id, r: &PgRestoreReport) -> Result<()> {
     } else {
         "not verified: the snapshot recorded no row counts (not taken with --pg)".to_string()
     };
-    println!(
+    outln!(
         "restored database {:?} from snapshot {} ({} {}): {verified}",
         r.database,
         id.short(),
@@ -82,7 +83,7 @@ pub fn print_report(ctx: &Ctx, id: &Id, r: &PgRestoreReport) -> Result<()> {
         human_bytes(r.bytes)
     );
     if let Some(role) = &r.owner_role {
-        println!(
+        outln!(
             "database {:?} is owned by {role:?}, the unprivileged role its untrusted SQL ran as (it can no longer log in)",
             r.database
         );

@@ -63,7 +63,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
         if let Some(report) = &database {
             pg::print_report(ctx, &id, report)?;
         }
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} links, {}",
             id.short(),
             target.display(),
@@ -79,8 +79,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 pub fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
     let (repo, _lock) = ctx.open_reading("dump")?;
     let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout);
     restore::dump(&repo, &snap, name, &mut out)?;
     Ok(EXIT_OK)
 }

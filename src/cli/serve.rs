@@ -83,7 +83,7 @@ pub fn token(ctx: &Ctx, action: TokenAction) -> Result<i32> {
             if ctx.json {
                 ctx.print_json(&json!({"name": name, "role": role, "token": token}))?;
             } else {
-                println!("{token}");
+                outln!("{token}");
                 if !ctx.quiet {
                     eprintln!(
                         "cairn: token {name} ({}) created; it is shown only now: keep it safe",
@@ -102,7 +102,7 @@ pub fn token(ctx: &Ctx, action: TokenAction) -> Result<i32> {
                 ctx.print_json(&json!(v))?;
             } else {
                 for t in &list {
-                    println!(
+                    outln!(
                         "{:<20} {:<8} {}",
                         t.name,
                         t.role.as_str(),
@@ -116,7 +116,7 @@ pub fn token(ctx: &Ctx, action: TokenAction) -> Result<i32> {
             if ctx.json {
                 ctx.print_json(&json!({"name": name, "action": "removed"}))?;
             } else if !ctx.quiet {
-                println!("removed token {name}");
+                outln!("removed token {name}");
             }
         }
     }

@@ -6,7 +6,7 @@ use cairn::latest;
 use cairn::restore;
 use cairn::snapshot::Snapshot;
 use cairn::tree::NodeKind;
-use cairn::{Error, Id, Result};
+use cairn::{Id, Result};
 use serde_json::json;
 
 use super::commands::{human_bytes, Ctx};
@@ -29,14 +29,17 @@ pub fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
         ))?;
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "{:<10} {:<25} {:<12} {:>10}  PATHS / STREAMS",
-        "ID", "TIME", "INSTANCE", "SIZE"
+        "ID",
+        "TIME",
+        "INSTANCE",
+        "SIZE"
     );
     for (id, s) in &list {
         let mut what: Vec<String> = s.paths.clone();
         what.extend(s.streams.iter().map(|st| format!("[{}]", st.name)));
-        println!(
+        outln!(
             "{:<10} {:<25} {:<12} {:>10}  {}{}",
             id.short(),
             s.time.format("%Y-%m-%d %H:%M:%S %:z"),
@@ -46,7 +49,7 @@ pub fn snapshots(ctx: &Ctx, instance: Option<&str>) -> Result<i32> {
             if s.partial { " (partial)" } else { "" }
         );
     }
-    println!("{} snapshots", list.len());
+    outln!("{} snapshots", list.len());
     Ok(EXIT_OK)
 }
 
@@ -56,19 +59,19 @@ pub fn show(ctx: &Ctx, spec: &str, instance: Option<&str>) -> Result<i32> {
     if ctx.json {
         ctx.print_json(&snapshot_json(&id, &s))?;
     } else {
-        print_snapshot(&id, &s);
+        print_snapshot(&id, &s)?;
     }
     Ok(EXIT_OK)
 }
 
 /// `show` for people: one field a line, then the streams, then the recorded metadata.
-fn print_snapshot(id: &Id, s: &Snapshot) {
+fn print_snapshot(id: &Id, s: &Snapshot) -> Result<()> {
     let m = &s.summary;
-    println!("snapshot {}", id.to_hex());
-    println!("time      {}", s.time.format("%Y-%m-%d %H:%M:%S %:z"));
-    println!("host      {}", s.host);
-    println!("instance  {}", s.instance.as_deref().unwrap_or("-"));
-    println!(
+    outln!("snapshot {}", id.to_hex());
+    outln!("time      {}", s.time.format("%Y-%m-%d %H:%M:%S %:z"));
+    outln!("host      {}", s.host);
+    outln!("instance  {}", s.instance.as_deref().unwrap_or("-"));
+    outln!(
         "tags      {}",
         if s.tags.is_empty() {
             "-".into()
@@ -76,7 +79,7 @@ fn print_snapshot(id: &Id, s: &Snapshot) {
             s.tags.join(", ")
         }
     );
-    println!(
+    outln!(
         "paths     {}",
         if s.paths.is_empty() {
             "-".into()
@@ -84,14 +87,14 @@ fn print_snapshot(id: &Id, s: &Snapshot) {
             s.paths.join(" ")
         }
     );
-    println!("parent    {}", s.parent.as_deref().unwrap_or("-"));
+    outln!("parent    {}", s.parent.as_deref().unwrap_or("-"));
     if s.partial {
-        println!("partial   yes: some files could not be read");
+        outln!("partial   yes: some files could not be read");
     }
     for st in &s.streams {
-        println!("stream    {}", st.name);
+        outln!("stream    {}", st.name);
     }
-    println!(
+    outln!(
         "summary   {} new, {} changed, {} unmodified files; {} total, {} added",
         m.files_new,
         m.files_changed,
@@ -100,11 +103,12 @@ fn print_snapshot(id: &Id, s: &Snapshot) {
         human_bytes(m.bytes_added)
     );
     if let Some(meta) = &s.metadata {
-        println!(
+        outln!(
             "metadata  {}",
             serde_json::to_string_pretty(meta).unwrap_or_default()
         );
     }
+    Ok(())
 }
 
 pub fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> Result<i32> {
@@ -124,7 +128,7 @@ pub fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> 
         (None, None) => Vec::new(),
         _ => restore::list(&repo, &snap, path.unwrap_or(""))?,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = super::out::Stdout;
     if ctx.json {
         let streams = streams
             .iter()
@@ -145,8 +149,7 @@ pub fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> 
         return Ok(EXIT_OK);
     }
     for s in streams {
-        writeln!(out, "s {:>4} {:>12} [{}]", "-", s.size, s.name)
-            .map_err(|e| Error::io("stdout", e))?;
+        writeln!(out, "s {:>4} {:>12} [{}]", "-", s.size, s.name).map_err(super::out::error)?;
     }
     for (p, n) in entries {
         let (kind, size) = match &n.kind {
@@ -158,7 +161,7 @@ pub fn ls(ctx: &Ctx, spec: &str, path: Option<&str>, instance: Option<&str>) -> 
             NodeKind::BlockDevice { .. } => ('b', 0),
         };
         writeln!(out, "{kind} {:o} {:>12} {p}", n.meta.mode & 0o7777, size)
-            .map_err(|e| Error::io("stdout", e))?;
+            .map_err(super::out::error)?;
     }
     Ok(EXIT_OK)
 }

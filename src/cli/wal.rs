@@ -47,7 +47,7 @@ pub fn wal_push(ctx: &Ctx, name: &str, path: &Path) -> Result<i32> {
         } else {
             "already archived with the same content:"
         };
-        println!("{verb} {}", path.display());
+        outln!("{verb} {}", path.display());
     }
     Ok(EXIT_OK)
 }
@@ -60,7 +60,7 @@ pub fn wal_fetch(ctx: &Ctx, name: &str, file: &str, dest: &Path) -> Result<i32> 
         ctx.print_json(&json!({"instance": name, "file": file, "size": size,
                                "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;
     } else if !ctx.quiet {
-        println!("restored {file} ({})", human_bytes(size));
+        outln!("restored {file} ({})", human_bytes(size));
     }
     Ok(EXIT_OK)
 }
@@ -79,7 +79,7 @@ pub fn wal_list(ctx: &Ctx, name: Option<&str>) -> Result<i32> {
         return ctx.print_json(&json!(rows)).map(|_| EXIT_OK);
     }
     for o in &files {
-        println!(
+        outln!(
             "{:<16} {:<40} {:>10}  {}",
             o.instance,
             o.file,
@@ -203,23 +203,23 @@ pub fn wal_setup(
             .map(|_| EXIT_OK);
     }
     if !apply {
-        println!("# postgresql.conf (or ALTER SYSTEM; `cairn instance wal-setup {name} --apply` does it)");
+        outln!("# postgresql.conf (or ALTER SYSTEM; `cairn instance wal-setup {name} --apply` does it)");
     }
     for (k, v) in &settings {
-        println!("{k} = '{}'", v.replace('\'', "''"));
+        outln!("{k} = '{}'", v.replace('\'', "''"));
     }
     match restart {
-        Some(r) if !r.is_empty() => println!(
+        Some(r) if !r.is_empty() => outln!(
             "applied; {} takes effect at the next server restart: restart PostgreSQL now",
             r.join(", ")
         ),
-        Some(_) => println!("applied and reloaded"),
-        None => println!(
+        Some(_) => outln!("applied and reloaded"),
+        None => outln!(
             "# changing archive_mode needs a server restart; the other settings a reload (pg_reload_conf())"
         ),
     }
     if let Some(file) = history {
-        println!("archived {file}, the history of the server's timeline, for instance {name}");
+        outln!("archived {file}, the history of the server's timeline, for instance {name}");
     }
     Ok(EXIT_OK)
 }
@@ -261,7 +261,7 @@ pub fn base_backup(ctx: &Ctx, repo: &Repository, name: &str) -> Result<i32> {
     }
     if !ctx.quiet {
         let f = facts.as_ref();
-        println!(
+        outln!(
             "instance {name}: base backup {} saved (WAL {} to {}, timeline {}; {} read, {} added)",
             r.snapshot_id.short(),
             f.map_or("?", |f| f.start_lsn.as_str()),
@@ -337,7 +337,7 @@ pub fn restore_pitr(ctx: &Ctx, repo: &Repository, name: &str, a: PitrArgs) -> Re
     if ctx.quiet {
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "restored base backup {} of {name} into {} (replays WAL {} to {}, recovery target {})",
         &out.snapshot_id[..8],
         out.datadir.display(),
@@ -346,7 +346,7 @@ pub fn restore_pitr(ctx: &Ctx, repo: &Repository, name: &str, a: PitrArgs) -> Re
         out.target
     );
     if out.started {
-        println!(
+        outln!(
             "the server recovered to {}, promoted and accepts connections{} (log: {})",
             out.target,
             out.port
@@ -358,22 +358,22 @@ pub fn restore_pitr(ctx: &Ctx, repo: &Repository, name: &str, a: PitrArgs) -> Re
                 .unwrap_or_default()
         );
     } else {
-        println!(
+        outln!(
             "start it with: pg_ctl start -D {} (it recovers to the target, then promotes)",
             out.datadir.display()
         );
     }
     if let Some(lsn) = &out.replayed_to_end {
-        println!(
+        outln!(
             "no transaction in the archive committed after {}: recovery replayed the archive to its end ({lsn}), \
              which is the cluster as it was then",
             out.target
         );
     }
-    println!("archive_mode is off in the restored cluster: turn archiving on with `cairn instance wal-setup` once it is kept");
+    outln!("archive_mode is off in the restored cluster: turn archiving on with `cairn instance wal-setup` once it is kept");
     if let Some(f) = &files {
         for d in &f.restored_to {
-            println!(
+            outln!(
                 "restored the files of snapshot {} of {name} to {}",
                 &f.snapshot_id[..8],
                 d.display()
