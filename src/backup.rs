@@ -57,6 +57,7 @@ use crate::repo::Repository;
 use crate::snapshot::{Snapshot, StreamInfo, Summary, SNAPSHOT_VERSION};
 use crate::tree::{valid_name, Meta, Node, NodeKind, Tree};
 
+mod holes;
 mod sources;
 mod stream_source;
 
@@ -522,7 +523,11 @@ impl Job<'_> {
                 xattrs,
                 ..meta_of(&opened)
             };
-            let saved = self.save_reader(&f, opened.len())?;
+            let saved = if holes::may_have_holes(&opened) {
+                self.save_sparse(&f, opened.len())?
+            } else {
+                self.save_reader(&f, opened.len())?
+            };
             Ok((saved, changed_while_read(&f, &opened)))
         });
         match read {
@@ -575,6 +580,49 @@ impl Job<'_> {
         }
         self.counters.bytes_read.fetch_add(size, Ordering::Relaxed);
         Ok(Ok((size, chunks)))
+    }
+
+    /// [`save_reader`](Self::save_reader) for a file with holes: the chunks inside a hole are counted, not
+    /// read ([`holes`]); the chunk list is the same as reading every byte would give.
+    fn save_sparse(&self, f: &File, len: u64) -> std::io::Result<Result<(u64, Vec<Id>)>> {
+        let level = self.repo.config().compression_level;
+        let mut chunker = holes::HoleChunker::new(f, len, self.params);
+        let mut zero = None;
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        while let Some(segment) = chunker.next_segment()? {
+            let saved = match segment {
+                holes::Segment::Data(batch) => {
+                    size += batch.data.len() as u64;
+                    self.save_batch(&batch, level).map(|ids| chunks.extend(ids))
+                }
+                holes::Segment::Zeros { count } => {
+                    size += count * chunker.zero_len();
+                    self.zero_chunk(&mut zero, chunker.zero_len(), level)
+                        .map(|id| chunks.extend(std::iter::repeat_n(id, count as usize)))
+                }
+            };
+            if let Err(e) = saved {
+                return Ok(Err(e));
+            }
+        }
+        self.counters.bytes_read.fetch_add(size, Ordering::Relaxed);
+        Ok(Ok((size, chunks)))
+    }
+
+    /// The id of the chunk of `len` zeros, saved the first time it is asked for.
+    fn zero_chunk(&self, id: &mut Option<Id>, len: u64, level: i32) -> Result<Id> {
+        crate::interrupt::check()?;
+        self.progress.check_cancel()?;
+        if let Some(id) = id {
+            return Ok(*id);
+        }
+        let zeros = vec![0u8; len as usize];
+        let new = self.repo.crypto().blob_id(&zeros);
+        self.writer
+            .save_at_level(BlobKind::Data, new, &zeros, level)?;
+        *id = Some(new);
+        Ok(new)
     }
 
     fn save_batch(&self, batch: &Batch, level: i32) -> Result<Vec<Id>> {
