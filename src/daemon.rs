@@ -3,7 +3,10 @@
 //! Every tick it asks the scheduler which instances are due (highest priority first) and starts backups for
 //! them, at most `max_jobs` at a time and never two for the same instance (in this process by its own
 //! bookkeeping; across processes and hosts by the instance run lock, see [`runner::scheduled_run`]: an
-//! instance being run elsewhere is skipped and due again at the next tick). SIGTERM or SIGINT stops new work;
+//! instance being run elsewhere is skipped and due again at the next tick). Its due list comes from the
+//! index cache, which another host's runs do not reach until it is refreshed; so each job, holding the run
+//! lock, re-reads the instance's snapshots and run log from the repository and skips an instance run
+//! elsewhere since the tick found it due ([`runner::enter_scheduled_run`]): one backup per slot. SIGTERM or SIGINT stops new work;
 //! running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
 //! daemon was down is due once at start (see `schedule`), not once per missed slot. An instance whose config
 //! is refused fails (logged, retried later) without stopping the daemon. Everything it reports goes through
@@ -39,7 +42,8 @@ struct State {
     failed_at: HashMap<String, Instant>,
 }
 
-/// How a job ended: skipped (another run of the instance holds its run lock), or the backup's snapshot id.
+/// How a job ended: skipped (another run of the instance holds its run lock, or ran it since this tick
+/// found it due), or the backup's snapshot id.
 enum Ran {
     Skipped,
     Done(Result<String>),
@@ -98,8 +102,9 @@ fn start_due_jobs(
     jobs: &mut JoinSet<(String, Ran)>,
     state: &mut State,
 ) -> Result<()> {
-    let states = runner::schedule_states(repo)?;
-    for name in schedule::due_in_order(&states, Utc::now()) {
+    let decided = Utc::now();
+    let states = runner::schedule_states_at(repo, decided)?;
+    for name in schedule::due_in_order(&states, decided) {
         if state.running.len() >= opts.max_jobs {
             break;
         }
@@ -123,8 +128,10 @@ fn start_due_jobs(
         let (repo, db) = (repo.clone(), db.clone());
         state.running.insert(name.clone());
         jobs.spawn_blocking(move || {
-            let done = match runner::scheduled_run(&repo, &cfg, &*db, "daemon") {
-                runner::ScheduledRun::Skipped(_) => Ran::Skipped,
+            let done = match runner::scheduled_run(&repo, &cfg, decided, &*db, "daemon") {
+                runner::ScheduledRun::Skipped(_) | runner::ScheduledRun::AlreadyRun(_) => {
+                    Ran::Skipped
+                }
                 runner::ScheduledRun::Done(r) => Ran::Done(r.map(|r| r.snapshot_id.to_hex())),
             };
             (name, done)
@@ -135,7 +142,8 @@ fn start_due_jobs(
 
 fn report(done: std::result::Result<(String, Ran), tokio::task::JoinError>, state: &mut State) {
     match done {
-        // Skipped (its run lock is held elsewhere): due again at the next tick, not held back as failed.
+        // Skipped (its run lock is held elsewhere, or it was run elsewhere since): the next tick decides
+        // again, from a cache the skip brought up to date; not held back as failed.
         Ok((name, Ran::Skipped)) => {
             state.running.remove(&name);
         }

@@ -467,10 +467,11 @@ pub fn run_due(ctx: &Ctx, log_file: Option<&Path>) -> Result<i32> {
         ctx.print_json(&json!(outcomes))?;
     } else if !ctx.quiet {
         for o in &outcomes {
-            match (&o.snapshot_id, &o.error, &o.skipped) {
-                (Some(id), _, _) => println!("{}: snapshot {}", o.instance, &id[..8]),
-                (_, Some(e), _) => println!("{}: FAILED: {e}", o.instance),
-                (_, _, Some(holder)) => println!("{}: skipped: {holder}", o.instance),
+            match (&o.snapshot_id, &o.error, &o.skipped, &o.already_run) {
+                (Some(id), ..) => println!("{}: snapshot {}", o.instance, &id[..8]),
+                (_, Some(e), ..) => println!("{}: FAILED: {e}", o.instance),
+                (_, _, Some(holder), _) => println!("{}: skipped: {holder}", o.instance),
+                (.., Some(what)) => println!("{}: skipped: already run: {what}", o.instance),
                 _ => {}
             }
         }
