@@ -35,11 +35,15 @@ pub type SharedDb =
 /// A failed instance is retried after this long, not at every tick.
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Jobs in flight and recent failures.
+/// Jobs in flight, recent failures and recent skips.
 #[derive(Default)]
 struct State {
     running: HashSet<String>,
     failed_at: HashMap<String, Instant>,
+    /// Instances skipped because another run holds their run lock: tried again a tick later, not as soon
+    /// as a job ends (a skip ends at once, and the loop evaluates again when a job ends: without this it
+    /// would write and list lock objects in a busy loop for as long as the other run lasts).
+    skipped_at: HashMap<String, Instant>,
 }
 
 /// How a job ended: skipped (another run of the instance holds its run lock, or ran it since this tick
@@ -65,11 +69,15 @@ pub fn run(opts: DaemonOptions, db: SharedDb) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Command(format!("daemon runtime: {e}")))?;
-    rt.block_on(main_loop(opts, db))
+    // Opened, and dropped, outside the runtime: an S3 backend owns a runtime of its own, which must not be
+    // dropped from async code (tokio panics, and the daemon would exit 101 after a clean stop).
+    let repo = Arc::new(Repository::open(&opts.repo)?);
+    let r = rt.block_on(main_loop(repo.clone(), opts, db));
+    drop(repo);
+    r
 }
 
-async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
-    let repo = Arc::new(Repository::open(&opts.repo)?);
+async fn main_loop(repo: Arc<Repository>, opts: DaemonOptions, db: SharedDb) -> Result<()> {
     let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     let mut jobs: JoinSet<(String, Ran)> = JoinSet::new();
@@ -112,7 +120,11 @@ fn start_due_jobs(
             .failed_at
             .get(&name)
             .is_some_and(|t| t.elapsed() < RETRY_AFTER);
-        if state.running.contains(&name) || recently_failed {
+        let recently_skipped = state
+            .skipped_at
+            .get(&name)
+            .is_some_and(|t| t.elapsed() < opts.tick);
+        if state.running.contains(&name) || recently_failed || recently_skipped {
             continue;
         }
         let cfg = match instance::load(repo, &name) {
@@ -146,13 +158,16 @@ fn report(done: std::result::Result<(String, Ran), tokio::task::JoinError>, stat
         // again, from a cache the skip brought up to date; not held back as failed.
         Ok((name, Ran::Skipped)) => {
             state.running.remove(&name);
+            state.skipped_at.insert(name, Instant::now());
         }
         Ok((name, Ran::Done(Ok(_)))) => {
             state.failed_at.remove(&name);
+            state.skipped_at.remove(&name);
             state.running.remove(&name);
         }
         Ok((name, Ran::Done(Err(_)))) => {
             state.failed_at.insert(name.clone(), Instant::now());
+            state.skipped_at.remove(&name);
             state.running.remove(&name);
         }
         Err(e) => tracing::error!(error = %e, "a backup job panicked"),

@@ -731,3 +731,91 @@ fn serves_schedule_skips_an_instance_run_elsewhere_and_does_not_back_it_up_again
         "{jobs}"
     );
 }
+
+/// A child process killed when the test ends, also when an assertion fails (a daemon left running would
+/// hold the test runner's output open).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_daemon_does_not_back_up_again_an_instance_another_host_ran_while_it_waited() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    held_instance(d, &repo);
+    // Another host backs shop up by hand, held in its pre-hook: it holds shop's run lock.
+    let a = other_host(&repo, d)
+        .args(["instance", "backup", "shop", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&d.join("started"));
+    let log = d.join("daemon.log");
+    let mut daemon = KillOnDrop(
+        cairn(&repo)
+            .args(["daemon", "--tick-seconds", "1"])
+            .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let t0 = Instant::now();
+        while !done(&text()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}; daemon log:\n{}",
+                text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let a_pid = a.id().to_string();
+    wait_for("no skip logged", &|l| {
+        l.contains("another run of this instance is under way") && l.contains(&a_pid)
+    });
+    // While A runs, the daemon tries shop again once a tick, not in a loop (each try writes and lists
+    // lock objects, requests to S3).
+    std::thread::sleep(Duration::from_millis(2500));
+    let tries = text()
+        .matches("another run of this instance is under way")
+        .count();
+    assert!(
+        tries <= 5,
+        "{tries} tries in 2.5 s at a 1 s tick:\n{}",
+        text()
+    );
+    // A finishes; the daemon's cache has not seen its snapshot, so its next tick finds shop due, and the
+    // job, under the run lock, finds A's run in the repository.
+    fs::write(d.join("release"), b"").unwrap();
+    let (code, out, err) = finish(a);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let a_snapshot = json(&out)["snapshot_id"].as_str().unwrap().to_string();
+    wait_for("no already-run skip logged", &|l| {
+        l.contains("backup skipped: already run") && l.contains(&a_snapshot[..8])
+    });
+    // Later ticks see shop up to date.
+    std::thread::sleep(Duration::from_millis(2500));
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let status = daemon.0.wait().unwrap();
+    assert!(status.success(), "{status}; daemon log:\n{}", text());
+    assert_eq!(
+        text().matches("backup skipped: already run").count(),
+        1,
+        "still found due after the skip:\n{}",
+        text()
+    );
+    assert!(!text().contains("backup started"), "{}", text());
+    assert_eq!(
+        fs::read_to_string(d.join("runs")).unwrap().lines().count(),
+        1,
+        "the daemon ran shop again for the same slot"
+    );
+    assert_eq!(snapshots_of(&repo, "shop").len(), 2, "the old one and A's");
+}
