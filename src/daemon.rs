@@ -3,7 +3,10 @@
 //! Every tick it asks the scheduler which instances are due (highest priority first) and starts backups for
 //! them, at most `max_jobs` at a time and never two for the same instance (in this process by its own
 //! bookkeeping; across processes and hosts by the instance run lock, see [`runner::scheduled_run`]: an
-//! instance being run elsewhere is skipped and due again at the next tick). SIGTERM or SIGINT stops new work;
+//! instance being run elsewhere is skipped and due again at the next tick). Its due list comes from the
+//! index cache, which another host's runs do not reach until it is refreshed; so each job, holding the run
+//! lock, re-reads the instance's snapshots and run log from the repository and skips an instance run
+//! elsewhere since the tick found it due ([`runner::enter_scheduled_run`]): one backup per slot. SIGTERM or SIGINT stops new work;
 //! running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
 //! daemon was down is due once at start (see `schedule`), not once per missed slot. An instance whose config
 //! is refused fails (logged, retried later) without stopping the daemon. Everything it reports goes through
@@ -32,14 +35,19 @@ pub type SharedDb =
 /// A failed instance is retried after this long, not at every tick.
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// Jobs in flight and recent failures.
+/// Jobs in flight, recent failures and recent skips.
 #[derive(Default)]
 struct State {
     running: HashSet<String>,
     failed_at: HashMap<String, Instant>,
+    /// Instances skipped because another run holds their run lock: tried again a tick later, not as soon
+    /// as a job ends (a skip ends at once, and the loop evaluates again when a job ends: without this it
+    /// would write and list lock objects in a busy loop for as long as the other run lasts).
+    skipped_at: HashMap<String, Instant>,
 }
 
-/// How a job ended: skipped (another run of the instance holds its run lock), or the backup's snapshot id.
+/// How a job ended: skipped (another run of the instance holds its run lock, or ran it since this tick
+/// found it due), or the backup's snapshot id.
 enum Ran {
     Skipped,
     Done(Result<String>),
@@ -61,11 +69,15 @@ pub fn run(opts: DaemonOptions, db: SharedDb) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Command(format!("daemon runtime: {e}")))?;
-    rt.block_on(main_loop(opts, db))
+    // Opened, and dropped, outside the runtime: an S3 backend owns a runtime of its own, which must not be
+    // dropped from async code (tokio panics, and the daemon would exit 101 after a clean stop).
+    let repo = Arc::new(Repository::open(&opts.repo)?);
+    let r = rt.block_on(main_loop(repo.clone(), opts, db));
+    drop(repo);
+    r
 }
 
-async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
-    let repo = Arc::new(Repository::open(&opts.repo)?);
+async fn main_loop(repo: Arc<Repository>, opts: DaemonOptions, db: SharedDb) -> Result<()> {
     let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     let mut jobs: JoinSet<(String, Ran)> = JoinSet::new();
@@ -98,8 +110,9 @@ fn start_due_jobs(
     jobs: &mut JoinSet<(String, Ran)>,
     state: &mut State,
 ) -> Result<()> {
-    let states = runner::schedule_states(repo)?;
-    for name in schedule::due_in_order(&states, Utc::now()) {
+    let decided = Utc::now();
+    let states = runner::schedule_states_at(repo, decided)?;
+    for name in schedule::due_in_order(&states, decided) {
         if state.running.len() >= opts.max_jobs {
             break;
         }
@@ -107,7 +120,11 @@ fn start_due_jobs(
             .failed_at
             .get(&name)
             .is_some_and(|t| t.elapsed() < RETRY_AFTER);
-        if state.running.contains(&name) || recently_failed {
+        let recently_skipped = state
+            .skipped_at
+            .get(&name)
+            .is_some_and(|t| t.elapsed() < opts.tick);
+        if state.running.contains(&name) || recently_failed || recently_skipped {
             continue;
         }
         let cfg = match instance::load(repo, &name) {
@@ -123,8 +140,10 @@ fn start_due_jobs(
         let (repo, db) = (repo.clone(), db.clone());
         state.running.insert(name.clone());
         jobs.spawn_blocking(move || {
-            let done = match runner::scheduled_run(&repo, &cfg, &*db, "daemon") {
-                runner::ScheduledRun::Skipped(_) => Ran::Skipped,
+            let done = match runner::scheduled_run(&repo, &cfg, decided, &*db, "daemon") {
+                runner::ScheduledRun::Skipped(_) | runner::ScheduledRun::AlreadyRun(_) => {
+                    Ran::Skipped
+                }
                 runner::ScheduledRun::Done(r) => Ran::Done(r.map(|r| r.snapshot_id.to_hex())),
             };
             (name, done)
@@ -135,16 +154,20 @@ fn start_due_jobs(
 
 fn report(done: std::result::Result<(String, Ran), tokio::task::JoinError>, state: &mut State) {
     match done {
-        // Skipped (its run lock is held elsewhere): due again at the next tick, not held back as failed.
+        // Skipped (its run lock is held elsewhere, or it was run elsewhere since): the next tick decides
+        // again, from a cache the skip brought up to date; not held back as failed.
         Ok((name, Ran::Skipped)) => {
             state.running.remove(&name);
+            state.skipped_at.insert(name, Instant::now());
         }
         Ok((name, Ran::Done(Ok(_)))) => {
             state.failed_at.remove(&name);
+            state.skipped_at.remove(&name);
             state.running.remove(&name);
         }
         Ok((name, Ran::Done(Err(_)))) => {
             state.failed_at.insert(name.clone(), Instant::now());
+            state.skipped_at.remove(&name);
             state.running.remove(&name);
         }
         Err(e) => tracing::error!(error = %e, "a backup job panicked"),

@@ -13,6 +13,9 @@
 //! for its backup and housekeeping: an instance whose run lock is held elsewhere (another `run-due`, a
 //! daemon, a server, `instance backup`, on this host or another sharing the repository) is skipped, not
 //! failed. Callers that back up or restore an instance outside a schedule take the same lock themselves.
+//! Schedulers decide what is due before they take the lock, from a cache another host's runs do not reach
+//! at once, so a scheduled run asks again under the lock, from the repository ([`enter_scheduled_run`]): an
+//! instance run elsewhere since it was found due is skipped ("already run"), one backup per slot.
 //!
 //! Scheduling trusts only snapshots not dated in the future (see `schedule`).
 
@@ -292,9 +295,7 @@ pub fn schedule_states_at(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<S
     instance::list(repo)?
         .into_iter()
         .map(|cfg| {
-            let (future, valid): (Vec<_>, Vec<_>) = snaps
-                .iter()
-                .filter(|(_, s)| s.instance.as_deref() == Some(&cfg.name))
+            let (future, valid): (Vec<_>, Vec<_>) = instance_snapshots(&snaps, &cfg.name)
                 .map(|(_, s)| s.time)
                 .partition(|t| schedule::is_future(*t, now));
             let last_snapshot = valid.iter().map(|t| t.with_timezone(&Utc)).max();
@@ -315,6 +316,16 @@ pub fn schedule_states_at(repo: &Repository, now: DateTime<Utc>) -> Result<Vec<S
             })
         })
         .collect()
+}
+
+/// The snapshots of instance `name` among `snaps`.
+fn instance_snapshots<'a>(
+    snaps: &'a [(crate::hashing::Id, crate::snapshot::Snapshot)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a (crate::hashing::Id, crate::snapshot::Snapshot)> + 'a {
+    snaps
+        .iter()
+        .filter(move |(_, s)| s.instance.as_deref() == Some(name))
 }
 
 /// A scheduled run's housekeeping: share of pack bytes a prune would free above which it runs.
@@ -408,26 +419,120 @@ pub enum ScheduledRun {
     /// Another process (here or on another host) holds the instance's run lock: nothing was done, and the
     /// instance is due again at the next tick. Holds the holder's description (pid, host, command, since).
     Skipped(String),
+    /// Another run of the instance (another process or host) ended after this scheduler found it due, so
+    /// its slot is taken care of: nothing was done. Holds what that run left (see [`RunGate::AlreadyRun`]).
+    AlreadyRun(String),
     /// The backup's result (housekeeping's failure is a warning, logged).
     Done(Result<BackupResult>),
 }
 
-/// One scheduled run of an instance (`run-due`, the daemon, the server's schedule): under the instance's
-/// run lock ([`lock::acquire_instance`]), its backup and then its housekeeping, so that no other scheduler
-/// or `instance backup` runs the same instance meanwhile. A run lock held elsewhere skips the instance
-/// with a log line naming the holder; that is not a failed run.
+/// Whether a scheduled run may go ahead ([`enter_scheduled_run`]).
+pub enum RunGate {
+    /// Go: the instance's run lock, held until this guard is dropped (after the run's housekeeping).
+    Go(lock::LockGuard),
+    /// Another process holds the run lock: its description (pid, host, command, since).
+    Held(String),
+    /// Not due any more: another run of the instance ended between the moment this scheduler found it due
+    /// and the moment it took the run lock. What that run left: its snapshot (id, time, host) or, for a
+    /// failed run, its status and end.
+    AlreadyRun(String),
+}
+
+/// The start of every scheduled run of `cfg` (`run-due`, the daemon, `serve`'s schedule), found due at
+/// `decided`: takes the instance's run lock, then, holding it, asks again whether the instance is due.
+/// The due list was computed before the lock from a cache that may be stale: another `run-due`, a daemon or
+/// a server, here or on another host sharing the repository, may have run the instance and released its
+/// lock in between; backing it up again would be a second pg_dump against production and a second snapshot
+/// for one slot. So the snapshots and the run log are re-read from the repository
+/// ([`Repository::refresh_snapshots`]), and the run does not go ahead when
+/// - the instance has a snapshot (not dated in the future) after which its schedule's next slot lies after
+///   `decided`: its slot was backed up meanwhile; or
+/// - a backup run of it is recorded as ended at or after `decided` (a failed one included: it made this
+///   slot's attempt, is recorded, notified and makes the instance overdue; the next tick or `run-due`
+///   tries again, rather than a second dump right after the first failed).
+///
+/// The lock is released again in both cases. The run lock, once held, keeps any other run out until the
+/// guard is dropped, so nothing can slip in between this check and the backup.
+pub fn enter_scheduled_run(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    decided: DateTime<Utc>,
+    command: &str,
+) -> Result<RunGate> {
+    let guard = match lock::acquire_instance(repo.backend(), &cfg.name, command) {
+        Ok(guard) => guard,
+        Err(Error::Locked(holder)) => return Ok(RunGate::Held(holder)),
+        Err(e) => return Err(e),
+    };
+    match ran_since(repo, cfg, decided)? {
+        Some(what) => Ok(RunGate::AlreadyRun(what)),
+        None => Ok(RunGate::Go(guard)),
+    }
+}
+
+/// What another run of `cfg` left since `decided` that makes a run for the slot due at `decided` needless
+/// (see [`enter_scheduled_run`]); `None` when the instance is still due.
+fn ran_since(
+    repo: &Repository,
+    cfg: &InstanceConfig,
+    decided: DateTime<Utc>,
+) -> Result<Option<String>> {
+    repo.refresh_snapshots()?;
+    // Future-dated means after the real clock, not after `decided`: a run that ended long after the
+    // decision (a slow dump) dated its snapshot then, and it is genuine.
+    let now = Utc::now();
+    let snaps = repo.snapshots()?;
+    let newest = instance_snapshots(&snaps, &cfg.name)
+        .filter(|(_, s)| !schedule::is_future(s.time, now))
+        .max_by_key(|(_, s)| s.time);
+    if let (Some(schedule), Some((id, snap))) = (cfg.parsed_schedule()?, newest) {
+        let next = schedule.next_after(snap.time.with_timezone(&Utc));
+        if next.is_none_or(|slot| slot > decided) {
+            return Ok(Some(format!(
+                "snapshot {} of {} (host {})",
+                &id.to_hex()[..8],
+                snap.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                snap.host
+            )));
+        }
+    }
+    let ended = instance::runs(repo, Some(&cfg.name))?
+        .into_iter()
+        .rev()
+        .find(|r| r.kind == "backup" && r.end.is_some_and(|end| end >= decided));
+    Ok(ended.map(|r| {
+        format!(
+            "a run that ended {} at {}",
+            r.status,
+            r.end
+                .unwrap_or(r.start)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }))
+}
+
+/// One scheduled run of an instance (`run-due`, the daemon), found due at `decided`: under the instance's
+/// run lock, once [`enter_scheduled_run`] found it still due, its backup and then its housekeeping, so that
+/// no other scheduler or `instance backup` runs the same instance meanwhile. A run lock held elsewhere, or a
+/// run that ended elsewhere since `decided`, skips the instance with a log line ("backup skipped"); that is
+/// not a failed run.
 pub fn scheduled_run(
     repo: &Repository,
     cfg: &InstanceConfig,
+    decided: DateTime<Utc>,
     db: DbStream,
     command: &str,
 ) -> ScheduledRun {
     let name = &cfg.name;
-    let _run = match lock::acquire_instance(repo.backend(), name, command) {
-        Ok(guard) => guard,
-        Err(Error::Locked(holder)) => {
+    let _run = match enter_scheduled_run(repo, cfg, decided, command) {
+        Ok(RunGate::Go(guard)) => guard,
+        Ok(RunGate::Held(holder)) => {
             tracing::warn!(instance = %name, holder = %holder, "backup skipped: another run of this instance is under way");
             return ScheduledRun::Skipped(holder);
+        }
+        Ok(RunGate::AlreadyRun(what)) => {
+            tracing::info!(instance = %name, by = %what, "backup skipped: already run since it was found due");
+            return ScheduledRun::AlreadyRun(what);
         }
         Err(e) => {
             let r = Err(e);
@@ -455,9 +560,13 @@ pub struct DueOutcome {
     /// Set when the instance was skipped because another run of it holds its run lock: who holds it. Not
     /// a failure; the instance is tried again at the next run.
     pub skipped: Option<String>,
+    /// Set when the instance was skipped because another run of it (another process or host) ended after
+    /// this pass found it due: what that run left (its snapshot, or that it failed). Not a failure.
+    pub already_run: Option<String>,
 }
 
-/// Backs up every due instance once, highest priority first, one after the other.
+/// Backs up every instance due at `now` once, highest priority first, one after the other; each is
+/// checked again under its run lock ([`enter_scheduled_run`]), since the ones before it may take long.
 pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Vec<DueOutcome>> {
     let states = schedule_states_at(repo, now)?;
     let mut out = Vec::new();
@@ -472,13 +581,15 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
                     snapshot_id: None,
                     error: Some(e.to_string()),
                     skipped: None,
+                    already_run: None,
                 });
                 continue;
             }
         };
-        let (r, skipped) = match scheduled_run(repo, &cfg, db, "run-due") {
-            ScheduledRun::Skipped(holder) => (None, Some(holder)),
-            ScheduledRun::Done(r) => (Some(r), None),
+        let (r, skipped, already_run) = match scheduled_run(repo, &cfg, now, db, "run-due") {
+            ScheduledRun::Skipped(holder) => (None, Some(holder), None),
+            ScheduledRun::AlreadyRun(what) => (None, None, Some(what)),
+            ScheduledRun::Done(r) => (Some(r), None, None),
         };
         out.push(DueOutcome {
             instance: name,
@@ -488,6 +599,7 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
                 .map(|r| r.snapshot_id.to_hex()),
             error: r.and_then(|r| r.err()).map(|e| e.to_string()),
             skipped,
+            already_run,
         });
     }
     Ok(out)

@@ -34,14 +34,14 @@ fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
 }
 
 /// An instance `shop` backing up `dir/data`, whose pre-hook appends a line to `dir/runs`, creates
-/// `dir/started` and then waits (at most 10 s) for `dir/release` to exist: a run that can be held open.
+/// `dir/started` and then waits (at most 30 s) for `dir/release` to exist: a run that can be held open.
 fn held_instance(dir: &Path, repo: &Path) -> PathBuf {
     let data = dir.join("data");
     fs::create_dir_all(&data).unwrap();
     fs::write(data.join("f"), b"the shop's files").unwrap();
     let hook = format!(
         "echo run >> '{d}/runs'; touch '{d}/started'; i=0; \
-         while [ ! -e '{d}/release' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done",
+         while [ ! -e '{d}/release' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
         d = dir.display()
     );
     ok(cairn(repo).args(["instance", "add", "shop", "--path", s(&data)]));
@@ -504,4 +504,318 @@ fn the_daemon_skips_an_instance_run_elsewhere_and_runs_it_at_the_next_tick_after
         runs.as_array().unwrap().iter().all(|r| r["status"] == "ok"),
         "a skip was recorded as a failed run: {runs}"
     );
+}
+
+/// A `cairn` command of another host sharing the repository: an index cache of its own, so what it writes
+/// reaches this host's cache only when that is refreshed from the repository.
+fn other_host(repo: &Path, dir: &Path) -> std::process::Command {
+    let mut c = cairn(repo);
+    c.env("XDG_CACHE_HOME", dir.join("other-host-cache"));
+    c
+}
+
+/// Waits (at most 30 s) until `file` exists.
+fn wait_for_file(file: &Path) {
+    let t0 = Instant::now();
+    while !file.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} never appeared",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An instance `gate` of high priority (so a `run-due` runs it before `shop`, of medium priority), due now,
+/// whose pre-hook creates `dir/gate-started` and then waits (at most 30 s) for `dir/gate-open`: a `run-due`
+/// held after it has decided what is due and before it takes `shop`'s run lock.
+fn gate_instance(dir: &Path, repo: &Path) {
+    let data = dir.join("gate-data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), b"the gate's files").unwrap();
+    ok(cairn(repo).args([
+        "instance",
+        "add",
+        "gate",
+        "--path",
+        s(&data),
+        "--priority",
+        "high",
+    ]));
+    make_due(repo, "gate");
+    let hook = format!(
+        "touch '{d}/gate-started'; i=0; \
+         while [ ! -e '{d}/gate-open' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
+        d = dir.display()
+    );
+    ok(cairn(repo).args(["instance", "set", "gate", "--pre-hook", &hook]));
+}
+
+#[test]
+fn run_due_does_not_back_up_again_an_instance_another_host_ran_after_it_was_found_due() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    held_instance(d, &repo);
+    gate_instance(d, &repo);
+    // Host A backs shop up by hand, held in its pre-hook: it holds shop's run lock.
+    let a = other_host(&repo, d)
+        .args(["instance", "backup", "shop", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&d.join("started"));
+    // This host's run-due finds gate and shop due (shop's only snapshot is old, and A's is not written
+    // yet), and is held in gate's pre-hook.
+    let b = cairn(&repo)
+        .args(["run-due", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&d.join("gate-started"));
+    // A finishes shop's run and releases its run lock before run-due comes to shop.
+    fs::write(d.join("release"), b"").unwrap();
+    let (code, out, err) = finish(a);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let a_snapshot = json(&out)["snapshot_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no snapshot id: {out}"))
+        .to_string();
+    fs::write(d.join("gate-open"), b"").unwrap();
+
+    let (code, out, err) = finish(b);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let due = json(&out);
+    let by_name = |n: &str| {
+        due.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["instance"] == n)
+            .unwrap_or_else(|| panic!("{n} not in {due}"))
+            .clone()
+    };
+    assert!(by_name("gate")["snapshot_id"].is_string(), "{due}");
+    let shop = by_name("shop");
+    assert_eq!(
+        fs::read_to_string(d.join("runs")).unwrap().lines().count(),
+        1,
+        "shop was backed up again for the same slot (its pre-hook, a pg_dump's stand-in, ran twice): {due}"
+    );
+    assert!(shop["snapshot_id"].is_null(), "backed up twice: {due}");
+    assert!(shop["error"].is_null(), "{due}");
+    assert!(shop["skipped"].is_null(), "no one held the lock: {due}");
+    let already = shop["already_run"].as_str().unwrap_or_default();
+    assert!(
+        already.contains(&a_snapshot[..8]),
+        "not told which run took care of it: {due}"
+    );
+    assert!(
+        err.contains("backup skipped: already run") && err.contains(&a_snapshot[..8]),
+        "no log line: {err}"
+    );
+    assert_eq!(snapshots_of(&repo, "shop").len(), 2, "the old one and A's");
+    assert!(obj_list(&repo.join("locks")).is_empty(), "a lock was left");
+    // The run log holds A's run only: a skip is not a run.
+    let log = json(&ok(cairn(&repo).args([
+        "log",
+        "--instance",
+        "shop",
+        "--json",
+    ])));
+    let backups = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "backup")
+        .count();
+    assert_eq!(backups, 2, "make_due's run and A's: {log}");
+}
+
+#[test]
+fn serves_schedule_skips_an_instance_run_elsewhere_and_does_not_back_it_up_again_after() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    held_instance(d, &repo);
+    let viewer = token(&repo, "watch", "viewer");
+    // Another host backs shop up by hand, held in its pre-hook: it holds shop's run lock.
+    let a = other_host(&repo, d)
+        .args(["instance", "backup", "shop", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&d.join("started"));
+    let a_pid = a.id().to_string();
+    let srv = Server::start_scheduled(&repo, &["--tick-seconds", "1"]);
+    let log = || srv.stderr.lock().unwrap().clone();
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let t0 = Instant::now();
+        while !done(&log()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}; server log:\n{}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let shop_jobs = || srv.get_ok("/api/v1/jobs?instance=shop", &viewer);
+
+    // The schedule finds shop due and skips it while A runs it, naming A: no second backup beside it.
+    wait_for("no skip logged", &|l| {
+        l.contains("shop: scheduled backup skipped") && l.contains(&a_pid)
+    });
+    let jobs = shop_jobs();
+    let skipped = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["status"] == "completed")
+        .unwrap_or_else(|| panic!("no finished scheduled job: {jobs}"));
+    assert!(skipped["snapshot_id"].is_null(), "{jobs}");
+    assert!(
+        skipped["detail"]["skipped"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&a_pid),
+        "the holder is not named: {jobs}"
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("runs")).unwrap().lines().count(),
+        1,
+        "the server ran shop beside the other host's run"
+    );
+    assert_eq!(snapshots_of(&repo, "shop").len(), 1, "only the old one");
+
+    // A finishes. The server's cache has not seen A's snapshot, so its next tick finds shop due again; under
+    // the run lock it reads the repository, sees A's run and skips: no second backup for the slot.
+    fs::write(d.join("release"), b"").unwrap();
+    let (code, out, err) = finish(a);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let a_snapshot = json(&out)["snapshot_id"].as_str().unwrap().to_string();
+    wait_for("no already-run skip logged", &|l| {
+        l.contains("shop: scheduled backup skipped: already run") && l.contains(&a_snapshot[..8])
+    });
+    let jobs = shop_jobs();
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["detail"]["already_run"]
+                .as_str()
+                .is_some_and(|w| w.contains(&a_snapshot[..8]))),
+        "{jobs}"
+    );
+    // From then on its cache knows: shop is not due, and no job starts for it.
+    let count = shop_jobs().as_array().unwrap().len();
+    std::thread::sleep(Duration::from_millis(3500));
+    let jobs = shop_jobs();
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        count,
+        "still found due: {jobs}"
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("runs")).unwrap().lines().count(),
+        1,
+        "the pre-hook (a pg_dump's stand-in) ran again for the same slot"
+    );
+    assert_eq!(snapshots_of(&repo, "shop").len(), 2, "the old one and A's");
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] == "completed" && j["snapshot_id"].is_null()),
+        "{jobs}"
+    );
+}
+
+/// A child process killed when the test ends, also when an assertion fails (a daemon left running would
+/// hold the test runner's output open).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_daemon_does_not_back_up_again_an_instance_another_host_ran_while_it_waited() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    held_instance(d, &repo);
+    // Another host backs shop up by hand, held in its pre-hook: it holds shop's run lock.
+    let a = other_host(&repo, d)
+        .args(["instance", "backup", "shop", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&d.join("started"));
+    let log = d.join("daemon.log");
+    let mut daemon = KillOnDrop(
+        cairn(&repo)
+            .args(["daemon", "--tick-seconds", "1"])
+            .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let t0 = Instant::now();
+        while !done(&text()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{what}; daemon log:\n{}",
+                text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let a_pid = a.id().to_string();
+    wait_for("no skip logged", &|l| {
+        l.contains("another run of this instance is under way") && l.contains(&a_pid)
+    });
+    // While A runs, the daemon tries shop again once a tick, not in a loop (each try writes and lists
+    // lock objects, requests to S3).
+    std::thread::sleep(Duration::from_millis(2500));
+    let tries = text()
+        .matches("another run of this instance is under way")
+        .count();
+    assert!(
+        tries <= 5,
+        "{tries} tries in 2.5 s at a 1 s tick:\n{}",
+        text()
+    );
+    // A finishes; the daemon's cache has not seen its snapshot, so its next tick finds shop due, and the
+    // job, under the run lock, finds A's run in the repository.
+    fs::write(d.join("release"), b"").unwrap();
+    let (code, out, err) = finish(a);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let a_snapshot = json(&out)["snapshot_id"].as_str().unwrap().to_string();
+    wait_for("no already-run skip logged", &|l| {
+        l.contains("backup skipped: already run") && l.contains(&a_snapshot[..8])
+    });
+    // Later ticks see shop up to date.
+    std::thread::sleep(Duration::from_millis(2500));
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let status = daemon.0.wait().unwrap();
+    assert!(status.success(), "{status}; daemon log:\n{}", text());
+    assert_eq!(
+        text().matches("backup skipped: already run").count(),
+        1,
+        "still found due after the skip:\n{}",
+        text()
+    );
+    assert!(!text().contains("backup started"), "{}", text());
+    assert_eq!(
+        fs::read_to_string(d.join("runs")).unwrap().lines().count(),
+        1,
+        "the daemon ran shop again for the same slot"
+    );
+    assert_eq!(snapshots_of(&repo, "shop").len(), 2, "the old one and A's");
 }

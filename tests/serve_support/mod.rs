@@ -63,11 +63,29 @@ impl Server {
 
     /// Like [`Server::start_with`], from a prepared `cairn` command (e.g. with resource limits).
     pub fn start_command(
-        mut cmd: std::process::Command,
+        cmd: std::process::Command,
         extra: &[&str],
         ca_pem: Option<&str>,
     ) -> Server {
-        cmd.args(["serve", "--no-schedule"]);
+        Server::launch(cmd, extra, ca_pem, false)
+    }
+
+    /// Starts `cairn serve --listen 127.0.0.1:0 EXTRA...` with its instance schedules running (give it
+    /// `--tick-seconds 1` to keep a test short), and waits until it answers.
+    pub fn start_scheduled(repo: &Path, extra: &[&str]) -> Server {
+        Server::launch(cairn(repo), extra, None, true)
+    }
+
+    fn launch(
+        mut cmd: std::process::Command,
+        extra: &[&str],
+        ca_pem: Option<&str>,
+        schedule: bool,
+    ) -> Server {
+        cmd.arg("serve");
+        if !schedule {
+            cmd.arg("--no-schedule");
+        }
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }

@@ -6,7 +6,9 @@ use super::*;
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// The instance schedules of `daemon`, as jobs: every tick, each due instance without a running job gets a
-/// backup job (then retention and prune).
+/// backup job (then retention and prune). The job re-checks under the instance's run lock that no other
+/// run of it ended since the tick ([`runner::enter_scheduled_run`]): the due list comes from this server's
+/// cache, which another host's runs reach only when it is refreshed.
 pub async fn schedule_loop(st: Arc<AppState>, tick: Duration) {
     let mut failed_at: HashMap<String, Instant> = HashMap::new();
     let mut started: HashMap<String, Arc<Job>> = HashMap::new();
@@ -24,9 +26,10 @@ pub async fn schedule_loop(st: Arc<AppState>, tick: Duration) {
             }
         }
         let repo = st.repo.clone();
+        let decided = Utc::now();
         let due = blocking(move || {
-            let states = runner::schedule_states(&repo)?;
-            Ok(crate::schedule::due_in_order(&states, Utc::now()))
+            let states = runner::schedule_states_at(&repo, decided)?;
+            Ok(crate::schedule::due_in_order(&states, decided))
         })
         .await;
         match due {
@@ -38,7 +41,7 @@ pub async fn schedule_loop(st: Arc<AppState>, tick: Duration) {
                     if recent || started.contains_key(&name) {
                         continue;
                     }
-                    let work = backup_work(st.repo.clone(), name.clone(), true);
+                    let work = backup_work(st.repo.clone(), name.clone(), Some(decided));
                     if let Ok(job) = st.jobs.submit("backup", Some(&name), work) {
                         eprintln!("cairn serve: {name}: scheduled backup started ({})", job.id);
                         started.insert(name, job);

@@ -3,14 +3,17 @@
 
 use super::*;
 
-/// The backup of one instance as a job's work (also what the schedule starts, with `housekeeping`), under
-/// the instance's run lock. Held elsewhere, a backup-now job fails as locked, naming the holder; a
-/// scheduled one completes with `{"skipped": holder}` and no snapshot (as `daemon` skips it), so the
-/// schedule tries it again at its next tick instead of holding it back as failed.
+/// The backup of one instance as a job's work (also what the schedule starts, with `scheduled`: the time
+/// its tick found the instance due; then retention and prune follow), under the instance's run lock. Held
+/// elsewhere, a backup-now job fails as locked, naming the holder; a scheduled one completes with
+/// `{"skipped": holder}` and no snapshot (as `daemon` skips it), so the schedule tries it again at its next
+/// tick instead of holding it back as failed. A scheduled one that finds, under the lock, that another run
+/// of the instance ended since its tick ([`runner::enter_scheduled_run`]) completes with
+/// `{"already_run": what}` and no snapshot.
 pub(super) fn backup_work(
     repo: Arc<Repository>,
     name: String,
-    housekeeping: bool,
+    scheduled: Option<chrono::DateTime<Utc>>,
 ) -> impl FnOnce(&Arc<Job>, Progress) -> crate::Result<Outcome> + Send + 'static {
     move |job, progress| {
         progress.step("reading the configuration");
@@ -21,20 +24,29 @@ pub(super) fn backup_work(
                 return Err(e);
             }
         };
-        let command = if housekeeping {
-            "serve (schedule)"
-        } else {
-            "serve (backup now)"
-        };
-        let _run = match crate::lock::acquire_instance(repo.backend(), &name, command) {
-            Err(Error::Locked(holder)) if housekeeping => {
-                eprintln!("cairn serve: {name}: scheduled backup skipped: {holder}");
-                return Ok(Outcome {
-                    detail: Some(json!({ "skipped": holder })),
-                    ..Outcome::default()
-                });
+        let _run = match scheduled {
+            Some(decided) => {
+                match runner::enter_scheduled_run(&repo, &cfg, decided, "serve (schedule)")? {
+                    runner::RunGate::Go(guard) => guard,
+                    runner::RunGate::Held(holder) => {
+                        eprintln!("cairn serve: {name}: scheduled backup skipped: {holder}");
+                        return Ok(Outcome {
+                            detail: Some(json!({ "skipped": holder })),
+                            ..Outcome::default()
+                        });
+                    }
+                    runner::RunGate::AlreadyRun(what) => {
+                        eprintln!(
+                            "cairn serve: {name}: scheduled backup skipped: already run since it was found due ({what})"
+                        );
+                        return Ok(Outcome {
+                            detail: Some(json!({ "already_run": what })),
+                            ..Outcome::default()
+                        });
+                    }
+                }
             }
-            r => r?,
+            None => crate::lock::acquire_instance(repo.backend(), &name, "serve (backup now)")?,
         };
         // The last snapshot's size is the best estimate of this one's, for a percentage.
         if let Some((_, s)) = repo
@@ -53,7 +65,7 @@ pub(super) fn backup_work(
             &instance_restore::db_stream,
             progress.clone(),
         )?;
-        if housekeeping {
+        if scheduled.is_some() {
             progress.step("retention");
             if let Err(e) = runner::housekeeping(&repo, &cfg) {
                 eprintln!("cairn serve: {name}: retention/prune skipped: {e}");
@@ -86,7 +98,7 @@ pub(super) async fn backup(
         let n2 = n.clone();
         blocking(move || instance::load(&r2, &n2).map(|_| ())).await?;
         let job = jobs
-            .submit("backup", Some(&n), backup_work(repo, n.clone(), false))
+            .submit("backup", Some(&n), backup_work(repo, n.clone(), None))
             .map_err(refused)?;
         Ok(accepted(&job))
     })
