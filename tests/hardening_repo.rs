@@ -801,3 +801,32 @@ fn every_file_cairn_creates_in_a_repository_is_private_to_its_owner() {
     }
     drop(held);
 }
+
+/// Regression: an S3 endpoint without a scheme (`localhost:9000`, the usual mistake) reached object_store,
+/// which panicked signing the first request (a backtrace, exit 101). Now one line, exit 1, before any
+/// request; the endpoint itself is not printed (it may carry credentials).
+#[test]
+fn a_malformed_s3_endpoint_is_one_clear_error_not_a_panic() {
+    for endpoint in [
+        "localhost:9000",
+        "ftp://127.0.0.1:9000",
+        "http://",
+        "/srv/s3",
+    ] {
+        let (code, out, err) = run(Command::new(cairn_bin())
+            .args([
+                "--repo",
+                "s3://bucket/prefix",
+                "--s3-endpoint",
+                endpoint,
+                "snapshots",
+            ])
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env("CAIRN_PASSWORD", "pw"));
+        assert_eq!(code, 1, "{endpoint}: {out}{err}");
+        assert!(!err.contains("panicked"), "{endpoint}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{endpoint}: {err}");
+        assert!(err.contains("S3 endpoint"), "{endpoint}: {err}");
+    }
+}

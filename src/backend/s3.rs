@@ -98,6 +98,22 @@ const MAX_EMPTY_PAGES: usize = 100;
 const MAX_RETRIES: usize = 6;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Refuses an endpoint that is not an absolute `http(s)://host[:port][/path]` URL: object_store takes any
+/// string and panics when it signs the first request to it (`localhost:9000`, without a scheme, is the
+/// usual mistake).
+fn check_endpoint(ep: &str) -> Result<()> {
+    let ok = url::Url::parse(ep).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    if ok {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "the S3 endpoint (from --s3-endpoint or AWS_ENDPOINT_URL; not repeated here, it may hold a \
+         secret) is not a URL such as http://127.0.0.1:9000 or https://storage.googleapis.com"
+    )))
+}
+
 impl S3Backend {
     /// Connects (lazily: no request is made here) with credentials from the `AWS_*` environment.
     pub fn new(loc: S3Location) -> Result<S3Backend> {
@@ -109,8 +125,14 @@ impl S3Backend {
         let endpoint = loc
             .endpoint
             .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            // Empty is unset, as `export AWS_ENDPOINT_URL=` means in a shell.
+            .or_else(|| {
+                std::env::var("AWS_ENDPOINT_URL")
+                    .ok()
+                    .filter(|e| !e.is_empty())
+            });
         if let Some(ep) = &endpoint {
+            check_endpoint(ep)?;
             b = b
                 .with_endpoint(ep)
                 .with_allow_http(ep.starts_with("http://"));
