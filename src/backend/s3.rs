@@ -108,10 +108,11 @@ fn check_endpoint(ep: &str) -> Result<()> {
     if ok {
         return Ok(());
     }
-    Err(Error::Invalid(format!(
+    Err(Error::Invalid(
         "the S3 endpoint (from --s3-endpoint or AWS_ENDPOINT_URL; not repeated here, it may hold a \
          secret) is not a URL such as http://127.0.0.1:9000 or https://storage.googleapis.com"
-    )))
+            .into(),
+    ))
 }
 
 impl S3Backend {
