@@ -581,3 +581,42 @@ fn walks_read_trees_from_the_hosts_tree_cache_check_reads_the_packs_and_a_bad_co
     ok(c().args(["restore", "latest", "--target", t.to_str().unwrap()]));
     assert_same_tree(&src, &t.join("data"));
 }
+
+/// Regression: `cairn serve` on an S3 repository panicked after a clean stop (SIGTERM): the repository,
+/// whose S3 backend owns a tokio runtime, was dropped inside the server's runtime, which tokio refuses.
+#[test]
+fn serve_on_an_s3_repository_stops_cleanly_on_sigterm() {
+    use std::io::BufRead;
+    let endpoint = endpoint();
+    let url = fresh_repo(endpoint, "serve");
+    let cache = tempfile::tempdir().unwrap();
+    ok(s3cairn(endpoint, &url, cache.path()).args(["init", "--insecure-no-encryption"]));
+    let mut child = s3cairn(endpoint, &url, cache.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--no-schedule",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("listening on") {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("listening on"), "{seen}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {seen}{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+}

@@ -71,8 +71,22 @@ impl S3Location {
 /// An S3-compatible backend.
 pub struct S3Backend {
     inner: Arc<Inner>,
-    // Owns the threads `inner.rt` hands requests to; dropped last.
-    _rt: tokio::runtime::Runtime,
+    // Owns the threads `inner.rt` hands requests to; dropped last (see the `Drop` impl).
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for S3Backend {
+    /// A repository may be dropped inside another runtime (`cairn serve`'s, the daemon's), where dropping
+    /// a runtime panics in tokio: `serve` on an S3 repository exited with a panic after a clean stop. There
+    /// it is shut down without waiting; every request made through it has been answered by then, since
+    /// each call waits for its own.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            }
+        }
+    }
 }
 
 /// What requests need; shared with writers, which must be `'static`.
@@ -166,7 +180,7 @@ impl S3Backend {
                 lister: store,
                 rt: rt.handle().clone(),
             }),
-            _rt: rt,
+            rt: Some(rt),
         })
     }
 }
