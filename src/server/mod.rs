@@ -164,13 +164,15 @@ async fn serve(opts: ServeOptions, tls: Option<Arc<rustls::ServerConfig>>) -> Re
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io(opts.listen.to_string(), e))?;
+    // Before the address is announced: a supervisor may stop the server as soon as it is up, and that
+    // must be a clean stop, not the default action of SIGTERM.
+    let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
+    let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("cairn serve: listening on {scheme}://{addr}");
     if opts.schedule {
         tokio::spawn(routes::schedule_loop(state.clone(), opts.tick));
     }
-    let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
-    let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
     tokio::spawn(async move {
