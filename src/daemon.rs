@@ -7,11 +7,11 @@
 //! index cache, which another host's runs do not reach until it is refreshed; so each job, holding the run
 //! lock, re-reads the instance's snapshots and run log from the repository and skips an instance run
 //! elsewhere since the tick found it due ([`runner::enter_scheduled_run`]): one backup per slot. SIGTERM
-//! or SIGINT stops new work; running backups are allowed to finish, so a stop never leaves a partial snapshot. A run missed while the
-//! daemon was down is due once at start (see `schedule`), not once per missed slot. An instance whose config
-//! is refused fails (logged, retried later) without stopping the daemon. Everything it reports goes through
-//! `tracing` (the binary picks plain or JSON lines): start, each backup's start and outcome with its
-//! `instance`, stop.
+//! or SIGINT stops new work; running backups are allowed to finish, so a stop never leaves a partial
+//! snapshot. A run missed while the daemon was down is due once at start (see `schedule`), not once per
+//! missed slot. An instance whose config is refused fails (logged, retried later) without stopping the
+//! daemon. Everything it reports goes through `tracing` (the binary picks plain or JSON lines): start, each
+//! backup's start and outcome with its `instance`, stop.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
