@@ -116,18 +116,19 @@ impl<R: Read> ChunkReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SMALL: ChunkerParams = ChunkerParams {
+    /// Small chunks, so that tests cut many of them (also used by `backup::holes`).
+    pub(crate) const SMALL: ChunkerParams = ChunkerParams {
         min_size: 256,
         avg_size: 1024,
         max_size: 4096,
         seed: 0,
     };
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..len)
             .map(|_| {

@@ -156,31 +156,21 @@ fn read_full_at(file: &File, buf: &mut [u8], mut off: u64) -> std::io::Result<us
 mod tests {
     use super::*;
 
-    const SMALL: ChunkerParams = ChunkerParams {
-        min_size: 256,
-        avg_size: 1024,
-        max_size: 4096,
-        seed: 7,
-    };
+    use crate::chunking::tests::pseudo_random;
 
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    /// Seeded, as in an encrypted repository.
+    const SMALL: ChunkerParams = ChunkerParams {
+        seed: 7,
+        ..crate::chunking::tests::SMALL
+    };
 
     /// A sparse file of `len` bytes holding `extents` (offset, length) of noise; the rest are holes.
     fn sparse_file(dir: &std::path::Path, len: u64, extents: &[(u64, usize)]) -> File {
         let path = dir.join("f");
         let f = File::create(&path).unwrap();
         for (i, &(off, n)) in extents.iter().enumerate() {
-            f.write_all_at(&noise(n, i as u64 + 1), off).unwrap();
+            f.write_all_at(&pseudo_random(n, 2 * i as u64 + 1), off)
+                .unwrap();
         }
         f.set_len(len).unwrap();
         File::open(&path).unwrap()
