@@ -612,8 +612,7 @@ impl Job<'_> {
 
     /// The id of the chunk of `len` zeros, saved the first time it is asked for.
     fn zero_chunk(&self, id: &mut Option<Id>, len: u64, level: i32) -> Result<Id> {
-        crate::interrupt::check()?;
-        self.progress.check_cancel()?;
+        self.check_stop()?;
         if let Some(id) = id {
             return Ok(*id);
         }
@@ -625,10 +624,15 @@ impl Job<'_> {
         Ok(new)
     }
 
-    fn save_batch(&self, batch: &Batch, level: i32) -> Result<Vec<Id>> {
-        // Every file and stream passes here batch by batch: the one place a SIGINT stops a backup.
+    /// Stops the backup on SIGINT or a cancelled progress. Every file and stream passes here, batch by batch
+    /// (or a hole's run of zero chunks at a time): the one place a backup is stopped.
+    fn check_stop(&self) -> Result<()> {
         crate::interrupt::check()?;
-        self.progress.check_cancel()?;
+        self.progress.check_cancel()
+    }
+
+    fn save_batch(&self, batch: &Batch, level: i32) -> Result<Vec<Id>> {
+        self.check_stop()?;
         batch
             .cuts
             .par_iter()
