@@ -348,17 +348,11 @@ impl Repository {
         self.sync_objects()
     }
 
-    /// Re-reads the snapshots, instance revisions and run-log entries written since the cache was last
-    /// synced, by any process or host (a listing of each; only new objects are read). A long-lived process
-    /// (the daemon, `serve`) or one that decided something from its cache a while ago calls it before acting
-    /// on what another host may have changed meanwhile: the scheduler's re-check under an instance's run
-    /// lock ([`crate::runner::scheduled_run`]). Packs are not re-read (a backup's lock does that).
-    pub fn refresh_snapshots(&self) -> Result<()> {
-        self.sync_objects()
-    }
-
-    /// Brings the cached rows of snapshots and instance configurations up to date with the objects.
-    fn sync_objects(&self) -> Result<()> {
+    /// Brings the cached rows of snapshots and instance configurations up to date with the objects (a
+    /// listing of each; only new objects are read), whichever process or host wrote them. Packs are not
+    /// re-read. Also called by the scheduler's re-check under an instance's run lock
+    /// ([`crate::runner::enter_scheduled_run`]), which must see another host's run.
+    pub(crate) fn sync_objects(&self) -> Result<()> {
         let rows: HashSet<Id> = self.snapshots()?.into_iter().map(|(id, _)| id).collect();
         let objects: HashSet<Id> = self.snapshot_objects()?.into_iter().collect();
         for gone in rows.difference(&objects) {

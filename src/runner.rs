@@ -444,7 +444,7 @@ pub enum RunGate {
 /// a server, here or on another host sharing the repository, may have run the instance and released its
 /// lock in between; backing it up again would be a second pg_dump against production and a second snapshot
 /// for one slot. So the snapshots and the run log are re-read from the repository
-/// ([`Repository::refresh_snapshots`]), and the run does not go ahead when
+/// ([`Repository::sync_objects`]), and the run does not go ahead when
 /// - the instance has a snapshot (not dated in the future) after which its schedule's next slot lies after
 ///   `decided`: its slot was backed up meanwhile; or
 /// - a backup run of it is recorded as ended at or after `decided` (a failed one included: it made this
@@ -477,7 +477,7 @@ fn ran_since(
     cfg: &InstanceConfig,
     decided: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    repo.refresh_snapshots()?;
+    repo.sync_objects()?;
     // Future-dated means after the real clock, not after `decided`: a run that ended long after the
     // decision (a slow dump) dated its snapshot then, and it is genuine.
     let now = Utc::now();
