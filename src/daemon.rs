@@ -69,15 +69,11 @@ pub fn run(opts: DaemonOptions, db: SharedDb) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Command(format!("daemon runtime: {e}")))?;
-    // Opened, and dropped, outside the runtime: an S3 backend owns a runtime of its own, which must not be
-    // dropped from async code (tokio panics, and the daemon would exit 101 after a clean stop).
-    let repo = Arc::new(Repository::open(&opts.repo)?);
-    let r = rt.block_on(main_loop(repo.clone(), opts, db));
-    drop(repo);
-    r
+    rt.block_on(main_loop(opts, db))
 }
 
-async fn main_loop(repo: Arc<Repository>, opts: DaemonOptions, db: SharedDb) -> Result<()> {
+async fn main_loop(opts: DaemonOptions, db: SharedDb) -> Result<()> {
+    let repo = Arc::new(Repository::open(&opts.repo)?);
     let sig = |k| signal(k).map_err(|e| Error::Command(format!("signal handler: {e}")));
     let (mut term, mut int) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?);
     let mut jobs: JoinSet<(String, Ran)> = JoinSet::new();
