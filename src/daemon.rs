@@ -123,23 +123,21 @@ fn start_due_jobs(
         if state.running.contains(&name) || recently_failed || recently_skipped {
             continue;
         }
-        let cfg = match instance::load(repo, &name) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                // A refused config (e.g. a password in its connection string) fails this instance only.
-                tracing::error!(instance = %name, error = %e, "backup refused");
-                runner::record_refused(repo, &name, &e)?;
-                state.failed_at.insert(name, Instant::now());
-                continue;
-            }
-        };
+        // A refused config (e.g. a password in its connection string) fails this instance only. The run
+        // reads the config again under the instance's run lock (`runner::enter_scheduled_run`).
+        if let Err(e) = instance::load(repo, &name) {
+            tracing::error!(instance = %name, error = %e, "backup refused");
+            runner::record_refused(repo, &name, &e)?;
+            state.failed_at.insert(name, Instant::now());
+            continue;
+        }
         let (repo, db) = (repo.clone(), db.clone());
         state.running.insert(name.clone());
         jobs.spawn_blocking(move || {
-            let done = match runner::scheduled_run(&repo, &cfg, decided, &*db, "daemon") {
-                runner::ScheduledRun::Skipped(_) | runner::ScheduledRun::AlreadyRun(_) => {
-                    Ran::Skipped
-                }
+            let done = match runner::scheduled_run(&repo, &name, decided, &*db, "daemon") {
+                runner::ScheduledRun::Skipped(_)
+                | runner::ScheduledRun::AlreadyRun(_)
+                | runner::ScheduledRun::Withdrawn(_) => Ran::Skipped,
                 runner::ScheduledRun::Done(r) => Ran::Done(r.map(|r| r.snapshot_id.to_hex())),
             };
             (name, done)

@@ -19,6 +19,7 @@
 //! Progress goes through the caller's [`Progress`] (steps, files, bytes); its cancellation stops the file
 //! restore between batches.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -478,8 +479,8 @@ fn restore_in_place(
         NodeKind::Dir { subtree } => (Some(*subtree), t.dest.clone(), Vec::new()),
         _ if t.dest.file_name().map(|n| n.as_encoded_bytes()) == Some(&t.entry.name[..]) => {
             let parent = t.dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-            let name = String::from_utf8_lossy(&t.entry.name).into_owned();
-            (snap.tree, parent, vec![name])
+            let name = std::ffi::OsStr::from_bytes(&t.entry.name);
+            (snap.tree, parent, vec![PathBuf::from(name)])
         }
         _ => {
             return Err(Error::Invalid(format!(

@@ -5,12 +5,14 @@
 //! "Does not hold it" is only ever a path or stream that is not there; any other failure while looking
 //! (an unreadable tree, a damaged blob) stops the command instead of quietly picking an older snapshot.
 
+use std::path::{Path, PathBuf};
+
 use crate::export::ExportFormat;
 use crate::snapshot::Snapshot;
 use crate::{Error, Id, Repository, Result};
 
 /// True if the snapshot's file tree has `path`; false if it has no tree or not that path.
-fn tree_holds(repo: &Repository, snap: &Snapshot, path: &str) -> Result<bool> {
+fn tree_holds(repo: &Repository, snap: &Snapshot, path: &Path) -> Result<bool> {
     let Some(root) = snap.tree else {
         return Ok(false);
     };
@@ -34,7 +36,7 @@ pub fn for_restore(
     spec: &str,
     instance: Option<&str>,
     files: bool,
-    paths: &[String],
+    paths: &[PathBuf],
     database: bool,
 ) -> Result<(Id, Snapshot)> {
     let mut what = Vec::new();
@@ -42,7 +44,8 @@ pub fn for_restore(
         what.push(if paths.is_empty() {
             "files".to_string()
         } else {
-            paths.join(", ")
+            let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            shown.join(", ")
         });
     }
     if database {
@@ -60,7 +63,7 @@ pub fn holds_for_restore(
     repo: &Repository,
     s: &Snapshot,
     files: bool,
-    paths: &[String],
+    paths: &[PathBuf],
     database: bool,
 ) -> Result<bool> {
     if database && !holds_dump(s) {
@@ -85,10 +88,12 @@ pub fn for_name(
     repo: &Repository,
     spec: &str,
     instance: Option<&str>,
-    name: &str,
+    name: impl AsRef<Path>,
 ) -> Result<(Id, Snapshot)> {
-    repo.resolve_snapshot_holding(spec, instance, Some(name), &mut |s| {
-        Ok(s.streams.iter().any(|st| st.name == name) || tree_holds(repo, s, name)?)
+    let name = name.as_ref();
+    let shown = name.display().to_string();
+    repo.resolve_snapshot_holding(spec, instance, Some(&shown), &mut |s| {
+        Ok(s.streams.iter().any(|st| Path::new(&st.name) == name) || tree_holds(repo, s, name)?)
     })
 }
 

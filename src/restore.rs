@@ -20,6 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -45,7 +46,7 @@ use crate::walk::{self, FnSource, Place, Step};
 pub struct RestoreOptions {
     pub target: PathBuf,
     /// Only these paths (relative to the snapshot root, e.g. `filestore/ab`); everything when empty.
-    pub include: Vec<String>,
+    pub include: Vec<PathBuf>,
     pub overwrite: bool,
     /// Leave holes where the snapshot has chunks of zeros (see [`crate::restore_files`]).
     pub sparse: bool,
@@ -78,7 +79,11 @@ pub fn restore(
     let root = snap.tree.ok_or_else(|| {
         Error::NotFound("the snapshot holds no file tree (only streams: use `cairn dump`)".into())
     })?;
-    let include: Vec<Vec<Vec<u8>>> = opts.include.iter().map(|p| components(p)).collect();
+    let include: Vec<Vec<Vec<u8>>> = opts
+        .include
+        .iter()
+        .map(|p| components(p.as_os_str().as_bytes()))
+        .collect();
     let mut items = Vec::new();
     collect(repo, &root, &include, &mut items)?;
     if !include.is_empty() && items.is_empty() {
@@ -201,11 +206,12 @@ fn name_path(e: Error, path: &Path) -> Error {
     }
 }
 
-/// Splits a path like `a/b/c` into components; `.` and empty components are dropped.
-fn components(p: &str) -> Vec<Vec<u8>> {
-    p.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .map(|c| c.as_bytes().to_vec())
+/// Splits a path like `a/b/c` into components, as bytes (names need not be UTF-8); `.` and empty
+/// components are dropped.
+fn components(p: &[u8]) -> Vec<Vec<u8>> {
+    p.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .map(<[u8]>::to_vec)
         .collect()
 }
 
@@ -470,8 +476,10 @@ pub(crate) fn apply_file_meta(file: &File, path: &Path, meta: &Meta) -> Result<(
 }
 
 /// Finds the node at `path` (components separated by `/`) below the tree `root`.
-pub fn find_node(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
-    let comps = components(path);
+pub fn find_node(repo: &Repository, root: &Id, path: impl AsRef<Path>) -> Result<Node> {
+    let path = path.as_ref();
+    let comps = components(path.as_os_str().as_bytes());
+    let path = path.display();
     let mut tree = read_tree(repo, root)?;
     for (i, c) in comps.iter().enumerate() {
         let node = tree
@@ -494,9 +502,17 @@ pub fn find_node(repo: &Repository, root: &Id, path: &str) -> Result<Node> {
 }
 
 /// Writes a stream (by name) or a file (by path) of the snapshot to `out`; returns the bytes written.
-pub fn dump(repo: &Repository, snap: &Snapshot, name: &str, out: &mut dyn Write) -> Result<u64> {
+pub fn dump(
+    repo: &Repository,
+    snap: &Snapshot,
+    name: impl AsRef<Path>,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let name = name.as_ref();
     let stream = match snap.stream_tree {
-        Some(t) if snap.streams.iter().any(|s| s.name == name) => Some(find_node(repo, &t, name)?),
+        Some(t) if snap.streams.iter().any(|s| Path::new(&s.name) == name) => {
+            Some(find_node(repo, &t, name)?)
+        }
         _ => None,
     };
     let node = match (stream, snap.tree) {
@@ -504,10 +520,12 @@ pub fn dump(repo: &Repository, snap: &Snapshot, name: &str, out: &mut dyn Write)
         (None, Some(root)) => find_node(repo, &root, name)?,
         (None, None) => {
             return Err(Error::NotFound(format!(
-                "{name}: no such stream or file in the snapshot"
+                "{}: no such stream or file in the snapshot",
+                name.display()
             )))
         }
     };
+    let name = name.display();
     let NodeKind::File { chunks, .. } = &node.kind else {
         return Err(Error::Invalid(format!("{name}: not a file or stream")));
     };
@@ -533,7 +551,7 @@ pub fn list(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Vec<(Strin
         .tree
         .ok_or_else(|| Error::NotFound("the snapshot holds no file tree".into()))?;
     let mut out = Vec::new();
-    let comps = components(path);
+    let comps = components(path.as_bytes());
     if comps.is_empty() {
         walk(repo, &root, String::new(), &mut out)?;
         return Ok(out);

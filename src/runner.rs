@@ -31,7 +31,7 @@ use crate::lock;
 use crate::ping;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::schedule::{self, ScheduleState};
+use crate::schedule::{self, Priority, ScheduleState};
 
 /// Builds the stream for an instance's database; supplied by the caller so this module does not depend on
 /// how dumps are taken.
@@ -422,20 +422,29 @@ pub enum ScheduledRun {
     /// Another run of the instance (another process or host) ended after this scheduler found it due, so
     /// its slot is taken care of: nothing was done. Holds what that run left (see [`RunGate::AlreadyRun`]).
     AlreadyRun(String),
+    /// The instance was paused, made manual or removed after this scheduler found it due: nothing was
+    /// done. Holds which (see [`RunGate::Withdrawn`]).
+    Withdrawn(String),
     /// The backup's result (housekeeping's failure is a warning, logged).
     Done(Result<BackupResult>),
 }
 
 /// Whether a scheduled run may go ahead ([`enter_scheduled_run`]).
 pub enum RunGate {
-    /// Go: the instance's run lock, held until this guard is dropped (after the run's housekeeping).
-    Go(lock::LockGuard),
+    /// Go: the instance's run lock, held until this guard is dropped (after the run's housekeeping), and
+    /// the instance's configuration as read under it: the run uses that one, not the one it was found due
+    /// with, so hooks, paths or connection changed meanwhile take effect.
+    Go(lock::LockGuard, Box<InstanceConfig>),
     /// Another process holds the run lock: its description (pid, host, command, since).
     Held(String),
     /// Not due any more: another run of the instance ended between the moment this scheduler found it due
     /// and the moment it took the run lock. What that run left: its snapshot (id, time, host) or, for a
     /// failed run, its status and end.
     AlreadyRun(String),
+    /// Not due any more by its own configuration, read again under the lock: it was paused, made manual or
+    /// removed since this scheduler found it due (a user's `instance pause` must stop the run it was meant
+    /// to stop, even one already decided). Says which.
+    Withdrawn(String),
 }
 
 /// The start of every scheduled run of `cfg` (`run-due`, the daemon, `serve`'s schedule), found due at
@@ -449,35 +458,48 @@ pub enum RunGate {
 ///   `decided`: its slot was backed up meanwhile; or
 /// - a backup run of it is recorded as ended at or after `decided` (a failed one included: it made this
 ///   slot's attempt, is recorded, notified and makes the instance overdue; the next tick or `run-due`
-///   tries again, rather than a second dump right after the first failed).
+///   tries again, rather than a second dump right after the first failed); or
+/// - its configuration, read again, says it is paused, manual or gone ([`RunGate::Withdrawn`]).
 ///
 /// The lock is released again in both cases. The run lock, once held, keeps any other run out until the
 /// guard is dropped, so nothing can slip in between this check and the backup.
 pub fn enter_scheduled_run(
     repo: &Repository,
-    cfg: &InstanceConfig,
+    name: &str,
     decided: DateTime<Utc>,
     command: &str,
 ) -> Result<RunGate> {
-    let guard = match lock::acquire_instance(repo.backend(), &cfg.name, command) {
+    let guard = match lock::acquire_instance(repo.backend(), name, command) {
         Ok(guard) => guard,
         Err(Error::Locked(holder)) => return Ok(RunGate::Held(holder)),
         Err(e) => return Err(e),
     };
-    match ran_since(repo, cfg, decided)? {
+    repo.sync_objects()?;
+    let cfg = match instance::load(repo, name) {
+        Ok(cfg) => cfg,
+        Err(Error::NotFound(_)) => return Ok(RunGate::Withdrawn("removed".into())),
+        Err(e) => return Err(e),
+    };
+    if cfg.paused {
+        return Ok(RunGate::Withdrawn("paused".into()));
+    }
+    if cfg.priority == Priority::Manual {
+        return Ok(RunGate::Withdrawn("made manual".into()));
+    }
+    match ran_since(repo, &cfg, decided)? {
         Some(what) => Ok(RunGate::AlreadyRun(what)),
-        None => Ok(RunGate::Go(guard)),
+        None => Ok(RunGate::Go(guard, Box::new(cfg))),
     }
 }
 
 /// What another run of `cfg` left since `decided` that makes a run for the slot due at `decided` needless
-/// (see [`enter_scheduled_run`]); `None` when the instance is still due.
+/// (see [`enter_scheduled_run`], which has brought the cache up to date); `None` when the instance is still
+/// due.
 fn ran_since(
     repo: &Repository,
     cfg: &InstanceConfig,
     decided: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    repo.sync_objects()?;
     // Future-dated means after the real clock, not after `decided`: a run that ended long after the
     // decision (a slow dump) dated its snapshot then, and it is genuine.
     let now = Utc::now();
@@ -518,14 +540,13 @@ fn ran_since(
 /// not a failed run.
 pub fn scheduled_run(
     repo: &Repository,
-    cfg: &InstanceConfig,
+    name: &str,
     decided: DateTime<Utc>,
     db: DbStream,
     command: &str,
 ) -> ScheduledRun {
-    let name = &cfg.name;
-    let _run = match enter_scheduled_run(repo, cfg, decided, command) {
-        Ok(RunGate::Go(guard)) => guard,
+    let (_run, cfg) = match enter_scheduled_run(repo, name, decided, command) {
+        Ok(RunGate::Go(guard, cfg)) => (guard, cfg),
         Ok(RunGate::Held(holder)) => {
             tracing::warn!(instance = %name, holder = %holder, "backup skipped: another run of this instance is under way");
             return ScheduledRun::Skipped(holder);
@@ -534,6 +555,10 @@ pub fn scheduled_run(
             tracing::info!(instance = %name, by = %what, "backup skipped: already run since it was found due");
             return ScheduledRun::AlreadyRun(what);
         }
+        Ok(RunGate::Withdrawn(why)) => {
+            tracing::info!(instance = %name, "backup skipped: {why} since it was found due");
+            return ScheduledRun::Withdrawn(why);
+        }
         Err(e) => {
             let r = Err(e);
             log_outcome(name, &r);
@@ -541,10 +566,10 @@ pub fn scheduled_run(
         }
     };
     tracing::info!(instance = %name, "backup started");
-    let r = backup_instance(repo, cfg, None, db, Progress::hidden());
+    let r = backup_instance(repo, &cfg, None, db, Progress::hidden());
     log_outcome(name, &r);
     if r.is_ok() {
-        if let Err(e) = housekeeping(repo, cfg) {
+        if let Err(e) = housekeeping(repo, &cfg) {
             tracing::warn!(instance = %name, error = %e, "retention/prune skipped");
         }
     }
@@ -552,7 +577,7 @@ pub fn scheduled_run(
 }
 
 /// Outcome of one instance in a `run-due` pass.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct DueOutcome {
     pub instance: String,
     pub snapshot_id: Option<String>,
@@ -563,6 +588,9 @@ pub struct DueOutcome {
     /// Set when the instance was skipped because another run of it (another process or host) ended after
     /// this pass found it due: what that run left (its snapshot, or that it failed). Not a failure.
     pub already_run: Option<String>,
+    /// Set when the instance was skipped because it was paused, made manual or removed after this pass
+    /// found it due: which. Not a failure.
+    pub withdrawn: Option<String>,
 }
 
 /// Backs up every instance due at `now` once, highest priority first, one after the other; each is
@@ -571,35 +599,28 @@ pub fn run_due(repo: &Repository, now: DateTime<Utc>, db: DbStream) -> Result<Ve
     let states = schedule_states_at(repo, now)?;
     let mut out = Vec::new();
     for name in schedule::due_in_order(&states, now) {
-        let cfg = match instance::load(repo, &name) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                tracing::error!(instance = %name, error = %e, "backup refused");
-                record_refused(repo, &name, &e)?;
-                out.push(DueOutcome {
-                    instance: name,
-                    snapshot_id: None,
-                    error: Some(e.to_string()),
-                    skipped: None,
-                    already_run: None,
-                });
-                continue;
-            }
-        };
-        let (r, skipped, already_run) = match scheduled_run(repo, &cfg, now, db, "run-due") {
-            ScheduledRun::Skipped(holder) => (None, Some(holder), None),
-            ScheduledRun::AlreadyRun(what) => (None, None, Some(what)),
-            ScheduledRun::Done(r) => (Some(r), None, None),
-        };
+        // A refused config (e.g. a password in its connection string) is recorded as this instance's run.
+        if let Err(e) = instance::load(repo, &name) {
+            tracing::error!(instance = %name, error = %e, "backup refused");
+            record_refused(repo, &name, &e)?;
+            out.push(DueOutcome {
+                instance: name,
+                error: Some(e.to_string()),
+                ..DueOutcome::default()
+            });
+            continue;
+        }
+        let mut o = DueOutcome::default();
+        match scheduled_run(repo, &name, now, db, "run-due") {
+            ScheduledRun::Skipped(holder) => o.skipped = Some(holder),
+            ScheduledRun::AlreadyRun(what) => o.already_run = Some(what),
+            ScheduledRun::Withdrawn(why) => o.withdrawn = Some(why),
+            ScheduledRun::Done(Ok(r)) => o.snapshot_id = Some(r.snapshot_id.to_hex()),
+            ScheduledRun::Done(Err(e)) => o.error = Some(e.to_string()),
+        }
         out.push(DueOutcome {
             instance: name,
-            snapshot_id: r
-                .as_ref()
-                .and_then(|r| r.as_ref().ok())
-                .map(|r| r.snapshot_id.to_hex()),
-            error: r.and_then(|r| r.err()).map(|e| e.to_string()),
-            skipped,
-            already_run,
+            ..o
         });
     }
     Ok(out)

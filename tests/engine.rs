@@ -296,6 +296,49 @@ fn restore_of_selected_paths_only() {
     assert!(!target.join("src/store").exists());
 }
 
+/// A name that is not UTF-8 (an old Latin-1 share, a file from another system) is selected by `--path`
+/// and `dump` byte for byte, as the file system gives it, like any other.
+#[test]
+fn a_file_whose_name_is_not_utf8_is_restored_by_path_and_dumped() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    let latin1 = OsStr::from_bytes(b"caf\xe9");
+    fs::create_dir_all(src.join(latin1)).unwrap();
+    fs::write(
+        src.join(latin1)
+            .join(OsStr::from_bytes(b"r\xe9sum\xe9.txt")),
+        b"the contents",
+    )
+    .unwrap();
+    fs::write(src.join("other.txt"), b"not selected").unwrap();
+    backup_json(&repo, &[src.to_str().unwrap()]);
+    let target = dir.path().join("t");
+    let selected = Path::new("src").join(latin1);
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--path"])
+        .arg(&selected)
+        .arg("--target")
+        .arg(&target));
+    let restored = target
+        .join(&selected)
+        .join(OsStr::from_bytes(b"r\xe9sum\xe9.txt"));
+    assert_eq!(fs::read(&restored).unwrap(), b"the contents");
+    assert!(!target.join("src/other.txt").exists());
+    let out = cairn(&repo)
+        .args(["dump", "latest"])
+        .arg(selected.join(OsStr::from_bytes(b"r\xe9sum\xe9.txt")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"the contents");
+}
+
 fn first_pack(repo: &Path) -> std::path::PathBuf {
     let mut packs = obj_list(&repo.join("packs"));
     packs.sort_by_key(|(_, len)| std::cmp::Reverse(*len));

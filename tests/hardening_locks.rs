@@ -196,30 +196,43 @@ fn gone(pid: u32) -> bool {
 
 #[test]
 fn a_password_command_that_times_out_is_killed_with_its_children() {
+    // No controlling terminal (setsid), as under the daemon or a timer: the command gets its own group.
+    let mut unattended = Command::new("setsid");
+    unattended.arg("-w").arg(cairn_bin()).arg("snapshots");
+    times_out_leaving_no_child(unattended, "without a terminal");
+    // On a terminal (a pty from `script`) the command stays in cairn's group, so that it may ask on
+    // /dev/tty: what it started is found below it.
+    let mut on_a_terminal = Command::new("script");
+    on_a_terminal
+        .args(["-q", "-e", "-c"])
+        .arg(format!("{} snapshots", cairn_bin()))
+        .arg("/dev/null");
+    times_out_leaving_no_child(on_a_terminal, "on a terminal");
+}
+
+/// Runs `c` (cairn `snapshots`, started some way) with a password command that starts a long sleep
+/// and then waits: cairn must fail with exit 12 after its timeout and leave the sleep killed.
+fn times_out_leaving_no_child(mut c: Command, how: &str) {
     let (dir, repo) = local_repo();
     let pid_file = dir.path().join("sleep.pid");
     let err_file = dir.path().join("stderr");
-    // No controlling terminal (setsid), as under the daemon or a timer: the command gets its own group.
-    let mut c = Command::new("setsid");
-    c.arg("-w")
-        .arg(cairn_bin())
-        .env("CAIRN_REPO", &repo)
-        .stdin(Stdio::null());
+    c.env("CAIRN_REPO", &repo).stdin(Stdio::null());
     with_password(&mut c)
         .env(
             "CAIRN_PASSWORD_COMMAND",
             format!("sleep 300 & echo $! > {}; wait", pid_file.display()),
         )
-        .env("CAIRN_PASSWORD_TIMEOUT", "1")
-        .arg("snapshots")
-        .stdout(Stdio::null())
+        .env("CAIRN_PASSWORD_TIMEOUT", "1");
+    // `script` copies the terminal's output to its own stdout.
+    let out_file = dir.path().join("stdout");
+    c.stdout(fs::File::create(&out_file).unwrap())
         .stderr(fs::File::create(&err_file).unwrap());
     let started = Instant::now();
     let status = c.status().unwrap();
-    let err = fs::read_to_string(&err_file).unwrap();
-    assert_eq!(status.code(), Some(12), "{err}");
-    assert!(err.contains("CAIRN_PASSWORD_TIMEOUT"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = fs::read_to_string(&err_file).unwrap() + &fs::read_to_string(&out_file).unwrap();
+    assert_eq!(status.code(), Some(12), "{how}: {err}");
+    assert!(err.contains("CAIRN_PASSWORD_TIMEOUT"), "{how}: {err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{how}");
 
     let pid: u32 = fs::read_to_string(&pid_file)
         .unwrap()
@@ -236,6 +249,6 @@ fn a_password_command_that_times_out_is_killed_with_its_children() {
     }
     assert!(
         !left_running,
-        "the password command's child {pid} is still running"
+        "{how}: the password command's child {pid} is still running"
     );
 }

@@ -633,6 +633,80 @@ fn run_due_does_not_back_up_again_an_instance_another_host_ran_after_it_was_foun
     assert_eq!(backups, 2, "make_due's run and A's: {log}");
 }
 
+/// A user pauses an instance (or changes its pre-hook) on another host while a `run-due` here has already
+/// found it due and is busy with another instance: the run reads the configuration again under the run
+/// lock, so the pause stops it (reported as `withdrawn`, not a failure) and the new hook is the one run.
+#[test]
+fn run_due_honours_a_pause_and_a_new_hook_made_after_it_found_the_instances_due() {
+    let (dir, repo) = new_repo();
+    let d = dir.path();
+    held_instance(d, &repo);
+    fs::write(d.join("release"), b"").unwrap(); // shop's hook, should it run, does not wait
+    gate_instance(d, &repo);
+    let late = d.join("late-data");
+    fs::create_dir_all(&late).unwrap();
+    fs::write(late.join("f"), b"late's files").unwrap();
+    ok(cairn(&repo).args([
+        "instance",
+        "add",
+        "late",
+        "--path",
+        s(&late),
+        "--priority",
+        "low",
+    ]));
+    make_due(&repo, "late");
+    ok(cairn(&repo).args([
+        "instance",
+        "set",
+        "late",
+        "--pre-hook",
+        &format!("touch '{}/old-hook'", d.display()),
+    ]));
+
+    let b = cairn(&repo)
+        .args(["run-due", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_file(&d.join("gate-started"));
+    ok(other_host(&repo, d).args(["instance", "pause", "shop"]));
+    let new_hook = format!("touch '{}/new-hook'", d.display());
+    ok(other_host(&repo, d).args(["instance", "set", "late", "--pre-hook", &new_hook]));
+    fs::write(d.join("gate-open"), b"").unwrap();
+
+    let (code, out, err) = finish(b);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let due = json(&out);
+    let by_name = |n: &str| {
+        due.as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["instance"] == n)
+            .unwrap_or_else(|| panic!("{n} not in {due}"))
+            .clone()
+    };
+    let shop = by_name("shop");
+    assert!(
+        !d.join("runs").exists(),
+        "a paused instance was backed up (its pre-hook, a pg_dump's stand-in, ran): {due}"
+    );
+    assert!(
+        shop["snapshot_id"].is_null() && shop["error"].is_null(),
+        "{due}"
+    );
+    assert_eq!(shop["withdrawn"], "paused", "{due}");
+    assert!(err.contains("backup skipped: paused"), "no log line: {err}");
+    assert_eq!(snapshots_of(&repo, "shop").len(), 1, "make_due's only");
+    assert!(by_name("late")["snapshot_id"].is_string(), "{due}");
+    assert!(
+        d.join("new-hook").exists() && !d.join("old-hook").exists(),
+        "the run used the configuration it was found due with, not the one read under its lock"
+    );
+    assert!(obj_list(&repo.join("locks")).is_empty(), "a lock was left");
+}
+
 #[test]
 fn serves_schedule_skips_an_instance_run_elsewhere_and_does_not_back_it_up_again_after() {
     let (dir, repo) = new_repo();

@@ -96,7 +96,8 @@ pub enum Command {
     /// Write one stream or file of a snapshot to stdout.
     Dump {
         snapshot: String,
-        name: String,
+        /// A stream's name or a file's path in the snapshot (any bytes, as the file system allows).
+        name: PathBuf,
         #[arg(long)]
         instance: Option<String>,
     },
@@ -440,7 +441,7 @@ pub struct RestoreArgs {
     pub target: Option<PathBuf>,
     /// Only these paths of the snapshot.
     #[arg(long = "path")]
-    pub paths: Vec<String>,
+    pub paths: Vec<PathBuf>,
     /// Replace existing files.
     #[arg(long)]
     pub overwrite: bool,

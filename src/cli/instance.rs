@@ -473,11 +473,18 @@ pub fn run_due(ctx: &Ctx, log_file: Option<&Path>) -> Result<i32> {
         ctx.print_json(&json!(outcomes))?;
     } else if !ctx.quiet {
         for o in &outcomes {
-            match (&o.snapshot_id, &o.error, &o.skipped, &o.already_run) {
+            match (
+                &o.snapshot_id,
+                &o.error,
+                &o.skipped,
+                &o.already_run,
+                &o.withdrawn,
+            ) {
                 (Some(id), ..) => outln!("{}: snapshot {}", o.instance, &id[..8]),
                 (_, Some(e), ..) => outln!("{}: FAILED: {e}", o.instance),
-                (_, _, Some(holder), _) => outln!("{}: skipped: {holder}", o.instance),
-                (.., Some(what)) => outln!("{}: skipped: already run: {what}", o.instance),
+                (_, _, Some(holder), ..) => outln!("{}: skipped: {holder}", o.instance),
+                (_, _, _, Some(what), _) => outln!("{}: skipped: already run: {what}", o.instance),
+                (.., Some(why)) => outln!("{}: skipped: {why} since found due", o.instance),
                 _ => {}
             }
         }

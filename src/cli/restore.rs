@@ -1,6 +1,8 @@
 //! `restore` (files to a target directory, a database with `--pg-target`) and `dump` (one file or stream
 //! to stdout).
 
+use std::path::Path;
+
 use cairn::latest;
 use cairn::progress::Progress;
 use cairn::restore::{self, RestoreOptions};
@@ -76,7 +78,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-pub fn dump(ctx: &Ctx, spec: &str, name: &str, instance: Option<&str>) -> Result<i32> {
+pub fn dump(ctx: &Ctx, spec: &str, name: &Path, instance: Option<&str>) -> Result<i32> {
     let (repo, _lock) = ctx.open_reading("dump")?;
     let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout);

@@ -161,7 +161,7 @@ fn from_file(path: &Path) -> Result<Zeroizing<String>> {
 /// process group of its own and the whole group is killed: killing `sh` alone left its children
 /// (`sleep 1000; echo pw`, each stage of a pipeline) running for ever, holding our pipe. On a terminal it
 /// stays in our group, because a background group reading the terminal (a command asking for a PIN on
-/// /dev/tty) is stopped by SIGTTIN; there a person sees a stuck command, and Ctrl-C reaches all of it.
+/// /dev/tty) is stopped by SIGTTIN; Ctrl-C reaches all of it, and a timeout kills every process below `sh`.
 fn from_command(cmd: &str) -> Result<Zeroizing<String>> {
     use std::os::unix::process::CommandExt;
     let name = "the password command";
@@ -243,17 +243,68 @@ fn wait_until(
 }
 
 /// Kills the password command: its whole process group if it leads one (`own_group`: `sh`'s pid is the
-/// group's id), then `sh`, and reaps it. The group is signalled before `sh` is reaped: until then its pid,
-/// the group's id, cannot be reused.
+/// group's id), else (on a terminal, in our group) every process below `sh`, then `sh`, and reaps it. Both
+/// are signalled before `sh` is reaped: until then its pid, the group's id, cannot be reused, and its
+/// children stay its children.
 fn stop(child: &mut std::process::Child, own_group: bool) {
-    if let (true, Ok(pgid)) = (own_group, i32::try_from(child.id())) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pgid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    if let Ok(pid) = i32::try_from(child.id()) {
+        if own_group {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        } else {
+            // Stopped first, so that none of them starts another process while the others are found.
+            let below = descendants(pid);
+            for &p in &below {
+                let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
+            }
+            for p in below.iter().copied().chain(descendants(pid)) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+        }
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The processes below `root` (children, their children, ...), from /proc; empty where /proc is unreadable.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // The parent is the second field after the command name, which is in parentheses and may hold
+            // spaces and parentheses itself: parse from the last ')'.
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|f| f.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        for &(c, _) in parent_of.iter().filter(|&&(_, pp)| pp == p) {
+            // A pid read twice (exited and reused while /proc was listed) must not loop.
+            if !found.contains(&c) {
+                found.push(c);
+            }
+        }
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Whether this process has a controlling terminal (opening /dev/tty fails with ENXIO where it has none).

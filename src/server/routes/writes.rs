@@ -9,7 +9,8 @@ use super::*;
 /// `{"skipped": holder}` and no snapshot (as `daemon` skips it), so the schedule tries it again at its next
 /// tick instead of holding it back as failed. A scheduled one that finds, under the lock, that another run
 /// of the instance ended since its tick ([`runner::enter_scheduled_run`]) completes with
-/// `{"already_run": what}` and no snapshot.
+/// `{"already_run": what}` and no snapshot; one paused, made manual or removed since, with
+/// `{"withdrawn": which}`.
 pub(super) fn backup_work(
     repo: Arc<Repository>,
     name: String,
@@ -24,10 +25,10 @@ pub(super) fn backup_work(
                 return Err(e);
             }
         };
-        let _run = match scheduled {
+        let (_run, cfg) = match scheduled {
             Some(decided) => {
-                match runner::enter_scheduled_run(&repo, &cfg, decided, "serve (schedule)")? {
-                    runner::RunGate::Go(guard) => guard,
+                match runner::enter_scheduled_run(&repo, &name, decided, "serve (schedule)")? {
+                    runner::RunGate::Go(guard, cfg) => (guard, *cfg),
                     runner::RunGate::Held(holder) => {
                         eprintln!("cairn serve: {name}: scheduled backup skipped: {holder}");
                         return Ok(Outcome {
@@ -44,9 +45,21 @@ pub(super) fn backup_work(
                             ..Outcome::default()
                         });
                     }
+                    runner::RunGate::Withdrawn(why) => {
+                        eprintln!(
+                            "cairn serve: {name}: scheduled backup skipped: {why} since it was found due"
+                        );
+                        return Ok(Outcome {
+                            detail: Some(json!({ "withdrawn": why })),
+                            ..Outcome::default()
+                        });
+                    }
                 }
             }
-            None => crate::lock::acquire_instance(repo.backend(), &name, "serve (backup now)")?,
+            None => (
+                crate::lock::acquire_instance(repo.backend(), &name, "serve (backup now)")?,
+                cfg,
+            ),
         };
         // The last snapshot's size is the best estimate of this one's, for a percentage.
         if let Some((_, s)) = repo
