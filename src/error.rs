@@ -27,6 +27,11 @@ pub enum Error {
     /// A named object (snapshot, blob, path, stream) is not in the repository.
     #[error("{0}")]
     NotFound(String),
+    /// The WAL file `wal-fetch` was asked for is not archived: for PostgreSQL's recovery, the end of the
+    /// archive. Kept apart from [`Error::NotFound`], which also means damage (a blob the index lacks): only
+    /// this one may tell recovery "no such file" (see `cairn::wal::fetch`).
+    #[error("{0}")]
+    WalNotArchived(String),
     /// A snapshot id prefix matches more than one snapshot.
     #[error("snapshot prefix {prefix:?} is ambiguous: matches {matches}")]
     Ambiguous { prefix: String, matches: String },

@@ -9,7 +9,10 @@
 //!
 //! Invariants: a restore is planned only if every segment from the base backup's first one up to the one
 //! holding the target (for `latest`: the newest archived one) is archived; otherwise the plan fails naming
-//! the first missing segment, before anything is written.
+//! the first missing segment, before anything is written. A time target's segments are known only by when
+//! they were archived, not by the times of the commits they hold (a backlog archives old WAL late), so the
+//! plan cannot foresee every segment recovery will read: recovery that runs out of WAL is taken for having
+//! reached the archive's end only when no later segment is archived ([`Segments::stopped_short`]).
 
 use std::collections::BTreeMap;
 
@@ -285,6 +288,41 @@ impl Segments {
         Error::NotFound(format!(
             "timeline {tli} of instance {instance} has archived segments but its history file {file} is not              archived, so recovery cannot tell where it branched off: push it from the server that created              the timeline (`cairn wal-push --instance {instance} DATADIR/pg_wal/{file}`)"
         ))
+    }
+}
+
+/// Why recovery that ran out of WAL did not stop at the archive's end (see [`Segments::stopped_short`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShortStop {
+    /// This segment is missing while later ones of the path are archived: a gap.
+    Missing(String),
+    /// Every segment after the end is archived: recovery found no valid WAL in this one.
+    Unreadable(String),
+}
+
+impl Segments {
+    /// Recovery from `bb` along timeline `tli` replayed up to `end` (the LSN of its last record) and found
+    /// no more WAL: `None` when that is the archive's end, that is when no segment of the path is archived
+    /// after the one following `end`'s (which may hold the rest of that record). Otherwise the archive
+    /// goes on and recovery stopped short of it: the first segment missing after `end`'s, or (none
+    /// missing) the one after `end`'s, where recovery found nothing it could replay.
+    pub fn stopped_short(&self, bb: &BaseBackup, tli: u32, end: u64) -> Option<ShortStop> {
+        let (first, stop) = (bb.facts.start_segno()?, bb.facts.stop_segno()?);
+        let end_seg = end / self.seg_size.max(1);
+        let newest = self.last_of(tli).unwrap_or(0);
+        let after: Vec<(u32, u64)> = self
+            .stretches(bb, tli, first, newest.max(stop))
+            .into_iter()
+            .flat_map(|st| (st.from.max(end_seg + 1)..=st.to).map(move |s| (st.tli, s)))
+            .collect();
+        let archived = |p: &(u32, u64)| self.by_pos.contains_key(p);
+        if !after.iter().skip(1).any(archived) {
+            return None;
+        }
+        Some(match after.iter().find(|p| !archived(p)) {
+            Some((t, s)) => ShortStop::Missing(self.name(*t, *s)),
+            None => ShortStop::Unreadable(self.name(after[0].0, after[0].1)),
+        })
     }
 }
 
@@ -664,6 +702,38 @@ mod tests {
         let segs = archive(&two_timelines(), &[]);
         let e = plan_replay(&segs, "db", &bb_on_timeline_1(), Target::Latest).unwrap_err();
         assert!(e.to_string().contains("00000002.history"), "{e}");
+    }
+
+    #[test]
+    fn running_out_of_wal_is_the_archives_end_only_when_nothing_later_is_archived() {
+        let bb = bb_on_timeline_1();
+        let mut segments: Vec<(u32, u64, i64)> = (2..=8).map(|s| (1, s, 200 + s as i64)).collect();
+        let whole = archive(&segments, &[]);
+        // At the newest segment, or in the one before it (whose last record may end in the newest).
+        assert_eq!(whole.stopped_short(&bb, 1, 0x8000100), None);
+        assert_eq!(whole.stopped_short(&bb, 1, 0x7000100), None);
+        // Earlier, with every later segment archived: recovery found no WAL it could use in the next one.
+        assert_eq!(
+            whole.stopped_short(&bb, 1, 0x4000100),
+            Some(ShortStop::Unreadable("000000010000000000000005".into()))
+        );
+        // A gap: named, whichever segment recovery's last record ended in.
+        segments.retain(|s| s.1 != 6);
+        let gap = archive(&segments, &[]);
+        for end in [0x4000100, 0x5000100] {
+            assert_eq!(
+                gap.stopped_short(&bb, 1, end),
+                Some(ShortStop::Missing("000000010000000000000006".into())),
+                "{end:X}"
+            );
+        }
+        // Along a timeline switch: the segments after the end are the newer timeline's.
+        let two = archive(&two_timelines(), &[(2, TL2)]);
+        assert_eq!(
+            two.stopped_short(&bb, 2, 0x3000100),
+            Some(ShortStop::Unreadable("000000010000000000000004".into()))
+        );
+        assert_eq!(two.stopped_short(&bb, 2, 0x6000100), None);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! runs as that user, with that user's `HOME` and without the password in its environment (the
 //! restore_command names a password file or command instead).
 //!
+//! A recovery to a time that runs out of WAL is promoted at the last record it replayed only when that is
+//! the archive's end; a gap or unreadable WAL with later segments archived fails the restore, the server
+//! left unpromoted. (A `wal-fetch` that cannot read an archived file stops recovery itself: exit 255.)
+//!
 //! The restored server does not archive (`archive_mode = off` is written): it would otherwise push a new
 //! timeline into the same instance's archive. Point it at an instance with `wal-setup` once it is kept.
 
@@ -23,8 +27,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, IoContext, Result};
-use crate::pitr::{self, Replay, Segments, Target};
-use crate::postgres::basebackup::{BaseBackupFacts, STREAM};
+use crate::pitr::{self, Replay, Segments, ShortStop, Target};
+use crate::postgres::basebackup::{parse_lsn, BaseBackupFacts, STREAM};
 use crate::repo::Repository;
 
 /// What to restore, where, and whether to start it.
@@ -93,6 +97,13 @@ pub fn restore(repo: &Repository, name: &str, req: &PitrRequest) -> Result<PitrO
         match start_and_promote(&bin, &req.datadir, &log, owner.as_ref(), req.timeout) {
             Err(e) if req.target != Target::Latest && ended_before_target(&log).is_some() => {
                 let end = ended_before_target(&log).unwrap_or_default();
+                // Only the archive's end may end recovery: WAL missing or unreadable with more archived
+                // after it would otherwise be promoted over, at an earlier point than asked.
+                let short = parse_lsn(&end)
+                    .and_then(|lsn| segs.stopped_short(bb, out.replay.timeline, lsn));
+                if let Some(short) = short {
+                    return Err(stopped_short(name, req, &end, short, &log));
+                }
                 stop_at_the_archives_end(&req.datadir, &end).map_err(|_| e)?;
                 start_and_promote(&bin, &req.datadir, &log, owner.as_ref(), req.timeout)?;
                 out.replayed_to_end = Some(end);
@@ -442,6 +453,28 @@ fn ended_before_target(log: &Path) -> Option<String> {
             .all(|h| !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()))
     });
     valid.then(|| lsn.to_string())
+}
+
+/// The error for a recovery that ran out of WAL before the archive's end (see
+/// [`pitr::Segments::stopped_short`]); the server stopped without promoting.
+fn stopped_short(name: &str, req: &PitrRequest, end: &str, short: ShortStop, log: &Path) -> Error {
+    let why = match short {
+        ShortStop::Missing(seg) => format!(
+            "WAL segment {seg} is missing from the archive although later segments are archived (a gap: \
+             run `cairn check`)"
+        ),
+        ShortStop::Unreadable(seg) => format!(
+            "PostgreSQL found no WAL it could replay in the archived segment {seg} although later \
+             segments are archived"
+        ),
+    };
+    Error::NotFound(format!(
+        "recovery of instance {name} stopped at {end}, before {}: {why}; the server in {} was not \
+         promoted (its log: {})",
+        req.target,
+        req.datadir.display(),
+        log.display()
+    ))
 }
 
 /// Replaces the time target by the LSN where the archive ended: the restarted recovery replays the same WAL

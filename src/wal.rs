@@ -20,7 +20,8 @@
 //!   archive_command contract.
 //! - **Fetch is atomic and verified.** The file is written to a temporary file beside the destination, its
 //!   size and BLAKE3 checked against the WAL object, then renamed into place. An absent file is
-//!   [`Error::NotFound`] (exit code 1: PostgreSQL probes for files that do not exist).
+//!   [`Error::WalNotArchived`] (exit code 1: PostgreSQL probes for files that do not exist) and nothing else
+//!   is: a file that is archived but cannot be read must stop recovery, not look like the archive's end.
 //! - **GC.** The trees of WAL objects are roots for prune ([`gc_roots`]), so archived WAL keeps its data.
 
 use std::fs::File;
@@ -271,14 +272,28 @@ fn decode(bytes: &[u8], instance: &str, file: &str) -> Result<WalObject> {
     Ok(obj)
 }
 
-/// Writes the archived `file` of `instance` to `dest` atomically (see the module docs); `NotFound` when it
-/// is not archived. Returns its size.
+/// How long [`fetch`] waits for an exclusive lock (a prune or repair, perhaps on another host) to go away
+/// before it fails: recovery waits for the file meanwhile, where a failure would stop it.
+pub const FETCH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// Writes the archived `file` of `instance` to `dest` atomically (see the module docs); returns its size.
+///
+/// [`Error::WalNotArchived`] only when no WAL object of that name exists, which recovery takes for the end of
+/// the archive; every other failure (a damaged object, an unreadable repository, a destination that cannot
+/// be written) is another error, which must stop recovery rather than end it early at the wrong point. The
+/// object is looked up before the lock (a file that is not archived is answered without one, as recovery
+/// probes for such files all the time); reading it waits up to [`FETCH_LOCK_WAIT`] for an exclusive lock.
 pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Result<u64> {
     crate::instance::validate_name(instance)?;
     check_file_name(file)?;
-    let _lock = lock::acquire_reader_on(repo, "wal-fetch")?;
-    let obj = get(repo, instance, file)?
-        .ok_or_else(|| Error::NotFound(format!("{file}: not archived for instance {instance}")))?;
+    let not_archived =
+        || Error::WalNotArchived(format!("{file}: not archived for instance {instance}"));
+    if get(repo, instance, file)?.is_none() {
+        return Err(not_archived());
+    }
+    let _lock = reader_lock_waiting(repo, FETCH_LOCK_WAIT)?;
+    // Read again under the lock: prune may have removed it (then it is no longer archived) in between.
+    let obj = get(repo, instance, file)?.ok_or_else(not_archived)?;
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -294,6 +309,31 @@ pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Resu
     flushed.at(tmp.path())?;
     tmp.persist(dest).map_err(|e| Error::io(dest, e.error))?;
     Ok(written)
+}
+
+/// A reader's lock, taken again while an exclusive lock holds it off, for up to `wait`.
+fn reader_lock_waiting(
+    repo: &Repository,
+    wait: std::time::Duration,
+) -> Result<Option<lock::LockGuard>> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match lock::acquire_reader_on(repo, "wal-fetch") {
+            Err(Error::Locked(holder)) if std::time::Instant::now() < deadline => {
+                tracing::debug!("wal-fetch waits for the lock: {holder}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(Error::Locked(holder)) => {
+                return Err(Error::Locked(format!(
+                    "{holder}; waited {} s for it",
+                    wait.as_secs()
+                )))
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The content of an archived file, read whole (for `.history` files, which are small); the caller holds

@@ -1258,3 +1258,271 @@ fn wal_push_and_fetch_take_the_key_from_the_hosts_cache_only_with_the_same_passw
     // Pushed again (already archived): the new password's key came from the cache.
     assert_eq!(push(&segs[5], "a new passphrase"), (0, "hit".into()));
 }
+
+/// The archived segments of instance `db` (not `.history`, `.partial` or `.backup` files), oldest first.
+fn archived_segments(repo: &Path) -> Vec<String> {
+    let mut segs: Vec<String> = listed_files(&wal_list(repo, "db"))
+        .into_iter()
+        .filter(|f| f.len() == 24)
+        .collect();
+    segs.sort();
+    segs
+}
+
+/// `instance restore db --at AT --start` into `label` under the cluster's directory: its exit code, stdout
+/// and stderr, and the server (stopped when dropped, whether or not it came up).
+fn try_restore_at(
+    cluster: &Cluster,
+    repo: &Path,
+    at: &str,
+    label: &str,
+) -> (i32, String, String, Restored) {
+    let data = cluster.root().join(format!("restored-{label}"));
+    let port = free_port();
+    let (code, out, err) = run(cairn_root(repo)
+        .args([
+            "--json",
+            "instance",
+            "restore",
+            "db",
+            "--at",
+            at,
+            "--pg-datadir",
+        ])
+        .arg(&data)
+        .args(["--start", "--port", &port.to_string()]));
+    let server = Restored {
+        data,
+        socket_dir: cluster.root().to_path_buf(),
+        port,
+    };
+    (code, out, err, server)
+}
+
+#[test]
+fn an_archived_segment_that_cannot_be_read_stops_recovery_instead_of_ending_it_at_an_earlier_point()
+{
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    base_backup(&repo);
+    let mut between = vec![String::new()];
+    for k in 1..=3 {
+        between.push(insert_batch(&cluster, k));
+    }
+    // The WAL object of the segment holding batch 2 cannot be read by the server's user (restored from a
+    // copy with the wrong owner, say); root, who plans the restore, can read it.
+    let segs = archived_segments(&repo);
+    let victim = segs[segs.len() - 2].clone();
+    let obj = repo.join("wal").join(format!("db.{victim}"));
+    fs::set_permissions(&obj, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+
+    // wal-fetch fails with an exit code recovery takes as fatal (above 125), not with the 1 that means
+    // "not archived", which recovery takes for the archive's end; nothing is left at the destination.
+    let dir = cluster.root().join("fetch");
+    fs::create_dir(&dir).unwrap();
+    chown_postgres(&dir);
+    let (code, _, err) = run(cairn_pg(&repo)
+        .args(["wal-fetch", "--instance", "db", &victim])
+        .arg(dir.join("RECOVERYXLOG")));
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains(&victim) && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    // A destination that cannot be written is such a failure too; a file never archived is still exit 1.
+    let (code, _, err) = run(cairn_pg(&repo)
+        .args(["wal-fetch", "--instance", "db", &segs[0]])
+        .arg(dir.join("no-such-dir/RECOVERYXLOG")));
+    assert_eq!(code, 255, "{err}");
+    let err = fails(
+        cairn_pg(&repo)
+            .args(["wal-fetch", "--instance", "db", "0000000100000000000000FF"])
+            .arg(dir.join("RECOVERYXLOG")),
+        1,
+    );
+    assert!(err.contains("not archived"), "{err}");
+
+    // Recovery past the damaged segment stops with an error naming it; it never promotes a server that
+    // lacks batch 2 (before the fix: `latest` promoted with batch 1 alone, and the time after batch 2 did
+    // too, "recovered to the archive's end").
+    for (at, label) in [("latest", "latest"), (between[2].as_str(), "k2")] {
+        let (code, out, err, server) = try_restore_at(&cluster, &repo, at, label);
+        let promoted = code == 0;
+        assert!(
+            !promoted,
+            "restore to {at} promoted a server holding {:?}: {out}",
+            server.batches()
+        );
+        assert!(
+            err.contains(&victim),
+            "the error names the segment recovery could not restore: {err}"
+        );
+    }
+    // Readable again, the same restore reaches everything.
+    fs::set_permissions(&obj, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let r = restore_at(&cluster, &repo, "latest", "readable");
+    assert_eq!(r.batches(), expect(1..=3));
+}
+
+#[test]
+fn a_gap_after_a_time_targets_segments_stops_the_restore_instead_of_promoting_before_the_target() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    base_backup(&repo);
+    insert_batch(&cluster, 1);
+    // Archiving fails for a while (a full repository disk): the segments finished meanwhile are archived
+    // only once it works again, after the target time, although batch 2 committed before it.
+    let command = cluster.sql("SHOW archive_command");
+    cluster.sql("ALTER SYSTEM SET archive_command = 'false'");
+    cluster.sql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.sql("CREATE TABLE other (x int)");
+    let held = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    cluster.sql(
+        "INSERT INTO t (batch, id, pad) SELECT 2, g, repeat(md5(g::text), 4) FROM generate_series(1, 2000) g",
+    );
+    let batch2 = cluster.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    std::thread::sleep(Duration::from_millis(1200));
+    let target = server_second(&cluster);
+    std::thread::sleep(Duration::from_millis(1200));
+    cluster.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        command.replace('\'', "''")
+    ));
+    cluster.sql("SELECT pg_reload_conf()");
+    insert_batch(&cluster, 3);
+    let segs = archived_segments(&repo);
+    assert!(
+        segs.contains(&held) && segs.contains(&batch2) && segs.last().unwrap() > &batch2,
+        "the held-back segments {held} and {batch2} were archived, and later ones: {segs:?}"
+    );
+    // Restored to the target, batch 2 is there.
+    {
+        let r = restore_at(&cluster, &repo, &target, "whole");
+        assert_eq!(r.batches(), expect(1..=2));
+    }
+    // Batch 2's segment is lost (a DBA cleared the backlog with archive_command = 'true', say): a gap.
+    // The archive still holds a segment archived after the target before the gap, so the plan passes, and
+    // recovery runs out of WAL at the gap; that must fail naming it, not promote without batch 2.
+    fs::remove_file(repo.join("wal").join(format!("db.{batch2}"))).unwrap();
+    let (code, out, err, server) = try_restore_at(&cluster, &repo, &target, "gap");
+    assert!(
+        code != 0,
+        "restore to {target} promoted a server holding {:?} over the gap at {batch2}: {out}",
+        server.batches()
+    );
+    assert!(
+        err.contains(&batch2) && err.contains("missing"),
+        "the error names the missing segment: {err}"
+    );
+}
+
+#[test]
+fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    base_backup(&repo);
+    for k in 1..=2 {
+        insert_batch(&cluster, k);
+    }
+    // Restored without --start; the server is started by hand while a prune of another host holds the
+    // repository (before the fix, every wal-fetch failed with exit 11, which recovery takes for "not
+    // archived").
+    let data = cluster.root().join("restored-locked");
+    let port = free_port();
+    ok(cairn_root(&repo)
+        .args([
+            "instance",
+            "restore",
+            "db",
+            "--at",
+            "latest",
+            "--pg-datadir",
+        ])
+        .arg(&data)
+        .args(["--port", &port.to_string()]));
+    let lock = repo.join("locks").join("another-hosts-prune");
+    let info = serde_json::json!({
+        "pid": 1, "host": "another-host", "time": chrono::Utc::now().to_rfc3339(),
+        "exclusive": true, "command": "prune",
+    });
+    fs::write(&lock, serde_json::to_vec(&info).unwrap()).unwrap();
+    let server = Restored {
+        data: data.clone(),
+        socket_dir: cluster.root().to_path_buf(),
+        port,
+    };
+    let log = data.join("cairn-recovery.log");
+    let out = as_postgres(pg_bin("pg_ctl"))
+        .args(["start", "-W", "-D"])
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    fs::remove_file(&lock).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cd = Command::new(pg_bin("pg_controldata"))
+            .arg(&data)
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&cd.stdout).contains("in production") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored server did not promote: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.batches(), expect(1..=2), "{}", server.log());
+}
+
+#[test]
+fn a_local_time_that_a_clock_change_repeats_or_skips_is_refused_instead_of_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn_root(&repo).arg("init"));
+    ok(cairn_root(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    let restore = |at: &str| {
+        let mut c = cairn_root(&repo);
+        c.env("TZ", "Europe/Berlin")
+            .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
+            .arg(dir.path().join("data"));
+        c
+    };
+    // 02:30 on 26 October 2025 happened twice in Berlin (CEST, then CET): before the fix the earlier was
+    // taken silently, a restore an hour away from the one meant half the time.
+    let err = fails(&mut restore("2025-10-26 02:30"), 1);
+    assert!(
+        err.contains("ambiguous")
+            && err.contains("2025-10-26T02:30:00+02:00")
+            && err.contains("2025-10-26T02:30:00+01:00"),
+        "{err}"
+    );
+    // 02:30 on 30 March 2025 never happened there.
+    let err = fails(&mut restore("2025-03-30 02:30:00"), 1);
+    assert!(err.contains("does not exist"), "{err}");
+    // With its offset, or away from a change, the time is taken (and this instance has no base backup).
+    for at in ["2025-10-26T02:30:00+01:00", "2025-10-26 04:30"] {
+        let err = fails(&mut restore(at), 1);
+        assert!(err.contains("no base backup"), "{at}: {err}");
+    }
+    assert!(!dir.path().join("data").exists());
+}

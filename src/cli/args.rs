@@ -241,7 +241,7 @@ pub enum Command {
         path: PathBuf,
     },
     /// Restore one archived WAL file (restore_command: `cairn wal-fetch --instance NAME %f %p`); exit
-    /// code 1 when it is not archived.
+    /// code 1 when it is not archived, 255 (fatal for recovery) when it is but cannot be restored.
     WalFetch {
         #[arg(long)]
         instance: String,

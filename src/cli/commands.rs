@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use cairn::backend::RepoUrl;
 use cairn::config::Config;
 use cairn::{Error, Repository, Result};
-use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
+use chrono::{DateTime, FixedOffset, Local, LocalResult, NaiveDateTime, TimeZone};
 use serde_json::json;
 
 use super::args::{Cli, Command, InitArgs, RepairWhat};
@@ -314,7 +314,8 @@ pub fn snapshot_time(time: Option<&str>, force: bool) -> Result<Option<DateTime<
     Ok(Some(t))
 }
 
-/// Accepts RFC 3339 or a local "YYYY-MM-DD HH:MM[:SS]".
+/// Accepts RFC 3339 or a local "YYYY-MM-DD HH:MM[:SS]"; a local time that a clock change repeats or skips
+/// is refused (it needs an offset).
 pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t);
@@ -326,9 +327,21 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
         "%Y-%m-%dT%H:%M",
     ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, fmt) {
-            if let Some(t) = Local.from_local_datetime(&n).earliest() {
-                return Ok(t.fixed_offset());
-            }
+            // A local time a clock change repeats names two instants an hour apart: a guess would restore
+            // (or date) the wrong one, saying nothing. One it skips names none.
+            return match Local.from_local_datetime(&n) {
+                LocalResult::Single(t) => Ok(t.fixed_offset()),
+                LocalResult::Ambiguous(a, b) => Err(Error::Invalid(format!(
+                    "time {s:?} is ambiguous in the local time zone (a clock change repeats it): give it \
+                     with its offset, {} or {}",
+                    a.fixed_offset().to_rfc3339(),
+                    b.fixed_offset().to_rfc3339()
+                ))),
+                LocalResult::None => Err(Error::Invalid(format!(
+                    "time {s:?} does not exist in the local time zone (a clock change skips it): give it \
+                     with an offset (RFC 3339)"
+                ))),
+            };
         }
     }
     Err(Error::Invalid(format!(

@@ -56,12 +56,17 @@ pub const EXIT_LOCKED: i32 = 11;
 pub const EXIT_PASSWORD: i32 = 12;
 /// Exit code: interrupted by SIGINT (128 + 2, as a shell reports it).
 pub const EXIT_INTERRUPTED: i32 = cairn::interrupt::EXIT_STATUS;
+/// Exit code of `wal-fetch` for every failure but "not archived" (exit 1): above 125, which PostgreSQL's
+/// recovery takes as fatal. Below it, recovery would take the failure for the end of the archive, end
+/// there and promote the server at an earlier point than asked, saying nothing.
+pub const EXIT_WAL_FETCH_FAILED: i32 = 255;
 
 /// Parses the process arguments, runs the command, prints any error, and returns the exit code.
 pub fn run() -> i32 {
     let cli = args::Cli::parse();
     let log_format = cli.log_format;
     logging::init(log_format, cli.quiet);
+    let wal_fetch = matches!(cli.command, args::Command::WalFetch { .. });
     match commands::dispatch(cli) {
         Ok(code) => code,
         // Whatever error the closed pipe caused (the write that met it, or a later one), the reader has gone:
@@ -73,7 +78,11 @@ pub fn run() -> i32 {
             } else {
                 eprintln!("cairn: error: {e}");
             }
-            exit_code(&e)
+            match e {
+                cairn::Error::WalNotArchived(_) => EXIT_ERROR,
+                _ if wal_fetch => EXIT_WAL_FETCH_FAILED,
+                _ => exit_code(&e),
+            }
         }
     }
 }

@@ -1,9 +1,11 @@
 //! `wal-push`, `wal-fetch`, `wal-list` and `instance wal-setup`: the command-line side of [`cairn::wal`].
 //!
 //! `wal-push` and `wal-fetch` are run by PostgreSQL (archive_command, restore_command); their exit codes are
-//! its contract: 0 only once the file is durably archived (or written in place), 1 otherwise, and for a
-//! file that is not archived (which recovery probes for) `wal-fetch` exits 1 too, never above 125 (which
-//! recovery takes as fatal).
+//! its contract. `wal-push`: 0 only once the file is durably archived, 1 otherwise (the archiver retries).
+//! `wal-fetch`: 0 once the file is written in place, 1 when it is not archived (recovery probes for such
+//! files, and takes a missing one for the end of the archive), and 255 for any other failure
+//! ([`super::EXIT_WAL_FETCH_FAILED`]): above 125, which recovery takes as fatal, so that a file it cannot
+//! read stops recovery instead of ending it early at the wrong point.
 
 use std::path::Path;
 
