@@ -23,6 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -214,15 +215,16 @@ fn plan_batch(
 ) -> Batch {
     let jobs = files.jobs;
     let segments = next_segments(jobs, pos, limits);
-    // The directories the new files go into, each opened once for the batch (not followed).
-    let parents: HashMap<&Path, std::io::Result<OwnedFd>> = segments
-        .iter()
-        .filter(|seg| seg.first == 0)
-        .map(|seg| parent_of(&jobs[seg.file].rel))
-        .collect::<HashSet<&Path>>()
-        .into_par_iter()
-        .map(|p| (p, target.dir(p)))
-        .collect();
+    // The directories the new files go into, each opened once for the batch (not followed), in tree order:
+    // each is reached from the one before (see `TargetDir::dir`), and no descriptor of a batch before is used.
+    target.drop_held();
+    let mut parents: HashMap<&Path, std::io::Result<Arc<OwnedFd>>> = HashMap::new();
+    for seg in segments.iter().filter(|seg| seg.first == 0) {
+        let p = parent_of(&jobs[seg.file].rel);
+        if !parents.contains_key(p) {
+            parents.insert(p, target.dir(p));
+        }
+    }
     let opened: Vec<(usize, Result<File>)> = segments
         .par_iter()
         .filter(|seg| seg.first == 0)
