@@ -23,6 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -99,6 +100,8 @@ struct Batch {
     /// For each blob: (file, offset in the file).
     dests: Vec<Vec<(usize, u64)>>,
     seen: HashMap<Id, usize>,
+    /// References to chunks already known to be zeros (see [`Zeros`]): (file, offset, length), not read.
+    zero_refs: Vec<(usize, u64, u32)>,
     /// Files whose last chunk is in this batch.
     finishing: Vec<usize>,
     /// The file this batch ends in the middle of, if any (a file larger than a batch).
@@ -156,41 +159,87 @@ pub(crate) fn restore_files(
         errors: std::sync::Mutex::new(Vec::new()),
     };
     let lost = std::sync::Mutex::new(HashSet::new());
+    let mut zeros = Zeros::default();
     let mut bytes = 0u64;
     let mut pos = (0usize, 0usize);
     while pos.0 < jobs.len() {
         // A job's cancellation stops the restore between batches (its files so far stay; see `restore`).
         progress.check_cancel()?;
-        let batch = plan_batch(repo, target, &mut files, &mut pos, limits, how.overwrite);
-        fetcher.fetch(&batch.blobs, &|i, got| {
-            let loc = &batch.blobs[i];
-            match got {
-                Ok(data) => {
-                    for &(f, at) in &batch.dests[i] {
-                        let Some(file) = files.open[f].as_ref().filter(|_| !files.is_failed(f))
-                        else {
-                            continue;
-                        };
-                        let written = match how.sparse {
-                            true => write_sparse(file, &data, at),
-                            false => file.write_all_at(&data, at),
-                        };
-                        if let Err(e) = written {
-                            files.fail(f, Some(Error::io(&jobs[f].path, e)));
-                        } else if files.pending[f].fetch_sub(1, Ordering::AcqRel) == 1 {
-                            start_writeback(file);
+        let batch = plan_batch(
+            repo,
+            target,
+            &mut files,
+            &mut pos,
+            limits,
+            how.overwrite,
+            &zeros,
+        );
+        let found = std::sync::Mutex::new(Vec::new());
+        {
+            let files = &files;
+            // A blob placed in one file then in the next is written by the worker that verified it, so one that
+            // repeats (a long run of zeros) is written in parallel.
+            let place = |f: usize, write: &(dyn Fn(&File) -> std::io::Result<()> + Sync)| {
+                let Some(file) = files.open[f].as_ref().filter(|_| !files.is_failed(f)) else {
+                    return;
+                };
+                if let Err(e) = write(file) {
+                    files.fail(f, Some(Error::io(&jobs[f].path, e)));
+                } else if files.pending[f].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    start_writeback(file);
+                }
+            };
+            rayon::join(
+                || {
+                    batch.zero_refs.par_iter().for_each(|&(f, at, len)| {
+                        place(f, &|file| match how.sparse {
+                            true => Ok(()),
+                            false => write_zeros(file, at, len),
+                        })
+                    })
+                },
+                || {
+                    fetcher.fetch(&batch.blobs, &|i, got| {
+                        let loc = &batch.blobs[i];
+                        match got {
+                            Ok(data) => {
+                                // Where the blob is not zeros, found once for all the places it goes.
+                                let runs = match how.sparse {
+                                    true => data_runs(&data),
+                                    false if is_zeros(&data) => Vec::new(),
+                                    false => vec![(0, data.len())],
+                                };
+                                let len = loc.entry.raw_len;
+                                if runs.is_empty() && len > 0 && data.len() == len as usize {
+                                    found
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .push((loc.entry.id, len));
+                                }
+                                let write = |file: &File, at: u64| match how.sparse {
+                                    true => runs.iter().try_for_each(|&(from, to)| {
+                                        file.write_all_at(&data[from..to], at + from as u64)
+                                    }),
+                                    false => file.write_all_at(&data, at),
+                                };
+                                batch.dests[i]
+                                    .par_iter()
+                                    .with_min_len(4)
+                                    .for_each(|&(f, at)| place(f, &|file| write(file, at)));
+                            }
+                            Err(e) => {
+                                let e = blob_failed(repo, loc, e, &lost);
+                                let mut e = Some(e);
+                                for &(f, _) in &batch.dests[i] {
+                                    files.fail(f, e.take());
+                                }
+                            }
                         }
-                    }
-                }
-                Err(e) => {
-                    let e = blob_failed(repo, loc, e, &lost);
-                    let mut e = Some(e);
-                    for &(f, _) in &batch.dests[i] {
-                        files.fail(f, e.take());
-                    }
-                }
-            }
-        });
+                    })
+                },
+            );
+        }
+        zeros.learn(found.into_inner().unwrap_or_else(|p| p.into_inner()));
         bytes += finish_files(target, &mut files, &batch.finishing, progress);
     }
     let mut errors = files.errors.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -211,18 +260,20 @@ fn plan_batch(
     pos: &mut (usize, usize),
     limits: (usize, usize),
     overwrite: bool,
+    zeros: &Zeros,
 ) -> Batch {
     let jobs = files.jobs;
     let segments = next_segments(jobs, pos, limits);
-    // The directories the new files go into, each opened once for the batch (not followed).
-    let parents: HashMap<&Path, std::io::Result<OwnedFd>> = segments
-        .iter()
-        .filter(|seg| seg.first == 0)
-        .map(|seg| parent_of(&jobs[seg.file].rel))
-        .collect::<HashSet<&Path>>()
-        .into_par_iter()
-        .map(|p| (p, target.dir(p)))
-        .collect();
+    // The directories the new files go into, each opened once for the batch (not followed), in tree order:
+    // each is reached from the one before (see `TargetDir::dir`), and no descriptor of a batch before is used.
+    target.drop_held();
+    let mut parents: HashMap<&Path, std::io::Result<Arc<OwnedFd>>> = HashMap::new();
+    for seg in segments.iter().filter(|seg| seg.first == 0) {
+        let p = parent_of(&jobs[seg.file].rel);
+        if !parents.contains_key(p) {
+            parents.insert(p, target.dir(p));
+        }
+    }
     let opened: Vec<(usize, Result<File>)> = segments
         .par_iter()
         .filter(|seg| seg.first == 0)
@@ -250,7 +301,7 @@ fn plan_batch(
             Err(e) => files.fail(f, Some(e)),
         }
     }
-    let located: Vec<Vec<Result<Location>>> = segments
+    let located: Vec<Vec<Result<Located>>> = segments
         .par_iter()
         .map(|seg| {
             if files.is_failed(seg.file) {
@@ -260,7 +311,10 @@ fn plan_batch(
             // A file fails at its first unlocatable chunk: nothing after it is looked up.
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                let loc = repo.locate(id);
+                let loc = match zeros.len(id) {
+                    Some(len) => Ok(Located::Zeros(len)),
+                    None => repo.locate(id).map(Located::Blob),
+                };
                 let failed = loc.is_err();
                 out.push(loc);
                 if failed {
@@ -274,14 +328,20 @@ fn plan_batch(
     for (seg, locs) in segments.iter().zip(located) {
         let f = seg.file;
         for (id, loc) in jobs[f].chunks[seg.first..].iter().zip(locs) {
+            let at = files.located[f];
             let loc = match loc {
-                Ok(loc) => loc,
+                Ok(Located::Blob(loc)) => loc,
+                Ok(Located::Zeros(len)) => {
+                    files.located[f] += u64::from(len);
+                    batch.zero_refs.push((f, at, len));
+                    *files.pending[f].get_mut() += 1;
+                    continue;
+                }
                 Err(e) => {
                     files.fail(f, Some(damage_found(repo, id, None, e)));
                     break;
                 }
             };
-            let at = files.located[f];
             files.located[f] += u64::from(loc.entry.raw_len);
             let i = *batch.seen.entry(*id).or_insert_with(|| {
                 batch.blobs.push(loc);
@@ -395,26 +455,77 @@ fn finish_files(
         .sum()
 }
 
-/// Writes `data` at `at` except its pages (4 KiB from the chunk's start) that are all zeros, which stay holes.
-/// A page is tested with an OR over its bytes, which the compiler vectorises.
-fn write_sparse(file: &File, data: &[u8], at: u64) -> std::io::Result<()> {
+/// Where a chunk's bytes were found.
+enum Located {
+    Blob(Location),
+    /// A chunk of this many zeros, verified earlier in the restore (see [`Zeros`]).
+    Zeros(u32),
+}
+
+/// The chunks of a restore found to be all zeros, with their lengths: later references to them are written
+/// from [`ZEROS`] (or left as holes) without being read, decompressed and hashed again.
+///
+/// Why: backup stores a sparse file's holes as one zero chunk repeated (see [`crate::backup::holes`]), so a
+/// 64 GiB hole is some 16,000 references to a single blob. Each is still verified once, by the first batch
+/// that meets it: a damaged copy in its pack fails the files that need it, as any other chunk does.
+#[derive(Default)]
+pub(crate) struct Zeros {
+    ids: HashMap<Id, u32>,
+}
+
+impl Zeros {
+    /// The length of `id` when it is known to be zeros.
+    pub(crate) fn len(&self, id: &Id) -> Option<u32> {
+        self.ids.get(id).copied()
+    }
+
+    /// Records chunks found (read and verified) to be all zeros.
+    pub(crate) fn learn(&mut self, found: impl IntoIterator<Item = (Id, u32)>) {
+        self.ids.extend(found);
+    }
+}
+
+/// Zeros written in place of a known zero chunk (see [`Zeros`]); a chunk longer than this is written in parts.
+pub(crate) static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Whether `data` is all zeros; stops at the first block that is not (ordinary data costs next to nothing).
+pub(crate) fn is_zeros(data: &[u8]) -> bool {
+    data.chunks(64)
+        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Writes `len` zeros at `at`.
+fn write_zeros(file: &File, at: u64, len: u32) -> std::io::Result<()> {
+    let (mut at, mut left) = (at, len as usize);
+    while left > 0 {
+        let n = left.min(ZEROS.len());
+        file.write_all_at(&ZEROS[..n], at)?;
+        (at, left) = (at + n as u64, left - n);
+    }
+    Ok(())
+}
+
+/// The ranges of `data` that a sparse restore writes: all but its pages (4 KiB from the chunk's start) that
+/// are all zeros, which stay holes. A page is tested with an OR over its bytes, which the compiler vectorises.
+fn data_runs(data: &[u8]) -> Vec<(usize, usize)> {
     const PAGE: usize = 4096;
+    let mut runs = Vec::new();
     let mut run: Option<usize> = None;
     for (i, page) in data.chunks(PAGE).enumerate() {
         let zeros = page.iter().fold(0u8, |acc, &b| acc | b) == 0;
         match (zeros, run) {
             (false, None) => run = Some(i * PAGE),
             (true, Some(start)) => {
-                file.write_all_at(&data[start..i * PAGE], at + start as u64)?;
+                runs.push((start, i * PAGE));
                 run = None;
             }
             _ => {}
         }
     }
-    match run {
-        Some(start) => file.write_all_at(&data[start..], at + start as u64),
-        None => Ok(()),
+    if let Some(start) = run {
+        runs.push((start, data.len()));
     }
+    runs
 }
 
 /// Starts writing a file's dirty pages to disk, without waiting for them.
