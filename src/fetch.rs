@@ -15,7 +15,7 @@
 //! open of another pack) per delta. A base that cannot be read ahead is resolved by the delta on its own
 //! ([`crate::delta::decode`]), which reports the error as the single read path does.
 //!
-//! Trees ([`prefetch_trees`]) are read a level of the snapshot at a time with a plan of their own
+//! Trees ([`TreesAhead`]) are read a level of the snapshot at a time with a plan of their own
 //! ([`tree_plan`]): many small reads in flight and no gap read through, so a walk over an object store pays
 //! one round trip per level instead of one per directory (257 directories took 5.2 s one after the other
 //! against a loopback S3 server, 20 ms a request).
@@ -273,7 +273,7 @@ pub fn reader_pool(threads: usize) -> Result<Option<rayon::ThreadPool>> {
         .map_err(|e| Error::Invalid(format!("cannot start reader threads: {e}")))
 }
 
-/// How trees are read by [`prefetch_trees`] from a backend that reads blobs under `plan`: a tree is a few
+/// How trees are read by [`TreesAhead`] from a backend that reads blobs under `plan`: a tree is a few
 /// KiB, so the backend's `small_parallel` are in flight (memory stays at that many runs of at most 256 KiB,
 /// unless one tree is larger) and only trees stored side by side share a read.
 pub fn tree_plan(plan: ReadPlan) -> ReadPlan {
@@ -287,37 +287,129 @@ pub fn tree_plan(plan: ReadPlan) -> ReadPlan {
     }
 }
 
-/// Reads the trees below `root` (the root included) a level at a time, each level with merged, parallel
-/// ranged reads ([`tree_plan`]), and returns the ones read and verified. `descend(path, node)` says whether
-/// the walk that follows enters the directory `node` at `path` (names joined by `/`, as in
-/// [`crate::walk::Place`]): only those subtrees are read.
+/// Trees entered at most (in entries of the trees held) that [`TreesAhead`] keeps read ahead of the walk:
+/// enough for several levels of a file store (256 directories of a few hundred files each), little enough
+/// that a snapshot of millions of files costs the walk a few tens of MB, not its whole tree.
+const AHEAD_ENTRIES: usize = 32 * 1024;
+
+/// Trees read in one batch of a level by [`TreesAhead`]: the budget is checked between batches.
+const AHEAD_BATCH: usize = 256;
+
+/// A [`TreeSource`](crate::walk::TreeSource) for a depth-first walk that reads the trees it will enter ahead
+/// of it, a level at a time, each level with merged, parallel ranged reads ([`tree_plan`]): over an object
+/// store, one round trip per level instead of one per directory (257 directories took 5.2 s one after the
+/// other against a loopback S3 server, 20 ms a request).
 ///
-/// Best effort by design: a tree that cannot be read, is not in the index or does not decode is left out,
-/// and the walk that follows reads it on its own and reports it exactly as it would have without this
-/// (damage recorded, path named). The result is a cache for that walk, never a judgement.
-pub fn prefetch_trees(
-    repo: &Repository,
-    root: &Id,
-    descend: &dyn Fn(&[u8], &Node) -> bool,
-) -> Result<HashMap<Id, Tree>> {
-    let fetcher = Fetcher::with_plan(repo, tree_plan(repo.backend().read_plan()))?;
-    let mut trees: HashMap<Id, Tree> = HashMap::new();
-    // (tree, its path) of the level being read; a subtree met at two paths is read once, entered twice.
-    let mut level: Vec<(Id, Vec<u8>)> = vec![(*root, Vec::new())];
-    let mut tried: HashSet<Id> = HashSet::new();
-    while !level.is_empty() {
-        let wanted: Vec<Id> = level
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| tried.insert(*id))
-            .collect();
-        read_trees(repo, &fetcher, &wanted, &mut trees);
-        level = next_level(&trees, &level, descend);
-    }
-    Ok(trees)
+/// `descend(path, node)` says whether the walk enters the directory `node` at `path` (names joined by `/`,
+/// as in [`crate::walk::Place`]): only those subtrees are read ahead.
+///
+/// Memory: trees read ahead are held until the walk takes them (each is handed out once), at most about
+/// [`AHEAD_ENTRIES`] entries; where a level would go past that, the rest of it is read when the walk gets
+/// there (with the levels below it). So the walk's memory follows this bound, not the snapshot's size.
+///
+/// Best effort by design: a tree that cannot be read, is not in the index or does not decode is not held,
+/// and the walk reads it through `fallback`, which reports it exactly as it would have without read-ahead
+/// (damage recorded, path named). The trees held are a cache for the walk, never a judgement.
+pub struct TreesAhead<'a> {
+    repo: &'a Repository,
+    fetcher: Fetcher<'a>,
+    descend: &'a dyn Fn(&[u8], &Node) -> bool,
+    fallback: &'a dyn Fn(&Id) -> Result<Tree>,
+    /// Entries held ahead at most ([`AHEAD_ENTRIES`]; smaller in tests).
+    budget: usize,
+    ahead: std::cell::RefCell<Ahead>,
 }
 
-/// Reads the trees `ids` into `trees` (those that can be read and decode; see [`prefetch_trees`]): from this
+#[derive(Default)]
+struct Ahead {
+    held: HashMap<Id, Tree>,
+    /// Entries of the trees in `held`.
+    entries: usize,
+    /// Subtrees to enter that were not read ahead (the budget was reached), with their paths: the walk
+    /// reads them, and the levels below them, when it gets there.
+    later: HashMap<Id, Vec<u8>>,
+}
+
+impl<'a> TreesAhead<'a> {
+    pub fn new(
+        repo: &'a Repository,
+        descend: &'a dyn Fn(&[u8], &Node) -> bool,
+        fallback: &'a dyn Fn(&Id) -> Result<Tree>,
+    ) -> Result<TreesAhead<'a>> {
+        let fetcher = Fetcher::with_plan(repo, tree_plan(repo.backend().read_plan()))?;
+        Ok(TreesAhead {
+            repo,
+            fetcher,
+            descend,
+            fallback,
+            budget: AHEAD_ENTRIES,
+            ahead: Default::default(),
+        })
+    }
+
+    #[cfg(test)]
+    fn with_budget(self, budget: usize) -> Self {
+        TreesAhead { budget, ..self }
+    }
+
+    fn take(&self, id: &Id) -> Option<Tree> {
+        let mut ahead = self.ahead.borrow_mut();
+        let tree = ahead.held.remove(id)?;
+        ahead.entries -= tree.nodes.len();
+        Some(tree)
+    }
+
+    /// Reads `root` (at `path`) and the levels below it that the walk enters, until the budget is reached.
+    fn read_ahead(&self, root: Id, path: Vec<u8>) {
+        let mut level = vec![(root, path)];
+        let mut first = true;
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            let mut batches = level.chunks(AHEAD_BATCH);
+            for batch in batches.by_ref() {
+                let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
+                let mut read = HashMap::new();
+                read_trees(self.repo, &self.fetcher, &ids, &mut read);
+                next.extend(next_level(&read, batch, self.descend));
+                let mut ahead = self.ahead.borrow_mut();
+                for (id, tree) in read {
+                    ahead.entries += tree.nodes.len();
+                    if let Some(was) = ahead.held.insert(id, tree) {
+                        ahead.entries -= was.nodes.len();
+                    }
+                }
+                // The tree asked for is always read; what lies below it only within the budget.
+                if !std::mem::take(&mut first) && ahead.entries >= self.budget {
+                    break;
+                }
+            }
+            let mut ahead = self.ahead.borrow_mut();
+            let full = ahead.entries >= self.budget;
+            ahead.later.extend(batches.flatten().cloned());
+            if full {
+                ahead.later.extend(next);
+                return;
+            }
+            level = next;
+        }
+    }
+}
+
+impl crate::walk::TreeSource for TreesAhead<'_> {
+    fn read_tree(&self, id: &Id) -> Result<Tree> {
+        if let Some(tree) = self.take(id) {
+            return Ok(tree);
+        }
+        let path = self.ahead.borrow_mut().later.remove(id).unwrap_or_default();
+        self.read_ahead(*id, path);
+        match self.take(id) {
+            Some(tree) => Ok(tree),
+            None => (self.fallback)(id),
+        }
+    }
+}
+
+/// Reads the trees `ids` into `trees` (those that can be read and decode; see [`TreesAhead`]): from this
 /// host's tree cache where it has them, the others from their packs, which are then kept in the cache.
 fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut HashMap<Id, Tree>) {
     let mut missing = Vec::with_capacity(ids.len());
@@ -503,14 +595,18 @@ mod tests {
                 .push(String::from_utf8_lossy(path).into_owned());
             !path.starts_with(b"skip")
         };
-        let trees = prefetch_trees(&repo, &root, &descend).unwrap();
+        let fallback = |id: &Id| repo.read_tree(id);
+        let ahead = TreesAhead::new(&repo, &descend, &fallback).unwrap();
+        use crate::walk::TreeSource;
+        assert_eq!(ahead.read_tree(&root).unwrap().nodes.len(), 3);
+        let trees = std::mem::take(&mut ahead.ahead.borrow_mut().held);
         let mut got: Vec<Id> = trees.keys().copied().collect();
         got.sort();
-        let mut want = vec![root, a, b, deep];
+        let mut want = vec![a, b, deep];
         want.sort();
         assert_eq!(
             got, want,
-            "skip and inner not read, the missing tree left out"
+            "the root handed out, skip and inner not read, the missing tree left out"
         );
         assert!(!trees.contains_key(&skip) && !trees.contains_key(&inner));
         assert_eq!(trees[&deep].nodes[0].name, b"f");
@@ -518,6 +614,60 @@ mod tests {
         let mut asked = asked.into_inner().unwrap();
         asked.sort();
         assert_eq!(asked, ["a", "a/deep", "a/gone", "b", "b/deep", "skip"]);
+    }
+
+    #[test]
+    fn trees_read_ahead_stay_within_the_budget_and_the_walk_still_meets_every_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = Repository::init(tmp.path().join("repo"), Config::new_default()).unwrap();
+        // 40 directories of 50 files, each holding 3 subdirectories of 10 files: 2,000 + 1,200 entries.
+        let root = PackWriter::scope(&repo, |w| {
+            let save = |nodes: Vec<Node>| -> Result<Id> {
+                let (bytes, _) = Tree::new(nodes)?.encode()?;
+                Ok(w.save(BlobKind::Tree, &bytes)?.0)
+            };
+            let mut top = Vec::new();
+            for d in 0..40 {
+                let mut nodes: Vec<Node> = (0..50).map(|f| file(&format!("f{f:02}"))).collect();
+                for s in 0..3 {
+                    let leaf: Vec<Node> = (0..10).map(|f| file(&format!("{d}.{s}.{f}"))).collect();
+                    nodes.push(dir(&format!("s{s}"), save(leaf)?));
+                }
+                top.push(dir(&format!("d{d:02}"), save(nodes)?));
+            }
+            save(top)
+        })
+        .unwrap();
+        let descend = |_: &[u8], _: &Node| true;
+        let fallback = |id: &Id| repo.read_tree(id);
+        let ahead = TreesAhead::new(&repo, &descend, &fallback)
+            .unwrap()
+            .with_budget(300);
+        struct Count<'a> {
+            ahead: &'a TreesAhead<'a>,
+            files: usize,
+            most_held: usize,
+        }
+        impl crate::walk::Visitor for Count<'_> {
+            fn entry(&mut self, _: crate::walk::Place, node: &Node) -> Result<crate::walk::Step> {
+                self.files += matches!(node.kind, NodeKind::File { .. }) as usize;
+                let held = self.ahead.ahead.borrow().entries;
+                self.most_held = self.most_held.max(held);
+                Ok(crate::walk::Step::Descend)
+            }
+        }
+        let mut count = Count {
+            ahead: &ahead,
+            files: 0,
+            most_held: 0,
+        };
+        crate::walk::walk(&ahead, &root, &mut count).unwrap();
+        assert_eq!(count.files, 40 * 50 + 40 * 3 * 10);
+        // One batch of a level may go past the budget (40 trees of 53 entries here), never more.
+        assert!(count.most_held <= 300 + 40 * 53, "{}", count.most_held);
+        assert!(count.most_held > 0, "nothing was read ahead");
+        let left = ahead.ahead.borrow();
+        assert_eq!((left.entries, left.held.len(), left.later.len()), (0, 0, 0));
     }
 
     fn loc(pack: u8, offset: u64, len: u32) -> Location {

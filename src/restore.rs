@@ -11,6 +11,10 @@
 //! Before anything is written, the target is checked ([`crate::restore_target`]): never into the
 //! repository, never `/` reached through a symlink, never a whole directory tree replaced by `overwrite`.
 //!
+//! Memory: a file restore holds one round of entries ([`ROUND_ENTRIES`], with their chunk lists), the trees
+//! read ahead of its walk ([`TreesAhead`]), the directories it is in, and the first path of each hard-linked
+//! inode; never the whole snapshot, so a restore of millions of files runs in the memory of a few thousand.
+//!
 //! Damage: an object that fails verification here (a hash mismatch, bad framing, a missing pack or blob; see
 //! [`Error::is_damage`]) is recorded in the index as a damaged copy, so that the next backup stores it again
 //! instead of deduplicating against it, and the error says so. Other read errors (permission denied, EIO)
@@ -27,6 +31,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, IoContext, Result};
+use crate::fetch::TreesAhead;
 use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
 use crate::progress::Progress;
@@ -70,11 +75,32 @@ struct Item {
     node: Node,
 }
 
+/// Entries gathered before they are written, at most, and chunk references among them: a restore holds one
+/// round of entries (with their chunk lists), never the whole snapshot's (a million files would be ~700 MB).
+/// A round is many of [`restore_files`]' batches, so the batches stay full.
+const ROUND_ENTRIES: usize = 16 * 1024;
+const ROUND_CHUNKS: usize = 256 * 1024;
+
 /// Restores a snapshot's file tree under `opts.target`.
+///
+/// The tree is walked once (depth-first, trees read ahead in bounded memory: [`TreesAhead`]) and written
+/// in rounds of entries as the walk meets them ([`Rounds`]); a directory gets its metadata once everything
+/// below it is written. Files that fail do not stop the restore: every file is attempted, each failed one
+/// is removed, and the first failure met is returned at the end.
 pub fn restore(
     repo: &Repository,
     snap: &Snapshot,
     opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    restore_in_rounds(repo, snap, opts, (ROUND_ENTRIES, ROUND_CHUNKS))
+}
+
+/// [`restore`] in rounds of at most `limits.0` entries and `limits.1` chunk references.
+fn restore_in_rounds(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    limits: (usize, usize),
 ) -> Result<RestoreSummary> {
     let root = snap.tree.ok_or_else(|| {
         Error::NotFound("the snapshot holds no file tree (only streams: use `cairn dump`)".into())
@@ -84,129 +110,295 @@ pub fn restore(
         .iter()
         .map(|p| components(p.as_os_str().as_bytes()))
         .collect();
-    let mut items = Vec::new();
-    collect(repo, &root, &include, &mut items)?;
-    if !include.is_empty() && items.is_empty() {
-        return Err(Error::NotFound(format!(
-            "no path in the snapshot matches {:?}",
-            opts.include
-        )));
-    }
     restore_target::refuse_root_through_symlink(&opts.target)?;
     if let Some(why) = restore_target::repository_overlap(repo, &root, &opts.target)? {
         return Err(Error::Invalid(format!(
             "{why}; nothing was restored: choose a target outside the repository"
         )));
     }
+    let descend = |path: &[u8], node: &Node| kept(&include, path, node);
+    let fallback = |id: &Id| read_tree(repo, id);
     if opts.overwrite {
-        let entries = items.iter().map(|it| (it.rel.as_path(), &it.node));
-        restore_target::refuse_directories_in_the_way(&opts.target, entries)?;
+        // A walk of its own before anything is written (the trees are read twice: a directory in the way
+        // must stop the restore before it starts, and holding every entry until then is what rounds avoid).
+        let trees = TreesAhead::new(repo, &descend, &fallback)?;
+        walk::walk(
+            &trees,
+            &root,
+            &mut InTheWay {
+                include: &include,
+                target: &opts.target,
+            },
+        )?;
     }
-    fs::create_dir_all(&opts.target).at(&opts.target)?;
-    // Everything below the target is reached through descriptors, never through a symlink (see
-    // [`crate::restore_at`]): the tree may be changed by someone else while the restore runs.
-    let target = TargetDir::open(&opts.target)?;
-    write_items(repo, &items, &target, opts)
+    let trees = TreesAhead::new(repo, &descend, &fallback)?;
+    let mut rounds = Rounds::new(repo, opts, &include, limits)?;
+    rounds.write(&trees, &root)?;
+    rounds.finish()
 }
 
-/// Makes the entries `items` (in tree order) below `target`: directories, files, hard links, symlinks and
-/// special files, then the directories' metadata.
-fn write_items(
-    repo: &Repository,
-    items: &[Item],
-    target: &TargetDir,
-    opts: &RestoreOptions,
-) -> Result<RestoreSummary> {
-    let mut summary = RestoreSummary::default();
-    for it in items
-        .iter()
-        .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
-    {
-        target.make_dir(&it.rel, opts.overwrite)?;
-        summary.dirs += 1;
+/// The overwrite check of every entry restored (see [`restore_target::refuse_directory_in_the_way`]).
+struct InTheWay<'a> {
+    include: &'a [Vec<Vec<u8>>],
+    target: &'a Path,
+}
+
+impl walk::Visitor for InTheWay<'_> {
+    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+        if !kept(self.include, at.path, node) {
+            return Ok(Step::Skip);
+        }
+        restore_target::refuse_directory_in_the_way(self.target, at.as_path(), node)?;
+        Ok(Step::Descend)
     }
-    let (primaries, links) = split_hard_links(items);
-    let jobs: Vec<FileJob> = primaries
-        .iter()
-        .filter_map(|it| match &it.node.kind {
-            NodeKind::File { chunks, size } => Some(FileJob {
-                path: target.display(&it.rel),
-                rel: it.rel.clone(),
-                node: &it.node,
-                chunks,
-                size: *size,
-            }),
-            _ => None,
+}
+
+/// The writing walk: entries gathered in tree order into rounds, each round written when full (directories,
+/// files, hard links, symlinks and special files), then the metadata of the directories the walk has left.
+struct Rounds<'a> {
+    repo: &'a Repository,
+    opts: &'a RestoreOptions,
+    include: &'a [Vec<Vec<u8>>],
+    fetcher: crate::fetch::Fetcher<'a>,
+    /// Created and opened at the first round written: a restore that matches nothing writes nothing.
+    target: Option<TargetDir>,
+    /// Entries and chunk references in a round at most.
+    limits: (usize, usize),
+    round: Vec<Item>,
+    round_chunks: usize,
+    /// Entries met so far.
+    entries: u64,
+    /// The directories the walk is in (their metadata waits until it leaves them), outermost first.
+    open_dirs: Vec<(PathBuf, Meta)>,
+    /// Directories the walk has left, deepest first: given their metadata after the round is written.
+    closed_dirs: Vec<(PathBuf, Meta)>,
+    /// The first path restored of each hard-linked inode (device, inode): only files with nlink > 1.
+    first_paths: HashMap<(u64, u64), PathBuf>,
+    summary: RestoreSummary,
+    /// The first file that failed: the restore goes on, and returns it at the end.
+    failed: Option<Error>,
+    as_root: bool,
+}
+
+impl walk::Visitor for Rounds<'_> {
+    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
+        if !kept(self.include, at.path, node) {
+            return Ok(Step::Skip);
+        }
+        let rel = at.as_path().to_path_buf();
+        match &node.kind {
+            NodeKind::Dir { .. } => self.open_dirs.push((rel.clone(), node.meta.clone())),
+            NodeKind::File { chunks, .. } => self.round_chunks += chunks.len(),
+            _ => {}
+        }
+        self.round.push(Item {
+            rel,
+            node: node.clone(),
+        });
+        self.entries += 1;
+        if self.round.len() >= self.limits.0 || self.round_chunks >= self.limits.1 {
+            self.flush()?;
+        }
+        Ok(Step::Descend)
+    }
+
+    fn tree_done(&mut self, _id: &Id, at: Place) -> Result<()> {
+        if at.depth > 0 {
+            if let Some(dir) = self.open_dirs.pop() {
+                self.closed_dirs.push(dir);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Rounds<'a> {
+    fn new(
+        repo: &'a Repository,
+        opts: &'a RestoreOptions,
+        include: &'a [Vec<Vec<u8>>],
+        limits: (usize, usize),
+    ) -> Result<Rounds<'a>> {
+        Ok(Rounds {
+            repo,
+            opts,
+            include,
+            fetcher: crate::fetch::Fetcher::new(repo)?,
+            target: None,
+            limits,
+            round: Vec::new(),
+            round_chunks: 0,
+            entries: 0,
+            open_dirs: Vec::new(),
+            closed_dirs: Vec::new(),
+            first_paths: HashMap::new(),
+            summary: RestoreSummary::default(),
+            failed: None,
+            as_root: nix::unistd::geteuid().is_root(),
         })
-        .collect();
-    let bytes = restore_files(
-        repo,
-        target,
-        &jobs,
-        Writing {
+    }
+
+    /// Walks the tree `root` and writes what it selects, the last round included.
+    fn write(&mut self, trees: &TreesAhead, root: &Id) -> Result<()> {
+        walk::walk(trees, root, self)?;
+        if !self.include.is_empty() && self.entries == 0 {
+            return Err(Error::NotFound(format!(
+                "no path in the snapshot matches {:?}",
+                self.opts.include
+            )));
+        }
+        self.flush()
+    }
+
+    /// What the restore wrote, or the first failure it met.
+    fn finish(self) -> Result<RestoreSummary> {
+        self.opts.progress.finish();
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.summary),
+        }
+    }
+
+    /// Writes the round gathered so far, then the metadata of the directories left.
+    fn flush(&mut self) -> Result<()> {
+        if self.target.is_none() {
+            fs::create_dir_all(&self.opts.target).at(&self.opts.target)?;
+            // Everything below the target is reached through descriptors, never through a symlink (see
+            // [`crate::restore_at`]): the tree may be changed by someone else while the restore runs.
+            self.target = Some(TargetDir::open(&self.opts.target)?);
+        }
+        let items = std::mem::take(&mut self.round);
+        self.round_chunks = 0;
+        self.write_round(&items)
+            .map_err(|e| self.failed.take().unwrap_or(e))?;
+        drop(items);
+        let closed = std::mem::take(&mut self.closed_dirs);
+        self.dir_metadata(&closed)
+            .map_err(|e| self.failed.take().unwrap_or(e))
+    }
+
+    fn target(&self) -> Result<&TargetDir> {
+        self.target
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("restore target not open".into()))
+    }
+
+    /// Makes the entries `items` (in tree order): directories, files, hard links, symlinks and special files.
+    fn write_round(&mut self, items: &[Item]) -> Result<()> {
+        let opts = self.opts;
+        let target = self
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("restore target not open".into()))?;
+        for it in items
+            .iter()
+            .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
+        {
+            target.make_dir(&it.rel, opts.overwrite)?;
+        }
+        let (primaries, links) = split_hard_links(items, &mut self.first_paths);
+        let jobs: Vec<FileJob> = primaries
+            .iter()
+            .filter_map(|it| match &it.node.kind {
+                NodeKind::File { chunks, size } => Some(FileJob {
+                    path: target.display(&it.rel),
+                    rel: it.rel.clone(),
+                    node: &it.node,
+                    chunks,
+                    size: *size,
+                }),
+                _ => None,
+            })
+            .collect();
+        let how = Writing {
             overwrite: opts.overwrite,
             sparse: opts.sparse,
-        },
-        &opts.progress,
-    )?;
-    summary.files = primaries.len() as u64;
-    summary.bytes = bytes;
-    target.drop_held();
-    for (it, first) in &links {
-        let path = target.display(&it.rel);
-        let (dir, name) = target.parent(&it.rel).at(&path)?;
-        replace_existing_at(dir.as_fd(), &name, opts.overwrite, &path)?;
-        let (from_dir, from_name) = target.parent(first).at(&path)?;
-        link_at(from_dir.as_fd(), &from_name, dir.as_fd(), &name).at(&path)?;
-        summary.links += 1;
-    }
-    target.drop_held();
-    let as_root = nix::unistd::geteuid().is_root();
-    for it in items {
-        let special = match &it.node.kind {
-            NodeKind::Symlink { .. } => None,
-            NodeKind::Fifo => Some((libc::S_IFIFO, 0)),
-            NodeKind::CharDevice { rdev } => Some((libc::S_IFCHR, *rdev)),
-            NodeKind::BlockDevice { rdev } => Some((libc::S_IFBLK, *rdev)),
-            _ => continue,
         };
-        let path = target.display(&it.rel);
-        let (dir, name) = target.parent(&it.rel).at(&path)?;
-        let dir = dir.as_fd();
-        replace_existing_at(dir, &name, opts.overwrite, &path)?;
-        let meta = &it.node.meta;
-        match (&it.node.kind, special) {
-            (NodeKind::Symlink { target: t }, _) => symlink_at(dir, &name, t).at(&path)?,
-            (_, Some((kind, rdev))) => {
-                if let Err(e) = mknod_at(dir, &name, kind, meta.mode, rdev) {
-                    summary
-                        .warnings
-                        .push(format!("{}: not recreated: {e}", path.display()));
-                    continue;
-                }
+        let written = restore_files(self.repo, &self.fetcher, target, &jobs, how, &opts.progress);
+        let summary = &mut self.summary;
+        summary.dirs += items
+            .iter()
+            .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
+            .count() as u64;
+        summary.files += jobs.len() as u64;
+        match written {
+            Ok(bytes) => summary.bytes += bytes,
+            // Cancelled: stop here (the files so far stay).
+            Err(e @ Error::Interrupted) => return Err(e),
+            Err(e) => {
+                self.failed.get_or_insert(e);
             }
-            _ => continue,
         }
-        set_meta_at(dir, &name, meta, special.is_none(), as_root).at(&path)?;
-        crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
-            .map_err(|e| name_path(e, &path))?;
-        set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
-        summary.special += 1;
+        target.drop_held();
+        for (it, first) in &links {
+            let path = target.display(&it.rel);
+            let (dir, name) = target.parent(&it.rel).at(&path)?;
+            replace_existing_at(dir.as_fd(), &name, opts.overwrite, &path)?;
+            let (from_dir, from_name) = target.parent(first).at(&path)?;
+            link_at(from_dir.as_fd(), &from_name, dir.as_fd(), &name).at(&path)?;
+            summary.links += 1;
+        }
+        target.drop_held();
+        for it in items {
+            write_special(target, it, opts.overwrite, self.as_root, summary)?;
+        }
+        target.drop_held();
+        Ok(())
     }
-    target.drop_held();
-    // Directory times last, deepest first: creating entries inside a directory changes its mtime. Each is
-    // opened (not followed) and given its metadata through its descriptor.
-    for it in items
-        .iter()
-        .rev()
-        .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
-    {
-        let path = target.display(&it.rel);
-        let dir = target.open_dir(&it.rel)?;
-        apply_file_meta(&dir, &path, &it.node.meta)?;
+
+    /// Gives directories (deepest first) their metadata, each opened (not followed) and set through its
+    /// descriptor: last, because creating entries inside a directory changes its mtime.
+    fn dir_metadata(&self, dirs: &[(PathBuf, Meta)]) -> Result<()> {
+        let target = self.target()?;
+        for (rel, meta) in dirs {
+            let path = target.display(rel);
+            let dir = target.open_dir(rel)?;
+            apply_file_meta(&dir, &path, meta)?;
+        }
+        target.drop_held();
+        Ok(())
     }
-    opts.progress.finish();
-    Ok(summary)
+}
+
+/// Makes a symlink or special file (anything else is left to the other phases); a device or FIFO that
+/// cannot be made is a warning, as restic's.
+fn write_special(
+    target: &TargetDir,
+    it: &Item,
+    overwrite: bool,
+    as_root: bool,
+    summary: &mut RestoreSummary,
+) -> Result<()> {
+    let special = match &it.node.kind {
+        NodeKind::Symlink { .. } => None,
+        NodeKind::Fifo => Some((libc::S_IFIFO, 0)),
+        NodeKind::CharDevice { rdev } => Some((libc::S_IFCHR, *rdev)),
+        NodeKind::BlockDevice { rdev } => Some((libc::S_IFBLK, *rdev)),
+        _ => return Ok(()),
+    };
+    let path = target.display(&it.rel);
+    let (dir, name) = target.parent(&it.rel).at(&path)?;
+    let dir = dir.as_fd();
+    replace_existing_at(dir, &name, overwrite, &path)?;
+    let meta = &it.node.meta;
+    match (&it.node.kind, special) {
+        (NodeKind::Symlink { target: t }, _) => symlink_at(dir, &name, t).at(&path)?,
+        (_, Some((kind, rdev))) => {
+            if let Err(e) = mknod_at(dir, &name, kind, meta.mode, rdev) {
+                summary
+                    .warnings
+                    .push(format!("{}: not recreated: {e}", path.display()));
+                return Ok(());
+            }
+        }
+        _ => return Ok(()),
+    }
+    set_meta_at(dir, &name, meta, special.is_none(), as_root).at(&path)?;
+    crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
+        .map_err(|e| name_path(e, &path))?;
+    set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
+    summary.special += 1;
+    Ok(())
 }
 
 /// An attribute error about a `/proc/self/fd/...` path, said about the restored path instead.
@@ -229,40 +421,6 @@ fn components(p: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Walks the tree depth-first, keeping entries selected by `include` (and the directories leading to them).
-/// The trees the walk enters are read first, a level at a time ([`crate::fetch::prefetch_trees`]): over an
-/// object store one round trip per directory, one after the other, cost more than the restore's data.
-fn collect(
-    repo: &Repository,
-    tree: &Id,
-    include: &[Vec<Vec<u8>>],
-    out: &mut Vec<Item>,
-) -> Result<()> {
-    struct Collect<'a> {
-        include: &'a [Vec<Vec<u8>>],
-        out: &'a mut Vec<Item>,
-    }
-    impl walk::Visitor for Collect<'_> {
-        fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
-            if !kept(self.include, at.path, node) {
-                return Ok(Step::Skip);
-            }
-            self.out.push(Item {
-                rel: at.as_path().to_path_buf(),
-                node: node.clone(),
-            });
-            Ok(Step::Descend)
-        }
-    }
-    let descend = |path: &[u8], node: &Node| kept(include, path, node);
-    let trees = crate::fetch::prefetch_trees(repo, tree, &descend)?;
-    let source = FnSource(|id: &Id| match trees.get(id) {
-        Some(t) => Ok(t.clone()),
-        None => read_tree(repo, id),
-    });
-    walk::walk(&source, tree, &mut Collect { include, out })
-}
-
 /// Whether the entry `node` at `path` is restored: selected fully if some include is a prefix of its path,
 /// or a directory on the way to one (every entry when `include` is empty).
 fn kept(include: &[Vec<Vec<u8>>], path: &[u8], node: &Node) -> bool {
@@ -283,9 +441,12 @@ fn damage_recording(repo: &Repository) -> FnSource<impl Fn(&Id) -> Result<crate:
     FnSource(move |id: &Id| read_tree(repo, id))
 }
 
-/// Regular files to write, and hard links to make to the first restored path of their group.
-fn split_hard_links(items: &[Item]) -> (Vec<&Item>, Vec<(&Item, PathBuf)>) {
-    let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
+/// Regular files to write, and hard links to make to the first restored path of their group (`first`:
+/// kept across rounds, for files with more than one link only).
+fn split_hard_links<'i>(
+    items: &'i [Item],
+    first: &mut HashMap<(u64, u64), PathBuf>,
+) -> (Vec<&'i Item>, Vec<(&'i Item, PathBuf)>) {
     let mut primaries = Vec::new();
     let mut links = Vec::new();
     for it in items
@@ -747,8 +908,10 @@ mod tests {
             })
             .collect();
         let target = TargetDir::open(dir.path()).unwrap();
+        let fetcher = crate::fetch::Fetcher::new(&repo).unwrap();
         let total = restore_files(
             &repo,
+            &fetcher,
             &target,
             &jobs,
             Writing::default(),
@@ -771,6 +934,132 @@ mod tests {
         );
     }
 
+    /// [`restore_in_rounds`] without the checks on the target, and the directory opens it made.
+    fn restore_counting_opens(
+        repo: &Repository,
+        snap: &Snapshot,
+        opts: &RestoreOptions,
+        limits: (usize, usize),
+    ) -> (Result<RestoreSummary>, u64) {
+        let descend = |_: &[u8], _: &Node| true;
+        let fallback = |id: &Id| read_tree(repo, id);
+        let trees = TreesAhead::new(repo, &descend, &fallback).unwrap();
+        let mut rounds = Rounds::new(repo, opts, &[], limits).unwrap();
+        let written = rounds.write(&trees, &snap.tree.unwrap());
+        let opens = rounds.target.as_ref().map_or(0, TargetDir::opens);
+        (written.and_then(|()| rounds.finish()), opens)
+    }
+
+    /// Every entry below `root`: path, kind, mode, mtime, and content or link target; hard-linked files
+    /// by the first path of their inode.
+    fn listing(root: &Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut inodes = HashMap::new();
+        let mut todo = vec![PathBuf::new()];
+        while let Some(rel) = todo.pop() {
+            let path = root.join(&rel);
+            let md = fs::symlink_metadata(&path).unwrap();
+            let what = if md.is_dir() {
+                let mut names: Vec<_> = fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                names.sort();
+                todo.extend(names.into_iter().map(|n| rel.join(n)));
+                "dir".to_string()
+            } else if md.file_type().is_symlink() {
+                format!("-> {:?}", fs::read_link(&path).unwrap())
+            } else if md.is_file() {
+                let first = inodes.entry(md.ino()).or_insert_with(|| rel.clone());
+                format!("{:?} first {:?}", fs::read(&path).unwrap(), first)
+            } else {
+                "special".to_string()
+            };
+            out.push(format!(
+                "{:?} {:o} {} {what}",
+                rel,
+                md.mode(),
+                if md.file_type().is_symlink() {
+                    0
+                } else {
+                    md.mtime()
+                }
+            ));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_restore_in_many_rounds_matches_one_in_a_single_round() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        // Directories deep and shallow, files, symlinks, a FIFO, hard links whose second path comes rounds
+        // after the first, and directory times that the entries made inside them would otherwise change.
+        for d in ["a", "a/sub", "a/sub/deeper", "b", "c"] {
+            fs::create_dir_all(src.join(d)).unwrap();
+        }
+        for i in 0..12 {
+            fs::write(
+                src.join(format!("a/f{i:02}")),
+                format!("file {i}\n").repeat(i + 1),
+            )
+            .unwrap();
+        }
+        fs::write(src.join("a/sub/deeper/g"), b"deep").unwrap();
+        fs::write(src.join("c/last"), b"last").unwrap();
+        symlink("../a/f00", src.join("b/link")).unwrap();
+        fs::hard_link(src.join("a/f03"), src.join("b/twin")).unwrap();
+        fs::hard_link(src.join("a/f03"), src.join("c/triplet")).unwrap();
+        nix::unistd::mkfifo(
+            &src.join("c/pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        fs::set_permissions(src.join("a/sub"), fs::Permissions::from_mode(0o750)).unwrap();
+        for (n, d) in ["a/sub/deeper", "a/sub", "a", "b", "c", ""]
+            .iter()
+            .enumerate()
+        {
+            let t = nix::sys::time::TimeVal::new(1_500_000_000 + n as i64 * 1000, 0);
+            nix::sys::stat::utimes(&src.join(d), &t, &t).unwrap();
+        }
+        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
+        let made = crate::backup::backup(
+            &repo,
+            crate::backup::BackupOptions {
+                paths: vec![src.clone()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        for (name, limits) in [
+            ("one", (1 << 20, 1 << 20)),
+            ("rounds", (3, 1 << 20)),
+            ("chunks", (1 << 20, 2)),
+        ] {
+            let out = dir.path().join(name);
+            let opts = RestoreOptions {
+                target: out.clone(),
+                ..Default::default()
+            };
+            let (summary, _) = restore_counting_opens(&repo, &made.snapshot, &opts, limits);
+            let summary = summary.unwrap();
+            assert_eq!(
+                (summary.dirs, summary.files, summary.links, summary.special),
+                (6, 14, 2, 2),
+                "{name}"
+            );
+            seen.push(listing(&out.join("src")));
+        }
+        assert_eq!(seen[0], listing(&src));
+        assert_eq!(seen[1], seen[0], "restored in rounds of 3 entries");
+        assert_eq!(seen[2], seen[0], "restored in rounds of 2 chunks");
+    }
+
     #[test]
     fn a_deep_chain_of_directories_restores_with_opens_linear_in_its_depth() {
         const DEPTH: u64 = 300;
@@ -791,25 +1080,22 @@ mod tests {
             },
         )
         .unwrap();
-        let mut items = Vec::new();
-        collect(&repo, &made.snapshot.tree.unwrap(), &[], &mut items).unwrap();
         let out = dir.path().join("restored");
-        fs::create_dir_all(&out).unwrap();
-        let target = TargetDir::open(&out).unwrap();
         let opts = RestoreOptions {
             target: out.clone(),
             ..Default::default()
         };
-        let summary = write_items(&repo, &items, &target, &opts).unwrap();
+        let limits = (ROUND_ENTRIES, ROUND_CHUNKS);
+        let (summary, opens) = restore_counting_opens(&repo, &made.snapshot, &opts, limits);
+        let summary = summary.unwrap();
         assert_eq!((summary.dirs, summary.files), (DEPTH + 1, DEPTH));
         let deepest = PathBuf::from("src")
             .join("d/".repeat(DEPTH as usize))
             .join("f");
         assert_eq!(fs::read(out.join(deepest)).unwrap(), b"299");
         // Each pass (directories, files, directory times) walks down or up the chain once, and again from the
-        // target every 256 entries: about 6 opens a level here. Walked from the target for every entry, the
-        // three passes took DEPTH^2 / 2 opens each (135,000).
-        let opens = target.opens();
+        // target every 256 entries and every round (of 64 entries here). Walked from the target for every
+        // entry, the three passes took DEPTH^2 / 2 opens each (135,000).
         eprintln!("{opens} directory opens to restore a chain {DEPTH} deep");
         assert!(
             opens < 20 * DEPTH,

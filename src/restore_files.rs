@@ -142,12 +142,12 @@ impl Files<'_> {
 /// that fails is removed, and the first failure (in tree order) is returned.
 pub(crate) fn restore_files(
     repo: &Repository,
+    fetcher: &crate::fetch::Fetcher,
     target: &TargetDir,
     jobs: &[FileJob],
     how: Writing,
     progress: &Progress,
 ) -> Result<u64> {
-    let fetcher = crate::fetch::Fetcher::new(repo)?;
     let limits = batch_limits(repo);
     let mut files = Files {
         jobs,

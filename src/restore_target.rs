@@ -21,31 +21,27 @@ use crate::hashing::Id;
 use crate::repo::Repository;
 use crate::tree::{Node, NodeKind};
 
-/// Refuses an overwriting restore that would replace a non-empty directory under `target` by an entry
-/// that is not a directory (see the module docs). A check before anything is written: the restore itself
-/// goes through descriptors, and a directory that appears later is still removed only by `--overwrite`.
-pub(crate) fn refuse_directories_in_the_way<'a>(
-    target: &Path,
-    entries: impl Iterator<Item = (&'a Path, &'a Node)>,
-) -> Result<()> {
-    for (rel, node) in entries {
-        if matches!(node.kind, NodeKind::Dir { .. }) {
-            continue;
-        }
-        let path = target.join(rel);
-        let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-        if is_dir && fs::read_dir(&path).map_or(true, |mut d| d.next().is_some()) {
-            return Err(Error::Invalid(format!(
-                "{} is a directory holding files where the snapshot has a {}: --overwrite replaces \
-                 files, not whole trees; move it away and restore again. Nothing was restored",
-                path.display(),
-                match node.kind {
-                    NodeKind::Symlink { .. } => "symlink",
-                    NodeKind::File { .. } => "file",
-                    _ => "special file",
-                }
-            )));
-        }
+/// Refuses an overwriting restore that would replace a non-empty directory at `rel` under `target` by
+/// `node` when that is not a directory (see the module docs). A check of every entry before anything is
+/// written: the restore itself goes through descriptors, and a directory that appears later is still
+/// removed only by `--overwrite`.
+pub(crate) fn refuse_directory_in_the_way(target: &Path, rel: &Path, node: &Node) -> Result<()> {
+    if matches!(node.kind, NodeKind::Dir { .. }) {
+        return Ok(());
+    }
+    let path = target.join(rel);
+    let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+    if is_dir && fs::read_dir(&path).map_or(true, |mut d| d.next().is_some()) {
+        return Err(Error::Invalid(format!(
+            "{} is a directory holding files where the snapshot has a {}: --overwrite replaces \
+             files, not whole trees; move it away and restore again. Nothing was restored",
+            path.display(),
+            match node.kind {
+                NodeKind::Symlink { .. } => "symlink",
+                NodeKind::File { .. } => "file",
+                _ => "special file",
+            }
+        )));
     }
     Ok(())
 }

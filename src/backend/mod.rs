@@ -245,7 +245,7 @@ pub trait Backend: Send + Sync {
 /// bytes are fetched by one ranged read (the bytes between are read and dropped), a read spans at most
 /// `max_run` bytes (unless one blob is larger), and at most `parallel` reads are in flight, so at most
 /// `parallel * max_run` bytes of runs are held at once; reads of single small blobs (trees, a level of a
-/// snapshot at a time: [`crate::fetch::prefetch_trees`]) keep up to `small_parallel` in flight. A file
+/// snapshot at a time: [`crate::fetch::TreesAhead`]) keep up to `small_parallel` in flight. A file
 /// restore plans up to `batch_files` files and `batch_chunks` chunk references together (see
 /// [`crate::restore_files`]): a pack is read once per batch that needs it, so the larger the batch, the
 /// fewer times each pack is read.
