@@ -287,12 +287,13 @@ pub fn tree_plan(plan: ReadPlan) -> ReadPlan {
     }
 }
 
-/// Trees entered at most (in entries of the trees held) that [`TreesAhead`] keeps read ahead of the walk:
-/// enough for several levels of a file store (256 directories of a few hundred files each), little enough
-/// that a snapshot of millions of files costs the walk a few tens of MB, not its whole tree.
-const AHEAD_ENTRIES: usize = 32 * 1024;
+/// Trees that [`TreesAhead`] holds ahead of the walk at most, in bytes of their stored (raw) encoding, which
+/// the index knows before they are read; decoded, a tree takes about two to three times that. Several
+/// levels of a file store (256 directories of a few hundred files each) fit, while a snapshot of millions
+/// of files, or of files with long chunk lists, costs the walk this, not its whole tree.
+const AHEAD_BYTES: usize = 8 << 20;
 
-/// Trees read in one batch of a level by [`TreesAhead`]: the budget is checked between batches.
+/// Trees read in one batch of a level by [`TreesAhead`] at most.
 const AHEAD_BATCH: usize = 256;
 
 /// A [`TreeSource`](crate::walk::TreeSource) for a depth-first walk that reads the trees it will enter ahead
@@ -303,9 +304,10 @@ const AHEAD_BATCH: usize = 256;
 /// `descend(path, node)` says whether the walk enters the directory `node` at `path` (names joined by `/`,
 /// as in [`crate::walk::Place`]): only those subtrees are read ahead.
 ///
-/// Memory: trees read ahead are held until the walk takes them (each is handed out once), at most about
-/// [`AHEAD_ENTRIES`] entries; where a level would go past that, the rest of it is read when the walk gets
-/// there (with the levels below it). So the walk's memory follows this bound, not the snapshot's size.
+/// Memory: trees read ahead are held until the walk takes them (each is handed out once), at most
+/// [`AHEAD_BYTES`] of them (stored size), besides the one the walk asks for; where a level would go past
+/// that, the rest of it is read when the walk gets there (with the levels below it). So the walk's memory
+/// follows this bound, not the snapshot's size.
 ///
 /// Best effort by design: a tree that cannot be read, is not in the index or does not decode is not held,
 /// and the walk reads it through `fallback`, which reports it exactly as it would have without read-ahead
@@ -315,16 +317,17 @@ pub struct TreesAhead<'a> {
     fetcher: Fetcher<'a>,
     descend: &'a dyn Fn(&[u8], &Node) -> bool,
     fallback: &'a dyn Fn(&Id) -> Result<Tree>,
-    /// Entries held ahead at most ([`AHEAD_ENTRIES`]; smaller in tests).
+    /// Bytes held ahead at most ([`AHEAD_BYTES`]; smaller in tests).
     budget: usize,
     ahead: std::cell::RefCell<Ahead>,
 }
 
 #[derive(Default)]
 struct Ahead {
-    held: HashMap<Id, Tree>,
-    /// Entries of the trees in `held`.
-    entries: usize,
+    /// Trees read ahead, with their stored sizes.
+    held: HashMap<Id, (Tree, usize)>,
+    /// The stored size of the trees in `held`.
+    bytes: usize,
     /// Subtrees to enter that were not read ahead (the budget was reached), with their paths: the walk
     /// reads them, and the levels below them, when it gets there.
     later: HashMap<Id, Vec<u8>>,
@@ -342,7 +345,7 @@ impl<'a> TreesAhead<'a> {
             fetcher,
             descend,
             fallback,
-            budget: AHEAD_ENTRIES,
+            budget: AHEAD_BYTES,
             ahead: Default::default(),
         })
     }
@@ -354,44 +357,70 @@ impl<'a> TreesAhead<'a> {
 
     fn take(&self, id: &Id) -> Option<Tree> {
         let mut ahead = self.ahead.borrow_mut();
-        let tree = ahead.held.remove(id)?;
-        ahead.entries -= tree.nodes.len();
+        let (tree, weight) = ahead.held.remove(id)?;
+        ahead.bytes -= weight;
         Some(tree)
     }
 
     /// Reads `root` (at `path`) and the levels below it that the walk enters, until the budget is reached.
     fn read_ahead(&self, root: Id, path: Vec<u8>) {
         let mut level = vec![(root, path)];
-        let mut first = true;
+        let mut asked = true;
         while !level.is_empty() {
             let mut next = Vec::new();
-            let mut batches = level.chunks(AHEAD_BATCH);
-            for batch in batches.by_ref() {
+            let mut left = level.as_slice();
+            while !left.is_empty() {
+                let sizes = self.fitting(left, std::mem::take(&mut asked));
+                if sizes.is_empty() {
+                    break;
+                }
+                let (batch, rest) = left.split_at(sizes.len());
+                left = rest;
                 let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
                 let mut read = HashMap::new();
                 read_trees(self.repo, &self.fetcher, &ids, &mut read);
                 next.extend(next_level(&read, batch, self.descend));
                 let mut ahead = self.ahead.borrow_mut();
-                for (id, tree) in read {
-                    ahead.entries += tree.nodes.len();
-                    if let Some(was) = ahead.held.insert(id, tree) {
-                        ahead.entries -= was.nodes.len();
+                for (id, size) in ids.iter().zip(sizes) {
+                    let Some(tree) = read.remove(id) else {
+                        continue;
+                    };
+                    ahead.bytes += size;
+                    if let Some((_, was)) = ahead.held.insert(*id, (tree, size)) {
+                        ahead.bytes -= was;
                     }
-                }
-                // The tree asked for is always read; what lies below it only within the budget.
-                if !std::mem::take(&mut first) && ahead.entries >= self.budget {
-                    break;
                 }
             }
             let mut ahead = self.ahead.borrow_mut();
-            let full = ahead.entries >= self.budget;
-            ahead.later.extend(batches.flatten().cloned());
-            if full {
+            ahead.later.extend(left.iter().cloned());
+            if !left.is_empty() || ahead.bytes >= self.budget {
                 ahead.later.extend(next);
                 return;
             }
             level = next;
         }
+    }
+
+    /// The stored sizes of the trees at the head of `left` that fit in the room left (at most
+    /// [`AHEAD_BATCH`]); the first one whatever its size when it is the tree the walk `asked` for.
+    fn fitting(&self, left: &[(Id, Vec<u8>)], asked: bool) -> Vec<usize> {
+        let mut room = self.budget.saturating_sub(self.ahead.borrow().bytes);
+        let mut sizes = Vec::new();
+        for (id, _) in left.iter().take(AHEAD_BATCH) {
+            // A tree the index does not know is not read (its reader reports it): it takes no room.
+            let size = self
+                .repo
+                .with_reader(|r| r.lookup(id))
+                .ok()
+                .flatten()
+                .map_or(0, |loc| loc.entry.raw_len as usize);
+            if size > room && !(asked && sizes.is_empty()) {
+                break;
+            }
+            room = room.saturating_sub(size);
+            sizes.push(size);
+        }
+        sizes
     }
 }
 
@@ -609,7 +638,7 @@ mod tests {
             "the root handed out, skip and inner not read, the missing tree left out"
         );
         assert!(!trees.contains_key(&skip) && !trees.contains_key(&inner));
-        assert_eq!(trees[&deep].nodes[0].name, b"f");
+        assert_eq!(trees[&deep].0.nodes[0].name, b"f");
         // Every directory entry is asked about once per path it is met at, the shared subtree at both.
         let mut asked = asked.into_inner().unwrap();
         asked.sort();
@@ -642,7 +671,7 @@ mod tests {
         let fallback = |id: &Id| repo.read_tree(id);
         let ahead = TreesAhead::new(&repo, &descend, &fallback)
             .unwrap()
-            .with_budget(300);
+            .with_budget(20_000);
         struct Count<'a> {
             ahead: &'a TreesAhead<'a>,
             files: usize,
@@ -651,7 +680,7 @@ mod tests {
         impl crate::walk::Visitor for Count<'_> {
             fn entry(&mut self, _: crate::walk::Place, node: &Node) -> Result<crate::walk::Step> {
                 self.files += matches!(node.kind, NodeKind::File { .. }) as usize;
-                let held = self.ahead.ahead.borrow().entries;
+                let held = self.ahead.ahead.borrow().bytes;
                 self.most_held = self.most_held.max(held);
                 Ok(crate::walk::Step::Descend)
             }
@@ -663,11 +692,14 @@ mod tests {
         };
         crate::walk::walk(&ahead, &root, &mut count).unwrap();
         assert_eq!(count.files, 40 * 50 + 40 * 3 * 10);
-        // One batch of a level may go past the budget (40 trees of 53 entries here), never more.
-        assert!(count.most_held <= 300 + 40 * 53, "{}", count.most_held);
-        assert!(count.most_held > 0, "nothing was read ahead");
+        assert!(count.most_held <= 20_000, "{}", count.most_held);
+        assert!(
+            count.most_held > 20_000 / 2,
+            "little was read ahead: {}",
+            count.most_held
+        );
         let left = ahead.ahead.borrow();
-        assert_eq!((left.entries, left.held.len(), left.later.len()), (0, 0, 0));
+        assert_eq!((left.bytes, left.held.len(), left.later.len()), (0, 0, 0));
     }
 
     fn loc(pack: u8, offset: u64, len: u32) -> Location {

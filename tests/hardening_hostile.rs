@@ -193,6 +193,53 @@ fn a_deeply_nested_tree_is_walked_in_memory_linear_in_its_depth() {
     }
 }
 
+#[test]
+fn a_restore_of_files_with_long_chunk_lists_holds_a_round_of_them_not_the_whole_snapshot() {
+    let (dir, repo) = new_plaintext_repo();
+    // 16 directories of 125 files, each file 2,000 references to one 1-byte chunk: 4 million chunk ids
+    // (128 MB) in 8 MB trees. A restore that gathered every entry, or every tree, before writing held
+    // them all (over 250 MiB peak); it now holds a round of entries and a budget of trees.
+    let chunk = put_blobs(&repo, &[(BlobKind::Data, b"x".to_vec())])[0];
+    let file = |i: usize| Node {
+        name: format!("f{i:03}").into_bytes(),
+        kind: NodeKind::File {
+            size: 2_000,
+            chunks: vec![chunk; 2_000],
+        },
+        meta: Meta {
+            mode: 0o100644,
+            nlink: 1,
+            ..Meta::default()
+        },
+    };
+    let mut blobs = Vec::new();
+    let mut dirs = Vec::new();
+    for d in 0..16u8 {
+        // Each directory's tree differs (its own first file name), so every one is read.
+        let mut nodes: Vec<Node> = (0..125).map(file).collect();
+        nodes[0].name = format!("first{d:02}").into_bytes();
+        let bytes = encoded(&Tree::new(nodes).unwrap());
+        dirs.push(dir_node(format!("d{d:02}").as_bytes(), Id::of(&bytes)));
+        blobs.push((BlobKind::Tree, bytes));
+    }
+    let src = encoded(&Tree::new(dirs).unwrap());
+    let root = encoded(&Tree::new(vec![dir_node(b"src", Id::of(&src))]).unwrap());
+    let root_id = Id::of(&root);
+    blobs.push((BlobKind::Tree, src));
+    blobs.push((BlobKind::Tree, root));
+    put_blobs(&repo, &blobs);
+    let snap = put_snapshot(&repo, root_id);
+    ok(cairn(&repo).args(["repair", "index"]));
+    let target = dir.path().join("target");
+    let mut cmd = cairn(&repo);
+    cmd.args(["restore", &snap, "--target"]).arg(&target);
+    let (code, _, err) = bounded(&cmd, 150);
+    assert_eq!(code, 0, "{err}");
+    let one = target.join("src/d15/f124");
+    assert_eq!(fs::read(&one).unwrap(), vec![b'x'; 2_000]);
+    assert_eq!(fs::read_dir(target.join("src")).unwrap().count(), 16);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Huge objects
 // ---------------------------------------------------------------------------------------------------------
