@@ -158,5 +158,29 @@ mod tests {
             matches!(e, Error::Invalid(ref m) if m == "enough") && n == 3,
             "{e}"
         );
+
+        // A damaged directory ends the listing there with the damage: what came before it was listed,
+        // nothing after.
+        let NodeKind::Dir { subtree } = find_node(&repo, &snap.tree.unwrap(), "src/b/c")
+            .unwrap()
+            .kind
+        else {
+            panic!("not a directory")
+        };
+        let loc = repo.locate(&subtree).unwrap();
+        let pack = root.join(crate::backend::ObjectKind::Pack.key(&loc.pack.to_hex()));
+        let mut bytes = fs::read(&pack).unwrap();
+        let at = (loc.entry.offset + u64::from(loc.entry.stored_len) / 2) as usize;
+        bytes[at] ^= 0x40;
+        fs::write(&pack, bytes).unwrap();
+        let mut got = Vec::new();
+        let e = list(&repo, &snap, "", &mut |p, _| {
+            got.push(p.to_vec());
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.is_damage(), "{e}");
+        let before: Vec<Vec<u8>> = want[..4].iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(got, before);
     }
 }
