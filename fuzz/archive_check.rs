@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -127,14 +128,21 @@ pub fn check_import_in(base: &Path, make: &dyn Fn(&Path) -> Vec<u8>) {
         "sentinel changed"
     );
     let snap = &report.backup.snapshot;
-    for (path, node) in cairn::restore::list(&repo, snap, "").unwrap_or_default() {
+    // The files' exact paths (names need not be UTF-8), then each dumped by its path.
+    let mut files = Vec::new();
+    let _ = cairn::listing::list(&repo, snap, "", &mut |path, node| {
         if let cairn::tree::NodeKind::File { .. } = node.kind {
-            let mut out = Vec::new();
-            cairn::restore::dump(&repo, snap, &path, &mut out).expect("dump");
-            assert!(
-                !out.windows(SENTINEL.len()).any(|w| w == SENTINEL),
-                "{path}: the snapshot holds the host file"
-            );
+            files.push(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path)));
         }
+        Ok(())
+    });
+    for path in files {
+        let mut out = Vec::new();
+        cairn::restore::dump(&repo, snap, &path, &mut out).expect("dump");
+        assert!(
+            !out.windows(SENTINEL.len()).any(|w| w == SENTINEL),
+            "{}: the snapshot holds the host file",
+            path.display()
+        );
     }
 }

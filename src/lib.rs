@@ -6,8 +6,8 @@
 //!
 //! Module map: [`chunking`] (FastCDC), [`hashing`] (ids), [`pack`] (pack format), [`pack_writer`] (dedup and
 //! durable pack writes), [`index`] (SQLite), [`tree`], [`walk`] (the one walk of snapshot trees), [`snapshot`],
-//! [`repo`] (layout, and the one read path of blobs with [`fetch`]), [`backup`],
-//! [`restore`], [`check`], [`repair`], [`lock`], [`config`], [`postgres`] (pg_dump streams and verified
+//! [`repo`] (layout, and the one read path of blobs with [`fetch`]), [`backup`], [`restore`], [`listing`]
+//! (`ls`, streamed), [`check`], [`repair`], [`lock`], [`config`], [`postgres`] (pg_dump streams and verified
 //! restores).
 
 pub mod archive;
@@ -38,6 +38,7 @@ pub mod instance_restore;
 pub mod instance_store;
 pub mod interrupt;
 pub mod latest;
+pub mod listing;
 pub mod lock;
 pub mod log_file;
 pub mod marks;

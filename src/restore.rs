@@ -414,7 +414,7 @@ fn name_path(e: Error, path: &Path) -> Error {
 
 /// Splits a path like `a/b/c` into components, as bytes (names need not be UTF-8); `.` and empty
 /// components are dropped.
-fn components(p: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn components(p: &[u8]) -> Vec<Vec<u8>> {
     p.split(|&b| b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
         .map(<[u8]>::to_vec)
@@ -437,7 +437,9 @@ fn kept(include: &[Vec<Vec<u8>>], path: &[u8], node: &Node) -> bool {
 }
 
 /// The repository as a tree source that records the damaged trees it meets (see [`read_tree`]).
-fn damage_recording(repo: &Repository) -> FnSource<impl Fn(&Id) -> Result<crate::tree::Tree> + '_> {
+pub(crate) fn damage_recording(
+    repo: &Repository,
+) -> FnSource<impl Fn(&Id) -> Result<crate::tree::Tree> + '_> {
     FnSource(move |id: &Id| read_tree(repo, id))
 }
 
@@ -797,45 +799,6 @@ pub fn write_file(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Resu
 /// Reads a tree object, recording it in the index if it is damaged (as restore does).
 pub fn tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
     read_tree(repo, id)
-}
-
-/// Lists the entries under `path` (the whole tree when empty): one `(path, node)` per entry, depth-first.
-pub fn list(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Vec<(String, Node)>> {
-    let root = snap
-        .tree
-        .ok_or_else(|| Error::NotFound("the snapshot holds no file tree".into()))?;
-    let mut out = Vec::new();
-    let comps = components(path.as_bytes());
-    if comps.is_empty() {
-        walk(repo, &root, String::new(), &mut out)?;
-        return Ok(out);
-    }
-    let node = find_node(repo, &root, path)?;
-    let prefix = comps
-        .iter()
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join("/");
-    if let NodeKind::Dir { subtree } = node.kind {
-        out.push((prefix.clone(), node));
-        walk(repo, &subtree, prefix, &mut out)?;
-    } else {
-        out.push((prefix, node));
-    }
-    Ok(out)
-}
-
-/// Appends every entry below `tree` to `out`, its path under `prefix`.
-fn walk(repo: &Repository, tree: &Id, prefix: String, out: &mut Vec<(String, Node)>) -> Result<()> {
-    for (path, node) in walk::entries(&damage_recording(repo), tree)? {
-        let path = String::from_utf8_lossy(&path);
-        out.push(if prefix.is_empty() {
-            (path.into_owned(), node)
-        } else {
-            (format!("{prefix}/{path}"), node)
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

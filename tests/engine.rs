@@ -339,6 +339,155 @@ fn a_file_whose_name_is_not_utf8_is_restored_by_path_and_dumped() {
     assert_eq!(out.stdout, b"the contents");
 }
 
+/// `ls` prints every kind of entry as it always has, text and JSON alike (the listing is streamed now, not
+/// collected); in JSON a name that is not UTF-8 keeps its lossy `path` and gains `path_bytes`, the path's
+/// bytes in hex, which lead back to the real file.
+#[test]
+fn ls_prints_every_kind_of_entry_exactly_and_json_gives_the_bytes_of_a_non_utf8_name() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, repo) = new_repo();
+    let src = dir.path().join("src");
+    let latin1 = OsStr::from_bytes(b"caf\xe9");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("a.txt"), b"hello\n").unwrap();
+    fs::write(src.join(latin1), b"x").unwrap();
+    std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(src.join("sub/fifo").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    fs::write(src.join("sub/z.bin"), b"\0\x01").unwrap();
+    for (p, mode) in [
+        (src.clone(), 0o755),
+        (src.join("a.txt"), 0o644),
+        (src.join(latin1), 0o600),
+        (src.join("sub"), 0o750),
+        (src.join("sub/fifo"), 0o640),
+        (src.join("sub/z.bin"), 0o444),
+    ] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let order = [
+        "a.txt",
+        "caf\u{e9}",
+        "link",
+        "sub/fifo",
+        "sub/z.bin",
+        "sub",
+        "",
+    ];
+    for (i, rel) in order.iter().enumerate() {
+        let p = match *rel {
+            "caf\u{e9}" => src.join(latin1),
+            _ => src.join(rel),
+        };
+        set_mtime(&p, 1_600_000_000 + i as i64, 0);
+    }
+    let made = backup_json(&repo, &[src.to_str().unwrap()]);
+    let files = made["snapshot_id"].as_str().unwrap().to_string();
+
+    let text = "\
+d 755            0 src
+- 644            6 src/a.txt
+- 600            1 src/caf\u{fffd}
+l 777            0 src/link
+d 750            0 src/sub
+p 640            0 src/sub/fifo
+- 444            2 src/sub/z.bin
+";
+    assert_eq!(ok(cairn(&repo).args(["ls", "latest"])), text);
+    let below: String = text.lines().skip(4).map(|l| format!("{l}\n")).collect();
+    assert_eq!(ok(cairn(&repo).args(["ls", "latest", "src/sub/"])), below);
+
+    let entry = |mode: u32, mtime: u32, path: &str, size: u32, kind: &str| {
+        format!(
+            "  {{\n    \"mode\": {mode},\n    \"mtime\": 16000000{mtime:02},\n    \"path\": \"{path}\",\n{}    \"size\": {size},\n    \"type\": \"{kind}\"\n  }}",
+            match path {
+                "src/caf\u{fffd}" => "    \"path_bytes\": \"7372632f636166e9\",\n",
+                _ => "",
+            }
+        )
+    };
+    let entries = [
+        entry(0o40755, 6, "src", 0, "dir"),
+        entry(0o100644, 0, "src/a.txt", 6, "file"),
+        entry(0o100600, 1, "src/caf\u{fffd}", 1, "file"),
+        entry(0o120777, 2, "src/link", 0, "symlink"),
+        entry(0o40750, 5, "src/sub", 0, "dir"),
+        entry(0o10640, 3, "src/sub/fifo", 0, "special"),
+        entry(0o100444, 4, "src/sub/z.bin", 2, "file"),
+    ];
+    let json = format!("[\n{}\n]\n", entries.join(",\n"));
+    let listed = ok(cairn(&repo).args(["--json", "ls", "latest"]));
+    assert_eq!(listed, json);
+    let one = ok(cairn(&repo).args(["--json", "ls", "latest", "src/a.txt"]));
+    assert_eq!(one, format!("[\n{}\n]\n", entries[1]));
+
+    // `path_bytes` leads to the real name: the file restored under it, and dumped by it.
+    let v: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let odd: Vec<_> = v.iter().filter(|e| e.get("path_bytes").is_some()).collect();
+    assert_eq!(odd.len(), 1, "{listed}");
+    let bytes = hex::decode(odd[0]["path_bytes"].as_str().unwrap()).unwrap();
+    let name = Path::new(OsStr::from_bytes(&bytes));
+    assert_eq!(name, Path::new("src").join(latin1));
+    assert_eq!(fs::read(dir.path().join(name)).unwrap(), b"x");
+    let dumped = cairn(&repo)
+        .args(["dump", "latest"])
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(dumped.status.success() && dumped.stdout == b"x");
+    let one = cairn(&repo)
+        .args(["ls", &files])
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    assert_eq!(
+        one.stdout,
+        "- 600            1 src/caf\u{fffd}\n".as_bytes()
+    );
+
+    // Streams come first, the same way; a path that is not there prints nothing.
+    let mut c = cairn(&repo);
+    c.args(["backup", "--stdin", "--stdin-name", "db.dump"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"streamdata\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        ok(cairn(&repo).args(["ls", "latest"])),
+        "s    -           11 [db.dump]\n"
+    );
+    assert_eq!(
+        ok(cairn(&repo).args(["--json", "ls", "latest"])),
+        "[\n  {\n    \"path\": \"db.dump\",\n    \"size\": 11,\n    \"type\": \"stream\"\n  }\n]\n"
+    );
+    for json in [false, true] {
+        let mut c = cairn(&repo);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.args(["ls", &files, "src/nope"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 fn first_pack(repo: &Path) -> std::path::PathBuf {
     let mut packs = obj_list(&repo.join("packs"));
     packs.sort_by_key(|(_, len)| std::cmp::Reverse(*len));

@@ -87,7 +87,8 @@ pub enum Command {
     /// List the files and streams of a snapshot.
     Ls {
         snapshot: String,
-        path: Option<String>,
+        /// A directory, file or stream of the snapshot (any bytes, as the file system allows).
+        path: Option<PathBuf>,
         #[arg(long)]
         instance: Option<String>,
     },

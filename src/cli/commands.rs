@@ -92,6 +92,65 @@ impl Ctx {
     }
 }
 
+/// A JSON array printed element by element, byte for byte what [`Ctx::print_json`] prints for the whole
+/// array (pretty, two-space indent, a newline at the end), for lists too long to hold (`ls`). The `[` is
+/// written with the first element (or by [`finish`](Self::finish)): an error before any element leaves
+/// stdout empty. An error after some leaves the array unterminated, so a reader cannot take the part for
+/// the whole.
+pub struct JsonArray<W: std::io::Write> {
+    out: W,
+    started: bool,
+    element: Vec<u8>,
+    indented: Vec<u8>,
+}
+
+impl<W: std::io::Write> JsonArray<W> {
+    pub fn new(out: W) -> Self {
+        JsonArray {
+            out,
+            started: false,
+            element: Vec::new(),
+            indented: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, v: &serde_json::Value) -> Result<()> {
+        // Encoded first, as in `print_json`: an output error is stdout's, never an encoding error.
+        self.element.clear();
+        serde_json::to_writer_pretty(&mut self.element, v)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.indented.clear();
+        self.indented.extend_from_slice(match self.started {
+            false => b"[\n  ",
+            true => b",\n  ",
+        });
+        // One level deeper: every line of the element indented by two more spaces (a JSON string holds no
+        // raw newline, so every newline here is the formatter's).
+        for (i, line) in self.element.split(|&b| b == b'\n').enumerate() {
+            if i > 0 {
+                self.indented.extend_from_slice(b"\n  ");
+            }
+            self.indented.extend_from_slice(line);
+        }
+        self.started = true;
+        self.out
+            .write_all(&self.indented)
+            .map_err(super::out::error)
+    }
+
+    /// Closes the array and flushes.
+    pub fn finish(mut self) -> Result<()> {
+        let end: &[u8] = match self.started {
+            false => b"[]\n",
+            true => b"\n]\n",
+        };
+        self.out
+            .write_all(end)
+            .and_then(|()| self.out.flush())
+            .map_err(super::out::error)
+    }
+}
+
 pub fn dispatch(cli: Cli) -> Result<i32> {
     cairn::backend::throttle::set_process_limits(cairn::backend::throttle::Limits {
         upload_kib: cli.limit_upload,

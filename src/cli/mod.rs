@@ -145,6 +145,48 @@ pub mod out {
         }
     }
 
+    /// Stdout for a command that prints many lines (`ls`): one write per 64 KiB, not one per line (the
+    /// standard library's stdout writes at every newline), except to a terminal, where each line shows as
+    /// soon as it is printed. Flush it before returning: a flush on drop loses its error.
+    pub fn lines() -> std::io::BufWriter<Stdout> {
+        use std::io::IsTerminal;
+        let capacity = match std::io::stdout().is_terminal() {
+            true => 0,
+            false => 64 << 10,
+        };
+        std::io::BufWriter::with_capacity(capacity, Stdout)
+    }
+
+    /// Stdout written straight to file descriptor 1, for data (`dump`). The standard library's stdout is a
+    /// `LineWriter`: it searches every buffer it is given backwards for a newline and splits the write there
+    /// (two `write`s per buffer); data without newlines is searched whole, and a dump of a 4 GiB run of
+    /// zeros spent 92% of its time in that search (0.45 s of CPU, 0.03 s without it). What was
+    /// printed through the standard library before is flushed first, so nothing comes out of order; the
+    /// descriptor is never closed (the standard library owns it, and opens /dev/null on it at start-up if
+    /// the process was started without one).
+    pub struct Raw(std::mem::ManuallyDrop<std::fs::File>);
+
+    pub fn raw() -> Result<Raw> {
+        use std::os::fd::FromRawFd;
+        Stdout.flush().map_err(error)?;
+        // SAFETY: descriptor 1 is open for the life of the process (see above) and, in a `ManuallyDrop`, is
+        // never closed by this `File`.
+        let file = unsafe { std::fs::File::from_raw_fd(libc::STDOUT_FILENO) };
+        Ok(Raw(std::mem::ManuallyDrop::new(file)))
+    }
+
+    impl Write for Raw {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf).map_err(Stdout::note)
+        }
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.0.write_all(buf).map_err(Stdout::note)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// A write error on stdout as the command's error.
     pub fn error(e: std::io::Error) -> Error {
         Error::io("stdout", e)

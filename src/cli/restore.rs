@@ -81,7 +81,7 @@ pub fn restore_cmd(ctx: &Ctx, a: RestoreArgs) -> Result<i32> {
 pub fn dump(ctx: &Ctx, spec: &str, name: &Path, instance: Option<&str>) -> Result<i32> {
     let (repo, _lock) = ctx.open_reading("dump")?;
     let (_, snap) = latest::for_name(&repo, spec, instance, name)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, super::out::Stdout);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, super::out::raw()?);
     restore::dump(&repo, &snap, name, &mut out)?;
     Ok(EXIT_OK)
 }
