@@ -5,8 +5,10 @@
 //! touch a file system or a network. The contract every implementation keeps (format-spec/README.md,
 //! "Storage"):
 //!
-//! - **Whole or absent.** An object written by [`Backend::put`] or [`ObjectWriter::finish`] appears complete or
-//!   not at all, and is durable when the call returns. A writer dropped without `finish` leaves nothing behind
+//! - **Whole or absent.** An object written by [`Backend::put`], [`Backend::put_new`] or
+//!   [`ObjectWriter::finish`] appears complete or not at all, and is durable when the call returns.
+//! - **Create if absent.** [`Backend::put_new`] never replaces an object: of writers racing for one name,
+//!   one wins and the others learn that they lost. A writer dropped without `finish` leaves nothing behind
 //!   that a listing returns.
 //! - **Missing is `NotFound`.** Reading, stat-ing a missing object gives an [`Error::Io`] whose
 //!   `source.kind()` is [`std::io::ErrorKind::NotFound`]: callers tell "gone" (damage) from "could not read"
@@ -182,6 +184,12 @@ pub trait Backend: Send + Sync {
 
     /// Writes a whole object, replacing any object of that name; atomic and durable on return.
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Writes a whole object only if no object of that name exists: `true` when it was written (atomic and
+    /// durable on return, as [`put`](Backend::put)), `false` when one exists, which is left as it is. Of
+    /// concurrent calls for one name, one writes and the others get `false` (on S3, as far as the server
+    /// honours a conditional PUT: see the S3 backend).
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool>;
 
     /// Starts a streamed write of an object whose name is known only at the end (a pack is named by the
     /// hash of its content).
