@@ -509,6 +509,42 @@ pub(crate) mod contract {
         missing_is_not_found(b);
         bad_names_are_refused(b);
         oversized_objects_are_refused(b);
+        put_new_creates_only_if_absent(b);
+    }
+
+    fn put_new_creates_only_if_absent(b: &dyn Backend) {
+        let name = "db.000000010000000000000001";
+        assert!(b.put_new(ObjectKind::Wal, name, b"first").unwrap());
+        assert!(!b.put_new(ObjectKind::Wal, name, b"second").unwrap());
+        assert_eq!(b.get(ObjectKind::Wal, name).unwrap(), b"first");
+        b.delete(ObjectKind::Wal, name).unwrap();
+        // Racing writers of one name: exactly one writes, and its bytes are the object's.
+        let won: Vec<usize> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    s.spawn(move || {
+                        b.put_new(ObjectKind::Wal, name, format!("writer {i}").as_bytes())
+                            .unwrap()
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.join().unwrap().then_some(i))
+                .collect()
+        });
+        assert_eq!(won.len(), 1, "{won:?}");
+        assert_eq!(
+            b.get(ObjectKind::Wal, name).unwrap(),
+            format!("writer {}", won[0]).as_bytes()
+        );
+        assert_eq!(
+            b.list(ObjectKind::Wal).unwrap().len(),
+            1,
+            "no temporary left listed"
+        );
+        b.delete(ObjectKind::Wal, name).unwrap();
     }
 
     fn oversized_objects_are_refused(b: &dyn Backend) {

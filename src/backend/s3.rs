@@ -248,13 +248,19 @@ impl Inner {
         })
     }
 
-    /// A conditional PUT (`If-None-Match: *`): `false` when the server answers that the key exists.
+    /// A conditional PUT (`If-None-Match: *`): `false` when the server answers that the key exists. With
+    /// conditional PUTs turned off (`AWS_CONDITIONAL_PUT=disabled`, for a server that rejects the header),
+    /// a plain PUT.
     fn put_new(&self, key: &StorePath, data: Vec<u8>) -> Result<bool> {
         self.run(key, |s, k| async move {
+            let payload = PutPayload::from(data);
             let opts = PutOptions::from(PutMode::Create);
-            match s.put_opts(&k, PutPayload::from(data), opts).await {
+            match s.put_opts(&k, payload.clone(), opts).await {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    s.put(&k, payload).await.map(|_| true)
+                }
                 Err(e) => Err(e),
             }
         })
