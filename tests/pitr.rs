@@ -467,8 +467,6 @@ fn wal_push_refuses_another_clusters_segments_and_a_segment_under_another_segmen
     let seg = cluster.switch_and_wait();
     let ours = system_identifier(&cluster);
     let list = wal_list(&repo, "db");
-    let ours_listed = list.iter().find(|v| v["file"] == seg.as_str()).unwrap();
-    assert_eq!(ours_listed["system_identifier"], ours.as_str(), "{list:?}");
     // A second cluster, made by initdb of its own, with a segment archived beyond every one of the first
     // (and one the first archived too, under the same name).
     let other = Cluster::create();
@@ -541,6 +539,9 @@ fn wal_push_refuses_another_clusters_segments_and_a_segment_under_another_segmen
     }
     assert_eq!(wal_list(&repo, "db"), list, "the archive is unchanged");
     assert_eq!(packs(), packs_before);
+    // The archive records whose WAL it holds.
+    let ours_listed = list.iter().find(|v| v["file"] == seg.as_str()).unwrap();
+    assert_eq!(ours_listed["system_identifier"], ours.as_str(), "{list:?}");
     // The first cluster archives on.
     cluster.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
     let next = cluster.switch_and_wait();
