@@ -29,6 +29,27 @@ pub fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Like [`write_durable`], but never replaces a file: the fsynced temporary file is renamed into place with
+/// RENAME_NOREPLACE (or linked, where the file system lacks it), so that of writers racing for one name
+/// exactly one succeeds. Returns `false`, leaving the existing file and removing the temporary one, when
+/// `path` exists.
+pub fn write_durable_new(path: &Path, data: &[u8]) -> Result<bool> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.write_all(data).at(tmp.path())?;
+    tmp.as_file().sync_all().at(tmp.path())?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => {}
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(crate::Error::io(path, e.error)),
+    }
+    sync_dir(dir)?;
+    Ok(true)
+}
+
 /// Opens a host-private state file (a cache entry, a record) for reading, or `None` unless it is a regular
 /// file of the effective user, of at most `max_len` bytes, with none of the bits of `forbidden_mode` set.
 /// Never follows a link and never blocks: a FIFO planted in its place must not hang the caller.

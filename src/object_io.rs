@@ -15,6 +15,12 @@ pub fn put(backend: &dyn Backend, kind: ObjectKind, name: &str, plain: &[u8]) ->
     backend.put(kind, name, plain)
 }
 
+/// Stores the document `plain` as the object `name` of `kind` unless one of that name exists (see
+/// [`Backend::put_new`]): `false`, writing nothing, when it does.
+pub fn put_new(backend: &dyn Backend, kind: ObjectKind, name: &str, plain: &[u8]) -> Result<bool> {
+    backend.put_new(kind, name, plain)
+}
+
 /// Reads back a document stored by [`put`]; a missing object is a `NotFound` I/O error.
 pub fn get(backend: &dyn Backend, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
     backend.get(kind, name)

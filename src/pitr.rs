@@ -579,6 +579,7 @@ mod tests {
             blake3: Id([0; 32]),
             tree: Id([0; 32]),
             time: DateTime::from_timestamp(secs, 0).unwrap(),
+            system_identifier: None,
         }
     }
 

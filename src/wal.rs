@@ -17,7 +17,13 @@
 //!   against (or prune removes).
 //! - **Idempotent, never overwriting.** Pushing a file whose WAL object exists succeeds without writing when
 //!   the content's BLAKE3 and size match, and fails (writing nothing) when they differ: PostgreSQL's
-//!   archive_command contract.
+//!   archive_command contract. The object is created only if absent ([`Backend::put_new`]) and read back,
+//!   so of pushes racing for one name (the shared lock admits them all) exactly one is stored and the
+//!   others compare with it.
+//! - **A segment is the one its name says, of the instance's cluster.** A segment's first page header must
+//!   give the name's start LSN and timeline (see [`SegmentHeader::mismatch`]), and its system identifier must
+//!   be the one the instance's archive records ([`check_system_identifier`]): another cluster pushing to the
+//!   same instance, or a file renamed, is refused before anything is written.
 //! - **Fetch is atomic and verified.** The file is written to a temporary file beside the destination, its
 //!   size and BLAKE3 checked against the WAL object, then renamed into place. An absent file is
 //!   [`Error::WalNotArchived`] (exit code 1: PostgreSQL probes for files that do not exist) and nothing else
@@ -32,6 +38,8 @@ use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+#[cfg(doc)]
+use crate::backend::Backend;
 use crate::backend::{is_not_found, ObjectKind};
 use crate::chunking::ChunkReader;
 use crate::error::{Error, IoContext, Result};
@@ -59,6 +67,31 @@ pub struct WalObject {
     pub tree: Id,
     /// When it was archived.
     pub time: DateTime<Utc>,
+    /// The database system identifier of a segment or `.partial` segment, from its first page's header
+    /// (`xlp_sysid`, pg_control's "Database system identifier"), as a decimal string: the cluster it
+    /// belongs to. Absent for other files and for segments archived before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "sysid_text")]
+    pub system_identifier: Option<u64>,
+}
+
+/// A system identifier is a u64 often past 2^53: written as a decimal string, as PostgreSQL prints it, so
+/// that no JSON reader rounds it.
+mod sysid_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_str(&n.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
 }
 
 impl WalObject {
@@ -112,6 +145,194 @@ fn object_name(instance: &str, file: &str) -> String {
     format!("{instance}.{file}")
 }
 
+/// Whether `name` is a segment or a `.partial` segment (the files that start with a segment's header).
+fn is_segment(name: &str) -> bool {
+    valid_file_name(name) && (name.len() == 24 || name.ends_with(".partial"))
+}
+
+/// The length of a segment's first page header (XLogLongPageHeaderData, MAXALIGNed).
+const LONG_HEADER_LEN: usize = 40;
+/// `xlp_info`'s flag of a long header, which the first page of every segment has.
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// What the first page header of a segment (PostgreSQL's `XLogLongPageHeaderData`,
+/// src/include/access/xlog_internal.h) says about which segment of which cluster the file is. These fields
+/// and their offsets are the same in every PostgreSQL release since 9.3 (when `xlp_pageaddr` became one
+/// u64); `xlp_magic` changes with every major release and is deliberately not checked, so a newer server's
+/// WAL is not refused for it. The server writes them in its own byte order, which is this host's:
+/// archive_command runs beside the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub info: u16,
+    /// `xlp_tli`: the timeline of the first record on the page.
+    pub tli: u32,
+    /// `xlp_pageaddr`: the LSN of the page, the segment's start for its first page.
+    pub pageaddr: u64,
+    /// `xlp_sysid`: the cluster's database system identifier.
+    pub sysid: u64,
+    /// `xlp_seg_size`: the cluster's WAL segment size.
+    pub seg_size: u32,
+}
+
+impl SegmentHeader {
+    /// The header at the start of `bytes`, or `None` if they are too short to hold one.
+    pub fn parse(bytes: &[u8]) -> Option<SegmentHeader> {
+        let b = bytes.get(..LONG_HEADER_LEN)?;
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+        Some(SegmentHeader {
+            info: u16_at(2),
+            tli: u32_at(4),
+            pageaddr: u64_at(8),
+            sysid: u64_at(24),
+            seg_size: u32_at(32),
+        })
+    }
+
+    /// Why this is not the header of the segment named `file` (24 hex digits, perhaps `.partial`) of `size`
+    /// bytes, if it is not: the page must be a segment's first (a long header), the segment size one
+    /// PostgreSQL allows (a power of two from 1 MiB to 1 GiB) and no smaller than the file, the page's LSN
+    /// the start of the segment the name says, and its timeline the name's or an ancestor's (the first
+    /// segment of a new timeline is a copy of the old timeline's up to the switch, header included).
+    pub fn mismatch(&self, file: &str, size: u64) -> Option<String> {
+        let hex = |r: std::ops::Range<usize>| u32::from_str_radix(&file[r], 16).unwrap_or(0);
+        let (tli, log, seg) = (hex(0..8), hex(8..16), hex(16..24));
+        if self.info & XLP_LONG_HEADER == 0 {
+            return Some("its first page has no long header, so it is no WAL segment".into());
+        }
+        let seg_size = u64::from(self.seg_size);
+        if !seg_size.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&seg_size) {
+            return Some(format!(
+                "its header gives a segment size of {seg_size} bytes, which no PostgreSQL uses"
+            ));
+        }
+        if size > seg_size {
+            return Some(format!(
+                "it is {size} bytes long, longer than its header's segment size ({seg_size} bytes)"
+            ));
+        }
+        let per_id = (1u64 << 32) / seg_size;
+        if u64::from(seg) >= per_id {
+            return Some(format!(
+                "its name's segment number {seg:08X} does not exist with {seg_size}-byte segments"
+            ));
+        }
+        let start = (u64::from(log) << 32) + u64::from(seg) * seg_size;
+        if self.pageaddr != start {
+            let at = self.pageaddr;
+            return Some(format!(
+                "its header says it starts at LSN {:X}/{:X}, the segment named {} starts at {:X}/{:X}",
+                at >> 32,
+                at & 0xFFFF_FFFF,
+                &file[..24],
+                start >> 32,
+                start & 0xFFFF_FFFF
+            ));
+        }
+        if self.tli == 0 || self.tli > tli {
+            return Some(format!(
+                "its header is of timeline {}, its name of timeline {tli}",
+                self.tli
+            ));
+        }
+        None
+    }
+}
+
+/// Reads and checks the header of the segment `file` at `path` (see [`SegmentHeader::mismatch`]).
+fn read_segment_header(file: &str, path: &Path) -> Result<SegmentHeader> {
+    let mut f = File::open(path).at(path)?;
+    let size = f.metadata().at(path)?.len();
+    let mut buf = Vec::with_capacity(LONG_HEADER_LEN);
+    (&mut f)
+        .take(LONG_HEADER_LEN as u64)
+        .read_to_end(&mut buf)
+        .at(path)?;
+    let refused = |why: String| {
+        Error::Invalid(format!(
+            "{}: not the WAL segment {file}: {why}; nothing was written",
+            path.display()
+        ))
+    };
+    let header = SegmentHeader::parse(&buf).ok_or_else(|| {
+        refused(format!(
+            "{size} bytes are too few to hold a segment's header"
+        ))
+    })?;
+    match header.mismatch(file, size) {
+        Some(why) => Err(refused(why)),
+        None => Ok(header),
+    }
+}
+
+/// Refuses the segment `file` when the instance's archive holds WAL of another database system. The
+/// system identifier compared with is the one recorded in the WAL object of the previous segment (on the
+/// same timeline), or, when that is not archived (the first segment pushed, one after a gap or a timeline
+/// switch), of the nearest archived segment before it, else after it; segments archived before
+/// identifiers were recorded say nothing, and then the first segment that records one decides.
+fn check_system_identifier(
+    repo: &Repository,
+    instance: &str,
+    file: &str,
+    h: &SegmentHeader,
+) -> Result<()> {
+    let Some((other, sysid)) = archived_system_identifier(repo, instance, file, h)? else {
+        return Ok(());
+    };
+    if sysid == h.sysid {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{file} is WAL of database system {}, but instance {instance} archives WAL of database system \
+         {sysid} ({other}); nothing was written (another cluster, or a new one made by initdb or pg_upgrade, \
+         archives under an instance of its own)",
+        h.sysid
+    )))
+}
+
+/// The system identifier recorded nearest to the segment `file` (see [`check_system_identifier`]) and the
+/// file that records it.
+fn archived_system_identifier(
+    repo: &Repository,
+    instance: &str,
+    file: &str,
+    h: &SegmentHeader,
+) -> Result<Option<(String, u64)>> {
+    let seg_size = u64::from(h.seg_size);
+    if let Some((tli, segno)) =
+        crate::postgres::basebackup::parse_segment_file_name(&file[..24], seg_size)
+    {
+        if let Some(prev) = segno.checked_sub(1) {
+            let name = crate::postgres::basebackup::segment_file_name(tli, prev, seg_size);
+            if let Some(o) = get(repo, instance, &name)? {
+                if let Some(id) = o.system_identifier {
+                    return Ok(Some((name, id)));
+                }
+            }
+        }
+    }
+    let prefix = format!("{instance}.");
+    let mut segments: Vec<String> = repo
+        .backend()
+        .list(ObjectKind::Wal)?
+        .into_iter()
+        .filter_map(|(name, _)| Some(name.strip_prefix(&prefix)?.to_string()))
+        .filter(|f| is_segment(f) && f != file)
+        .collect();
+    segments.sort();
+    let at = segments.partition_point(|f| f.as_str() < file);
+    let below = at.checked_sub(1).map(|i| &segments[i]);
+    for name in below.into_iter().chain(segments.get(at)) {
+        if let Some(o) = get(repo, instance, name)? {
+            if let Some(id) = o.system_identifier {
+                return Ok(Some((name.clone(), id)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Archives the file at `path` for `instance` (see the module docs for durability and idempotence).
 pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcome> {
     crate::instance::validate_name(instance)?;
@@ -121,13 +342,23 @@ pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcom
         .ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?
         .to_string();
     check_file_name(&file)?;
+    // A segment is checked against its own header before anything else: a file that is not the segment
+    // its name says is refused whatever the archive holds.
+    let header = if is_segment(&file) {
+        Some(read_segment_header(&file, path)?)
+    } else {
+        None
+    };
     repo.require_writable()?;
     let _lock = lock::acquire_on(repo, false, "wal-push")?;
     if let Some(existing) = get(repo, instance, &file)? {
         return compare_existing(&existing, path);
     }
+    if let Some(h) = &header {
+        check_system_identifier(repo, instance, &file, h)?;
+    }
     let obj = PackWriter::scope(repo, |writer| {
-        let (size, blake3, chunks) = save_file(repo, writer, path)?;
+        let (size, blake3, chunks) = save_file(repo, writer, path, header.as_ref())?;
         let node = Node {
             name: file.clone().into_bytes(),
             kind: NodeKind::File { size, chunks },
@@ -149,17 +380,29 @@ pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcom
             blake3,
             tree,
             time: Utc::now(),
+            system_identifier: header.map(|h| h.sysid),
         })
     })?;
     let json = serde_json::to_vec_pretty(&obj)
         .map_err(|e| Error::Invalid(format!("encoding WAL object: {e}")))?;
-    crate::object_io::put(
+    // Created only if absent: a push racing this one (the shared lock admits it) for the same name may have
+    // written its object since the check above, and the first one written stays.
+    let created = crate::object_io::put_new(
         repo.backend().as_ref(),
         ObjectKind::Wal,
         &obj.object_name(),
         &json,
     )?;
-    Ok(PushOutcome::Stored)
+    // Read back even when created: an S3 server that ignores the conditional PUT lets the last writer win,
+    // and a lost race must at least not be reported as archived.
+    match get(repo, instance, &file)? {
+        Some(stored) if created && stored == obj => Ok(PushOutcome::Stored),
+        Some(stored) => compare_existing(&stored, path),
+        None => Err(Error::corrupt(
+            format!("WAL object {}", obj.object_name()),
+            "written, then not found",
+        )),
+    }
 }
 
 /// Archives `bytes` as the file `file` of `instance` (through a temporary file: [`push`] reads a path).
@@ -214,7 +457,14 @@ fn hash_file(path: &Path) -> Result<(u64, Id)> {
 /// Chunks and saves a file's content with the file chunker (WAL is new data: segments share next to nothing
 /// at 8 KiB granularity, and 1 MiB chunks compress like the whole segment, where 8 KiB stream chunks stored
 /// pgbench's WAL 1.8x larger than gzip) and the stream level; returns its size, BLAKE3 and chunk list.
-fn save_file(repo: &Repository, writer: &PackWriter, path: &Path) -> Result<(u64, Id, Vec<Id>)> {
+/// `header`, when given, is what the file's first bytes were found to say: bytes read now that say otherwise
+/// (the file changed in between) stop the push.
+fn save_file(
+    repo: &Repository,
+    writer: &PackWriter,
+    path: &Path,
+    header: Option<&SegmentHeader>,
+) -> Result<(u64, Id, Vec<Id>)> {
     let f = File::open(path).at(path)?;
     let hint = f.metadata().at(path)?.len();
     let mut reader = ChunkReader::with_size_hint(f, repo.config().chunker_files, hint);
@@ -222,9 +472,12 @@ fn save_file(repo: &Repository, writer: &PackWriter, path: &Path) -> Result<(u64
     let mut hasher = blake3::Hasher::new();
     let mut chunks = Vec::new();
     let mut size = 0u64;
+    let mut first = Vec::with_capacity(LONG_HEADER_LEN);
     while let Some(batch) = reader.next_batch().at(path)? {
         crate::interrupt::check()?;
         for &(off, len) in &batch.cuts {
+            let take = (LONG_HEADER_LEN - first.len()).min(len);
+            first.extend_from_slice(&batch.data[off..off + take]);
             hasher.update(&batch.data[off..off + len]);
             size += len as u64;
         }
@@ -239,6 +492,15 @@ fn save_file(repo: &Repository, writer: &PackWriter, path: &Path) -> Result<(u64
             })
             .collect::<Result<_>>()?;
         chunks.extend(ids);
+    }
+    if let Some(h) = header {
+        if SegmentHeader::parse(&first).as_ref() != Some(h) {
+            return Err(Error::Invalid(format!(
+                "{}: the file changed while it was archived (its header differs from the one checked); \
+                 nothing was written",
+                path.display()
+            )));
+        }
     }
     Ok((size, Id(*hasher.finalize().as_bytes()), chunks))
 }
@@ -272,8 +534,9 @@ fn decode(bytes: &[u8], instance: &str, file: &str) -> Result<WalObject> {
     Ok(obj)
 }
 
-/// How long [`fetch`] waits for an exclusive lock (a prune or repair, perhaps on another host) to go away
-/// before it fails: recovery waits for the file meanwhile, where a failure would stop it.
+/// How long [`fetch`] waits by default for an exclusive lock (a prune or repair, perhaps on another host) to
+/// go away before it fails: recovery waits for the file meanwhile, where a failure would stop it
+/// (`wal-fetch --lock-wait` / `CAIRN_WAL_FETCH_LOCK_WAIT` choose another wait).
 pub const FETCH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 /// Writes the archived `file` of `instance` to `dest` atomically (see the module docs); returns its size.
@@ -284,6 +547,17 @@ pub const FETCH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// object is looked up before the lock (a file that is not archived is answered without one, as recovery
 /// probes for such files all the time); reading it waits up to [`FETCH_LOCK_WAIT`] for an exclusive lock.
 pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Result<u64> {
+    fetch_waiting(repo, instance, file, dest, FETCH_LOCK_WAIT)
+}
+
+/// [`fetch`], waiting up to `lock_wait` for an exclusive lock.
+pub fn fetch_waiting(
+    repo: &Repository,
+    instance: &str,
+    file: &str,
+    dest: &Path,
+    lock_wait: std::time::Duration,
+) -> Result<u64> {
     crate::instance::validate_name(instance)?;
     check_file_name(file)?;
     let not_archived =
@@ -291,7 +565,7 @@ pub fn fetch(repo: &Repository, instance: &str, file: &str, dest: &Path) -> Resu
     if get(repo, instance, file)?.is_none() {
         return Err(not_archived());
     }
-    let _lock = reader_lock_waiting(repo, FETCH_LOCK_WAIT)?;
+    let _lock = reader_lock_waiting(repo, lock_wait)?;
     // Read again under the lock: prune may have removed it (then it is no longer archived) in between.
     let obj = get(repo, instance, file)?.ok_or_else(not_archived)?;
     let dir = match dest.parent() {
@@ -436,6 +710,149 @@ pub fn gc_roots(repo: &Repository) -> Result<Vec<Id>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// A segment `name` of `len` bytes of cluster `sysid` (see tests/harness's `wal_segment`), 1 MiB segments.
+    fn segment(name: &str, len: usize, sysid: u64, fill: u8) -> Vec<u8> {
+        let hex = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).unwrap();
+        let (tli, log, seg) = (hex(0..8), hex(8..16), hex(16..24));
+        let mut v = vec![fill; len.max(LONG_HEADER_LEN)];
+        v[0..2].copy_from_slice(&0xD116u16.to_ne_bytes());
+        v[2..4].copy_from_slice(&XLP_LONG_HEADER.to_ne_bytes());
+        v[4..8].copy_from_slice(&(tli as u32).to_ne_bytes());
+        v[8..16].copy_from_slice(&((log << 32) + seg * (1 << 20)).to_ne_bytes());
+        v[24..32].copy_from_slice(&sysid.to_ne_bytes());
+        v[32..36].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+        v.truncate(len);
+        v
+    }
+
+    fn new_repo(dir: &Path) -> Repository {
+        let repo = Repository::init(dir.join("repo"), Config::new_default()).unwrap();
+        Repository::open(repo.backend().local_root().unwrap().to_path_buf()).unwrap()
+    }
+
+    #[test]
+    fn a_segment_whose_header_names_another_segment_or_timeline_is_refused() {
+        let name = "000000020000000300000004";
+        let ok = SegmentHeader::parse(&segment(name, 64, 1, 0)).unwrap();
+        assert_eq!(ok.mismatch(name, 1 << 20), None);
+        assert_eq!(ok.pageaddr, (3 << 32) + (4 << 20));
+        // The first segment of a timeline is a copy of its parent's, header and all.
+        let parent = SegmentHeader { tli: 1, ..ok };
+        assert_eq!(parent.mismatch(name, 1 << 20), None);
+        let cases = [
+            (SegmentHeader { tli: 3, ..ok }, "timeline"),
+            (SegmentHeader { tli: 0, ..ok }, "timeline"),
+            (
+                SegmentHeader {
+                    pageaddr: ok.pageaddr + (1 << 20),
+                    ..ok
+                },
+                "starts at LSN 3/500000",
+            ),
+            (SegmentHeader { info: 0, ..ok }, "no long header"),
+            (
+                SegmentHeader {
+                    seg_size: 3 << 20,
+                    ..ok
+                },
+                "segment size",
+            ),
+            (
+                SegmentHeader {
+                    seg_size: 1 << 19,
+                    ..ok
+                },
+                "segment size",
+            ),
+        ];
+        for (h, why) in cases {
+            let got = h.mismatch(name, 1 << 20).unwrap_or_default();
+            assert!(got.contains(why), "{h:?}: {got}");
+        }
+        assert!(
+            ok.mismatch(name, (1 << 20) + 1).is_some(),
+            "longer than a segment"
+        );
+        // A segment number that 1 GiB segments do not have (4 per log file).
+        let big = SegmentHeader {
+            seg_size: 1 << 30,
+            pageaddr: (3 << 32) + (4 << 30),
+            ..ok
+        };
+        assert!(big
+            .mismatch(name, 1)
+            .unwrap_or_default()
+            .contains("does not exist"));
+        assert_eq!(SegmentHeader::parse(&[0; 39]), None);
+    }
+
+    #[test]
+    fn push_refuses_a_segment_of_another_database_system_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(dir.path());
+        let (ours, theirs) = (7_000_000_000_000_000_001u64, 7_000_000_000_000_000_002u64);
+        let push = |name: &str, sysid: u64| {
+            push_content(
+                &repo,
+                "db",
+                name,
+                &segment(name, 100_000, sysid, sysid as u8),
+            )
+        };
+        assert_eq!(
+            push("000000010000000000000001", ours).unwrap(),
+            PushOutcome::Stored
+        );
+        let first = get(&repo, "db", "000000010000000000000001")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.system_identifier, Some(ours));
+        // Right after an archived segment (its predecessor decides), after a gap and before the archived
+        // ones (the nearest archived segment decides), and as a .partial segment.
+        for name in [
+            "000000010000000000000002",
+            "000000010000000000000009",
+            "000000010000000000000002.partial",
+        ] {
+            let err = push(name, theirs).unwrap_err().to_string();
+            assert!(
+                err.contains(&ours.to_string()) && err.contains(&theirs.to_string()),
+                "{name}: {err}"
+            );
+            assert_eq!(get(&repo, "db", name).unwrap(), None, "{name}");
+        }
+        assert_eq!(
+            push("000000010000000000000002", ours).unwrap(),
+            PushOutcome::Stored
+        );
+        assert_eq!(
+            push("000000010000000000000009", ours).unwrap(),
+            PushOutcome::Stored
+        );
+        let err = push("000000010000000000000000", theirs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&theirs.to_string()), "{err}");
+        // Another instance is another cluster's archive.
+        let other = "000000010000000000000001";
+        push_content(&repo, "other", other, &segment(other, 100, theirs, 0)).unwrap();
+        // A segment under another segment's name, or no segment at all.
+        let renamed = segment("000000010000000000000001", 100, ours, 1);
+        let err = push_content(&repo, "db", "000000010000000000000003", &renamed).unwrap_err();
+        assert!(err.to_string().contains("not the WAL segment"), "{err}");
+        let err = push_content(&repo, "db", "000000010000000000000003", b"short").unwrap_err();
+        assert!(err.to_string().contains("too few"), "{err}");
+        // History files and backup labels have no such header.
+        push_content(
+            &repo,
+            "db",
+            "00000002.history",
+            b"1\t0/3000000\tno reason\n",
+        )
+        .unwrap();
+    }
 
     #[test]
     fn only_the_names_postgres_archives_are_accepted() {

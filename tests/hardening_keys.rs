@@ -477,8 +477,9 @@ fn a_key_cache_file_replaced_by_a_fifo_or_symlink_is_ignored_never_waited_on() {
         .join("cairn/keys")
         .join(config["repository_id"].as_str().unwrap());
     let push = |n: u64, password: &str| -> (i32, String) {
-        let seg = dir.path().join(format!("00000001000000000000000{n}"));
-        fs::write(&seg, pseudo_random(64 << 10, n)).unwrap();
+        let name = format!("00000001000000000000000{n}");
+        let seg = dir.path().join(&name);
+        fs::write(&seg, wal_segment(&name, 64 << 10, n, TEST_SYSID)).unwrap();
         let (code, err, _) = run_within(
             cairn(&repo)
                 .env("XDG_CACHE_HOME", &cache)

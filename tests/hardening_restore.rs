@@ -228,6 +228,14 @@ impl cairn::backend::Backend for HookedBackend {
     fn put(&self, kind: cairn::backend::ObjectKind, name: &str, data: &[u8]) -> cairn::Result<()> {
         self.inner.put(kind, name, data)
     }
+    fn put_new(
+        &self,
+        kind: cairn::backend::ObjectKind,
+        name: &str,
+        data: &[u8],
+    ) -> cairn::Result<bool> {
+        self.inner.put_new(kind, name, data)
+    }
     fn writer(
         &self,
         kind: cairn::backend::ObjectKind,

@@ -335,7 +335,7 @@ fn wal_push_to_a_full_repository_fails_and_the_same_push_succeeds_once_there_is_
     for (n, leave_kib) in leaves.into_iter().enumerate() {
         let name = format!("0000000100000000000000{:02X}", n + 1);
         let seg = dir.path().join(&name);
-        let content = pseudo_random(1_000_000, 100 + n as u64);
+        let content = wal_segment(&name, 1_000_000, 100 + n as u64, TEST_SYSID);
         fs::write(&seg, &content).unwrap();
         fill_leaving(&mnt, &filler, leave_kib * 1024);
         let push = || {

@@ -452,6 +452,102 @@ fn wal_push_is_idempotent_refuses_other_content_and_wal_fetch_reports_absent_fil
     assert!(fs::read(&again).unwrap() == want);
 }
 
+/// The cluster's database system identifier.
+fn system_identifier(cluster: &Cluster) -> String {
+    cluster.sql("SELECT system_identifier FROM pg_control_system()")
+}
+
+/// `wal-push` checks a segment's header: another cluster's segments (another system identifier), a segment
+/// renamed to another's name and a file that is no segment are refused, with nothing written, while the
+/// archiving cluster's own segments go on being archived.
+#[test]
+fn wal_push_refuses_another_clusters_segments_and_a_segment_under_another_segments_name() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10000) g");
+    let seg = cluster.switch_and_wait();
+    let ours = system_identifier(&cluster);
+    let list = wal_list(&repo, "db");
+    // A second cluster, made by initdb of its own, with a segment archived beyond every one of the first
+    // (and one the first archived too, under the same name).
+    let other = Cluster::create();
+    let theirs = system_identifier(&other);
+    assert_ne!(ours, theirs);
+    other.sql("CREATE TABLE u AS SELECT g AS id FROM generate_series(1, 10000) g");
+    let mut their_segs = Vec::new();
+    for _ in 0..4 {
+        other.sql("INSERT INTO u SELECT g FROM generate_series(1, 1000) g");
+        their_segs.push(other.sql("SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    let archived = listed_files(&list);
+    let beyond = their_segs.last().unwrap().clone();
+    assert!(
+        beyond > *archived.iter().max().unwrap(),
+        "{beyond} {archived:?}"
+    );
+    let stage = cluster.root().join("stage");
+    fs::create_dir(&stage).unwrap();
+    let copy = |from: &Path, name: &str| {
+        let to = stage.join(name);
+        fs::copy(from, &to).unwrap();
+        to
+    };
+    let their_wal = other.data().join("pg_wal");
+    let mut refused = vec![
+        copy(&their_wal.join(&beyond), &beyond),
+        copy(&their_wal.join(&beyond), &format!("{beyond}.partial")),
+    ];
+    // The first cluster's segment renamed as one further on: its header names its own place.
+    let renamed = format!(
+        "{}{:08X}",
+        &seg[..16],
+        u32::from_str_radix(&seg[16..], 16).unwrap() + 9
+    );
+    refused.push(copy(&cluster.data().join("pg_wal").join(&seg), &renamed));
+    // A file that is no segment under a segment's name.
+    let garbage = stage.join(format!(
+        "{}{:08X}",
+        &seg[..16],
+        u32::from_str_radix(&seg[16..], 16).unwrap() + 10
+    ));
+    fs::write(&garbage, pseudo_random(16 << 20, 5)).unwrap();
+    refused.push(garbage);
+    chown_postgres(&stage);
+    let packs = || {
+        let mut p = objects_under(&repo.join("packs")).0;
+        p.sort();
+        p
+    };
+    let packs_before = packs();
+    for path in &refused {
+        let err = fails(
+            cairn_pg(&repo)
+                .args(["wal-push", "--instance", "db"])
+                .arg(path),
+            1,
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains("nothing was written"), "{err}");
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if name.starts_with(&beyond) {
+            assert!(
+                err.contains(&ours) && err.contains(&theirs),
+                "{name}: both system identifiers are named: {err}"
+            );
+        } else {
+            assert!(err.contains("not the WAL segment"), "{name}: {err}");
+        }
+    }
+    assert_eq!(wal_list(&repo, "db"), list, "the archive is unchanged");
+    assert_eq!(packs(), packs_before);
+    // The archive records whose WAL it holds.
+    let ours_listed = list.iter().find(|v| v["file"] == seg.as_str()).unwrap();
+    assert_eq!(ours_listed["system_identifier"], ours.as_str(), "{list:?}");
+    // The first cluster archives on.
+    cluster.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
+    let next = cluster.switch_and_wait();
+    assert!(listed_files(&wal_list(&repo, "db")).contains(&next));
+}
+
 #[test]
 fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings() {
     let dir = tempfile::tempdir().unwrap();
@@ -459,7 +555,11 @@ fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings
     ok(cairn(&repo).arg("init"));
     ok(cairn(&repo).args(["instance", "add", "plain", "--path", "/tmp"]));
     let seg = dir.path().join("000000010000000000000001");
-    fs::write(&seg, pseudo_random(1 << 20, 3)).unwrap();
+    fs::write(
+        &seg,
+        wal_segment("000000010000000000000001", 1 << 20, 3, TEST_SYSID),
+    )
+    .unwrap();
     let err = fails(
         cairn(&repo)
             .args(["wal-push", "--instance", "plain"])
@@ -498,6 +598,88 @@ fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings
             .arg(&seg),
         1,
     );
+}
+
+/// Concurrent `wal-push` of one name (two clusters archiving to one instance, or a retry beside a stuck run):
+/// exactly one stores its file; a push of the same content reports it archived already, one of other
+/// content fails; what is archived is the stored one's. Runs on S3 too (`CAIRN_TEST_BACKEND=s3`).
+#[test]
+fn concurrent_wal_pushes_of_one_name_store_exactly_one_file() {
+    let (dir, repo) = new_repo();
+    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    let name = "000000010000000000000003";
+    for round in 0..3u64 {
+        let name = format!("{}{:08X}", &name[..16], 3 + round);
+        // Four contents, each pushed by two processes at once.
+        let contents: Vec<Vec<u8>> = (0..4)
+            .map(|i| wal_segment(&name, 4 << 20, 100 * round + i, TEST_SYSID))
+            .collect();
+        let paths: Vec<PathBuf> = (0..8)
+            .map(|p| {
+                let d = dir.path().join(format!("r{round}-p{p}"));
+                fs::create_dir(&d).unwrap();
+                fs::write(d.join(&name), &contents[p % 4]).unwrap();
+                d.join(&name)
+            })
+            .collect();
+        let children: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                cairn(&repo)
+                    .args(["--json", "wal-push", "--instance", "db"])
+                    .arg(path)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let results: Vec<(i32, String, String)> = children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().unwrap();
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .collect();
+        let stored: Vec<usize> = (0..8)
+            .filter(|&p| {
+                results[p].0 == 0
+                    && serde_json::from_str::<Value>(&results[p].1).unwrap()["stored"] == true
+            })
+            .collect();
+        assert_eq!(
+            stored.len(),
+            1,
+            "round {round}: exactly one stores: {results:#?}"
+        );
+        let winner = stored[0] % 4;
+        for (p, (code, out, err)) in results.iter().enumerate() {
+            if p % 4 == winner {
+                assert_eq!(
+                    *code, 0,
+                    "round {round}, push {p} of the winner's content: {err}"
+                );
+            } else {
+                assert_eq!(*code, 1, "round {round}, push {p} of other content: {out}");
+                assert!(
+                    err.contains("different file"),
+                    "round {round}, push {p}: {err}"
+                );
+            }
+        }
+        let back = dir.path().join(format!("back-{round}"));
+        ok(cairn(&repo)
+            .args(["wal-fetch", "--instance", "db", &name])
+            .arg(&back));
+        assert!(
+            fs::read(&back).unwrap() == contents[winner],
+            "round {round}: the archived file is the stored one's"
+        );
+    }
 }
 
 /// The files under `dir` (recursively): (finished objects with their sizes, names of `.tmp-*` files).
@@ -545,7 +727,7 @@ fn wal_push_killed_midway_then_run_again_stores_the_segment_once_and_correct() {
     // A large segment (--wal-segsize allows up to 1 GiB) in 4 MiB packs, so that a push writes many packs
     // and the kill, sent as soon as the repository shows it started writing, lands in the middle.
     let seg = dir.path().join("000000010000000000000007");
-    let content = pseudo_random(96 << 20, 7);
+    let content = wal_segment("000000010000000000000007", 96 << 20, 7, TEST_SYSID);
     fs::write(&seg, &content).unwrap();
     let new_repo = |name: &str| {
         let repo = dir.path().join(name);
@@ -963,9 +1145,18 @@ fn a_command_run_with_another_users_home_keeps_its_cache_in_its_own_home() {
     // A PostgreSQL started by root keeps root's environment: archive_command runs as postgres with
     // HOME=/root, where postgres may not write. wal-push must still work (its cache goes to postgres's own
     // home from the password database).
-    let (_cluster, repo) = archiving_cluster();
+    let (cluster, repo) = archiving_cluster();
     let seg = repo.with_file_name("000000010000000000000042");
-    fs::write(&seg, pseudo_random(1 << 20, 42)).unwrap();
+    // The cluster's own system identifier: the segment joins what its archiver pushes.
+    let sysid: u64 = cluster
+        .sql("SELECT system_identifier FROM pg_control_system()")
+        .parse()
+        .unwrap();
+    fs::write(
+        &seg,
+        wal_segment("000000010000000000000042", 1 << 20, 42, sysid),
+    )
+    .unwrap();
     chown_postgres(&seg);
     let out = ok(cairn_pg(&repo)
         .env_remove("XDG_CACHE_HOME")
@@ -1166,8 +1357,9 @@ fn wal_push_and_fetch_take_the_key_from_the_hosts_cache_only_with_the_same_passw
         .join(config["repository_id"].as_str().unwrap());
     let segs: Vec<PathBuf> = (1..=6)
         .map(|i| {
-            let p = dir.path().join(format!("00000001000000000000000{i}"));
-            fs::write(&p, pseudo_random(1 << 20, i)).unwrap();
+            let name = format!("00000001000000000000000{i}");
+            let p = dir.path().join(&name);
+            fs::write(&p, wal_segment(&name, 1 << 20, i, TEST_SYSID)).unwrap();
             p
         })
         .collect();
@@ -1492,6 +1684,52 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
     }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.batches(), expect(1..=2), "{}", server.log());
+}
+
+/// The wait of `wal-fetch` for an exclusive lock is the caller's to choose (a flag or the environment of
+/// restore_command), 10 minutes when not given.
+#[test]
+fn wal_fetch_waits_for_an_exclusive_lock_as_long_as_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    ok(cairn(&repo).arg("init"));
+    ok(cairn(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
+    let name = "000000010000000000000005";
+    let seg = dir.path().join(name);
+    fs::write(&seg, wal_segment(name, 1 << 20, 5, TEST_SYSID)).unwrap();
+    ok(cairn(&repo)
+        .args(["wal-push", "--instance", "db"])
+        .arg(&seg));
+    let lock = repo.join("locks").join("another-hosts-prune");
+    let info = serde_json::json!({
+        "pid": 1, "host": "another-host", "time": chrono::Utc::now().to_rfc3339(),
+        "exclusive": true, "command": "prune",
+    });
+    fs::write(&lock, serde_json::to_vec(&info).unwrap()).unwrap();
+    let dest = dir.path().join("back");
+    for (how, secs) in [("flag", 2u64), ("env", 0)] {
+        let mut c = cairn(&repo);
+        c.args(["wal-fetch", "--instance", "db", name]).arg(&dest);
+        match how {
+            "flag" => c.args(["--lock-wait", &secs.to_string()]),
+            _ => c.env("CAIRN_WAL_FETCH_LOCK_WAIT", secs.to_string()),
+        };
+        let t = Instant::now();
+        let (code, _, err) = run(&mut c);
+        let took = t.elapsed();
+        assert_eq!(code, 255, "{how}: {err}");
+        assert!(err.contains(&format!("waited {secs} s")), "{how}: {err}");
+        assert!(
+            took >= Duration::from_secs(secs) && took < Duration::from_secs(secs + 8),
+            "{how}: waited {took:?} for a limit of {secs} s"
+        );
+        assert!(!dest.exists());
+    }
+    fs::remove_file(&lock).unwrap();
+    ok(cairn(&repo)
+        .args(["wal-fetch", "--instance", "db", name, "--lock-wait", "0"])
+        .arg(&dest));
+    assert!(fs::read(&dest).unwrap() == fs::read(&seg).unwrap());
 }
 
 #[test]

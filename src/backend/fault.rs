@@ -145,6 +145,21 @@ impl State {
         }
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        match self.next(Op::Write) {
+            None => self.inner.put_new(kind, name, data),
+            Some(Fault::Delay(d)) => {
+                std::thread::sleep(d);
+                self.inner.put_new(kind, name, data)
+            }
+            Some(Fault::Tear) => {
+                self.inner.put_new(kind, name, &data[..data.len() / 2])?;
+                Err(injected(kind, name, Fault::Tear))
+            }
+            Some(f) => Err(injected(kind, name, f)),
+        }
+    }
+
     /// Applies a read fault around `read`.
     fn read(
         &self,
@@ -187,6 +202,10 @@ impl Backend for FaultyBackend {
 
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<()> {
         self.state.put(kind, name, data)
+    }
+
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        self.state.put_new(kind, name, data)
     }
 
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {

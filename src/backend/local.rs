@@ -69,6 +69,18 @@ impl Backend for LocalBackend {
         fsutil::write_durable(&path, data)
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        check_name(kind, name)?;
+        let path = self.path(kind, name);
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                fsutil::ensure_dir(dir)?;
+                fsutil::sync_dir(dir.parent().unwrap_or(Path::new("/")))?;
+            }
+        }
+        fsutil::write_durable_new(&path, data)
+    }
+
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {
         let dir = self.kind_dir(kind);
         fsutil::ensure_dir(&dir)?;

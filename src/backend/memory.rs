@@ -51,6 +51,17 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        check_name(kind, name)?;
+        let mut map = self.write();
+        let key = (kind, name.to_string());
+        if map.contains_key(&key) {
+            return Ok(false);
+        }
+        map.insert(key, Arc::new(data.to_vec()));
+        Ok(true)
+    }
+
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {
         Ok(Box::new(MemoryWriter {
             backend: self.clone(),

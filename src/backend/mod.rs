@@ -5,8 +5,10 @@
 //! touch a file system or a network. The contract every implementation keeps (format-spec/README.md,
 //! "Storage"):
 //!
-//! - **Whole or absent.** An object written by [`Backend::put`] or [`ObjectWriter::finish`] appears complete or
-//!   not at all, and is durable when the call returns. A writer dropped without `finish` leaves nothing behind
+//! - **Whole or absent.** An object written by [`Backend::put`], [`Backend::put_new`] or
+//!   [`ObjectWriter::finish`] appears complete or not at all, and is durable when the call returns.
+//! - **Create if absent.** [`Backend::put_new`] never replaces an object: of writers racing for one name,
+//!   one wins and the others learn that they lost. A writer dropped without `finish` leaves nothing behind
 //!   that a listing returns.
 //! - **Missing is `NotFound`.** Reading, stat-ing a missing object gives an [`Error::Io`] whose
 //!   `source.kind()` is [`std::io::ErrorKind::NotFound`]: callers tell "gone" (damage) from "could not read"
@@ -182,6 +184,12 @@ pub trait Backend: Send + Sync {
 
     /// Writes a whole object, replacing any object of that name; atomic and durable on return.
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Writes a whole object only if no object of that name exists: `true` when it was written (atomic and
+    /// durable on return, as [`put`](Backend::put)), `false` when one exists, which is left as it is. Of
+    /// concurrent calls for one name, one writes and the others get `false` (on S3, as far as the server
+    /// honours a conditional PUT: see the S3 backend).
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool>;
 
     /// Starts a streamed write of an object whose name is known only at the end (a pack is named by the
     /// hash of its content).
@@ -501,6 +509,42 @@ pub(crate) mod contract {
         missing_is_not_found(b);
         bad_names_are_refused(b);
         oversized_objects_are_refused(b);
+        put_new_creates_only_if_absent(b);
+    }
+
+    fn put_new_creates_only_if_absent(b: &dyn Backend) {
+        let name = "db.000000010000000000000001";
+        assert!(b.put_new(ObjectKind::Wal, name, b"first").unwrap());
+        assert!(!b.put_new(ObjectKind::Wal, name, b"second").unwrap());
+        assert_eq!(b.get(ObjectKind::Wal, name).unwrap(), b"first");
+        b.delete(ObjectKind::Wal, name).unwrap();
+        // Racing writers of one name: exactly one writes, and its bytes are the object's.
+        let won: Vec<usize> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..8)
+                .map(|i| {
+                    s.spawn(move || {
+                        b.put_new(ObjectKind::Wal, name, format!("writer {i}").as_bytes())
+                            .unwrap()
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.join().unwrap().then_some(i))
+                .collect()
+        });
+        assert_eq!(won.len(), 1, "{won:?}");
+        assert_eq!(
+            b.get(ObjectKind::Wal, name).unwrap(),
+            format!("writer {}", won[0]).as_bytes()
+        );
+        assert_eq!(
+            b.list(ObjectKind::Wal).unwrap().len(),
+            1,
+            "no temporary left listed"
+        );
+        b.delete(ObjectKind::Wal, name).unwrap();
     }
 
     fn oversized_objects_are_refused(b: &dyn Backend) {

@@ -22,7 +22,9 @@ use futures_util::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use super::{check_name, not_found, short_object, Backend, ObjectKind, ObjectWriter};
 use crate::error::{Error, Result};
@@ -245,6 +247,24 @@ impl Inner {
             s.put(&k, PutPayload::from(data)).await.map(|_| ())
         })
     }
+
+    /// A conditional PUT (`If-None-Match: *`): `false` when the server answers that the key exists. With
+    /// conditional PUTs turned off (`AWS_CONDITIONAL_PUT=disabled`, for a server that rejects the header),
+    /// a plain PUT.
+    fn put_new(&self, key: &StorePath, data: Vec<u8>) -> Result<bool> {
+        self.run(key, |s, k| async move {
+            let payload = PutPayload::from(data);
+            let opts = PutOptions::from(PutMode::Create);
+            match s.put_opts(&k, payload.clone(), opts).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    s.put(&k, payload).await.map(|_| true)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
 }
 
 /// Error texts from the HTTP layer may quote request URLs; a presigned or credential-bearing query string must
@@ -285,6 +305,14 @@ impl Backend for S3Backend {
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<()> {
         check_name(kind, name)?;
         self.inner.put(&self.inner.key(kind, name), data.to_vec())
+    }
+
+    /// A conditional PUT, which AWS S3 and most S3-compatible servers (MinIO, R2, moto) honour; a server that
+    /// ignores `If-None-Match` overwrites, so callers that must not lose a race read the object back.
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        check_name(kind, name)?;
+        self.inner
+            .put_new(&self.inner.key(kind, name), data.to_vec())
     }
 
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {

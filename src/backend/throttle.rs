@@ -127,6 +127,11 @@ impl Backend for Throttled {
         self.inner.put(kind, name, data)
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        take(&self.up, data.len() as u64);
+        self.inner.put_new(kind, name, data)
+    }
+
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {
         Ok(Box::new(ThrottledWriter {
             inner: self.inner.writer(kind)?,

@@ -250,6 +250,11 @@ pub enum Command {
         file: String,
         /// Where to write it (%p).
         dest: PathBuf,
+        /// How long to wait for an exclusive lock (a prune or repair) to go away before failing; recovery
+        /// waits for the file meanwhile.
+        #[arg(long, env = "CAIRN_WAL_FETCH_LOCK_WAIT", value_name = "SECONDS",
+              default_value_t = cairn::wal::FETCH_LOCK_WAIT.as_secs())]
+        lock_wait: u64,
     },
     /// List archived WAL files.
     WalList {

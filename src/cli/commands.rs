@@ -328,7 +328,14 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             instance: i,
             file,
             dest,
-        } => super::wal::wal_fetch(ctx, &i, &file, &dest),
+            lock_wait,
+        } => super::wal::wal_fetch(
+            ctx,
+            &i,
+            &file,
+            &dest,
+            std::time::Duration::from_secs(lock_wait),
+        ),
         Command::WalList { instance: i } => super::wal::wal_list(ctx, i.as_deref()),
     }
 }

@@ -54,10 +54,16 @@ pub fn wal_push(ctx: &Ctx, name: &str, path: &Path) -> Result<i32> {
     Ok(EXIT_OK)
 }
 
-pub fn wal_fetch(ctx: &Ctx, name: &str, file: &str, dest: &Path) -> Result<i32> {
+pub fn wal_fetch(
+    ctx: &Ctx,
+    name: &str,
+    file: &str,
+    dest: &Path,
+    lock_wait: std::time::Duration,
+) -> Result<i32> {
     cairn::crypto::keycache::enable();
     let repo = ctx.open()?;
-    let size = wal::fetch(&repo, name, file, dest)?;
+    let size = wal::fetch_waiting(&repo, name, file, dest, lock_wait)?;
     if ctx.json {
         ctx.print_json(&json!({"instance": name, "file": file, "size": size,
                                "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;
@@ -75,7 +81,8 @@ pub fn wal_list(ctx: &Ctx, name: Option<&str>) -> Result<i32> {
             .iter()
             .map(|o| {
                 json!({"instance": o.instance, "file": o.file, "timeline": o.timeline(), "size": o.size,
-                       "blake3": o.blake3.to_hex(), "tree": o.tree.to_hex(), "time": o.time})
+                       "blake3": o.blake3.to_hex(), "tree": o.tree.to_hex(), "time": o.time,
+                       "system_identifier": o.system_identifier.map(|i| i.to_string())})
             })
             .collect();
         return ctx.print_json(&json!(rows)).map(|_| EXIT_OK);

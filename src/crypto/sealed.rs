@@ -58,6 +58,14 @@ impl Backend for Sealed {
         self.inner.put(kind, name, &sealed)
     }
 
+    fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
+        if !is_sealed(kind) {
+            return self.inner.put_new(kind, name, data);
+        }
+        let sealed = self.crypto.seal(&object_aad(&kind.key(name)), data)?;
+        self.inner.put_new(kind, name, &sealed)
+    }
+
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {
         if !is_sealed(kind) {
             return self.inner.writer(kind);

@@ -152,6 +152,29 @@ pub fn backup_json(repo: &Path, args: &[&str]) -> serde_json::Value {
 }
 
 /// Deterministic pseudo-random bytes.
+/// The system identifier of the clusters [`wal_segment`] makes segments of.
+pub const TEST_SYSID: u64 = 7_123_456_789_012_345_678;
+
+/// A file `wal-push` takes for the segment `name` (24 hex digits, perhaps `.partial`) of the cluster
+/// `sysid`: `len` pseudo-random bytes behind the first page header PostgreSQL writes (xlog_internal.h's
+/// XLogLongPageHeaderData in this host's byte order), with the smallest segment size that holds `len`.
+pub fn wal_segment(name: &str, len: usize, seed: u64, sysid: u64) -> Vec<u8> {
+    let seg_size = (len.next_power_of_two() as u64).max(1 << 20);
+    let hex = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).unwrap();
+    let (tli, log, seg) = (hex(0..8), hex(8..16), hex(16..24));
+    let mut v = pseudo_random(len.max(40), seed);
+    v[0..2].copy_from_slice(&0xD116u16.to_ne_bytes());
+    v[2..4].copy_from_slice(&0x0002u16.to_ne_bytes()); // XLP_LONG_HEADER
+    v[4..8].copy_from_slice(&(tli as u32).to_ne_bytes());
+    v[8..16].copy_from_slice(&((log << 32) + seg * seg_size).to_ne_bytes());
+    v[16..24].fill(0);
+    v[24..32].copy_from_slice(&sysid.to_ne_bytes());
+    v[32..36].copy_from_slice(&(seg_size as u32).to_ne_bytes());
+    v[36..40].copy_from_slice(&8192u32.to_ne_bytes());
+    v.truncate(len);
+    v
+}
+
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut v = Vec::with_capacity(len);
