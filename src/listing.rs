@@ -1,7 +1,7 @@
 //! `ls`: the entries of a snapshot's file tree, handed to the caller one at a time as the walk meets them.
 //!
 //! Memory: nothing is collected. The walk ([`crate::walk::walk`]) holds the trees on the way down to the
-//! current entry and one path buffer; each entry is lent to the caller and forgotten, so listing a tree of
+//! current entry, the trees read ahead of it ([`TreesAhead`], within a budget) and one path buffer; each entry is lent to the caller and forgotten, so listing a tree of
 //! millions of files takes what its largest directories take, not what the whole tree takes (collected,
 //! 200,000 files made `ls` hold 110 MB, 550 MB for a million).
 //!
@@ -12,8 +12,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::fetch::TreesAhead;
 use crate::repo::Repository;
-use crate::restore::{components, damage_recording, find_node};
+use crate::restore::{components, find_node};
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind};
 use crate::walk::{self, Place, Step};
@@ -36,7 +37,11 @@ pub fn list(
         .ok_or_else(|| Error::NotFound("the snapshot holds no file tree".into()))?;
     let path = path.as_ref();
     let comps = components(path.as_os_str().as_bytes());
-    let source = damage_recording(repo);
+    // Trees read a level at a time (one round trip per level over an object store), within a budget;
+    // one that cannot be read is read again on its own and reported as restore reports it.
+    let descend = |_: &[u8], _: &Node| true;
+    let fallback = |id: &crate::Id| crate::restore::tree(repo, id);
+    let source = TreesAhead::new(repo, &descend, &fallback)?;
     if comps.is_empty() {
         return walk::walk(
             &source,

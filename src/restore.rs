@@ -44,7 +44,7 @@ use crate::restore_files::{is_zeros, restore_files, FileJob, Writing, Zeros, ZER
 use crate::restore_target;
 use crate::snapshot::Snapshot;
 use crate::tree::{Meta, Node, NodeKind};
-use crate::walk::{self, FnSource, Place, Step};
+use crate::walk::{self, Place, Step};
 
 /// Where and what to restore.
 #[derive(Debug, Default, Clone)]
@@ -434,13 +434,6 @@ fn kept(include: &[Vec<Vec<u8>>], path: &[u8], node: &Node) -> bool {
         .iter()
         .any(|inc| inc.len() > depth && inc[..depth] == here[..]);
     selected || on_the_way && matches!(node.kind, NodeKind::Dir { .. })
-}
-
-/// The repository as a tree source that records the damaged trees it meets (see [`read_tree`]).
-pub(crate) fn damage_recording(
-    repo: &Repository,
-) -> FnSource<impl Fn(&Id) -> Result<crate::tree::Tree> + '_> {
-    FnSource(move |id: &Id| read_tree(repo, id))
 }
 
 /// Regular files to write, and hard links to make to the first restored path of their group (`first`:
