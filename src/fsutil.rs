@@ -17,13 +17,7 @@ use crate::error::{IoContext, Result};
 
 /// Writes `data` to `path` atomically and durably (temp file, fsync, rename, fsync directory).
 pub fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.write_all(data).at(tmp.path())?;
-    tmp.as_file().sync_all().at(tmp.path())?;
+    let (dir, tmp) = durable_temp(path, data)?;
     tmp.persist(path)
         .map_err(|e| crate::Error::io(path, e.error))?;
     sync_dir(dir)
@@ -34,13 +28,7 @@ pub fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
 /// exactly one succeeds. Returns `false`, leaving the existing file and removing the temporary one, when
 /// `path` exists.
 pub fn write_durable_new(path: &Path, data: &[u8]) -> Result<bool> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .at(dir)?;
-    tmp.write_all(data).at(tmp.path())?;
-    tmp.as_file().sync_all().at(tmp.path())?;
+    let (dir, tmp) = durable_temp(path, data)?;
     match tmp.persist_noclobber(path) {
         Ok(_) => {}
         Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
@@ -48,6 +36,18 @@ pub fn write_durable_new(path: &Path, data: &[u8]) -> Result<bool> {
     }
     sync_dir(dir)?;
     Ok(true)
+}
+
+/// A temporary file beside `path` holding `data`, fsynced, and the directory it is in.
+fn durable_temp<'p>(path: &'p Path, data: &[u8]) -> Result<(&'p Path, tempfile::NamedTempFile)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .at(dir)?;
+    tmp.write_all(data).at(tmp.path())?;
+    tmp.as_file().sync_all().at(tmp.path())?;
+    Ok((dir, tmp))
 }
 
 /// Opens a host-private state file (a cache entry, a record) for reading, or `None` unless it is a regular

@@ -114,15 +114,7 @@ mod tests {
         fs::write(src.join(&odd), "odd").unwrap();
         let root = dir.path().join("repo");
         let repo = Repository::init(&root, Config::new_default()).unwrap();
-        let snap = crate::backup::backup(
-            &repo,
-            crate::backup::BackupOptions {
-                paths: vec![src.clone()],
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .snapshot;
+        let snap = crate::restore::tests::back_up(&repo, &src).snapshot;
 
         let all = listed(&repo, &snap, "").unwrap();
         let want: Vec<(Vec<u8>, bool)> = [

@@ -795,12 +795,24 @@ pub fn tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
     use crate::pack::BlobKind;
     use crate::pack_writer::PackWriter;
     use crate::restore_files::BATCH_CHUNKS;
+
+    /// A first backup of `src` into `repo`.
+    pub(crate) fn back_up(repo: &Repository, src: &Path) -> crate::backup::BackupResult {
+        crate::backup::backup(
+            repo,
+            crate::backup::BackupOptions {
+                paths: vec![src.to_path_buf()],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
 
     #[test]
     fn chunks_come_out_in_order_across_windows_and_at_their_offsets() {
@@ -983,14 +995,7 @@ mod tests {
             nix::sys::stat::utimes(&src.join(d), &t, &t).unwrap();
         }
         let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
-        let made = crate::backup::backup(
-            &repo,
-            crate::backup::BackupOptions {
-                paths: vec![src.clone()],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let made = back_up(&repo, &src);
         let mut seen = Vec::new();
         for (name, limits) in [
             ("one", (1 << 20, 1 << 20)),
@@ -1028,14 +1033,7 @@ mod tests {
             fs::write(level.join("f"), i.to_string()).unwrap();
         }
         let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
-        let made = crate::backup::backup(
-            &repo,
-            crate::backup::BackupOptions {
-                paths: vec![src.clone()],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let made = back_up(&repo, &src);
         let out = dir.path().join("restored");
         let opts = RestoreOptions {
             target: out.clone(),
@@ -1087,15 +1085,7 @@ mod tests {
         Repository::init(&root, config).unwrap();
         let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
         let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
-        let snap = crate::backup::backup(
-            &repo,
-            crate::backup::BackupOptions {
-                paths: vec![src.clone()],
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .snapshot;
+        let snap = back_up(&repo, &src).snapshot;
         let node = find_node(&repo, &snap.tree.unwrap(), "src/holes").unwrap();
         let NodeKind::File { chunks, .. } = &node.kind else {
             panic!("not a file")
@@ -1193,14 +1183,7 @@ mod tests {
         Repository::init(&root, Config::new_default()).unwrap();
         let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
         let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
-        let made = crate::backup::backup(
-            &repo,
-            crate::backup::BackupOptions {
-                paths: vec![src.clone()],
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let made = back_up(&repo, &src);
         let chunks = 2000u64;
         let packs = faulty.list(ObjectKind::Pack).unwrap().len() as u64;
         let target = dir.path().join("restored");

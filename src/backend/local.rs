@@ -41,6 +41,21 @@ impl LocalBackend {
         self.root.join(kind.dir())
     }
 
+    /// Where a whole object of this name is written, its kind's directory made (durably) if missing.
+    fn object_path(&self, kind: ObjectKind, name: &str) -> Result<PathBuf> {
+        check_name(kind, name)?;
+        let path = self.path(kind, name);
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                // A kind's directory missing from an older repository (`index/`): the new directory's own
+                // entry must be durable too, or a crash could take a "durable" object with it.
+                fsutil::ensure_dir(dir)?;
+                fsutil::sync_dir(dir.parent().unwrap_or(Path::new("/")))?;
+            }
+        }
+        Ok(path)
+    }
+
     /// Opens an object's file for reading, `NotFound` (with its path) when missing.
     fn open(&self, kind: ObjectKind, name: &str) -> Result<(File, PathBuf)> {
         check_name(kind, name)?;
@@ -56,29 +71,11 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<()> {
-        check_name(kind, name)?;
-        let path = self.path(kind, name);
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                // A kind's directory missing from an older repository (`index/`): the new directory's own
-                // entry must be durable too, or a crash could take a "durable" object with it.
-                fsutil::ensure_dir(dir)?;
-                fsutil::sync_dir(dir.parent().unwrap_or(Path::new("/")))?;
-            }
-        }
-        fsutil::write_durable(&path, data)
+        fsutil::write_durable(&self.object_path(kind, name)?, data)
     }
 
     fn put_new(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<bool> {
-        check_name(kind, name)?;
-        let path = self.path(kind, name);
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                fsutil::ensure_dir(dir)?;
-                fsutil::sync_dir(dir.parent().unwrap_or(Path::new("/")))?;
-            }
-        }
-        fsutil::write_durable_new(&path, data)
+        fsutil::write_durable_new(&self.object_path(kind, name)?, data)
     }
 
     fn writer(&self, kind: ObjectKind) -> Result<Box<dyn ObjectWriter>> {
