@@ -22,6 +22,16 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// The entry of `run-due --json` output `due` for instance `name`.
+fn outcome_of(due: &serde_json::Value, name: &str) -> serde_json::Value {
+    due.as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["instance"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {due}"))
+        .clone()
+}
+
 /// Snapshot ids of instance `name`.
 fn snapshots_of(repo: &Path, name: &str) -> Vec<String> {
     let v = json(&ok(cairn(repo).args(["snapshots", "--json"])));
@@ -183,14 +193,7 @@ fn an_instance_run_lock_blocks_only_its_instance_and_a_dead_holders_does_not_blo
         &lock_json(std::process::id(), Some("shop"), "daemon"),
     );
     let due = json(&ok(cairn(&repo).args(["run-due", "--json"])));
-    let by_name = |n: &str| {
-        due.as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["instance"] == n)
-            .unwrap_or_else(|| panic!("{n} not in {due}"))
-            .clone()
-    };
+    let by_name = |n: &str| outcome_of(&due, n);
     assert!(by_name("shop")["snapshot_id"].is_null(), "{due}");
     assert!(by_name("shop")["skipped"].is_string(), "{due}");
     assert!(by_name("blog")["snapshot_id"].is_string(), "{due}");
@@ -588,14 +591,7 @@ fn run_due_does_not_back_up_again_an_instance_another_host_ran_after_it_was_foun
     let (code, out, err) = finish(b);
     assert_eq!(code, 0, "{out}\n{err}");
     let due = json(&out);
-    let by_name = |n: &str| {
-        due.as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["instance"] == n)
-            .unwrap_or_else(|| panic!("{n} not in {due}"))
-            .clone()
-    };
+    let by_name = |n: &str| outcome_of(&due, n);
     assert!(by_name("gate")["snapshot_id"].is_string(), "{due}");
     let shop = by_name("shop");
     assert_eq!(
@@ -679,14 +675,7 @@ fn run_due_honours_a_pause_and_a_new_hook_made_after_it_found_the_instances_due(
     let (code, out, err) = finish(b);
     assert_eq!(code, 0, "{out}\n{err}");
     let due = json(&out);
-    let by_name = |n: &str| {
-        due.as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["instance"] == n)
-            .unwrap_or_else(|| panic!("{n} not in {due}"))
-            .clone()
-    };
+    let by_name = |n: &str| outcome_of(&due, n);
     let shop = by_name("shop");
     assert!(
         !d.join("runs").exists(),
