@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::hashing::Id;
 use crate::repo::Repository;
-use crate::restore_at::{list_dir, lstat_at, remove_at, TargetDir};
+use crate::restore::at::{list_dir, lstat_at, remove_at, TargetDir};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::walk::{self, Place, Step};
 
@@ -23,7 +23,7 @@ use crate::walk::{self, Place, Step};
 pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
     let repo_dir = repo.local_root().and_then(|r| r.canonicalize().ok());
     let keep = repo_dir.and_then(|r| {
-        r.strip_prefix(crate::restore_target::resolve_target(dest))
+        r.strip_prefix(crate::restore::target::resolve_target(dest))
             .ok()
             .map(Path::to_path_buf)
     });
@@ -39,7 +39,7 @@ pub fn delete_absent(repo: &Repository, tree: &Id, dest: &Path) -> Result<u64> {
 /// The walk of the snapshot's tree: each directory of it is compared with the directory on disk at the same
 /// path, which is entered only when it is a real directory there. Directories are opened from `dest`'s
 /// descriptor without following symlinks and entries removed through their directory's descriptor
-/// ([`crate::restore_at`]), so a directory swapped for a symlink during the walk is never entered.
+/// ([`crate::restore::at`]), so a directory swapped for a symlink during the walk is never entered.
 struct DeleteAbsent {
     dest: TargetDir,
     removed: u64,

@@ -370,21 +370,21 @@ impl<'a> TreesAhead<'a> {
             let mut next = Vec::new();
             let mut left = level.as_slice();
             while !left.is_empty() {
-                let sizes = self.fitting(left, std::mem::take(&mut asked));
-                if sizes.is_empty() {
+                let located = self.fitting(left, std::mem::take(&mut asked));
+                if located.is_empty() {
                     break;
                 }
-                let (batch, rest) = left.split_at(sizes.len());
+                let (batch, rest) = left.split_at(located.len());
                 left = rest;
-                let ids: Vec<Id> = batch.iter().map(|(id, _)| *id).collect();
                 let mut read = HashMap::new();
-                read_trees(self.repo, &self.fetcher, &ids, &mut read);
+                read_trees(self.repo, &self.fetcher, batch, &located, &mut read);
                 next.extend(next_level(&read, batch, self.descend));
                 let mut ahead = self.ahead.borrow_mut();
-                for (id, size) in ids.iter().zip(sizes) {
+                for ((id, _), loc) in batch.iter().zip(&located) {
                     let Some(tree) = read.remove(id) else {
                         continue;
                     };
+                    let size = stored_size(loc);
                     ahead.bytes += size;
                     if let Some((_, was)) = ahead.held.insert(*id, (tree, size)) {
                         ahead.bytes -= was;
@@ -401,27 +401,28 @@ impl<'a> TreesAhead<'a> {
         }
     }
 
-    /// The stored sizes of the trees at the head of `left` that fit in the room left (at most
-    /// [`AHEAD_BATCH`]); the first one whatever its size when it is the tree the walk `asked` for.
-    fn fitting(&self, left: &[(Id, Vec<u8>)], asked: bool) -> Vec<usize> {
+    /// Where the trees at the head of `left` that fit in the room left are stored (at most [`AHEAD_BATCH`]);
+    /// the first one whatever its size when it is the tree the walk `asked` for.
+    fn fitting(&self, left: &[(Id, Vec<u8>)], asked: bool) -> Vec<Option<Location>> {
         let mut room = self.budget.saturating_sub(self.ahead.borrow().bytes);
-        let mut sizes = Vec::new();
+        let mut located = Vec::new();
         for (id, _) in left.iter().take(AHEAD_BATCH) {
-            // A tree the index does not know is not read (its reader reports it): it takes no room.
-            let size = self
-                .repo
-                .with_reader(|r| r.lookup(id))
-                .ok()
-                .flatten()
-                .map_or(0, |loc| loc.entry.raw_len as usize);
-            if size > room && !(asked && sizes.is_empty()) {
+            let loc = self.repo.with_reader(|r| r.lookup(id)).ok().flatten();
+            let size = stored_size(&loc);
+            if size > room && !(asked && located.is_empty()) {
                 break;
             }
             room = room.saturating_sub(size);
-            sizes.push(size);
+            located.push(loc);
         }
-        sizes
+        located
     }
+}
+
+/// The room a tree read ahead takes: its stored size; a tree the index does not know is not read (its
+/// reader reports it) and takes none.
+fn stored_size(loc: &Option<Location>) -> usize {
+    loc.map_or(0, |l| l.entry.raw_len as usize)
 }
 
 impl crate::walk::TreeSource for TreesAhead<'_> {
@@ -438,18 +439,25 @@ impl crate::walk::TreeSource for TreesAhead<'_> {
     }
 }
 
-/// Reads the trees `ids` into `trees` (those that can be read and decode; see [`TreesAhead`]): from this
-/// host's tree cache where it has them, the others from their packs, which are then kept in the cache.
-fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut HashMap<Id, Tree>) {
-    let mut missing = Vec::with_capacity(ids.len());
-    for id in ids {
+/// Reads the trees of `batch` (located by the index as `located`) into `trees` (those that can be read and
+/// decode; see [`TreesAhead`]): from this host's tree cache where it has them, the others from their packs,
+/// which are then kept in the cache.
+fn read_trees(
+    repo: &Repository,
+    fetcher: &Fetcher,
+    batch: &[(Id, Vec<u8>)],
+    located: &[Option<Location>],
+    trees: &mut HashMap<Id, Tree>,
+) {
+    let mut missing = Vec::with_capacity(batch.len());
+    for ((id, _), loc) in batch.iter().zip(located) {
         let cached = repo.caches_trees().then(|| repo.cached_tree(id)).flatten();
         match cached.map(|raw| Tree::decode(&raw)) {
             Some(Ok(tree)) => {
                 trees.insert(*id, tree);
             }
             Some(Err(_)) => {}
-            None => missing.push(*id),
+            None => missing.extend(loc.filter(|l| l.entry.kind == BlobKind::Tree)),
         }
     }
     read_packed_trees(repo, fetcher, &missing, &mut |id, tree| {
@@ -457,22 +465,25 @@ fn read_trees(repo: &Repository, fetcher: &Fetcher, ids: &[Id], trees: &mut Hash
     });
 }
 
-/// Reads the trees `ids` from their packs, never from the tree cache, hands each that can be read and
+/// Where the index stores the trees `ids` (those it knows as trees).
+fn locate_trees(repo: &Repository, ids: &[Id]) -> Vec<Location> {
+    ids.iter()
+        .filter_map(|id| repo.with_reader(|r| r.lookup(id)).ok().flatten())
+        .filter(|loc| loc.entry.kind == BlobKind::Tree)
+        .collect()
+}
+
+/// Reads the trees `located` from their packs, never from the tree cache, hands each that can be read and
 /// decodes to `on_tree`, and keeps a copy of each in the cache (when the repository has one).
 fn read_packed_trees(
     repo: &Repository,
     fetcher: &Fetcher,
-    ids: &[Id],
+    located: &[Location],
     on_tree: &mut dyn FnMut(Id, Tree),
 ) {
     let caching = repo.caches_trees();
-    let located: Vec<Location> = ids
-        .iter()
-        .filter_map(|id| repo.with_reader(|r| r.lookup(id)).ok().flatten())
-        .filter(|loc| loc.entry.kind == BlobKind::Tree)
-        .collect();
     let got = Mutex::new(Vec::with_capacity(located.len()));
-    fetcher.fetch(&located, &|i, bytes| {
+    fetcher.fetch(located, &|i, bytes| {
         let id = located[i].entry.id;
         let Ok(raw) = bytes else { return };
         let cached = caching
@@ -527,13 +538,18 @@ pub fn refresh_tree_cache(
                 }
             }
             let mut read = Vec::with_capacity(wanted.len());
-            read_packed_trees(repo, &fetcher, &wanted, &mut |id, tree| {
-                read.push(id);
-                next.extend(tree.nodes.iter().filter_map(|n| match &n.kind {
-                    NodeKind::Dir { subtree } => Some(*subtree),
-                    _ => None,
-                }));
-            });
+            read_packed_trees(
+                repo,
+                &fetcher,
+                &locate_trees(repo, &wanted),
+                &mut |id, tree| {
+                    read.push(id);
+                    next.extend(tree.nodes.iter().filter_map(|n| match &n.kind {
+                        NodeKind::Dir { subtree } => Some(*subtree),
+                        _ => None,
+                    }));
+                },
+            );
             for id in &read {
                 verified.insert(id)?;
             }

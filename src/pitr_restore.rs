@@ -78,7 +78,7 @@ pub fn restore(repo: &Repository, name: &str, req: &PitrRequest) -> Result<PitrO
     unpack(repo, &bb.snapshot, &req.datadir)?;
     write_recovery_settings(&req.datadir, name, bb, &replay, req)?;
     if let Some((uid, gid, _)) = &owner {
-        crate::restore_at::chown_tree_at(&req.datadir, *uid, *gid)?;
+        crate::restore::at::chown_tree_at(&req.datadir, *uid, *gid)?;
     }
     let mut out = PitrOutcome {
         snapshot_id: bb.id.to_hex(),
@@ -151,7 +151,7 @@ fn os_owner(os_user: Option<&str>) -> Result<Option<(u32, u32, PathBuf)>> {
 }
 
 /// The data directory must be new or empty; it is created (mode 0700, as PostgreSQL requires), and when
-/// cairn runs as root it is root's until the restore gives it away ([`crate::restore_at::chown_tree_at`]).
+/// cairn runs as root it is root's until the restore gives it away ([`crate::restore::at::chown_tree_at`]).
 fn prepare_datadir(dir: &Path, as_root: bool) -> Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
@@ -165,7 +165,7 @@ fn prepare_datadir(dir: &Path, as_root: bool) -> Result<()> {
         Err(e) => return Err(Error::io(dir, e)),
     }
     if as_root {
-        // Root's until the unpack is done (see `restore_at::chown_tree_at`): an existing directory its
+        // Root's until the unpack is done (see `restore::at::chown_tree_at`): an existing directory its
         // future owner could write would let that user plant entries (a symlink) while root unpacks. Taken
         // only once it is known empty (a live data directory named by mistake is left alone), and checked
         // again once nobody else can add to it.

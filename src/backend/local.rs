@@ -186,8 +186,8 @@ impl Backend for LocalBackend {
             small_parallel: 2 * rayon::current_num_threads(),
             // A pack read twice costs a second system call, not a round trip: small batches keep few files
             // open.
-            batch_files: crate::restore_files::BATCH_FILES,
-            batch_chunks: crate::restore_files::BATCH_CHUNKS,
+            batch_files: crate::restore::files::BATCH_FILES,
+            batch_chunks: crate::restore::files::BATCH_CHUNKS,
         }
     }
 

@@ -255,7 +255,7 @@ pub trait Backend: Send + Sync {
 /// `parallel * max_run` bytes of runs are held at once; reads of single small blobs (trees, a level of a
 /// snapshot at a time: [`crate::fetch::TreesAhead`]) keep up to `small_parallel` in flight. A file
 /// restore plans up to `batch_files` files and `batch_chunks` chunk references together (see
-/// [`crate::restore_files`]): a pack is read once per batch that needs it, so the larger the batch, the
+/// [`crate::restore::files`]): a pack is read once per batch that needs it, so the larger the batch, the
 /// fewer times each pack is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPlan {

@@ -61,7 +61,7 @@ const HELD_DIRS: usize = 128;
 
 /// Directories a walk hands out before it starts again from the target: a held descriptor keeps a directory
 /// that someone moves elsewhere, so none is reused for longer than a batch of files already kept its
-/// directories (see [`crate::restore_files`]).
+/// directories (see [`crate::restore::files`]).
 const REUSE: u32 = 256;
 
 /// The path from the target to the directory reached last, with descriptors held for some of its levels.

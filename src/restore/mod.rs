@@ -3,12 +3,12 @@
 //! Safety: every path written is `target` joined with tree-entry names that the tree decoder has already
 //! proven to be single, safe components; every directory on the way is opened from the target's descriptor
 //! without following symlinks and every entry is made and given its metadata through its parent's (or its
-//! own) descriptor ([`crate::restore_at`]), so a directory swapped for a symlink while the restore runs
+//! own) descriptor ([`at`]), so a directory swapped for a symlink while the restore runs
 //! fails the restore instead of leading it outside the target; existing files are replaced only with
 //! `overwrite` (and then unlinked first, never written through).
 //! A file whose chunk fails verification is removed and named in the error, never left silently wrong.
 //!
-//! Before anything is written, the target is checked ([`crate::restore_target`]): never into the
+//! Before anything is written, the target is checked ([`target`]): never into the
 //! repository, never `/` reached through a symlink, never a whole directory tree replaced by `overwrite`.
 //!
 //! Memory: a file restore holds one round of entries ([`ROUND_ENTRIES`], with their chunk lists), the trees
@@ -20,10 +20,16 @@
 //! instead of deduplicating against it, and the error says so. Other read errors (permission denied, EIO)
 //! are reported as they are and recorded nowhere.
 
-use std::collections::{HashMap, HashSet};
+pub mod at;
+pub mod files;
+mod rounds;
+mod stream;
+pub mod target;
+
+pub use stream::{dump, write_chunks, write_file};
+
+use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::Write;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,15 +42,10 @@ use crate::hashing::Id;
 use crate::index::{DamageRecord, Location};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::restore_at::{
-    fd_path, link_at, mknod_at, replace_existing_at, set_meta_at, set_times_at, symlink_at,
-    TargetDir,
-};
-use crate::restore_files::{is_zeros, restore_files, FileJob, Writing, Zeros, ZEROS};
-use crate::restore_target;
 use crate::snapshot::Snapshot;
 use crate::tree::{Meta, Node, NodeKind};
 use crate::walk::{self, Place, Step};
+use rounds::Rounds;
 
 /// Where and what to restore.
 #[derive(Debug, Default, Clone)]
@@ -53,7 +54,7 @@ pub struct RestoreOptions {
     /// Only these paths (relative to the snapshot root, e.g. `filestore/ab`); everything when empty.
     pub include: Vec<PathBuf>,
     pub overwrite: bool,
-    /// Leave holes where the snapshot has chunks of zeros (see [`crate::restore_files`]).
+    /// Leave holes where the snapshot has chunks of zeros (see [`files`]).
     pub sparse: bool,
     pub progress: Progress,
 }
@@ -69,15 +70,9 @@ pub struct RestoreSummary {
     pub warnings: Vec<String>,
 }
 
-/// One entry to restore, with its path relative to the target.
-struct Item {
-    rel: PathBuf,
-    node: Node,
-}
-
 /// Entries gathered before they are written, at most, and chunk references among them: a restore holds one
 /// round of entries (with their chunk lists), never the whole snapshot's (a million files would be ~700 MB).
-/// A round is many of [`restore_files`]' batches, so the batches stay full.
+/// A round is many of [`files::restore_files`]' batches, so the batches stay full.
 const ROUND_ENTRIES: usize = 16 * 1024;
 const ROUND_CHUNKS: usize = 256 * 1024;
 
@@ -110,8 +105,8 @@ fn restore_in_rounds(
         .iter()
         .map(|p| components(p.as_os_str().as_bytes()))
         .collect();
-    restore_target::refuse_root_through_symlink(&opts.target)?;
-    if let Some(why) = restore_target::repository_overlap(repo, &root, &opts.target)? {
+    target::refuse_root_through_symlink(&opts.target)?;
+    if let Some(why) = target::repository_overlap(repo, &root, &opts.target)? {
         return Err(Error::Invalid(format!(
             "{why}; nothing was restored: choose a target outside the repository"
         )));
@@ -137,7 +132,7 @@ fn restore_in_rounds(
     rounds.finish()
 }
 
-/// The overwrite check of every entry restored (see [`restore_target::refuse_directory_in_the_way`]).
+/// The overwrite check of every entry restored (see [`target::refuse_directory_in_the_way`]).
 struct InTheWay<'a> {
     include: &'a [Vec<Vec<u8>>],
     target: &'a Path,
@@ -148,267 +143,8 @@ impl walk::Visitor for InTheWay<'_> {
         if !kept(self.include, at.path, node) {
             return Ok(Step::Skip);
         }
-        restore_target::refuse_directory_in_the_way(self.target, at.as_path(), node)?;
+        target::refuse_directory_in_the_way(self.target, at.as_path(), node)?;
         Ok(Step::Descend)
-    }
-}
-
-/// The writing walk: entries gathered in tree order into rounds, each round written when full (directories,
-/// files, hard links, symlinks and special files), then the metadata of the directories the walk has left.
-struct Rounds<'a> {
-    repo: &'a Repository,
-    opts: &'a RestoreOptions,
-    include: &'a [Vec<Vec<u8>>],
-    fetcher: crate::fetch::Fetcher<'a>,
-    /// Created and opened at the first round written: a restore that matches nothing writes nothing.
-    target: Option<TargetDir>,
-    /// Entries and chunk references in a round at most.
-    limits: (usize, usize),
-    round: Vec<Item>,
-    round_chunks: usize,
-    /// Entries met so far.
-    entries: u64,
-    /// The directories the walk is in (their metadata waits until it leaves them), outermost first.
-    open_dirs: Vec<(PathBuf, Meta)>,
-    /// Directories the walk has left, deepest first: given their metadata after the round is written.
-    closed_dirs: Vec<(PathBuf, Meta)>,
-    /// The first path restored of each hard-linked inode (device, inode): only files with nlink > 1.
-    first_paths: HashMap<(u64, u64), PathBuf>,
-    summary: RestoreSummary,
-    /// The first file that failed: the restore goes on, and returns it at the end.
-    failed: Option<Error>,
-    as_root: bool,
-}
-
-impl walk::Visitor for Rounds<'_> {
-    fn entry(&mut self, at: Place, node: &Node) -> Result<Step> {
-        if !kept(self.include, at.path, node) {
-            return Ok(Step::Skip);
-        }
-        let rel = at.as_path().to_path_buf();
-        match &node.kind {
-            NodeKind::Dir { .. } => self.open_dirs.push((rel.clone(), node.meta.clone())),
-            NodeKind::File { chunks, .. } => self.round_chunks += chunks.len(),
-            _ => {}
-        }
-        self.round.push(Item {
-            rel,
-            node: node.clone(),
-        });
-        self.entries += 1;
-        if self.round.len() >= self.limits.0 || self.round_chunks >= self.limits.1 {
-            self.flush()?;
-        }
-        Ok(Step::Descend)
-    }
-
-    fn tree_done(&mut self, _id: &Id, at: Place) -> Result<()> {
-        if at.depth > 0 {
-            if let Some(dir) = self.open_dirs.pop() {
-                self.closed_dirs.push(dir);
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<'a> Rounds<'a> {
-    fn new(
-        repo: &'a Repository,
-        opts: &'a RestoreOptions,
-        include: &'a [Vec<Vec<u8>>],
-        limits: (usize, usize),
-    ) -> Result<Rounds<'a>> {
-        Ok(Rounds {
-            repo,
-            opts,
-            include,
-            fetcher: crate::fetch::Fetcher::new(repo)?,
-            target: None,
-            limits,
-            round: Vec::new(),
-            round_chunks: 0,
-            entries: 0,
-            open_dirs: Vec::new(),
-            closed_dirs: Vec::new(),
-            first_paths: HashMap::new(),
-            summary: RestoreSummary::default(),
-            failed: None,
-            as_root: nix::unistd::geteuid().is_root(),
-        })
-    }
-
-    /// Walks the tree `root` and writes what it selects, the last round included.
-    fn write(&mut self, trees: &TreesAhead, root: &Id) -> Result<()> {
-        walk::walk(trees, root, self)?;
-        if !self.include.is_empty() && self.entries == 0 {
-            return Err(Error::NotFound(format!(
-                "no path in the snapshot matches {:?}",
-                self.opts.include
-            )));
-        }
-        self.flush()
-    }
-
-    /// What the restore wrote, or the first failure it met.
-    fn finish(self) -> Result<RestoreSummary> {
-        self.opts.progress.finish();
-        match self.failed {
-            Some(e) => Err(e),
-            None => Ok(self.summary),
-        }
-    }
-
-    /// Writes the round gathered so far, then the metadata of the directories left.
-    fn flush(&mut self) -> Result<()> {
-        if self.target.is_none() {
-            fs::create_dir_all(&self.opts.target).at(&self.opts.target)?;
-            // Everything below the target is reached through descriptors, never through a symlink (see
-            // [`crate::restore_at`]): the tree may be changed by someone else while the restore runs.
-            self.target = Some(TargetDir::open(&self.opts.target)?);
-        }
-        let items = std::mem::take(&mut self.round);
-        self.round_chunks = 0;
-        self.write_round(&items)
-            .map_err(|e| self.failed.take().unwrap_or(e))?;
-        drop(items);
-        let closed = std::mem::take(&mut self.closed_dirs);
-        self.dir_metadata(&closed)
-            .map_err(|e| self.failed.take().unwrap_or(e))
-    }
-
-    fn target(&self) -> Result<&TargetDir> {
-        self.target
-            .as_ref()
-            .ok_or_else(|| Error::Invalid("restore target not open".into()))
-    }
-
-    /// Makes the entries `items` (in tree order): directories, files, hard links, symlinks and special files.
-    fn write_round(&mut self, items: &[Item]) -> Result<()> {
-        let opts = self.opts;
-        let target = self
-            .target
-            .as_ref()
-            .ok_or_else(|| Error::Invalid("restore target not open".into()))?;
-        for it in items
-            .iter()
-            .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
-        {
-            target.make_dir(&it.rel, opts.overwrite)?;
-        }
-        let (primaries, links) = split_hard_links(items, &mut self.first_paths);
-        let jobs: Vec<FileJob> = primaries
-            .iter()
-            .filter_map(|it| match &it.node.kind {
-                NodeKind::File { chunks, size } => Some(FileJob {
-                    path: target.display(&it.rel),
-                    rel: it.rel.clone(),
-                    node: &it.node,
-                    chunks,
-                    size: *size,
-                }),
-                _ => None,
-            })
-            .collect();
-        let how = Writing {
-            overwrite: opts.overwrite,
-            sparse: opts.sparse,
-        };
-        let written = restore_files(self.repo, &self.fetcher, target, &jobs, how, &opts.progress);
-        let summary = &mut self.summary;
-        summary.dirs += items
-            .iter()
-            .filter(|i| matches!(i.node.kind, NodeKind::Dir { .. }))
-            .count() as u64;
-        summary.files += jobs.len() as u64;
-        match written {
-            Ok(bytes) => summary.bytes += bytes,
-            // Cancelled: stop here (the files so far stay).
-            Err(e @ Error::Interrupted) => return Err(e),
-            Err(e) => {
-                self.failed.get_or_insert(e);
-            }
-        }
-        target.drop_held();
-        for (it, first) in &links {
-            let path = target.display(&it.rel);
-            let (dir, name) = target.parent(&it.rel).at(&path)?;
-            replace_existing_at(dir.as_fd(), &name, opts.overwrite, &path)?;
-            let (from_dir, from_name) = target.parent(first).at(&path)?;
-            link_at(from_dir.as_fd(), &from_name, dir.as_fd(), &name).at(&path)?;
-            summary.links += 1;
-        }
-        target.drop_held();
-        for it in items {
-            write_special(target, it, opts.overwrite, self.as_root, summary)?;
-        }
-        target.drop_held();
-        Ok(())
-    }
-
-    /// Gives directories (deepest first) their metadata, each opened (not followed) and set through its
-    /// descriptor: last, because creating entries inside a directory changes its mtime.
-    fn dir_metadata(&self, dirs: &[(PathBuf, Meta)]) -> Result<()> {
-        let target = self.target()?;
-        for (rel, meta) in dirs {
-            let path = target.display(rel);
-            let dir = target.open_dir(rel)?;
-            apply_file_meta(&dir, &path, meta)?;
-        }
-        target.drop_held();
-        Ok(())
-    }
-}
-
-/// Makes a symlink or special file (anything else is left to the other phases); a device or FIFO that
-/// cannot be made is a warning, as restic's.
-fn write_special(
-    target: &TargetDir,
-    it: &Item,
-    overwrite: bool,
-    as_root: bool,
-    summary: &mut RestoreSummary,
-) -> Result<()> {
-    let special = match &it.node.kind {
-        NodeKind::Symlink { .. } => None,
-        NodeKind::Fifo => Some((libc::S_IFIFO, 0)),
-        NodeKind::CharDevice { rdev } => Some((libc::S_IFCHR, *rdev)),
-        NodeKind::BlockDevice { rdev } => Some((libc::S_IFBLK, *rdev)),
-        _ => return Ok(()),
-    };
-    let path = target.display(&it.rel);
-    let (dir, name) = target.parent(&it.rel).at(&path)?;
-    let dir = dir.as_fd();
-    replace_existing_at(dir, &name, overwrite, &path)?;
-    let meta = &it.node.meta;
-    match (&it.node.kind, special) {
-        (NodeKind::Symlink { target: t }, _) => symlink_at(dir, &name, t).at(&path)?,
-        (_, Some((kind, rdev))) => {
-            if let Err(e) = mknod_at(dir, &name, kind, meta.mode, rdev) {
-                summary
-                    .warnings
-                    .push(format!("{}: not recreated: {e}", path.display()));
-                return Ok(());
-            }
-        }
-        _ => return Ok(()),
-    }
-    set_meta_at(dir, &name, meta, special.is_none(), as_root).at(&path)?;
-    crate::xattrs::apply(&fd_path(dir, &name), &meta.xattrs, as_root)
-        .map_err(|e| name_path(e, &path))?;
-    set_times_at(dir, &name, &mtimes(meta)).at(&path)?;
-    summary.special += 1;
-    Ok(())
-}
-
-/// An attribute error about a `/proc/self/fd/...` path, said about the restored path instead.
-fn name_path(e: Error, path: &Path) -> Error {
-    match e {
-        Error::Invalid(m) => match m.split_once(": cannot restore") {
-            Some((_, rest)) => Error::Invalid(format!("{}: cannot restore{rest}", path.display())),
-            None => Error::Invalid(m),
-        },
-        other => other,
     }
 }
 
@@ -436,31 +172,6 @@ fn kept(include: &[Vec<Vec<u8>>], path: &[u8], node: &Node) -> bool {
     selected || on_the_way && matches!(node.kind, NodeKind::Dir { .. })
 }
 
-/// Regular files to write, and hard links to make to the first restored path of their group (`first`:
-/// kept across rounds, for files with more than one link only).
-fn split_hard_links<'i>(
-    items: &'i [Item],
-    first: &mut HashMap<(u64, u64), PathBuf>,
-) -> (Vec<&'i Item>, Vec<(&'i Item, PathBuf)>) {
-    let mut primaries = Vec::new();
-    let mut links = Vec::new();
-    for it in items
-        .iter()
-        .filter(|i| matches!(i.node.kind, NodeKind::File { .. }))
-    {
-        let m = &it.node.meta;
-        if m.nlink > 1 {
-            if let Some(p) = first.get(&(m.device, m.inode)) {
-                links.push((it, p.clone()));
-                continue;
-            }
-            first.insert((m.device, m.inode), it.rel.clone());
-        }
-        primaries.push(it);
-    }
-    (primaries, links)
-}
-
 /// Records damage met reading a blob (and every blob of its pack when the pack is gone, once per pack).
 pub(crate) fn blob_failed(
     repo: &Repository,
@@ -477,177 +188,6 @@ pub(crate) fn blob_failed(
         record_lost_pack(repo, &loc.pack, &e);
     }
     damage_found(repo, &loc.entry.id, Some(&loc.pack), e)
-}
-
-/// Raw bytes decoded ahead of a stream's output at most (and chunks, for tiny ones): enough that both cores
-/// stay busy on 8 KiB dump chunks, small enough that memory stays flat on 4 MiB ones.
-const WINDOW_BYTES: u64 = 8 << 20;
-const WINDOW_CHUNKS: usize = 2048;
-
-/// Writes chunks in order: a window of them is read (in merged runs, see [`crate::fetch`]) and decoded in
-/// parallel while the window before it is written out and the one after it is looked up in the index.
-/// A chunk found to be all zeros is read once: its later references are written from zeros (see
-/// [`Zeros`]) and take no room in a window, so a long run of them is a few windows, not one per 8 MiB.
-pub fn write_chunks(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
-    let fetcher = crate::fetch::Fetcher::new(repo)?;
-    let mut zeros = Zeros::default();
-    let mut written = 0u64;
-    let mut window = next_window(repo, chunks, WINDOW_BYTES, &zeros)?;
-    let mut rest = &chunks[window.len()..];
-    let mut ready: Vec<Piece> = Vec::new();
-    while !(window.is_empty() && ready.is_empty()) {
-        let (mut decoded, mut wrote, mut next) =
-            (Ok((Vec::new(), Vec::new())), Ok(()), Ok(Vec::new()));
-        rayon::in_place_scope(|s| {
-            s.spawn(|_| decoded = decode_window(repo, &fetcher, &window, &zeros));
-            wrote = ready.iter().try_for_each(|p| p.write_to(out));
-            next = next_window(repo, rest, WINDOW_BYTES, &zeros);
-        });
-        wrote.map_err(|e| Error::io("output", e))?;
-        written += ready.iter().map(Piece::len).sum::<u64>();
-        let (pieces, found) = decoded?;
-        zeros.learn(found);
-        ready = pieces;
-        window = next?;
-        rest = &rest[window.len()..];
-    }
-    Ok(written)
-}
-
-/// A chunk of a window: where it is, or that it is a chunk known to be zeros (of this length).
-enum Slot {
-    Blob(Location),
-    Zeros(u32),
-}
-
-/// A chunk's bytes, ready to be written.
-enum Piece {
-    Data(Vec<u8>),
-    Zeros(u32),
-}
-
-impl Piece {
-    fn len(&self) -> u64 {
-        match self {
-            Piece::Data(d) => d.len() as u64,
-            Piece::Zeros(n) => u64::from(*n),
-        }
-    }
-
-    fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        match self {
-            Piece::Data(d) => out.write_all(d),
-            Piece::Zeros(n) => {
-                let mut left = *n as usize;
-                while left > 0 {
-                    let k = left.min(ZEROS.len());
-                    out.write_all(&ZEROS[..k])?;
-                    left -= k;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// The next chunks: up to `max_bytes` of raw data to decode or [`WINDOW_CHUNKS`] chunks. Chunks known to be
-/// zeros are not looked up and count no bytes: nothing is decoded for them.
-fn next_window(
-    repo: &Repository,
-    chunks: &[Id],
-    max_bytes: u64,
-    zeros: &Zeros,
-) -> Result<Vec<Slot>> {
-    let mut window = Vec::new();
-    let mut bytes = 0u64;
-    for id in chunks {
-        if window.len() == WINDOW_CHUNKS || bytes >= max_bytes {
-            break;
-        }
-        if let Some(len) = zeros.len(id) {
-            window.push(Slot::Zeros(len));
-            continue;
-        }
-        let loc = repo
-            .locate(id)
-            .map_err(|e| damage_found(repo, id, None, e))?;
-        bytes += u64::from(loc.entry.raw_len);
-        window.push(Slot::Blob(loc));
-    }
-    Ok(window)
-}
-
-/// A window's chunks in order, and the blobs among them found to be zeros (with their lengths).
-type Decoded = (Vec<Piece>, Vec<(Id, u32)>);
-
-/// Reads and verifies a window's chunks (each distinct blob once, none known to be zeros), in the window's
-/// order; also returns the blobs found to be all zeros.
-fn decode_window(
-    repo: &Repository,
-    fetcher: &crate::fetch::Fetcher,
-    window: &[Slot],
-    zeros: &Zeros,
-) -> Result<Decoded> {
-    let mut seen: HashMap<Id, usize> = HashMap::new();
-    let mut blobs: Vec<Location> = Vec::new();
-    // For each chunk: the blob it is read from, or the zeros it is.
-    let slots: Vec<std::result::Result<usize, u32>> = window
-        .iter()
-        .map(|slot| match slot {
-            Slot::Zeros(len) => Err(*len),
-            // Found to be zeros since the window was looked up.
-            Slot::Blob(loc) => match zeros.len(&loc.entry.id) {
-                Some(len) => Err(len),
-                None => Ok(*seen.entry(loc.entry.id).or_insert_with(|| {
-                    blobs.push(*loc);
-                    blobs.len() - 1
-                })),
-            },
-        })
-        .collect();
-    let got: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> =
-        blobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let lost = std::sync::Mutex::new(HashSet::new());
-    fetcher.fetch(&blobs, &|i, r| {
-        let r = r.map_err(|e| blob_failed(repo, &blobs[i], e, &lost));
-        *got[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-    });
-    let mut got: Vec<Option<Result<Vec<u8>>>> = got
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
-        .collect();
-    let mut found = Vec::new();
-    for (loc, data) in blobs.iter().zip(&got) {
-        let len = loc.entry.raw_len;
-        if let Some(Ok(d)) = data {
-            if len > 0 && d.len() == len as usize && is_zeros(d) {
-                found.push((loc.entry.id, len));
-            }
-        }
-    }
-    let mut uses = vec![0usize; blobs.len()];
-    for &s in slots.iter().flatten() {
-        uses[s] += 1;
-    }
-    let mut out = Vec::with_capacity(window.len());
-    for slot in slots {
-        let s = match slot {
-            Ok(s) => s,
-            Err(len) => {
-                out.push(Piece::Zeros(len));
-                continue;
-            }
-        };
-        uses[s] -= 1;
-        let data = match &got[s] {
-            Some(Ok(d)) if uses[s] > 0 => d.clone(),
-            _ => got[s]
-                .take()
-                .unwrap_or_else(|| Err(Error::corrupt("restore", "a blob was not read")))?,
-        };
-        out.push(Piece::Data(data));
-    }
-    Ok((out, found))
 }
 
 /// What the user can do about damage met while reading (repeated in `check` and `repair`).
@@ -750,45 +290,6 @@ pub fn find_node(repo: &Repository, root: &Id, path: impl AsRef<Path>) -> Result
     Err(Error::NotFound(format!("{path:?}: empty path")))
 }
 
-/// Writes a stream (by name) or a file (by path) of the snapshot to `out`; returns the bytes written.
-pub fn dump(
-    repo: &Repository,
-    snap: &Snapshot,
-    name: impl AsRef<Path>,
-    out: &mut dyn Write,
-) -> Result<u64> {
-    let name = name.as_ref();
-    let stream = match snap.stream_tree {
-        Some(t) if snap.streams.iter().any(|s| Path::new(&s.name) == name) => {
-            Some(find_node(repo, &t, name)?)
-        }
-        _ => None,
-    };
-    let node = match (stream, snap.tree) {
-        (Some(n), _) => n,
-        (None, Some(root)) => find_node(repo, &root, name)?,
-        (None, None) => {
-            return Err(Error::NotFound(format!(
-                "{}: no such stream or file in the snapshot",
-                name.display()
-            )))
-        }
-    };
-    let name = name.display();
-    let NodeKind::File { chunks, .. } = &node.kind else {
-        return Err(Error::Invalid(format!("{name}: not a file or stream")));
-    };
-    let n = write_chunks(repo, chunks, out)?;
-    out.flush().map_err(|e| Error::io("output", e))?;
-    Ok(n)
-}
-
-/// Writes a file node's chunks to `out` in order (verified, damage recorded); returns the bytes written.
-/// For writers that stream a snapshot elsewhere (`export`).
-pub fn write_file(repo: &Repository, chunks: &[Id], out: &mut dyn Write) -> Result<u64> {
-    write_chunks(repo, chunks, out)
-}
-
 /// Reads a tree object, recording it in the index if it is damaged (as restore does).
 pub fn tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
     read_tree(repo, id)
@@ -796,11 +297,13 @@ pub fn tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::at::TargetDir;
+    use super::files::{restore_files, FileJob, Writing, BATCH_CHUNKS};
     use super::*;
     use crate::config::Config;
     use crate::pack::BlobKind;
     use crate::pack_writer::PackWriter;
-    use crate::restore_files::BATCH_CHUNKS;
+    use std::collections::HashMap;
 
     /// A first backup of `src` into `repo`.
     pub(crate) fn back_up(repo: &Repository, src: &Path) -> crate::backup::BackupResult {
@@ -914,7 +417,7 @@ pub(crate) mod tests {
         let trees = TreesAhead::new(repo, &descend, &fallback).unwrap();
         let mut rounds = Rounds::new(repo, opts, &[], limits).unwrap();
         let written = rounds.write(&trees, &snap.tree.unwrap());
-        let opens = rounds.target.as_ref().map_or(0, TargetDir::opens);
+        let opens = rounds.opens();
         (written.and_then(|()| rounds.finish()), opens)
     }
 

@@ -13,7 +13,7 @@
 //! Invariants: every file is attempted; a file is complete and exact or removed (never left half-written under
 //! its name), and the first failure in tree order is the one returned. An existing file is replaced only when
 //! overwriting, and then unlinked first, never written through. Files are created in their directory's
-//! descriptor, opened from the target's without following symlinks ([`crate::restore_at`]).
+//! descriptor, opened from the target's without following symlinks ([`crate::restore::at`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -32,15 +32,15 @@ use crate::hashing::Id;
 use crate::index::Location;
 use crate::progress::Progress;
 use crate::repo::Repository;
+use crate::restore::at::{create_file_at, remove_file_at, TargetDir};
 use crate::restore::{apply_file_meta, blob_failed, damage_found};
-use crate::restore_at::{create_file_at, remove_file_at, TargetDir};
 use crate::tree::Node;
 
 /// A regular file to write.
 pub(crate) struct FileJob<'a> {
     /// For messages: the target joined with `rel`.
     pub path: PathBuf,
-    /// Below the target: where it is created (through descriptors, see [`crate::restore_at`]).
+    /// Below the target: where it is created (through descriptors, see [`crate::restore::at`]).
     pub rel: PathBuf,
     pub node: &'a Node,
     pub chunks: &'a [Id],

@@ -11,7 +11,7 @@
 //! user did not name. Such a restore is refused before anything is written.
 //!
 //! These are checks on paths as they stand before the restore; the restore itself reaches everything below
-//! the target through descriptors ([`crate::restore_at`]), so what changes afterwards cannot lead it elsewhere.
+//! the target through descriptors ([`crate::restore::at`]), so what changes afterwards cannot lead it elsewhere.
 
 use std::fs;
 use std::path::{Path, PathBuf};
