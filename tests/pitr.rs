@@ -860,6 +860,11 @@ impl Restored {
         pg::psql_on(&self.socket_dir, self.port, "postgres", sql)
     }
 
+    /// [`Restored::sql`] on a server that may not accept connections (yet).
+    fn try_sql(&self, sql: &str) -> Result<String, String> {
+        pg::try_psql_on(&self.socket_dir, self.port, "postgres", sql)
+    }
+
     /// The batches the restored table holds, each with its row count.
     fn batches(&self) -> Vec<(i32, i64)> {
         self.sql("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch")
@@ -1664,17 +1669,16 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     std::thread::sleep(Duration::from_secs(3));
+    // Recovery waits for its first segment: no WAL replayed, so the server accepts no connection yet.
+    let early = server.try_sql("SELECT 1");
+    assert!(early.is_err(), "recovered under the lock: {early:?}");
     fs::remove_file(&lock).unwrap();
+    // Promoted means the server answers that it is out of recovery. (Not pg_control's "in production":
+    // the base backup's pg_control says so, copied from the running server, until recovery rewrites it once
+    // it has its first segment, so a check made before then passed at once, and the rows were counted
+    // 0.5 s later, from a hot standby still replaying under load.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let cd = Command::new(pg_bin("pg_controldata"))
-            .arg(&data)
-            .env("LC_ALL", "C")
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&cd.stdout).contains("in production") {
-            break;
-        }
+    while server.try_sql("SELECT pg_is_in_recovery()").as_deref() != Ok("f") {
         assert!(
             Instant::now() < deadline,
             "the restored server did not promote: {}",
@@ -1682,7 +1686,6 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.batches(), expect(1..=2), "{}", server.log());
 }
 
