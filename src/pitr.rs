@@ -8,8 +8,9 @@
 //! chain.
 //!
 //! Invariants: a restore is planned only if every segment from the base backup's first one up to the one
-//! holding the target (for `latest`: the newest archived one) is archived; otherwise the plan fails naming
-//! the first missing segment, before anything is written. A time target's segments are known only by when
+//! holding the target (for `latest`: the newest archived one) is archived, and none of them is recorded as
+//! WAL of another database system than the base backup's; otherwise the plan fails naming the first missing
+//! or foreign segment, before anything is written. A time target's segments are known only by when
 //! they were archived, not by the times of the commits they hold (a backlog archives old WAL late), so the
 //! plan cannot foresee every segment recovery will read: recovery that runs out of WAL is taken for having
 //! reached the archive's end only when no later segment is archived ([`Segments::stopped_short`]).
@@ -384,6 +385,9 @@ pub fn plan_replay(
             )));
         }
     }
+    if let Some(e) = foreign_segment(segs, instance, bb, &path) {
+        return Err(e);
+    }
     let (head, tail) = (path.first(), path.last());
     Ok(Replay {
         first_segment: head.map_or_else(|| segs.name(tli, first), |s| segs.name(s.tli, s.from)),
@@ -391,6 +395,46 @@ pub fn plan_replay(
         segments: path.iter().map(|s| s.to - s.from + 1).sum(),
         timeline: tli,
     })
+}
+
+/// The error for the first segment of `path` recorded as WAL of another database system than the base
+/// backup's (PostgreSQL would refuse it mid-recovery, after the data directory was written and the server
+/// started). Segments archived before identifiers were recorded say nothing; a base backup that predates
+/// the field is compared through the first segment of the path that records one.
+fn foreign_segment(
+    segs: &Segments,
+    instance: &str,
+    bb: &BaseBackup,
+    path: &[Stretch],
+) -> Option<Error> {
+    let recorded = path.iter().flat_map(|st| {
+        segs.by_pos
+            .range((st.tli, st.from)..=(st.tli, st.to))
+            .filter_map(|(_, o)| Some((o, o.system_identifier?)))
+    });
+    let mut want = bb.facts.system_identifier.map(|id| (id, None));
+    for (o, id) in recorded {
+        match want {
+            None => want = Some((id, Some(o.file.as_str()))),
+            Some((w, _)) if w == id => {}
+            Some((w, from)) => {
+                let whose = match from {
+                    None => format!("base backup {} is of database system {w}", bb.id.short()),
+                    Some(f) => format!(
+                        "{f}, the first segment of the replay from base backup {} that records one, is of \
+                         database system {w}",
+                        bb.id.short()
+                    ),
+                };
+                return Some(Error::Invalid(format!(
+                    "WAL segment {} of instance {instance} is of database system {id}, but {whose}: recovery \
+                     cannot replay one cluster's WAL onto another and would stop there; nothing was written",
+                    o.file
+                )));
+            }
+        }
+    }
+    None
 }
 
 /// A gap in an instance's WAL chain.
@@ -608,6 +652,7 @@ mod tests {
                 start_time: t,
                 stop_time: t,
                 pg_basebackup_stderr: String::new(),
+                system_identifier: None,
             },
         }
     }
@@ -735,6 +780,56 @@ mod tests {
             Some(ShortStop::Unreadable("000000010000000000000004".into()))
         );
         assert_eq!(two.stopped_short(&bb, 2, 0x6000100), None);
+    }
+
+    #[test]
+    fn a_replay_through_another_database_systems_segment_is_refused_naming_the_first() {
+        let (ours, theirs) = (7_000_000_000_000_000_001u64, 7_000_000_000_000_000_002u64);
+        let tagged = |ids: &[(u64, Option<u64>)]| {
+            let mut segs = archive(
+                &ids.iter()
+                    .map(|(s, _)| (1, *s, 200 + *s as i64))
+                    .collect::<Vec<_>>(),
+                &[],
+            );
+            for (s, id) in ids {
+                segs.by_pos.get_mut(&(1, *s)).unwrap().system_identifier = *id;
+            }
+            segs
+        };
+        let mut bb = bb_on_timeline_1();
+        bb.facts.system_identifier = Some(ours);
+        // Segments that record nothing say nothing; the same cluster's pass.
+        let ok = tagged(&[(3, None), (4, Some(ours)), (5, None)]);
+        assert!(plan_replay(&ok, "db", &bb, Target::Latest).is_ok());
+        let mixed = tagged(&[
+            (3, None),
+            (4, Some(ours)),
+            (5, Some(theirs)),
+            (6, Some(theirs)),
+        ]);
+        let e = plan_replay(&mixed, "db", &bb, Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("000000010000000000000005")
+                && e.contains(&ours.to_string())
+                && e.contains(&theirs.to_string())
+                && !e.contains("000000010000000000000006"),
+            "{e}"
+        );
+        // A target before the foreign segment does not replay it.
+        assert!(plan_replay(&mixed, "db", &bb, at(204)).is_ok());
+        // A base backup that predates the field: its replay's first recorded identifier is the reference.
+        bb.facts.system_identifier = None;
+        let e = plan_replay(&mixed, "db", &bb, Target::Latest)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("000000010000000000000005") && e.contains("000000010000000000000004"),
+            "{e}"
+        );
+        assert!(plan_replay(&ok, "db", &bb, Target::Latest).is_ok());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! `cairn wal-fetch` up to the target, and (with `start`) the server started, promoted and checked.
 //!
 //! Order, so that a refusal changes nothing: the base backup and the WAL chain are checked first
-//! ([`crate::pitr::plan_replay`]), the data directory must be absent or empty, and only then is the tar
-//! unpacked into it. The server is started as the data directory's OS user (PostgreSQL refuses to run as
+//! ([`crate::pitr::plan_replay`]: no segment missing, none of another database system), the data directory
+//! must be absent or empty, and only then is the tar unpacked into it. The server is started as the data directory's OS user (PostgreSQL refuses to run as
 //! root): when cairn runs as root, the directory is given to `os_user` (default `postgres`) and `pg_ctl`
 //! runs as that user, with that user's `HOME` and without the password in its environment (the
 //! restore_command names a password file or command instead).
@@ -36,7 +36,8 @@ use crate::repo::Repository;
 pub struct PitrRequest {
     pub target: Target,
     pub datadir: PathBuf,
-    /// `restore_command` as the server will run it (`… wal-fetch --instance NAME %f %p`).
+    /// `restore_command` as the server will run it (`… wal-fetch --instance NAME %f %p`); the restore
+    /// appends `--system-identifier` with the base backup's identifier when it recorded one.
     pub restore_command: String,
     pub start: bool,
     pub port: Option<u16>,
@@ -291,7 +292,13 @@ fn write_recovery_settings(
         bb.id.short(),
         req.target
     );
-    conf += &format!("restore_command = {}\n", conf_quote(&req.restore_command));
+    let mut command = req.restore_command.clone();
+    if let Some(id) = bb.facts.system_identifier {
+        // wal-fetch then refuses a segment recorded as another cluster's, should one be archived after the
+        // plan checked the chain.
+        command += &format!(" --system-identifier {id}");
+    }
+    conf += &format!("restore_command = {}\n", conf_quote(&command));
     if let Target::Time(t) = req.target {
         let pg_time = t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
         conf += &format!("recovery_target_time = {}\n", conf_quote(&pg_time));

@@ -22,10 +22,12 @@
 //!   others compare with it.
 //! - **A segment is the one its name says, of the instance's cluster.** A segment's first page header must
 //!   give the name's start LSN and timeline (see [`SegmentHeader::mismatch`]), and its system identifier must
-//!   be the one the instance's archive records ([`check_system_identifier`]): another cluster pushing to the
-//!   same instance, or a file renamed, is refused before anything is written.
+//!   be the one the instance's archive records ([`check_system_identifier`]; with no archived segment that
+//!   says, the newest base backup's): another cluster pushing to the same instance, or a file renamed, is
+//!   refused before anything is written.
 //! - **Fetch is atomic and verified.** The file is written to a temporary file beside the destination, its
-//!   size and BLAKE3 checked against the WAL object, then renamed into place. An absent file is
+//!   size and BLAKE3 checked against the WAL object, then renamed into place. Told the system identifier of
+//!   the cluster being recovered ([`fetch_for_cluster`]), it refuses a segment recorded as another's. An absent file is
 //!   [`Error::WalNotArchived`] (exit code 1: PostgreSQL probes for files that do not exist) and nothing else
 //!   is: a file that is archived but cannot be read must stop recovery, not look like the archive's end.
 //! - **GC.** The trees of WAL objects are roots for prune ([`gc_roots`]), so archived WAL keeps its data.
@@ -75,8 +77,8 @@ pub struct WalObject {
 }
 
 /// A system identifier is a u64 often past 2^53: written as a decimal string, as PostgreSQL prints it, so
-/// that no JSON reader rounds it.
-mod sysid_text {
+/// that no JSON reader rounds it (WAL objects and base backup facts).
+pub(crate) mod sysid_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
@@ -270,25 +272,46 @@ fn read_segment_header(file: &str, path: &Path) -> Result<SegmentHeader> {
 /// system identifier compared with is the one recorded in the WAL object of the previous segment (on the
 /// same timeline), or, when that is not archived (the first segment pushed, one after a gap or a timeline
 /// switch), of the nearest archived segment before it, else after it; segments archived before
-/// identifiers were recorded say nothing, and then the first segment that records one decides.
+/// identifiers were recorded say nothing. When no segment says, the instance's newest base backup does (if
+/// it recorded one), else the first segment that records one decides.
 fn check_system_identifier(
     repo: &Repository,
     instance: &str,
     file: &str,
     h: &SegmentHeader,
 ) -> Result<()> {
-    let Some((other, sysid)) = archived_system_identifier(repo, instance, file, h)? else {
-        return Ok(());
+    let (source, sysid) = match archived_system_identifier(repo, instance, file, h)? {
+        Some((other, sysid)) => (format!("archives WAL of database system {sysid} ({other})"), sysid),
+        // No archived segment says which cluster the instance archives (none yet, or only ones archived
+        // before identifiers were recorded): its newest base backup does, else the first segment decides.
+        None => match newest_base_backup_system_identifier(repo, instance)? {
+            Some((snapshot, sysid)) => (
+                format!("holds base backups of database system {sysid} (the newest: snapshot {snapshot})"),
+                sysid,
+            ),
+            None => return Ok(()),
+        },
     };
     if sysid == h.sysid {
         return Ok(());
     }
     Err(Error::Invalid(format!(
-        "{file} is WAL of database system {}, but instance {instance} archives WAL of database system \
-         {sysid} ({other}); nothing was written (another cluster, or a new one made by initdb or pg_upgrade, \
-         archives under an instance of its own)",
+        "{file} is WAL of database system {}, but instance {instance} {source}; nothing was written \
+         (another cluster, or a new one made by initdb or pg_upgrade, archives under an instance of its own)",
         h.sysid
     )))
+}
+
+/// The system identifier the instance's newest base backup recorded, with that snapshot's short id; `None`
+/// without a base backup or when the newest predates the field.
+fn newest_base_backup_system_identifier(
+    repo: &Repository,
+    instance: &str,
+) -> Result<Option<(String, u64)>> {
+    let backups = crate::pitr::base_backups(repo, instance)?;
+    Ok(backups
+        .last()
+        .and_then(|b| Some((b.id.short(), b.facts.system_identifier?))))
 }
 
 /// The system identifier recorded nearest to the segment `file` (see [`check_system_identifier`]) and the
@@ -558,6 +581,21 @@ pub fn fetch_waiting(
     dest: &Path,
     lock_wait: std::time::Duration,
 ) -> Result<u64> {
+    fetch_for_cluster(repo, instance, file, dest, lock_wait, None)
+}
+
+/// [`fetch_waiting`] for the recovery of the database system `cluster` (the system identifier of the base
+/// backup being recovered, which a point-in-time restore names in its restore_command): a file whose WAL
+/// object records another identifier is refused with an error, which stops recovery (replaying it would
+/// fail or, worse, mix two clusters), and nothing is written. Objects that record none are fetched.
+pub fn fetch_for_cluster(
+    repo: &Repository,
+    instance: &str,
+    file: &str,
+    dest: &Path,
+    lock_wait: std::time::Duration,
+    cluster: Option<u64>,
+) -> Result<u64> {
     crate::instance::validate_name(instance)?;
     check_file_name(file)?;
     let not_archived =
@@ -568,6 +606,14 @@ pub fn fetch_waiting(
     let _lock = reader_lock_waiting(repo, lock_wait)?;
     // Read again under the lock: prune may have removed it (then it is no longer archived) in between.
     let obj = get(repo, instance, file)?.ok_or_else(not_archived)?;
+    if let (Some(want), Some(got)) = (cluster, obj.system_identifier) {
+        if want != got {
+            return Err(Error::Invalid(format!(
+                "{file} of instance {instance} is WAL of database system {got}, but the cluster being \
+                 recovered is database system {want}; not restored (the archive mixes two clusters)"
+            )));
+        }
+    }
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -852,6 +898,41 @@ mod tests {
             b"1\t0/3000000\tno reason\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn fetch_for_a_cluster_refuses_a_segment_recorded_as_another_clusters_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = new_repo(dir.path());
+        let (ours, theirs) = (7_000_000_000_000_000_001u64, 7_000_000_000_000_000_002u64);
+        let name = "000000010000000000000001";
+        push_content(&repo, "db", name, &segment(name, 100_000, ours, 3)).unwrap();
+        push_content(&repo, "db", "00000002.history", b"1\t0/3000000\tx\n").unwrap();
+        let dest = dir.path().join("out");
+        let wait = std::time::Duration::ZERO;
+        let err = fetch_for_cluster(&repo, "db", name, &dest, wait, Some(theirs))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(name)
+                && err.contains(&ours.to_string())
+                && err.contains(&theirs.to_string()),
+            "{err}"
+        );
+        assert!(!dest.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left beside the destination"
+        );
+        for cluster in [Some(ours), None] {
+            assert_eq!(
+                fetch_for_cluster(&repo, "db", name, &dest, wait, cluster).unwrap(),
+                100_000
+            );
+        }
+        // Files that record no identifier (history files) are fetched whatever the cluster.
+        fetch_for_cluster(&repo, "db", "00000002.history", &dest, wait, Some(theirs)).unwrap();
     }
 
     #[test]

@@ -548,6 +548,170 @@ fn wal_push_refuses_another_clusters_segments_and_a_segment_under_another_segmen
     assert!(listed_files(&wal_list(&repo, "db")).contains(&next));
 }
 
+/// A base backup records the system identifier of the cluster it copied (from the `global/pg_control` in
+/// its tar), and when no archived segment says whose WAL the instance archives (none left, or only objects
+/// written before identifiers were recorded), that base backup decides: before the fix, the first cluster to
+/// push won, whichever it was.
+#[test]
+fn wal_push_holds_segments_to_the_base_backups_cluster_when_no_archived_segment_records_one() {
+    let (cluster, repo) = archiving_cluster();
+    cluster.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10000) g");
+    cluster.switch_and_wait();
+    let ours = system_identifier(&cluster);
+    let bb = base_backup(&repo);
+    // Nothing archived for the instance says whose WAL it is any more.
+    cluster.stop();
+    for e in fs::read_dir(repo.join("wal")).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    assert!(wal_list(&repo, "db").is_empty());
+    let other = Cluster::create();
+    let theirs = system_identifier(&other);
+    assert_ne!(ours, theirs);
+    other.sql("CREATE TABLE u AS SELECT g AS id FROM generate_series(1, 10000) g");
+    let seg = other.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let stage = cluster.root().join("stage");
+    fs::create_dir(&stage).unwrap();
+    fs::copy(other.data().join("pg_wal").join(&seg), stage.join(&seg)).unwrap();
+    chown_postgres(&stage);
+    let err = fails(
+        cairn_pg(&repo)
+            .args(["wal-push", "--instance", "db"])
+            .arg(stage.join(&seg)),
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&ours)
+            && err.contains(&theirs)
+            && err.contains("base backup")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert!(wal_list(&repo, "db").is_empty(), "nothing was archived");
+    // The backed-up cluster archives on, and its segments record it again.
+    cluster.start();
+    cluster.sql("INSERT INTO t SELECT g FROM generate_series(1, 1000) g");
+    let next = cluster.switch_and_wait();
+    let list = wal_list(&repo, "db");
+    let archived = list.iter().find(|v| v["file"] == next.as_str());
+    assert_eq!(
+        archived.map(|v| &v["system_identifier"]),
+        Some(&Value::from(ours.as_str())),
+        "{list:?}"
+    );
+    assert_eq!(
+        bb["basebackup"]["system_identifier"],
+        ours.as_str(),
+        "the base backup records its cluster: {bb}"
+    );
+}
+
+/// The instance's server replaced by another cluster (a new `initdb` or `pg_upgrade`, `instance set
+/// --pg-conn` pointed at it) while the archive holds the first one's WAL: a base backup of the new
+/// cluster cannot be recovered with the old one's WAL. Before the fix the restore unpacked it, started the
+/// server, and PostgreSQL stopped on the first segment ("WAL file is from different database system"),
+/// a data directory left behind. Now the plan refuses before anything is written, naming the first such
+/// segment; and `wal-fetch`, which the restore_command tells the base backup's identifier, refuses one.
+#[test]
+fn a_restore_refuses_to_replay_another_clusters_wal_and_wal_fetch_refuses_it_during_recovery() {
+    let (cluster, repo) = archiving_cluster();
+    let ours = system_identifier(&cluster);
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+    cluster.switch_and_wait();
+    let first = base_backup(&repo);
+    let between = insert_batch(&cluster, 1);
+    // Further along than the other cluster will be, so its base backup's segments have names archived here.
+    for k in 2..=7 {
+        cluster.sql(&format!("INSERT INTO t (batch, id) VALUES ({k}, 1)"));
+        cluster.switch_and_wait();
+    }
+    let other = Cluster::create();
+    let theirs = system_identifier(&other);
+    assert_ne!(ours, theirs);
+    ok(cairn_pg(&repo).args([
+        "instance",
+        "add",
+        "b",
+        "--pg",
+        "postgres",
+        "--pg-conn",
+        &other.conninfo(),
+        "--wal",
+    ]));
+    ok(cairn_pg(&repo).args(["instance", "wal-setup", "b", "--apply"]));
+    other.restart();
+    ok(cairn_pg(&repo).args(["instance", "set", "db", "--pg-conn", &other.conninfo()]));
+    let second = base_backup(&repo);
+    let start = second["basebackup"]["start_wal_file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop = second["basebackup"]["stop_wal_file"].as_str().unwrap();
+    let segs = archived_segments(&repo);
+    assert!(
+        segs.contains(&start) && segs.iter().any(|s| s.as_str() > stop),
+        "the chain from the second base backup ({start} to {stop}) is archived, of the first cluster: {segs:?}"
+    );
+    let data = cluster.root().join("mixed");
+    let err = fails(
+        cairn_root(&repo)
+            .args([
+                "instance",
+                "restore",
+                "db",
+                "--at",
+                "latest",
+                "--pg-datadir",
+            ])
+            .arg(&data)
+            .args(["--start", "--port", &free_port().to_string()]),
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&start) && err.contains(&ours) && err.contains(&theirs),
+        "the error names the first segment of another cluster and both identifiers: {err}"
+    );
+    assert!(!data.exists(), "nothing was written for a refused restore");
+    // Before the second base backup: the first cluster's, whose WAL it is; its restore_command names it.
+    let r = restore_at(&cluster, &repo, &between, "ours");
+    assert_eq!(r.batches(), expect(1..=1));
+    let auto = fs::read_to_string(r.data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains(&format!("--system-identifier {ours}")),
+        "{auto}"
+    );
+    // wal-fetch told another cluster's identifier refuses the segment (exit 255: recovery stops) and
+    // writes nothing; told the right one, or none, it fetches.
+    let dir = cluster.root().join("fetch");
+    fs::create_dir(&dir).unwrap();
+    chown_postgres(&dir);
+    let dest = dir.join("RECOVERYXLOG");
+    let (code, _, err) = run(cairn_pg(&repo)
+        .args(["wal-fetch", "--instance", "db", &start])
+        .arg(&dest)
+        .args(["--system-identifier", &theirs]));
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains(&start) && err.contains(&ours) && err.contains(&theirs),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    for id in [Some(ours.as_str()), None] {
+        let mut c = cairn_pg(&repo);
+        c.args(["wal-fetch", "--instance", "db", &start]).arg(&dest);
+        if let Some(id) = id {
+            c.args(["--system-identifier", id]);
+        }
+        ok(&mut c);
+    }
+    assert_eq!(first["basebackup"]["system_identifier"], ours.as_str());
+    assert_eq!(second["basebackup"]["system_identifier"], theirs.as_str());
+}
+
 #[test]
 fn wal_push_refuses_an_instance_without_wal_and_wal_setup_prints_quoted_settings() {
     let dir = tempfile::tempdir().unwrap();
@@ -858,6 +1022,11 @@ struct Restored {
 impl Restored {
     fn sql(&self, sql: &str) -> String {
         pg::psql_on(&self.socket_dir, self.port, "postgres", sql)
+    }
+
+    /// [`Restored::sql`] on a server that may not accept connections (yet).
+    fn try_sql(&self, sql: &str) -> Result<String, String> {
+        pg::try_psql_on(&self.socket_dir, self.port, "postgres", sql)
     }
 
     /// The batches the restored table holds, each with its row count.
@@ -1664,17 +1833,16 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     std::thread::sleep(Duration::from_secs(3));
+    // Recovery waits for its first segment: no WAL replayed, so the server accepts no connection yet.
+    let early = server.try_sql("SELECT 1");
+    assert!(early.is_err(), "recovered under the lock: {early:?}");
     fs::remove_file(&lock).unwrap();
+    // Promoted means the server answers that it is out of recovery. (Not pg_control's "in production":
+    // the base backup's pg_control says so, copied from the running server, until recovery rewrites it once
+    // it has its first segment, so a check made before then passed at once, and the rows were counted
+    // 0.5 s later, from a hot standby still replaying under load.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let cd = Command::new(pg_bin("pg_controldata"))
-            .arg(&data)
-            .env("LC_ALL", "C")
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&cd.stdout).contains("in production") {
-            break;
-        }
+    while server.try_sql("SELECT pg_is_in_recovery()").as_deref() != Ok("f") {
         assert!(
             Instant::now() < deadline,
             "the restored server did not promote: {}",
@@ -1682,7 +1850,6 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.batches(), expect(1..=2), "{}", server.log());
 }
 

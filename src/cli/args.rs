@@ -255,6 +255,10 @@ pub enum Command {
         #[arg(long, env = "CAIRN_WAL_FETCH_LOCK_WAIT", value_name = "SECONDS",
               default_value_t = cairn::wal::FETCH_LOCK_WAIT.as_secs())]
         lock_wait: u64,
+        /// The database system identifier of the cluster being recovered: a segment archived as another
+        /// cluster's is refused (exit 255). `instance restore` writes it into restore_command.
+        #[arg(long, value_name = "ID")]
+        system_identifier: Option<u64>,
     },
     /// List archived WAL files.
     WalList {

@@ -329,12 +329,14 @@ fn run_command(ctx: &Ctx, command: Command) -> Result<i32> {
             file,
             dest,
             lock_wait,
+            system_identifier,
         } => super::wal::wal_fetch(
             ctx,
             &i,
             &file,
             &dest,
             std::time::Duration::from_secs(lock_wait),
+            system_identifier,
         ),
         Command::WalList { instance: i } => super::wal::wal_list(ctx, i.as_deref()),
     }

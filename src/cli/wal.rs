@@ -60,10 +60,11 @@ pub fn wal_fetch(
     file: &str,
     dest: &Path,
     lock_wait: std::time::Duration,
+    system_identifier: Option<u64>,
 ) -> Result<i32> {
     cairn::crypto::keycache::enable();
     let repo = ctx.open()?;
-    let size = wal::fetch_waiting(&repo, name, file, dest, lock_wait)?;
+    let size = wal::fetch_for_cluster(&repo, name, file, dest, lock_wait, system_identifier)?;
     if ctx.json {
         ctx.print_json(&json!({"instance": name, "file": file, "size": size,
                                "key_cache": cairn::crypto::keycache::last_use().as_str()}))?;

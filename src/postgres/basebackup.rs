@@ -6,13 +6,16 @@
 //! first. No WAL goes into the tar: the WAL the backup needs is the instance's archive (pg_basebackup
 //! waits until the server has archived it before it exits, which is why the server must archive).
 //!
-//! The facts ([`BaseBackupFacts`]: start and stop LSN, timeline, segment size, times) are read from the
-//! tar as it passes: the `backup_label` member (start LSN, timeline) and the tail of `backup_manifest`
-//! (its `WAL-Ranges`: the stop LSN). They go into the snapshot metadata under [`METADATA_KEY`].
+//! The facts ([`BaseBackupFacts`]: start and stop LSN, timeline, segment size, times, system identifier)
+//! are read from the tar as it passes: the `backup_label` member (start LSN, timeline), the tail of
+//! `backup_manifest` (its `WAL-Ranges`: the stop LSN) and the head of `global/pg_control` (the cluster's
+//! system identifier, so what is recorded is what the stored bytes say). They go into the snapshot metadata
+//! under [`METADATA_KEY`].
 //!
 //! Invariants: pg_basebackup is started only when the stream is first read (a snapshot that backs up the
 //! instance's files first does not hold a backup open on the server meanwhile); the snapshot is written only
-//! if pg_basebackup exited 0 and the tar held both members; a stream dropped early kills pg_basebackup.
+//! if pg_basebackup exited 0 and the tar held all three members; a stream dropped early kills
+//! pg_basebackup.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -61,6 +64,14 @@ pub struct BaseBackupFacts {
     /// When pg_basebackup finished (after the server archived the WAL the backup needs).
     pub stop_time: DateTime<Utc>,
     pub pg_basebackup_stderr: String,
+    /// The database system identifier of the cluster copied, from the tar's `global/pg_control` (the bytes
+    /// stored), as a decimal string like a WAL object's. Absent in base backups taken before it was recorded.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::wal::sysid_text"
+    )]
+    pub system_identifier: Option<u64>,
 }
 
 impl BaseBackupFacts {
@@ -409,11 +420,17 @@ pub fn archiving_problem(
 const LABEL_LIMIT: usize = 64 * 1024;
 const MANIFEST_TAIL: usize = 64 * 1024;
 
+/// How much of `global/pg_control` is kept: PostgreSQL's `ControlFileData` (src/include/catalog/
+/// pg_control.h) starts with `uint64 system_identifier`, then `uint32 pg_control_version` at byte 8 (which
+/// "must be 8 bytes into the file" in every release).
+const CONTROL_HEAD: usize = 12;
+
 /// Which member's bytes are being kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Capture {
     Label,
     Manifest,
+    Control,
 }
 
 /// Follows a tar stream as it passes (512-byte headers, each member's data padded to 512 bytes) and keeps
@@ -428,6 +445,7 @@ struct TarWatcher {
     capture: Option<Capture>,
     label: Vec<u8>,
     manifest_tail: Vec<u8>,
+    control_head: Vec<u8>,
     ended: bool,
     error: Option<String>,
 }
@@ -473,6 +491,11 @@ impl TarWatcher {
                     self.manifest_tail.drain(..cut);
                 }
             }
+            Some(Capture::Control) => {
+                let room = CONTROL_HEAD.saturating_sub(self.control_head.len());
+                self.control_head
+                    .extend_from_slice(&data[..data.len().min(room)]);
+            }
             None => {}
         }
     }
@@ -490,6 +513,7 @@ impl TarWatcher {
         self.capture = match name.trim_start_matches("./") {
             "backup_label" => Some(Capture::Label),
             "backup_manifest" => Some(Capture::Manifest),
+            "global/pg_control" => Some(Capture::Control),
             _ => None,
         };
         self.remaining = size;
@@ -529,6 +553,8 @@ impl TarWatcher {
         let start_tli = field("START TIMELINE:")
             .and_then(|v| v.parse().ok())
             .unwrap_or(timeline);
+        let system_identifier = control_system_identifier(&self.control_head)
+            .ok_or_else(|| bad("no readable global/pg_control".into()))?;
         Ok(BaseBackupFacts {
             stream: STREAM.to_string(),
             server: server_name.to_string(),
@@ -544,7 +570,25 @@ impl TarWatcher {
             start_time: started.unwrap_or_else(Utc::now),
             stop_time: Utc::now(),
             pg_basebackup_stderr: stderr,
+            system_identifier: Some(system_identifier),
         })
+    }
+}
+
+/// The system identifier at the head of a `pg_control` file (see [`CONTROL_HEAD`]). The server wrote it in
+/// its own byte order, which need not be this host's (pg_basebackup may copy a remote server): the order is
+/// the one in which `pg_control_version` is a plausible version number (1300 for PostgreSQL 13 to 16; every
+/// release's is below 10000), which the other order cannot also be. `None` if neither is.
+fn control_system_identifier(head: &[u8]) -> Option<u64> {
+    let sysid: [u8; 8] = head.get(..8)?.try_into().ok()?;
+    let version: [u8; 4] = head.get(8..12)?.try_into().ok()?;
+    let plausible = |v: u32| (1..10_000).contains(&v);
+    if plausible(u32::from_le_bytes(version)) {
+        Some(u64::from_le_bytes(sysid))
+    } else if plausible(u32::from_be_bytes(version)) {
+        Some(u64::from_be_bytes(sysid))
+    } else {
+        None
     }
 }
 
@@ -683,6 +727,11 @@ mod tests {
             b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n",
         );
         add("base/1/1259", &vec![7u8; 20_000]);
+        let sysid = 7_300_000_000_000_000_123u64;
+        let mut control = vec![0u8; 8192];
+        control[..8].copy_from_slice(&sysid.to_le_bytes());
+        control[8..12].copy_from_slice(&1300u32.to_le_bytes());
+        add("global/pg_control", &control);
         add(
             "backup_manifest",
             b"{ \"Files\": [],\n\"WAL-Ranges\": [\n{ \"Timeline\": 1, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n\"Manifest-Checksum\": \"00\"}\n",
@@ -705,9 +754,49 @@ mod tests {
             assert_eq!(f.timeline, 1);
             assert_eq!(f.start_wal_file, "000000010000000000000002");
             assert_eq!(f.stop_wal_file, "000000010000000000000002");
+            assert_eq!(f.system_identifier, Some(sysid));
         }
         let mut w = TarWatcher::default();
         w.feed(&bytes[..1024]);
         assert!(w.facts(&server, "s", None, String::new()).is_err());
+    }
+
+    #[test]
+    fn the_system_identifier_is_read_from_pg_control_in_the_servers_byte_order() {
+        let sysid = 7_715_111_614_543_008_382u64;
+        let head = |le: bool| {
+            let mut v = Vec::new();
+            if le {
+                v.extend_from_slice(&sysid.to_le_bytes());
+                v.extend_from_slice(&1300u32.to_le_bytes());
+            } else {
+                v.extend_from_slice(&sysid.to_be_bytes());
+                v.extend_from_slice(&1700u32.to_be_bytes());
+            }
+            v
+        };
+        assert_eq!(control_system_identifier(&head(true)), Some(sysid));
+        assert_eq!(control_system_identifier(&head(false)), Some(sysid));
+        assert_eq!(control_system_identifier(&head(true)[..11]), None);
+        assert_eq!(control_system_identifier(&[0xff; 12]), None);
+        // Base backups taken before the field was recorded still decode (without it).
+        let old = serde_json::json!({
+            "stream": "base.tar", "server": "s", "server_version": "15", "server_version_num": 150000,
+            "bin_dir": null,
+            "wal_segment_size": 16777216, "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+            "start_wal_file": "000000010000000000000002", "stop_wal_file": "000000010000000000000002",
+            "start_time": "2026-11-20T10:00:00Z", "stop_time": "2026-11-20T10:00:01Z",
+            "pg_basebackup_stderr": ""
+        });
+        let facts: BaseBackupFacts = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(facts.system_identifier, None);
+        assert_eq!(serde_json::to_value(&facts).unwrap(), old);
+        let with = BaseBackupFacts {
+            system_identifier: Some(sysid),
+            ..facts
+        };
+        let v = serde_json::to_value(&with).unwrap();
+        assert_eq!(v["system_identifier"], sysid.to_string());
+        assert_eq!(serde_json::from_value::<BaseBackupFacts>(v).unwrap(), with);
     }
 }

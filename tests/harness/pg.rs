@@ -108,6 +108,17 @@ pub fn psql(db: &str, sql: &str) -> String {
 /// directory `host` on `port` (a cluster a test made itself, not the test server: none of its settings
 /// apply); returns unaligned, tuples-only output.
 pub fn psql_on(host: &std::path::Path, port: u16, user: &str, sql: &str) -> String {
+    try_psql_on(host, port, user, sql)
+        .unwrap_or_else(|err| panic!("psql on port {port}: {err}\nSQL: {sql}"))
+}
+
+/// [`psql_on`] for a server that may not accept connections yet: psql's error instead of a panic.
+pub fn try_psql_on(
+    host: &std::path::Path,
+    port: u16,
+    user: &str,
+    sql: &str,
+) -> Result<String, String> {
     let out = Command::new("psql")
         .args(PSQL_FLAGS)
         .args(["-d", "postgres"])
@@ -120,12 +131,10 @@ pub fn psql_on(host: &std::path::Path, port: u16, user: &str, sql: &str) -> Stri
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run psql");
-    assert!(
-        out.status.success(),
-        "psql on port {port}: {}\nSQL: {sql}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A database name no other test (or engineer sharing the server) uses.
