@@ -4,10 +4,10 @@
 //!
 //! Order, so that a refusal changes nothing: the base backup and the WAL chain are checked first
 //! ([`crate::pitr::plan_replay`]: no segment missing, none of another database system), the data directory
-//! must be absent or empty, and only then is the tar unpacked into it. The server is started as the data directory's OS user (PostgreSQL refuses to run as
-//! root): when cairn runs as root, the directory is given to `os_user` (default `postgres`) and `pg_ctl`
-//! runs as that user, with that user's `HOME` and without the password in its environment (the
-//! restore_command names a password file or command instead).
+//! must be absent or empty, and only then is the tar unpacked into it. The server is started as the data
+//! directory's OS user (PostgreSQL refuses to run as root): when cairn runs as root, the directory is given
+//! to `os_user` (default `postgres`) and `pg_ctl` runs as that user, with that user's `HOME` and without the
+//! password in its environment (the restore_command names a password file or command instead).
 //!
 //! A recovery to a time that runs out of WAL is promoted at the last record it replayed only when that is
 //! the archive's end; a gap or unreadable WAL with later segments archived fails the restore, the server
