@@ -31,6 +31,8 @@ enum Fault {
     IgnoreRange,
     /// `503 SlowDown`, not forwarded.
     SlowDown,
+    /// The request's body is taken from the client at this many bytes a second (a slow uplink).
+    Slow(u64),
 }
 
 /// Applies `fault` to the requests whose method is `method` and whose target holds `path_has` (and, for
@@ -228,12 +230,17 @@ fn serve(mut client: TcpStream, upstream: &str, st: &State) -> std::io::Result<(
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
+    let started = std::time::Instant::now();
     while buf.len() < head_end + content_length {
-        let n = client.read(&mut piece)?;
+        let n = client.read(&mut piece[..16 << 10])?;
         if n == 0 {
             return Ok(());
         }
         buf.extend_from_slice(&piece[..n]);
+        if let Some(Fault::Slow(rate)) = early {
+            let due = Duration::from_secs_f64((buf.len() - head_end) as f64 / rate as f64);
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
+        }
     }
     if early == Some(Fault::SlowDown) {
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
@@ -339,7 +346,7 @@ fn a_byte_altered_in_one_transfer_is_read_again_and_never_taken_for_damage() {
         let out = ok(via(&repo, &fresh(), &proxy).args(["--json", "repair", "snapshots"]));
         assert_eq!(proxy.fired(), 1, "repair snapshots, min {min_body}");
         assert_eq!(out.trim(), "[]", "repair snapshots, min {min_body}");
-        assert_eq!(snapshot_ids(&repo), [id.clone()]);
+        assert_eq!(snapshot_ids(&repo), std::slice::from_ref(&id));
 
         proxy.arm(flip());
         let t = fresh().join("restored");
@@ -445,6 +452,36 @@ fn a_server_that_ignores_range_is_a_clear_error_never_wrong_bytes_or_damage() {
     assert!(
         !report["read_errors"].as_array().unwrap().is_empty(),
         "{out}"
+    );
+    let (code, out, err) = run(cairn(&repo).args(["check", "--read-data"]));
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A slow uplink: each pack upload takes longer than object_store's default bound on a request (30 s),
+/// at 50 kB/s a 2 MB pack (one upload at a time) about 40 s. The backup completes and its data reads back; before, every
+/// attempt was cut at 30 s and started over until the retry budget (60 s) was spent, so a backup over a
+/// link slower than about 4.5 Mbit/s per upload in flight never finished.
+#[test]
+fn a_backup_over_a_slow_uplink_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = s3_repo_in(dir.path());
+    ok(cairn(&repo).arg("init"));
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f.bin"), pseudo_random(2_000_000, 9)).unwrap();
+    let proxy = Hostile::start();
+    proxy.arm(Rule::new("PUT", "/packs/", Fault::Slow(50_000)));
+    let started = std::time::Instant::now();
+    let (code, out, err) = run(via(&repo, &dir.path().join("host1"), &proxy)
+        .env("CAIRN_CONNECTIONS", "1")
+        .args(["backup", src.to_str().unwrap()]));
+    let took = started.elapsed();
+    assert_eq!(proxy.fired(), 1);
+    eprintln!("the backup took {took:?}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        took > Duration::from_secs(35),
+        "the upload was not slow: {took:?}"
     );
     let (code, out, err) = run(cairn(&repo).args(["check", "--read-data"]));
     assert_eq!(code, 0, "{out}{err}");
