@@ -22,7 +22,8 @@
 //!
 //! Invariants: every blob asked for is reported exactly once, with its verified bytes or its error. A run
 //! that cannot be read whole (a truncated or missing pack, an outage) is read again blob by blob, so an error
-//! concerns exactly the blob it is reported for and a blob readable on its own is never reported damaged.
+//! concerns exactly the blob it is reported for and a blob readable on its own is never reported damaged;
+//! a blob of a run that does not verify is read again on its own too (a transfer can alter bytes).
 //! The caller decides what an error means (restore records damage, names the file).
 
 use std::collections::{HashMap, HashSet};
@@ -218,18 +219,24 @@ impl<'r> Fetcher<'r> {
                 let loc = &locs[i];
                 let at = (loc.entry.offset - run.start) as usize;
                 let stored = bytes.get(at..at + loc.entry.stored_len as usize);
+                let got = match stored {
+                    Some(s) => self.decode(loc, s, bases, verify),
+                    None => Err(Error::corrupt(
+                        format!("pack {}", run.pack.short()),
+                        "short ranged read",
+                    )),
+                };
                 on_blob(
                     i,
-                    match stored {
-                        Some(s) => self.decode(loc, s, bases, verify),
-                        None => Err(Error::corrupt(
-                            format!("pack {}", run.pack.short()),
-                            "short ranged read",
-                        )),
+                    match got {
+                        // Read again on its own before it is called damaged: the run's transfer may have
+                        // brought wrong bytes (see `crate::backend::read_again_if_damaged`).
+                        Err(e) if e.is_damage() => self.repo.read_located(loc),
+                        got => got,
                     },
                 );
             }),
-            Err(e) if run.blobs.len() == 1 => on_blob(run.blobs[0], Err(e)),
+            Err(e) if run.blobs.len() == 1 && !e.is_damage() => on_blob(run.blobs[0], Err(e)),
             // Say precisely which blobs cannot be read: each on its own.
             Err(_) => run
                 .blobs

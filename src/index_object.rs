@@ -86,7 +86,14 @@ impl IndexObject {
     /// one request. A larger one (an object listing one pack of very many blobs, or a sparse file of many
     /// GiB that costs a hostile writer nothing) is read in pieces, hashed and decoded as it comes: what is
     /// held grows with the entries that decode, and the first that cannot (zeros cannot) ends the read.
+    ///
+    /// An object found damaged is read a second time before that is the verdict (prune deletes damaged
+    /// objects: see [`crate::backend::read_again_if_damaged`]).
     pub fn load(backend: &dyn Backend, id: &Id) -> Result<IndexObject> {
+        crate::backend::read_again_if_damaged(|| IndexObject::load_once(backend, id))
+    }
+
+    fn load_once(backend: &dyn Backend, id: &Id) -> Result<IndexObject> {
         let name = id.to_hex();
         let what = || format!("index object {}", id.short());
         let size = backend

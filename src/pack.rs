@@ -372,6 +372,17 @@ pub fn read_trailer(
     len: u64,
     crypto: &Crypto,
 ) -> Result<Vec<BlobEntry>> {
+    // A trailer found damaged leaves its pack out of `repair index` (and of the index objects it writes),
+    // and the next prune deletes a pack no index knows: one bad transfer must not decide that.
+    crate::backend::read_again_if_damaged(|| read_trailer_once(backend, id, len, crypto))
+}
+
+fn read_trailer_once(
+    backend: &dyn crate::backend::Backend,
+    id: &Id,
+    len: u64,
+    crypto: &Crypto,
+) -> Result<Vec<BlobEntry>> {
     let reader = backend.open_reader(crate::backend::ObjectKind::Pack, &id.to_hex())?;
     if len < (PACK_MAGIC.len() + FOOTER_LEN) as u64 {
         return Err(Error::corrupt("pack", "too short (truncated?)"));

@@ -492,12 +492,13 @@ impl Repository {
         self.backend.open_reader(ObjectKind::Pack, &pack.to_hex())
     }
 
-    /// Reads a blob at a known location (one ranged read of its bytes).
+    /// Reads a blob at a known location (one ranged read of its bytes; a second one if the first does
+    /// not verify: see [`crate::backend::read_again_if_damaged`]).
     pub fn read_located(&self, loc: &Location) -> Result<Vec<u8>> {
-        self.decode_stored(loc, &self.read_stored(loc)?)
+        crate::backend::read_again_if_damaged(|| self.decode_stored(loc, &self.read_stored(loc)?))
     }
 
-    /// A blob's stored bytes, as its pack holds them (one ranged read).
+    /// A blob's stored bytes, as its pack holds them (one ranged read, unverified).
     fn read_stored(&self, loc: &Location) -> Result<Vec<u8>> {
         self.backend.get_range(
             ObjectKind::Pack,
@@ -507,10 +508,13 @@ impl Repository {
         )
     }
 
-    /// Reads, decompresses and verifies a blob from its pack, already open.
+    /// Reads, decompresses and verifies a blob from its pack, already open (read again if it does not
+    /// verify, as [`read_located`](Self::read_located)).
     pub fn read_from(&self, pack: &dyn RangeReader, loc: &Location) -> Result<Vec<u8>> {
-        let stored = pack.read_at(loc.entry.offset, u64::from(loc.entry.stored_len))?;
-        self.decode_stored(loc, &stored)
+        crate::backend::read_again_if_damaged(|| {
+            let stored = pack.read_at(loc.entry.offset, u64::from(loc.entry.stored_len))?;
+            self.decode_stored(loc, &stored)
+        })
     }
 
     /// Decompresses and verifies a blob's stored bytes, read by the caller (restore reads runs of blobs).

@@ -131,10 +131,13 @@ impl Snapshot {
         Ok(snap)
     }
 
-    /// Reads and verifies the snapshot object `id`.
+    /// Reads and verifies the snapshot object `id` (twice if it does not verify: `repair index` leaves out
+    /// what it finds damaged; see [`crate::backend::read_again_if_damaged`]).
     pub fn load(backend: &dyn crate::backend::Backend, id: &Id) -> Result<Snapshot> {
-        let bytes = backend.get(crate::backend::ObjectKind::Snapshot, &id.to_hex())?;
-        Snapshot::decode(&bytes, id)
+        crate::backend::read_again_if_damaged(|| {
+            let bytes = backend.get(crate::backend::ObjectKind::Snapshot, &id.to_hex())?;
+            Snapshot::decode(&bytes, id)
+        })
     }
 }
 

@@ -427,6 +427,20 @@ pub fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
+/// Runs `read` (a read of stored bytes and their verification) a second time when it finds damage
+/// ([`Error::is_damage`]), and gives the second outcome. Over a network, one transfer can bring wrong or
+/// missing bytes that the server holds intact (a middlebox, a flaky NIC, a gateway's stale answer), and
+/// verification cannot tell them from stored damage; `check` records damage, `repair` drops the files that
+/// need it and `prune` then deletes their data, so one bad transfer must not decide it. Stored damage
+/// reads the same again; a transfer error rarely twice in a row. The cost is one more read of what is
+/// really damaged.
+pub fn read_again_if_damaged<T>(mut read: impl FnMut() -> Result<T>) -> Result<T> {
+    match read() {
+        Err(e) if e.is_damage() => read(),
+        other => other,
+    }
+}
+
 /// The error every backend returns for a missing object.
 pub(crate) fn not_found(location: String) -> Error {
     Error::Io {

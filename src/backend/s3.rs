@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as StorePath;
 use object_store::{
-    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    ClientConfigKey, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
 };
 
 use super::{check_name, not_found, short_object, Backend, ObjectKind, ObjectWriter};
@@ -95,6 +96,9 @@ impl Drop for S3Backend {
 struct Inner {
     loc: S3Location,
     store: Arc<dyn ObjectStore>,
+    /// The same server with [`TRANSFER_TIMEOUT`] per request, for requests moving more than
+    /// [`LARGE_TRANSFER`] bytes.
+    bulk: Arc<dyn ObjectStore>,
     /// The same client, for listings one page at a time ([`S3Backend::list`] bounds them).
     lister: Arc<dyn PaginatedListStore>,
     rt: tokio::runtime::Handle,
@@ -113,6 +117,14 @@ const MAX_EMPTY_PAGES: usize = 100;
 /// How many times a transient failure is retried, and for how long at most, before it is an error.
 const MAX_RETRIES: usize = 6;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one request moving more than [`LARGE_TRANSFER`] bytes may take from start to end, unless
+/// `AWS_TIMEOUT` says otherwise. object_store's bound, 30 s (kept for every other request, so a server that
+/// stops answering is noticed soon), cut every upload of a 16 MiB pack on a link slower than about 4.5
+/// Mbit/s per upload in flight (four by default share the link), and each retry started over: a backup over
+/// a 2 Mbit/s uplink failed after 60 s, every time. 15 minutes pass a 20 MiB pack at 23 KiB/s.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const LARGE_TRANSFER: u64 = 1 << 20;
 
 /// Refuses an endpoint that is not an absolute `http(s)://host[:port][/path]` URL: object_store takes any
 /// string and panics when it signs the first request to it (`localhost:9000`, without a scheme, is the
@@ -166,9 +178,21 @@ impl S3Backend {
             retry_timeout: RETRY_TIMEOUT,
             ..RetryConfig::default()
         };
-        let store = Arc::new(b.with_retry(retry).build().map_err(|e| {
-            Error::Invalid(format!("s3://{}: {}", loc.bucket, redact(&e.to_string())))
-        })?);
+        let b = b.with_retry(retry);
+        let bulk = match std::env::var_os("AWS_TIMEOUT") {
+            Some(_) => b.clone(),
+            None => b.clone().with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}s", TRANSFER_TIMEOUT.as_secs()),
+            ),
+        };
+        let built = |b: AmazonS3Builder| {
+            b.build().map_err(|e| {
+                Error::Invalid(format!("s3://{}: {}", loc.bucket, redact(&e.to_string())))
+            })
+        };
+        let store = Arc::new(built(b)?);
+        let bulk = Arc::new(built(bulk)?);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cairn-s3")
@@ -179,6 +203,7 @@ impl S3Backend {
             inner: Arc::new(Inner {
                 loc,
                 store: store.clone(),
+                bulk,
                 lister: store,
                 rt: rt.handle().clone(),
             }),
@@ -215,8 +240,28 @@ impl Inner {
         T: Send + 'static,
         F: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
     {
+        self.run_moving(0, key, op)
+    }
+
+    /// [`run`](Self::run) for a request moving `bytes` (sent or received; at most): a large one gets
+    /// [`TRANSFER_TIMEOUT`].
+    fn run_moving<T, F>(
+        &self,
+        bytes: u64,
+        key: &StorePath,
+        op: impl FnOnce(Arc<dyn ObjectStore>, StorePath) -> F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    {
+        let store = if bytes > LARGE_TRANSFER {
+            &self.bulk
+        } else {
+            &self.store
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let fut = op(self.store.clone(), key.clone());
+        let fut = op(store.clone(), key.clone());
         self.rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
@@ -243,7 +288,7 @@ impl Inner {
     }
 
     fn put(&self, key: &StorePath, data: Vec<u8>) -> Result<()> {
-        self.run(key, |s, k| async move {
+        self.run_moving(data.len() as u64, key, |s, k| async move {
             s.put(&k, PutPayload::from(data)).await.map(|_| ())
         })
     }
@@ -252,7 +297,7 @@ impl Inner {
     /// conditional PUTs turned off (`AWS_CONDITIONAL_PUT=disabled`, for a server that rejects the header),
     /// a plain PUT.
     fn put_new(&self, key: &StorePath, data: Vec<u8>) -> Result<bool> {
-        self.run(key, |s, k| async move {
+        self.run_moving(data.len() as u64, key, |s, k| async move {
             let payload = PutPayload::from(data);
             let opts = PutOptions::from(PutMode::Create);
             match s.put_opts(&k, payload.clone(), opts).await {
@@ -333,13 +378,13 @@ impl Backend for S3Backend {
         check_name(kind, name)?;
         let key = self.inner.key(kind, name);
         let Some(max) = kind.max_size() else {
-            let got = self
-                .inner
-                .run(&key, |s, k| async move { s.get(&k).await?.bytes().await })?;
+            let got = self.inner.run_moving(u64::MAX, &key, |s, k| async move {
+                s.get(&k).await?.bytes().await
+            })?;
             return Ok(Vec::from(got));
         };
         // Read as it arrives and never past the kind's bound, whatever the server says the size is.
-        let got = self.inner.run(&key, move |s, k| async move {
+        let got = self.inner.run_moving(max, &key, move |s, k| async move {
             let r = s.get(&k).await?;
             if r.meta.size > max {
                 return Ok(Err(r.meta.size));
@@ -376,7 +421,7 @@ impl Backend for S3Backend {
             };
         }
         let end = offset.saturating_add(len);
-        let got = self.inner.run(&key, |s, k| async move {
+        let got = self.inner.run_moving(len, &key, |s, k| async move {
             let opts = GetOptions::default().with_range(Some(offset..end));
             let r = s.get_opts(&k, opts).await?;
             let size = r.meta.size;

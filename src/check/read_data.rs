@@ -63,37 +63,14 @@ pub(super) fn read_packs(
         .map(|p| {
             let mut expected = repo.index().blobs_in_pack(&p.id)?;
             expected.sort_by_key(|e| e.offset);
-            let reader = match repo.backend().open_reader(ObjectKind::Pack, &p.id.to_hex()) {
-                Ok(r) => r,
-                Err(e) if !e.is_damage() => return Ok((p.id, PackVerdict::Unreadable(e))),
-                Err(e) => return Ok((p.id, PackVerdict::lost(&expected, &e))),
-            };
-            let mut bad = Vec::new();
-            let scanned = scan_pack(&*reader, p.size, &expected, progress, &mut |e, stored| {
-                let loc = crate::index::Location {
-                    pack: p.id,
-                    entry: *e,
-                };
-                if let Err(err) = stored.and_then(|stored| repo.decode_stored(&loc, stored)) {
-                    bad.push((e.id, err.to_string()));
+            // A pack found damaged is read a second time, and the second reading is the verdict: one
+            // transfer can bring bytes that differ from what the server holds (see
+            // `crate::backend::read_again_if_damaged`). Not counted in the progress twice.
+            let verdict = match read_pack(repo, p, &expected, progress) {
+                PackVerdict::Read { bad, mismatch, .. } if mismatch || !bad.is_empty() => {
+                    read_pack(repo, p, &expected, &Progress::hidden())
                 }
-            });
-            let verdict = match scanned {
-                // The pack's content no longer matching its name says some bytes changed; the blobs say
-                // which.
-                Ok(hash) => PackVerdict::Read {
-                    blobs: expected.len() as u64,
-                    bad,
-                    mismatch: hash != p.id,
-                },
-                Err(e) if !e.is_damage() => PackVerdict::Unreadable(e),
-                // Shorter than indexed: the blobs past the end were handed the error; the pack is not
-                // what its name says.
-                Err(_) => PackVerdict::Read {
-                    blobs: expected.len() as u64,
-                    bad,
-                    mismatch: true,
-                },
+                verdict => verdict,
             };
             Ok((p.id, verdict))
         })
@@ -131,6 +108,46 @@ pub(super) fn read_packs(
         }
     }
     Ok(read)
+}
+
+/// Reads the pack `p` front to back and verifies its blobs `expected` (sorted by offset).
+fn read_pack(
+    repo: &Repository,
+    p: &crate::index::PackRow,
+    expected: &[pack::BlobEntry],
+    progress: &Progress,
+) -> PackVerdict {
+    let reader = match repo.backend().open_reader(ObjectKind::Pack, &p.id.to_hex()) {
+        Ok(r) => r,
+        Err(e) if !e.is_damage() => return PackVerdict::Unreadable(e),
+        Err(e) => return PackVerdict::lost(expected, &e),
+    };
+    let mut bad = Vec::new();
+    let scanned = scan_pack(&*reader, p.size, expected, progress, &mut |e, stored| {
+        let loc = crate::index::Location {
+            pack: p.id,
+            entry: *e,
+        };
+        if let Err(err) = stored.and_then(|stored| repo.decode_stored(&loc, stored)) {
+            bad.push((e.id, err.to_string()));
+        }
+    });
+    match scanned {
+        // The pack's content no longer matching its name says some bytes changed; the blobs say which.
+        Ok(hash) => PackVerdict::Read {
+            blobs: expected.len() as u64,
+            bad,
+            mismatch: hash != p.id,
+        },
+        Err(e) if !e.is_damage() => PackVerdict::Unreadable(e),
+        // Shorter than indexed: the blobs past the end were handed the error; the pack is not what its
+        // name says.
+        Err(_) => PackVerdict::Read {
+            blobs: expected.len() as u64,
+            bad,
+            mismatch: true,
+        },
+    }
 }
 
 /// Bytes of a pack read at once by [`scan_pack`]: a default pack (16 MiB and its last blob) in one read.

@@ -42,8 +42,11 @@ impl Repository {
         if !self.caches_trees() {
             return Tree::decode(&self.read_located(loc)?);
         }
-        let stored = self.read_stored(loc)?;
-        let raw = self.decode_stored(loc, &stored)?;
+        let (stored, raw) = crate::backend::read_again_if_damaged(|| {
+            let stored = self.read_stored(loc)?;
+            let raw = self.decode_stored(loc, &stored)?;
+            Ok((stored, raw))
+        })?;
         self.cache_trees(&[CachedTree {
             id: loc.entry.id,
             compression: loc.entry.compression,

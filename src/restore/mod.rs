@@ -655,6 +655,61 @@ pub(crate) mod tests {
         }
     }
 
+    /// A read whose bytes do not verify once (a transfer that brought wrong or too few bytes) is read
+    /// again; only a second failure is damage, which restore records and `repair` acts on.
+    #[test]
+    fn a_blob_that_does_not_verify_once_is_read_again_and_only_a_second_failure_is_damage() {
+        use crate::backend::fault::{Fault, FaultyBackend};
+        use crate::backend::local::LocalBackend;
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        fs::write(src.join("f"), &data).unwrap();
+        let root = dir.path().join("repo");
+        Repository::init(&root, Config::new_default()).unwrap();
+        let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
+        let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
+        let snap = back_up(&repo, &src).snapshot;
+        let node = find_node(&repo, &snap.tree.unwrap(), "src/f").unwrap();
+        let NodeKind::File { chunks, .. } = &node.kind else {
+            panic!("not a file")
+        };
+        let first = repo.read_blob(&chunks[0]).unwrap();
+        faulty.fail_read(1, Fault::Tear);
+        assert_eq!(repo.read_blob(&chunks[0]).unwrap(), first);
+        faulty.fail_read(1, Fault::Tear);
+        faulty.fail_read(2, Fault::Tear);
+        let e = repo.read_blob(&chunks[0]).unwrap_err();
+        assert!(e.is_damage(), "{e}");
+        // A file restore (merged reads of trees and data) with any one of its reads torn: the file comes
+        // back whole every time.
+        let restore_into = |name: &str| {
+            let target = dir.path().join(name);
+            let opts = RestoreOptions {
+                target: target.clone(),
+                ..Default::default()
+            };
+            restore(&repo, &snap, &opts).map(|_| fs::read(target.join("src/f")).unwrap())
+        };
+        let before = faulty.reads();
+        restore_into("clean").unwrap();
+        let reads = faulty.reads() - before;
+        assert!(reads >= 2, "{reads}");
+        for nth in 1..=reads {
+            faulty.fail_read(nth, Fault::Tear);
+            let got = restore_into(&format!("torn-{nth}"));
+            assert!(
+                got.is_ok_and(|got| got == data),
+                "read {nth} of {reads} torn"
+            );
+        }
+    }
+
     #[test]
     fn restoring_many_small_files_makes_far_fewer_reads_than_chunks() {
         use crate::backend::fault::FaultyBackend;
