@@ -317,6 +317,28 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// A repository made at `root` with `config` and opened through a fault-injecting backend, which also
+    /// counts its reads.
+    fn faulty_repo(
+        root: &Path,
+        config: Config,
+    ) -> (Repository, crate::backend::fault::FaultyBackend) {
+        use crate::backend::{fault::FaultyBackend, local::LocalBackend};
+        use std::sync::Arc;
+        Repository::init(root, config).unwrap();
+        let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(root)));
+        let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
+        (repo, faulty)
+    }
+
+    /// The chunk list of the file at `path` in `snap`.
+    fn file_chunks(repo: &Repository, snap: &Snapshot, path: &str) -> Vec<Id> {
+        match find_node(repo, &snap.tree.unwrap(), path).unwrap().kind {
+            NodeKind::File { chunks, .. } => chunks,
+            _ => panic!("{path}: not a file"),
+        }
+    }
+
     #[test]
     fn chunks_come_out_in_order_across_windows_and_at_their_offsets() {
         let dir = tempfile::tempdir().unwrap();
@@ -562,11 +584,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_run_of_zero_chunks_is_read_once_and_a_damaged_zero_chunk_still_fails_the_file() {
-        use crate::backend::fault::FaultyBackend;
-        use crate::backend::local::LocalBackend;
         use crate::backend::ObjectKind;
         use std::os::unix::fs::{FileExt, MetadataExt};
-        use std::sync::Arc;
 
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
@@ -585,16 +604,11 @@ pub(crate) mod tests {
         let mut config = Config::new_default();
         // Small chunks: the hole is some 1,600 references to one zero chunk.
         config.chunker_files = crate::config::ChunkerParams::STREAMS;
-        Repository::init(&root, config).unwrap();
-        let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
-        let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
+        let (repo, faulty) = faulty_repo(&root, config);
         let snap = back_up(&repo, &src).snapshot;
-        let node = find_node(&repo, &snap.tree.unwrap(), "src/holes").unwrap();
-        let NodeKind::File { chunks, .. } = &node.kind else {
-            panic!("not a file")
-        };
+        let chunks = file_chunks(&repo, &snap, "src/holes");
         let mut counts: HashMap<Id, usize> = HashMap::new();
-        for c in chunks {
+        for c in &chunks {
             *counts.entry(*c).or_default() += 1;
         }
         let (zero, refs) = counts.into_iter().max_by_key(|(_, n)| *n).unwrap();
@@ -659,9 +673,7 @@ pub(crate) mod tests {
     /// again; only a second failure is damage, which restore records and `repair` acts on.
     #[test]
     fn a_blob_that_does_not_verify_once_is_read_again_and_only_a_second_failure_is_damage() {
-        use crate::backend::fault::{Fault, FaultyBackend};
-        use crate::backend::local::LocalBackend;
-        use std::sync::Arc;
+        use crate::backend::fault::Fault;
 
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
@@ -671,14 +683,9 @@ pub(crate) mod tests {
             .collect();
         fs::write(src.join("f"), &data).unwrap();
         let root = dir.path().join("repo");
-        Repository::init(&root, Config::new_default()).unwrap();
-        let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
-        let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
+        let (repo, faulty) = faulty_repo(&root, Config::new_default());
         let snap = back_up(&repo, &src).snapshot;
-        let node = find_node(&repo, &snap.tree.unwrap(), "src/f").unwrap();
-        let NodeKind::File { chunks, .. } = &node.kind else {
-            panic!("not a file")
-        };
+        let chunks = file_chunks(&repo, &snap, "src/f");
         let first = repo.read_blob(&chunks[0]).unwrap();
         faulty.fail_read(1, Fault::Tear);
         assert_eq!(repo.read_blob(&chunks[0]).unwrap(), first);
@@ -712,10 +719,7 @@ pub(crate) mod tests {
 
     #[test]
     fn restoring_many_small_files_makes_far_fewer_reads_than_chunks() {
-        use crate::backend::fault::FaultyBackend;
-        use crate::backend::local::LocalBackend;
         use crate::backend::{Backend, ObjectKind};
-        use std::sync::Arc;
 
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
@@ -738,9 +742,7 @@ pub(crate) mod tests {
             fs::write(sub.join(format!("f{i}")), data).unwrap();
         }
         let root = dir.path().join("repo");
-        Repository::init(&root, Config::new_default()).unwrap();
-        let faulty = FaultyBackend::new(Arc::new(LocalBackend::new(&root)));
-        let repo = Repository::open_with(Arc::new(faulty.clone())).unwrap();
+        let (repo, faulty) = faulty_repo(&root, Config::new_default());
         let made = back_up(&repo, &src);
         let chunks = 2000u64;
         let packs = faulty.list(ObjectKind::Pack).unwrap().len() as u64;
