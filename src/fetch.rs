@@ -230,8 +230,9 @@ impl<'r> Fetcher<'r> {
                     i,
                     match got {
                         // Read again on its own before it is called damaged: the run's transfer may have
-                        // brought wrong bytes (see `crate::backend::read_again_if_damaged`).
-                        Err(e) if e.is_damage() => self.repo.read_located(loc),
+                        // brought wrong bytes (see `crate::backend::read_again_if_damaged`). The run was the
+                        // first reading, so this one is the verdict.
+                        Err(e) if e.is_damage() => self.repo.read_located_once(loc),
                         got => got,
                     },
                 );

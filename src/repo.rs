@@ -495,7 +495,13 @@ impl Repository {
     /// Reads a blob at a known location (one ranged read of its bytes; a second one if the first does
     /// not verify: see [`crate::backend::read_again_if_damaged`]).
     pub fn read_located(&self, loc: &Location) -> Result<Vec<u8>> {
-        crate::backend::read_again_if_damaged(|| self.decode_stored(loc, &self.read_stored(loc)?))
+        crate::backend::read_again_if_damaged(|| self.read_located_once(loc))
+    }
+
+    /// [`read_located`](Self::read_located) without the second reading: for a caller whose first reading
+    /// of the blob was its own (a merged run in [`crate::fetch`]).
+    pub(crate) fn read_located_once(&self, loc: &Location) -> Result<Vec<u8>> {
+        self.decode_stored(loc, &self.read_stored(loc)?)
     }
 
     /// A blob's stored bytes, as its pack holds them (one ranged read, unverified).
