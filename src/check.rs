@@ -163,6 +163,10 @@ fn record_damage(
     damaged: &mut Damage,
     verified: &HashSet<Id>,
 ) -> Result<()> {
+    // Under a lost lock a prune may have moved what looks damaged: no verdict (see `crate::lock`).
+    if !damaged.is_empty() {
+        repo.ensure_locks_held()?;
+    }
     let records: Vec<DamageRecord> = damaged
         .iter()
         .filter(|(_, (pack, _))| *pack != NO_PACK)

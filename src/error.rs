@@ -38,6 +38,11 @@ pub enum Error {
     /// The repository is locked by another process in a conflicting mode.
     #[error("repository is locked: {0} (if that process is gone, run `cairn unlock`)")]
     Locked(String),
+    /// This process's own lock may have been taken for stale by another process (it was not refreshed in
+    /// time, or its object was removed): what was about to be written or deleted is not, since another
+    /// host may have pruned or backed up meanwhile. Running the command again is safe.
+    #[error("{0}; stopped before writing or deleting anything more (run the command again)")]
+    LockLost(String),
     /// The repository can be read but not written from here (read-only file system or mount, permissions,
     /// a full disk); `cause` names the first thing that could not be written.
     #[error("{root}: the repository cannot be written here: {cause}")]

@@ -353,7 +353,8 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     if !opts.dry_run {
         repo.require_writable()?;
     }
-    let _lock = lock::acquire(repo.backend(), true, "prune")?;
+    let lock = lock::acquire(repo.backend(), true, "prune")?;
+    repo.watch_lock(&lock);
     let mut r = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
@@ -432,10 +433,10 @@ pub fn prune(repo: &Repository, opts: PruneOptions) -> Result<PruneReport> {
     r.index_objects_deleted += deleted + index_sync::delete_damaged(repo)?;
     for id in &dropping {
         repo.index().remove_pack(id)?;
-        repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
+        repo.delete_object(ObjectKind::Pack, &id.to_hex())?;
     }
     for (id, _) in unindexed.iter().filter(|(id, _)| doomed(id)) {
-        repo.backend().delete(ObjectKind::Pack, &id.to_hex())?;
+        repo.delete_object(ObjectKind::Pack, &id.to_hex())?;
     }
     // Safe: we hold the exclusive lock, so no write of this repository is under way.
     repo.backend().remove_stale_temporaries()?;

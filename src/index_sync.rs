@@ -371,7 +371,7 @@ pub fn delete_superseded(repo: &Repository) -> Result<u64> {
         .map(|(id, _)| id)
         .collect();
     for id in &dead {
-        repo.backend().delete(ObjectKind::Index, &id.to_hex())?;
+        repo.delete_object(ObjectKind::Index, &id.to_hex())?;
         repo.index().transaction(|tx| forget_object(tx, id))?;
     }
     Ok(dead.len() as u64)
@@ -391,7 +391,7 @@ pub fn delete_damaged(repo: &Repository) -> Result<u64> {
         };
         match IndexObject::load(backend, &id) {
             Err(e) if e.is_damage() => {
-                backend.delete(ObjectKind::Index, &name)?;
+                repo.delete_object(ObjectKind::Index, &name)?;
                 deleted += 1;
             }
             Err(e) => return Err(e),
@@ -436,7 +436,7 @@ pub fn rewrite_without(
     superseded.sort();
     let written = write_objects(repo, listings, superseded.clone())?;
     for id in &superseded {
-        repo.backend().delete(ObjectKind::Index, &id.to_hex())?;
+        repo.delete_object(ObjectKind::Index, &id.to_hex())?;
         repo.index().transaction(|tx| forget_object(tx, id))?;
     }
     Ok((written, superseded.len() as u64))

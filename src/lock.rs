@@ -23,10 +23,18 @@
 //! packs (or forgotten snapshots) in between. Only under the lock is the cache's view safe to act on: a
 //! backup deduplicating against a deleted blob would write a snapshot naming data that is gone, a reader
 //! would take a moved pack for damage. (A local repository's cache is the one file every process shares.)
+//!
+//! A held lock can be lost: a holder that was suspended (a stopped process, a paused VM, a laptop asleep)
+//! or could not rewrite its lock for long enough may have been taken for stale by another host, which then
+//! pruned (or backed up) as if it were gone. The holder cannot undo that by refreshing again, so a lock whose
+//! refresh fell [`LOST_AFTER`] behind, or whose object someone removed, stays lost: every commit point (a
+//! snapshot saved, a pack or index object or snapshot deleted: [`Repository::ensure_locks_held`]) fails with
+//! [`Error::LockLost`] rather than write a snapshot naming data a prune deleted, or delete data a backup
+//! just deduplicated against.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -42,6 +50,41 @@ mod boot_ids;
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Holders rewrite their lock file this often.
 const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// A holder whose last rewrite of its lock is this old takes the lock for lost. Half of [`STALE_AFTER`]: the
+/// other half covers clock skew between hosts and the time from a holder's check to the write it guards.
+pub const LOST_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The lock timings in force. `CAIRN_TEST_LOCK_STALE_SECS` shortens them all in proportion, for the test
+/// suite only: every process sharing a repository must use the same timings (format-spec "Locks"), and
+/// users never set it.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    stale: Duration,
+    refresh: Duration,
+    lost: Duration,
+    /// How often the refresher wakes (to notice the end of the command, or a retry being due).
+    tick: Duration,
+}
+
+fn timing() -> Timing {
+    static T: OnceLock<Timing> = OnceLock::new();
+    *T.get_or_init(|| {
+        let stale = std::env::var("CAIRN_TEST_LOCK_STALE_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&s| s >= 2)
+            .map(Duration::from_secs)
+            .unwrap_or(STALE_AFTER);
+        let scale = |d: Duration| d.mul_f64(stale.as_secs_f64() / STALE_AFTER.as_secs_f64());
+        let refresh = scale(REFRESH_EVERY);
+        Timing {
+            stale,
+            refresh,
+            lost: scale(LOST_AFTER),
+            tick: (refresh / 4).min(Duration::from_secs(1)),
+        }
+    })
+}
 
 /// Contents of a lock file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +118,7 @@ impl LockInfo {
             .signed_duration_since(self.time)
             .num_seconds()
             .unsigned_abs();
-        if skew > STALE_AFTER.as_secs() {
+        if skew > timing().stale.as_secs() {
             return true;
         }
         self.host == hostname()
@@ -138,12 +181,106 @@ pub struct LockGuard {
     backend: SharedBackend,
     name: String,
     stop: Arc<AtomicBool>,
+    hold: Arc<Hold>,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.backend.delete(ObjectKind::Lock, &self.name);
+    }
+}
+
+impl LockGuard {
+    /// Fails with [`Error::LockLost`] once the lock may have been taken for stale by another process (see
+    /// the module docs); a lost lock stays lost.
+    pub fn ensure_held(&self) -> Result<()> {
+        self.hold.ensure_held()
+    }
+
+    /// A handle a [`Repository`] keeps to check the lock at its commit points while the guard lives.
+    pub(crate) fn watch(&self) -> Weak<Hold> {
+        Arc::downgrade(&self.hold)
+    }
+}
+
+/// What a holder knows of its own lock: when it last wrote it (by both clocks: the monotonic one stops
+/// while the machine sleeps, the wall clock, which other hosts judge by, does not), and whether it is lost.
+pub(crate) struct Hold {
+    command: String,
+    state: Mutex<HoldState>,
+}
+
+struct HoldState {
+    written: Instant,
+    written_at: DateTime<Utc>,
+    lost: Option<String>,
+}
+
+impl Hold {
+    fn new(command: &str, written_at: DateTime<Utc>) -> Hold {
+        Hold {
+            command: command.to_string(),
+            state: Mutex::new(HoldState {
+                written: Instant::now(),
+                written_at,
+                lost: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HoldState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a rewrite of the lock, unless the one before was already too long ago.
+    fn written(&self, at: DateTime<Utc>) {
+        let mut st = self.state();
+        if Self::overdue(&mut st) {
+            return;
+        }
+        st.written = Instant::now();
+        st.written_at = at;
+    }
+
+    fn lose(&self, why: String) {
+        let mut st = self.state();
+        st.lost.get_or_insert(why);
+    }
+
+    fn is_lost(&self) -> bool {
+        let mut st = self.state();
+        Self::overdue(&mut st)
+    }
+
+    /// Whether the lock is lost, marking it so when its last rewrite is [`LOST_AFTER`] old by either clock.
+    fn overdue(st: &mut HoldState) -> bool {
+        if st.lost.is_none() {
+            let wall = Utc::now()
+                .signed_duration_since(st.written_at)
+                .to_std()
+                .unwrap_or_default();
+            let since = st.written.elapsed().max(wall);
+            if since >= timing().lost {
+                st.lost = Some(format!(
+                    "it was last refreshed {} s ago, so another process may have taken it for stale",
+                    since.as_secs()
+                ));
+            }
+        }
+        st.lost.is_some()
+    }
+
+    pub(crate) fn ensure_held(&self) -> Result<()> {
+        let mut st = self.state();
+        if Self::overdue(&mut st) {
+            let why = st.lost.clone().unwrap_or_default();
+            return Err(Error::LockLost(format!(
+                "`{}` lost its repository lock: {why}",
+                self.command
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -182,6 +319,7 @@ fn take(
         backend: backend.clone(),
         name: name.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        hold: Arc::new(Hold::new(&info.command, info.time)),
     };
     let now = Utc::now();
     for (other_name, other) in read_locks(backend.as_ref())? {
@@ -192,7 +330,13 @@ fn take(
             return Err(Error::Locked(other.describe()));
         }
     }
-    spawn_refresher(backend.clone(), name, info, guard.stop.clone());
+    spawn_refresher(
+        backend.clone(),
+        name,
+        info,
+        guard.stop.clone(),
+        guard.hold.clone(),
+    );
     Ok(guard)
 }
 
@@ -221,9 +365,11 @@ pub fn acquire_reader(backend: &SharedBackend, command: &str) -> Result<Option<L
     }
 }
 
-/// [`acquire`] on an opened repository, then its cache brought up to date (see the module docs).
+/// [`acquire`] on an opened repository, then its cache brought up to date (see the module docs); the
+/// repository checks the lock at its commit points while it is held.
 pub fn acquire_on(repo: &Repository, exclusive: bool, command: &str) -> Result<LockGuard> {
     let guard = acquire(repo.backend(), exclusive, command)?;
+    repo.watch_lock(&guard);
     refresh_cache(repo)?;
     Ok(guard)
 }
@@ -231,6 +377,9 @@ pub fn acquire_on(repo: &Repository, exclusive: bool, command: &str) -> Result<L
 /// [`acquire_reader`] on an opened repository, then its cache brought up to date (see the module docs).
 pub fn acquire_reader_on(repo: &Repository, command: &str) -> Result<Option<LockGuard>> {
     let guard = acquire_reader(repo.backend(), command)?;
+    if let Some(g) = &guard {
+        repo.watch_lock(g);
+    }
     refresh_cache(repo)?;
     Ok(guard)
 }
@@ -248,23 +397,40 @@ fn write_lock(backend: &dyn Backend, name: &str, info: &LockInfo) -> Result<()> 
     backend.put(ObjectKind::Lock, name, &bytes)
 }
 
-/// Keeps a long operation's lock fresh so other hosts do not take it for stale.
+/// Keeps a long operation's lock fresh so other hosts do not take it for stale: rewritten every
+/// `refresh`, retried at every tick after a failure, and given up as lost (see [`Hold`]) once a rewrite is
+/// too late or the object is gone (removed by `cairn unlock`, or by another host that took it for stale).
 fn spawn_refresher(
     backend: SharedBackend,
     name: String,
     mut info: LockInfo,
     stop: Arc<AtomicBool>,
+    hold: Arc<Hold>,
 ) {
     std::thread::spawn(move || {
-        let tick = Duration::from_secs(1);
-        let mut waited = Duration::ZERO;
+        let t = timing();
+        let mut last = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(tick);
-            waited += tick;
-            if waited >= REFRESH_EVERY && !stop.load(Ordering::Relaxed) {
-                waited = Duration::ZERO;
-                info.time = Utc::now();
-                let _ = write_lock(backend.as_ref(), &name, &info);
+            std::thread::sleep(t.tick);
+            if stop.load(Ordering::Relaxed) || hold.is_lost() {
+                break;
+            }
+            if last.elapsed() < t.refresh {
+                continue;
+            }
+            match backend.stat(ObjectKind::Lock, &name) {
+                Ok(None) => {
+                    hold.lose("its lock object was removed by another process".into());
+                    break;
+                }
+                Ok(Some(_)) => {
+                    info.time = Utc::now();
+                    if write_lock(backend.as_ref(), &name, &info).is_ok() {
+                        hold.written(info.time);
+                        last = Instant::now();
+                    }
+                }
+                Err(_) => {}
             }
         }
     });
@@ -474,5 +640,48 @@ mod tests {
         assert_eq!(read_locks(b.as_ref()).unwrap().len(), 2);
         drop(shop);
         drop(acquire_instance(&b, "shop", "instance backup").unwrap());
+    }
+
+    #[test]
+    fn a_lock_whose_last_rewrite_is_too_old_is_lost_for_good_and_a_fresh_one_is_held() {
+        let fresh = Hold::new("backup", Utc::now());
+        assert!(fresh.ensure_held().is_ok());
+        // Last written before a sleep the monotonic clock did not see: the wall clock says it is too late.
+        let late = Utc::now() - chrono::Duration::from_std(LOST_AFTER).unwrap();
+        let slept = Hold::new("backup", late);
+        match slept.ensure_held() {
+            Err(Error::LockLost(m)) => {
+                assert!(m.contains("`backup`") && m.contains("stale"), "{m}")
+            }
+            other => panic!("not lost: {other:?}"),
+        }
+        // A rewrite after that does not make it held again: a prune may already have run.
+        slept.written(Utc::now());
+        assert!(matches!(slept.ensure_held(), Err(Error::LockLost(_))));
+        let removed = Hold::new("prune", Utc::now());
+        removed.lose("its lock object was removed by another process".into());
+        assert!(matches!(removed.ensure_held(), Err(Error::LockLost(m)) if m.contains("removed")));
+    }
+
+    #[test]
+    fn a_repository_refuses_to_save_a_snapshot_or_delete_under_a_lost_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(
+            dir.path().join("repo"),
+            crate::config::Config::new_default(),
+        )
+        .unwrap();
+        let guard = acquire_on(&repo, true, "prune").unwrap();
+        assert!(repo.ensure_locks_held().is_ok());
+        guard
+            .hold
+            .lose("its lock object was removed by another process".into());
+        assert!(matches!(
+            repo.delete_object(ObjectKind::Pack, &"00".repeat(32)),
+            Err(Error::LockLost(_))
+        ));
+        drop(guard);
+        // Released, it is no longer this repository's concern.
+        assert!(repo.ensure_locks_held().is_ok());
     }
 }

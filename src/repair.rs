@@ -53,7 +53,7 @@ pub struct RepairReport {
 /// object storage) under an exclusive lock.
 pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
     let (backend, config, crypto) = crate::repo::connect_unlocked(url)?;
-    let _lock = lock::acquire(&backend, true, "repair index")?;
+    let lock = lock::acquire(&backend, true, "repair index")?;
     let live = crate::repo::index_path(backend.as_ref(), &config)?;
     let dir = live.parent().unwrap_or(Path::new(".")).to_path_buf();
     let new_path = dir.join("index.sqlite.rebuild");
@@ -107,6 +107,7 @@ pub fn repair_index(url: &RepoUrl) -> Result<RepairReport> {
         objects.finish(backend.as_ref(), &mut index, old_objects.clone())?;
         report.index_objects = objects.written;
         for old in &old_objects {
+            lock.ensure_held()?;
             backend.delete(ObjectKind::Index, &old.to_hex())?;
             index.transaction(|tx| crate::index_sync::forget_object(tx, old))?;
         }

@@ -60,6 +60,9 @@ pub struct Repository {
     access: Access,
     /// How many sealed packs may be written at once (`--connections`).
     connections: std::sync::atomic::AtomicUsize,
+    /// The locks taken on this repository that are still held ([`crate::lock::acquire_on`]), checked at
+    /// every commit point ([`Self::ensure_locks_held`]).
+    locks: Mutex<Vec<std::sync::Weak<crate::lock::Hold>>>,
 }
 
 /// Packs written at once by default: object storage gains from parallel requests; a local disk, where each
@@ -319,6 +322,7 @@ impl Repository {
             } else {
                 DEFAULT_CONNECTIONS_S3
             }),
+            locks: Mutex::new(Vec::new()),
         };
         if !local && !sync {
             // The caller's lock brings the cache up to date, or the caller only writes.
@@ -554,6 +558,9 @@ impl Repository {
     /// to `snap`): `cairn copy` stores another repository's snapshot object byte for byte, keeping its id.
     pub fn save_snapshot_encoded(&self, snap: &Snapshot, bytes: &[u8]) -> Result<Id> {
         self.require_writable()?;
+        // The blobs it names were found (or deduplicated) under the lock: if another host may have pruned
+        // meanwhile, they may be gone.
+        self.ensure_locks_held()?;
         let id = Id::of(bytes);
         let hex = id.to_hex();
         // The same bytes saved before are an object someone else owns: never removed here.
@@ -576,8 +583,34 @@ impl Repository {
     /// Removes a snapshot: the index row first, then the file, so a crash in between leaves the snapshot
     /// recoverable by `repair index` rather than a dangling row.
     pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.ensure_locks_held()?;
         self.index().remove_snapshot(&id.to_hex())?;
-        self.backend.delete(ObjectKind::Snapshot, &id.to_hex())
+        self.delete_object(ObjectKind::Snapshot, &id.to_hex())
+    }
+
+    /// Keeps `guard`'s lock checked at this repository's commit points for as long as it is held.
+    pub fn watch_lock(&self, guard: &crate::lock::LockGuard) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|w| w.strong_count() > 0);
+        locks.push(guard.watch());
+    }
+
+    /// Fails with [`Error::LockLost`] if a lock held on this repository may have been taken for stale by
+    /// another process (format-spec "Locks"): called before a snapshot is saved and before anything is
+    /// deleted, the points where acting on a lost lock would lose data.
+    pub fn ensure_locks_held(&self) -> Result<()> {
+        let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        for hold in locks.iter().filter_map(std::sync::Weak::upgrade) {
+            hold.ensure_held()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a pack, index object, WAL object or snapshot file, once [`Self::ensure_locks_held`] passes:
+    /// what prune, forget and repair delete was judged unneeded under a lock that must still be ours.
+    pub fn delete_object(&self, kind: ObjectKind, name: &str) -> Result<()> {
+        self.ensure_locks_held()?;
+        self.backend.delete(kind, name)
     }
 
     /// Reads and verifies the snapshot object `id`.

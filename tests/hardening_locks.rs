@@ -4,6 +4,9 @@
 //! not leave its children behind.
 //!
 //! Locks are written by hand into a local repository's `locks/` directory, as a crashed process leaves them.
+//! A holder that loses its lock (stopped past the stale age, or its lock removed) must save nothing: tested
+//! with every process given short lock timings (`CAIRN_TEST_LOCK_STALE_SECS`), locally and in the S3 test
+//! server.
 
 mod harness;
 
@@ -251,4 +254,177 @@ fn times_out_leaving_no_child(mut c: Command, how: &str) {
         !left_running,
         "{how}: the password command's child {pid} is still running"
     );
+}
+
+/// The lock timings every process of the lost-lock tests runs with: stale after 4 s (lost after 2 s,
+/// refreshed every 0.67 s) instead of 30 minutes.
+const SHORT_STALE_SECS: &str = "4";
+
+fn with_short_locks(mut c: Command) -> Command {
+    c.env("CAIRN_TEST_LOCK_STALE_SECS", SHORT_STALE_SECS);
+    c
+}
+
+/// A backup of `tree` plus a stream read from stdin, started with short lock timings: it holds its
+/// shared lock while it waits for the stream, which the test writes when it wants the backup to end.
+fn backup_waiting_on_stdin(repo: &Path, tree: &Path) -> std::process::Child {
+    let mut c = with_short_locks(cairn(repo));
+    c.args(["backup", "--json", "--stdin", "--stdin-name", "late.bin"])
+        .arg(tree)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+/// Waits until a thread of `pid` is blocked reading its stdin: the backup has saved its tree (trees are
+/// saved before streams) and now waits for the stream. (`/proc/PID/task/*/syscall`: the number of `read`,
+/// then its first argument, fd 0.)
+fn wait_reading_stdin(pid: u32) {
+    let read = if cfg!(target_arch = "aarch64") {
+        "63"
+    } else {
+        "0"
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let blocked = fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| fs::read_to_string(t.unwrap().path().join("syscall")).ok())
+            .any(|s| s.starts_with(&format!("{read} 0x0 ")));
+        if blocked {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup never got to reading its stream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Ends the stream of a [`backup_waiting_on_stdin`] and returns (exit code, stderr).
+fn finish_stream(mut child: std::process::Child) -> (i32, String) {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&pseudo_random(100_000, 9)).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn snapshot_count(repo: &Path) -> usize {
+    let out = ok(cairn(repo).args(["snapshots", "--json"]));
+    serde_json::from_str::<Vec<serde_json::Value>>(&out)
+        .unwrap()
+        .len()
+}
+
+fn tree_of_random_files(root: &Path) {
+    fs::create_dir_all(root).unwrap();
+    for i in 0..8 {
+        fs::write(root.join(format!("f{i}")), pseudo_random(300_000, i)).unwrap();
+    }
+}
+
+/// A backup that was stopped for longer than the stale age (as a paused VM or a sleeping laptop is) had
+/// its lock taken for stale by a prune that deleted the packs it had deduplicated against. It used to
+/// wake up, refresh its lock and save a snapshot naming the deleted data (`check` then failed, the
+/// snapshot could not be restored); it must fail as having lost its lock and save nothing.
+#[test]
+fn a_backup_whose_lock_went_stale_while_it_was_stopped_saves_no_snapshot_after_a_prune() {
+    let (dir, repo) = local_repo();
+    stopped_backup_meets_a_prune(dir.path(), &repo, |c| c);
+}
+
+/// The same in object storage, with the prune on another host (its own cache directory): there the
+/// stopped backup's cache still lists the pruned blobs after it wakes, so it would deduplicate against
+/// them whenever it reads its tree.
+#[test]
+fn in_object_storage_a_backup_stopped_past_the_stale_age_saves_no_snapshot_after_another_hosts_prune(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = s3_repo_in(dir.path());
+    ok(cairn(&repo).arg("init"));
+    let other_cache = dir.path().join("other-host-cache");
+    stopped_backup_meets_a_prune(dir.path(), &repo, |mut c| {
+        c.env("XDG_CACHE_HOME", &other_cache);
+        c
+    });
+}
+
+/// Backs up a tree, starts a second backup of it that waits on its stream, stops it past the stale age,
+/// lets `other_host` (a command adapter) forget the first snapshot and prune, then wakes the backup: it
+/// must fail with exit 11 and leave the repository clean and usable.
+fn stopped_backup_meets_a_prune(dir: &Path, repo: &Path, other_host: impl Fn(Command) -> Command) {
+    let tree = dir.join("tree");
+    tree_of_random_files(&tree);
+    let first = backup_json(repo, &[tree.to_str().unwrap()]);
+    let first_id = first["snapshot_id"].as_str().unwrap().to_string();
+
+    let child = backup_waiting_on_stdin(repo, &tree);
+    let pid = child.id();
+    wait_reading_stdin(pid);
+    // Its tree is saved, every blob deduplicated against the first snapshot's packs.
+    signal(pid, "-STOP");
+    std::thread::sleep(Duration::from_secs(6));
+    // The stopped backup's lock is stale by its age, so forget and prune go ahead and delete the first
+    // snapshot's packs.
+    ok(other_host(with_short_locks(cairn(repo))).args(["forget", &first_id]));
+    let pruned = ok(other_host(with_short_locks(cairn(repo))).args(["prune", "--json"]));
+    let pruned: serde_json::Value = serde_json::from_str(&pruned).unwrap();
+    assert!(pruned["packs_deleted"].as_u64().unwrap() > 0, "{pruned}");
+    signal(pid, "-CONT");
+
+    let (code, err) = finish_stream(child);
+    assert_eq!(
+        code, 11,
+        "the backup must fail as having lost its lock: {err}"
+    );
+    assert!(err.contains("lost its repository lock"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(snapshot_count(repo), 0, "no snapshot may name pruned data");
+    ok(cairn(repo).args(["check", "--read-data"]));
+    // Nothing was lost for good: the next backup stores the tree again and restores byte for byte.
+    ok(cairn(repo).arg("backup").arg(&tree));
+    let out = dir.join("out");
+    ok(cairn(repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&out));
+    for i in 0..8 {
+        let name = format!("f{i}");
+        let restored = fs::read(out.join("tree").join(&name)).unwrap();
+        assert_eq!(restored, pseudo_random(300_000, i), "{name}");
+    }
+}
+
+/// A holder whose lock object was removed (`cairn unlock --remove-all` on another host, or a host that took it
+/// for stale) notices at its next refresh and saves nothing: it can no longer know that no prune ran.
+#[test]
+fn a_backup_whose_lock_object_was_removed_saves_no_snapshot() {
+    let (dir, repo) = local_repo();
+    let tree = dir.path().join("tree");
+    tree_of_random_files(&tree);
+    let child = backup_waiting_on_stdin(&repo, &tree);
+    wait_reading_stdin(child.id());
+    ok(cairn(&repo).args(["unlock", "--remove-all"]));
+    assert!(lock_names(&repo).is_empty());
+    // Past the next refresh (every 0.67 s with these timings).
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, err) = finish_stream(child);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("lock object was removed"), "{err}");
+    assert_eq!(snapshot_count(&repo), 0);
+    ok(cairn(&repo).args(["check"]));
 }

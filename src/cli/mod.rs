@@ -97,7 +97,7 @@ fn exit_code(e: &cairn::Error) -> i32 {
     }
     match e {
         Error::NotARepository(_) => EXIT_NO_REPOSITORY,
-        Error::Locked(_) => EXIT_LOCKED,
+        Error::Locked(_) | Error::LockLost(_) => EXIT_LOCKED,
         Error::Interrupted => EXIT_INTERRUPTED,
         Error::Usage(_) => EXIT_USAGE,
         Error::Password(_) => EXIT_PASSWORD,

@@ -207,6 +207,9 @@ fn read_tree(repo: &Repository, id: &Id) -> Result<crate::tree::Tree> {
 
 /// Records every blob the index places in a pack that is gone (best effort, as in [`damage_found`]).
 fn record_lost_pack(repo: &Repository, pack: &Id, e: &Error) {
+    if repo.ensure_locks_held().is_err() {
+        return; // see damage_found
+    }
     let index = repo.index();
     if let Ok(entries) = index.blobs_in_pack(pack) {
         let records: Vec<DamageRecord> = entries
@@ -222,6 +225,11 @@ fn record_lost_pack(repo: &Repository, pack: &Id, e: &Error) {
 pub(crate) fn damage_found(repo: &Repository, blob: &Id, pack: Option<&Id>, e: Error) -> Error {
     if !e.is_damage() {
         return e;
+    }
+    // What is missing under a lost lock may have been moved by a prune, not damaged: recording it would
+    // make the next backup store it again and `check` report damage that is not there.
+    if let Err(lost) = repo.ensure_locks_held() {
+        return lost;
     }
     if let Some(pack) = pack {
         // Best effort: a repository that cannot be written to must still restore everything it can, and the

@@ -211,6 +211,8 @@ pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcom
         .map_err(|e| Error::Invalid(format!("encoding WAL object: {e}")))?;
     // Created only if absent: a push racing this one (the shared lock admits it) for the same name may have
     // written its object since the check above, and the first one written stays.
+    // The object names chunks deduplicated under the lock, which a prune may have deleted if it was lost.
+    repo.ensure_locks_held()?;
     let created = crate::object_io::put_new(
         repo.backend().as_ref(),
         ObjectKind::Wal,
@@ -542,7 +544,7 @@ pub fn list(repo: &Repository, instance: Option<&str>) -> Result<Vec<WalObject>>
 /// Removes a WAL object (prune's WAL retention, under the exclusive lock); its data is then garbage for the
 /// same prune.
 pub fn remove(repo: &Repository, obj: &WalObject) -> Result<()> {
-    match repo.backend().delete(ObjectKind::Wal, &obj.object_name()) {
+    match repo.delete_object(ObjectKind::Wal, &obj.object_name()) {
         Err(e) if !is_not_found(&e) => Err(e),
         _ => Ok(()),
     }
