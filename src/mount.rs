@@ -634,7 +634,11 @@ fn install_stop_signals() -> Result<()> {
 /// Mounts the snapshots of `repo` at `mountpoint` and serves them until the file system is unmounted, or
 /// SIGINT/SIGTERM arrives (then unmounts it). `ready` is called once the mount is in place.
 pub fn mount(repo: Repository, mountpoint: &Path, ready: impl FnOnce()) -> Result<()> {
-    let _lock = crate::lock::acquire_reader(repo.backend(), "mount")?;
+    let lock = crate::lock::acquire_reader(repo.backend(), "mount")?;
+    if let Some(lock) = &lock {
+        // Mounts last for hours: a lock lost meanwhile makes reads report it instead of damage.
+        repo.watch_lock(lock);
+    }
     let snapshots = repo.snapshots()?;
     let fs = SnapshotFs::new(repo, snapshots);
     let mut config = fuser::Config::default();
