@@ -428,3 +428,72 @@ fn a_backup_whose_lock_object_was_removed_saves_no_snapshot() {
     assert_eq!(snapshot_count(&repo), 0);
     ok(cairn(&repo).args(["check"]));
 }
+
+/// The mirror image: a prune stopped past the stale age, after it planned what to delete and before it
+/// deleted it, while a backup (seeing the prune's lock as stale) deduplicated against a blob of the
+/// forgotten snapshot. The prune used to wake and delete that blob's pack, leaving the new snapshot naming
+/// data that is gone; it must fail as having lost its lock and delete nothing. The prune is held between
+/// its repack and its deletions by an upload limit: the repacked pack's bytes put it in debt, so its next
+/// write (an index object) waits.
+#[test]
+fn a_prune_whose_lock_went_stale_while_it_was_stopped_deletes_nothing_a_backup_deduplicated_against(
+) {
+    let (dir, repo) = local_repo();
+    let (both, only_first, later) = (
+        dir.path().join("both"),
+        dir.path().join("only-first"),
+        dir.path().join("later"),
+    );
+    for d in [&both, &only_first, &later] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let kept = pseudo_random(300_000, 1);
+    let forgotten = pseudo_random(300_000, 2);
+    fs::write(both.join("kept"), &kept).unwrap();
+    fs::write(only_first.join("kept"), &kept).unwrap();
+    fs::write(only_first.join("forgotten"), &forgotten).unwrap();
+    let first = backup_json(&repo, &[only_first.to_str().unwrap()]);
+    backup_json(&repo, &[both.to_str().unwrap()]);
+    ok(cairn(&repo).args(["forget", first["snapshot_id"].as_str().unwrap()]));
+
+    let packs_before = packs(&repo);
+    let mut prune = with_short_locks(cairn(&repo));
+    prune
+        .args(["--limit-upload", "100", "prune", "--max-unused", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let prune = prune.spawn().unwrap();
+    let pid = prune.id();
+    // The repack's pack is written at once; the index object after it waits about 3 s for the limit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while packs(&repo).iter().all(|p| packs_before.contains(p)) {
+        assert!(Instant::now() < deadline, "the prune never repacked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(pid, "-STOP");
+    std::thread::sleep(Duration::from_secs(6));
+    // Another host backs up the forgotten file again: its blobs are still indexed in the old pack.
+    fs::write(later.join("forgotten"), &forgotten).unwrap();
+    let second = ok(with_short_locks(cairn(&repo))
+        .args(["backup", "--json"])
+        .arg(&later));
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert!(
+        second["bytes_added"].as_u64().unwrap() < 10_000,
+        "the backup must have deduplicated against the old pack: {second}"
+    );
+    signal(pid, "-CONT");
+    let out = prune.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{err}");
+    assert!(err.contains("lost its repository lock"), "{err}");
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    // The next prune runs on what is there now, and both kept snapshots still restore byte for byte.
+    ok(cairn(&repo).args(["prune", "--max-unused", "0"]));
+    ok(cairn(&repo).args(["check", "--read-data"]));
+    let target = dir.path().join("restored");
+    ok(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&target));
+    assert_eq!(fs::read(target.join("later/forgotten")).unwrap(), forgotten);
+}
