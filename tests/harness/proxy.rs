@@ -248,10 +248,17 @@ impl<F> Drop for Tracked<'_, F> {
 }
 
 impl<F: Faults> Shared<F> {
+    /// Tracks `s` while the result lives; an error if the proxy was killed meanwhile (`s` is shut down then:
+    /// [`Proxy::kill`] sets `stop` before it shuts down what it finds, so a connection is found or sees it).
     fn track(&self, s: &TcpStream) -> std::io::Result<Tracked<'_, F>> {
         let id = self.next_conn.fetch_add(1, Ordering::SeqCst);
         self.conns.lock().unwrap().insert(id, s.try_clone()?);
-        Ok(Tracked { shared: self, id })
+        let tracked = Tracked { shared: self, id };
+        if self.stop.load(Ordering::SeqCst) {
+            let _ = s.shutdown(Shutdown::Both);
+            return Err(std::io::Error::other("the proxy was killed"));
+        }
+        Ok(tracked)
     }
 
     /// Waits while the faults hold `start` and the proxy runs.
