@@ -16,6 +16,7 @@ use cairn::pack::{encode_blob, BlobKind, PackBuilder};
 use cairn::snapshot::{Snapshot, Summary, SNAPSHOT_VERSION};
 use cairn::tree::{Meta, Node, NodeKind, Tree};
 use cairn::Id;
+use harness::proxy::{OnResponse, Proxy, Request, Response};
 use harness::*;
 
 /// Runs `cmd` under `/usr/bin/time`; returns (exit code, stdout, stderr, peak RSS in MiB).
@@ -469,179 +470,15 @@ fn a_pack_of_many_gib_is_read_in_pieces_by_check_and_prune() {
 // Hostile S3 servers
 // ---------------------------------------------------------------------------------------------------------
 
-/// One HTTP request as the proxy saw it.
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP response: status, headers (without framing ones) and body.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
+/// What a hostile proxy does to each answer of the server.
 type Mutate = dyn Fn(&Request, Response) -> Response + Send + Sync;
 
-/// A real HTTP server on loopback that forwards every request to the S3 test server and hands the answer
-/// to `mutate` before sending it back: a broken or hostile endpoint in front of a real repository. Returns
-/// its endpoint URL. One request per connection (`Connection: close`), which every HTTP client handles.
+/// A proxy (tests/harness/proxy.rs) that forwards every request to the S3 test server and hands the answer
+/// to `mutate` before sending it back: a broken or hostile endpoint in front of a real repository.
 fn hostile_proxy(
     mutate: impl Fn(&Request, Response) -> Response + Send + Sync + 'static,
-) -> String {
-    use std::net::TcpListener;
-    use std::sync::Arc;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let upstream = s3_endpoint().trim_start_matches("http://").to_string();
-    let mutate: Arc<Mutate> = Arc::new(mutate);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let (mutate, upstream) = (mutate.clone(), upstream.clone());
-            std::thread::spawn(move || {
-                let _ = proxy_one(conn, &upstream, &*mutate);
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-/// A request or status line and its headers.
-type Head = (String, Vec<(String, String)>);
-
-fn read_head(r: &mut impl std::io::BufRead) -> std::io::Result<Option<Head>> {
-    let mut first = String::new();
-    if r.read_line(&mut first)? == 0 {
-        return Ok(None);
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    Ok(Some((first.trim_end().to_string(), headers)))
-}
-
-fn read_body(
-    r: &mut impl std::io::BufRead,
-    headers: &[(String, String)],
-    to_eof: bool,
-) -> std::io::Result<Vec<u8>> {
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
-    let mut body = Vec::new();
-    if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
-                .unwrap_or(0);
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    } else if let Some(n) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else if to_eof {
-        r.read_to_end(&mut body)?;
-    }
-    Ok(body)
-}
-
-fn proxy_one(conn: std::net::TcpStream, upstream: &str, mutate: &Mutate) -> std::io::Result<()> {
-    use std::io::{BufReader, Write};
-    let mut client = BufReader::new(conn.try_clone()?);
-    let Some((line, headers)) = read_head(&mut client)? else {
-        return Ok(());
-    };
-    let body = read_body(&mut client, &headers, false)?;
-    let mut parts = line.split(' ');
-    let req = Request {
-        method: parts.next().unwrap_or("").to_string(),
-        target: parts.next().unwrap_or("").to_string(),
-        headers,
-    };
-    let mut up = std::net::TcpStream::connect(upstream)?;
-    let mut head = format!("{line}\r\n");
-    for (k, v) in &req.headers {
-        if !k.eq_ignore_ascii_case("connection") {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-    }
-    head.push_str("Connection: close\r\n\r\n");
-    up.write_all(head.as_bytes())?;
-    up.write_all(&body)?;
-    let mut upr = BufReader::new(up);
-    let (status_line, rheaders) = read_head(&mut upr)?.unwrap_or_default();
-    let rbody = if req.method == "HEAD" {
-        Vec::new()
-    } else {
-        read_body(&mut upr, &rheaders, true)?
-    };
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(502);
-    let content_length = rheaders
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.clone());
-    let framing = ["content-length", "transfer-encoding", "connection"];
-    let resp = Response {
-        status,
-        headers: rheaders
-            .into_iter()
-            .filter(|(k, _)| !framing.iter().any(|f| k.eq_ignore_ascii_case(f)))
-            .collect(),
-        body: rbody,
-    };
-    let resp = mutate(&req, resp);
-    let mut out = conn;
-    let mut head = format!("HTTP/1.1 {} X\r\n", resp.status);
-    for (k, v) in &resp.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    // A HEAD answer keeps the object's length; every other the body's.
-    let len = match (req.method.as_str(), content_length) {
-        ("HEAD", Some(n)) => n,
-        _ => resp.body.len().to_string(),
-    };
-    head.push_str(&format!(
-        "Content-Length: {len}\r\nConnection: close\r\n\r\n"
-    ));
-    out.write_all(head.as_bytes())?;
-    if req.method != "HEAD" {
-        out.write_all(&resp.body)?;
-    }
-    out.flush()
+) -> Proxy<OnResponse<Box<Mutate>>> {
+    Proxy::http(OnResponse(Box::new(mutate)))
 }
 
 /// A plaintext repository on the S3 test server with one snapshot of `src/f`; returns (temp dir, URL).
@@ -746,12 +583,12 @@ fn an_s3_listing_that_never_ends_is_an_error_not_a_loop() {
     let (_dir, repo) = s3_repo_with_a_snapshot();
     // The same page and continuation token forever (of the packs, which hold keys).
     let same = hostile_proxy(replaying(|_| "again".to_string()));
-    let (code, _, err) = through(&repo, &same, &["check"], 60);
+    let (code, _, err) = through(&repo, &same.endpoint(), &["check"], 60);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("listing is broken"), "{err}");
     // A new token on every page, every page repeating the keys.
     let fresh = hostile_proxy(replaying(|n| format!("t{n}")));
-    let (code, _, err) = through(&repo, &fresh, &["check"], 60);
+    let (code, _, err) = through(&repo, &fresh.endpoint(), &["check"], 60);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("comes again or out of order"), "{err}");
     // Empty pages with a new token forever.
@@ -766,7 +603,7 @@ fn an_s3_listing_that_never_ends_is_an_error_not_a_loop() {
         }
         resp
     });
-    let (code, _, err) = through(&repo, &empty, &["check"], 120);
+    let (code, _, err) = through(&repo, &empty.endpoint(), &["check"], 120);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("listing is broken"), "{err}");
     // The repository is fine through an honest endpoint.
@@ -805,10 +642,10 @@ fn a_ranged_read_answered_with_the_wrong_length_is_a_read_error_not_damage() {
         }
         resp
     });
-    for endpoint in [&short, &long, &whole] {
+    for proxy in [&short, &long, &whole] {
         let target = dir.path().join(format!("target-{}", unique()));
         let args = ["restore", "latest", "--target", target.to_str().unwrap()];
-        let (code, _, err) = through_with(&repo, endpoint, &cache, &args, 120);
+        let (code, _, err) = through_with(&repo, &proxy.endpoint(), &cache, &args, 120);
         assert_ne!(code, 0, "restore through a broken server succeeded: {err}");
         assert!(
             !err.contains("damaged"),

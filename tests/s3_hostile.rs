@@ -1,6 +1,7 @@
 //! A misbehaving object store, through the real binary against the real S3-protocol test server (moto, see
-//! tests/harness/store.rs) behind an HTTP-aware proxy of this file's own that alters, cuts, refuses or
-//! holds chosen responses, the way a flaky network, a middlebox or a buggy S3-compatible server does.
+//! tests/harness/store.rs) behind the test proxy in its HTTP mode (tests/harness/proxy.rs), armed here with
+//! rules that alter, cut, refuse or slow chosen requests and responses, the way a flaky network, a middlebox
+//! or a buggy S3-compatible server does.
 //!
 //! What cairn must do about each: retry and succeed when the fault is transient, or fail with one clear
 //! line; never store or restore wrong bytes, never take one bad transfer for damage (which `repair` and
@@ -9,14 +10,12 @@
 mod harness;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use harness::proxy::{Before, Faults, Proxy, Request, Response};
 use harness::*;
 
 /// What the proxy does to a request a [`Rule`] picks.
@@ -69,18 +68,15 @@ impl Rule {
     }
 }
 
+/// The armed rules and the count of faults applied: the proxy's [`Faults`].
 #[derive(Default)]
-struct State {
-    stop: AtomicBool,
+struct Rules {
     rules: Mutex<Vec<Rule>>,
     /// Faults applied so far.
     fired: AtomicUsize,
-    /// Requests forwarded or answered, as `METHOD target`.
-    seen: Mutex<Vec<String>>,
-    conns: Mutex<Vec<TcpStream>>,
 }
 
-impl State {
+impl Rules {
     /// The fault for this request, if a rule picks it; `body` is the response's body length (`None`
     /// before the response is known: only faults that do not depend on it are decided then).
     fn pick(&self, method: &str, target: &str, body: Option<usize>) -> Option<Fault> {
@@ -105,185 +101,53 @@ impl State {
         }
         None
     }
-}
-
-/// The proxy (see the module docs): one request per connection, each forwarded on a connection of its own.
-struct Hostile {
-    port: u16,
-    state: Arc<State>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Hostile {
-    fn start() -> Hostile {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let state: Arc<State> = Arc::default();
-        let st = state.clone();
-        let upstream = s3_endpoint().trim_start_matches("http://").to_string();
-        let accept = std::thread::spawn(move || {
-            while !st.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        st.conns.lock().unwrap().push(client.try_clone().unwrap());
-                        let (st, upstream) = (st.clone(), upstream.clone());
-                        std::thread::spawn(move || {
-                            let _ = serve(client, &upstream, &st);
-                        });
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => break,
-                }
-            }
-        });
-        Hostile {
-            port,
-            state,
-            accept: Some(accept),
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
 
     /// Arms `rule` (after those armed before); resets the count of faults applied.
     fn arm(&self, rule: Rule) {
-        self.state.fired.store(0, Ordering::SeqCst);
-        self.state.rules.lock().unwrap().push(rule);
+        self.fired.store(0, Ordering::SeqCst);
+        self.rules.lock().unwrap().push(rule);
     }
 
     /// Faults applied since the last [`arm`](Self::arm); disarms every rule.
     fn fired(&self) -> usize {
-        self.state.rules.lock().unwrap().clear();
-        self.state.fired.load(Ordering::SeqCst)
+        self.rules.lock().unwrap().clear();
+        self.fired.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
+impl Faults for Rules {
+    fn request(&self, req: &mut Request) -> Before {
+        match self.pick(&req.method, &req.target, None) {
+            Some(Fault::SlowDown) => Before::Answer(Response::new(
+                503,
+                &[("Content-Type", "application/xml")],
+                b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
+            )),
+            Some(Fault::IgnoreRange) => {
+                req.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("range"));
+                Before::Forward
+            }
+            Some(Fault::Slow(rate)) => Before::Pace(rate),
+            _ => Before::Forward,
         }
-        for c in self.state.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+    }
+
+    fn response(&self, req: &Request, mut resp: Response) -> Response {
+        if req.method != "GET" || resp.body.is_empty() {
+            return resp;
         }
+        let mid = resp.body.len() / 2;
+        match self.pick(&req.method, &req.target, Some(resp.body.len())) {
+            Some(Fault::Flip) => resp.body[mid] ^= 0x10,
+            Some(Fault::Cut) => resp.cut_at = Some(mid),
+            _ => {}
+        }
+        resp
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The head's lines but those whose header name is one of `drop` (lower case), then `Connection: close`.
-fn rewrite_head(head: &str, drop: &[&str]) -> String {
-    let mut out = String::new();
-    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if out.is_empty() || !drop.contains(&name.as_str()) {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    out
-}
-
-/// Handles one request of `client`: forwards it to `upstream` (or not) and answers, as the rules say.
-fn serve(mut client: TcpStream, upstream: &str, st: &State) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut piece = [0u8; 64 * 1024];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = client.read(&mut piece)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&piece[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut words = head.split_whitespace();
-    let (method, target) = (
-        words.next().unwrap_or("").to_string(),
-        words.next().unwrap_or("").to_string(),
-    );
-    st.seen.lock().unwrap().push(format!("{method} {target}"));
-    let early = st.pick(&method, &target, None);
-    let content_length: usize = head
-        .split("\r\n")
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let started = std::time::Instant::now();
-    while buf.len() < head_end + content_length {
-        let n = client.read(&mut piece[..16 << 10])?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&piece[..n]);
-        if let Some(Fault::Slow(rate)) = early {
-            let due = Duration::from_secs_f64((buf.len() - head_end) as f64 / rate as f64);
-            std::thread::sleep(due.saturating_sub(started.elapsed()));
-        }
-    }
-    if early == Some(Fault::SlowDown) {
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-        write!(
-            client,
-            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )?;
-        return client.shutdown(Shutdown::Both);
-    }
-    let dropped: &[&str] = if early == Some(Fault::IgnoreRange) {
-        &["connection", "range"]
-    } else {
-        &["connection"]
-    };
-    let mut server = TcpStream::connect(upstream)?;
-    server.write_all(rewrite_head(&head, dropped).as_bytes())?;
-    server.write_all(&buf[head_end..head_end + content_length])?;
-    let mut resp = Vec::new();
-    server.read_to_end(&mut resp)?;
-    let Some(i) = find(&resp, b"\r\n\r\n") else {
-        client.write_all(&resp)?;
-        return client.shutdown(Shutdown::Both);
-    };
-    let resp_head = rewrite_head(&String::from_utf8_lossy(&resp[..i + 4]), &["connection"]);
-    let mut body = resp[i + 4..].to_vec();
-    let late = if method == "GET" && !body.is_empty() {
-        st.pick(&method, &target, Some(body.len()))
-    } else {
-        None
-    };
-    client.write_all(resp_head.as_bytes())?;
-    match late {
-        Some(Fault::Flip) => {
-            let mid = body.len() / 2;
-            body[mid] ^= 0x10;
-            client.write_all(&body)?;
-        }
-        Some(Fault::Cut) => client.write_all(&body[..body.len() / 2])?,
-        _ => client.write_all(&body)?,
-    }
-    client.shutdown(Shutdown::Both)
-}
+/// The proxy of these tests (see the module docs).
+type Hostile = Proxy<Rules>;
 
 /// A `cairn` command on `repo` whose index cache is `cache` (a host of its own), through `proxy`.
 fn via(repo: &Path, cache: &Path, proxy: &Hostile) -> std::process::Command {
@@ -327,7 +191,7 @@ fn snapshot_ids(repo: &Path) -> Vec<String> {
 fn a_byte_altered_in_one_transfer_is_read_again_and_never_taken_for_damage() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, src, id) = backed_up(dir.path());
-    let proxy = Hostile::start();
+    let proxy = Proxy::http(Rules::default());
     let mut host = 0;
     let mut fresh = || {
         host += 1;
@@ -382,7 +246,7 @@ fn a_byte_altered_in_one_transfer_is_read_again_and_never_taken_for_damage() {
 fn cut_responses_and_slow_down_answers_are_retried_and_the_data_comes_back_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, src, id) = backed_up(dir.path());
-    let proxy = Hostile::start();
+    let proxy = Proxy::http(Rules::default());
     proxy.arm(Rule::new("GET", "/packs/", Fault::SlowDown).times(3));
     proxy.arm(
         Rule::new("GET", "/packs/", Fault::Cut)
@@ -418,7 +282,7 @@ fn cut_responses_and_slow_down_answers_are_retried_and_the_data_comes_back_exact
 fn a_server_that_ignores_range_is_a_clear_error_never_wrong_bytes_or_damage() {
     let dir = tempfile::tempdir().unwrap();
     let (repo, src, id) = backed_up(dir.path());
-    let proxy = Hostile::start();
+    let proxy = Proxy::http(Rules::default());
     proxy.arm(Rule::new("GET", "/packs/", Fault::IgnoreRange).times(usize::MAX));
     let t = dir.path().join("restored");
     let err = fails(
@@ -469,7 +333,7 @@ fn a_backup_over_a_slow_uplink_completes() {
     let src = dir.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f.bin"), pseudo_random(2_000_000, 9)).unwrap();
-    let proxy = Hostile::start();
+    let proxy = Proxy::http(Rules::default());
     proxy.arm(Rule::new("PUT", "/packs/", Fault::Slow(50_000)));
     let started = std::time::Instant::now();
     let (code, out, err) = run(via(&repo, &dir.path().join("host1"), &proxy)

@@ -2,24 +2,23 @@
 //! S3-protocol test server on loopback (moto; see tests/harness/store.rs). A "host" is a `cairn` process with
 //! an index cache directory (`XDG_CACHE_HOME`) of its own, as on another machine.
 //!
-//! Some tests put a small TCP proxy of their own between one host and the server: killing and restarting the
-//! proxy is the server vanishing and coming back from that host's point of view (moto keeps its buckets in
-//! memory, so killing moto itself would lose the repository), and holding a host's lock upload at the proxy
-//! stops that host between opening its cache and taking its lock, a window another host's prune can fall in.
+//! Some tests put the test proxy (tests/harness/proxy.rs), in its TCP mode, between one host and the server:
+//! killing and restarting the proxy is the server vanishing and coming back from that host's point of view
+//! (moto keeps its buckets in memory, so killing moto itself would lose the repository), and holding a host's
+//! lock upload at the proxy stops that host between opening its cache and taking its lock, a window another
+//! host's prune can fall in.
 
 mod harness;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use harness::proxy::{Faults, Proxy};
 use harness::*;
 
 /// A `cairn` command of the host whose index cache is `cache`.
@@ -30,7 +29,7 @@ fn host(repo: &Path, cache: &Path) -> Command {
 }
 
 /// The same host, talking to the server through `proxy`.
-fn host_via(repo: &Path, cache: &Path, proxy: &Proxy) -> Command {
+fn host_via(repo: &Path, cache: &Path, proxy: &HostsProxy) -> Command {
     let mut c = host(repo, cache);
     c.env("AWS_ENDPOINT_URL", proxy.endpoint());
     c
@@ -44,142 +43,30 @@ fn snapshot_ids(cmd: &mut Command) -> Vec<String> {
         .collect()
 }
 
-/// What the proxy's threads share.
+/// The faults of this file's proxy: while set, a request uploading a lock object (`PUT .../locks/...`) is
+/// held before it is forwarded.
 #[derive(Default)]
-struct ProxyState {
-    stop: AtomicBool,
-    /// While set, a request uploading a lock object (`PUT .../locks/...`) is held before it is forwarded.
-    hold_lock_puts: AtomicBool,
-    /// How many such requests are being held now.
-    held: AtomicUsize,
-    conns: Mutex<Vec<TcpStream>>,
+struct HoldLockPuts(AtomicBool);
+
+impl Faults for HoldLockPuts {
+    fn hold(&self, start: &[u8]) -> bool {
+        self.0.load(Ordering::SeqCst)
+            && start.starts_with(b"PUT ")
+            && start
+                .split(|b| *b == b'\n')
+                .next()
+                .is_some_and(|line| line.windows(7).any(|w| w == b"/locks/"))
+    }
+}
+
+impl HoldLockPuts {
+    fn hold_lock_puts(&self, on: bool) {
+        self.0.store(on, Ordering::SeqCst);
+    }
 }
 
 /// A TCP proxy on loopback in front of the test server (see the module docs).
-struct Proxy {
-    port: u16,
-    state: Arc<ProxyState>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut p = Proxy {
-            port,
-            state: Arc::default(),
-            accept: None,
-        };
-        p.serve(listener);
-        p
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        listener.set_nonblocking(true).unwrap();
-        let state = self.state.clone();
-        let upstream = s3_endpoint().trim_start_matches("http://").to_string();
-        self.accept = Some(std::thread::spawn(move || {
-            while !state.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let Ok(server) = TcpStream::connect(&upstream) else {
-                            continue;
-                        };
-                        {
-                            let mut conns = state.conns.lock().unwrap();
-                            conns.push(client.try_clone().unwrap());
-                            conns.push(server.try_clone().unwrap());
-                        }
-                        let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                        let st = state.clone();
-                        std::thread::spawn(move || pump(client, server, Some(st)));
-                        std::thread::spawn(move || pump(s2, c2, None));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => break,
-                }
-            }
-        }));
-    }
-
-    /// The server vanishes: no more connections are accepted and every open one is cut.
-    fn kill(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.accept.take() {
-            t.join().unwrap();
-        }
-        for c in self.state.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// The server is back, on the same address.
-    fn restart(&mut self) {
-        self.state.stop.store(false, Ordering::SeqCst);
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).unwrap();
-        self.serve(listener);
-    }
-
-    fn hold_lock_puts(&self, on: bool) {
-        self.state.hold_lock_puts.store(on, Ordering::SeqCst);
-    }
-
-    /// Waits until a lock upload is being held.
-    fn wait_held(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.state.held.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < deadline, "no lock upload came");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.hold_lock_puts(false);
-        self.kill();
-    }
-}
-
-/// Copies `from` to `to` until either side closes; requests (client to server, `state` given) that upload a
-/// lock object are held while the proxy says so.
-fn pump(mut from: TcpStream, mut to: TcpStream, state: Option<Arc<ProxyState>>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Some(st) = &state {
-            let chunk = &buf[..n];
-            let is_lock_put = chunk.starts_with(b"PUT ")
-                && chunk
-                    .split(|b| *b == b'\n')
-                    .next()
-                    .is_some_and(|line| line.windows(7).any(|w| w == b"/locks/"));
-            if is_lock_put && st.hold_lock_puts.load(Ordering::SeqCst) {
-                st.held.fetch_add(1, Ordering::SeqCst);
-                while st.hold_lock_puts.load(Ordering::SeqCst) && !st.stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                st.held.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
-}
+type HostsProxy = Proxy<HoldLockPuts>;
 
 /// A source's files, `(name, bytes)`.
 type Files = Vec<(String, Vec<u8>)>;
@@ -305,7 +192,7 @@ fn a_backup_whose_cache_was_read_before_another_hosts_prune_stores_again_what_th
     let dir = tempfile::tempdir().unwrap();
     let repo = s3_repo_in(dir.path());
     let (cache1, cache2) = (dir.path().join("host1"), dir.path().join("host2"));
-    let proxy = Proxy::start();
+    let proxy = Proxy::tcp(HoldLockPuts::default());
     ok(host(&repo, &cache2).arg("init"));
     let src = dir.path().join("src");
     let files = round_files(1, 0);
@@ -386,7 +273,7 @@ fn a_restore_whose_cache_was_read_before_another_hosts_prune_reads_the_moved_blo
     let repo = s3_repo_in(dir.path());
     let (cache1, cache2) = (dir.path().join("host1"), dir.path().join("host2"));
     let (kept_id, kept) = repo_with_a_pack_to_repack(&repo, dir.path(), &cache1);
-    let proxy = Proxy::start();
+    let proxy = Proxy::tcp(HoldLockPuts::default());
     let t = dir.path().join("t");
     proxy.hold_lock_puts(true);
     let restore = host_via(&repo, &cache2, &proxy)
@@ -485,7 +372,7 @@ fn the_s3_server_killed_mid_backup_is_a_clear_error_and_the_next_backup_succeeds
     let dir = tempfile::tempdir().unwrap();
     let repo = s3_repo_in(dir.path());
     let cache = dir.path().join("host1");
-    let mut proxy = Proxy::start();
+    let mut proxy = Proxy::tcp(HoldLockPuts::default());
     ok(host(&repo, &cache).arg("init"));
     // Incompressible data worth many 16 MiB packs, so that the server goes with most of it still to send.
     let src = dir.path().join("data");
