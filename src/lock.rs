@@ -187,6 +187,7 @@ pub struct LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.hold.state().released = true;
         let _ = self.backend.delete(ObjectKind::Lock, &self.name);
     }
 }
@@ -215,6 +216,8 @@ struct HoldState {
     written: Instant,
     written_at: DateTime<Utc>,
     lost: Option<String>,
+    /// The guard was dropped: nothing is done under this lock any more.
+    released: bool,
 }
 
 impl Hold {
@@ -225,6 +228,7 @@ impl Hold {
                 written: Instant::now(),
                 written_at,
                 lost: None,
+                released: false,
             }),
         }
     }
@@ -273,7 +277,7 @@ impl Hold {
 
     pub(crate) fn ensure_held(&self) -> Result<()> {
         let mut st = self.state();
-        if Self::overdue(&mut st) {
+        if !st.released && Self::overdue(&mut st) {
             let why = st.lost.clone().unwrap_or_default();
             return Err(Error::LockLost(format!(
                 "`{}` lost its repository lock: {why}",
@@ -335,7 +339,7 @@ fn take(
         name,
         info,
         guard.stop.clone(),
-        guard.hold.clone(),
+        Arc::downgrade(&guard.hold),
     );
     Ok(guard)
 }
@@ -405,13 +409,15 @@ fn spawn_refresher(
     name: String,
     mut info: LockInfo,
     stop: Arc<AtomicBool>,
-    hold: Arc<Hold>,
+    hold: Weak<Hold>,
 ) {
     std::thread::spawn(move || {
         let t = timing();
         let mut last = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(t.tick);
+            // The guard is the only owner of its hold: once it is dropped, the lock is no one's concern.
+            let Some(hold) = hold.upgrade() else { break };
             if stop.load(Ordering::Relaxed) || hold.is_lost() {
                 break;
             }
@@ -436,14 +442,20 @@ fn spawn_refresher(
     });
 }
 
-/// Every lock object with its contents; unreadable or undecodable ones are reported as stale placeholders so
-/// that `unlock` can clear them.
+/// Every lock object with its contents. One that does not decode (or is too large to be a lock) is reported
+/// as a stale placeholder, so that `unlock` can clear it; one deleted since the listing is left out. Any other
+/// failure to read one (an outage, a timeout, a permission) is an error: a live lock that could not be read
+/// must never be taken for stale, or prune would delete under a running backup.
 pub fn read_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
     let mut out = Vec::new();
     for (name, _) in backend.list(ObjectKind::Lock)? {
-        let info = backend
-            .get(ObjectKind::Lock, &name)
-            .ok()
+        let bytes = match backend.get(ObjectKind::Lock, &name) {
+            Ok(b) => Some(b),
+            Err(e) if crate::backend::is_not_found(&e) => continue,
+            Err(e) if e.is_damage() => None,
+            Err(e) => return Err(e.with_context(format!("reading the lock {name}"))),
+        };
+        let info = bytes
             .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
             .unwrap_or(LockInfo {
                 pid: 0,
@@ -683,5 +695,29 @@ mod tests {
         drop(guard);
         // Released, it is no longer this repository's concern.
         assert!(repo.ensure_locks_held().is_ok());
+    }
+
+    #[test]
+    fn a_lock_that_cannot_be_read_for_now_is_never_taken_for_stale() {
+        use crate::backend::fault::{Fault, FaultyBackend};
+        let dir = tempfile::tempdir().unwrap();
+        let inner = local(&dir);
+        let _backup = acquire(&inner, false, "backup").unwrap();
+        let faulty = FaultyBackend::new(inner.clone());
+        let b: SharedBackend = Arc::new(faulty.clone());
+        // The backup's lock times out when read: prune must fail, not go ahead as if it were stale.
+        faulty.fail_read(1, Fault::Fail(std::io::ErrorKind::TimedOut));
+        match acquire(&b, true, "prune") {
+            Err(e) => assert!(e.to_string().contains("reading the lock"), "{e}"),
+            Ok(_) => panic!("prune locked the repository while a backup held it"),
+        }
+        // Nor may unlock remove it.
+        faulty.fail_read(1, Fault::Fail(std::io::ErrorKind::TimedOut));
+        assert!(unlock(b.as_ref(), false).is_err());
+        assert_eq!(read_locks(inner.as_ref()).unwrap().len(), 1);
+        // Garbage is still stale (and removable), and a lock deleted since the listing is left out.
+        std::fs::write(dir.path().join("locks").join("garbage"), b"{not json").unwrap();
+        let locks = read_locks(inner.as_ref()).unwrap();
+        assert!(locks.iter().any(|(n, i)| n == "garbage" && i.is_stale(Utc::now())));
     }
 }
