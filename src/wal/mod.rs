@@ -209,10 +209,10 @@ pub fn push(repo: &Repository, instance: &str, path: &Path) -> Result<PushOutcom
     })?;
     let json = serde_json::to_vec_pretty(&obj)
         .map_err(|e| Error::Invalid(format!("encoding WAL object: {e}")))?;
-    // Created only if absent: a push racing this one (the shared lock admits it) for the same name may have
-    // written its object since the check above, and the first one written stays.
     // The object names chunks deduplicated under the lock, which a prune may have deleted if it was lost.
     repo.ensure_locks_held()?;
+    // Created only if absent: a push racing this one (the shared lock admits it) for the same name may have
+    // written its object since the check above, and the first one written stays.
     let created = crate::object_io::put_new(
         repo.backend().as_ref(),
         ObjectKind::Wal,
