@@ -41,7 +41,7 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Invalid(_) | Error::Usage(_) => StatusCode::BAD_REQUEST,
-            Error::Locked(_) => StatusCode::CONFLICT,
+            Error::Locked(_) | Error::LockLost(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
