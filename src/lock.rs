@@ -721,6 +721,8 @@ mod tests {
         // Garbage is still stale (and removable).
         std::fs::write(dir.path().join("locks").join("garbage"), b"{not json").unwrap();
         let locks = read_locks(inner.as_ref()).unwrap();
-        assert!(locks.iter().any(|(n, i)| n == "garbage" && i.is_stale(Utc::now())));
+        assert!(locks
+            .iter()
+            .any(|(n, i)| n == "garbage" && i.is_stale(Utc::now())));
     }
 }
