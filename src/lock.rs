@@ -443,32 +443,41 @@ fn spawn_refresher(
 }
 
 /// Every lock object with its contents. One that does not decode (or is too large to be a lock) is reported
-/// as a stale placeholder, so that `unlock` can clear it; one deleted since the listing is left out. Any other
-/// failure to read one (an outage, a timeout, a permission) is an error: a live lock that could not be read
-/// must never be taken for stale, or prune would delete under a running backup.
+/// as a stale placeholder, so that `unlock` can clear it; one deleted since the listing is left out; one this
+/// user may not read (another user's, in a repository several users share: PostgreSQL's `wal-fetch` beside
+/// root's restore) as a live shared lock of unknown holder, which keeps out exclusive acquisitions only. Any
+/// other failure to read one (an outage, a timeout) is an error: a live lock that could not be read must
+/// never be taken for stale, or prune would delete under a running backup.
 pub fn read_locks(backend: &dyn Backend) -> Result<Vec<(String, LockInfo)>> {
     let mut out = Vec::new();
     for (name, _) in backend.list(ObjectKind::Lock)? {
-        let bytes = match backend.get(ObjectKind::Lock, &name) {
-            Ok(b) => Some(b),
+        let info = match backend.get(ObjectKind::Lock, &name) {
+            Ok(b) => serde_json::from_slice::<LockInfo>(&b).unwrap_or_else(|_| placeholder()),
             Err(e) if crate::backend::is_not_found(&e) => continue,
-            Err(e) if e.is_damage() => None,
+            Err(e) if e.is_damage() => placeholder(),
+            Err(e) if crate::repo::is_permission_denied(&e) => LockInfo {
+                time: Utc::now(),
+                command: "unknown: its lock file is not readable by this user".into(),
+                ..placeholder()
+            },
             Err(e) => return Err(e.with_context(format!("reading the lock {name}"))),
         };
-        let info = bytes
-            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
-            .unwrap_or(LockInfo {
-                pid: 0,
-                host: "?".into(),
-                time: DateTime::<Utc>::MIN_UTC,
-                exclusive: false,
-                command: "unreadable lock file".into(),
-                pid_space: None,
-                instance: None,
-            });
         out.push((name, info));
     }
     Ok(out)
+}
+
+/// What stands for a lock object that does not decode: stale (dated at the beginning of time).
+fn placeholder() -> LockInfo {
+    LockInfo {
+        pid: 0,
+        host: "?".into(),
+        time: DateTime::<Utc>::MIN_UTC,
+        exclusive: false,
+        command: "unreadable lock file".into(),
+        pid_space: None,
+        instance: None,
+    }
 }
 
 /// Removes stale locks (or every lock with `all`); returns the descriptions of those removed.
@@ -715,6 +724,20 @@ mod tests {
         faulty.fail_read(1, Fault::Fail(std::io::ErrorKind::TimedOut));
         assert!(unlock(b.as_ref(), false).is_err());
         assert_eq!(read_locks(inner.as_ref()).unwrap().len(), 1);
+        // Another user's lock, which this one may not read: it keeps prune out, not readers.
+        // (Both reads of each acquisition fail: its own lock's and the backup's, in either order.)
+        let denied = || {
+            for nth in [1, 2] {
+                faulty.fail_read(nth, Fault::Fail(std::io::ErrorKind::PermissionDenied));
+            }
+        };
+        denied();
+        assert!(
+            matches!(acquire(&b, true, "prune"), Err(Error::Locked(m)) if m.contains("not readable"))
+        );
+        denied();
+        assert!(acquire(&b, false, "wal-fetch").is_ok());
+        faulty.heal();
         // A lock deleted between the listing and its read is gone, not an error.
         faulty.fail_read(1, Fault::Fail(std::io::ErrorKind::NotFound));
         assert!(read_locks(b.as_ref()).unwrap().is_empty());

@@ -200,7 +200,7 @@ fn writable_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn is_permission_denied(e: &Error) -> bool {
+pub(crate) fn is_permission_denied(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
