@@ -536,7 +536,7 @@ fn data_runs(data: &[u8]) -> Vec<(usize, usize)> {
 ///
 /// Why: starting a file's write-out submits its pages as a request of their own and notifies the device, a
 /// fixed cost per file that a small file does not repay. For a restore of 100,000 files of 100 B - 4 KiB it
-/// was a fifth of the restore's CPU time (one `sync_file_range` of ~7 µs of kernel time per file); the
+/// was a tenth to a fifth of the restore's CPU time (one `sync_file_range` of ~7 µs per file); the
 /// kernel's flusher writes the same pages as a few merged requests (BENCHMARKS.md, "Restore of many small
 /// files"). A file of this size or more is at least one chunk's minimum (see
 /// [`crate::config::ChunkerParams::FILES`]), and its write-out costs little next to writing its pages.
