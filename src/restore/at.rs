@@ -54,6 +54,9 @@ pub(crate) struct TargetDir {
     walk: Mutex<Walk>,
     /// Directories opened on the way to the ones asked for (for tests: the walk must stay linear).
     opens: AtomicU64,
+    /// Write-outs started of files restored here (for tests: small files get none, see
+    /// [`crate::restore::files::EARLY_WRITEBACK_MIN`]).
+    writebacks: AtomicU64,
 }
 
 /// Directory descriptors a walk holds at most (besides the target's own and those its callers keep).
@@ -183,6 +186,7 @@ impl TargetDir {
             path: path.to_path_buf(),
             walk: Mutex::new(Walk::default()),
             opens: AtomicU64::new(0),
+            writebacks: AtomicU64::new(0),
         })
     }
 
@@ -239,6 +243,17 @@ impl TargetDir {
     #[cfg(test)]
     pub fn opens(&self) -> u64 {
         self.opens.load(Ordering::Relaxed)
+    }
+
+    /// Counts a write-out started of a file restored here.
+    pub(crate) fn count_writeback(&self) {
+        self.writebacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Write-outs started so far of files restored here.
+    #[cfg(test)]
+    pub fn writebacks(&self) -> u64 {
+        self.writebacks.load(Ordering::Relaxed)
     }
 
     /// The parent directory of `rel` (see [`dir`](Self::dir)) and the last name of `rel`.

@@ -5,8 +5,8 @@
 //! [`ReadPlan`](crate::backend::ReadPlan) asks for more, within the limit of open files); its distinct blobs
 //! are read pack by pack in merged runs ([`crate::fetch`]) and each is written, at its offset, into every file
 //! that needs it (`pwrite` from the worker that verified it). A file is created once (private, mode 0600) and
-//! kept open until its last chunk is written; its write-out to disk starts as soon as the batch's last chunk
-//! of it is written (see [`start_writeback`]), and at the end of the batch it gets its owner, mode, extended
+//! kept open until its last chunk is written; the write-out to disk of a file that is not small starts as
+//! soon as the batch's last chunk of it is written (see [`start_writeback`]), and at the end of the batch it gets its owner, mode, extended
 //! attributes and times through the open descriptor. A sparse restore (`restore --sparse`, as restic's)
 //! skips the pages of zeros in each chunk and sets each file's length at the end, so they stay holes.
 //!
@@ -185,8 +185,11 @@ pub(crate) fn restore_files(
                 };
                 if let Err(e) = write(file) {
                     files.fail(f, Some(Error::io(&jobs[f].path, e)));
-                } else if files.pending[f].fetch_sub(1, Ordering::AcqRel) == 1 {
+                } else if files.pending[f].fetch_sub(1, Ordering::AcqRel) == 1
+                    && jobs[f].size >= EARLY_WRITEBACK_MIN
+                {
                     start_writeback(file);
+                    target.count_writeback();
                 }
             };
             rayon::join(
@@ -528,7 +531,19 @@ fn data_runs(data: &[u8]) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Starts writing a file's dirty pages to disk, without waiting for them.
+/// Files smaller than this get no write-out of their own (see [`start_writeback`]): the kernel writes them
+/// back with everything else dirty, at its own pace or at the caller's `sync`.
+///
+/// Why: starting a file's write-out submits its pages as a request of their own and notifies the device, a
+/// fixed cost per file that a small file does not repay. For a restore of 100,000 files of 100 B - 4 KiB it
+/// was a tenth to a fifth of the restore's CPU time (one `sync_file_range` of ~7 µs per file); the
+/// kernel's flusher writes the same pages as a few merged requests (BENCHMARKS.md, "Restore of many small
+/// files"). A file of this size or more is at least one chunk's minimum (see
+/// [`crate::config::ChunkerParams::FILES`]), and its write-out costs little next to writing its pages.
+pub const EARLY_WRITEBACK_MIN: u64 = 256 << 10;
+
+/// Starts writing a file's dirty pages to disk, without waiting for them (files of [`EARLY_WRITEBACK_MIN`]
+/// bytes or more).
 ///
 /// Why: the kernel starts writing dirty pages back only past `dirty_background_ratio` of memory (10%: over
 /// 2 GB on a 24 GB machine) or after 30 s, so a restore of a few GB otherwise leaves every byte for the

@@ -435,20 +435,21 @@ pub(crate) mod tests {
         );
     }
 
-    /// [`restore_in_rounds`] without the checks on the target, and the directory opens it made.
-    fn restore_counting_opens(
+    /// [`restore_in_rounds`] without the checks on the target, with the directory opens it made and the
+    /// write-outs of files it started.
+    fn restore_counting(
         repo: &Repository,
         snap: &Snapshot,
         opts: &RestoreOptions,
         limits: (usize, usize),
-    ) -> (Result<RestoreSummary>, u64) {
+    ) -> (Result<RestoreSummary>, u64, u64) {
         let descend = |_: &[u8], _: &Node| true;
         let fallback = |id: &Id| read_tree(repo, id);
         let trees = TreesAhead::new(repo, &descend, &fallback).unwrap();
         let mut rounds = Rounds::new(repo, opts, &[], limits).unwrap();
         let written = rounds.write(&trees, &snap.tree.unwrap());
-        let opens = rounds.opens();
-        (written.and_then(|()| rounds.finish()), opens)
+        let (opens, writebacks) = (rounds.opens(), rounds.writebacks());
+        (written.and_then(|()| rounds.finish()), opens, writebacks)
     }
 
     /// Every entry below `root`: path, kind, mode, mtime, and content or link target; hard-linked files
@@ -540,7 +541,7 @@ pub(crate) mod tests {
                 target: out.clone(),
                 ..Default::default()
             };
-            let (summary, _) = restore_counting_opens(&repo, &made.snapshot, &opts, limits);
+            let (summary, _, _) = restore_counting(&repo, &made.snapshot, &opts, limits);
             let summary = summary.unwrap();
             assert_eq!(
                 (summary.dirs, summary.files, summary.links, summary.special),
@@ -573,7 +574,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let limits = (ROUND_ENTRIES, ROUND_CHUNKS);
-        let (summary, opens) = restore_counting_opens(&repo, &made.snapshot, &opts, limits);
+        let (summary, opens, _) = restore_counting(&repo, &made.snapshot, &opts, limits);
         let summary = summary.unwrap();
         assert_eq!((summary.dirs, summary.files), (DEPTH + 1, DEPTH));
         let deepest = PathBuf::from("src")
@@ -588,6 +589,49 @@ pub(crate) mod tests {
             opens < 20 * DEPTH,
             "{opens} directory opens for a chain {DEPTH} deep"
         );
+    }
+
+    /// A small file is left to the kernel's write-out (see [`files::EARLY_WRITEBACK_MIN`]); a larger one
+    /// gets its own as soon as it is written, and every file comes back exact.
+    #[test]
+    fn only_files_that_are_not_small_get_a_write_out_of_their_own() {
+        use super::files::EARLY_WRITEBACK_MIN;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut bytes = |len: u64| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        // More small files than one batch opens, with the large ones among them.
+        for i in 0..300u64 {
+            let sub = src.join(format!("d{}", i % 3));
+            fs::create_dir_all(&sub).unwrap();
+            fs::write(sub.join(format!("f{i}")), bytes(100 + i * 13)).unwrap();
+        }
+        let large = [EARLY_WRITEBACK_MIN, 3 << 20, EARLY_WRITEBACK_MIN - 1];
+        for (i, len) in large.into_iter().enumerate() {
+            fs::write(src.join(format!("d{i}/large")), bytes(len)).unwrap();
+        }
+        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
+        let made = back_up(&repo, &src);
+        let out = dir.path().join("restored");
+        let opts = RestoreOptions {
+            target: out.clone(),
+            ..Default::default()
+        };
+        let limits = (ROUND_ENTRIES, ROUND_CHUNKS);
+        let (summary, _, writebacks) = restore_counting(&repo, &made.snapshot, &opts, limits);
+        assert_eq!(summary.unwrap().files, 303);
+        assert_eq!(listing(&out.join("src")), listing(&src));
+        // One each for the two files of EARLY_WRITEBACK_MIN bytes or more (each written in one batch).
+        assert_eq!(writebacks, 2, "write-outs started for 303 files");
     }
 
     #[test]

@@ -162,6 +162,12 @@ impl<'a> Rounds<'a> {
         self.target.as_ref().map_or(0, TargetDir::opens)
     }
 
+    /// Write-outs of files started so far (for tests of which files get one).
+    #[cfg(test)]
+    pub(super) fn writebacks(&self) -> u64 {
+        self.target.as_ref().map_or(0, TargetDir::writebacks)
+    }
+
     fn target(&self) -> Result<&TargetDir> {
         self.target
             .as_ref()
