@@ -657,17 +657,7 @@ fn a_restore_refuses_to_replay_another_clusters_wal_and_wal_fetch_refuses_it_dur
     );
     let data = cluster.root().join("mixed");
     let err = fails(
-        cairn_root(&repo)
-            .args([
-                "instance",
-                "restore",
-                "db",
-                "--at",
-                "latest",
-                "--pg-datadir",
-            ])
-            .arg(&data)
-            .args(["--start", "--port", &free_port().to_string()]),
+        pitr_restore(&repo, "latest", &data).args(["--start", "--port", &free_port().to_string()]),
         1,
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -1075,27 +1065,23 @@ impl Drop for Restored {
 /// Restores instance `db` at `at` into a new data directory under the cluster's directory and starts it
 /// on a new port (cairn runs as root: it gives the directory to postgres and starts the server as postgres).
 fn restore_at(cluster: &Cluster, repo: &Path, at: &str, label: &str) -> Restored {
-    let data = cluster.root().join(format!("restored-{label}"));
-    let port = free_port();
-    let out = ok(cairn_root(repo)
-        .args([
-            "--json",
-            "instance",
-            "restore",
-            "db",
-            "--at",
-            at,
-            "--pg-datadir",
-        ])
-        .arg(&data)
-        .args(["--start", "--port", &port.to_string()]));
+    let (code, out, err, server) = try_restore_at(cluster, repo, at, label);
+    assert_eq!(
+        code, 0,
+        "restore at {at} failed\nstdout: {out}\nstderr: {err}"
+    );
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["started"], true, "{v}");
-    Restored {
-        data,
-        socket_dir: cluster.root().to_path_buf(),
-        port,
-    }
+    server
+}
+
+/// `cairn instance restore db --at AT --pg-datadir DATA` as root (point-in-time recovery of instance
+/// `db`), for the caller to add options to.
+fn pitr_restore(repo: &Path, at: &str, data: &Path) -> Command {
+    let mut c = cairn_root(repo);
+    c.args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
+        .arg(data);
+    c
 }
 
 /// The server's clock now, to the second, in UTC ("YYYY-MM-DD HH:MM:SS"): cairn reads --at in its local
@@ -1294,13 +1280,7 @@ fn a_missing_wal_segment_makes_check_fail_naming_it_and_a_restore_past_it_stops_
     // Recovery to a time after batch 3 must read past it (to batch 4's commit): refused, naming it.
     for at in ["latest", between[3].as_str()] {
         let data = cluster.root().join("never");
-        let err = fails(
-            cairn_root(&repo)
-                .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
-                .arg(&data)
-                .arg("--start"),
-            1,
-        );
+        let err = fails(pitr_restore(&repo, at, &data).arg("--start"), 1);
         assert!(err.contains(&victim) && err.contains("missing"), "{err}");
         assert!(!data.exists(), "nothing was written for a refused restore");
     }
@@ -1462,12 +1442,8 @@ fn restore_at_a_time_restores_the_filestore_from_the_snapshot_at_or_before_it_by
         let files = cluster.root().join(format!("files-{k}"));
         let data = cluster.root().join(format!("restored-files-{k}"));
         let port = free_port();
-        let out = ok(cairn_root(&repo)
-            .args(["--json", "instance", "restore", "db", "--at"])
-            .arg(at)
-            .arg("--pg-datadir")
-            .arg(&data)
-            .args(["--start", "--port", &port.to_string(), "--target"])
+        let out = ok(pitr_restore(&repo, at, &data)
+            .args(["--json", "--start", "--port", &port.to_string(), "--target"])
             .arg(&files));
         let r = Restored {
             data,
@@ -1640,18 +1616,8 @@ fn try_restore_at(
 ) -> (i32, String, String, Restored) {
     let data = cluster.root().join(format!("restored-{label}"));
     let port = free_port();
-    let (code, out, err) = run(cairn_root(repo)
-        .args([
-            "--json",
-            "instance",
-            "restore",
-            "db",
-            "--at",
-            at,
-            "--pg-datadir",
-        ])
-        .arg(&data)
-        .args(["--start", "--port", &port.to_string()]));
+    let (code, out, err) =
+        run(pitr_restore(repo, at, &data).args(["--json", "--start", "--port", &port.to_string()]));
     let server = Restored {
         data,
         socket_dir: cluster.root().to_path_buf(),
@@ -1801,17 +1767,7 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
     // archived").
     let data = cluster.root().join("restored-locked");
     let port = free_port();
-    ok(cairn_root(&repo)
-        .args([
-            "instance",
-            "restore",
-            "db",
-            "--at",
-            "latest",
-            "--pg-datadir",
-        ])
-        .arg(&data)
-        .args(["--port", &port.to_string()]));
+    ok(pitr_restore(&repo, "latest", &data).args(["--port", &port.to_string()]));
     let lock = repo.join("locks").join("another-hosts-prune");
     let info = serde_json::json!({
         "pid": 1, "host": "another-host", "time": chrono::Utc::now().to_rfc3339(),
@@ -1906,10 +1862,8 @@ fn a_local_time_that_a_clock_change_repeats_or_skips_is_refused_instead_of_guess
     ok(cairn_root(&repo).arg("init"));
     ok(cairn_root(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
     let restore = |at: &str| {
-        let mut c = cairn_root(&repo);
-        c.env("TZ", "Europe/Berlin")
-            .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
-            .arg(dir.path().join("data"));
+        let mut c = pitr_restore(&repo, at, &dir.path().join("data"));
+        c.env("TZ", "Europe/Berlin");
         c
     };
     // 02:30 on 26 October 2025 happened twice in Berlin (CEST, then CET): before the fix the earlier was
