@@ -617,9 +617,7 @@ fn wal_push_holds_segments_to_the_base_backups_cluster_when_no_archived_segment_
 fn a_restore_refuses_to_replay_another_clusters_wal_and_wal_fetch_refuses_it_during_recovery() {
     let (cluster, repo) = archiving_cluster();
     let ours = system_identifier(&cluster);
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     let first = base_backup(&repo);
     let between = insert_batch(&cluster, 1);
@@ -1090,6 +1088,13 @@ fn server_second(cluster: &impl Server) -> String {
     cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
 }
 
+/// Creates the table [`insert_batch`] fills.
+fn create_batch_table(cluster: &Cluster) {
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
+}
+
 /// Inserts batch `k` (its own transaction), archives it, and returns a time strictly between its commit
 /// and the next batch's (a pause on either side of a whole second).
 fn insert_batch(cluster: &impl Server, k: i32) -> String {
@@ -1110,9 +1115,7 @@ fn expect(batches: std::ops::RangeInclusive<i32>) -> Vec<(i32, i64)> {
 #[test]
 fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_latest_finds_all() {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     let first = base_backup(&repo);
     let mut between = vec![String::new()]; // between[k]: after batch k, before batch k+1
@@ -1205,9 +1208,7 @@ fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_lat
 fn a_restored_server_put_in_the_old_ones_place_archives_a_new_timeline_that_later_restores_follow()
 {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     let mut between = vec![String::new()];
@@ -1257,9 +1258,7 @@ fn a_restored_server_put_in_the_old_ones_place_archives_a_new_timeline_that_late
 fn a_missing_wal_segment_makes_check_fail_naming_it_and_a_restore_past_it_stops_with_a_clear_error()
 {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     base_backup(&repo);
     let mut between = vec![String::new()];
     for k in 1..=4 {
@@ -1419,9 +1418,7 @@ fn restore_at_a_time_restores_the_filestore_from_the_snapshot_at_or_before_it_by
     let filestore = top.path().join("filestore");
     write_filestore(&filestore, 1);
     let (cluster, repo) = archiving_cluster_with(&["--path", &filestore.display().to_string()]);
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     // Snapshot k holds filestore version k and the base backup taken with it.
     let expected = top.path().join("expected");
@@ -1630,9 +1627,7 @@ fn try_restore_at(
 fn an_archived_segment_that_cannot_be_read_stops_recovery_instead_of_ending_it_at_an_earlier_point()
 {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     let mut between = vec![String::new()];
@@ -1698,9 +1693,7 @@ fn an_archived_segment_that_cannot_be_read_stops_recovery_instead_of_ending_it_a
 #[test]
 fn a_gap_after_a_time_targets_segments_stops_the_restore_instead_of_promoting_before_the_target() {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     insert_batch(&cluster, 1);
@@ -1754,9 +1747,7 @@ fn a_gap_after_a_time_targets_segments_stops_the_restore_instead_of_promoting_be
 #[test]
 fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     for k in 1..=2 {
