@@ -573,28 +573,18 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(n: u8) -> BlobEntry {
-        BlobEntry {
-            kind: BlobKind::Data,
-            compression: Compression::Zstd,
-            stored_len: 10,
-            raw_len: 20,
-            offset: 8 + n as u64 * 10,
-            id: Id::of(&[n]),
-            base: None,
-        }
-    }
+    use crate::pack::sample_entry;
 
     #[test]
     fn add_lookup_remove() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = Index::open(&dir.path().join("index.sqlite")).unwrap();
         let pack = Id::of(b"pack");
-        idx.add_pack(pack, 100, &[entry(1), entry(2)]).unwrap();
+        idx.add_pack(pack, 100, &[sample_entry(1), sample_entry(2)])
+            .unwrap();
         let loc = idx.lookup(&Id::of(&[1])).unwrap().unwrap();
         assert_eq!(loc.pack, pack);
-        assert_eq!(loc.entry, entry(1));
+        assert_eq!(loc.entry, sample_entry(1));
         assert!(idx.contains(&Id::of(&[2])).unwrap());
         assert!(!idx.contains(&Id::of(&[3])).unwrap());
         assert_eq!(idx.blobs_in_pack(&pack).unwrap().len(), 2);
@@ -610,9 +600,11 @@ mod tests {
         let mut idx = Index::open(&path).unwrap();
         let mut reader = Index::open_reader(&path, Access::ReadWrite).unwrap();
         assert!(!reader.contains(&Id::of(&[1])).unwrap());
-        idx.add_pack(Id::of(b"a"), 100, &[entry(1)]).unwrap();
+        idx.add_pack(Id::of(b"a"), 100, &[sample_entry(1)]).unwrap();
         assert!(reader.contains(&Id::of(&[1])).unwrap());
-        assert!(reader.add_pack(Id::of(b"b"), 100, &[entry(2)]).is_err());
+        assert!(reader
+            .add_pack(Id::of(b"b"), 100, &[sample_entry(2)])
+            .is_err());
         assert!(!idx.contains(&Id::of(&[2])).unwrap());
     }
 
@@ -620,7 +612,7 @@ mod tests {
     fn lookups_reuse_their_compiled_statement() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = Index::open(&dir.path().join("index.sqlite")).unwrap();
-        idx.add_pack(Id::of(b"a"), 100, &[entry(1), entry(2)])
+        idx.add_pack(Id::of(b"a"), 100, &[sample_entry(1), sample_entry(2)])
             .unwrap();
         for n in 0..50u8 {
             let found = idx.lookup(&Id::of(&[n % 4])).unwrap();
@@ -635,14 +627,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
         let (a, b, c) = (Id::of(b"a"), Id::of(b"b"), Id::of(b"c"));
-        idx.add_pack(a, 100, &[entry(1), entry(2)]).unwrap();
+        idx.add_pack(a, 100, &[sample_entry(1), sample_entry(2)])
+            .unwrap();
         idx.record_damage(&[DamageRecord::now(Id::of(&[1]), a, "flipped")])
             .unwrap();
         assert_eq!(idx.damage_in_use().unwrap().len(), 1);
         assert!(idx.packs_with_superseded_damage().unwrap().is_empty());
-        let mut moved = entry(1);
+        let mut moved = sample_entry(1);
         moved.offset = 8;
-        idx.add_pack(b, 100, &[moved, entry(2)]).unwrap();
+        idx.add_pack(b, 100, &[moved, sample_entry(2)]).unwrap();
         // The damaged blob moved to the new copy; the good one stayed where it was.
         assert_eq!(idx.lookup(&Id::of(&[1])).unwrap().unwrap().pack, b);
         assert_eq!(idx.lookup(&Id::of(&[1])).unwrap().unwrap().entry.offset, 8);
@@ -653,7 +646,7 @@ mod tests {
             [a].into_iter().collect()
         );
         // A third copy does not move it again.
-        idx.add_pack(c, 100, &[entry(1)]).unwrap();
+        idx.add_pack(c, 100, &[sample_entry(1)]).unwrap();
         assert_eq!(idx.lookup(&Id::of(&[1])).unwrap().unwrap().pack, b);
         // Removing the damaged pack removes its records.
         idx.remove_pack(&a).unwrap();
@@ -681,8 +674,8 @@ mod tests {
     fn duplicate_blob_keeps_first_location() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = Index::open(&dir.path().join("i.sqlite")).unwrap();
-        idx.add_pack(Id::of(b"a"), 100, &[entry(1)]).unwrap();
-        idx.add_pack(Id::of(b"b"), 100, &[entry(1)]).unwrap();
+        idx.add_pack(Id::of(b"a"), 100, &[sample_entry(1)]).unwrap();
+        idx.add_pack(Id::of(b"b"), 100, &[sample_entry(1)]).unwrap();
         assert_eq!(
             idx.lookup(&Id::of(&[1])).unwrap().unwrap().pack,
             Id::of(b"a")

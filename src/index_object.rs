@@ -296,19 +296,7 @@ impl Source for Pieces<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::{BlobKind, Compression};
-
-    fn entry(n: u8) -> BlobEntry {
-        BlobEntry {
-            kind: BlobKind::Data,
-            compression: Compression::Zstd,
-            stored_len: 10,
-            raw_len: 20,
-            offset: 8 + n as u64 * 10,
-            id: Id::of(&[n]),
-            base: None,
-        }
-    }
+    use crate::pack::sample_entry;
 
     fn sample() -> IndexObject {
         IndexObject {
@@ -316,12 +304,12 @@ mod tests {
                 PackListing {
                     id: Id::of(b"p1"),
                     size: 1000,
-                    entries: vec![entry(0), entry(1)],
+                    entries: vec![sample_entry(0), sample_entry(1)],
                 },
                 PackListing {
                     id: Id::of(b"p2"),
                     size: 500,
-                    entries: vec![entry(2)],
+                    entries: vec![sample_entry(2)],
                 },
             ],
             supersedes: vec![Id::of(b"old")],
@@ -361,7 +349,7 @@ mod tests {
         let big = |n: u8, count: usize| PackListing {
             id: Id::of(&[n]),
             size: u64::MAX / 2,
-            entries: vec![entry(n); count],
+            entries: vec![sample_entry(n); count],
         };
         let objs = split(
             vec![big(1, MAX_ENTRIES - 1), big(2, 2), big(3, MAX_ENTRIES + 5)],

@@ -528,6 +528,21 @@ pub fn decode_blob(entry: &BlobEntry, stored: &[u8], crypto: &Crypto) -> Result<
     Ok(raw)
 }
 
+/// A made-up entry, its own for each `n` (the `n`th 10-byte blob of a pack), for the tests of the indexes
+/// that list entries.
+#[cfg(test)]
+pub(crate) fn sample_entry(n: u8) -> BlobEntry {
+    BlobEntry {
+        kind: BlobKind::Data,
+        compression: Compression::Zstd,
+        stored_len: 10,
+        raw_len: 20,
+        offset: 8 + n as u64 * 10,
+        id: Id::of(&[n]),
+        base: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

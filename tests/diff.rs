@@ -61,18 +61,21 @@ fn diff_reports_added_removed_changed_files_metadata_and_streams() {
     }
     set_mtime(&src.join("dir/touched"), 1_600_000_000, 1);
     pin_dirs(&src);
-    let s1 = backup_json(
-        &repo,
-        &[
-            src.to_str().unwrap(),
+    // A backup of the tree and of a stream db.dump of `dump`.
+    let backup_with_dump = |dump: &str| {
+        let src = src.to_str().unwrap();
+        let args = [
+            src,
             "--stdin-from-command",
             "--stdin-name",
             "db.dump",
             "--",
             "printf",
-            "dump one",
-        ],
-    );
+            dump,
+        ];
+        backup_json(&repo, &args)
+    };
+    let s1 = backup_with_dump("dump one");
 
     fs::write(src.join("edited"), b"version two, longer").unwrap();
     fs::remove_file(src.join("removed")).unwrap();
@@ -85,18 +88,7 @@ fn diff_reports_added_removed_changed_files_metadata_and_streams() {
     fs::remove_file(src.join("link")).unwrap();
     symlink("new-target", src.join("link")).unwrap();
     pin_dirs(&src);
-    let s2 = backup_json(
-        &repo,
-        &[
-            src.to_str().unwrap(),
-            "--stdin-from-command",
-            "--stdin-name",
-            "db.dump",
-            "--",
-            "printf",
-            "dump two!",
-        ],
-    );
+    let s2 = backup_with_dump("dump two!");
     let (id1, id2) = (
         s1["snapshot_id"].as_str().unwrap(),
         s2["snapshot_id"].as_str().unwrap(),

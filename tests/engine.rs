@@ -5,7 +5,7 @@ mod harness;
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use harness::*;
@@ -131,15 +131,7 @@ fn a_stream_read_twice_is_read_in_full_each_time() {
     // A stream has no mtime: the second backup must store the new content, never assume "unmodified".
     let (_dir, repo) = new_repo();
     for content in ["day one\n", "day two\n"] {
-        ok(cairn(&repo).args([
-            "backup",
-            "--stdin-from-command",
-            "--stdin-name",
-            "s",
-            "--",
-            "printf",
-            content,
-        ]));
+        ok(&mut stdin_backup(&repo, "s", &["printf", content]));
         let out = cairn(&repo).args(["dump", "latest", "s"]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), content);
     }
@@ -149,30 +141,11 @@ fn a_stream_read_twice_is_read_in_full_each_time() {
 fn failing_stdin_command_writes_no_snapshot() {
     let (_dir, repo) = new_repo();
     let err = fails(
-        cairn(&repo).args([
-            "backup",
-            "--stdin-from-command",
-            "--stdin-name",
-            "x",
-            "--",
-            "sh",
-            "-c",
-            "echo partial output; exit 7",
-        ]),
+        &mut stdin_backup(&repo, "x", &["sh", "-c", "echo partial output; exit 7"]),
         1,
     );
     assert!(err.contains("no snapshot"), "{err}");
-    fails(
-        cairn(&repo).args([
-            "backup",
-            "--stdin-from-command",
-            "--stdin-name",
-            "x",
-            "--",
-            "/nonexistent/cmd",
-        ]),
-        1,
-    );
+    fails(&mut stdin_backup(&repo, "x", &["/nonexistent/cmd"]), 1);
     assert_eq!(snapshot_count(&repo), 0);
     ok(cairn(&repo).arg("check"));
 }
@@ -526,41 +499,27 @@ fn flipped_byte_in_a_pack_fails_restore_naming_the_file() {
     );
 }
 
+/// Backs up a rich tree (returned: `dir/src`) and a stream `s` (`seq 1 100000`) into `repo`: two snapshots
+/// of the two kinds, for the tests that rebuild an index.
+fn tree_and_stream(dir: &Path, repo: &Path) -> PathBuf {
+    let src = dir.join("src");
+    build_rich_tree(&src, 100);
+    backup_json(repo, &[src.to_str().unwrap()]);
+    ok(&mut stdin_backup(repo, "s", &["seq", "1", "100000"]));
+    src
+}
+
 #[test]
 fn deleted_index_is_rebuilt_by_repair() {
     let (dir, repo) = new_repo();
-    let src = dir.path().join("src");
-    build_rich_tree(&src, 100);
-    backup_json(&repo, &[src.to_str().unwrap()]);
-    ok(cairn(&repo).args([
-        "backup",
-        "--stdin-from-command",
-        "--stdin-name",
-        "s",
-        "--",
-        "seq",
-        "1",
-        "100000",
-    ]));
+    tree_and_stream(dir.path(), &repo);
     let remove_index = || remove_index_cache(&repo);
     // The index objects in the repository rebuild it on the next open.
     remove_index();
     assert_eq!(snapshot_count(&repo), 2);
     // A repository without index objects (written before they existed, so plaintext) needs `repair index`.
     let (dir, repo) = new_plaintext_repo();
-    let src = dir.path().join("src");
-    build_rich_tree(&src, 100);
-    backup_json(&repo, &[src.to_str().unwrap()]);
-    ok(cairn(&repo).args([
-        "backup",
-        "--stdin-from-command",
-        "--stdin-name",
-        "s",
-        "--",
-        "seq",
-        "1",
-        "100000",
-    ]));
+    let src = tree_and_stream(dir.path(), &repo);
     let remove_index = || {
         for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
             let _ = fs::remove_file(repo.join(f));

@@ -332,15 +332,7 @@ fn sigint_to_the_process_group_of_a_command_stream_backup_exits_130() {
 fn sigint_during(script: &str) {
     use std::os::unix::process::CommandExt;
     let (_dir, repo) = new_repo();
-    let child = cairn(&repo)
-        .args([
-            "backup",
-            "--stdin-from-command",
-            "--stdin-name",
-            "gen.bin",
-            "--",
-        ])
-        .args(["sh", "-c", script])
+    let child = stdin_backup(&repo, "gen.bin", &["sh", "-c", script])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)

@@ -127,15 +127,7 @@ fn find_lists_snapshots_holding_a_match_newest_first_and_searches_shared_subtree
 #[test]
 fn find_matches_stream_names_too() {
     let (_dir, repo) = new_repo();
-    ok(cairn(&repo).args([
-        "backup",
-        "--stdin-from-command",
-        "--stdin-name",
-        "shop.dump",
-        "--",
-        "printf",
-        "dump",
-    ]));
+    ok(&mut stdin_backup(&repo, "shop.dump", &["printf", "dump"]));
     let v = find(&repo, &["*.dump"]);
     assert_eq!(v["snapshots"][0]["matches"][0]["path"], "[shop.dump]");
     assert_eq!(v["snapshots"][0]["matches"][0]["type"], "stream");

@@ -7,7 +7,7 @@ mod serve_support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -68,21 +68,31 @@ fn make_due(repo: &Path, name: &str) {
 
 /// Starts `run-due --json` and waits until its pre-hook is running (the instance run lock is then held).
 fn start_held_run(dir: &Path, repo: &Path) -> Child {
-    let child = cairn(repo)
-        .args(["run-due", "--json"])
+    start_held(
+        cairn(repo).args(["run-due", "--json"]),
+        &dir.join("started"),
+    )
+}
+
+/// Starts `cmd`, its output captured (see [`finish`]), and waits until its pre-hook has created `started`:
+/// the run is then held in the hook, its instance's run lock taken.
+fn start_held(cmd: &mut Command, started: &Path) -> Child {
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !dir.join("started").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the run never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(started);
     child
+}
+
+/// Another host backs `shop` ([`held_instance`]) up by hand, held in its pre-hook: it holds shop's run
+/// lock until `dir/release` exists.
+fn other_host_holds_shop(repo: &Path, dir: &Path) -> Child {
+    start_held(
+        other_host(repo, dir).args(["instance", "backup", "shop", "--json"]),
+        &dir.join("started"),
+    )
 }
 
 fn finish(child: Child) -> (i32, String, String) {
@@ -475,19 +485,9 @@ fn the_daemon_skips_an_instance_run_elsewhere_and_runs_it_at_the_next_tick_after
         .spawn()
         .unwrap();
     let pid = std::process::id().to_string();
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let t0 = Instant::now();
-        while !done() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "{what}; daemon log:\n{}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait_for("no skip logged", &|| {
-        let text = fs::read_to_string(&log).unwrap_or_default();
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| wait_for_log(what, &text, done);
+    wait_for("no skip logged", &|text| {
         text.contains("backup skipped") && text.contains(&pid)
     });
     assert!(
@@ -497,7 +497,7 @@ fn the_daemon_skips_an_instance_run_elsewhere_and_runs_it_at_the_next_tick_after
     // The holder finishes: the instance runs within a few ticks (a skip is not a failure held back
     // for minutes).
     obj_delete(&held);
-    wait_for("not run after the lock went", &|| {
+    wait_for("not run after the lock went", &|_| {
         !snapshots_of(&repo, "fast").is_empty()
     });
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
@@ -511,10 +511,24 @@ fn the_daemon_skips_an_instance_run_elsewhere_and_runs_it_at_the_next_tick_after
 
 /// A `cairn` command of another host sharing the repository: an index cache of its own, so what it writes
 /// reaches this host's cache only when that is refreshed from the repository.
-fn other_host(repo: &Path, dir: &Path) -> std::process::Command {
+fn other_host(repo: &Path, dir: &Path) -> Command {
     let mut c = cairn(repo);
     c.env("XDG_CACHE_HOME", dir.join("other-host-cache"));
     c
+}
+
+/// Waits (at most 30 s) until `done` holds of the log `log` reads (a server's or a daemon's stderr); failing,
+/// says `what` and shows the log.
+fn wait_for_log(what: &str, log: &dyn Fn() -> String, done: &dyn Fn(&str) -> bool) {
+    let t0 = Instant::now();
+    while !done(&log()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{what}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits (at most 30 s) until `file` exists.
@@ -562,22 +576,13 @@ fn run_due_does_not_back_up_again_an_instance_another_host_ran_after_it_was_foun
     held_instance(d, &repo);
     gate_instance(d, &repo);
     // Host A backs shop up by hand, held in its pre-hook: it holds shop's run lock.
-    let a = other_host(&repo, d)
-        .args(["instance", "backup", "shop", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&d.join("started"));
+    let a = other_host_holds_shop(&repo, d);
     // This host's run-due finds gate and shop due (shop's only snapshot is old, and A's is not written
     // yet), and is held in gate's pre-hook.
-    let b = cairn(&repo)
-        .args(["run-due", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&d.join("gate-started"));
+    let b = start_held(
+        cairn(&repo).args(["run-due", "--json"]),
+        &d.join("gate-started"),
+    );
     // A finishes shop's run and releases its run lock before run-due comes to shop.
     fs::write(d.join("release"), b"").unwrap();
     let (code, out, err) = finish(a);
@@ -660,13 +665,10 @@ fn run_due_honours_a_pause_and_a_new_hook_made_after_it_found_the_instances_due(
         &format!("touch '{}/old-hook'", d.display()),
     ]));
 
-    let b = cairn(&repo)
-        .args(["run-due", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&d.join("gate-started"));
+    let b = start_held(
+        cairn(&repo).args(["run-due", "--json"]),
+        &d.join("gate-started"),
+    );
     ok(other_host(&repo, d).args(["instance", "pause", "shop"]));
     let new_hook = format!("touch '{}/new-hook'", d.display());
     ok(other_host(&repo, d).args(["instance", "set", "late", "--pre-hook", &new_hook]));
@@ -703,27 +705,11 @@ fn serves_schedule_skips_an_instance_run_elsewhere_and_does_not_back_it_up_again
     held_instance(d, &repo);
     let viewer = token(&repo, "watch", "viewer");
     // Another host backs shop up by hand, held in its pre-hook: it holds shop's run lock.
-    let a = other_host(&repo, d)
-        .args(["instance", "backup", "shop", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&d.join("started"));
+    let a = other_host_holds_shop(&repo, d);
     let a_pid = a.id().to_string();
     let srv = Server::start_scheduled(&repo, &["--tick-seconds", "1"]);
     let log = || srv.stderr.lock().unwrap().clone();
-    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
-        let t0 = Instant::now();
-        while !done(&log()) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "{what}; server log:\n{}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| wait_for_log(what, &log, done);
     let shop_jobs = || srv.get_ok("/api/v1/jobs?instance=shop", &viewer);
 
     // The schedule finds shop due and skips it while A runs it, naming A: no second backup beside it.
@@ -812,13 +798,7 @@ fn the_daemon_does_not_back_up_again_an_instance_another_host_ran_while_it_waite
     let d = dir.path();
     held_instance(d, &repo);
     // Another host backs shop up by hand, held in its pre-hook: it holds shop's run lock.
-    let a = other_host(&repo, d)
-        .args(["instance", "backup", "shop", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_file(&d.join("started"));
+    let a = other_host_holds_shop(&repo, d);
     let log = d.join("daemon.log");
     let mut daemon = KillOnDrop(
         cairn(&repo)
@@ -828,17 +808,7 @@ fn the_daemon_does_not_back_up_again_an_instance_another_host_ran_while_it_waite
             .unwrap(),
     );
     let text = || fs::read_to_string(&log).unwrap_or_default();
-    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| {
-        let t0 = Instant::now();
-        while !done(&text()) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "{what}; daemon log:\n{}",
-                text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_for = |what: &str, done: &dyn Fn(&str) -> bool| wait_for_log(what, &text, done);
     let a_pid = a.id().to_string();
     wait_for("no skip logged", &|l| {
         l.contains("another run of this instance is under way") && l.contains(&a_pid)

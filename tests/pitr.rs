@@ -617,9 +617,7 @@ fn wal_push_holds_segments_to_the_base_backups_cluster_when_no_archived_segment_
 fn a_restore_refuses_to_replay_another_clusters_wal_and_wal_fetch_refuses_it_during_recovery() {
     let (cluster, repo) = archiving_cluster();
     let ours = system_identifier(&cluster);
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     let first = base_backup(&repo);
     let between = insert_batch(&cluster, 1);
@@ -657,17 +655,7 @@ fn a_restore_refuses_to_replay_another_clusters_wal_and_wal_fetch_refuses_it_dur
     );
     let data = cluster.root().join("mixed");
     let err = fails(
-        cairn_root(&repo)
-            .args([
-                "instance",
-                "restore",
-                "db",
-                "--at",
-                "latest",
-                "--pg-datadir",
-            ])
-            .arg(&data)
-            .args(["--start", "--port", &free_port().to_string()]),
+        pitr_restore(&repo, "latest", &data).args(["--start", "--port", &free_port().to_string()]),
         1,
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -1075,33 +1063,36 @@ impl Drop for Restored {
 /// Restores instance `db` at `at` into a new data directory under the cluster's directory and starts it
 /// on a new port (cairn runs as root: it gives the directory to postgres and starts the server as postgres).
 fn restore_at(cluster: &Cluster, repo: &Path, at: &str, label: &str) -> Restored {
-    let data = cluster.root().join(format!("restored-{label}"));
-    let port = free_port();
-    let out = ok(cairn_root(repo)
-        .args([
-            "--json",
-            "instance",
-            "restore",
-            "db",
-            "--at",
-            at,
-            "--pg-datadir",
-        ])
-        .arg(&data)
-        .args(["--start", "--port", &port.to_string()]));
+    let (code, out, err, server) = try_restore_at(cluster, repo, at, label);
+    assert_eq!(
+        code, 0,
+        "restore at {at} failed\nstdout: {out}\nstderr: {err}"
+    );
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["started"], true, "{v}");
-    Restored {
-        data,
-        socket_dir: cluster.root().to_path_buf(),
-        port,
-    }
+    server
+}
+
+/// `cairn instance restore db --at AT --pg-datadir DATA` as root (point-in-time recovery of instance
+/// `db`), for the caller to add options to.
+fn pitr_restore(repo: &Path, at: &str, data: &Path) -> Command {
+    let mut c = cairn_root(repo);
+    c.args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
+        .arg(data);
+    c
 }
 
 /// The server's clock now, to the second, in UTC ("YYYY-MM-DD HH:MM:SS"): cairn reads --at in its local
 /// time zone, which the restore commands set to UTC.
 fn server_second(cluster: &impl Server) -> String {
     cluster.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+}
+
+/// Creates the table [`insert_batch`] fills.
+fn create_batch_table(cluster: &Cluster) {
+    cluster.sql(
+        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
+    );
 }
 
 /// Inserts batch `k` (its own transaction), archives it, and returns a time strictly between its commit
@@ -1124,9 +1115,7 @@ fn expect(batches: std::ops::RangeInclusive<i32>) -> Vec<(i32, i64)> {
 #[test]
 fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_latest_finds_all() {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     let first = base_backup(&repo);
     let mut between = vec![String::new()]; // between[k]: after batch k, before batch k+1
@@ -1219,9 +1208,7 @@ fn restore_to_a_time_between_batches_finds_exactly_the_batches_before_it_and_lat
 fn a_restored_server_put_in_the_old_ones_place_archives_a_new_timeline_that_later_restores_follow()
 {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     let mut between = vec![String::new()];
@@ -1271,9 +1258,7 @@ fn a_restored_server_put_in_the_old_ones_place_archives_a_new_timeline_that_late
 fn a_missing_wal_segment_makes_check_fail_naming_it_and_a_restore_past_it_stops_with_a_clear_error()
 {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     base_backup(&repo);
     let mut between = vec![String::new()];
     for k in 1..=4 {
@@ -1294,13 +1279,7 @@ fn a_missing_wal_segment_makes_check_fail_naming_it_and_a_restore_past_it_stops_
     // Recovery to a time after batch 3 must read past it (to batch 4's commit): refused, naming it.
     for at in ["latest", between[3].as_str()] {
         let data = cluster.root().join("never");
-        let err = fails(
-            cairn_root(&repo)
-                .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
-                .arg(&data)
-                .arg("--start"),
-            1,
-        );
+        let err = fails(pitr_restore(&repo, at, &data).arg("--start"), 1);
         assert!(err.contains(&victim) && err.contains("missing"), "{err}");
         assert!(!data.exists(), "nothing was written for a refused restore");
     }
@@ -1439,9 +1418,7 @@ fn restore_at_a_time_restores_the_filestore_from_the_snapshot_at_or_before_it_by
     let filestore = top.path().join("filestore");
     write_filestore(&filestore, 1);
     let (cluster, repo) = archiving_cluster_with(&["--path", &filestore.display().to_string()]);
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     // Snapshot k holds filestore version k and the base backup taken with it.
     let expected = top.path().join("expected");
@@ -1462,12 +1439,8 @@ fn restore_at_a_time_restores_the_filestore_from_the_snapshot_at_or_before_it_by
         let files = cluster.root().join(format!("files-{k}"));
         let data = cluster.root().join(format!("restored-files-{k}"));
         let port = free_port();
-        let out = ok(cairn_root(&repo)
-            .args(["--json", "instance", "restore", "db", "--at"])
-            .arg(at)
-            .arg("--pg-datadir")
-            .arg(&data)
-            .args(["--start", "--port", &port.to_string(), "--target"])
+        let out = ok(pitr_restore(&repo, at, &data)
+            .args(["--json", "--start", "--port", &port.to_string(), "--target"])
             .arg(&files));
         let r = Restored {
             data,
@@ -1640,18 +1613,8 @@ fn try_restore_at(
 ) -> (i32, String, String, Restored) {
     let data = cluster.root().join(format!("restored-{label}"));
     let port = free_port();
-    let (code, out, err) = run(cairn_root(repo)
-        .args([
-            "--json",
-            "instance",
-            "restore",
-            "db",
-            "--at",
-            at,
-            "--pg-datadir",
-        ])
-        .arg(&data)
-        .args(["--start", "--port", &port.to_string()]));
+    let (code, out, err) =
+        run(pitr_restore(repo, at, &data).args(["--json", "--start", "--port", &port.to_string()]));
     let server = Restored {
         data,
         socket_dir: cluster.root().to_path_buf(),
@@ -1664,9 +1627,7 @@ fn try_restore_at(
 fn an_archived_segment_that_cannot_be_read_stops_recovery_instead_of_ending_it_at_an_earlier_point()
 {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     let mut between = vec![String::new()];
@@ -1732,9 +1693,7 @@ fn an_archived_segment_that_cannot_be_read_stops_recovery_instead_of_ending_it_a
 #[test]
 fn a_gap_after_a_time_targets_segments_stops_the_restore_instead_of_promoting_before_the_target() {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     insert_batch(&cluster, 1);
@@ -1788,9 +1747,7 @@ fn a_gap_after_a_time_targets_segments_stops_the_restore_instead_of_promoting_be
 #[test]
 fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() {
     let (cluster, repo) = archiving_cluster();
-    cluster.sql(
-        "CREATE TABLE t (batch int, id int, at timestamptz DEFAULT clock_timestamp(), pad text)",
-    );
+    create_batch_table(&cluster);
     cluster.switch_and_wait();
     base_backup(&repo);
     for k in 1..=2 {
@@ -1801,17 +1758,7 @@ fn wal_fetch_waits_for_another_hosts_exclusive_lock_and_recovery_then_goes_on() 
     // archived").
     let data = cluster.root().join("restored-locked");
     let port = free_port();
-    ok(cairn_root(&repo)
-        .args([
-            "instance",
-            "restore",
-            "db",
-            "--at",
-            "latest",
-            "--pg-datadir",
-        ])
-        .arg(&data)
-        .args(["--port", &port.to_string()]));
+    ok(pitr_restore(&repo, "latest", &data).args(["--port", &port.to_string()]));
     let lock = repo.join("locks").join("another-hosts-prune");
     let info = serde_json::json!({
         "pid": 1, "host": "another-host", "time": chrono::Utc::now().to_rfc3339(),
@@ -1906,10 +1853,8 @@ fn a_local_time_that_a_clock_change_repeats_or_skips_is_refused_instead_of_guess
     ok(cairn_root(&repo).arg("init"));
     ok(cairn_root(&repo).args(["instance", "add", "db", "--path", "/tmp", "--wal"]));
     let restore = |at: &str| {
-        let mut c = cairn_root(&repo);
-        c.env("TZ", "Europe/Berlin")
-            .args(["instance", "restore", "db", "--at", at, "--pg-datadir"])
-            .arg(dir.path().join("data"));
+        let mut c = pitr_restore(&repo, at, &dir.path().join("data"));
+        c.env("TZ", "Europe/Berlin");
         c
     };
     // 02:30 on 26 October 2025 happened twice in Berlin (CEST, then CET): before the fix the earlier was

@@ -153,6 +153,9 @@ fn tls_only_server_is_backed_up_and_restored_with_verify_full() {
         c
     };
     let good = conn("127.0.0.1", "verify-full", &s.ca);
+    // A backup of the source database over the connection `conninfo`.
+    let backup_over =
+        |conninfo: &str| cairn_tls(&["backup", "--pg", &src.0, "--pg-conn", conninfo]);
 
     // Backup: cairn's connection and pg_dump, both verify-full.
     let out = ok(&mut cairn_tls(&[
@@ -183,7 +186,7 @@ fn tls_only_server_is_backed_up_and_restored_with_verify_full() {
         "postgresql://127.0.0.1:{}/?sslmode=verify-full&sslrootcert={}",
         s.port, s.ca
     );
-    ok(cairn_tls(&["backup", "--pg", &src.0, "--pg-conn", &uri]).env("PGSSLMODE", "disable"));
+    ok(backup_over(&uri).env("PGSSLMODE", "disable"));
     ok(cairn_tls(&["backup", "--pg", &src.0])
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", &s.port)
@@ -193,13 +196,7 @@ fn tls_only_server_is_backed_up_and_restored_with_verify_full() {
 
     // A plain connection is refused by the server, and the message says why.
     let err = fails(
-        &mut cairn_tls(&[
-            "backup",
-            "--pg",
-            &src.0,
-            "--pg-conn",
-            &format!("host=127.0.0.1 port={} sslmode=disable", s.port),
-        ]),
+        &mut backup_over(&format!("host=127.0.0.1 port={} sslmode=disable", s.port)),
         1,
     );
     assert!(
@@ -208,13 +205,7 @@ fn tls_only_server_is_backed_up_and_restored_with_verify_full() {
     );
     // A wrong CA: a clear error naming the certificate check and the file.
     let err = fails(
-        &mut cairn_tls(&[
-            "backup",
-            "--pg",
-            &src.0,
-            "--pg-conn",
-            &conn("127.0.0.1", "verify-full", &s.wrong_ca),
-        ]),
+        &mut backup_over(&conn("127.0.0.1", "verify-full", &s.wrong_ca)),
         1,
     );
     assert!(
@@ -224,24 +215,29 @@ fn tls_only_server_is_backed_up_and_restored_with_verify_full() {
     assert_eq!(err.lines().count(), 1, "{err}");
     // verify-full checks the name: 127.0.0.2 is not in the certificate; verify-ca does not check it.
     let err = fails(
-        &mut cairn_tls(&[
-            "backup",
-            "--pg",
-            &src.0,
-            "--pg-conn",
-            &conn("127.0.0.2", "verify-full", &s.ca),
-        ]),
+        &mut backup_over(&conn("127.0.0.2", "verify-full", &s.ca)),
         1,
     );
     assert!(err.contains("certificate"), "{err}");
     // No snapshot came of any failure.
     assert_eq!(ok(cairn(&repo).args(["--json", "snapshots"])), before);
     // verify-ca: the chain is checked, the name is not (libpq's pg_dump agrees).
-    ok(&mut cairn_tls(&[
+    ok(&mut backup_over(&conn("127.0.0.2", "verify-ca", &s.ca)));
+    // ... and a chain to another CA still fails it.
+    let err = fails(
+        &mut backup_over(&conn("127.0.0.2", "verify-ca", &s.wrong_ca)),
+        1,
+    );
+    assert!(err.contains("certificate"), "{err}");
+    // require with no root certificate (none given, none in HOME): encrypted, the certificate unchecked.
+    let bare_home = dir.path().join("bare-home");
+    std::fs::create_dir_all(&bare_home).unwrap();
+    let require = format!("host=127.0.0.1 port={} sslmode=require", s.port);
+    ok(with_tls_env(cairn(&repo), &bare_home).args([
         "backup",
         "--pg",
         &src.0,
         "--pg-conn",
-        &conn("127.0.0.2", "verify-ca", &s.ca),
+        &require,
     ]));
 }

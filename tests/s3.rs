@@ -6,72 +6,23 @@
 mod harness;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use harness::{assert_same_tree, build_rich_tree, cairn_bin, fails, ok, pseudo_random, run};
+use harness::{
+    assert_same_tree, build_rich_tree, cairn_bin, create_bucket, fails, ok, pseudo_random, run,
+    s3_endpoint, try_http, unique,
+};
 
 /// moto accepts any key pair; this secret must never appear in any output.
 const SECRET: &str = "s3cr3t-never-printed-7f3a";
 
-/// The shared test server's endpoint (`http://127.0.0.1:PORT`).
-fn endpoint() -> &'static str {
-    static EP: OnceLock<String> = OnceLock::new();
-    EP.get_or_init(|| {
-        if let Ok(ep) = std::env::var("CAIRN_TEST_S3_ENDPOINT") {
-            return ep;
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-setup");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        stdout
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("CAIRN_TEST_S3_ENDPOINT="))
-            .unwrap_or_else(|| panic!("s3-setup printed no endpoint: {stdout}"))
-            .to_string()
-    })
-}
-
-/// Sends one unsigned request (the test server accepts them) and returns the reply.
-fn raw_request(endpoint: &str, method: &str, path: &str) -> std::io::Result<String> {
-    let host = endpoint.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host)?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    Ok(reply)
-}
-
 /// A fresh bucket on `endpoint`; returns the repository URL inside it.
 fn fresh_repo(endpoint: &str, tag: &str) -> String {
-    let bucket = format!("it-{tag}-{}", unique());
-    let reply = raw_request(endpoint, "PUT", &format!("/{bucket}")).expect("create bucket");
-    assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
+    let bucket = format!("it-{tag}-{}-{}", std::process::id(), unique());
+    create_bucket(endpoint, &bucket);
     format!("s3://{bucket}/backups/host1")
-}
-
-fn unique() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A `cairn` command on the S3 repository `url`, with its index cache under `cache`.
@@ -122,7 +73,7 @@ fn stream_bytes() -> Vec<u8> {
 
 #[test]
 fn an_s3_repository_backs_up_restores_forgets_prunes_and_checks_clean() {
-    let ep = endpoint();
+    let ep = s3_endpoint();
     let url = fresh_repo(ep, "life");
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
@@ -201,7 +152,7 @@ fn an_s3_repository_backs_up_restores_forgets_prunes_and_checks_clean() {
 
 #[test]
 fn deleting_the_cache_loses_nothing_snapshots_restore_and_backup_work_from_a_fresh_one() {
-    let ep = endpoint();
+    let ep = s3_endpoint();
     let url = fresh_repo(ep, "cache");
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("cache1");
@@ -256,7 +207,7 @@ struct OwnServer {
 
 impl OwnServer {
     fn start() -> OwnServer {
-        endpoint(); // makes sure moto is installed
+        s3_endpoint(); // makes sure moto is installed
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -279,7 +230,7 @@ impl OwnServer {
             .expect("start moto (installed by scripts/s3-setup)");
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while raw_request(&endpoint, "GET", "/").is_err() {
+        while try_http(&endpoint, "GET", "/", &[], &[]).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "moto did not start on {endpoint}"
@@ -333,7 +284,9 @@ fn a_backup_whose_server_dies_midway_fails_with_a_clear_error_and_leaves_no_snap
     let list = format!("/{bucket}?list-type=2&prefix=backups/host1/packs/");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let reply = raw_request(&ep, "GET", &list).unwrap_or_default();
+        let reply = try_http(&ep, "GET", &list, &[], &[])
+            .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+            .unwrap_or_default();
         if reply.contains("<Key>") {
             break;
         }
@@ -391,7 +344,7 @@ fn cache_counts(cache: &Path) -> (usize, u64, u64) {
 
 #[test]
 fn index_objects_let_a_second_host_catch_up_incrementally_and_restore_after_a_prune() {
-    let ep = endpoint();
+    let ep = s3_endpoint();
     let url = fresh_repo(ep, "hosts");
     let dir = tempfile::tempdir().unwrap();
     let (cache1, cache2) = (dir.path().join("host1"), dir.path().join("host2"));
@@ -444,7 +397,7 @@ fn index_objects_let_a_second_host_catch_up_incrementally_and_restore_after_a_pr
 
 #[test]
 fn restore_from_s3_of_a_many_file_tree_is_byte_identical() {
-    let ep = endpoint();
+    let ep = s3_endpoint();
     let url = fresh_repo(ep, "restore");
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
@@ -496,7 +449,7 @@ fn tree_cache_rows(cache: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[test]
 fn walks_read_trees_from_the_hosts_tree_cache_check_reads_the_packs_and_a_bad_copy_is_refetched() {
-    let ep = endpoint();
+    let ep = s3_endpoint();
     let url = fresh_repo(ep, "trees");
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
@@ -587,7 +540,7 @@ fn walks_read_trees_from_the_hosts_tree_cache_check_reads_the_packs_and_a_bad_co
 #[test]
 fn serve_on_an_s3_repository_stops_cleanly_on_sigterm() {
     use std::io::BufRead;
-    let endpoint = endpoint();
+    let endpoint = s3_endpoint();
     let url = fresh_repo(endpoint, "serve");
     let cache = tempfile::tempdir().unwrap();
     ok(s3cairn(endpoint, &url, cache.path()).args(["init", "--insecure-no-encryption"]));

@@ -668,30 +668,8 @@ pub enum InstanceAction {
         /// Restore the latest snapshot taken at or before this time.
         #[arg(long, conflicts_with = "snapshot")]
         at: Option<String>,
-        /// Restore file trees under this directory.
-        #[arg(long)]
-        target: Option<PathBuf>,
-        /// Restore the database into this new database.
-        #[arg(long)]
-        pg_target: Option<String>,
-        /// Restore over the live database and file trees (a safety snapshot of both is taken first).
-        #[arg(long, conflicts_with_all = ["target", "pg_target"])]
-        in_place: bool,
-        /// Replace existing files under --target.
-        #[arg(long)]
-        overwrite: bool,
-        /// Remove files absent from the snapshot (under --target, or the live trees with --in-place).
-        #[arg(long)]
-        delete: bool,
-        /// Restore over an existing --pg-target database (a safety snapshot of it is taken first).
-        #[arg(long, requires = "pg_target")]
-        replace: bool,
-        /// Restore owners and privileges too (by default pg_restore runs with --no-owner --no-acl).
-        #[arg(long)]
-        owner_acl: bool,
-        /// libpq connection settings for the database restore (default: the instance's own).
-        #[arg(long, value_name = "CONNINFO")]
-        pg_conn: Option<String>,
+        #[command(flatten)]
+        to: RestoreTo,
         /// Point-in-time recovery: build this PostgreSQL data directory from the newest base backup
         /// finished before --at (a time, or `latest` for all archived WAL), replaying the WAL archive.
         #[arg(long, value_name = "DIR", requires = "at", conflicts_with_all = ["snapshot", "pg_target", "in_place"])]
@@ -715,6 +693,35 @@ pub enum InstanceAction {
     },
     /// Take a base backup of the instance's cluster now (with its files, without a dump).
     BaseBackup { name: String },
+}
+
+/// Where and how `instance restore` writes a snapshot (its options but those of a point-in-time recovery).
+#[derive(Args, Debug)]
+pub struct RestoreTo {
+    /// Restore file trees under this directory.
+    #[arg(long)]
+    pub target: Option<PathBuf>,
+    /// Restore the database into this new database.
+    #[arg(long)]
+    pub pg_target: Option<String>,
+    /// Restore over the live database and file trees (a safety snapshot of both is taken first).
+    #[arg(long, conflicts_with_all = ["target", "pg_target"])]
+    pub in_place: bool,
+    /// Replace existing files under --target.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Remove files absent from the snapshot (under --target, or the live trees with --in-place).
+    #[arg(long)]
+    pub delete: bool,
+    /// Restore over an existing --pg-target database (a safety snapshot of it is taken first).
+    #[arg(long, requires = "pg_target")]
+    pub replace: bool,
+    /// Restore owners and privileges too (by default pg_restore runs with --no-owner --no-acl).
+    #[arg(long)]
+    pub owner_acl: bool,
+    /// libpq connection settings for the database restore (default: the instance's own).
+    #[arg(long, value_name = "CONNINFO")]
+    pub pg_conn: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

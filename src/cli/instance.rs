@@ -16,7 +16,7 @@ use cairn::runner::{self, DbStream};
 use cairn::schedule::{Priority, Retention};
 use cairn::{Error, Repository, Result};
 
-use super::args::{InstanceAction, InstanceSettings, ScheduleKind};
+use super::args::{InstanceAction, InstanceSettings, RestoreTo, ScheduleKind};
 use super::commands::{human_bytes, parse_time, snapshot_time, Ctx};
 use super::{EXIT_ERROR, EXIT_OK, EXIT_PARTIAL};
 
@@ -161,14 +161,7 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
             name,
             snapshot,
             at,
-            target,
-            pg_target,
-            in_place,
-            overwrite,
-            delete,
-            replace,
-            owner_acl,
-            pg_conn,
+            to,
             pg_datadir,
             start,
             port,
@@ -180,8 +173,8 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
                 let req = super::wal::PitrArgs {
                     at: at.unwrap_or_default(),
                     datadir,
-                    files_to: target,
-                    overwrite,
+                    files_to: to.target,
+                    overwrite: to.overwrite,
                     start,
                     port,
                     pg_bin,
@@ -190,16 +183,6 @@ pub fn instance(ctx: &Ctx, action: InstanceAction) -> Result<i32> {
                 };
                 return super::wal::restore_pitr(ctx, &repo, &name, req);
             }
-            let to = RestoreTo {
-                target,
-                pg_target,
-                in_place,
-                overwrite,
-                delete,
-                replace,
-                owner_acl,
-                pg_conn,
-            };
             return restore_instance(ctx, &repo, &name, snapshot, at, to);
         }
     }
@@ -368,22 +351,6 @@ fn list(ctx: &Ctx, repo: &Repository) -> Result<i32> {
         );
     }
     Ok(EXIT_OK)
-}
-
-/// Where `instance restore` writes.
-struct RestoreTo {
-    target: Option<std::path::PathBuf>,
-    pg_target: Option<String>,
-    in_place: bool,
-    /// Replace existing files under `target`.
-    overwrite: bool,
-    /// Remove files absent from the snapshot (under `target`, or the live trees in place).
-    delete: bool,
-    /// Restore over an existing `pg_target` database.
-    replace: bool,
-    owner_acl: bool,
-    /// Overrides the instance's connection string for the database restore.
-    pg_conn: Option<String>,
 }
 
 fn restore_instance(

@@ -169,11 +169,17 @@ impl TlsSettings {
     /// The connector for tokio-postgres.
     pub fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let lenient = |chain| {
+            Arc::new(Lenient {
+                chain,
+                provider: provider.clone(),
+            })
+        };
         let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
             // TLS is not used: any verifier will do, it never runs.
-            TlsMode::Disable => Arc::new(Unverified(provider.clone())),
+            TlsMode::Disable => lenient(None),
             _ => match (self.root_file()?, self.mode) {
-                (None, _) => Arc::new(Unverified(provider.clone())),
+                (None, _) => lenient(None),
                 (Some(file), mode) => {
                     let roots = self.roots(&file)?;
                     let webpki = WebPkiServerVerifier::builder_with_provider(
@@ -185,7 +191,7 @@ impl TlsSettings {
                     if mode == TlsMode::VerifyFull {
                         webpki
                     } else {
-                        Arc::new(ChainOnly(webpki))
+                        lenient(Some(webpki))
                     }
                 }
             },
@@ -228,11 +234,18 @@ impl TlsSettings {
     }
 }
 
-/// `verify-ca`: the chain is verified, the name is not (a certificate valid for another name passes).
+/// The verifier of the modes that do not check the server's name: `verify-ca` (the chain is verified, the
+/// name is not: a certificate valid for another name passes) and, with no chain to verify, `prefer`/`require`
+/// without a root certificate (encryption without authentication of the server, as in libpq). Either way
+/// the handshake signatures are verified, with the provider's algorithms (as [`WebPkiServerVerifier`] does).
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    /// The roots' verifier, for `verify-ca`; none when the certificate is not checked.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -241,11 +254,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         // The name is checked only after the chain verified: a name error means the chain is good.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -259,51 +272,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer`/`require` without a root certificate: encryption without authentication of the server, as in
-/// libpq; the handshake signatures are still verified.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -317,12 +290,14 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

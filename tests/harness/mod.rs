@@ -152,6 +152,15 @@ pub fn backup_json(repo: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// `cairn backup --stdin-from-command --stdin-name NAME -- COMMAND...`: a snapshot of one stream, what
+/// `command` prints.
+pub fn stdin_backup(repo: &Path, name: &str, command: &[&str]) -> Command {
+    let mut c = cairn(repo);
+    c.args(["backup", "--stdin-from-command", "--stdin-name", name, "--"])
+        .args(command);
+    c
+}
+
 /// Deterministic pseudo-random bytes.
 /// The system identifier of the clusters [`wal_segment`] makes segments of.
 pub const TEST_SYSID: u64 = 7_123_456_789_012_345_678;

@@ -322,8 +322,21 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    try_http(endpoint, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {endpoint}{path}: {e}"))
+}
+
+/// [`http`] to a server that may be down (one being started or killed by its test): an error where it
+/// cannot be reached or answers no HTTP reply.
+pub fn try_http(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let host = endpoint.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+    let mut s = TcpStream::connect(host)?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\
          Authorization: AWS4-HMAC-SHA256 Credential={S3_KEY_ID}/20260101/us-east-1/s3/aws4_request, \
@@ -334,25 +347,31 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
     let mut reply = Vec::new();
-    s.read_to_end(&mut reply).unwrap();
+    s.read_to_end(&mut reply)?;
+    let not_http = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP reply: {}", String::from_utf8_lossy(&reply)),
+        )
+    };
     let split = reply
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP reply header");
+        .ok_or_else(not_http)?;
     let head = String::from_utf8_lossy(&reply[..split]).to_ascii_lowercase();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .expect("HTTP status");
+        .ok_or_else(not_http)?;
     let mut rest = reply[split + 4..].to_vec();
     if head.contains("transfer-encoding: chunked") {
         rest = dechunk(&rest);
     }
-    (status, rest)
+    Ok((status, rest))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

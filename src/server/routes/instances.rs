@@ -30,6 +30,45 @@ pub(super) async fn show_instance(
     .await
 }
 
+/// A read of one instance's: the caller at least a viewer and the name valid, then `read` on the blocking
+/// pool.
+async fn read_instance<T: Send + 'static>(
+    st: &AppState,
+    headers: &HeaderMap,
+    name: String,
+    read: impl FnOnce(&Repository, &str) -> crate::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    st.auth.require(headers, Role::Viewer, None).await?;
+    checked_name(&name)?;
+    let repo = st.repo.clone();
+    blocking(move || read(&repo, &name)).await
+}
+
+/// A change to one instance, recorded in the run log as `action`: the caller's role checked against
+/// `need` (a refusal recorded as denied), then `change` on the blocking pool, recorded with its result.
+async fn change_instance<T: Send + 'static>(
+    st: &AppState,
+    headers: &HeaderMap,
+    need: Role,
+    action: &str,
+    name: &str,
+    change: impl FnOnce(&Repository, &str) -> crate::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let caller = st
+        .auth
+        .require(headers, need, Some((action, Some(name))))
+        .await?;
+    let (repo, n) = (st.repo.clone(), name.to_string());
+    audited(
+        st,
+        &caller,
+        action,
+        Some(name),
+        blocking(move || change(&repo, &n)),
+    )
+    .await
+}
+
 /// Fields the API may not set: identity, and shell commands the server would run.
 const FIXED_FIELDS: [&str; 5] = ["name", "created", "pre_hook", "post_hook", "notify"];
 
@@ -82,24 +121,22 @@ pub(super) async fn create_instance(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let caller = st
-        .auth
-        .require(&headers, Role::Admin, Some(("instance-add", Some(&name))))
-        .await?;
-    let repo = st.repo.clone();
-    let n = name.clone();
-    let v = audited(&st, &caller, "instance-add", Some(&name), async move {
-        blocking(move || {
-            instance::validate_name(&n)?;
-            if instance::load_for_update(&repo, &n).is_ok() {
+    let v = change_instance(
+        &st,
+        &headers,
+        Role::Admin,
+        "instance-add",
+        &name,
+        move |repo, n| {
+            instance::validate_name(n)?;
+            if instance::load_for_update(repo, n).is_ok() {
                 return Err(Error::Invalid(format!("instance {n} exists (use PUT)")));
             }
-            let (cfg, _) = overlay(&InstanceConfig::new(&n, Priority::Medium), &body)?;
-            instance::save(&repo, &cfg)?;
+            let (cfg, _) = overlay(&InstanceConfig::new(n, Priority::Medium), &body)?;
+            instance::save(repo, &cfg)?;
             Ok(config_json(&cfg))
-        })
-        .await
-    })
+        },
+    )
     .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -110,25 +147,23 @@ pub(super) async fn update_instance(
     Path(name): Path<String>,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
-    let caller = st
-        .auth
-        .require(&headers, Role::Admin, Some(("instance-set", Some(&name))))
-        .await?;
-    let repo = st.repo.clone();
-    let n = name.clone();
-    let v = audited(&st, &caller, "instance-set", Some(&name), async move {
-        blocking(move || {
-            let (cfg, change) = overlay(&instance::load_for_update(&repo, &n)?, &body)?;
-            instance::save(&repo, &cfg)?;
+    let v = change_instance(
+        &st,
+        &headers,
+        Role::Admin,
+        "instance-set",
+        &name,
+        move |repo, n| {
+            let (cfg, change) = overlay(&instance::load_for_update(repo, n)?, &body)?;
+            instance::save(repo, &cfg)?;
             let mut v = config_json(&cfg);
             if let Some(c) = change {
                 // Which of schedule and retention followed the new priority, which were kept as custom.
                 v["priority_change"] = json!(c);
             }
             Ok(v)
-        })
-        .await
-    })
+        },
+    )
     .await?;
     Ok(Json(v))
 }
@@ -145,34 +180,28 @@ pub(super) async fn delete_instance(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Json<Value>> {
-    let caller = st
-        .auth
-        .require(
-            &headers,
-            Role::Admin,
-            Some(("instance-remove", Some(&name))),
-        )
-        .await?;
-    let repo = st.repo.clone();
-    let n = name.clone();
-    let v = audited(&st, &caller, "instance-remove", Some(&name), async move {
-        blocking(move || {
-            instance::remove(&repo, &n)?;
+    let v = change_instance(
+        &st,
+        &headers,
+        Role::Admin,
+        "instance-remove",
+        &name,
+        move |repo, n| {
+            instance::remove(repo, n)?;
             let mut forgotten = Vec::new();
             if q.purge {
                 let ids: Vec<_> = repo
                     .snapshots()?
                     .into_iter()
-                    .filter(|(_, s)| s.instance.as_deref() == Some(n.as_str()))
+                    .filter(|(_, s)| s.instance.as_deref() == Some(n))
                     .map(|(id, _)| id)
                     .collect();
-                crate::gc::forget_ids(&repo, &ids, false)?;
+                crate::gc::forget_ids(repo, &ids, false)?;
                 forgotten = ids.iter().map(|i| i.to_hex()).collect();
             }
             Ok(json!({"instance": n, "action": "removed", "snapshots_forgotten": forgotten}))
-        })
-        .await
-    })
+        },
+    )
     .await?;
     Ok(Json(v))
 }
@@ -184,23 +213,21 @@ pub(super) async fn set_paused(
     paused: bool,
 ) -> ApiResult<Json<Value>> {
     let action = if paused { "pause" } else { "resume" };
-    let caller = st
-        .auth
-        .require(&headers, Role::Operator, Some((action, Some(&name))))
-        .await?;
-    let repo = st.repo.clone();
-    let n = name.clone();
-    let v = audited(&st, &caller, action, Some(&name), async move {
-        blocking(move || {
-            let mut cfg = instance::load_for_update(&repo, &n)?;
+    let v = change_instance(
+        &st,
+        &headers,
+        Role::Operator,
+        action,
+        &name,
+        move |repo, n| {
+            let mut cfg = instance::load_for_update(repo, n)?;
             cfg.paused = paused;
-            instance::save(&repo, &cfg)?;
+            instance::save(repo, &cfg)?;
             let mut v = config_json(&cfg);
             v["action"] = json!(if paused { "paused" } else { "resumed" });
             Ok(v)
-        })
-        .await
-    })
+        },
+    )
     .await?;
     Ok(Json(v))
 }
@@ -226,15 +253,12 @@ pub(super) async fn instance_snapshots(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    st.auth.require(&headers, Role::Viewer, None).await?;
-    checked_name(&name)?;
-    let repo = st.repo.clone();
-    let v = blocking(move || {
-        instance::load_for_update(&repo, &name)?;
+    let v = read_instance(&st, &headers, name, |repo, name| {
+        instance::load_for_update(repo, name)?;
         Ok(repo
             .snapshots()?
             .iter()
-            .filter(|(_, s)| s.instance.as_deref() == Some(name.as_str()))
+            .filter(|(_, s)| s.instance.as_deref() == Some(name))
             .map(|(id, s)| s.to_json(id))
             .collect::<Vec<_>>())
     })
@@ -247,10 +271,10 @@ pub(super) async fn instance_log(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    st.auth.require(&headers, Role::Viewer, None).await?;
-    checked_name(&name)?;
-    let repo = st.repo.clone();
-    let v = blocking(move || instance::runs(&repo, Some(&name))).await?;
+    let v = read_instance(&st, &headers, name, |repo, name| {
+        instance::runs(repo, Some(name))
+    })
+    .await?;
     Ok(Json(json!(v)))
 }
 
@@ -259,12 +283,9 @@ pub(super) async fn instance_stats(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    st.auth.require(&headers, Role::Viewer, None).await?;
-    checked_name(&name)?;
-    let repo = st.repo.clone();
-    let v = blocking(move || {
-        instance::load_for_update(&repo, &name)?;
-        Ok(Overview::read(&repo)?.stats_of(&name))
+    let v = read_instance(&st, &headers, name, |repo, name| {
+        instance::load_for_update(repo, name)?;
+        Ok(Overview::read(repo)?.stats_of(name))
     })
     .await?;
     Ok(Json(v))
