@@ -6,8 +6,8 @@
 //! are read pack by pack in merged runs ([`crate::fetch`]) and each is written, at its offset, into every file
 //! that needs it (`pwrite` from the worker that verified it). A file is created once (private, mode 0600) and
 //! kept open until its last chunk is written; the write-out to disk of a file that is not small starts as
-//! soon as the batch's last chunk of it is written (see [`start_writeback`]), and at the end of the batch it gets its owner, mode, extended
-//! attributes and times through the open descriptor. A sparse restore (`restore --sparse`, as restic's)
+//! soon as the batch's last chunk of it is written (see [`start_writeback`]), and at the end of the batch it
+//! gets its owner, mode, extended attributes and times through the open descriptor. A sparse restore (`restore --sparse`, as restic's)
 //! skips the pages of zeros in each chunk and sets each file's length at the end, so they stay holes.
 //!
 //! Invariants: every file is attempted; a file is complete and exact or removed (never left half-written under

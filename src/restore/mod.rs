@@ -598,17 +598,7 @@ pub(crate) mod tests {
         use super::files::EARLY_WRITEBACK_MIN;
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut bytes = |len: u64| -> Vec<u8> {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
+        let bytes = |len: u64| crate::chunking::tests::pseudo_random(len as usize, len);
         // More small files than one batch opens, with the large ones among them.
         for i in 0..300u64 {
             let sub = src.join(format!("d{}", i % 3));
