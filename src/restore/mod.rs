@@ -452,6 +452,21 @@ pub(crate) mod tests {
         (written.and_then(|()| rounds.finish()), opens, writebacks)
     }
 
+    /// Backs `src` up into a new repository under `dir` and restores it to `dir/restored` with the default
+    /// options and round limits: where it went, and what [`restore_counting`] says.
+    fn back_up_and_restore(dir: &Path, src: &Path) -> (PathBuf, Result<RestoreSummary>, u64, u64) {
+        let repo = Repository::init(dir.join("repo"), Config::new_default()).unwrap();
+        let made = back_up(&repo, src);
+        let out = dir.join("restored");
+        let opts = RestoreOptions {
+            target: out.clone(),
+            ..Default::default()
+        };
+        let limits = (ROUND_ENTRIES, ROUND_CHUNKS);
+        let (summary, opens, writebacks) = restore_counting(&repo, &made.snapshot, &opts, limits);
+        (out, summary, opens, writebacks)
+    }
+
     /// Every entry below `root`: path, kind, mode, mtime, and content or link target; hard-linked files
     /// by the first path of their inode.
     fn listing(root: &Path) -> Vec<String> {
@@ -566,15 +581,7 @@ pub(crate) mod tests {
             fs::create_dir_all(&level).unwrap();
             fs::write(level.join("f"), i.to_string()).unwrap();
         }
-        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
-        let made = back_up(&repo, &src);
-        let out = dir.path().join("restored");
-        let opts = RestoreOptions {
-            target: out.clone(),
-            ..Default::default()
-        };
-        let limits = (ROUND_ENTRIES, ROUND_CHUNKS);
-        let (summary, opens, _) = restore_counting(&repo, &made.snapshot, &opts, limits);
+        let (out, summary, opens, _) = back_up_and_restore(dir.path(), &src);
         let summary = summary.unwrap();
         assert_eq!((summary.dirs, summary.files), (DEPTH + 1, DEPTH));
         let deepest = PathBuf::from("src")
@@ -609,15 +616,7 @@ pub(crate) mod tests {
         for (i, len) in large.into_iter().enumerate() {
             fs::write(src.join(format!("d{i}/large")), bytes(len)).unwrap();
         }
-        let repo = Repository::init(dir.path().join("repo"), Config::new_default()).unwrap();
-        let made = back_up(&repo, &src);
-        let out = dir.path().join("restored");
-        let opts = RestoreOptions {
-            target: out.clone(),
-            ..Default::default()
-        };
-        let limits = (ROUND_ENTRIES, ROUND_CHUNKS);
-        let (summary, _, writebacks) = restore_counting(&repo, &made.snapshot, &opts, limits);
+        let (out, summary, _, writebacks) = back_up_and_restore(dir.path(), &src);
         assert_eq!(summary.unwrap().files, 303);
         assert_eq!(listing(&out.join("src")), listing(&src));
         // One each for the two files of EARLY_WRITEBACK_MIN bytes or more (each written in one batch).
