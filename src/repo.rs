@@ -583,9 +583,10 @@ impl Repository {
     /// Removes a snapshot: the index row first, then the file, so a crash in between leaves the snapshot
     /// recoverable by `repair index` rather than a dangling row.
     pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        // Checked once, before the row goes: a lost lock leaves both the row and the file.
         self.ensure_locks_held()?;
         self.index().remove_snapshot(&id.to_hex())?;
-        self.delete_object(ObjectKind::Snapshot, &id.to_hex())
+        self.backend.delete(ObjectKind::Snapshot, &id.to_hex())
     }
 
     /// Keeps `guard`'s lock checked at this repository's commit points for as long as it is held.
