@@ -215,28 +215,28 @@ impl<'r> Fetcher<'r> {
     ) {
         let got = reader.read_at(run.start, run.end - run.start);
         match got {
-            Ok(bytes) => run.blobs.par_iter().for_each(|&i| {
-                let loc = &locs[i];
-                let at = (loc.entry.offset - run.start) as usize;
-                let stored = bytes.get(at..at + loc.entry.stored_len as usize);
-                let got = match stored {
-                    Some(s) => self.decode(loc, s, bases, verify),
-                    None => Err(Error::corrupt(
-                        format!("pack {}", run.pack.short()),
-                        "short ranged read",
-                    )),
-                };
-                on_blob(
-                    i,
-                    match got {
-                        // Read again on its own before it is called damaged: the run's transfer may have
-                        // brought wrong bytes (see `crate::backend::read_again_if_damaged`). The run was the
-                        // first reading, so this one is the verdict.
-                        Err(e) if e.is_damage() => self.repo.read_located_once(loc),
-                        got => got,
-                    },
-                );
-            }),
+            Ok(mut bytes) => blobs_of_run(run, locs, &mut bytes)
+                .into_par_iter()
+                .for_each(|(i, stored)| {
+                    let loc = &locs[i];
+                    let got = match stored {
+                        Some(s) => self.decode(loc, s, bases, verify),
+                        None => Err(Error::corrupt(
+                            format!("pack {}", run.pack.short()),
+                            "short ranged read",
+                        )),
+                    };
+                    on_blob(
+                        i,
+                        match got {
+                            // Read again on its own before it is called damaged: the run's transfer may
+                            // have brought wrong bytes (see `crate::backend::read_again_if_damaged`). The
+                            // run was the first reading, so this one is the verdict.
+                            Err(e) if e.is_damage() => self.repo.read_located_once(loc),
+                            got => got,
+                        },
+                    );
+                }),
             Err(e) if run.blobs.len() == 1 && !e.is_damage() => on_blob(run.blobs[0], Err(e)),
             // Say precisely which blobs cannot be read: each on its own.
             Err(_) => run
@@ -246,11 +246,12 @@ impl<'r> Fetcher<'r> {
         }
     }
 
-    /// Decodes one blob's stored bytes, a delta with its base from `bases` when that holds it.
+    /// Decodes one blob's stored bytes (opened where they lie), a delta with its base from `bases` when
+    /// that holds it.
     fn decode(
         &self,
         loc: &Location,
-        stored: &[u8],
+        stored: &mut [u8],
         bases: &Bases,
         verify: bool,
     ) -> Result<Vec<u8>> {
@@ -261,9 +262,41 @@ impl<'r> Fetcher<'r> {
             Some(base) if loc.entry.kind == BlobKind::DeltaData => {
                 crate::delta::decode_with_base(self.repo, loc, stored, base)
             }
-            _ => self.repo.decode_stored(loc, stored),
+            _ => self.repo.decode_stored_in_place(loc, stored),
         }
     }
+}
+
+/// The stored bytes of each blob of `run` within `bytes` (the run's read, from `run.start`), each blob its
+/// own mutable slice so it can be opened in place; `None` for a blob the read does not hold whole (a short
+/// read) or that overlaps another (a damaged index: read on its own instead).
+fn blobs_of_run<'b>(
+    run: &Run,
+    locs: &[Location],
+    bytes: &'b mut [u8],
+) -> Vec<(usize, Option<&'b mut [u8]>)> {
+    let mut order = run.blobs.clone();
+    order.sort_by_key(|&i| locs[i].entry.offset);
+    let mut rest = bytes;
+    let mut rest_at = run.start;
+    let mut out = Vec::with_capacity(order.len());
+    for i in order {
+        let entry = &locs[i].entry;
+        let (at, len) = (entry.offset, entry.stored_len as u64);
+        let fits = at >= rest_at && at - rest_at + len <= rest.len() as u64;
+        if !fits {
+            out.push((i, None));
+            continue;
+        }
+        let tail = std::mem::take(&mut rest)
+            .split_at_mut((at - rest_at) as usize)
+            .1;
+        let (stored, tail) = tail.split_at_mut(len as usize);
+        rest = tail;
+        rest_at = at + len;
+        out.push((i, Some(stored)));
+    }
+    out
 }
 
 /// A pool of `threads` reader threads, or `None` when the global pool has that size already (an object
@@ -789,5 +822,35 @@ mod tests {
         let mut all: Vec<usize> = runs.iter().flat_map(|r| r.blobs.clone()).collect();
         all.sort();
         assert_eq!(all, (0..locs.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn each_blob_of_a_run_gets_its_own_slice_and_what_a_read_lacks_gets_none() {
+        let locs = vec![
+            loc(1, 150, 50),
+            loc(1, 100, 40),
+            loc(1, 180, 30), // overlaps the blob at 150..200
+            loc(1, 290, 20), // past the end of a short read
+        ];
+        let run = Run {
+            pack: Id::of(&[1]),
+            start: 100,
+            end: 310,
+            blobs: vec![0, 1, 2, 3],
+        };
+        let mut bytes: Vec<u8> = (0..200u8).collect(); // the read stopped 10 bytes short
+        let got: Vec<(usize, Option<Vec<u8>>)> = blobs_of_run(&run, &locs, &mut bytes)
+            .into_iter()
+            .map(|(i, s)| (i, s.map(|s| s.to_vec())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, Some((0..40).collect())),
+                (0, Some((50..100).collect())),
+                (2, None),
+                (3, None),
+            ]
+        );
     }
 }

@@ -509,21 +509,49 @@ pub fn encode_blob(raw: &[u8], level: i32) -> Result<(Compression, Cow<'_, [u8]>
 /// Opens (in an encrypted repository), decodes and verifies stored blob bytes against the blob's id. A delta
 /// blob needs its base: [`crate::delta::decode_blob`] (through [`crate::repo::Repository::decode_stored`]).
 pub fn decode_blob(entry: &BlobEntry, stored: &[u8], crypto: &Crypto) -> Result<Vec<u8>> {
-    let what = || format!("blob {}", entry.id);
-    if entry.kind == BlobKind::DeltaData {
-        return Err(Error::corrupt(
-            what(),
+    refuse_delta(entry)?;
+    let opened = crypto.open(&blob_what(entry), crypto::AAD_BLOB, stored)?;
+    decoded(entry, opened, crypto)
+}
+
+/// [`decode_blob`] of stored bytes the caller owns: opened where they lie (no copy before the
+/// decompression), which leaves them meaningless.
+pub fn decode_blob_in_place(
+    entry: &BlobEntry,
+    stored: &mut [u8],
+    crypto: &Crypto,
+) -> Result<Vec<u8>> {
+    refuse_delta(entry)?;
+    let opened = crypto.open_in_place(&blob_what(entry), crypto::AAD_BLOB, stored)?;
+    decoded(entry, Cow::Borrowed(&*opened), crypto)
+}
+
+fn blob_what(entry: &BlobEntry) -> String {
+    format!("blob {}", entry.id)
+}
+
+fn refuse_delta(entry: &BlobEntry) -> Result<()> {
+    match entry.kind {
+        BlobKind::DeltaData => Err(Error::corrupt(
+            blob_what(entry),
             "a delta blob cannot be decoded without its base",
-        ));
+        )),
+        _ => Ok(()),
     }
-    let stored = crypto.open(&what(), crypto::AAD_BLOB, stored)?;
+}
+
+/// The content of an opened blob, decompressed and checked against its id.
+fn decoded(entry: &BlobEntry, opened: Cow<[u8]>, crypto: &Crypto) -> Result<Vec<u8>> {
     let raw = match entry.compression {
-        Compression::None => stored.into_owned(),
-        Compression::Zstd => zstd_decompress(&stored, entry.raw_len as usize)
-            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
+        Compression::None => opened.into_owned(),
+        Compression::Zstd => zstd_decompress(&opened, entry.raw_len as usize)
+            .map_err(|e| Error::corrupt(blob_what(entry), format!("does not decompress: {e}")))?,
     };
     if raw.len() != entry.raw_len as usize || crypto.blob_id(&raw) != entry.id {
-        return Err(Error::corrupt(what(), "content does not match its id"));
+        return Err(Error::corrupt(
+            blob_what(entry),
+            "content does not match its id",
+        ));
     }
     Ok(raw)
 }

@@ -534,13 +534,19 @@ impl Repository {
         } else {
             pack::decode_blob(&loc.entry, stored, &self.crypto)
         };
-        decoded.map_err(|e| match e {
-            Error::Corrupt { what, detail } => Error::Corrupt {
-                what: format!("{what} in pack {}", loc.pack.short()),
-                detail,
-            },
-            other => other,
-        })
+        in_pack(loc, decoded)
+    }
+
+    /// [`Self::decode_stored`] of stored bytes the caller owns and gives up: a plain blob is opened where
+    /// it lies, with no copy.
+    pub fn decode_stored_in_place(&self, loc: &Location, stored: &mut [u8]) -> Result<Vec<u8>> {
+        if loc.entry.kind == BlobKind::DeltaData {
+            return self.decode_stored(loc, stored);
+        }
+        in_pack(
+            loc,
+            pack::decode_blob_in_place(&loc.entry, stored, &self.crypto),
+        )
     }
 
     /// Saves a snapshot and returns its id: the index row is inserted in a transaction that commits only after
@@ -785,4 +791,15 @@ pub fn default_repo_path() -> Option<PathBuf> {
         return Some(PathBuf::from(x).join("cairn/repo"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/cairn/repo"))
+}
+
+/// A decoding error of the blob at `loc`, naming its pack.
+fn in_pack(loc: &Location, decoded: Result<Vec<u8>>) -> Result<Vec<u8>> {
+    decoded.map_err(|e| match e {
+        Error::Corrupt { what, detail } => Error::Corrupt {
+            what: format!("{what} in pack {}", loc.pack.short()),
+            detail,
+        },
+        other => other,
+    })
 }

@@ -7,7 +7,6 @@
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{check_name, short_object, Backend, ObjectKind, ObjectWriter, RangeReader};
@@ -232,9 +231,8 @@ impl Backend for LocalBackend {
 fn read_range(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     let want = usize::try_from(len)
         .map_err(|_| Error::Invalid(format!("read of {len} bytes is too large")))?;
-    let mut buf = vec![0u8; want];
-    match file.read_exact_at(&mut buf, offset) {
-        Ok(()) => Ok(buf),
+    match fsutil::read_exact_at_new(file, offset, want) {
+        Ok(buf) => Ok(buf),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             let size = file.metadata().at(path)?.len();
             Err(short_object(path.display().to_string(), size, offset, len))

@@ -182,7 +182,24 @@ impl Crypto {
         let Some(keys) = &self.keys else {
             return Ok(Cow::Borrowed(sealed));
         };
-        open_with(&keys.aead, what, aad, sealed).map(Cow::Owned)
+        open_copy(&keys.aead, what, aad, sealed).map(Cow::Owned)
+    }
+
+    /// [`Self::open`] where the sealed string lies: the plaintext is returned within `sealed` (no copy),
+    /// whose other bytes are then meaningless; `sealed` itself when plaintext.
+    pub fn open_in_place<'a>(
+        &self,
+        what: &str,
+        aad: &[u8],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8]> {
+        match &self.keys {
+            None => Ok(sealed),
+            Some(keys) => {
+                let (nonce, ciphertext) = sealed.split_at_mut(NONCE_LEN.min(sealed.len()));
+                open_with(&keys.aead, what, aad, nonce, ciphertext)
+            }
+        }
     }
 
     /// Length of the sealed form of `n` plaintext bytes.
@@ -207,22 +224,34 @@ fn seal_with(aead: &XChaCha, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) 
     Ok(out)
 }
 
-/// Opens `nonce | ciphertext | tag` with `aead`.
-fn open_with(aead: &XChaCha, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    if sealed.len() < OVERHEAD {
-        return Err(Error::corrupt(what, "encrypted object too short"));
-    }
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&sealed[..NONCE_LEN]);
-    let mut plain = sealed.to_vec();
-    aead.open_within(&nonce, aad, &mut plain, NONCE_LEN)
-        .map_err(|_| {
-            Error::corrupt(
-                what,
-                "does not authenticate (damaged, or not written with this repository's key)",
-            )
-        })?;
-    Ok(plain)
+/// Opens `nonce | ciphertext | tag` into a buffer of its own, copying the ciphertext (not the nonce) once.
+fn open_copy(aead: &XChaCha, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN.min(sealed.len()));
+    let mut buf = ciphertext.to_vec();
+    let len = open_with(aead, what, aad, nonce, &mut buf)?.len();
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Opens `ciphertext | tag` in place (the plaintext is returned within it) under `nonce`, which sealing put
+/// before it.
+fn open_with<'a>(
+    aead: &XChaCha,
+    what: &str,
+    aad: &[u8],
+    nonce: &[u8],
+    ciphertext: &'a mut [u8],
+) -> Result<&'a mut [u8]> {
+    let nonce: &[u8; NONCE_LEN] = match nonce.try_into() {
+        Ok(n) if ciphertext.len() >= TAG_LEN => n,
+        _ => return Err(Error::corrupt(what, "encrypted object too short")),
+    };
+    aead.open_in_place(nonce, aad, ciphertext).map_err(|_| {
+        Error::corrupt(
+            what,
+            "does not authenticate (damaged, or not written with this repository's key)",
+        )
+    })
 }
 
 /// Keys opened in this process, by repository id: a command that opens its repository twice (the run log
@@ -329,7 +358,7 @@ fn seal_under_with_nonce(
 }
 
 fn open_under(key: &[u8; KEY_LEN], what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    open_with(&XChaCha::new(key), what, aad, sealed)
+    open_copy(&XChaCha::new(key), what, aad, sealed)
 }
 
 #[cfg(test)]

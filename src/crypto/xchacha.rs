@@ -56,22 +56,17 @@ impl XChaCha {
         Ok(out)
     }
 
-    /// Checks and decrypts `buf[from..]` (ciphertext followed by the tag) and leaves the plaintext at the
-    /// start of `buf`, truncated to it.
-    pub fn open_within(
+    /// Checks and decrypts `buf` (ciphertext followed by the tag) where it lies; the plaintext is the
+    /// start of `buf`, returned. After a failure `buf` holds nothing meaningful.
+    pub fn open_in_place<'a>(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
-        buf: &mut Vec<u8>,
-        from: usize,
-    ) -> Result<(), AeadError> {
+        buf: &'a mut [u8],
+    ) -> Result<&'a mut [u8], AeadError> {
         let (key, n) = self.inner(nonce)?;
-        let len = key
-            .open_within(n, Aad::from(aad), buf, from..)
-            .map_err(|_| AeadError)?
-            .len();
-        buf.truncate(len);
-        Ok(())
+        key.open_in_place(n, Aad::from(aad), buf)
+            .map_err(|_| AeadError)
     }
 }
 
@@ -114,21 +109,24 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(sealed, expected, "{len} bytes");
-            // Opened where it lies after a 3-byte prefix, as objects are read (nonce first).
+            // Opened where it lies after a 3-byte prefix, as blobs are read (within their run).
             let mut opened = [&[9u8, 9, 9][..], &expected].concat();
-            ours.open_within(&nonce, b"aad", &mut opened, 3).unwrap();
-            assert_eq!(opened, plain);
+            assert_eq!(
+                ours.open_in_place(&nonce, b"aad", &mut opened[3..])
+                    .unwrap(),
+                &plain[..]
+            );
             for bad in [0, sealed.len() / 2, sealed.len() - 1] {
                 let mut flipped = sealed.clone();
                 flipped[bad] ^= 1;
                 assert_eq!(
-                    ours.open_within(&nonce, b"aad", &mut flipped, 0),
+                    ours.open_in_place(&nonce, b"aad", &mut flipped),
                     Err(AeadError)
                 );
             }
             let mut other_aad = sealed.clone();
             assert_eq!(
-                ours.open_within(&nonce, b"aae", &mut other_aad, 0),
+                ours.open_in_place(&nonce, b"aae", &mut other_aad),
                 Err(AeadError)
             );
         }
