@@ -5,7 +5,8 @@
 #   benches/e2e/run.sh            # everything: corpus (cached), 3 runs of each measurement, the table
 #   REPS=1 benches/e2e/run.sh     # a quicker, noisier look
 #   benches/e2e/run.sh encryption # first backup + restore of the file store: cairn encrypted, cairn
-#                                 # plaintext (--insecure-no-encryption) and restic, side by side (REPS=1)
+#                                 # plaintext (--insecure-no-encryption) and restic, side by side
+#                                 # (REPS_ENCRYPTION=1); `encryption small`: of the 100,000 small files
 #
 # Data (corpora, repositories, logs, results) lives in $CAIRN_BENCH_DATA (default /work/bench-data), outside
 # any git tree. The corpus is generated once and reused while its generators are unchanged. Runs as root
@@ -316,12 +317,19 @@ main() {
   python3 "$HERE/report.py" "$RESULTS" | tee "$RESULTS/table.md"
 }
 
-# `run.sh encryption`: what encryption costs. The first backup of the file store and its restore, by cairn
-# into an encrypted repository (the default), into a plaintext one, and by restic (which encrypts), one
-# after the other in each run; a table of wall time, CPU and peak RSS with the ratios the targets are about.
+# `run.sh encryption [small]`: what encryption costs. The first backup of the file store (or, with `small`,
+# of the tree of 100,000 small files) and its restore, by cairn into an encrypted repository (the default),
+# into a plaintext one, and by restic (which encrypts), one after the other in each run; a table of wall
+# time, CPU and peak RSS with the ratios the targets are about.
 encryption_main() {
+  local shape=${1:-filestore}
   REPS=${REPS_ENCRYPTION:-1}
   RESULTS=$DATA/results-encryption
+  local tree=$FS
+  if [ "$shape" = small ]; then
+    RESULTS=$DATA/results-encryption-small
+    tree=$SMALL
+  fi
   local tools=(cairn cairnplain restic) run tool repo target
   setup_tools
   mkdir -p "$CORPUS" "$RESULTS" "$LOGS"
@@ -332,13 +340,13 @@ encryption_main() {
   : >"$RESULTS/raw.tsv"
   : >"$RESULTS/bytes.tsv"
   echo "cairn: $("$CAIRN" --version) ($(git -C "$TOP" rev-parse --short HEAD)); restic $(restic version | cut -d' ' -f2)"
-  echo "file store: $(find "$FS" -type f | wc -l) files, $(du -sb "$FS" | cut -f1) bytes; $(nproc) CPUs"
+  echo "$shape: $(find "$tree" -type f | wc -l) files, $(du -sb "$tree" | cut -f1) bytes; $(nproc) CPUs"
   for run in $(seq "$REPS"); do
     for tool in "${tools[@]}"; do
       repo=$(fresh_repo "$tool" enc)
       settle
-      warm "$FS"
-      measure files1 "$tool" "$run" "$SELF" __step tree "$tool" "$repo" "$FS" files-1
+      warm "$tree"
+      measure files1 "$tool" "$run" "$SELF" __step tree "$tool" "$repo" "$tree" files-1
       stored files1 "$tool" "$repo"
     done
     for tool in "${tools[@]}"; do
@@ -346,9 +354,9 @@ encryption_main() {
       fresh_fs "$DATA/restore"
       settle
       measure restore "$tool" "$run" "$SELF" __step restore "$tool" "$REPOS/$tool-enc" "$target"
-      local got=$target/filestore
-      [ "$tool" = restic ] && got=$target$FS
-      diff -rq "$FS" "$got" >/dev/null || { echo "restore by $tool differs from the source" >&2; exit 1; }
+      local got=$target/$(basename "$tree")
+      [ "$tool" = restic ] && got=$target$tree
+      diff -rq "$tree" "$got" >/dev/null || { echo "restore by $tool differs from the source" >&2; exit 1; }
     done
   done
   drop_fs "$DATA/restore"
@@ -375,7 +383,7 @@ PY
 }
 
 if [ "${1:-}" = encryption ]; then
-  encryption_main
+  encryption_main "${2:-}"
   exit 0
 fi
 
