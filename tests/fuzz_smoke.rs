@@ -10,7 +10,9 @@ mod archive_check;
 use cairn::config::Config;
 use cairn::crypto::Crypto;
 use cairn::hashing::Id;
-use cairn::pack::{decode_blob, encode_blob, parse_pack, BlobKind, PackBuilder};
+use cairn::pack::{
+    decode_blob, decode_blob_in_place, encode_blob, parse_pack, BlobKind, PackBuilder,
+};
 use cairn::snapshot::Snapshot;
 use cairn::tree::{Meta, Node, NodeKind, Tree};
 
@@ -185,12 +187,17 @@ fn envelope_and_encrypted_pack_decoders_never_panic() {
         if let Ok(entries) = parse_pack(&input, &c) {
             for e in entries {
                 let end = (e.offset + e.stored_len as u64) as usize;
-                let _ = decode_blob(&e, &input[e.offset as usize..end], &c);
+                let stored = &input[e.offset as usize..end];
+                // Opened where it lies (as a restore does) or from a copy: the same verdict, the same bytes.
+                let copied = decode_blob(&e, stored, &c);
+                let in_place = decode_blob_in_place(&e, &mut stored.to_vec(), &c);
+                assert_eq!(copied.ok(), in_place.ok());
             }
         }
         let m = rng.mutate(&sealed);
         if m != sealed {
             assert!(c.open("x", b"aad", &m).is_err());
+            assert!(c.open_in_place("x", b"aad", &mut m.clone()).is_err());
         }
     }
 }

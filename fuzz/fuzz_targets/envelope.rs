@@ -5,10 +5,13 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let c = cairn::crypto::Crypto::from_master(&[7u8; 32]);
     let _ = c.open("fuzz", cairn::crypto::AAD_BLOB, data);
+    let _ = c.open_in_place("fuzz", cairn::crypto::AAD_BLOB, &mut data.to_vec());
     if let Ok(entries) = cairn::pack::parse_pack(data, &c) {
         for e in entries {
             let end = (e.offset + e.stored_len as u64) as usize;
             let _ = cairn::pack::decode_blob(&e, &data[e.offset as usize..end], &c);
+            let mut stored = data[e.offset as usize..end].to_vec();
+            let _ = cairn::pack::decode_blob_in_place(&e, &mut stored, &c);
         }
     }
 });
