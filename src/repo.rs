@@ -487,8 +487,17 @@ impl Repository {
 
     /// Where a blob is stored; `NotFound` if the index does not have it.
     pub fn locate(&self, id: &Id) -> Result<Location> {
-        self.with_reader(|r| r.lookup(id))?
-            .ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))
+        located(id, self.with_reader(|r| r.lookup(id))?)
+    }
+
+    /// Runs `f` with a [`locate`](Self::locate) whose lookups share one read transaction of one reader
+    /// connection (see [`Index::in_read_transaction`]): for many lookups in a row, as a restore's batch
+    /// makes.
+    pub fn locate_many<T>(
+        &self,
+        f: impl FnOnce(&dyn Fn(&Id) -> Result<Location>) -> T,
+    ) -> Result<T> {
+        self.with_reader(|r| r.in_read_transaction(|r| f(&|id| located(id, r.lookup(id)?))))
     }
 
     /// Opens a pack for [`read_from`](Self::read_from): many blobs are then read without opening it again.
@@ -791,6 +800,11 @@ pub fn default_repo_path() -> Option<PathBuf> {
         return Some(PathBuf::from(x).join("cairn/repo"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/cairn/repo"))
+}
+
+/// A lookup's answer: `NotFound` when the index does not have the blob.
+fn located(id: &Id, found: Option<Location>) -> Result<Location> {
+    found.ok_or_else(|| Error::NotFound(format!("blob {id} is not in the index")))
 }
 
 /// A decoding error of the blob at `loc`, naming its pack.

@@ -304,27 +304,23 @@ fn plan_batch(
             Err(e) => files.fail(f, Some(e)),
         }
     }
+    // Looked up on every core, a group of files per read transaction (one per file cost two system calls
+    // per lookup on the index file: see `Index::in_read_transaction`).
+    let group = segments
+        .len()
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1);
     let located: Vec<Vec<Result<Located>>> = segments
-        .par_iter()
-        .map(|seg| {
-            if files.is_failed(seg.file) {
-                return Vec::new();
-            }
-            let ids = &jobs[seg.file].chunks[seg.first..seg.first + seg.take];
-            // A file fails at its first unlocatable chunk: nothing after it is looked up.
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let loc = match zeros.len(id) {
-                    Some(len) => Ok(Located::Zeros(len)),
-                    None => repo.locate(id).map(Located::Blob),
-                };
-                let failed = loc.is_err();
-                out.push(loc);
-                if failed {
-                    break;
-                }
-            }
-            out
+        .par_chunks(group)
+        .flat_map_iter(|segs| {
+            let locate_all = |locate: &dyn Fn(&Id) -> Result<Location>| -> Vec<_> {
+                segs.iter()
+                    .map(|seg| locate_segment(jobs, files, zeros, seg, locate))
+                    .collect()
+            };
+            // Without a reader of its own (the index cannot be opened again), each lookup on its own.
+            repo.locate_many(locate_all)
+                .unwrap_or_else(|_| locate_all(&|id| repo.locate(id)))
         })
         .collect();
     let mut batch = Batch::default();
@@ -361,6 +357,34 @@ fn plan_batch(
         }
     }
     batch
+}
+
+/// Where the chunks of one segment are (a run of zeros already known, or a blob), in order; a file that
+/// failed looks up nothing, and one fails at its first unlocatable chunk: nothing after it is looked up.
+fn locate_segment(
+    jobs: &[FileJob],
+    files: &Files,
+    zeros: &Zeros,
+    seg: &Segment,
+    locate: &dyn Fn(&Id) -> Result<Location>,
+) -> Vec<Result<Located>> {
+    if files.is_failed(seg.file) {
+        return Vec::new();
+    }
+    let ids = &jobs[seg.file].chunks[seg.first..seg.first + seg.take];
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let loc = match zeros.len(id) {
+            Some(len) => Ok(Located::Zeros(len)),
+            None => locate(id).map(Located::Blob),
+        };
+        let failed = loc.is_err();
+        out.push(loc);
+        if failed {
+            break;
+        }
+    }
+    out
 }
 
 /// A file's share of a batch: chunks `first..first + take`; `last` when they end the file.
