@@ -425,9 +425,9 @@ impl Index {
     }
 
     /// Runs `f` in one read transaction, so the lookups it makes share one start: SQLite checks the database
-    /// file (an `fstat` and a read of its header) when a transaction starts, which a statement on its own
-    /// does for itself — two system calls per lookup of a restore of many small files. `f` sees what was
-    /// committed when its first statement ran.
+    /// file (an `fstat`, and `fcntl` locks) when a transaction starts, which a statement on its own does for
+    /// itself — once per lookup of a restore of many small files. `f` sees what was committed when its first
+    /// statement ran.
     pub fn in_read_transaction<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T> {
         let tx = self.conn.unchecked_transaction()?;
         let out = f(self);
