@@ -46,6 +46,7 @@ pub struct Run {
     pub pack: Id,
     pub start: u64,
     pub end: u64,
+    /// In the order of their offsets, none overlapping the one before ([`plan_runs`] makes them so).
     pub blobs: Vec<usize>,
 }
 
@@ -269,18 +270,16 @@ impl<'r> Fetcher<'r> {
 
 /// The stored bytes of each blob of `run` within `bytes` (the run's read, from `run.start`), each blob its
 /// own mutable slice so it can be opened in place; `None` for a blob the read does not hold whole (a short
-/// read) or that overlaps another (a damaged index: read on its own instead).
+/// read) or, against the run's invariant, one that is not after the blob before it (read on its own instead).
 fn blobs_of_run<'b>(
     run: &Run,
     locs: &[Location],
     bytes: &'b mut [u8],
 ) -> Vec<(usize, Option<&'b mut [u8]>)> {
-    let mut order = run.blobs.clone();
-    order.sort_by_key(|&i| locs[i].entry.offset);
     let mut rest = bytes;
     let mut rest_at = run.start;
-    let mut out = Vec::with_capacity(order.len());
-    for i in order {
+    let mut out = Vec::with_capacity(run.blobs.len());
+    for &i in &run.blobs {
         let entry = &locs[i].entry;
         let (at, len) = (entry.offset, entry.stored_len as u64);
         let fits = at >= rest_at && at - rest_at + len <= rest.len() as u64;
@@ -836,7 +835,7 @@ mod tests {
             pack: Id::of(&[1]),
             start: 100,
             end: 310,
-            blobs: vec![0, 1, 2, 3],
+            blobs: vec![1, 0, 2, 3],
         };
         let mut bytes: Vec<u8> = (0..200u8).collect(); // the read stopped 10 bytes short
         let got: Vec<(usize, Option<Vec<u8>>)> = blobs_of_run(&run, &locs, &mut bytes)
