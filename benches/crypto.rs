@@ -1,11 +1,13 @@
-//! The two AEADs the format could use, on this machine (format-spec "Encryption", BENCHMARKS.md): sealing
-//! blob-sized inputs with XChaCha20-Poly1305 (`chacha20poly1305`) and AES-256-GCM (`aes-gcm`), plus the
-//! keyed and plain BLAKE3 that name blobs. `cargo bench --bench crypto`.
+//! The AEADs the format uses and could use, on this machine (format-spec "Encryption", BENCHMARKS.md):
+//! sealing blob-sized inputs with XChaCha20-Poly1305 and XAES-256-GCM (the reference crates and cairn's
+//! aws-lc-rs versions) and plain AES-256-GCM (`aes-gcm`, 96-bit nonces: not usable with random nonces),
+//! plus the keyed and plain BLAKE3 that name blobs. `cargo bench --bench crypto`.
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use xaes_256_gcm::aead::{AeadInOut, KeyInit as _};
 
 fn inputs() -> Vec<(&'static str, Vec<u8>)> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -27,6 +29,7 @@ fn aead(c: &mut Criterion) {
     let key = [7u8; 32];
     let xchacha = XChaCha20Poly1305::new((&key).into());
     let aes = Aes256Gcm::new((&key).into());
+    let reference_xaes = xaes_256_gcm::Xaes256Gcm::new((&key).into());
     let mut g = c.benchmark_group("aead seal");
     for (name, data) in inputs() {
         g.throughput(Throughput::Bytes(data.len() as u64));
@@ -56,6 +59,28 @@ fn aead(c: &mut Criterion) {
                 })
             },
         );
+        let xaes = cairn::crypto::xaes::XAes::new(&key).unwrap();
+        g.bench_with_input(
+            BenchmarkId::new("xaes256gcm cairn (aws-lc-rs)", name),
+            &data,
+            |b, d| {
+                let mut buf = d.clone();
+                b.iter(|| {
+                    buf.copy_from_slice(d);
+                    xaes.seal_in_place_detached(&[1; 24], b"aad", &mut buf)
+                        .unwrap()
+                })
+            },
+        );
+        g.bench_with_input(BenchmarkId::new("xaes256gcm", name), &data, |b, d| {
+            let mut buf = d.clone();
+            b.iter(|| {
+                buf.copy_from_slice(d);
+                reference_xaes
+                    .encrypt_inout_detached(&[1; 24].into(), b"aad", buf.as_mut_slice().into())
+                    .unwrap()
+            })
+        });
         g.bench_with_input(BenchmarkId::new("aes256gcm", name), &data, |b, d| {
             let mut buf = d.clone();
             b.iter(|| {

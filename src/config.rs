@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::Cipher;
 use crate::error::{Error, Result};
 
 /// The on-disk format version of a plaintext repository.
@@ -15,7 +16,7 @@ pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
 /// they do not know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
-    /// `xchacha20poly1305`.
+    /// `xaes256gcm` or `xchacha20poly1305` ([`crate::crypto::Cipher`]).
     pub aead: String,
     /// `argon2id` (each key file records its parameters).
     pub kdf: String,
@@ -24,13 +25,19 @@ pub struct Encryption {
 }
 
 impl Encryption {
-    /// The scheme this build writes and reads.
-    pub fn current() -> Encryption {
+    /// The scheme this build writes, sealing with `cipher`.
+    pub fn with_cipher(cipher: Cipher) -> Encryption {
         Encryption {
-            aead: "xchacha20poly1305".into(),
+            aead: cipher.name().into(),
             kdf: "argon2id".into(),
             ids: "blake3-keyed".into(),
         }
+    }
+
+    /// The cipher, if this build reads the scheme.
+    fn known_cipher(&self) -> Option<Cipher> {
+        let cipher = Cipher::from_name(&self.aead)?;
+        (*self == Encryption::with_cipher(cipher)).then_some(cipher)
     }
 }
 
@@ -132,11 +139,22 @@ impl Config {
         }
     }
 
-    /// The same parameters for an encrypted repository (what `cairn init` creates unless told otherwise).
-    pub fn encrypted(mut self) -> Config {
+    /// The same parameters for an encrypted repository (what `cairn init` creates unless told otherwise),
+    /// with the cipher this machine runs fastest ([`Cipher::for_this_machine`]).
+    pub fn encrypted(self) -> Config {
+        self.encrypted_with(Cipher::for_this_machine())
+    }
+
+    /// The same parameters for a repository encrypted with `cipher`.
+    pub fn encrypted_with(mut self, cipher: Cipher) -> Config {
         self.version = FORMAT_VERSION_ENCRYPTED;
-        self.encryption = Some(Encryption::current());
+        self.encryption = Some(Encryption::with_cipher(cipher));
         self
+    }
+
+    /// The cipher of an encrypted repository (its config was validated by [`Config::decode`]).
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.encryption.as_ref().and_then(Encryption::known_cipher)
     }
 
     /// True if the repository's objects are sealed.
@@ -155,7 +173,7 @@ impl Config {
         let cfg: Config = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", e))?;
         match (cfg.version, &cfg.encryption) {
             (FORMAT_VERSION, None) => {}
-            (FORMAT_VERSION_ENCRYPTED, Some(e)) if *e == Encryption::current() => {}
+            (FORMAT_VERSION_ENCRYPTED, Some(e)) if e.known_cipher().is_some() => {}
             (FORMAT_VERSION_ENCRYPTED, Some(e)) => {
                 return Err(Error::corrupt(
                     "config",
@@ -246,5 +264,29 @@ mod tests {
         assert!(Config::decode(&serde_json::to_vec(&cfg).unwrap()).is_err());
         assert!(Config::decode(b"{").is_err());
         assert!(Config::decode(b"").is_err());
+    }
+
+    #[test]
+    fn either_cipher_decodes_and_any_other_scheme_is_refused() {
+        for cipher in [Cipher::Xaes256Gcm, Cipher::XChaCha20Poly1305] {
+            let cfg = Config::new_default().encrypted_with(cipher);
+            let back = Config::decode(&serde_json::to_vec(&cfg).unwrap()).unwrap();
+            assert_eq!(back.cipher(), Some(cipher));
+        }
+        assert_eq!(Config::new_default().cipher(), None);
+        for change in [
+            |e: &mut Encryption| e.aead = "aes256gcm".into(),
+            |e: &mut Encryption| e.aead = "XAES256GCM".into(),
+            |e: &mut Encryption| e.kdf = "scrypt".into(),
+            |e: &mut Encryption| e.ids = "blake3".into(),
+        ] {
+            let mut cfg = Config::new_default().encrypted();
+            change(cfg.encryption.as_mut().unwrap());
+            let err = Config::decode(&serde_json::to_vec(&cfg).unwrap()).unwrap_err();
+            assert!(
+                err.to_string().contains("unknown encryption scheme"),
+                "{err}"
+            );
+        }
     }
 }

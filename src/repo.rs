@@ -223,11 +223,12 @@ impl Repository {
         if let Some(src) = from {
             config.chunker_files = src.config().chunker_files;
             config.chunker_streams = src.config().chunker_streams;
-            // The mode follows the source: keyed ids and plain ones never deduplicate.
+            // The mode and cipher follow the source: keyed ids and plain ones never deduplicate, and sealed
+            // blobs move as they are only between repositories that open them alike.
             config.encryption = None;
             config.version = crate::config::FORMAT_VERSION;
-            if src.crypto().is_encrypted() {
-                config = config.encrypted();
+            if let Some(cipher) = src.crypto().cipher() {
+                config = config.encrypted_with(cipher);
             }
         }
         let url = url.into();

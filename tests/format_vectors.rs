@@ -137,7 +137,7 @@ fn index_object_matches_the_spec() {
 #[test]
 fn encryption_vectors_match_the_spec() {
     use cairn::crypto::keyfile::{Kdf, KeyFile};
-    use cairn::crypto::{Crypto, AAD_BLOB};
+    use cairn::crypto::{Cipher, Crypto, AAD_BLOB};
     let master: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
     let kdf = Kdf {
         algorithm: "argon2id".into(),
@@ -171,14 +171,19 @@ fn encryption_vectors_match_the_spec() {
         .unwrap()
         .is_none());
 
-    let c = Crypto::from_master(&master);
+    let c = Crypto::from_master(&master, Cipher::Xaes256Gcm).unwrap();
+    let chacha = Crypto::from_master(&master, Cipher::XChaCha20Poly1305).unwrap();
     let raw = b"hello, cairn";
     let lines = [
         format!("chunker seed {:#018x}", c.chunker_seed()),
         format!("blob `hello, cairn` id {}", c.blob_id(raw)),
         format!(
-            "blob `hello, cairn` stored (nonce 24 bytes of 0x22) {}",
+            "blob `hello, cairn` stored with xaes256gcm (nonce 24 bytes of 0x22) {}",
             hex::encode(c.seal_with_nonce(AAD_BLOB, raw, &[0x22; 24]).unwrap())
+        ),
+        format!(
+            "blob `hello, cairn` stored with xchacha20poly1305 (nonce 24 bytes of 0x22) {}",
+            hex::encode(chacha.seal_with_nonce(AAD_BLOB, raw, &[0x22; 24]).unwrap())
         ),
         {
             let data = xorshift_bytes(4096, 1);
@@ -198,9 +203,12 @@ fn encryption_vectors_match_the_spec() {
     for l in &lines {
         assert!(spec.contains(l.as_str()), "spec lacks `{l}`");
     }
-    // The stored blob opens back to the raw bytes.
-    let sealed = c.seal_with_nonce(AAD_BLOB, raw, &[0x22; 24]).unwrap();
-    assert_eq!(&c.open("blob", AAD_BLOB, &sealed).unwrap()[..], raw);
+    // The stored blob opens back to the raw bytes, under its own cipher only.
+    for (c, other) in [(&c, &chacha), (&chacha, &c)] {
+        let sealed = c.seal_with_nonce(AAD_BLOB, raw, &[0x22; 24]).unwrap();
+        assert_eq!(&c.open("blob", AAD_BLOB, &sealed).unwrap()[..], raw);
+        assert!(other.open("blob", AAD_BLOB, &sealed).is_err());
+    }
 }
 
 #[test]

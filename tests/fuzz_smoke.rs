@@ -8,7 +8,7 @@
 mod archive_check;
 
 use cairn::config::Config;
-use cairn::crypto::Crypto;
+use cairn::crypto::{Cipher, Crypto};
 use cairn::hashing::Id;
 use cairn::pack::{
     decode_blob, decode_blob_in_place, encode_blob, parse_pack, BlobKind, PackBuilder,
@@ -171,11 +171,16 @@ fn valid_sealed_pack(c: &Crypto) -> Vec<u8> {
 
 #[test]
 fn envelope_and_encrypted_pack_decoders_never_panic() {
+    for cipher in [Cipher::Xaes256Gcm, Cipher::XChaCha20Poly1305] {
+        envelope_decoders_never_panic(&Crypto::from_master(&[7u8; 32], cipher).unwrap());
+    }
+}
+
+fn envelope_decoders_never_panic(c: &Crypto) {
     let mut rng = Rng(0xe2e);
-    let c = Crypto::from_master(&[7u8; 32]);
-    let valid = valid_sealed_pack(&c);
+    let valid = valid_sealed_pack(c);
     // The valid pack parses and its blobs open; nothing mutated ever opens.
-    let entries = parse_pack(&valid, &c).unwrap();
+    let entries = parse_pack(&valid, c).unwrap();
     assert_eq!(entries.len(), 3);
     let sealed = c.seal(b"aad", b"hello").unwrap().into_owned();
     for i in 0..ROUNDS {
@@ -184,13 +189,13 @@ fn envelope_and_encrypted_pack_decoders_never_panic() {
         } else {
             rng.mutate(&valid)
         };
-        if let Ok(entries) = parse_pack(&input, &c) {
+        if let Ok(entries) = parse_pack(&input, c) {
             for e in entries {
                 let end = (e.offset + e.stored_len as u64) as usize;
                 let stored = &input[e.offset as usize..end];
                 // Opened where it lies (as a restore does) or from a copy: the same verdict, the same bytes.
-                let copied = decode_blob(&e, stored, &c);
-                let in_place = decode_blob_in_place(&e, &mut stored.to_vec(), &c);
+                let copied = decode_blob(&e, stored, c);
+                let in_place = decode_blob_in_place(&e, &mut stored.to_vec(), c);
                 assert_eq!(copied.ok(), in_place.ok());
             }
         }

@@ -3,7 +3,17 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let c = cairn::crypto::Crypto::from_master(&[7u8; 32]);
+    // The first byte picks the cipher, so both decoders are driven.
+    let Some((&pick, data)) = data.split_first() else {
+        return;
+    };
+    let cipher = match pick & 1 {
+        0 => cairn::crypto::Cipher::Xaes256Gcm,
+        _ => cairn::crypto::Cipher::XChaCha20Poly1305,
+    };
+    let Ok(c) = cairn::crypto::Crypto::from_master(&[7u8; 32], cipher) else {
+        return;
+    };
     let _ = c.open("fuzz", cairn::crypto::AAD_BLOB, data);
     let _ = c.open_in_place("fuzz", cairn::crypto::AAD_BLOB, &mut data.to_vec());
     if let Ok(entries) = cairn::pack::parse_pack(data, &c) {

@@ -752,6 +752,28 @@ pub struct InitArgs {
     /// so `cairn copy` between the two deduplicates and keeps snapshot ids (borg's `--other-repo`).
     #[arg(long, value_name = "REPO", conflicts_with = "insecure_no_encryption")]
     pub from_repo: Option<PathBuf>,
+    /// The cipher that seals everything stored (default: xaes-256-gcm where the processor has AES
+    /// instructions, else xchacha20-poly1305); fixed for the repository's life
+    #[arg(long, value_enum, conflicts_with_all = ["insecure_no_encryption", "from_repo"])]
+    pub cipher: Option<CipherArg>,
+}
+
+/// `cairn init --cipher`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CipherArg {
+    #[value(name = "xaes-256-gcm")]
+    Xaes256Gcm,
+    #[value(name = "xchacha20-poly1305")]
+    Xchacha20Poly1305,
+}
+
+impl From<CipherArg> for cairn::crypto::Cipher {
+    fn from(c: CipherArg) -> Self {
+        match c {
+            CipherArg::Xaes256Gcm => cairn::crypto::Cipher::Xaes256Gcm,
+            CipherArg::Xchacha20Poly1305 => cairn::crypto::Cipher::XChaCha20Poly1305,
+        }
+    }
 }
 
 /// `cairn copy [SNAPSHOT...] --from-repo R1 [--instances]`.

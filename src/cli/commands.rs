@@ -346,7 +346,10 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     let (path, _) = ctx.repo_url()?;
     let mut config = Config::new_default();
     if !a.insecure_no_encryption {
-        config = config.encrypted();
+        config = match a.cipher {
+            Some(c) => config.encrypted_with(c.into()),
+            None => config.encrypted(),
+        };
     }
     if let Some(level) = a.compression_level {
         config.compression_level = level;
@@ -362,7 +365,8 @@ fn init(ctx: &Ctx, a: InitArgs) -> Result<i32> {
     if ctx.json {
         ctx.print_json(
             &json!({"repository": path.to_string(), "repository_id": repo.config().repository_id,
-                    "encrypted": repo.crypto().is_encrypted()}),
+                    "encrypted": repo.crypto().is_encrypted(),
+                    "cipher": repo.config().cipher().map(|c| c.name())}),
         )?;
     } else if !ctx.quiet {
         outln!(

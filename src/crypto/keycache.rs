@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{keyfile, Crypto, KEY_LEN};
+use super::{keyfile, Cipher, Crypto, KEY_LEN};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::Result;
@@ -99,18 +99,19 @@ struct CacheFile {
 /// The repository's keys from `password`: from the cache when enabled and it holds them, else from the key
 /// files ([`keyfile::unlock`]), then cached.
 pub fn unlock(backend: &dyn Backend, config: &Config, password: &[u8]) -> Result<Crypto> {
+    let cipher = super::cipher_of(config)?;
     if !ENABLED.load(Ordering::Relaxed) {
-        return keyfile::unlock(backend, password);
+        return keyfile::unlock(backend, password, cipher);
     }
     let path = cache_file(&config.repository_id);
     if let Some(crypto) = path
         .as_deref()
-        .and_then(|p| from_cache(backend, p, &config.repository_id, password))
+        .and_then(|p| from_cache(backend, p, &config.repository_id, password, cipher))
     {
         LAST_USE.store(CacheUse::Hit as u8, Ordering::Relaxed);
         return Ok(crypto);
     }
-    let crypto = keyfile::unlock(backend, password)?;
+    let crypto = keyfile::unlock(backend, password, cipher)?;
     LAST_USE.store(CacheUse::Miss as u8, Ordering::Relaxed);
     if let (Some(p), Some(master), Some(key_id)) = (path, crypto.master(), crypto.key_id()) {
         if let Err(e) = store(&p, &config.repository_id, key_id, master, password) {
@@ -167,6 +168,7 @@ fn from_cache(
     path: &Path,
     repository_id: &str,
     password: &[u8],
+    cipher: Cipher,
 ) -> Option<Crypto> {
     let bytes = read_private(path)?;
     let entry: CacheFile = serde_json::from_slice(&bytes).ok()?;
@@ -190,7 +192,11 @@ fn from_cache(
     if !keyfile::list(backend).ok()?.contains(&entry.key_id) {
         return None;
     }
-    Some(Crypto::from_master(&master).with_key_id(entry.key_id))
+    Some(
+        Crypto::from_master(&master, cipher)
+            .ok()?
+            .with_key_id(entry.key_id),
+    )
 }
 
 /// The bytes of `path` if it is a regular file of the effective user that nobody else may read or write.

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Crypto, KEY_LEN, OVERHEAD};
+use super::{Cipher, Crypto, KEY_LEN, OVERHEAD};
 use crate::backend::{Backend, ObjectKind};
 use crate::error::{Error, Result};
 use crate::hashing::Id;
@@ -277,7 +277,7 @@ pub fn list(backend: &dyn Backend) -> Result<Vec<String>> {
 
 /// Opens the repository's master key with `password`, trying each key file in turn. A password no key file
 /// accepts is [`Error::Password`] (exit code 12).
-pub fn unlock(backend: &dyn Backend, password: &[u8]) -> Result<Crypto> {
+pub fn unlock(backend: &dyn Backend, password: &[u8], cipher: Cipher) -> Result<Crypto> {
     let ids = list(backend)?;
     if ids.is_empty() {
         return Err(Error::corrupt(
@@ -296,7 +296,7 @@ pub fn unlock(backend: &dyn Backend, password: &[u8]) -> Result<Crypto> {
             Err(e) => return Err(e),
         };
         if let Some(master) = kf.unwrap_key(password)? {
-            return Ok(Crypto::from_master(&master).with_key_id(id));
+            return Ok(Crypto::from_master(&master, cipher)?.with_key_id(id));
         }
     }
     match first_damage {
@@ -450,7 +450,7 @@ mod tests {
         use crate::backend::fault::{Fault, FaultyBackend};
         use crate::backend::memory::MemoryBackend;
         let faulty = FaultyBackend::new(std::sync::Arc::new(MemoryBackend::new()));
-        let crypto = Crypto::from_master(&[7u8; KEY_LEN]);
+        let crypto = Crypto::from_master(&[7u8; KEY_LEN], Cipher::Xaes256Gcm).unwrap();
         let first = add(&faulty, &crypto, b"old").unwrap();
         assert_eq!(list(&faulty).unwrap(), vec![first.clone()]);
         // The store hands back half of what was written (a torn write on a store that does not say so).
@@ -461,12 +461,14 @@ mod tests {
             "{err}"
         );
         assert_eq!(list(&faulty).unwrap(), vec![first.clone()]);
-        let opened = unlock(&faulty, b"old").unwrap();
+        let opened = unlock(&faulty, b"old", Cipher::Xaes256Gcm).unwrap();
         assert_eq!(opened.key_id(), Some(first.as_str()));
         // Read back whole, the new key opens the repository.
         let second = add(&faulty, &crypto, b"new").unwrap();
         assert_eq!(
-            unlock(&faulty, b"new").unwrap().key_id(),
+            unlock(&faulty, b"new", Cipher::Xaes256Gcm)
+                .unwrap()
+                .key_id(),
             Some(second.as_str())
         );
     }

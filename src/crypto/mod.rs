@@ -4,8 +4,8 @@
 //! What this module owns:
 //! - [`Crypto`]: the keys of one open repository (or none, for a plaintext repository). It names blobs
 //!   ([`Crypto::blob_id`]: keyed BLAKE3 when encrypted), seeds the chunker ([`Crypto::chunker_seed`]) and
-//!   seals and opens byte strings ([`Crypto::seal`], [`Crypto::open`]) with XChaCha20-Poly1305 under a fresh
-//!   random 192-bit nonce each time. For a plaintext repository sealing and opening return the bytes as they
+//!   seals and opens byte strings ([`Crypto::seal`], [`Crypto::open`]) with the repository's [`Cipher`]
+//!   (XAES-256-GCM or XChaCha20-Poly1305) under a fresh random 192-bit nonce each time. For a plaintext repository sealing and opening return the bytes as they
 //!   are, so callers have one code path.
 //! - [`keyfile`]: key files (`keys/<id>`), each wrapping the master key under a password (Argon2id).
 //! - [`keycache`]: the host's key cache of the commands PostgreSQL runs per WAL file (no Argon2id per file).
@@ -23,6 +23,7 @@ pub mod keycache;
 pub mod keyfile;
 pub mod password;
 pub mod sealed;
+pub mod xaes;
 pub mod xchacha;
 
 use std::borrow::Cow;
@@ -32,11 +33,12 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::hashing::Id;
+use xaes::XAes;
 use xchacha::XChaCha;
 
-/// Length of a nonce (XChaCha20-Poly1305).
+/// Length of a nonce (both ciphers take 192 bits).
 pub const NONCE_LEN: usize = 24;
-/// Length of an authentication tag (Poly1305).
+/// Length of an authentication tag (Poly1305's and GCM's).
 pub const TAG_LEN: usize = 16;
 /// Bytes a sealed string has beyond its plaintext: nonce before, tag after.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
@@ -61,11 +63,120 @@ pub fn object_aad(key: &str) -> Vec<u8> {
     aad
 }
 
+/// Sealing failed (a message too long for the cipher's counter) or opening did not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AeadError;
+
+/// The AEAD that seals a repository's objects: the config's `encryption.aead`, chosen by `init` and never
+/// changed. Both take a random 192-bit nonce per message and a 128-bit tag, so a sealed string has the same
+/// layout under either (format-spec, "Encryption").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    /// XAES-256-GCM: the default where the processor has AES instructions (4-5x faster than
+    /// XChaCha20-Poly1305 there; BENCHMARKS.md "Encryption primitives").
+    Xaes256Gcm,
+    /// XChaCha20-Poly1305: the default elsewhere (constant-time and fast in software), and every repository
+    /// made before XAES-256-GCM was added.
+    XChaCha20Poly1305,
+}
+
+impl Cipher {
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::Xaes256Gcm => "xaes256gcm",
+            Cipher::XChaCha20Poly1305 => "xchacha20poly1305",
+        }
+    }
+
+    /// The cipher a config names, if this build knows it.
+    pub fn from_name(name: &str) -> Option<Cipher> {
+        [Cipher::Xaes256Gcm, Cipher::XChaCha20Poly1305]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
+    /// What `init` picks when not told: XAES-256-GCM if this processor has AES and carry-less multiply
+    /// instructions (without them AES-GCM in software is several times slower than ChaCha20).
+    pub fn for_this_machine() -> Cipher {
+        if aes_instructions() {
+            Cipher::Xaes256Gcm
+        } else {
+            Cipher::XChaCha20Poly1305
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn aes_instructions() -> bool {
+    std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn aes_instructions() -> bool {
+    std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull")
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn aes_instructions() -> bool {
+    false
+}
+
+/// A cipher's key.
+enum Aead {
+    // Boxed: AES's key schedule is 520 bytes, ChaCha's key 32.
+    XAes(Box<XAes>),
+    XChaCha(XChaCha),
+}
+
+impl Aead {
+    fn new(cipher: Cipher, key: &[u8; KEY_LEN]) -> Result<Aead> {
+        Ok(match cipher {
+            Cipher::Xaes256Gcm => Aead::XAes(Box::new(XAes::new(key).map_err(|_| {
+                Error::Invalid("the AES-256 key schedule could not be made".into())
+            })?)),
+            Cipher::XChaCha20Poly1305 => Aead::XChaCha(XChaCha::new(key)),
+        })
+    }
+
+    fn cipher(&self) -> Cipher {
+        match self {
+            Aead::XAes(_) => Cipher::Xaes256Gcm,
+            Aead::XChaCha(_) => Cipher::XChaCha20Poly1305,
+        }
+    }
+
+    fn seal_in_place_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> std::result::Result<[u8; TAG_LEN], AeadError> {
+        match self {
+            Aead::XAes(a) => a.seal_in_place_detached(nonce, aad, buf),
+            Aead::XChaCha(a) => a.seal_in_place_detached(nonce, aad, buf),
+        }
+    }
+
+    fn open_in_place<'a>(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> std::result::Result<&'a mut [u8], AeadError> {
+        match self {
+            Aead::XAes(a) => a.open_in_place(nonce, aad, buf),
+            Aead::XChaCha(a) => a.open_in_place(nonce, aad, buf),
+        }
+    }
+}
+
 /// The keys of one repository, derived from its master key.
 struct Keys {
     master: Zeroizing<[u8; KEY_LEN]>,
     id_key: Zeroizing<[u8; KEY_LEN]>,
-    aead: XChaCha,
+    aead: Aead,
     chunker_seed: u64,
 }
 
@@ -92,22 +203,27 @@ impl Crypto {
         Crypto::default()
     }
 
-    /// The keys derived from `master`.
-    pub fn from_master(master: &[u8; KEY_LEN]) -> Crypto {
+    /// The keys derived from `master`, sealing with `cipher`.
+    pub fn from_master(master: &[u8; KEY_LEN], cipher: Cipher) -> Result<Crypto> {
         let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_ID, master));
         let aead_key = Zeroizing::new(blake3::derive_key(CONTEXT_AEAD, master));
         let seed_bytes = blake3::derive_key(CONTEXT_CHUNKER, master);
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&seed_bytes[..8]);
-        Crypto {
+        Ok(Crypto {
             keys: Some(Arc::new(Keys {
                 master: Zeroizing::new(*master),
                 id_key,
-                aead: XChaCha::new(&aead_key),
+                aead: Aead::new(cipher, &aead_key)?,
                 chunker_seed: u64::from_le_bytes(seed),
             })),
             key_id: None,
-        }
+        })
+    }
+
+    /// The cipher that seals this repository's objects; `None` for a plaintext repository.
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.keys.as_ref().map(|k| k.aead.cipher())
     }
 
     /// The same keys, recording which key file opened them.
@@ -213,7 +329,7 @@ impl Crypto {
 }
 
 /// `nonce | ciphertext | tag` of `plain` under `aead`.
-fn seal_with(aead: &XChaCha, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) -> Result<Vec<u8>> {
+fn seal_with(aead: &Aead, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
     out.extend_from_slice(nonce);
     out.extend_from_slice(plain);
@@ -225,7 +341,7 @@ fn seal_with(aead: &XChaCha, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) 
 }
 
 /// Opens `nonce | ciphertext | tag` into a buffer of its own, copying the ciphertext (not the nonce) once.
-fn open_copy(aead: &XChaCha, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+fn open_copy(aead: &Aead, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN.min(sealed.len()));
     let mut buf = ciphertext.to_vec();
     let len = open_with(aead, what, aad, nonce, &mut buf)?.len();
@@ -236,7 +352,7 @@ fn open_copy(aead: &XChaCha, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Ve
 /// Opens `ciphertext | tag` in place (the plaintext is returned within it) under `nonce`, which sealing put
 /// before it.
 fn open_with<'a>(
-    aead: &XChaCha,
+    aead: &Aead,
     what: &str,
     aad: &[u8],
     nonce: &[u8],
@@ -289,6 +405,13 @@ pub fn open_keys(
     Ok(crypto)
 }
 
+/// The cipher of an encrypted repository's config.
+fn cipher_of(config: &crate::config::Config) -> Result<Cipher> {
+    config
+        .cipher()
+        .ok_or_else(|| Error::Invalid("keys asked for a plaintext repository".into()))
+}
+
 /// The password for a new encrypted repository, asked for before anything is written.
 pub fn new_repository_password() -> Result<Zeroizing<String>> {
     password::password_for_new_repository()
@@ -301,7 +424,7 @@ pub fn create_keys(
     password: &str,
 ) -> Result<Crypto> {
     let master = Crypto::random_master()?;
-    let crypto = Crypto::from_master(&master);
+    let crypto = Crypto::from_master(&master, cipher_of(config)?)?;
     let id = keyfile::add_first(backend, &crypto, password.as_bytes())?;
     let crypto = crypto.with_key_id(id);
     remember(&config.repository_id, &crypto);
@@ -323,10 +446,11 @@ pub fn share_keys(
     Ok(crypto)
 }
 
-/// Whether two repositories' keys name and chunk content alike (both plaintext, or one master key).
+/// Whether two repositories' keys name, chunk and seal content alike (both plaintext, or one master key
+/// and one cipher), so sealed blobs can move between them as they are.
 pub fn same_keys(a: &Crypto, b: &Crypto) -> bool {
     const PROBE: &[u8] = b"cairn: do these repositories share their keys?";
-    a.is_encrypted() == b.is_encrypted()
+    a.cipher() == b.cipher()
         && a.blob_id(PROBE) == b.blob_id(PROBE)
         && a.chunker_seed() == b.chunker_seed()
 }
@@ -354,11 +478,11 @@ fn seal_under_with_nonce(
     plain: &[u8],
     nonce: &[u8; NONCE_LEN],
 ) -> Result<Vec<u8>> {
-    seal_with(&XChaCha::new(key), aad, plain, nonce)
+    seal_with(&Aead::XChaCha(XChaCha::new(key)), aad, plain, nonce)
 }
 
 fn open_under(key: &[u8; KEY_LEN], what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    open_copy(&XChaCha::new(key), what, aad, sealed)
+    open_copy(&Aead::XChaCha(XChaCha::new(key)), what, aad, sealed)
 }
 
 #[cfg(test)]
@@ -367,7 +491,7 @@ mod tests {
 
     #[test]
     fn seal_open_round_trip_and_every_flipped_bit_is_refused() {
-        let c = Crypto::from_master(&[7u8; 32]);
+        let c = Crypto::from_master(&[7u8; 32], Cipher::Xaes256Gcm).unwrap();
         let sealed = c.seal(b"aad", b"hello").unwrap().into_owned();
         assert_eq!(sealed.len(), 5 + OVERHEAD);
         assert_eq!(&c.open("x", b"aad", &sealed).unwrap()[..], b"hello");
@@ -380,7 +504,7 @@ mod tests {
         for n in 0..OVERHEAD {
             assert!(c.open("x", b"aad", &sealed[..n]).is_err());
         }
-        let other = Crypto::from_master(&[8u8; 32]);
+        let other = Crypto::from_master(&[8u8; 32], Cipher::Xaes256Gcm).unwrap();
         assert!(other.open("x", b"aad", &sealed).is_err());
     }
 
@@ -390,12 +514,14 @@ mod tests {
         assert_eq!(&p.seal(b"a", b"xyz").unwrap()[..], b"xyz");
         assert_eq!(p.blob_id(b"xyz"), Id::of(b"xyz"));
         assert_eq!(p.chunker_seed(), 0);
-        let c = Crypto::from_master(&[1u8; 32]);
+        let c = Crypto::from_master(&[1u8; 32], Cipher::Xaes256Gcm).unwrap();
         assert_ne!(c.blob_id(b"xyz"), Id::of(b"xyz"));
         assert_ne!(c.chunker_seed(), 0);
         assert_ne!(
             c.blob_id(b"xyz"),
-            Crypto::from_master(&[2u8; 32]).blob_id(b"xyz")
+            Crypto::from_master(&[2u8; 32], Cipher::Xaes256Gcm)
+                .unwrap()
+                .blob_id(b"xyz")
         );
     }
 }

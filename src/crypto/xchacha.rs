@@ -9,16 +9,12 @@ use chacha20::cipher::consts::U10;
 use chacha20::cipher::generic_array::GenericArray;
 use zeroize::Zeroizing;
 
-use super::{NONCE_LEN, TAG_LEN};
+use super::{AeadError, NONCE_LEN, TAG_LEN};
 
 /// An XChaCha20-Poly1305 key.
 pub struct XChaCha {
     key: Zeroizing<[u8; 32]>,
 }
-
-/// Sealing failed (a message too long for ChaCha20's counter) or opening did not authenticate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AeadError;
 
 impl XChaCha {
     pub fn new(key: &[u8; 32]) -> XChaCha {
