@@ -5,8 +5,9 @@
 //! - [`Crypto`]: the keys of one open repository (or none, for a plaintext repository). It names blobs
 //!   ([`Crypto::blob_id`]: keyed BLAKE3 when encrypted), seeds the chunker ([`Crypto::chunker_seed`]) and
 //!   seals and opens byte strings ([`Crypto::seal`], [`Crypto::open`]) with the repository's [`Cipher`]
-//!   (XAES-256-GCM or XChaCha20-Poly1305) under a fresh random 192-bit nonce each time. For a plaintext repository sealing and opening return the bytes as they
-//!   are, so callers have one code path.
+//!   (XAES-256-GCM or XChaCha20-Poly1305) under a fresh random 192-bit nonce each time. For a plaintext
+//!   repository sealing and opening return the bytes as they are, so callers have one code path.
+//! - [`xaes`], [`xchacha`]: the two ciphers, each the reference construction over aws-lc-rs primitives.
 //! - [`keyfile`]: key files (`keys/<id>`), each wrapping the master key under a password (Argon2id).
 //! - [`keycache`]: the host's key cache of the commands PostgreSQL runs per WAL file (no Argon2id per file).
 //! - [`password`]: where a password comes from (file, command, environment, terminal prompt).
