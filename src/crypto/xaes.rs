@@ -17,7 +17,8 @@ use super::{AeadError, NONCE_LEN, TAG_LEN};
 
 const BLOCK: usize = 16;
 
-/// An XAES-256-GCM key: the AES-256 key schedule and the CMAC subkey `K1` (spec steps 1 and 2).
+/// An XAES-256-GCM key: the AES-256 key schedule and the CMAC subkey `K1` (spec steps 1 and 2). aws-lc-rs
+/// zeroes the schedule when it is dropped; `K1` and each derived key are zeroed here.
 pub struct XAes {
     aes: EncryptingKey,
     k1: Zeroizing<[u8; BLOCK]>,
