@@ -5,6 +5,7 @@
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
+use cairn::crypto::ExtendedNonceAead;
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use xaes_256_gcm::aead::{AeadInOut, KeyInit as _};

@@ -30,6 +30,7 @@ pub mod xchacha;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use aws_lc_rs::aead::{Aad, LessSafeKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -67,6 +68,46 @@ pub fn object_aad(key: &str) -> Vec<u8> {
 /// Sealing failed (a message too long for the cipher's counter) or opening did not authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AeadError;
+
+/// An AEAD with 192-bit nonces made of an aws-lc-rs AEAD with 96-bit ones: each nonce selects a message key
+/// and a 96-bit nonce ([`ExtendedNonceAead::message_key`]) that seal and open that one message. Random
+/// 192-bit nonces are safe for any number of messages; the bulk work is aws-lc-rs's.
+pub trait ExtendedNonceAead {
+    /// The message key and 96-bit nonce that `nonce` selects.
+    fn message_key(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+    ) -> std::result::Result<(LessSafeKey, aws_lc_rs::aead::Nonce), AeadError>;
+
+    /// Encrypts `buf` in place and returns the tag.
+    fn seal_in_place_detached(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> std::result::Result<[u8; TAG_LEN], AeadError> {
+        let (key, n) = self.message_key(nonce)?;
+        let tag = key
+            .seal_in_place_separate_tag(n, Aad::from(aad), buf)
+            .map_err(|_| AeadError)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Checks and decrypts `buf` (ciphertext followed by the tag) where it lies; the plaintext is the
+    /// start of `buf`, returned. After a failure `buf` holds nothing meaningful.
+    fn open_in_place<'a>(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &'a mut [u8],
+    ) -> std::result::Result<&'a mut [u8], AeadError> {
+        let (key, n) = self.message_key(nonce)?;
+        key.open_in_place(n, Aad::from(aad), buf)
+            .map_err(|_| AeadError)
+    }
+}
 
 /// The AEAD that seals a repository's objects: the config's `encryption.aead`, chosen by `init` and never
 /// changed. Both take a random 192-bit nonce per message and a 128-bit tag, so a sealed string has the same
@@ -124,60 +165,26 @@ fn aes_instructions() -> bool {
     false
 }
 
-/// A cipher's key.
-enum Aead {
-    // Boxed: AES's key schedule is 520 bytes, ChaCha's key 32.
-    XAes(Box<XAes>),
-    XChaCha(XChaCha),
-}
-
-impl Aead {
-    fn new(cipher: Cipher, key: &[u8; KEY_LEN]) -> Result<Aead> {
-        Ok(match cipher {
-            Cipher::Xaes256Gcm => Aead::XAes(Box::new(XAes::new(key).map_err(|_| {
-                Error::Invalid("the AES-256 key schedule could not be made".into())
-            })?)),
-            Cipher::XChaCha20Poly1305 => Aead::XChaCha(XChaCha::new(key)),
-        })
-    }
-
-    fn cipher(&self) -> Cipher {
-        match self {
-            Aead::XAes(_) => Cipher::Xaes256Gcm,
-            Aead::XChaCha(_) => Cipher::XChaCha20Poly1305,
-        }
-    }
-
-    fn seal_in_place_detached(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> std::result::Result<[u8; TAG_LEN], AeadError> {
-        match self {
-            Aead::XAes(a) => a.seal_in_place_detached(nonce, aad, buf),
-            Aead::XChaCha(a) => a.seal_in_place_detached(nonce, aad, buf),
-        }
-    }
-
-    fn open_in_place<'a>(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &'a mut [u8],
-    ) -> std::result::Result<&'a mut [u8], AeadError> {
-        match self {
-            Aead::XAes(a) => a.open_in_place(nonce, aad, buf),
-            Aead::XChaCha(a) => a.open_in_place(nonce, aad, buf),
-        }
-    }
+/// The key of `cipher`.
+fn new_aead(
+    cipher: Cipher,
+    key: &[u8; KEY_LEN],
+) -> Result<Box<dyn ExtendedNonceAead + Send + Sync>> {
+    Ok(match cipher {
+        Cipher::Xaes256Gcm => Box::new(
+            XAes::new(key)
+                .map_err(|_| Error::Invalid("the AES-256 key schedule could not be made".into()))?,
+        ),
+        Cipher::XChaCha20Poly1305 => Box::new(XChaCha::new(key)),
+    })
 }
 
 /// The keys of one repository, derived from its master key.
 struct Keys {
     master: Zeroizing<[u8; KEY_LEN]>,
     id_key: Zeroizing<[u8; KEY_LEN]>,
-    aead: Aead,
+    cipher: Cipher,
+    aead: Box<dyn ExtendedNonceAead + Send + Sync>,
     chunker_seed: u64,
 }
 
@@ -215,7 +222,8 @@ impl Crypto {
             keys: Some(Arc::new(Keys {
                 master: Zeroizing::new(*master),
                 id_key,
-                aead: Aead::new(cipher, &aead_key)?,
+                cipher,
+                aead: new_aead(cipher, &aead_key)?,
                 chunker_seed: u64::from_le_bytes(seed),
             })),
             key_id: None,
@@ -224,7 +232,7 @@ impl Crypto {
 
     /// The cipher that seals this repository's objects; `None` for a plaintext repository.
     pub fn cipher(&self) -> Option<Cipher> {
-        self.keys.as_ref().map(|k| k.aead.cipher())
+        self.keys.as_ref().map(|k| k.cipher)
     }
 
     /// The same keys, recording which key file opened them.
@@ -289,7 +297,7 @@ impl Crypto {
         let Some(keys) = &self.keys else {
             return Ok(plain.to_vec());
         };
-        seal_with(&keys.aead, aad, plain, nonce)
+        seal_with(&*keys.aead, aad, plain, nonce)
     }
 
     /// The plaintext of a sealed string, if it authenticates under `aad`; the bytes unchanged when
@@ -299,7 +307,7 @@ impl Crypto {
         let Some(keys) = &self.keys else {
             return Ok(Cow::Borrowed(sealed));
         };
-        open_copy(&keys.aead, what, aad, sealed).map(Cow::Owned)
+        open_copy(&*keys.aead, what, aad, sealed).map(Cow::Owned)
     }
 
     /// [`Self::open`] where the sealed string lies: the plaintext is returned within `sealed` (no copy),
@@ -314,7 +322,7 @@ impl Crypto {
             None => Ok(sealed),
             Some(keys) => {
                 let (nonce, ciphertext) = sealed.split_at_mut(NONCE_LEN.min(sealed.len()));
-                open_with(&keys.aead, what, aad, nonce, ciphertext)
+                open_with(&*keys.aead, what, aad, nonce, ciphertext)
             }
         }
     }
@@ -330,7 +338,12 @@ impl Crypto {
 }
 
 /// `nonce | ciphertext | tag` of `plain` under `aead`.
-fn seal_with(aead: &Aead, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) -> Result<Vec<u8>> {
+fn seal_with(
+    aead: &dyn ExtendedNonceAead,
+    aad: &[u8],
+    plain: &[u8],
+    nonce: &[u8; NONCE_LEN],
+) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
     out.extend_from_slice(nonce);
     out.extend_from_slice(plain);
@@ -342,7 +355,12 @@ fn seal_with(aead: &Aead, aad: &[u8], plain: &[u8], nonce: &[u8; NONCE_LEN]) -> 
 }
 
 /// Opens `nonce | ciphertext | tag` into a buffer of its own, copying the ciphertext (not the nonce) once.
-fn open_copy(aead: &Aead, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+fn open_copy(
+    aead: &dyn ExtendedNonceAead,
+    what: &str,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN.min(sealed.len()));
     let mut buf = ciphertext.to_vec();
     let len = open_with(aead, what, aad, nonce, &mut buf)?.len();
@@ -353,7 +371,7 @@ fn open_copy(aead: &Aead, what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u
 /// Opens `ciphertext | tag` in place (the plaintext is returned within it) under `nonce`, which sealing put
 /// before it.
 fn open_with<'a>(
-    aead: &Aead,
+    aead: &dyn ExtendedNonceAead,
     what: &str,
     aad: &[u8],
     nonce: &[u8],
@@ -479,11 +497,11 @@ fn seal_under_with_nonce(
     plain: &[u8],
     nonce: &[u8; NONCE_LEN],
 ) -> Result<Vec<u8>> {
-    seal_with(&Aead::XChaCha(XChaCha::new(key)), aad, plain, nonce)
+    seal_with(&XChaCha::new(key), aad, plain, nonce)
 }
 
 fn open_under(key: &[u8; KEY_LEN], what: &str, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-    open_copy(&Aead::XChaCha(XChaCha::new(key)), what, aad, sealed)
+    open_copy(&XChaCha::new(key), what, aad, sealed)
 }
 
 #[cfg(test)]

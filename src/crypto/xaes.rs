@@ -9,11 +9,11 @@
 //! through its AES-256-GCM. The output is the same as RustCrypto's `xaes-256-gcm` crate's and the C2SP test
 //! vectors', which the unit tests check, so the choice of implementation is no part of the format.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::aead::{LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::cipher::{EncryptingKey, UnboundCipherKey, AES_256};
 use zeroize::Zeroizing;
 
-use super::{AeadError, NONCE_LEN, TAG_LEN};
+use super::{AeadError, ExtendedNonceAead, NONCE_LEN};
 
 const BLOCK: usize = 16;
 
@@ -40,9 +40,11 @@ impl XAes {
         k1[BLOCK - 1] ^= (l[0] >> 7) * 0x87;
         Ok(XAes { aes, k1 })
     }
+}
 
+impl ExtendedNonceAead for XAes {
     /// The AES-256-GCM key and nonce that `nonce` selects (spec steps 3 to 5).
-    fn inner(&self, nonce: &[u8; NONCE_LEN]) -> Result<(LessSafeKey, Nonce), AeadError> {
+    fn message_key(&self, nonce: &[u8; NONCE_LEN]) -> Result<(LessSafeKey, Nonce), AeadError> {
         // M_i = [0, i] || "X" || 0x00 || N[:12], each xored with K1, then both enciphered: K_x = AES(M1) || AES(M2).
         let mut kx = Zeroizing::new([0u8; 2 * BLOCK]);
         for (i, block) in kx.chunks_exact_mut(BLOCK).enumerate() {
@@ -57,35 +59,6 @@ impl XAes {
         let mut n = [0u8; 12];
         n.copy_from_slice(&nonce[12..]);
         Ok((LessSafeKey::new(key), Nonce::assume_unique_for_key(n)))
-    }
-
-    /// Encrypts `buf` in place and returns the tag.
-    pub fn seal_in_place_detached(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], AeadError> {
-        let (key, n) = self.inner(nonce)?;
-        let tag = key
-            .seal_in_place_separate_tag(n, Aad::from(aad), buf)
-            .map_err(|_| AeadError)?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
-    }
-
-    /// Checks and decrypts `buf` (ciphertext followed by the tag) where it lies; the plaintext is the
-    /// start of `buf`, returned. After a failure `buf` holds nothing meaningful.
-    pub fn open_in_place<'a>(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &'a mut [u8],
-    ) -> Result<&'a mut [u8], AeadError> {
-        let (key, n) = self.inner(nonce)?;
-        key.open_in_place(n, Aad::from(aad), buf)
-            .map_err(|_| AeadError)
     }
 }
 

@@ -4,12 +4,12 @@
 //! HChaCha20 is RustCrypto's. The output is the same as `chacha20poly1305::XChaCha20Poly1305`'s, which
 //! the unit tests check, so the choice of implementation is no part of the format.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use aws_lc_rs::aead::{LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use chacha20::cipher::consts::U10;
 use chacha20::cipher::generic_array::GenericArray;
 use zeroize::Zeroizing;
 
-use super::{AeadError, NONCE_LEN, TAG_LEN};
+use super::{AeadError, ExtendedNonceAead, NONCE_LEN};
 
 /// An XChaCha20-Poly1305 key.
 pub struct XChaCha {
@@ -22,9 +22,12 @@ impl XChaCha {
             key: Zeroizing::new(*key),
         }
     }
+}
 
-    /// The ChaCha20-Poly1305 key and nonce that `nonce` selects.
-    fn inner(&self, nonce: &[u8; NONCE_LEN]) -> Result<(LessSafeKey, Nonce), AeadError> {
+impl ExtendedNonceAead for XChaCha {
+    /// The ChaCha20-Poly1305 key (HChaCha20 of the key and the nonce's first 16 bytes) and nonce
+    /// (`0000 || nonce[16..24]`) that `nonce` selects.
+    fn message_key(&self, nonce: &[u8; NONCE_LEN]) -> Result<(LessSafeKey, Nonce), AeadError> {
         let mut subkey = Zeroizing::new([0u8; 32]);
         subkey.copy_from_slice(&chacha20::hchacha::<U10>(
             GenericArray::from_slice(&self.key[..]),
@@ -34,35 +37,6 @@ impl XChaCha {
         let mut n = [0u8; 12];
         n[4..].copy_from_slice(&nonce[16..]);
         Ok((LessSafeKey::new(key), Nonce::assume_unique_for_key(n)))
-    }
-
-    /// Encrypts `buf` in place and returns the tag.
-    pub fn seal_in_place_detached(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], AeadError> {
-        let (key, n) = self.inner(nonce)?;
-        let tag = key
-            .seal_in_place_separate_tag(n, Aad::from(aad), buf)
-            .map_err(|_| AeadError)?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
-    }
-
-    /// Checks and decrypts `buf` (ciphertext followed by the tag) where it lies; the plaintext is the
-    /// start of `buf`, returned. After a failure `buf` holds nothing meaningful.
-    pub fn open_in_place<'a>(
-        &self,
-        nonce: &[u8; NONCE_LEN],
-        aad: &[u8],
-        buf: &'a mut [u8],
-    ) -> Result<&'a mut [u8], AeadError> {
-        let (key, n) = self.inner(nonce)?;
-        key.open_in_place(n, Aad::from(aad), buf)
-            .map_err(|_| AeadError)
     }
 }
 
