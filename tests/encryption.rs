@@ -159,6 +159,49 @@ fn each_cipher_hides_restores_and_copies_into_the_other() {
         assert_same_tree(&src, &t.join("src"));
     }
     ok(cairn(xchacha).args(["check", "--read-data"]));
+
+    // A config whose cipher someone changed (it is plaintext) opens nothing and lets no data be written:
+    // each cipher has a key of its own. (Only the failed runs' run-log records are written, which the
+    // honest config then cannot open and the run log passes over, as any damaged record.)
+    let config = repos[1].join("config");
+    let honest = fs::read_to_string(&config).unwrap();
+    fs::write(&config, honest.replace("xchacha20poly1305", "xaes256gcm")).unwrap();
+    let before = files_of(xchacha);
+    for args in [
+        &["check"][..],
+        &["backup", src.to_str().unwrap()],
+        &[
+            "restore",
+            "latest",
+            "--target",
+            dir.path().join("never").to_str().unwrap(),
+        ],
+    ] {
+        let (code, out, err) = run(cairn(xchacha).args(args));
+        assert_ne!(code, 0, "{args:?}: {out}{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            format!("{out}{err}").contains("does not authenticate"),
+            "{args:?}: {out}{err}"
+        );
+    }
+    let after = files_of(xchacha);
+    let new: Vec<_> = after
+        .keys()
+        .filter(|p| !before.contains_key(*p))
+        .filter(|p| !p.starts_with(xchacha.join("locks")) && !p.starts_with(xchacha.join("runs")))
+        .collect();
+    assert!(
+        new.is_empty(),
+        "data written under the changed config: {new:?}"
+    );
+    assert!(!dir.path().join("never").join("src").exists());
+    // Back to the honest config, a check that reads every pack disproves what the failed runs recorded as
+    // damaged, and the repository is whole.
+    fs::write(&config, honest).unwrap();
+    ok(cairn(xchacha).args(["check", "--read-data"]));
+    ok(cairn(xchacha).args(["check"]));
+
     flip(&packs(xaes)[0], 100);
     let (code, out, err) = run(cairn(xaes).args(["check", "--read-data"]));
     assert_ne!(code, 0, "{out}{err}");

@@ -50,6 +50,9 @@ pub const KEY_LEN: usize = 32;
 /// BLAKE3 `derive_key` contexts of the keys derived from the master key (format-spec, "Keys").
 const CONTEXT_ID: &str = "cairn 2026-12-01 blob id key";
 const CONTEXT_AEAD: &str = "cairn 2026-12-01 object encryption key";
+/// XAES-256-GCM gets a key of its own, so that one key never serves two algorithms (a config whose cipher
+/// was changed opens nothing instead of sealing new objects under the same key with another cipher).
+const CONTEXT_AEAD_XAES: &str = "cairn 2026-12-04 object encryption key xaes256gcm";
 const CONTEXT_CHUNKER: &str = "cairn 2026-12-01 chunker seed";
 
 /// Associated data of a blob's stored bytes (a blob keeps it when prune copies it to another pack).
@@ -214,7 +217,11 @@ impl Crypto {
     /// The keys derived from `master`, sealing with `cipher`.
     pub fn from_master(master: &[u8; KEY_LEN], cipher: Cipher) -> Result<Crypto> {
         let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_ID, master));
-        let aead_key = Zeroizing::new(blake3::derive_key(CONTEXT_AEAD, master));
+        let context = match cipher {
+            Cipher::Xaes256Gcm => CONTEXT_AEAD_XAES,
+            Cipher::XChaCha20Poly1305 => CONTEXT_AEAD,
+        };
+        let aead_key = Zeroizing::new(blake3::derive_key(context, master));
         let seed_bytes = blake3::derive_key(CONTEXT_CHUNKER, master);
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&seed_bytes[..8]);
