@@ -5,9 +5,8 @@
 
 mod harness;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use harness::pg::{psql, with_pg, TempDb};
@@ -75,26 +74,6 @@ fn build_filestore(dir: &Path) {
         fs::create_dir_all(dir.join(sub)).unwrap();
         fs::write(dir.join(sub).join(name), pseudo_random(len, i as u64 + 1)).unwrap();
     }
-}
-
-/// Every file under `root` by relative path, with its bytes.
-fn files_under(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
 }
 
 /// Odoo's restore: a new database, `psql -f dump.sql` (strict here: any error fails the test).

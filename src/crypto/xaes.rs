@@ -45,7 +45,8 @@ impl XAes {
 impl ExtendedNonceAead for XAes {
     /// The AES-256-GCM key and nonce that `nonce` selects (spec steps 3 to 5).
     fn message_key(&self, nonce: &[u8; NONCE_LEN]) -> Result<(LessSafeKey, Nonce), AeadError> {
-        // M_i = [0, i] || "X" || 0x00 || N[:12], each xored with K1, then both enciphered: K_x = AES(M1) || AES(M2).
+        // M_i = [0, i] || "X" || 0x00 || N[:12], each xored with K1, then both enciphered:
+        // K_x = AES(M1) || AES(M2).
         let mut kx = Zeroizing::new([0u8; 2 * BLOCK]);
         for (i, block) in kx.chunks_exact_mut(BLOCK).enumerate() {
             block[..4].copy_from_slice(&[0, i as u8 + 1, b'X', 0]);

@@ -307,6 +307,24 @@ pub fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     v
 }
 
+/// Every file under `root` by its path relative to `root`, with its bytes.
+pub fn files_under(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = fs::read(&p).unwrap();
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    out
+}
+
 /// Walks a tree into a map of relative path -> Entry (directory mtimes included).
 pub fn snapshot_tree(root: &Path) -> BTreeMap<PathBuf, Entry> {
     let mut out = BTreeMap::new();
