@@ -511,6 +511,72 @@ fn open_under(key: &[u8; KEY_LEN], what: &str, aad: &[u8], sealed: &[u8]) -> Res
     open_copy(&XChaCha::new(key), what, aad, sealed)
 }
 
+/// What the ciphers' unit tests check against a reference implementation of the same cipher.
+#[cfg(test)]
+pub(crate) mod reference_check {
+    use super::{AeadError, ExtendedNonceAead, NONCE_LEN};
+
+    /// `ciphertext | tag` of `plain`, as the reference implementations return it.
+    pub fn sealed(
+        aead: &dyn ExtendedNonceAead,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        plain: &[u8],
+    ) -> Vec<u8> {
+        let mut out = plain.to_vec();
+        let tag = aead.seal_in_place_detached(nonce, aad, &mut out).unwrap();
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// For inputs from 0 bytes to 1 MiB (around the AES and ChaCha20 block sizes): `ours` seals exactly
+    /// what `reference(nonce, plain)` does (aad `aad`), opens it where it lies after a 3-byte prefix (as
+    /// blobs are read within their run), and refuses it with a flipped byte, another nonce or another
+    /// aad. Nonces are made of `nonce_salt`, so callers looping over keys vary them too.
+    pub fn assert_seals_like(
+        ours: &dyn ExtendedNonceAead,
+        reference: impl Fn(&[u8; NONCE_LEN], &[u8]) -> Vec<u8>,
+        nonce_salt: u8,
+        what: &str,
+    ) {
+        let lengths = [0usize, 1, 15, 16, 17, 63, 64, 65, 8 << 10, 1 << 20];
+        for (len, seed) in lengths.into_iter().zip(1u8..) {
+            let plain: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                .collect();
+            let nonce = [seed.wrapping_mul(nonce_salt); NONCE_LEN];
+            let mine = sealed(ours, &nonce, b"aad", &plain);
+            let expected = reference(&nonce, &plain);
+            assert_eq!(mine, expected, "{what}, {len} bytes");
+            let mut opened = [&[9u8, 9, 9][..], &expected].concat();
+            assert_eq!(
+                ours.open_in_place(&nonce, b"aad", &mut opened[3..])
+                    .unwrap(),
+                &plain[..]
+            );
+            for bad in [0, mine.len() / 2, mine.len() - 1] {
+                let mut flipped = mine.clone();
+                flipped[bad] ^= 1;
+                assert_eq!(
+                    ours.open_in_place(&nonce, b"aad", &mut flipped),
+                    Err(AeadError)
+                );
+            }
+            let mut other_nonce = nonce;
+            other_nonce[0] ^= 1;
+            assert_eq!(
+                ours.open_in_place(&other_nonce, b"aad", &mut mine.clone()),
+                Err(AeadError),
+                "the nonce's first half is bound"
+            );
+            assert_eq!(
+                ours.open_in_place(&nonce, b"aae", &mut mine.clone()),
+                Err(AeadError)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
