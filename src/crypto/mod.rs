@@ -168,17 +168,18 @@ fn aes_instructions() -> bool {
     false
 }
 
-/// The key of `cipher`.
+/// The object encryption key of `cipher` derived from `master`: each cipher from a context of its own.
 fn new_aead(
     cipher: Cipher,
-    key: &[u8; KEY_LEN],
+    master: &[u8; KEY_LEN],
 ) -> Result<Box<dyn ExtendedNonceAead + Send + Sync>> {
+    let derived = |context| Zeroizing::new(blake3::derive_key(context, master));
     Ok(match cipher {
         Cipher::Xaes256Gcm => Box::new(
-            XAes::new(key)
+            XAes::new(&derived(CONTEXT_AEAD_XAES))
                 .map_err(|_| Error::Invalid("the AES-256 key schedule could not be made".into()))?,
         ),
-        Cipher::XChaCha20Poly1305 => Box::new(XChaCha::new(key)),
+        Cipher::XChaCha20Poly1305 => Box::new(XChaCha::new(&derived(CONTEXT_AEAD))),
     })
 }
 
@@ -217,11 +218,6 @@ impl Crypto {
     /// The keys derived from `master`, sealing with `cipher`.
     pub fn from_master(master: &[u8; KEY_LEN], cipher: Cipher) -> Result<Crypto> {
         let id_key = Zeroizing::new(blake3::derive_key(CONTEXT_ID, master));
-        let context = match cipher {
-            Cipher::Xaes256Gcm => CONTEXT_AEAD_XAES,
-            Cipher::XChaCha20Poly1305 => CONTEXT_AEAD,
-        };
-        let aead_key = Zeroizing::new(blake3::derive_key(context, master));
         let seed_bytes = blake3::derive_key(CONTEXT_CHUNKER, master);
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&seed_bytes[..8]);
@@ -230,7 +226,7 @@ impl Crypto {
                 master: Zeroizing::new(*master),
                 id_key,
                 cipher,
-                aead: new_aead(cipher, &aead_key)?,
+                aead: new_aead(cipher, master)?,
                 chunker_seed: u64::from_le_bytes(seed),
             })),
             key_id: None,
